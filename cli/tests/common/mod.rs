@@ -1,0 +1,123 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use ferret_schemas::Warehouse;
+
+/// Whether CI demands every real component (a missing one fails instead of skipping).
+pub fn require_all() -> bool {
+    std::env::var("FERRET_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// The shared fixtures directory (`FERRET_FIXTURES`, default `../shared/fixtures` beside
+/// the repository). None (the test skips) when missing, a failure under FERRET_REQUIRE_ALL.
+pub fn fixtures() -> Option<PathBuf> {
+    let dir = std::env::var_os("FERRET_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    });
+    if dir.join("btc").is_dir() {
+        return Some(dir);
+    }
+    let hint = format!(
+        "fixtures not found at {}: set FERRET_FIXTURES to the shared fixtures directory",
+        dir.display()
+    );
+    assert!(!require_all(), "{hint}");
+    eprintln!("skipping: {hint}");
+    None
+}
+
+/// The records (magic + length + block) of a `.blk` fixture file.
+pub fn records(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut o = 0;
+    while o + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[o + 4..o + 8].try_into().expect("4 bytes")) as usize;
+        out.push(bytes[o..o + 8 + len].to_vec());
+        o += 8 + len;
+    }
+    out
+}
+
+/// Writes a blocks dir with one blk file per entry of `files`.
+pub fn write_blocks_dir(dir: &Path, files: &[Vec<Vec<u8>>]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for (i, recs) in files.iter().enumerate() {
+        let data: Vec<u8> = recs.concat();
+        std::fs::write(dir.join(format!("blk{i:05}.dat")), data).expect("write blk");
+    }
+}
+
+/// The mainnet chain 0..=255 as one blk file's records (genesis + the 1–255 fixture).
+pub fn mainnet_0_255(fx: &Path) -> Vec<Vec<u8>> {
+    let mut recs = vec![records(&fx.join("btc/mainnet-blocks-0-4.blk")).remove(0)];
+    recs.extend(records(&fx.join("btc/mainnet-blocks-1-255.blk")));
+    recs
+}
+
+/// XORs a blocks dir in place with `key` (Core's scheme) and writes xor.dat.
+pub fn obfuscate(dir: &Path, key: [u8; 8]) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("blk")) {
+            let mut bytes = std::fs::read(&path).expect("read");
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b ^= key[i % 8];
+            }
+            std::fs::write(&path, bytes).expect("write");
+        }
+    }
+    std::fs::write(dir.join("xor.dat"), key).expect("xor.dat");
+}
+
+/// Runs a SQL query and renders each row as one `|`-separated line.
+pub async fn query(wh: &Warehouse, sql: &str) -> Vec<String> {
+    let ctx = ferret_query::session(wh).await.expect("session");
+    let results = ferret_query::run_sql(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut rows = Vec::new();
+    let opts = FormatOptions::default().with_null("NULL");
+    for r in results {
+        for b in r.batches {
+            let fmts: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("formatter"))
+                .collect();
+            for i in 0..b.num_rows() {
+                rows.push(fmts.iter().map(|f| f.value(i).to_string()).collect::<Vec<_>>().join("|"));
+            }
+        }
+    }
+    rows
+}
+
+/// One value of a single-row, single-column query.
+pub async fn scalar(wh: &Warehouse, sql: &str) -> String {
+    let rows = query(wh, sql).await;
+    assert_eq!(rows.len(), 1, "{sql} returned {rows:?}");
+    rows[0].clone()
+}
+
+/// Every row of every Bitcoin table, in key order (for comparing warehouses).
+pub async fn dump(wh: &Warehouse) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in ferret_schemas::tables_of(ferret_schemas::Chain::Btc) {
+        let order = t.sort_key.join(", ");
+        out.push(format!("== {}", t.qualified_name()));
+        out.extend(query(wh, &format!("SELECT * FROM {} ORDER BY {order}", t.qualified_name())).await);
+    }
+    out
+}
+
+/// Runs the `ferret` binary.
+pub fn ferret(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args(args)
+        .env("FERRET_LOG", "warn")
+        .output()
+        .expect("run ferret")
+}

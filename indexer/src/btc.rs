@@ -1,0 +1,506 @@
+//! `ferret index btc`: a Bitcoin Core blocks directory into the warehouse.
+//!
+//! Stages: scan the blk files' headers → pick the best chain → plan commit chunks (each
+//! within one height partition) → a reader thread decodes and verifies blocks in height
+//! order → the transform enriches inputs from the spent-output store and fills column
+//! builders → Parquet files per table → the manifest PUT commits the chunk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type};
+use bitcoin::Network;
+use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout, tables_of};
+use futures::TryStreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use object_store::path::Path;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+
+use crate::sink::TableWriter;
+use crate::source::bitcoin::{BestChain, BlkDir, ChainBlock, ScriptKind, select_best_chain};
+use crate::transform::{BtcRows, Counts};
+use crate::utxo::{Utxo, UtxoStats, UtxoStore};
+use crate::{Error, Result};
+
+/// Options of a Bitcoin index run.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// Bitcoin Core's blocks directory.
+    pub blocks_dir: PathBuf,
+    /// Stop after this height.
+    pub to_height: Option<u64>,
+    /// Memory budget of the spent-output store, in bytes.
+    pub utxo_mem_bytes: usize,
+    /// Network, when the magic cannot tell (custom signets).
+    pub network: Option<Network>,
+    /// Commit at least every this many blocks.
+    pub commit_blocks: u64,
+    /// Commit at least every this many bytes of blk data.
+    pub commit_bytes: u64,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl IndexOptions {
+    /// Defaults for a blocks directory.
+    pub fn new(blocks_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            blocks_dir: blocks_dir.into(),
+            to_height: None,
+            utxo_mem_bytes: 1 << 30,
+            network: None,
+            commit_blocks: 10_000,
+            commit_bytes: 512 << 20,
+            progress: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct IndexSummary {
+    pub network: String,
+    /// First and last height indexed by this run (None when nothing was new).
+    pub heights: Option<(u64, u64)>,
+    pub counts: Counts,
+    pub stale_blocks: usize,
+    pub commits: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub elapsed: Duration,
+    pub utxo: UtxoStats,
+    /// Tip of the warehouse after the run.
+    pub tip: Option<Checkpoint>,
+}
+
+impl std::fmt::Display for IndexSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counts;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        match self.heights {
+            Some((a, b)) => writeln!(f, "indexed {} heights {a}..={b}", self.network)?,
+            None => writeln!(f, "nothing new to index ({})", self.network)?,
+        }
+        writeln!(
+            f,
+            "blocks {}  transactions {}  inputs {}  outputs {}  unresolved inputs {}",
+            c.blocks, c.transactions, c.inputs, c.outputs, c.unresolved_inputs
+        )?;
+        writeln!(
+            f,
+            "read {:.1} MB  written {:.1} MB  commits {}  stale blocks skipped {}",
+            self.bytes_read as f64 / 1e6,
+            self.bytes_written as f64 / 1e6,
+            self.commits,
+            self.stale_blocks
+        )?;
+        write!(
+            f,
+            "elapsed {:.2} s  ({:.0} blocks/s, {:.1} MB/s)",
+            secs,
+            c.blocks as f64 / secs,
+            self.bytes_read as f64 / 1e6 / secs
+        )?;
+        if let Some(t) = &self.tip {
+            write!(f, "\ntip {} at height {}", t.hash, t.height)?;
+        }
+        Ok(())
+    }
+}
+
+fn network_name(n: Network) -> String {
+    n.to_core_arg().to_string()
+}
+
+/// A planned commit: heights `first..=last`, all in one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    first: u64,
+    last: u64,
+}
+
+fn plan_chunks(blocks: &[ChainBlock], commit_blocks: u64, commit_bytes: u64) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut cur: Option<(Chunk, u64)> = None;
+    for b in blocks {
+        let len = u64::from(b.loc.len) + 8;
+        if let Some((c, bytes)) = &mut cur {
+            let same_partition = layout::partition_start(c.first) == layout::partition_start(b.height);
+            if same_partition && c.last - c.first + 1 < commit_blocks && *bytes < commit_bytes {
+                c.last = b.height;
+                *bytes += len;
+                continue;
+            }
+            out.push(*c);
+        }
+        cur = Some((Chunk { first: b.height, last: b.height }, len));
+    }
+    out.extend(cur.map(|(c, _)| c));
+    out
+}
+
+/// Indexes the best chain of a blocks directory into `wh`, continuing from the last commit.
+pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSummary> {
+    let started = Instant::now();
+    let blocks_dir = opts.blocks_dir.clone();
+    let net = opts.network;
+    let (dir, chain) = tokio::task::spawn_blocking(move || -> Result<(BlkDir, BestChain)> {
+        let dir = BlkDir::open(&blocks_dir, net)?;
+        let locs = dir.scan()?;
+        let chain = select_best_chain(&dir, locs)?;
+        Ok((dir, chain))
+    })
+    .await
+    .map_err(|e| Error::InvalidArgument(format!("block scan task failed: {e}")))??;
+    let network = network_name(dir.network());
+    tracing::info!(
+        dir = %dir.dir().display(),
+        network,
+        files = dir.files().len(),
+        obfuscated = dir.is_obfuscated(),
+        best_chain = chain.blocks.len(),
+        start = ?chain.start_height(),
+        tip = ?chain.tip_height(),
+        stale = chain.stale,
+        "scanned blocks dir"
+    );
+
+    let mut manifest = match wh.load_manifest(Chain::Btc).await? {
+        Some(m) => {
+            if m.network != network {
+                return Err(Error::NetworkMismatch { warehouse: m.network, found: network });
+            }
+            m
+        }
+        None => Manifest::empty(Chain::Btc.as_str(), &network),
+    };
+    let garbage = wh.collect_garbage(Chain::Btc, &manifest).await?;
+    if garbage > 0 {
+        tracing::info!(garbage, "removed objects of an interrupted run");
+    }
+
+    let mut summary = IndexSummary {
+        network: network.clone(),
+        stale_blocks: chain.stale,
+        tip: manifest.tip.clone(),
+        ..Default::default()
+    };
+    let Some(chain_start) = chain.start_height() else {
+        summary.elapsed = started.elapsed();
+        return Ok(summary);
+    };
+    let start = match &manifest.tip {
+        Some(tip) => {
+            match chain.at(tip.height) {
+                Some(b) if b.loc.hash.to_string() == tip.hash => {}
+                Some(_) => return Err(Error::Reorg { height: tip.height, hash: tip.hash.clone() }),
+                None if chain_start > tip.height + 1 => {
+                    return Err(Error::Gap { start: chain_start, committed: tip.height });
+                }
+                None if chain_start == tip.height + 1 => {
+                    // A pruned dir starting right after the tip: its first block must extend it.
+                    let first = &chain.blocks[0].loc.header.prev_blockhash;
+                    if first.to_string() != tip.hash {
+                        return Err(Error::Reorg { height: tip.height, hash: tip.hash.clone() });
+                    }
+                }
+                None => {
+                    // The blocks dir ends below the committed tip: nothing new.
+                    summary.elapsed = started.elapsed();
+                    return Ok(summary);
+                }
+            }
+            tip.height + 1
+        }
+        None => chain_start,
+    };
+    let end = chain.tip_height().expect("non-empty chain").min(opts.to_height.unwrap_or(u64::MAX));
+    if start > end {
+        summary.elapsed = started.elapsed();
+        return Ok(summary);
+    }
+    let todo: Vec<ChainBlock> = (start..=end)
+        .map(|h| chain.at(h).expect("within the chain").clone())
+        .collect();
+    drop(chain);
+    let chunks = plan_chunks(&todo, opts.commit_blocks.max(1), opts.commit_bytes.max(1));
+    let total_bytes: u64 = todo.iter().map(|b| u64::from(b.loc.len) + 8).sum();
+
+    let mut utxo = UtxoStore::new(opts.utxo_mem_bytes);
+    if !manifest.files.is_empty() {
+        rebuild_utxo(wh, &manifest, &mut utxo).await?;
+        tracing::info!(entries = utxo.len(), "rebuilt spent-output store from committed tables");
+    }
+
+    // Reader thread: decode and verify in height order, a bounded queue ahead.
+    let (tx, rx) = mpsc::sync_channel::<Result<(u64, bitcoin::Block, u64)>>(32);
+    let dir = Arc::new(dir);
+    let reader_dir = Arc::clone(&dir);
+    let reader = std::thread::Builder::new()
+        .name("ferret-blk-reader".into())
+        .spawn(move || {
+            for b in todo {
+                let res = reader_dir.read_block(&b.loc).and_then(|block| {
+                    verify(&reader_dir, &b, &block)?;
+                    Ok((b.height, block, u64::from(b.loc.len) + 8))
+                });
+                let failed = res.is_err();
+                if tx.send(res).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::io("ferret-blk-reader thread", e))?;
+
+    let bar = if opts.progress {
+        ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
+        )
+        .expect("static template"),
+    );
+
+    let mut rows = BtcRows::new(dir.network());
+    let btc_tables: Vec<_> = tables_of(Chain::Btc).collect();
+    let mut next_tx_index = manifest.next_tx_index;
+    let mut blocks_done = 0u64;
+    let mut first_hash = None;
+    for chunk in chunks {
+        let mut writers = btc_tables
+            .iter()
+            .map(|t| TableWriter::create(wh, t, chunk.first, chunk.last))
+            .collect::<Result<Vec<_>>>()?;
+        let mut last_hash = String::new();
+        for expect_height in chunk.first..=chunk.last {
+            let (height, block, len) = rx
+                .recv()
+                .map_err(|_| Error::InvalidArgument("block reader stopped early".into()))??;
+            debug_assert_eq!(height, expect_height);
+            rows.push_block(&block, height, next_tx_index, &mut utxo)?;
+            next_tx_index += block.txdata.len() as u64;
+            last_hash = block.block_hash().to_string();
+            if first_hash.is_none() && manifest.first_hash.is_none() {
+                first_hash = Some(last_hash.clone());
+            }
+            summary.bytes_read += len;
+            blocks_done += 1;
+            bar.inc(len);
+            if blocks_done % 64 == 0 || height == chunk.last {
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "height {height} {:.0} blocks/s",
+                    blocks_done as f64 / secs
+                ));
+            }
+            if rows.buffered_rows() >= crate::sink::ROW_GROUP_ROWS {
+                write_batches(&mut rows, &mut writers).await?;
+            }
+        }
+        write_batches(&mut rows, &mut writers).await?;
+        for w in writers {
+            let entry = w.close(wh).await?;
+            summary.bytes_written += entry.bytes;
+            manifest.files.push(entry);
+        }
+        let c = std::mem::take(&mut rows.counts);
+        let t = &mut manifest.totals;
+        t.blocks += c.blocks;
+        t.transactions += c.transactions;
+        t.inputs += c.inputs;
+        t.outputs += c.outputs;
+        t.unresolved_inputs += c.unresolved_inputs;
+        add_counts(&mut summary.counts, &c);
+        if manifest.first_height.is_none() {
+            manifest.first_height = Some(chunk.first);
+            manifest.first_hash = first_hash.clone();
+        }
+        manifest.tip = Some(Checkpoint { height: chunk.last, hash: last_hash });
+        manifest.next_tx_index = next_tx_index;
+        wh.commit_manifest(Chain::Btc, &mut manifest).await?;
+        summary.commits += 1;
+        tracing::info!(
+            first = chunk.first,
+            last = chunk.last,
+            seq = manifest.seq,
+            transactions = c.transactions,
+            "committed"
+        );
+    }
+    bar.finish_and_clear();
+    drop(rx);
+    let _ = reader.join();
+    summary.heights = Some((start, end));
+    summary.tip = manifest.tip.clone();
+    summary.utxo = utxo.stats.clone();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn add_counts(a: &mut Counts, b: &Counts) {
+    a.blocks += b.blocks;
+    a.transactions += b.transactions;
+    a.inputs += b.inputs;
+    a.outputs += b.outputs;
+    a.unresolved_inputs += b.unresolved_inputs;
+}
+
+fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<()> {
+    let file = dir.file_path(b.loc.file).to_path_buf();
+    if !block.check_merkle_root() {
+        return Err(Error::MerkleMismatch {
+            file,
+            offset: b.loc.offset,
+            hash: b.loc.hash.to_string(),
+            height: b.height,
+        });
+    }
+    if !block.check_witness_commitment() {
+        return Err(Error::WitnessCommitment {
+            file,
+            offset: b.loc.offset,
+            hash: b.loc.hash.to_string(),
+            height: b.height,
+        });
+    }
+    Ok(())
+}
+
+async fn write_batches(rows: &mut BtcRows, writers: &mut [TableWriter]) -> Result<()> {
+    let batches = rows.finish()?;
+    for (w, b) in writers.iter_mut().zip(batches.iter()) {
+        if b.num_rows() > 0 {
+            w.write(b).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the named columns of one committed file.
+async fn read_columns(wh: &Warehouse, path: &str, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    let corrupt = |reason: String| Error::CorruptCommitted { path: path.to_string(), reason };
+    // The object_store reader is deprecated upstream in favour of hand-written readers; it is
+    // still the simplest correct way to stream a committed file, so keep it until it goes.
+    #[allow(deprecated)]
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(Arc::clone(wh.store()), Path::from(path));
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| corrupt(e.to_string()))?;
+    let schema = builder.parquet_schema();
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            schema
+                .columns()
+                .iter()
+                .position(|col| col.path().string() == *c)
+                .ok_or_else(|| corrupt(format!("missing column {c}")))
+        })
+        .collect::<Result<_>>()?;
+    let mask = ProjectionMask::leaves(schema, indices);
+    let stream = builder.with_projection(mask).build().map_err(|e| corrupt(e.to_string()))?;
+    stream.try_collect().await.map_err(|e| corrupt(e.to_string()))
+}
+
+fn parse_txid(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for i in 0..32 {
+        let hi = (bytes[2 * i] as char).to_digit(16)?;
+        let lo = (bytes[2 * i + 1] as char).to_digit(16)?;
+        // Display order is reversed.
+        out[31 - i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+/// Replays the committed outputs and inputs, range by range, into the spent-output store.
+async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore) -> Result<()> {
+    let outputs: Vec<_> = manifest.files_of("outputs").collect();
+    let inputs: Vec<_> = manifest.files_of("inputs").collect();
+    for o in &outputs {
+        let path = &o.path;
+        let corrupt = |reason: &str| Error::CorruptCommitted { path: path.clone(), reason: reason.to_string() };
+        for batch in read_columns(
+            wh,
+            path,
+            &["height", "tx_index", "txid", "vout", "value", "script_type", "address"],
+        )
+        .await?
+        {
+            let height = batch.column(0).as_primitive::<Int64Type>();
+            let tx_index = batch.column(1).as_primitive::<Int64Type>();
+            let txid = batch.column(2).as_string::<i32>();
+            let vout = batch.column(3).as_primitive::<Int32Type>();
+            let value = batch.column(4).as_primitive::<Int64Type>();
+            let kind = batch.column(5).as_string::<i32>();
+            let address = batch.column(6).as_string::<i32>();
+            for r in 0..batch.num_rows() {
+                let kind = ScriptKind::parse(kind.value(r)).ok_or_else(|| corrupt("bad script_type"))?;
+                if kind == ScriptKind::Nulldata {
+                    continue;
+                }
+                let key = (
+                    parse_txid(txid.value(r)).ok_or_else(|| corrupt("bad txid"))?,
+                    u32::try_from(vout.value(r)).map_err(|_| corrupt("bad vout"))?,
+                );
+                let u = Utxo {
+                    value: u64::try_from(value.value(r)).map_err(|_| corrupt("bad value"))?,
+                    tx_index: u64::try_from(tx_index.value(r)).map_err(|_| corrupt("bad tx_index"))?,
+                    height: u32::try_from(height.value(r)).map_err(|_| corrupt("bad height"))?,
+                    kind,
+                    address: (!address.is_null(r)).then(|| address.value(r).into()),
+                };
+                utxo.insert(key, u)?;
+            }
+        }
+        // The inputs of the same range spend outputs of this range or earlier ones.
+        if let Some(i) = inputs.iter().find(|i| i.first_height == o.first_height) {
+            let path = &i.path;
+            let corrupt = |reason: &str| Error::CorruptCommitted { path: path.clone(), reason: reason.to_string() };
+            for batch in read_columns(wh, path, &["spent_txid", "spent_vout"]).await? {
+                let txid = batch.column(0).as_string::<i32>();
+                let vout = batch.column(1).as_primitive::<Int32Type>();
+                for r in 0..batch.num_rows() {
+                    if txid.is_null(r) {
+                        continue;
+                    }
+                    let key = (
+                        parse_txid(txid.value(r)).ok_or_else(|| corrupt("bad spent_txid"))?,
+                        u32::try_from(vout.value(r)).map_err(|_| corrupt("bad spent_vout"))?,
+                    );
+                    utxo.spend(&key)?;
+                }
+                utxo.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txid_hex_round_trips() {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8 * 7;
+        }
+        let mut hex = [0u8; 64];
+        crate::transform::display_hex(&bytes, &mut hex);
+        assert_eq!(parse_txid(std::str::from_utf8(&hex).expect("ascii")), Some(bytes));
+        assert_eq!(parse_txid("zz"), None);
+    }
+}

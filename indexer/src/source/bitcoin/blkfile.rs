@@ -1,0 +1,287 @@
+//! Reading `blk*.dat` files as Bitcoin Core writes them.
+//!
+//! A file is a sequence of records `magic (4) | length (4, LE) | block`. Core preallocates
+//! files, so a file may end in zero bytes; Core ≥ 28 XORs every byte with
+//! `key[offset % 8]` where the 8-byte key is in `xor.dat` (an all-zero key means none).
+//! Blocks are stored in arrival order, not height order, and stale blocks are kept.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bitcoin::block::Header;
+use bitcoin::consensus::Decodable;
+use bitcoin::p2p::Magic;
+use bitcoin::{Block, BlockHash, Network};
+
+use crate::{Error, Result};
+
+/// Consensus limit on a serialized block (Core's MAX_BLOCK_SERIALIZED_SIZE).
+pub const MAX_BLOCK_SERIALIZED_SIZE: u64 = 4_000_000;
+
+/// Where one block record lies.
+#[derive(Clone, Debug)]
+pub struct BlockLocation {
+    /// Index into [`BlkDir::files`].
+    pub file: u32,
+    /// Offset of the record's magic in the file.
+    pub offset: u64,
+    /// Length of the serialized block.
+    pub len: u32,
+    /// The decoded header.
+    pub header: Header,
+    /// The block hash.
+    pub hash: BlockHash,
+}
+
+/// A Bitcoin Core blocks directory.
+#[derive(Debug)]
+pub struct BlkDir {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    handles: Vec<File>,
+    key: [u8; 8],
+    network: Network,
+}
+
+fn hex4(b: [u8; 4]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl BlkDir {
+    /// Opens a blocks directory. The network comes from the first record's magic unless
+    /// given (custom signets have their own magic: pass the network then).
+    pub fn open(dir: &Path, network: Option<Network>) -> Result<Self> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_blk = name.len() == 12
+                && name.starts_with("blk")
+                && name.ends_with(".dat")
+                && name[3..8].bytes().all(|b| b.is_ascii_digit());
+            if is_blk {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::NoBlockFiles { dir: dir.to_path_buf() });
+        }
+        let xor_path = dir.join("xor.dat");
+        let key = match std::fs::read(&xor_path) {
+            Ok(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| Error::BadXorKey {
+                path: xor_path.clone(),
+                len: bytes.len() as u64,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => [0; 8],
+            Err(e) => return Err(Error::io(&xor_path, e)),
+        };
+        let handles = files
+            .iter()
+            .map(|p| File::open(p).map_err(|e| Error::io(p, e)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut this = Self {
+            dir: dir.to_path_buf(),
+            files,
+            handles,
+            key,
+            network: network.unwrap_or(Network::Bitcoin),
+        };
+        if network.is_none() {
+            let mut magic = [0u8; 4];
+            let available = this.file_len(0)?;
+            if available < 4 {
+                return Err(Error::Truncated {
+                    file: this.files[0].clone(),
+                    offset: 0,
+                    needed: 4,
+                    available,
+                });
+            }
+            this.read_at(0, 0, &mut magic)?;
+            this.network = Network::from_magic(Magic::from_bytes(magic)).ok_or_else(|| {
+                Error::UnknownMagic {
+                    file: this.files[0].clone(),
+                    offset: 0,
+                    found: hex4(magic),
+                    hint: this.magic_hint(),
+                }
+            })?;
+        }
+        Ok(this)
+    }
+
+    fn magic_hint(&self) -> &'static str {
+        if self.key != [0; 8] {
+            " (is xor.dat the key these files were written with?)"
+        } else {
+            " (obfuscated files without their xor.dat, or not a blocks dir?)"
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The network of the blocks.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The blk files, in name order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Whether the files are obfuscated.
+    pub fn is_obfuscated(&self) -> bool {
+        self.key != [0; 8]
+    }
+
+    fn file_len(&self, file: usize) -> Result<u64> {
+        self.handles[file]
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io(&self.files[file], e))
+    }
+
+    /// Reads and de-obfuscates `buf.len()` bytes at `offset` of file `file`.
+    fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.handles[file]
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.files[file], e))?;
+        if self.key != [0; 8] {
+            for (i, b) in buf.iter_mut().enumerate() {
+                // Core XORs with key[(position in file) % 8].
+                *b ^= self.key[((offset + i as u64) % 8) as usize];
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans every file and returns the location and header of every block record, in
+    /// storage order. Reads only the 88 bytes of record and block headers per block.
+    pub fn scan(&self) -> Result<Vec<BlockLocation>> {
+        let expected = self.network.magic().to_bytes();
+        let mut out = Vec::new();
+        for file in 0..self.files.len() {
+            let path = &self.files[file];
+            let len = self.file_len(file)?;
+            let mut offset = 0u64;
+            while offset < len {
+                let available = len - offset;
+                let mut head = [0u8; 8];
+                let n = available.min(8) as usize;
+                self.read_at(file, offset, &mut head[..n])?;
+                if head[..4.min(n)].iter().all(|&b| b == 0) {
+                    self.check_padding(file, offset, len)?;
+                    break;
+                }
+                if n < 8 {
+                    return Err(Error::Truncated {
+                        file: path.clone(),
+                        offset,
+                        needed: 8,
+                        available,
+                    });
+                }
+                let magic: [u8; 4] = head[..4].try_into().expect("4 bytes");
+                if magic != expected {
+                    return Err(Error::BadMagic {
+                        file: path.clone(),
+                        offset,
+                        expected: hex4(expected),
+                        found: hex4(magic),
+                        hint: self.magic_hint(),
+                    });
+                }
+                let rec_len = u64::from(u32::from_le_bytes(head[4..].try_into().expect("4 bytes")));
+                if !(80..=MAX_BLOCK_SERIALIZED_SIZE).contains(&rec_len) {
+                    return Err(Error::BadLength {
+                        file: path.clone(),
+                        offset,
+                        len: rec_len,
+                        max: MAX_BLOCK_SERIALIZED_SIZE,
+                    });
+                }
+                if rec_len > available - 8 {
+                    return Err(Error::Truncated {
+                        file: path.clone(),
+                        offset,
+                        needed: rec_len + 8,
+                        available,
+                    });
+                }
+                let mut hdr = [0u8; 80];
+                self.read_at(file, offset + 8, &mut hdr)?;
+                let header = Header::consensus_decode(&mut &hdr[..]).map_err(|source| {
+                    Error::Decode {
+                        file: path.clone(),
+                        offset,
+                        what: "header".into(),
+                        source,
+                    }
+                })?;
+                out.push(BlockLocation {
+                    file: u32::try_from(file).expect("fewer than 2^32 blk files"),
+                    offset,
+                    len: u32::try_from(rec_len).expect("bounded by MAX_BLOCK_SERIALIZED_SIZE"),
+                    hash: header.block_hash(),
+                    header,
+                });
+                offset += 8 + rec_len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Zero padding must run to the end of the file; anything else is corruption.
+    fn check_padding(&self, file: usize, start: u64, len: u64) -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = start;
+        while offset < len {
+            let n = (len - offset).min(buf.len() as u64) as usize;
+            self.read_at(file, offset, &mut buf[..n])?;
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Err(Error::GarbageAfterPadding {
+                    file: self.files[file].clone(),
+                    offset: offset + i as u64,
+                });
+            }
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes the whole block at `loc`. Returns the block and the record size.
+    pub fn read_block(&self, loc: &BlockLocation) -> Result<Block> {
+        let file = loc.file as usize;
+        let mut buf = vec![0u8; loc.len as usize];
+        self.read_at(file, loc.offset + 8, &mut buf)?;
+        let mut cursor = buf.as_slice();
+        let block = Block::consensus_decode(&mut cursor).map_err(|source| Error::Decode {
+            file: self.files[file].clone(),
+            offset: loc.offset,
+            what: loc.hash.to_string(),
+            source,
+        })?;
+        if !cursor.is_empty() {
+            return Err(Error::TrailingBytes {
+                file: self.files[file].clone(),
+                offset: loc.offset,
+                len: u64::from(loc.len),
+                extra: cursor.len() as u64,
+            });
+        }
+        Ok(block)
+    }
+
+    /// The path of file `file`.
+    pub fn file_path(&self, file: u32) -> &Path {
+        &self.files[file as usize]
+    }
+}

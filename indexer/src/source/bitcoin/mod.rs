@@ -1,0 +1,10 @@
+//! Bitcoin Core's blocks directory: `blk*.dat` records, `xor.dat` obfuscation, stale
+//! blocks and pruned starts.
+mod blkfile;
+mod chain;
+mod script;
+
+pub use blkfile::{BlkDir, BlockLocation, MAX_BLOCK_SERIALIZED_SIZE};
+pub use chain::{BestChain, ChainBlock, select_best_chain};
+pub use script::{ScriptKind, classify};
+pub use ::bitcoin::Network;

@@ -1,0 +1,2 @@
+//! Chain sources: where decoded blocks come from.
+pub mod bitcoin;

@@ -1,0 +1,7 @@
+//! Deterministic synthetic chains for tests, fixtures and benchmarks.
+//!
+//! [`btc`] writes a Bitcoin Core blocks directory with a realistic economy (users,
+//! pools, exchanges, CoinJoins, peel chains, planted scam operations) together with
+//! the ground truth an investigation should recover.
+
+pub mod btc;

@@ -1,0 +1,130 @@
+//! The commit manifest: the only source of truth about what a warehouse holds.
+//!
+//! Writers put data files first and then a new manifest object
+//! `{chain}/_state/manifest-{seq:020}.json` with a create-only PUT (atomic on every object
+//! store, and a conflict if another writer got there first). Readers take the manifest with
+//! the highest sequence number and trust only the files it lists.
+
+use serde::{Deserialize, Serialize};
+
+/// The last committed block of a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Height of the last committed block.
+    pub height: u64,
+    /// Its hash, lowercase hex as the chain displays it.
+    pub hash: String,
+}
+
+/// One committed data file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Table name inside the chain (`outputs`, …).
+    pub table: String,
+    /// Object path relative to the warehouse root.
+    pub path: String,
+    /// First block height with rows in the file's range.
+    pub first_height: u64,
+    /// Last block height of the file's range.
+    pub last_height: u64,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+}
+
+/// Running totals over everything committed, for summaries and cheap checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub blocks: u64,
+    pub transactions: u64,
+    pub inputs: u64,
+    pub outputs: u64,
+    /// Inputs whose spent output lies before the indexed range (their enrichment is null).
+    pub unresolved_inputs: u64,
+}
+
+/// Everything committed for one chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Version of the manifest format.
+    pub format: u32,
+    /// Version of the table schemas ([`crate::SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// Chain directory name (`btc`).
+    pub chain: String,
+    /// Network of the chain (`bitcoin`, `testnet`, `signet`, `regtest`, …).
+    pub network: String,
+    /// Sequence number of this commit; 0 for a manifest never committed.
+    pub seq: u64,
+    /// Height of the first indexed block (0 unless the source was pruned).
+    pub first_height: Option<u64>,
+    /// Hash of the first indexed block.
+    pub first_hash: Option<String>,
+    /// The last committed block.
+    pub tip: Option<Checkpoint>,
+    /// `tx_index` of the next transaction to be indexed.
+    pub next_tx_index: u64,
+    /// Totals over the committed blocks.
+    pub totals: Totals,
+    /// Every committed data file, in commit order.
+    pub files: Vec<FileEntry>,
+}
+
+/// Current manifest format.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+impl Manifest {
+    /// An empty manifest for a chain that has nothing committed.
+    pub fn empty(chain: &str, network: &str) -> Self {
+        Self {
+            format: MANIFEST_FORMAT,
+            schema_version: crate::SCHEMA_VERSION,
+            chain: chain.to_string(),
+            network: network.to_string(),
+            seq: 0,
+            first_height: None,
+            first_hash: None,
+            tip: None,
+            next_tx_index: 0,
+            totals: Totals::default(),
+            files: Vec::new(),
+        }
+    }
+
+    /// The committed files of one table, in height order.
+    pub fn files_of<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a FileEntry> + 'a {
+        self.files.iter().filter(move |f| f.table == table)
+    }
+
+    /// The height the next run starts from.
+    pub fn next_height(&self) -> Option<u64> {
+        self.tip.as_ref().map(|t| t.height + 1)
+    }
+}
+
+/// Object name of the manifest with sequence number `seq`.
+pub fn manifest_name(seq: u64) -> String {
+    format!("manifest-{seq:020}.json")
+}
+
+/// Parses a manifest object name back to its sequence number.
+pub fn parse_manifest_name(name: &str) -> Option<u64> {
+    name.strip_prefix("manifest-")?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort() {
+        assert_eq!(parse_manifest_name(&manifest_name(42)), Some(42));
+        assert!(manifest_name(9) < manifest_name(10));
+        assert_eq!(parse_manifest_name("manifest-x.json"), None);
+        assert_eq!(parse_manifest_name("other.json"), None);
+    }
+}

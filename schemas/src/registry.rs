@@ -1,0 +1,124 @@
+use std::fmt;
+
+use arrow::datatypes::SchemaRef;
+
+use crate::btc;
+
+/// A chain whose tables live in the warehouse under `{chain}/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Chain {
+    /// Bitcoin (any network: mainnet, testnet, signet, regtest).
+    Btc,
+}
+
+impl Chain {
+    /// Directory and SQL schema name of the chain.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chain::Btc => "btc",
+        }
+    }
+
+    /// Every chain Ferret knows.
+    pub fn all() -> &'static [Chain] {
+        &[Chain::Btc]
+    }
+}
+
+impl fmt::Display for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One table of the warehouse: its name, schema and physical layout.
+#[derive(Clone, Copy, Debug)]
+pub struct TableDef {
+    /// Chain the table belongs to.
+    pub chain: Chain,
+    /// Table name inside the chain's schema.
+    pub name: &'static str,
+    schema: fn() -> SchemaRef,
+    /// Columns the files are sorted by, in order.
+    pub sort_key: &'static [&'static str],
+    /// Columns that get a Parquet bloom filter (point look-ups by address or hash).
+    pub bloom_columns: &'static [&'static str],
+}
+
+impl TableDef {
+    /// The table's Arrow schema.
+    pub fn schema(&self) -> SchemaRef {
+        (self.schema)()
+    }
+
+    /// `chain.table`, as written in SQL.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.chain, self.name)
+    }
+}
+
+/// The one list of tables. Writers, readers and docs all iterate this.
+static TABLES: &[TableDef] = &[
+    TableDef {
+        chain: Chain::Btc,
+        name: "blocks",
+        schema: btc::blocks_schema,
+        sort_key: &["height"],
+        bloom_columns: &["hash"],
+    },
+    TableDef {
+        chain: Chain::Btc,
+        name: "transactions",
+        schema: btc::transactions_schema,
+        sort_key: &["height", "tx_index"],
+        bloom_columns: &["txid"],
+    },
+    TableDef {
+        chain: Chain::Btc,
+        name: "inputs",
+        schema: btc::inputs_schema,
+        sort_key: &["height", "tx_index", "vin"],
+        bloom_columns: &["txid", "spent_txid", "address"],
+    },
+    TableDef {
+        chain: Chain::Btc,
+        name: "outputs",
+        schema: btc::outputs_schema,
+        sort_key: &["height", "tx_index", "vout"],
+        bloom_columns: &["txid", "address"],
+    },
+];
+
+/// Every registered table.
+pub fn tables() -> &'static [TableDef] {
+    TABLES
+}
+
+/// The tables of one chain, in registry order.
+pub fn tables_of(chain: Chain) -> impl Iterator<Item = &'static TableDef> {
+    TABLES.iter().filter(move |t| t.chain == chain)
+}
+
+/// Looks a table up by chain and name.
+pub fn table(chain: Chain, name: &str) -> Option<&'static TableDef> {
+    TABLES.iter().find(|t| t.chain == chain && t.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_and_bloom_columns_exist_in_schemas() {
+        for t in tables() {
+            let schema = t.schema();
+            for c in t.sort_key.iter().chain(t.bloom_columns) {
+                assert!(
+                    schema.field_with_name(c).is_ok(),
+                    "{} lacks {c}",
+                    t.qualified_name()
+                );
+            }
+        }
+    }
+}
