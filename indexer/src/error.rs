@@ -33,13 +33,14 @@ pub enum Error {
         hint: &'static str,
     },
     #[error(
-        "{file} at offset {offset}: block record length {len} is outside 80..={max} bytes"
+        "{file} at offset {offset}: block record length {len} is outside 80..={max} bytes{hint}"
     )]
     BadLength {
         file: PathBuf,
         offset: u64,
         len: u64,
         max: u64,
+        hint: &'static str,
     },
     #[error(
         "{file} at offset {offset}: truncated record: {needed} bytes needed, {available} left in the file"

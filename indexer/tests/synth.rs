@@ -63,7 +63,11 @@ fn decode(blocks_dir: &Path, network: Network) -> Result<Decoded> {
     let mut padding = Vec::new();
     for (no, path) in blk_files(blocks_dir)?.iter().enumerate() {
         let name = format!("blk{no:05}.dat");
-        ensure!(path.ends_with(&name), "expected {name}, found {}", path.display());
+        ensure!(
+            path.ends_with(&name),
+            "expected {name}, found {}",
+            path.display()
+        );
         let mut buf = std::fs::read(path)?;
         if let Some(key) = &key {
             for (i, b) in buf.iter_mut().enumerate() {
@@ -76,23 +80,33 @@ fn decode(blocks_dir: &Path, network: Network) -> Result<Decoded> {
             let len = u32::from_le_bytes(buf[off + 4..off + 8].try_into()?) as usize;
             let block: Block = deserialize(&buf[off + 8..off + 8 + len])
                 .with_context(|| format!("block in {name} at {off}"))?;
-            records.push(Record { file: u32::try_from(no)?, block });
+            records.push(Record {
+                file: u32::try_from(no)?,
+                block,
+            });
             off += 8 + len;
         }
-        ensure!(buf[off..].iter().all(|&b| b == 0), "{name}: non-zero bytes after the last record");
+        ensure!(
+            buf[off..].iter().all(|&b| b == 0),
+            "{name}: non-zero bytes after the last record"
+        );
         padding.push((buf.len() - off) as u64);
     }
     Ok(Decoded { records, padding })
 }
 
 /// The best chain from genesis to `tip`, following prev hashes back.
-fn best_chain<'a>(records: &'a [Record], tip: BlockHash) -> Result<Vec<&'a Block>> {
-    let by_hash: HashMap<BlockHash, &Block> =
-        records.iter().map(|r| (r.block.block_hash(), &r.block)).collect();
+fn best_chain(records: &[Record], tip: BlockHash) -> Result<Vec<&Block>> {
+    let by_hash: HashMap<BlockHash, &Block> = records
+        .iter()
+        .map(|r| (r.block.block_hash(), &r.block))
+        .collect();
     let mut chain = Vec::new();
     let mut at = tip;
     loop {
-        let block = by_hash.get(&at).with_context(|| format!("block {at} is not stored"))?;
+        let block = by_hash
+            .get(&at)
+            .with_context(|| format!("block {at} is not stored"))?;
         chain.push(*block);
         if block.header.prev_blockhash == BlockHash::all_zeros() {
             break;
@@ -107,7 +121,9 @@ fn read_csv(path: &Path) -> Result<(String, Vec<Vec<String>>)> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut lines = text.lines();
     let header = lines.next().context("empty csv")?.to_string();
-    let rows = lines.map(|l| l.split(',').map(str::to_string).collect()).collect();
+    let rows = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
     Ok((header, rows))
 }
 
@@ -120,7 +136,10 @@ fn all_files(root: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                out.insert(path.strip_prefix(root)?.to_path_buf(), std::fs::read(&path)?);
+                out.insert(
+                    path.strip_prefix(root)?.to_path_buf(),
+                    std::fs::read(&path)?,
+                );
             }
         }
     }
@@ -135,38 +154,66 @@ fn run(cfg: &SynthConfig) -> Result<(tempfile::TempDir, SynthSummary)> {
 
 #[test]
 fn same_config_gives_identical_files() -> Result<()> {
-    let cfg = SynthConfig { blocks: 60, txs_per_block: 15, xor: true, ..small(7) };
+    let cfg = SynthConfig {
+        blocks: 60,
+        txs_per_block: 15,
+        xor: true,
+        ..small(7)
+    };
     let (a, sa) = run(&cfg)?;
     let (b, sb) = run(&cfg)?;
     assert_eq!(sa, sb);
     let (fa, fb) = (all_files(a.path())?, all_files(b.path())?);
     assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
     for (name, bytes) in &fa {
-        assert!(bytes == &fb[name], "{} differs between two runs", name.display());
+        assert!(
+            bytes == &fb[name],
+            "{} differs between two runs",
+            name.display()
+        );
     }
     assert!(fa.contains_key(Path::new("blocks/xor.dat")));
     for name in ["labels.csv", "entities.csv", "cashouts.csv"] {
-        assert!(fa.contains_key(&Path::new("truth").join(name)), "truth/{name} missing");
+        assert!(
+            fa.contains_key(&Path::new("truth").join(name)),
+            "truth/{name} missing"
+        );
     }
 
     let (c, _) = run(&SynthConfig { seed: 8, ..cfg })?;
     let blk = Path::new("blocks/blk00000.dat");
-    assert_ne!(fa[blk], all_files(c.path())?[blk], "another seed gives the same blocks");
+    assert_ne!(
+        fa[blk],
+        all_files(c.path())?[blk],
+        "another seed gives the same blocks"
+    );
     Ok(())
 }
 
 #[test]
 fn other_networks_use_their_magic_genesis_and_addresses() -> Result<()> {
-    let cfg = SynthConfig { blocks: 20, txs_per_block: 5, network: Network::Bitcoin, ..small(5) };
+    let cfg = SynthConfig {
+        blocks: 20,
+        txs_per_block: 5,
+        network: Network::Bitcoin,
+        ..small(5)
+    };
     let (dir, summary) = run(&cfg)?;
     let decoded = decode(&dir.path().join("blocks"), Network::Bitcoin)?;
-    assert_eq!(decoded.records[0].block, bitcoin::constants::genesis_block(Network::Bitcoin));
+    assert_eq!(
+        decoded.records[0].block,
+        bitcoin::constants::genesis_block(Network::Bitcoin)
+    );
     assert_eq!(best_chain(&decoded.records, summary.best_tip)?.len(), 21);
     let (_, rows) = read_csv(&dir.path().join("truth/entities.csv"))?;
     assert!(!rows.is_empty());
     for row in rows {
         let address: Address<_> = row[0].parse()?;
-        ensure!(address.is_valid_for_network(Network::Bitcoin), "{} is not a mainnet address", row[0]);
+        ensure!(
+            address.is_valid_for_network(Network::Bitcoin),
+            "{} is not a mainnet address",
+            row[0]
+        );
     }
     Ok(())
 }
@@ -176,7 +223,9 @@ fn refuses_a_non_empty_blocks_directory() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("blocks"))?;
     std::fs::write(dir.path().join("blocks/blk00000.dat"), b"old")?;
-    let err = generate(&small(1), dir.path()).err().context("expected an error")?;
+    let err = generate(&small(1), dir.path())
+        .err()
+        .context("expected an error")?;
     assert!(err.to_string().contains("not empty"), "{err}");
     Ok(())
 }
@@ -191,9 +240,17 @@ fn blocks_directory_is_laid_out_like_core() -> Result<()> {
     let records = &decoded.records;
 
     // Files: several, each padded with zeros.
-    assert!(summary.blk_files >= 2, "expected a roll-over, got {} file(s)", summary.blk_files);
+    assert!(
+        summary.blk_files >= 2,
+        "expected a roll-over, got {} file(s)",
+        summary.blk_files
+    );
     assert_eq!(decoded.padding.len(), summary.blk_files as usize);
-    assert!(decoded.padding.iter().all(|&p| p > 0), "a file without padding: {:?}", decoded.padding);
+    assert!(
+        decoded.padding.iter().all(|&p| p > 0),
+        "a file without padding: {:?}",
+        decoded.padding
+    );
     let on_disk: u64 = blk_files(&blocks_dir)?
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()))
@@ -207,14 +264,29 @@ fn blocks_directory_is_laid_out_like_core() -> Result<()> {
     let mut commitments = 0;
     for r in records {
         let b = &r.block;
-        assert!(b.check_merkle_root(), "bad merkle root in {}", b.block_hash());
-        assert!(b.check_witness_commitment(), "bad witness commitment in {}", b.block_hash());
-        if b.txdata[0].output.iter().any(|o| o.script_pubkey.as_bytes().starts_with(&[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed])) {
+        assert!(
+            b.check_merkle_root(),
+            "bad merkle root in {}",
+            b.block_hash()
+        );
+        assert!(
+            b.check_witness_commitment(),
+            "bad witness commitment in {}",
+            b.block_hash()
+        );
+        if b.txdata[0].output.iter().any(|o| {
+            o.script_pubkey
+                .as_bytes()
+                .starts_with(&[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed])
+        }) {
             commitments += 1;
         }
         if *b != genesis {
             assert_eq!(b.header.bits.to_consensus(), 0x207f_ffff);
-            assert!(b.header.target().is_met_by(b.block_hash()), "nonce not ground");
+            assert!(
+                b.header.target().is_met_by(b.block_hash()),
+                "nonce not ground"
+            );
             assert!(b.txdata[0].is_coinbase());
             assert!(b.txdata[1..].iter().all(|t| !t.is_coinbase()));
         }
@@ -227,14 +299,19 @@ fn blocks_directory_is_laid_out_like_core() -> Result<()> {
     assert_eq!(summary.blocks, u64::from(cfg.blocks) + 1);
     assert_eq!(*chain[0], genesis);
     let best: HashSet<BlockHash> = chain.iter().map(|b| b.block_hash()).collect();
-    let stale = records.iter().filter(|r| !best.contains(&r.block.block_hash())).count();
+    let stale = records
+        .iter()
+        .filter(|r| !best.contains(&r.block.block_hash()))
+        .count();
     assert!(stale > 0, "no stale blocks");
     assert_eq!(stale as u64, summary.stale_blocks);
     assert_eq!(records.len() as u64, summary.blocks + summary.stale_blocks);
     // No branch reaches the tip's height.
     let heights: HashMap<BlockHash, usize> = {
-        let by_hash: HashMap<BlockHash, &Block> =
-            records.iter().map(|r| (r.block.block_hash(), &r.block)).collect();
+        let by_hash: HashMap<BlockHash, &Block> = records
+            .iter()
+            .map(|r| (r.block.block_hash(), &r.block))
+            .collect();
         let mut h = HashMap::new();
         for r in records {
             let mut n = 0;
@@ -252,7 +329,10 @@ fn blocks_directory_is_laid_out_like_core() -> Result<()> {
     for r in records {
         let hash = r.block.block_hash();
         if !best.contains(&hash) {
-            assert!(heights[&hash] < tip_height, "stale block {hash} ties the tip");
+            assert!(
+                heights[&hash] < tip_height,
+                "stale block {hash} ties the tip"
+            );
         }
     }
     let mut stored = HashSet::new();
@@ -278,7 +358,10 @@ fn blocks_directory_is_laid_out_like_core() -> Result<()> {
     assert_eq!(chain[1].header.time, genesis.header.time + 600);
 
     // The obfuscated variant holds the same blocks in the same files.
-    let (xdir, xsummary) = run(&SynthConfig { xor: true, ..cfg.clone() })?;
+    let (xdir, xsummary) = run(&SynthConfig {
+        xor: true,
+        ..cfg.clone()
+    })?;
     let xblocks = xdir.path().join("blocks");
     let key = std::fs::read(xblocks.join("xor.dat"))?;
     assert!(key.len() == 8 && key.iter().all(|&b| b != 0), "key {key:?}");
@@ -290,7 +373,10 @@ fn blocks_directory_is_laid_out_like_core() -> Result<()> {
         assert_eq!(a.block, b.block);
     }
     assert_eq!(xdecoded.padding, decoded.padding);
-    assert_ne!(std::fs::read(xblocks.join("blk00000.dat"))?, std::fs::read(blocks_dir.join("blk00000.dat"))?);
+    assert_ne!(
+        std::fs::read(xblocks.join("blk00000.dat"))?,
+        std::fs::read(blocks_dir.join("blk00000.dat"))?
+    );
     Ok(())
 }
 
@@ -304,12 +390,17 @@ fn looks_like_coinjoin(tx: &Transaction) -> bool {
     for o in &tx.output {
         *counts.entry(o.value.to_sat()).or_default() += 1;
     }
-    let (value, p) = counts.into_iter().max_by_key(|&(v, c)| (c, v)).unwrap_or_default();
+    let (value, p) = counts
+        .into_iter()
+        .max_by_key(|&(v, c)| (c, v))
+        .unwrap_or_default();
     p >= 2 && p <= tx.input.len() && value != 546 && value != 2730
 }
 
 fn address_of(out: &TxOut, network: Network) -> Option<String> {
-    Address::from_script(&out.script_pubkey, network).ok().map(|a| a.to_string())
+    Address::from_script(&out.script_pubkey, network)
+        .ok()
+        .map(|a| a.to_string())
 }
 
 #[test]
@@ -332,13 +423,22 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
     }
     let (header, rows) = read_csv(&truth.join("labels.csv"))?;
     assert_eq!(header, "address,label,category");
-    let labels: HashMap<String, (String, String)> =
-        rows.into_iter().map(|r| (r[0].clone(), (r[1].clone(), r[2].clone()))).collect();
+    let labels: HashMap<String, (String, String)> = rows
+        .into_iter()
+        .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
+        .collect();
     for category in ["scam", "exchange", "mixer"] {
-        assert!(labels.values().any(|(_, c)| c == category), "no {category} label");
+        assert!(
+            labels.values().any(|(_, c)| c == category),
+            "no {category} label"
+        );
     }
     for (address, (label, _)) in &labels {
-        assert_eq!(entities.get(address), Some(label), "label of {address} is not its owner");
+        assert_eq!(
+            entities.get(address),
+            Some(label),
+            "label of {address} is not its owner"
+        );
     }
 
     // Replay the best chain.
@@ -359,9 +459,9 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
                 let mut owners = HashSet::new();
                 let mut in_hop: Option<u32> = None;
                 for input in &tx.input {
-                    let prev = utxos
-                        .remove(&input.previous_output)
-                        .with_context(|| format!("{txid} spends a missing or spent {}", input.previous_output))?;
+                    let prev = utxos.remove(&input.previous_output).with_context(|| {
+                        format!("{txid} spends a missing or spent {}", input.previous_output)
+                    })?;
                     input_value += prev.value.to_sat();
                     if let Some(a) = address_of(&prev, net) {
                         owners.insert(entities[&a].clone());
@@ -383,9 +483,19 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
                     let scam_seed = address_of(o, net)
                         .and_then(|a| labels.get(&a))
                         .is_some_and(|(_, c)| c == "scam");
-                    let h = if scam_seed { Some(0) } else { in_hop.map(|h| h + 1) };
+                    let h = if scam_seed {
+                        Some(0)
+                    } else {
+                        in_hop.map(|h| h + 1)
+                    };
                     if let Some(h) = h {
-                        hop.insert(OutPoint { txid, vout: vout as u32 }, h);
+                        hop.insert(
+                            OutPoint {
+                                txid,
+                                vout: vout as u32,
+                            },
+                            h,
+                        );
                     }
                 }
             }
@@ -415,28 +525,63 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
                     assert!(o.value.to_sat() >= 546, "dust output in {txid}");
                 }
                 if let Some(a) = address_of(o, net) {
-                    ensure!(entities.contains_key(&a), "{a} (output of {txid}) has no entity");
+                    ensure!(
+                        entities.contains_key(&a),
+                        "{a} (output of {txid}) has no entity"
+                    );
                     output_addresses.insert(a);
                 }
                 if !s.is_op_return() && height > 0 {
-                    utxos.insert(OutPoint { txid, vout: vout as u32 }, o.clone());
+                    utxos.insert(
+                        OutPoint {
+                            txid,
+                            vout: vout as u32,
+                        },
+                        o.clone(),
+                    );
                 }
             }
             txs.insert(txid, tx.clone());
         }
         if height > 0 {
-            let coinbase: u64 = block.txdata[0].output.iter().map(|o| o.value.to_sat()).sum();
-            assert_eq!(coinbase, subsidy(height as u32, net) + fees, "coinbase value at {height}");
+            let coinbase: u64 = block.txdata[0]
+                .output
+                .iter()
+                .map(|o| o.value.to_sat())
+                .sum();
+            assert_eq!(
+                coinbase,
+                subsidy(height as u32, net) + fees,
+                "coinbase value at {height}"
+            );
         }
     }
     assert_eq!(tx_count, summary.transactions);
     assert!(tx_count > 120 * 12, "only {tx_count} transactions");
-    let unused: Vec<_> = entities.keys().filter(|a| !output_addresses.contains(*a)).collect();
-    assert!(unused.is_empty(), "entities.csv lists addresses in no output: {unused:?}");
-    for kind in ["p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr", "p2pk", "multisig", "op_return"] {
+    let unused: Vec<_> = entities
+        .keys()
+        .filter(|a| !output_addresses.contains(*a))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "entities.csv lists addresses in no output: {unused:?}"
+    );
+    for kind in [
+        "p2pkh",
+        "p2sh",
+        "p2wpkh",
+        "p2wsh",
+        "p2tr",
+        "p2pk",
+        "multisig",
+        "op_return",
+    ] {
         assert!(kinds.contains_key(kind), "no {kind} output; saw {kinds:?}");
     }
-    assert!(!kinds.contains_key("other"), "unexpected scripts: {kinds:?}");
+    assert!(
+        !kinds.contains_key("other"),
+        "unexpected scripts: {kinds:?}"
+    );
     assert!(coinjoins > 0 && multi_entity_coinjoins > 0, "no CoinJoins");
 
     // Cash-outs.
@@ -445,9 +590,13 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
     assert!(!rows.is_empty(), "no cash-outs");
     assert_eq!(rows.len() as u64, summary.scam_flows);
     for row in &rows {
-        let [op, seed, exit, amount, hops, txid] = &row[..] else { bail!("bad row {row:?}") };
+        let [op, seed, exit, amount, hops, txid] = &row[..] else {
+            bail!("bad row {row:?}")
+        };
         let txid: Txid = txid.parse()?;
-        let tx = txs.get(&txid).with_context(|| format!("cash-out {txid} not on the best chain"))?;
+        let tx = txs
+            .get(&txid)
+            .with_context(|| format!("cash-out {txid} not on the best chain"))?;
         let amount: u64 = amount.parse()?;
         let hops: u32 = hops.parse()?;
         assert!((2..=6).contains(&hops), "hops {hops}");
@@ -456,13 +605,29 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
             .iter()
             .position(|o| address_of(o, net).as_ref() == Some(exit) && o.value.to_sat() == amount)
             .with_context(|| format!("{txid} pays no {amount} to {exit}"))?;
-        assert_eq!(labels.get(exit).map(|l| l.1.as_str()), Some("exchange"), "exit {exit}");
+        assert_eq!(
+            labels.get(exit).map(|l| l.1.as_str()),
+            Some("exchange"),
+            "exit {exit}"
+        );
         assert!(entities[exit].starts_with("exchange-"));
-        assert_eq!(labels.get(seed), Some(&(op.clone(), "scam".to_string())), "seed {seed}");
-        assert_eq!(hop.get(&OutPoint { txid, vout: vout as u32 }), Some(&hops), "hops of {txid}");
+        assert_eq!(
+            labels.get(seed),
+            Some(&(op.clone(), "scam".to_string())),
+            "seed {seed}"
+        );
+        assert_eq!(
+            hop.get(&OutPoint {
+                txid,
+                vout: vout as u32
+            }),
+            Some(&hops),
+            "hops of {txid}"
+        );
         // Fully tainted: every input comes from the scam operation.
         for input in &tx.input {
-            let prev = &txs[&input.previous_output.txid].output[input.previous_output.vout as usize];
+            let prev =
+                &txs[&input.previous_output.txid].output[input.previous_output.vout as usize];
             if let Some(a) = address_of(prev, net) {
                 assert_eq!(&entities[&a], op, "cash-out {txid} spends {a}");
             }
@@ -471,3 +636,13 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
     Ok(())
 }
 
+#[test]
+#[ignore]
+fn probe() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let t = std::time::Instant::now();
+    let s = generate(&SynthConfig { blocks: 200, txs_per_block: 200, ..SynthConfig::default() }, dir.path())?;
+    let el = t.elapsed().as_secs_f64();
+    println!("{s:?} in {el:.2}s = {:.0} tx/s", s.transactions as f64 / el);
+    Ok(())
+}

@@ -206,6 +206,11 @@ impl BlkDir {
                         offset,
                         len: rec_len,
                         max: MAX_BLOCK_SERIALIZED_SIZE,
+                        hint: if self.is_obfuscated() {
+                            " (is xor.dat the key these files were written with?)"
+                        } else {
+                            ""
+                        },
                     });
                 }
                 if rec_len > available - 8 {

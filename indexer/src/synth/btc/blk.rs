@@ -69,8 +69,10 @@ impl BlkWriter {
 
     /// Appends one block record, rolling to a new file first when needed.
     pub(crate) fn write_record(&mut self, block: &[u8], height: u32) -> Result<RecordPos> {
-        let len = u32::try_from(block.len())
-            .map_err(|_| Error::BlockTooLarge { height, size: block.len() })?;
+        let len = u32::try_from(block.len()).map_err(|_| Error::BlockTooLarge {
+            height,
+            size: block.len(),
+        })?;
         let add = 8 + u64::from(len);
         let roll = self
             .current
@@ -96,7 +98,10 @@ impl BlkWriter {
         header[4..].copy_from_slice(&len.to_le_bytes());
         let pos = {
             let c = self.current.as_ref().expect("a file was opened above");
-            RecordPos { file: c.no, offset: c.offset }
+            RecordPos {
+                file: c.no,
+                offset: c.offset,
+            }
         };
         self.write_bytes(&header)?;
         self.write_bytes(block)?;
@@ -104,7 +109,10 @@ impl BlkWriter {
     }
 
     fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
-        let c = self.current.as_mut().expect("write_bytes is only called with an open file");
+        let c = self
+            .current
+            .as_mut()
+            .expect("write_bytes is only called with an open file");
         let result = match self.key {
             None => c.out.write_all(data),
             Some(key) => {
@@ -128,7 +136,11 @@ impl BlkWriter {
         let Some(offset) = self.current.as_ref().map(|c| c.offset) else {
             return Ok(());
         };
-        let unit = if offset < BLOCKFILE_CHUNK_SIZE { SMALL_PAD_UNIT } else { BLOCKFILE_CHUNK_SIZE };
+        let unit = if offset < BLOCKFILE_CHUNK_SIZE {
+            SMALL_PAD_UNIT
+        } else {
+            BLOCKFILE_CHUNK_SIZE
+        };
         let padded = (offset / unit + 1) * unit;
         let zeros = vec![0u8; 1 << 16];
         let mut left = padded - offset;

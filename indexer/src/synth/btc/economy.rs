@@ -25,7 +25,9 @@ use bitcoin::absolute::LockTime;
 use bitcoin::opcodes::all::OP_RETURN;
 use bitcoin::script::Builder;
 use bitcoin::transaction::Version;
-use bitcoin::{Amount, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Wtxid};
+use bitcoin::{
+    Amount, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Wtxid,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -70,14 +72,21 @@ impl Taint {
         let mut out: Option<Taint> = None;
         for t in taints {
             out = Some(match out {
-                None => Taint { hop: t.hop + 1, ..t },
+                None => Taint {
+                    hop: t.hop + 1,
+                    ..t
+                },
                 Some(o) => {
                     let (seed_seq, seed_addr) = if t.seed_seq < o.seed_seq {
                         (t.seed_seq, t.seed_addr)
                     } else {
                         (o.seed_seq, o.seed_addr)
                     };
-                    Taint { hop: o.hop.min(t.hop + 1), seed_seq, seed_addr }
+                    Taint {
+                        hop: o.hop.min(t.hop + 1),
+                        seed_seq,
+                        seed_addr,
+                    }
                 }
             });
         }
@@ -122,7 +131,11 @@ struct Out {
 
 impl Out {
     fn to(addr: u32, dest: Dest) -> Self {
-        Out { addr, value: 0, dest }
+        Out {
+            addr,
+            value: 0,
+            dest,
+        }
     }
 }
 
@@ -355,18 +368,37 @@ impl Economy {
             cashouts: Vec::new(),
         };
         // Pool 1 pays its coinbases to bare p2pk like the early chain did.
-        const POOL_KINDS: [Kind; 5] =
-            [Kind::P2pk, Kind::P2pkh, Kind::P2wpkh, Kind::P2shP2wpkh, Kind::P2tr];
+        const POOL_KINDS: [Kind; 5] = [
+            Kind::P2pk,
+            Kind::P2pkh,
+            Kind::P2wpkh,
+            Kind::P2shP2wpkh,
+            Kind::P2tr,
+        ];
         for i in 0..layout.miners {
             let kind = POOL_KINDS[i as usize % POOL_KINDS.len()];
             let addr = econ.new_addr(layout.miner(i), kind, 0);
             let weight = econ.rng.random_range(1..=10);
-            econ.pools.push(Pool { addr, utxos: Vec::new(), weight });
+            econ.pools.push(Pool {
+                addr,
+                utxos: Vec::new(),
+                weight,
+            });
         }
-        const HOT_KINDS: [Kind; 5] =
-            [Kind::P2wsh, Kind::P2shMultisig, Kind::P2wpkh, Kind::P2wsh, Kind::P2pkh];
-        const DEPOSIT_KINDS: [Kind; 5] =
-            [Kind::P2wpkh, Kind::P2shP2wpkh, Kind::P2pkh, Kind::P2wpkh, Kind::P2tr];
+        const HOT_KINDS: [Kind; 5] = [
+            Kind::P2wsh,
+            Kind::P2shMultisig,
+            Kind::P2wpkh,
+            Kind::P2wsh,
+            Kind::P2pkh,
+        ];
+        const DEPOSIT_KINDS: [Kind; 5] = [
+            Kind::P2wpkh,
+            Kind::P2shP2wpkh,
+            Kind::P2pkh,
+            Kind::P2wpkh,
+            Kind::P2tr,
+        ];
         for i in 0..layout.exchanges {
             let owner = layout.exchange(i);
             let n_hot = econ.rng.random_range(1..=2);
@@ -386,7 +418,9 @@ impl Economy {
             let owner = layout.scam(i);
             let kind = [Kind::P2wpkh, Kind::P2pkh, Kind::P2tr][econ.rng.random_range(0..3)];
             let n_dep = econ.rng.random_range(2..=4);
-            let deposits = (0..n_dep).map(|_| econ.new_addr(owner, kind, LABEL_SCAM)).collect();
+            let deposits = (0..n_dep)
+                .map(|_| econ.new_addr(owner, kind, LABEL_SCAM))
+                .collect();
             let min_hops = econ.rng.random_range(2..=3);
             let max_hops = econ.rng.random_range(min_hops + 1..=6);
             econ.scams.push(ScamOp {
@@ -400,12 +434,18 @@ impl Economy {
         }
         for i in 0..layout.mixers {
             let owner = layout.mixer(i);
-            let fee_addrs = (0..2).map(|_| econ.new_addr(owner, Kind::P2wpkh, LABEL_MIXER)).collect();
+            let fee_addrs = (0..2)
+                .map(|_| econ.new_addr(owner, Kind::P2wpkh, LABEL_MIXER))
+                .collect();
             econ.mixers.push(Mixer { fee_addrs });
         }
         for _ in 0..n_users {
             let kind = Kind::draw(&mut econ.rng);
-            econ.users.push(User { utxos: Vec::new(), receive: Vec::new(), kind });
+            econ.users.push(User {
+                utxos: Vec::new(),
+                receive: Vec::new(),
+                kind,
+            });
         }
         econ
     }
@@ -419,7 +459,11 @@ impl Economy {
 
     fn user_fresh(&mut self, u: u32) -> u32 {
         let user_kind = self.users[u as usize].kind;
-        let kind = if self.rng.random_ratio(85, 100) { user_kind } else { Kind::draw(&mut self.rng) };
+        let kind = if self.rng.random_ratio(85, 100) {
+            user_kind
+        } else {
+            Kind::draw(&mut self.rng)
+        };
         self.new_addr(self.layout.user(u), kind, 0)
     }
 
@@ -457,7 +501,11 @@ impl Economy {
         if existing != NONE {
             return existing;
         }
-        let flags = if self.rng.random_ratio(1, 4) { LABEL_EXCHANGE } else { 0 };
+        let flags = if self.rng.random_ratio(1, 4) {
+            LABEL_EXCHANGE
+        } else {
+            0
+        };
         let kind = self.exchanges[e as usize].deposit_kind;
         let addr = self.new_addr(self.layout.exchange(e), kind, flags);
         self.exchanges[e as usize].user_deposit[u as usize] = addr;
@@ -471,7 +519,11 @@ impl Economy {
 
     fn other_user(&mut self, u: u32) -> u32 {
         let v = self.random_user();
-        if v == u { (v + 1) % u32::try_from(self.users.len()).expect("at most 1e6 users") } else { v }
+        if v == u {
+            (v + 1) % u32::try_from(self.users.len()).expect("at most 1e6 users")
+        } else {
+            v
+        }
     }
 
     fn funded_user(&mut self, min_utxos: usize) -> Option<u32> {
@@ -531,7 +583,11 @@ impl Economy {
         let e = self.rng.random_range(lo_e..=hi_e);
         let a = lo.max(10u64.pow(e));
         let b = hi.min(10u64.saturating_pow(e + 1) - 1);
-        let mut v = if a < b { self.rng.random_range(a..=b) } else { a };
+        let mut v = if a < b {
+            self.rng.random_range(a..=b)
+        } else {
+            a
+        };
         if round && e >= 2 && self.rng.random_ratio(3, 10) {
             let unit = 10u64.pow(e - 1);
             v = (v / unit * unit).max(lo);
@@ -541,13 +597,21 @@ impl Economy {
 
     /// Builds, records and credits one transaction; returns its txid.
     fn emit(&mut self, inputs: &[Utxo], outs: &[Out]) -> Txid {
-        let sequence =
-            if self.rng.random_ratio(7, 10) { Sequence::ENABLE_RBF_NO_LOCKTIME } else { Sequence::MAX };
+        let sequence = if self.rng.random_ratio(7, 10) {
+            Sequence::ENABLE_RBF_NO_LOCKTIME
+        } else {
+            Sequence::MAX
+        };
         let mut input = Vec::with_capacity(inputs.len());
         for u in inputs {
             let kind = self.addrs[u.addr as usize].kind;
             let (script_sig, witness) = self.mat.spend(u.addr, kind, &mut self.rng);
-            input.push(TxIn { previous_output: u.outpoint, script_sig, sequence, witness });
+            input.push(TxIn {
+                previous_output: u.outpoint,
+                script_sig,
+                sequence,
+                witness,
+            });
         }
         let mut output = Vec::with_capacity(outs.len());
         for o in outs {
@@ -557,13 +621,26 @@ impl Economy {
                     self.rng.fill_bytes(&mut data);
                     let push = <&bitcoin::script::PushBytes>::try_from(&data[..])
                         .expect("at most 255 bytes of data");
-                    Builder::new().push_opcode(OP_RETURN).push_slice(push).into_script()
+                    Builder::new()
+                        .push_opcode(OP_RETURN)
+                        .push_slice(push)
+                        .into_script()
                 }
-                _ => self.mat.script_pubkey(o.addr, self.addrs[o.addr as usize].kind),
+                _ => self
+                    .mat
+                    .script_pubkey(o.addr, self.addrs[o.addr as usize].kind),
             };
-            output.push(TxOut { value: Amount::from_sat(o.value), script_pubkey });
+            output.push(TxOut {
+                value: Amount::from_sat(o.value),
+                script_pubkey,
+            });
         }
-        let tx = Transaction { version: Version::TWO, lock_time: LockTime::ZERO, input, output };
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input,
+            output,
+        };
         let txid = tx.compute_txid();
         let wtxid = if tx.input.iter().any(|i| !i.witness.is_empty()) {
             tx.compute_wtxid()
@@ -572,7 +649,10 @@ impl Economy {
         };
         for (vout, o) in outs.iter().enumerate() {
             let utxo = Utxo {
-                outpoint: OutPoint { txid, vout: u32::try_from(vout).expect("few outputs") },
+                outpoint: OutPoint {
+                    txid,
+                    vout: u32::try_from(vout).expect("few outputs"),
+                },
                 value: o.value,
                 addr: o.addr,
             };
@@ -584,12 +664,17 @@ impl Economy {
                 Dest::Deposit(e) => self.exchanges[e as usize].deposit_utxos.push(utxo),
                 Dest::Hot(e) => self.exchanges[e as usize].hot_utxos.push(utxo),
                 Dest::Pool(p) => self.pools[p as usize].utxos.push(utxo),
-                Dest::Scam(op, taint) => self.scams[op as usize].utxos.push(ScamUtxo { utxo, taint }),
+                Dest::Scam(op, taint) => {
+                    self.scams[op as usize].utxos.push(ScamUtxo { utxo, taint })
+                }
                 Dest::Untracked | Dest::OpReturn(_) => {}
             }
         }
         let out_value: u64 = outs.iter().map(|o| o.value).sum();
-        debug_assert!(sum(inputs) > out_value, "every transaction pays a positive fee");
+        debug_assert!(
+            sum(inputs) > out_value,
+            "every transaction pays a positive fee"
+        );
         let fee = sum(inputs).saturating_sub(out_value);
         self.body.txs.push(tx);
         self.body.txids.push(txid);
@@ -639,7 +724,14 @@ impl Economy {
             (Action::Deposit, 12),
             (Action::Withdrawal, if hot { 10 } else { 0 }),
             (Action::Sweep, if sweepable { 3 } else { 0 }),
-            (Action::PoolPayout, if pool_utxos > 0 { 2 + pool_utxos.min(20) } else { 0 }),
+            (
+                Action::PoolPayout,
+                if pool_utxos > 0 {
+                    2 + pool_utxos.min(20)
+                } else {
+                    0
+                },
+            ),
             (Action::CoinJoin, 2),
             (Action::Peel, 5),
             (Action::Victim, if self.scams.is_empty() { 0 } else { 2 }),
@@ -658,7 +750,9 @@ impl Economy {
     }
 
     fn act_payment(&mut self) -> bool {
-        let Some(u) = self.funded_user(1) else { return false };
+        let Some(u) = self.funded_user(1) else {
+            return false;
+        };
         let k = self.input_count(self.users[u as usize].utxos.len());
         let inputs = take_random(&mut self.users[u as usize].utxos, k, &mut self.rng);
         let total = sum(&inputs);
@@ -672,7 +766,11 @@ impl Economy {
         }
         if self.rng.random_ratio(1, 50) {
             let n = self.rng.random_range(20..=40);
-            outs.push(Out { addr: NONE, value: 0, dest: Dest::OpReturn(n) });
+            outs.push(Out {
+                addr: NONE,
+                value: 0,
+                dest: Dest::OpReturn(n),
+            });
         }
         let rate = self.tx_rate();
         let fee = self.fee(&inputs, &outs, rate);
@@ -682,7 +780,11 @@ impl Economy {
             self.users[u as usize].utxos.extend(inputs);
             return false;
         }
-        let pay = if spend_all { spendable } else { self.amount(10_000.min(spendable), spendable, true) };
+        let pay = if spend_all {
+            spendable
+        } else {
+            self.amount(10_000.min(spendable), spendable, true)
+        };
         outs[0].value = pay;
         if !spend_all {
             outs[1].value = total - fee - pay;
@@ -695,7 +797,9 @@ impl Economy {
     }
 
     fn act_deposit(&mut self) -> bool {
-        let Some(u) = self.funded_user(1) else { return false };
+        let Some(u) = self.funded_user(1) else {
+            return false;
+        };
         let n_ex = u32::try_from(self.exchanges.len()).expect("at most 5 exchanges");
         let e = self.rng.random_range(0..n_ex);
         let dep = self.user_deposit(u, e);
@@ -735,7 +839,9 @@ impl Economy {
     fn act_withdrawal(&mut self) -> bool {
         let n_ex = self.exchanges.len();
         let start = self.rng.random_range(0..n_ex);
-        let Some(e) = (0..n_ex).map(|i| (start + i) % n_ex).find(|&e| !self.exchanges[e].hot_utxos.is_empty())
+        let Some(e) = (0..n_ex)
+            .map(|i| (start + i) % n_ex)
+            .find(|&e| !self.exchanges[e].hot_utxos.is_empty())
         else {
             return false;
         };
@@ -749,7 +855,11 @@ impl Economy {
         let k = self.rng.random_range(1..=3);
         let inputs = take_random(&mut self.exchanges[e].hot_utxos, k, &mut self.rng);
         let total = sum(&inputs);
-        let n = if self.rng.random_ratio(1, 2) { 1 } else { self.rng.random_range(2..=12) };
+        let n = if self.rng.random_ratio(1, 2) {
+            1
+        } else {
+            self.rng.random_range(2..=12)
+        };
         let mut outs = Vec::with_capacity(n + 1);
         for _ in 0..n {
             let u = self.random_user();
@@ -781,12 +891,16 @@ impl Economy {
     fn act_sweep(&mut self) -> bool {
         let n_ex = self.exchanges.len();
         let start = self.rng.random_range(0..n_ex);
-        let Some(e) =
-            (0..n_ex).map(|i| (start + i) % n_ex).find(|&e| self.exchanges[e].deposit_utxos.len() >= 5)
+        let Some(e) = (0..n_ex)
+            .map(|i| (start + i) % n_ex)
+            .find(|&e| self.exchanges[e].deposit_utxos.len() >= 5)
         else {
             return false;
         };
-        let n = self.exchanges[e].deposit_utxos.len().min(self.rng.random_range(5..=120));
+        let n = self.exchanges[e]
+            .deposit_utxos
+            .len()
+            .min(self.rng.random_range(5..=120));
         // Oldest deposits first, as exchanges sweep them.
         let inputs: Vec<Utxo> = self.exchanges[e].deposit_utxos.drain(..n).collect();
         let total = sum(&inputs);
@@ -807,7 +921,9 @@ impl Economy {
     fn act_pool_payout(&mut self) -> bool {
         let n_pools = self.pools.len();
         let start = self.rng.random_range(0..n_pools);
-        let Some(p) = (0..n_pools).map(|i| (start + i) % n_pools).find(|&p| !self.pools[p].utxos.is_empty())
+        let Some(p) = (0..n_pools)
+            .map(|i| (start + i) % n_pools)
+            .find(|&p| !self.pools[p].utxos.is_empty())
         else {
             return false;
         };
@@ -858,9 +974,14 @@ impl Economy {
                 continue;
             }
             let mut mine = take_random(&mut self.users[u as usize].utxos, 1, &mut self.rng);
-            let share = |econ: &Self, mine: &[Utxo]| econ.fee(mine, &[], rate) + (2 * 31 - 10) * rate;
+            let share =
+                |econ: &Self, mine: &[Utxo]| econ.fee(mine, &[], rate) + (2 * 31 - 10) * rate;
             if sum(&mine) < d + coord_fee + share(self, &mine) {
-                mine.extend(take_random(&mut self.users[u as usize].utxos, 1, &mut self.rng));
+                mine.extend(take_random(
+                    &mut self.users[u as usize].utxos,
+                    1,
+                    &mut self.rng,
+                ));
             }
             let fee_share = share(self, &mine);
             if sum(&mine) < d + coord_fee + fee_share {
@@ -880,14 +1001,22 @@ impl Economy {
         for (u, mine, fee_share) in &parts {
             let u = *u;
             let mixed = self.user_fresh(u);
-            outs.push(Out { addr: mixed, value: d, dest: Dest::User(u) });
+            outs.push(Out {
+                addr: mixed,
+                value: d,
+                dest: Dest::User(u),
+            });
             let mut c = sum(mine) - d - coord_fee - fee_share;
             if c == d {
                 c -= 1;
             }
             if c >= DUST {
                 let change = self.user_fresh(u);
-                outs.push(Out { addr: change, value: c, dest: Dest::User(u) });
+                outs.push(Out {
+                    addr: change,
+                    value: c,
+                    dest: Dest::User(u),
+                });
             }
             inputs.extend_from_slice(mine);
         }
@@ -895,7 +1024,11 @@ impl Economy {
         if fees >= DUST {
             let mixer = &self.mixers[self.rng.random_range(0..self.mixers.len())];
             let addr = mixer.fee_addrs[self.rng.random_range(0..mixer.fee_addrs.len())];
-            outs.push(Out { addr, value: fees, dest: Dest::Untracked });
+            outs.push(Out {
+                addr,
+                value: fees,
+                dest: Dest::Untracked,
+            });
         }
         inputs.shuffle(&mut self.rng);
         outs.shuffle(&mut self.rng);
@@ -953,7 +1086,14 @@ impl Economy {
         } else {
             self.peels[i] = Peel {
                 user: chain.user,
-                utxo: Utxo { outpoint: OutPoint { txid, vout: change_vout }, value: change_value, addr: change },
+                utxo: Utxo {
+                    outpoint: OutPoint {
+                        txid,
+                        vout: change_vout,
+                    },
+                    value: change_value,
+                    addr: change,
+                },
                 steps_left: chain.steps_left - 1,
             };
         }
@@ -963,7 +1103,11 @@ impl Economy {
     fn start_peel(&mut self) {
         let Some(u) = self.funded_user(1) else { return };
         let utxos = &mut self.users[u as usize].utxos;
-        let Some((i, _)) = utxos.iter().enumerate().max_by_key(|(i, x)| (x.value, usize::MAX - i)) else {
+        let Some((i, _)) = utxos
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, x)| (x.value, usize::MAX - i))
+        else {
             return;
         };
         if utxos[i].value < 50_000_000 {
@@ -971,21 +1115,34 @@ impl Economy {
         }
         let utxo = utxos.swap_remove(i);
         let steps_left = self.rng.random_range(5..=30);
-        self.peels.push(Peel { user: u, utxo, steps_left });
+        self.peels.push(Peel {
+            user: u,
+            utxo,
+            steps_left,
+        });
     }
 
     fn act_victim(&mut self) -> bool {
-        let Some(u) = self.funded_user(1) else { return false };
+        let Some(u) = self.funded_user(1) else {
+            return false;
+        };
         let op = self.rng.random_range(0..self.scams.len());
         let deposits = &self.scams[op].deposits;
         let dep = deposits[self.rng.random_range(0..deposits.len())];
         let k = self.input_count(self.users[u as usize].utxos.len());
         let inputs = take_random(&mut self.users[u as usize].utxos, k, &mut self.rng);
         let total = sum(&inputs);
-        let taint = Taint { hop: 0, seed_seq: self.victim_seq, seed_addr: dep };
+        let taint = Taint {
+            hop: 0,
+            seed_seq: self.victim_seq,
+            seed_addr: dep,
+        };
         let op32 = u32::try_from(op).expect("at most 5 scam operations");
         let change = self.user_change(u);
-        let mut outs = vec![Out::to(dep, Dest::Scam(op32, taint)), Out::to(change, Dest::User(u))];
+        let mut outs = vec![
+            Out::to(dep, Dest::Scam(op32, taint)),
+            Out::to(change, Dest::User(u)),
+        ];
         let rate = self.tx_rate();
         let fee = self.fee(&inputs, &outs, rate);
         let spendable = total.saturating_sub(fee + DUST);
@@ -1004,8 +1161,17 @@ impl Economy {
     }
 
     fn scam_fresh(&mut self, op: usize) -> u32 {
-        let kind = if self.rng.random_ratio(85, 100) { self.scams[op].kind } else { Kind::draw(&mut self.rng) };
-        self.new_addr(self.layout.scam(u32::try_from(op).expect("at most 5 scam operations")), kind, 0)
+        let kind = if self.rng.random_ratio(85, 100) {
+            self.scams[op].kind
+        } else {
+            Kind::draw(&mut self.rng)
+        };
+        self.new_addr(
+            self.layout
+                .scam(u32::try_from(op).expect("at most 5 scam operations")),
+            kind,
+            0,
+        )
     }
 
     fn act_scam(&mut self) -> bool {
@@ -1014,7 +1180,9 @@ impl Economy {
             return false;
         }
         let start = self.rng.random_range(0..n_ops);
-        let Some(op) = (0..n_ops).map(|i| (start + i) % n_ops).find(|&o| !self.scams[o].utxos.is_empty())
+        let Some(op) = (0..n_ops)
+            .map(|i| (start + i) % n_ops)
+            .find(|&o| !self.scams[o].utxos.is_empty())
         else {
             return false;
         };
@@ -1041,7 +1209,11 @@ impl Economy {
             let taint = Taint::next(spent.iter().map(|s| s.taint)).expect("at least one input");
             let inputs: Vec<Utxo> = spent.iter().map(|s| s.utxo).collect();
             let total = sum(&inputs);
-            let n_exits = if total >= 2_000_000 && self.rng.random_ratio(1, 5) { 2 } else { 1 };
+            let n_exits = if total >= 2_000_000 && self.rng.random_ratio(1, 5) {
+                2
+            } else {
+                1
+            };
             let mut outs = Vec::with_capacity(n_exits);
             for _ in 0..n_exits {
                 let n_ex = u32::try_from(self.exchanges.len()).expect("at most 5 exchanges");
@@ -1076,7 +1248,10 @@ impl Economy {
         }
         let merge = !self.scams[op].utxos.is_empty() && self.rng.random_ratio(45, 100);
         if merge {
-            let extra = self.rng.random_range(1..=2usize).min(self.scams[op].utxos.len());
+            let extra = self
+                .rng
+                .random_range(1..=2usize)
+                .min(self.scams[op].utxos.len());
             for _ in 0..extra {
                 let j = self.rng.random_range(0..self.scams[op].utxos.len());
                 spent.push(self.scams[op].utxos.swap_remove(j));
@@ -1105,14 +1280,14 @@ impl Economy {
             return false;
         }
         let mut left = total - fee;
-        for i in 0..n_out {
+        for (i, o) in outs.iter_mut().enumerate() {
             let v = if i + 1 == n_out {
                 left
             } else {
                 let share = left * self.rng.random_range(20..=60) / 100;
                 share.max(DUST)
             };
-            outs[i].value = v;
+            o.value = v;
             left -= v;
         }
         self.emit(&inputs, &outs);
@@ -1133,7 +1308,9 @@ impl Economy {
     }
 
     fn act_consolidate(&mut self) -> bool {
-        let Some(u) = self.funded_user(10) else { return false };
+        let Some(u) = self.funded_user(10) else {
+            return false;
+        };
         let n = self.rng.random_range(6..=25);
         let inputs = take_random(&mut self.users[u as usize].utxos, n, &mut self.rng);
         let total = sum(&inputs);
@@ -1181,7 +1358,11 @@ impl Economy {
         self.addrs[addr as usize].flags |= SEEN;
         if value >= DUST {
             let outpoint = OutPoint { txid, vout: 0 };
-            self.pools[p as usize].utxos.push(Utxo { outpoint, value, addr });
+            self.pools[p as usize].utxos.push(Utxo {
+                outpoint,
+                value,
+                addr,
+            });
         }
     }
 
@@ -1202,7 +1383,10 @@ impl Economy {
 
     /// Calls `f(address, entity)` for every address seen on the best chain that has
     /// an address encoding, in address-id order.
-    pub(crate) fn for_each_entity(&self, mut f: impl FnMut(&str, &str) -> std::io::Result<()>) -> std::io::Result<u64> {
+    pub(crate) fn for_each_entity(
+        &self,
+        mut f: impl FnMut(&str, &str) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
         let mut rows = 0;
         for (id, info) in self.addrs.iter().enumerate() {
             if info.flags & SEEN == 0 {
@@ -1259,8 +1443,10 @@ impl Economy {
             Action::Scam,
             Action::Consolidate,
         ];
-        let parts: Vec<String> =
-            ALL.iter().map(|a| format!("{a:?}={}", self.made[*a as usize])).collect();
+        let parts: Vec<String> = ALL
+            .iter()
+            .map(|a| format!("{a:?}={}", self.made[*a as usize]))
+            .collect();
         parts.join(" ")
     }
 

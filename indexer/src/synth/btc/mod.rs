@@ -123,9 +123,17 @@ pub struct SynthSummary {
 /// Block subsidy at `height`: 50 BTC halving every 150 blocks on regtest and every
 /// 210,000 blocks elsewhere.
 pub fn subsidy(height: u32, network: Network) -> u64 {
-    let interval = if network == Network::Regtest { 150 } else { 210_000 };
+    let interval = if network == Network::Regtest {
+        150
+    } else {
+        210_000
+    };
     let halvings = height / interval;
-    if halvings >= 64 { 0 } else { (50 * 100_000_000u64) >> halvings }
+    if halvings >= 64 {
+        0
+    } else {
+        (50 * 100_000_000u64) >> halvings
+    }
 }
 
 /// How often progress is logged.
@@ -143,7 +151,8 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     for dir in [&blocks_dir, &truth_dir] {
         std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
     }
-    let mut entries = std::fs::read_dir(&blocks_dir).map_err(|source| Error::io(&blocks_dir, source))?;
+    let mut entries =
+        std::fs::read_dir(&blocks_dir).map_err(|source| Error::io(&blocks_dir, source))?;
     if entries.next().is_some() {
         return Err(Error::OutputNotEmpty { path: blocks_dir });
     }
@@ -156,8 +165,12 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     } else {
         None
     };
-    let mut writer =
-        BlkWriter::new(&blocks_dir, cfg.network.magic().to_bytes(), cfg.max_blockfile_size, key);
+    let mut writer = BlkWriter::new(
+        &blocks_dir,
+        cfg.network.magic().to_bytes(),
+        cfg.max_blockfile_size,
+        key,
+    );
     let mut truth = Truth::create(&truth_dir)?;
     let expected = u64::from(cfg.blocks) * u64::from(cfg.txs_per_block);
     let mut econ = Economy::new(cfg.seed, cfg.network, expected);
@@ -186,13 +199,20 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     let mut deferred: Vec<(u32, Vec<u8>)> = Vec::new();
 
     for height in 1..=cfg.blocks {
-        let step = if height == 1 { 600 } else { chain.random_range(400..=800u32) };
-        time = time.checked_add(step).ok_or(Error::TimeOverflow { height })?;
+        let step = if height == 1 {
+            600
+        } else {
+            chain.random_range(400..=800u32)
+        };
+        time = time
+            .checked_add(step)
+            .ok_or(Error::TimeOverflow { height })?;
         let spread = (cfg.txs_per_block / 10).max(1);
         let slots = if cfg.txs_per_block == 0 {
             0
         } else {
-            chain.random_range(cfg.txs_per_block.saturating_sub(spread)..=cfg.txs_per_block + spread)
+            chain
+                .random_range(cfg.txs_per_block.saturating_sub(spread)..=cfg.txs_per_block + spread)
         };
         let body = econ.build_block(slots);
         let pool = econ.pick_pool();
@@ -212,7 +232,12 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
             },
         );
         let hash = block.hash();
-        econ.credit_coinbase(pool, block.coinbase_txid, value, subsidy(height, cfg.network));
+        econ.credit_coinbase(
+            pool,
+            block.coinbase_txid,
+            value,
+            subsidy(height, cfg.network),
+        );
         let cashouts = econ.take_cashouts();
         truth.cashouts(&econ, &cashouts)?;
         summary.transactions += body.txs.len() as u64 + 1;
@@ -395,11 +420,17 @@ impl Mined {
     fn encode(&self, txs: &[Transaction]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(1024);
         let n = VarInt::from(txs.len() + 1);
-        self.header.consensus_encode(&mut buf).expect("writing to a Vec cannot fail");
-        n.consensus_encode(&mut buf).expect("writing to a Vec cannot fail");
-        self.coinbase.consensus_encode(&mut buf).expect("writing to a Vec cannot fail");
+        self.header
+            .consensus_encode(&mut buf)
+            .expect("writing to a Vec cannot fail");
+        n.consensus_encode(&mut buf)
+            .expect("writing to a Vec cannot fail");
+        self.coinbase
+            .consensus_encode(&mut buf)
+            .expect("writing to a Vec cannot fail");
         for tx in txs {
-            tx.consensus_encode(&mut buf).expect("writing to a Vec cannot fail");
+            tx.consensus_encode(&mut buf)
+                .expect("writing to a Vec cannot fail");
         }
         buf
     }
@@ -409,7 +440,9 @@ impl Mined {
 /// grinds its nonce.
 fn assemble(rng: &mut ChaCha8Rng, spec: BlockSpec<'_>) -> Mined {
     let txs = &spec.body.txs[..spec.n_txs];
-    let segwit = txs.iter().any(|tx| tx.input.iter().any(|i| !i.witness.is_empty()));
+    let segwit = txs
+        .iter()
+        .any(|tx| tx.input.iter().any(|i| !i.witness.is_empty()));
     let commitment = segwit.then(|| {
         let wtxids = std::iter::once(Wtxid::all_zeros())
             .chain(spec.body.wtxids[..spec.n_txs].iter().copied())
@@ -432,14 +465,23 @@ fn assemble(rng: &mut ChaCha8Rng, spec: BlockSpec<'_>) -> Mined {
         .push_slice(extranonce)
         .push_slice(tag)
         .into_script();
-    let mut output = vec![TxOut { value: Amount::from_sat(spec.value), script_pubkey: spec.payout }];
+    let mut output = vec![TxOut {
+        value: Amount::from_sat(spec.value),
+        script_pubkey: spec.payout,
+    }];
     let mut witness = Witness::new();
     if let Some(commitment) = commitment {
         let mut data = [0u8; 36];
         data[..4].copy_from_slice(&[0xaa, 0x21, 0xa9, 0xed]);
         data[4..].copy_from_slice(commitment.as_byte_array());
-        let script_pubkey = Builder::new().push_opcode(OP_RETURN).push_slice(data).into_script();
-        output.push(TxOut { value: Amount::ZERO, script_pubkey });
+        let script_pubkey = Builder::new()
+            .push_opcode(OP_RETURN)
+            .push_slice(data)
+            .into_script();
+        output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey,
+        });
         witness.push([0u8; 32]);
     }
     let coinbase = Transaction {
@@ -475,5 +517,9 @@ fn assemble(rng: &mut ChaCha8Rng, spec: BlockSpec<'_>) -> Mined {
     while !target.is_met_by(header.block_hash()) {
         header.nonce = header.nonce.wrapping_add(1);
     }
-    Mined { header, coinbase, coinbase_txid }
+    Mined {
+        header,
+        coinbase,
+        coinbase_txid,
+    }
 }

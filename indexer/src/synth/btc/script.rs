@@ -57,7 +57,10 @@ impl Kind {
 
     /// Whether spending this kind puts data in the witness.
     pub(crate) fn is_segwit(self) -> bool {
-        matches!(self, Kind::P2shP2wpkh | Kind::P2wpkh | Kind::P2wsh | Kind::P2tr)
+        matches!(
+            self,
+            Kind::P2shP2wpkh | Kind::P2wpkh | Kind::P2wsh | Kind::P2tr
+        )
     }
 
     /// Whether outputs of this kind have a standard address encoding.
@@ -83,7 +86,9 @@ const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl Material {
     pub(crate) fn new(seed: u64) -> Self {
-        Material { key: mix(seed ^ 0x5eed_f0e7_7e70_0001) }
+        Material {
+            key: mix(seed ^ 0x5eed_f0e7_7e70_0001),
+        }
     }
 
     /// Word `k` (< 16) of address `addr`. Distinct `(addr, k)` give distinct words
@@ -121,7 +126,9 @@ impl Material {
         for i in 0..keys {
             b = b.push_slice(self.pubkey(addr, i));
         }
-        b.push_int(i64::from(keys)).push_opcode(OP_CHECKMULTISIG).into_script()
+        b.push_int(i64::from(keys))
+            .push_opcode(OP_CHECKMULTISIG)
+            .into_script()
     }
 
     fn p2wpkh_program(&self, addr: u32) -> ScriptBuf {
@@ -184,13 +191,19 @@ impl Material {
             }
             Kind::P2wpkh => {
                 let sig = ecdsa_sig(rng);
-                (ScriptBuf::new(), Witness::from_slice(&[&sig[..], &self.pubkey(addr, 0)[..]]))
+                (
+                    ScriptBuf::new(),
+                    Witness::from_slice(&[&sig[..], &self.pubkey(addr, 0)[..]]),
+                )
             }
             Kind::P2shP2wpkh => {
                 let sig = ecdsa_sig(rng);
                 let redeem = self.p2wpkh_program(addr);
                 let script = Builder::new().push_slice(push_bytes(&redeem)).into_script();
-                (script, Witness::from_slice(&[&sig[..], &self.pubkey(addr, 0)[..]]))
+                (
+                    script,
+                    Witness::from_slice(&[&sig[..], &self.pubkey(addr, 0)[..]]),
+                )
             }
             Kind::P2shMultisig => {
                 let redeem = self.multisig(addr, 2, 3);
@@ -213,11 +226,15 @@ impl Material {
                 rng.fill_bytes(&mut sig);
                 (ScriptBuf::new(), Witness::from_slice(&[&sig[..]]))
             }
-            Kind::P2pk => {
-                (Builder::new().push_slice(ecdsa_sig(rng)).into_script(), Witness::new())
-            }
+            Kind::P2pk => (
+                Builder::new().push_slice(ecdsa_sig(rng)).into_script(),
+                Witness::new(),
+            ),
             Kind::BareMultisig => {
-                let script = Builder::new().push_int(0).push_slice(ecdsa_sig(rng)).into_script();
+                let script = Builder::new()
+                    .push_int(0)
+                    .push_slice(ecdsa_sig(rng))
+                    .into_script();
                 (script, Witness::new())
             }
         }

@@ -43,8 +43,16 @@ fn create(path: &Path, header: &str) -> Result<BufWriter<File>> {
 impl Truth {
     pub(crate) fn create(dir: &Path) -> Result<Self> {
         let cashouts_path = dir.join("cashouts.csv");
-        let cashouts = create(&cashouts_path, "op,seed_address,exit_address,amount,hops,txid")?;
-        Ok(Truth { dir: dir.to_path_buf(), cashouts_path, cashouts, rows: 0 })
+        let cashouts = create(
+            &cashouts_path,
+            "op,seed_address,exit_address,amount,hops,txid",
+        )?;
+        Ok(Truth {
+            dir: dir.to_path_buf(),
+            cashouts_path,
+            cashouts,
+            rows: 0,
+        })
     }
 
     pub(crate) fn cashouts(&mut self, econ: &Economy, rows: &[Cashout]) -> Result<()> {
@@ -68,7 +76,9 @@ impl Truth {
     /// Writes `entities.csv` and `labels.csv` and closes `cashouts.csv`; returns the
     /// number of cash-out rows.
     pub(crate) fn finish(mut self, econ: &Economy) -> Result<u64> {
-        self.cashouts.flush().map_err(|source| Error::io(&self.cashouts_path, source))?;
+        self.cashouts
+            .flush()
+            .map_err(|source| Error::io(&self.cashouts_path, source))?;
 
         let path = self.dir.join("entities.csv");
         let mut out = create(&path, "address,entity_id")?;
@@ -78,9 +88,11 @@ impl Truth {
 
         let path = self.dir.join("labels.csv");
         let mut out = create(&path, "address,label,category")?;
-        econ.for_each_label(|address, label, category| writeln!(out, "{address},{label},{category}"))
-            .and_then(|_| out.flush())
-            .map_err(|source| Error::io(&path, source))?;
+        econ.for_each_label(|address, label, category| {
+            writeln!(out, "{address},{label},{category}")
+        })
+        .and_then(|_| out.flush())
+        .map_err(|source| Error::io(&path, source))?;
         Ok(self.rows)
     }
 }

@@ -1,0 +1,176 @@
+//! Bad input gets a clear error naming the file and offset, a non-zero exit, no panic, and
+//! nothing committed past the last good block.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use ferret_schemas::{Chain, Warehouse};
+
+/// Byte offset of record `i` in the single-file mainnet 0..=255 blocks dir.
+fn offset_of(recs: &[Vec<u8>], i: usize) -> usize {
+    recs[..i].iter().map(Vec::len).sum()
+}
+
+struct Case {
+    _tmp: tempfile::TempDir,
+    blocks: std::path::PathBuf,
+    wh: String,
+}
+
+fn case(recs: &[Vec<u8>]) -> Case {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocks = tmp.path().join("blocks");
+    write_blocks_dir(&blocks, &[recs.to_vec()]);
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    Case { _tmp: tmp, blocks, wh }
+}
+
+fn blk(c: &Case) -> std::path::PathBuf {
+    c.blocks.join("blk00000.dat")
+}
+
+/// Runs the indexer, expects failure, returns stderr.
+fn index_fails(c: &Case) -> String {
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        c.blocks.to_str().expect("utf8"),
+        "--warehouse",
+        &c.wh,
+        "--commit-blocks",
+        "10",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(!stderr.contains("panicked"), "must not panic: {stderr}");
+    assert!(stderr.contains("error:"), "{stderr}");
+    stderr
+}
+
+async fn committed_tip(wh: &str) -> Option<u64> {
+    let wh = Warehouse::open(wh).expect("open");
+    wh.load_manifest(Chain::Btc).await.expect("manifest").and_then(|m| m.tip).map(|t| t.height)
+}
+
+async fn assert_prefix_committed(c: &Case, last_good: u64) {
+    let tip = committed_tip(&c.wh).await;
+    assert!(tip.is_none_or(|t| t <= last_good), "committed {tip:?} past {last_good}");
+    if let Some(t) = tip {
+        let wh = Warehouse::open(&c.wh).expect("open");
+        assert_eq!(
+            scalar(&wh, "SELECT count(*) || ' ' || max(height) FROM btc.blocks").await,
+            format!("{} {t}", t + 1)
+        );
+    }
+}
+
+fn mutate(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(path).expect("read");
+    f(&mut bytes);
+    std::fs::write(path, bytes).expect("write");
+}
+
+#[tokio::test]
+async fn truncated_record() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    let off = offset_of(&recs, 255);
+    mutate(&blk(&c), |b| b.truncate(off + 100));
+    let err = index_fails(&c);
+    assert!(err.contains("blk00000.dat") && err.contains(&format!("offset {off}")), "{err}");
+    assert!(err.contains("truncated record"), "{err}");
+    assert_prefix_committed(&c, 254).await;
+}
+
+#[tokio::test]
+async fn wrong_magic() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    let off = offset_of(&recs, 100);
+    mutate(&blk(&c), |b| b[off..off + 4].copy_from_slice(&[0x0b, 0x11, 0x09, 0x07]));
+    let err = index_fails(&c);
+    assert!(err.contains(&format!("blk00000.dat at offset {off}")), "{err}");
+    assert!(err.contains("expected network magic f9beb4d9, found 0b110907"), "{err}");
+    assert_prefix_committed(&c, 99).await;
+}
+
+#[tokio::test]
+async fn absurd_length() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    let off = offset_of(&recs, 100);
+    mutate(&blk(&c), |b| b[off + 4..off + 8].copy_from_slice(&0xffff_ff00u32.to_le_bytes()));
+    let err = index_fails(&c);
+    assert!(err.contains(&format!("blk00000.dat at offset {off}")), "{err}");
+    assert!(err.contains("length 4294967040 is outside"), "{err}");
+    assert_prefix_committed(&c, 99).await;
+}
+
+#[tokio::test]
+async fn corrupted_transaction_bytes_fail_the_merkle_check() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    let off = offset_of(&recs, 150);
+    // The last byte before the coinbase's lock time: inside its output script.
+    let rec_len = recs[150].len();
+    mutate(&blk(&c), |b| b[off + rec_len - 6] ^= 0x55);
+    let err = index_fails(&c);
+    assert!(err.contains(&format!("blk00000.dat at offset {off}")), "{err}");
+    assert!(err.contains("height 150: merkle root mismatch"), "{err}");
+    assert_prefix_committed(&c, 149).await;
+    // The chunk before the bad block was committed: work is not lost.
+    assert_eq!(committed_tip(&c.wh).await, Some(149));
+}
+
+#[tokio::test]
+async fn undecodable_transaction_bytes() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    let off = offset_of(&recs, 120);
+    // The transaction count right after the 80-byte header: claim 3 transactions.
+    mutate(&blk(&c), |b| b[off + 8 + 80] = 3);
+    let err = index_fails(&c);
+    assert!(err.contains(&format!("blk00000.dat at offset {off}: cannot decode block")), "{err}");
+    assert_prefix_committed(&c, 119).await;
+}
+
+#[tokio::test]
+async fn wrong_xor_key() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    obfuscate(&c.blocks, [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+    std::fs::write(c.blocks.join("xor.dat"), [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x89])
+        .expect("write");
+    let err = index_fails(&c);
+    assert!(err.contains("blk00000.dat at offset 0"), "{err}");
+    assert!(err.contains("is xor.dat the key"), "{err}");
+    assert_prefix_committed(&c, 0).await;
+    assert_eq!(committed_tip(&c.wh).await, None);
+
+    std::fs::write(c.blocks.join("xor.dat"), [1, 2, 3]).expect("write");
+    let err = index_fails(&c);
+    assert!(err.contains("xor.dat: obfuscation key must be 8 bytes, found 3"), "{err}");
+}
+
+#[test]
+fn bad_arguments() {
+    let out = ferret(&["index", "btc", "--blocks-dir", "/nonexistent/blocks", "--warehouse", "memory://x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/nonexistent/blocks"), "{err}");
+    let out = ferret(&["index", "btc", "--blocks-dir", ".", "--utxo-mem-mb", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--utxo-mem-mb must be at least 1"));
+    let out = ferret(&["sql", "--warehouse", "ftp://nowhere/x", "SELECT 1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported scheme `ftp`"));
+    assert!(!out.status.success());
+}
