@@ -326,7 +326,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         manifest.next_tx_index = next_tx_index;
         wh.commit_manifest(Chain::Btc, &mut manifest).await?;
         summary.commits += 1;
-        tracing::info!(
+        tracing::debug!(
             first = chunk.first,
             last = chunk.last,
             seq = manifest.seq,

@@ -635,14 +635,3 @@ fn economy_is_consistent_with_the_truth_files() -> Result<()> {
     }
     Ok(())
 }
-
-#[test]
-#[ignore]
-fn probe() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let t = std::time::Instant::now();
-    let s = generate(&SynthConfig { blocks: 200, txs_per_block: 200, ..SynthConfig::default() }, dir.path())?;
-    let el = t.elapsed().as_secs_f64();
-    println!("{s:?} in {el:.2}s = {:.0} tx/s", s.transactions as f64 / el);
-    Ok(())
-}
