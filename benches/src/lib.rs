@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use bitcoin::Block;
 use bitcoin::consensus::Decodable;
+use bitcoin::hashes::Hash as _;
 
 /// The `blkNNNNN.dat` files of a blocks directory, in name order.
 pub fn blk_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -70,7 +71,8 @@ pub struct DecodeStats {
 pub fn for_each_record(dir: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     let key = xor_key(dir)?;
     for path in blk_files(dir)? {
-        let mut buf = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut buf =
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if let Some(key) = key {
             for (i, b) in buf.iter_mut().enumerate() {
                 *b ^= key[i % 8];
@@ -81,7 +83,8 @@ pub fn for_each_record(dir: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Re
             if buf[off..off + 4] == [0; 4] {
                 break;
             }
-            let len = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4 bytes")) as usize;
+            let len =
+                u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4 bytes")) as usize;
             let end = off + 8 + len;
             if end > buf.len() {
                 bail!("{}: truncated record at offset {off}", path.display());
@@ -112,7 +115,7 @@ pub fn decode_all(dir: &Path, txids: bool) -> Result<DecodeStats> {
         s.record_bytes += bytes.len() as u64 + 8;
         if txids {
             for tx in &block.txdata {
-                sink ^= tx.compute_txid().as_ref()[0];
+                sink ^= tx.compute_txid().to_byte_array()[0];
             }
         }
         std::hint::black_box(&block);
@@ -124,7 +127,9 @@ pub fn decode_all(dir: &Path, txids: bool) -> Result<DecodeStats> {
 
 /// Peak resident set size of this process (VmHWM), in bytes (Linux; 0 elsewhere).
 pub fn peak_rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -93,7 +93,9 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let mut opts = IndexOptions::new(&blocks_dir);
     opts.progress = true;
     opts.commit_blocks = 100;
-    let summary = index_btc(&wh, &opts).await.context("indexing the generated chain")?;
+    let summary = index_btc(&wh, &opts)
+        .await
+        .context("indexing the generated chain")?;
     println!("{summary}\n");
 
     let ctx = ferret_query::session(&wh).await?;
@@ -114,7 +116,10 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         }
         println!();
     }
-    println!("Try your own: ferret sql --warehouse {} \"SELECT * FROM btc.blocks LIMIT 5\"", a.warehouse);
+    println!(
+        "Try your own: ferret sql --warehouse {} \"SELECT * FROM btc.blocks LIMIT 5\"",
+        a.warehouse
+    );
     Ok(())
 }
 

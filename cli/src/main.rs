@@ -13,7 +13,11 @@ use ferret_query::output::Format;
 use ferret_schemas::Warehouse;
 
 #[derive(Parser)]
-#[command(name = "ferret", version, about = "Follow scam money on public blockchains")]
+#[command(
+    name = "ferret",
+    version,
+    about = "Follow scam money on public blockchains"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -167,7 +171,9 @@ async fn sql_cmd(a: SqlArgs) -> Result<()> {
         }
         (None, None) => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading SQL from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading SQL from stdin")?;
             s
         }
     };
@@ -195,8 +201,9 @@ async fn sql_cmd(a: SqlArgs) -> Result<()> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FERRET_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,ferret=info,ferret_indexer=info,ferret_query=info"));
+    let filter = EnvFilter::try_from_env("FERRET_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("warn,ferret=info,ferret_indexer=info,ferret_query=info")
+    });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -208,7 +215,10 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

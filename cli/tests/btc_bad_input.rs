@@ -24,7 +24,11 @@ fn case(recs: &[Vec<u8>]) -> Case {
     let blocks = tmp.path().join("blocks");
     write_blocks_dir(&blocks, &[recs.to_vec()]);
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
-    Case { _tmp: tmp, blocks, wh }
+    Case {
+        _tmp: tmp,
+        blocks,
+        wh,
+    }
 }
 
 fn blk(c: &Case) -> std::path::PathBuf {
@@ -44,7 +48,10 @@ fn index_fails(c: &Case) -> String {
         "10",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "must not panic: {stderr}");
     assert!(stderr.contains("error:"), "{stderr}");
     stderr
@@ -52,12 +59,19 @@ fn index_fails(c: &Case) -> String {
 
 async fn committed_tip(wh: &str) -> Option<u64> {
     let wh = Warehouse::open(wh).expect("open");
-    wh.load_manifest(Chain::Btc).await.expect("manifest").and_then(|m| m.tip).map(|t| t.height)
+    wh.load_manifest(Chain::Btc)
+        .await
+        .expect("manifest")
+        .and_then(|m| m.tip)
+        .map(|t| t.height)
 }
 
 async fn assert_prefix_committed(c: &Case, last_good: u64) {
     let tip = committed_tip(&c.wh).await;
-    assert!(tip.is_none_or(|t| t <= last_good), "committed {tip:?} past {last_good}");
+    assert!(
+        tip.is_none_or(|t| t <= last_good),
+        "committed {tip:?} past {last_good}"
+    );
     if let Some(t) = tip {
         let wh = Warehouse::open(&c.wh).expect("open");
         assert_eq!(
@@ -81,7 +95,10 @@ async fn truncated_record() {
     let off = offset_of(&recs, 255);
     mutate(&blk(&c), |b| b.truncate(off + 100));
     let err = index_fails(&c);
-    assert!(err.contains("blk00000.dat") && err.contains(&format!("offset {off}")), "{err}");
+    assert!(
+        err.contains("blk00000.dat") && err.contains(&format!("offset {off}")),
+        "{err}"
+    );
     assert!(err.contains("truncated record"), "{err}");
     assert_prefix_committed(&c, 254).await;
 }
@@ -92,10 +109,18 @@ async fn wrong_magic() {
     let recs = mainnet_0_255(&fx);
     let c = case(&recs);
     let off = offset_of(&recs, 100);
-    mutate(&blk(&c), |b| b[off..off + 4].copy_from_slice(&[0x0b, 0x11, 0x09, 0x07]));
+    mutate(&blk(&c), |b| {
+        b[off..off + 4].copy_from_slice(&[0x0b, 0x11, 0x09, 0x07])
+    });
     let err = index_fails(&c);
-    assert!(err.contains(&format!("blk00000.dat at offset {off}")), "{err}");
-    assert!(err.contains("expected network magic f9beb4d9, found 0b110907"), "{err}");
+    assert!(
+        err.contains(&format!("blk00000.dat at offset {off}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("expected network magic f9beb4d9, found 0b110907"),
+        "{err}"
+    );
     assert_prefix_committed(&c, 99).await;
 }
 
@@ -105,9 +130,14 @@ async fn absurd_length() {
     let recs = mainnet_0_255(&fx);
     let c = case(&recs);
     let off = offset_of(&recs, 100);
-    mutate(&blk(&c), |b| b[off + 4..off + 8].copy_from_slice(&0xffff_ff00u32.to_le_bytes()));
+    mutate(&blk(&c), |b| {
+        b[off + 4..off + 8].copy_from_slice(&0xffff_ff00u32.to_le_bytes())
+    });
     let err = index_fails(&c);
-    assert!(err.contains(&format!("blk00000.dat at offset {off}")), "{err}");
+    assert!(
+        err.contains(&format!("blk00000.dat at offset {off}")),
+        "{err}"
+    );
     assert!(err.contains("length 4294967040 is outside"), "{err}");
     assert_prefix_committed(&c, 99).await;
 }
@@ -122,7 +152,10 @@ async fn corrupted_transaction_bytes_fail_the_merkle_check() {
     let rec_len = recs[150].len();
     mutate(&blk(&c), |b| b[off + rec_len - 6] ^= 0x55);
     let err = index_fails(&c);
-    assert!(err.contains(&format!("blk00000.dat at offset {off}")), "{err}");
+    assert!(
+        err.contains(&format!("blk00000.dat at offset {off}")),
+        "{err}"
+    );
     assert!(err.contains("height 150: merkle root mismatch"), "{err}");
     assert_prefix_committed(&c, 149).await;
     // The chunk before the bad block was committed: work is not lost.
@@ -138,7 +171,12 @@ async fn undecodable_transaction_bytes() {
     // The transaction count right after the 80-byte header: claim 3 transactions.
     mutate(&blk(&c), |b| b[off + 8 + 80] = 3);
     let err = index_fails(&c);
-    assert!(err.contains(&format!("blk00000.dat at offset {off}: cannot decode block")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "blk00000.dat at offset {off}: cannot decode block"
+        )),
+        "{err}"
+    );
     assert_prefix_committed(&c, 119).await;
 }
 
@@ -148,8 +186,11 @@ async fn wrong_xor_key() {
     let recs = mainnet_0_255(&fx);
     let c = case(&recs);
     obfuscate(&c.blocks, [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
-    std::fs::write(c.blocks.join("xor.dat"), [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x89])
-        .expect("write");
+    std::fs::write(
+        c.blocks.join("xor.dat"),
+        [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x89],
+    )
+    .expect("write");
     let err = index_fails(&c);
     assert!(err.contains("blk00000.dat at offset 0"), "{err}");
     assert!(err.contains("is xor.dat the key"), "{err}");
@@ -158,12 +199,22 @@ async fn wrong_xor_key() {
 
     std::fs::write(c.blocks.join("xor.dat"), [1, 2, 3]).expect("write");
     let err = index_fails(&c);
-    assert!(err.contains("xor.dat: obfuscation key must be 8 bytes, found 3"), "{err}");
+    assert!(
+        err.contains("xor.dat: obfuscation key must be 8 bytes, found 3"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_arguments() {
-    let out = ferret(&["index", "btc", "--blocks-dir", "/nonexistent/blocks", "--warehouse", "memory://x"]);
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        "/nonexistent/blocks",
+        "--warehouse",
+        "memory://x",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("/nonexistent/blocks"), "{err}");

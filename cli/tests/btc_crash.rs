@@ -13,29 +13,47 @@ use ferret_schemas::{Chain, Warehouse};
 
 fn index_cmd(blocks: &str, wh: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferret"));
-    c.args(["index", "btc", "--blocks-dir", blocks, "--warehouse", wh, "--commit-blocks", "9"])
-        .env("FERRET_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    c.args([
+        "index",
+        "btc",
+        "--blocks-dir",
+        blocks,
+        "--warehouse",
+        wh,
+        "--commit-blocks",
+        "9",
+    ])
+    .env("FERRET_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     c
 }
 
 #[tokio::test]
 async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = SynthConfig { blocks: 240, seed: 5, txs_per_block: 60, ..Default::default() };
+    let cfg = SynthConfig {
+        blocks: 240,
+        seed: 5,
+        txs_per_block: 60,
+        ..Default::default()
+    };
     generate(&cfg, tmp.path()).expect("generate");
     let blocks = tmp.path().join("blocks");
     let blocks_s = blocks.to_str().expect("utf8");
 
     // Reference: uninterrupted, with different chunking (file layout must not matter).
     let reference = Warehouse::open("memory://crash-reference").expect("open");
-    index_btc(&reference, &IndexOptions::new(&blocks)).await.expect("index");
+    index_btc(&reference, &IndexOptions::new(&blocks))
+        .await
+        .expect("index");
 
     // How long an uninterrupted process run takes, to spread the kills over it.
     let probe = tmp.path().join("probe");
     let t = Instant::now();
-    let st = index_cmd(blocks_s, probe.to_str().expect("utf8")).status().expect("run");
+    let st = index_cmd(blocks_s, probe.to_str().expect("utf8"))
+        .status()
+        .expect("run");
     assert!(st.success());
     let full = t.elapsed();
 
@@ -45,17 +63,28 @@ async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
     let mut tips = Vec::new();
     for i in 1..=6u32 {
         let mut child = index_cmd(blocks_s, wh_s).spawn().expect("spawn");
-        std::thread::sleep(full.mul_f64(0.12 * f64::from(i)).min(full) / 2 + Duration::from_millis(20));
+        std::thread::sleep(
+            full.mul_f64(0.12 * f64::from(i)).min(full) / 2 + Duration::from_millis(20),
+        );
         if child.try_wait().expect("wait").is_none() {
             child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
             kills += 1;
         }
         child.wait().expect("reap");
         let wh = Warehouse::open(wh_s).expect("open");
-        tips.push(wh.load_manifest(Chain::Btc).await.expect("manifest").and_then(|m| m.tip).map(|t| t.height));
+        tips.push(
+            wh.load_manifest(Chain::Btc)
+                .await
+                .expect("manifest")
+                .and_then(|m| m.tip)
+                .map(|t| t.height),
+        );
     }
     eprintln!("killed {kills} times; committed tips after each: {tips:?}");
-    assert!(kills >= 3, "the kills must land mid-run (full run {full:?})");
+    assert!(
+        kills >= 3,
+        "the kills must land mid-run (full run {full:?})"
+    );
     let st = index_cmd(blocks_s, wh_s).status().expect("run");
     assert!(st.success());
 
@@ -63,15 +92,33 @@ async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
     assert_eq!(dump(&reference).await, dump(&crashy).await);
 
     // Exactly the committed files are left (plus the one manifest).
-    let m = crashy.load_manifest(Chain::Btc).await.expect("load").expect("committed");
+    let m = crashy
+        .load_manifest(Chain::Btc)
+        .await
+        .expect("load")
+        .expect("committed");
     let mut on_disk: Vec<String> = walk(&wh_path)
         .into_iter()
-        .map(|p| p.strip_prefix(&wh_path).expect("under root").to_string_lossy().into_owned())
+        .map(|p| {
+            p.strip_prefix(&wh_path)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     on_disk.sort();
     let root = crashy.root().to_string();
-    let mut listed: Vec<String> =
-        m.files.iter().map(|f| f.path.strip_prefix(&root).expect("rooted").trim_start_matches('/').to_string()).collect();
+    let mut listed: Vec<String> = m
+        .files
+        .iter()
+        .map(|f| {
+            f.path
+                .strip_prefix(&root)
+                .expect("rooted")
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
     listed.push(format!("btc/_state/manifest-{:020}.json", m.seq));
     listed.sort();
     assert_eq!(on_disk, listed);

@@ -33,7 +33,11 @@ async fn heights_0_to_255_have_the_known_facts() {
         "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
     );
     assert_eq!(
-        scalar(&wh, "SELECT hash || ' ' || prev_hash FROM btc.blocks WHERE height = 1").await,
+        scalar(
+            &wh,
+            "SELECT hash || ' ' || prev_hash FROM btc.blocks WHERE height = 1"
+        )
+        .await,
         "00000000839a8e6886ab5951d76f411475428afc90947ee320161bbf18eb6048 \
          000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
     );
@@ -43,8 +47,14 @@ async fn heights_0_to_255_have_the_known_facts() {
     );
     // Blocks with more than one transaction in 0..=255.
     assert_eq!(
-        query(&wh, "SELECT height, tx_count FROM btc.blocks WHERE tx_count > 1 ORDER BY height").await,
-        ["170|2", "181|2", "182|2", "183|2", "187|2", "221|2", "248|2"]
+        query(
+            &wh,
+            "SELECT height, tx_count FROM btc.blocks WHERE tx_count > 1 ORDER BY height"
+        )
+        .await,
+        [
+            "170|2", "181|2", "182|2", "183|2", "187|2", "221|2", "248|2"
+        ]
     );
     // Every coinbase pays exactly the 50 BTC subsidy (no fees yet in this era).
     assert_eq!(
@@ -97,13 +107,20 @@ async fn the_most_work_branch_wins() {
     // Branch stored first, out of order, in its own file: linking is by parent hash.
     write_blocks_dir(
         &blocks,
-        &[records(&fx.join("btc/mainnet-branch-3A-5A.blk")), records(&fx.join("btc/mainnet-blocks-0-4.blk"))],
+        &[
+            records(&fx.join("btc/mainnet-branch-3A-5A.blk")),
+            records(&fx.join("btc/mainnet-blocks-0-4.blk")),
+        ],
     );
     let wh = Warehouse::open("memory://best-chain").expect("open");
     let s = index(&blocks, &wh).await;
     assert_eq!(s.stale_blocks, 2, "the original 3 and 4 are stale");
     assert_eq!(
-        query(&wh, "SELECT height, substr(hash, 1, 16) FROM btc.blocks ORDER BY height").await,
+        query(
+            &wh,
+            "SELECT height, substr(hash, 1, 16) FROM btc.blocks ORDER BY height"
+        )
+        .await,
         [
             "0|000000000019d668",
             "1|00000000ebe5ec3e",
@@ -114,7 +131,10 @@ async fn the_most_work_branch_wins() {
         ]
     );
     // Only best-chain transactions are indexed: 1 + 1 + 2 (height 2) + 3 + 1 + 2 (3A–5A).
-    assert_eq!(scalar(&wh, "SELECT count(*) FROM btc.transactions").await, "10");
+    assert_eq!(
+        scalar(&wh, "SELECT count(*) FROM btc.transactions").await,
+        "10"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +142,10 @@ async fn a_pruned_start_takes_its_height_from_bip34() {
     let Some(fx) = fixtures() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let blocks = tmp.path().join("blocks");
-    write_blocks_dir(&blocks, &[records(&fx.join("btc/mainnet-block-277647.blk"))]);
+    write_blocks_dir(
+        &blocks,
+        &[records(&fx.join("btc/mainnet-block-277647.blk"))],
+    );
     let wh = Warehouse::open("memory://pruned").expect("open");
     let s = index(&blocks, &wh).await;
     assert_eq!(s.heights, Some((277_647, 277_647)));
@@ -144,7 +167,11 @@ async fn a_pruned_start_takes_its_height_from_bip34() {
         (s.counts.unresolved_inputs + 1).to_string()
     );
     assert_eq!(
-        scalar(&wh, "SELECT height || ' ' || tx_count || ' ' || hash FROM btc.blocks").await,
+        scalar(
+            &wh,
+            "SELECT height || ' ' || tx_count || ' ' || hash FROM btc.blocks"
+        )
+        .await,
         "277647 213 0000000000000000054a714e580b16c583701712ab91060e92dbde6eb1e052a8"
     );
     assert_eq!(
@@ -156,7 +183,10 @@ async fn a_pruned_start_takes_its_height_from_bip34() {
         .await,
         "fees are unknown exactly where an input is unresolved"
     );
-    assert_eq!(scalar(&wh, "SELECT min(tx_index) FROM btc.transactions").await, "0");
+    assert_eq!(
+        scalar(&wh, "SELECT min(tx_index) FROM btc.transactions").await,
+        "0"
+    );
 }
 
 #[tokio::test]
@@ -180,11 +210,88 @@ async fn xor_obfuscated_files_give_identical_tables() {
 
 fn rand_key() -> [u8; 8] {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64;
-    let mut k = (nanos ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9).to_le_bytes();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let mut k = (nanos ^ 0x9e37_79b9_7f4a_7c15)
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+        .to_le_bytes();
     if k == [0; 8] {
         k[0] = 1;
     }
     eprintln!("xor key {k:02x?}");
     k
+}
+
+#[tokio::test]
+async fn address_lookups_are_pushed_into_the_parquet_scan() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocks = tmp.path().join("blocks");
+    write_blocks_dir(&blocks, &[mainnet_0_255(&fx)]);
+    let wh = Warehouse::open(tmp.path().join("wh").to_str().expect("utf8")).expect("open");
+    index(&blocks, &wh).await;
+    let plan = query(
+        &wh,
+        "EXPLAIN SELECT value FROM btc.outputs WHERE address = '12cbQLTFMXRnSzktFkuoG3eHoMeFtpTu3S'",
+    )
+    .await
+    .join("\n");
+    // Row-group statistics, page index and bloom filters are applied from these.
+    assert!(plan.contains("predicate=address@"), "{plan}");
+    assert!(
+        plan.contains("required_guarantees=[address in (12cbQLTFMXRnSzktFkuoG3eHoMeFtpTu3S)]"),
+        "{plan}"
+    );
+    // The files carry bloom filters and the page index on the address column.
+    let path = walk_parquet(&tmp.path().join("wh/btc/outputs"));
+    let file = std::fs::File::open(&path).expect("open parquet");
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new_with_options(
+        file,
+        parquet::file::serialized_reader::ReadOptionsBuilder::new()
+            .with_page_index()
+            .build(),
+    )
+    .expect("parquet");
+    use parquet::file::reader::FileReader;
+    let meta = reader.metadata();
+    let rg = meta.row_group(0);
+    let addr = rg
+        .columns()
+        .iter()
+        .position(|c| c.column_path().string() == "address")
+        .expect("address");
+    assert!(
+        rg.column(addr).bloom_filter_offset().is_some(),
+        "bloom filter on address"
+    );
+    assert!(
+        meta.column_index().is_some() && meta.offset_index().is_some(),
+        "page index"
+    );
+    assert!(
+        matches!(
+            rg.column(addr).compression(),
+            parquet::basic::Compression::ZSTD(_)
+        ),
+        "zstd"
+    );
+    assert!(
+        rg.sorting_columns().is_some_and(|s| !s.is_empty()),
+        "sort order recorded"
+    );
+}
+
+fn walk_parquet(dir: &std::path::Path) -> std::path::PathBuf {
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            return walk_parquet(&p);
+        }
+        if p.extension().is_some_and(|x| x == "parquet") {
+            return p;
+        }
+    }
+    panic!("no parquet file under {}", dir.display());
 }

@@ -11,7 +11,13 @@ use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_schemas::Warehouse;
 
 fn synth(dir: &std::path::Path, xor: bool) -> ferret_indexer::synth::btc::SynthSummary {
-    let cfg = SynthConfig { blocks: 160, seed: 11, txs_per_block: 40, xor, ..Default::default() };
+    let cfg = SynthConfig {
+        blocks: 160,
+        seed: 11,
+        txs_per_block: 40,
+        xor,
+        ..Default::default()
+    };
     generate(&cfg, dir).expect("generate")
 }
 
@@ -28,19 +34,34 @@ async fn generated_chain_round_trips() {
     assert_eq!(r.counts.transactions, s.transactions);
     assert_eq!(r.stale_blocks as u64, s.stale_blocks);
     assert_eq!(r.counts.unresolved_inputs, 0, "the chain starts at genesis");
-    assert_eq!(r.tip.as_ref().map(|t| t.hash.clone()), Some(s.best_tip.to_string()));
+    assert_eq!(
+        r.tip.as_ref().map(|t| t.hash.clone()),
+        Some(s.best_tip.to_string())
+    );
 
     // Every transaction, input and output exactly once.
     assert_eq!(
-        scalar(&wh, "SELECT count(*) = count(DISTINCT txid) FROM btc.transactions").await,
+        scalar(
+            &wh,
+            "SELECT count(*) = count(DISTINCT txid) FROM btc.transactions"
+        )
+        .await,
         "true"
     );
     assert_eq!(
-        scalar(&wh, "SELECT count(*) = count(DISTINCT (txid, vin)) FROM btc.inputs").await,
+        scalar(
+            &wh,
+            "SELECT count(*) = count(DISTINCT (txid, vin)) FROM btc.inputs"
+        )
+        .await,
         "true"
     );
     assert_eq!(
-        scalar(&wh, "SELECT count(*) = count(DISTINCT (txid, vout)) FROM btc.outputs").await,
+        scalar(
+            &wh,
+            "SELECT count(*) = count(DISTINCT (txid, vout)) FROM btc.outputs"
+        )
+        .await,
         "true"
     );
     assert_eq!(
@@ -63,7 +84,11 @@ async fn generated_chain_round_trips() {
                AND (i.address = o.address OR (i.address IS NULL AND o.address IS NULL))"
         )
         .await,
-        scalar(&wh, "SELECT count(*) FROM btc.inputs WHERE spent_txid IS NOT NULL").await
+        scalar(
+            &wh,
+            "SELECT count(*) FROM btc.inputs WHERE spent_txid IS NOT NULL"
+        )
+        .await
     );
     // Value sums: per transaction, and over the chain (coinbases pay subsidy + fees).
     assert_eq!(

@@ -43,24 +43,51 @@ async fn duckdb_and_pyarrow_read_what_ferret_sql_reads() {
     opts.commit_blocks = 50;
     index_btc(&wh, &opts).await.expect("index");
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/readers/check_readers.py");
-    let out = Command::new(&py).arg(script).arg(&wh_dir).output().expect("run python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/readers/check_readers.py"
+    );
+    let out = Command::new(&py)
+        .arg(script)
+        .arg(&wh_dir)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    for (table, col) in [("blocks", "tx_count"), ("transactions", "fee"), ("inputs", "value"), ("outputs", "value")] {
-        let expect = query(&wh, &format!("SELECT count(*), coalesce(sum({col}), 0) FROM btc.{table}")).await;
+    for (table, col) in [
+        ("blocks", "tx_count"),
+        ("transactions", "fee"),
+        ("inputs", "value"),
+        ("outputs", "value"),
+    ] {
+        let expect = query(
+            &wh,
+            &format!("SELECT count(*), coalesce(sum({col}), 0) FROM btc.{table}"),
+        )
+        .await;
         let (rows, sum) = expect[0].split_once('|').expect("two columns");
         for reader in ["duckdb", "pyarrow"] {
             let r = &got[reader][table];
             assert_eq!(r["rows"].to_string(), rows, "{reader} {table}");
             assert_eq!(r["sum"].to_string(), sum, "{reader} {table}");
-            assert_eq!(r["partitions"], 1, "{reader} {table}: heights 0..=120 are one partition");
+            assert_eq!(
+                r["partitions"], 1,
+                "{reader} {table}: heights 0..=120 are one partition"
+            );
         }
     }
     let addr = got["lookup"]["address"].as_str().expect("address");
     assert_eq!(
         got["lookup"]["received"].to_string(),
-        scalar(&wh, &format!("SELECT sum(value) FROM btc.outputs WHERE address = '{addr}'")).await
+        scalar(
+            &wh,
+            &format!("SELECT sum(value) FROM btc.outputs WHERE address = '{addr}'")
+        )
+        .await
     );
 }
 
@@ -99,7 +126,9 @@ async fn same_tables_on_local_memory_and_s3() {
     let s3_url = format!("s3://{bucket}/{}", unique("roundtrip"));
     let s3 = Warehouse::open(&s3_url).expect("s3");
     for wh in [&local, &memory, &s3] {
-        let s = index_btc(wh, &opts).await.unwrap_or_else(|e| panic!("{wh}: {e}"));
+        let s = index_btc(wh, &opts)
+            .await
+            .unwrap_or_else(|e| panic!("{wh}: {e}"));
         assert_eq!(s.counts.blocks, 256, "{wh}");
     }
     let reference = dump(&local).await;
@@ -116,15 +145,33 @@ async fn same_tables_on_local_memory_and_s3() {
         .join("outputs")
         .join("height_range=00000000-00009999")
         .join("part-00000999-00001000.parquet");
-    s3.store().put(&junk, b"not parquet".to_vec().into()).await.expect("put junk");
-    assert_eq!(dump(&s3).await, reference, "readers trust only the manifest");
+    s3.store()
+        .put(&junk, b"not parquet".to_vec().into())
+        .await
+        .expect("put junk");
+    assert_eq!(
+        dump(&s3).await,
+        reference,
+        "readers trust only the manifest"
+    );
     let again = index_btc(&s3, &opts).await.expect("rerun");
     assert_eq!(again.commits, 0);
     assert!(s3.store().head(&junk).await.is_err(), "garbage collected");
 
     // The CLI reads it back from S3 too.
-    let out = ferret(&["sql", "--warehouse", &s3_url, "--format", "csv", "SELECT count(*) AS n FROM btc.transactions"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ferret(&[
+        "sql",
+        "--warehouse",
+        &s3_url,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM btc.transactions",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n263\n");
 }
 
@@ -133,7 +180,12 @@ fn wrong_s3_secret_is_a_clear_error() {
     let Some(bucket) = s3_bucket() else { return };
     let url = format!("s3://{bucket}/{}", unique("denied"));
     let out = Command::new(env!("CARGO_BIN_EXE_ferret"))
-        .args(["sql", "--warehouse", &url, "SELECT count(*) FROM btc.blocks"])
+        .args([
+            "sql",
+            "--warehouse",
+            &url,
+            "SELECT count(*) FROM btc.blocks",
+        ])
         .env("AWS_SECRET_ACCESS_KEY", "wrong-secret")
         .env("FERRET_LOG", "warn")
         .output()
@@ -141,5 +193,8 @@ fn wrong_s3_secret_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("SignatureDoesNotMatch") || err.contains("403"), "{err}");
+    assert!(
+        err.contains("SignatureDoesNotMatch") || err.contains("403"),
+        "{err}"
+    );
 }

@@ -129,7 +129,8 @@ fn plan_chunks(blocks: &[ChainBlock], commit_blocks: u64, commit_bytes: u64) -> 
     for b in blocks {
         let len = u64::from(b.loc.len) + 8;
         if let Some((c, bytes)) = &mut cur {
-            let same_partition = layout::partition_start(c.first) == layout::partition_start(b.height);
+            let same_partition =
+                layout::partition_start(c.first) == layout::partition_start(b.height);
             if same_partition && c.last - c.first + 1 < commit_blocks && *bytes < commit_bytes {
                 c.last = b.height;
                 *bytes += len;
@@ -137,7 +138,13 @@ fn plan_chunks(blocks: &[ChainBlock], commit_blocks: u64, commit_bytes: u64) -> 
             }
             out.push(*c);
         }
-        cur = Some((Chunk { first: b.height, last: b.height }, len));
+        cur = Some((
+            Chunk {
+                first: b.height,
+                last: b.height,
+            },
+            len,
+        ));
     }
     out.extend(cur.map(|(c, _)| c));
     out
@@ -172,7 +179,10 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let mut manifest = match wh.load_manifest(Chain::Btc).await? {
         Some(m) => {
             if m.network != network {
-                return Err(Error::NetworkMismatch { warehouse: m.network, found: network });
+                return Err(Error::NetworkMismatch {
+                    warehouse: m.network,
+                    found: network,
+                });
             }
             m
         }
@@ -197,15 +207,26 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         Some(tip) => {
             match chain.at(tip.height) {
                 Some(b) if b.loc.hash.to_string() == tip.hash => {}
-                Some(_) => return Err(Error::Reorg { height: tip.height, hash: tip.hash.clone() }),
+                Some(_) => {
+                    return Err(Error::Reorg {
+                        height: tip.height,
+                        hash: tip.hash.clone(),
+                    });
+                }
                 None if chain_start > tip.height + 1 => {
-                    return Err(Error::Gap { start: chain_start, committed: tip.height });
+                    return Err(Error::Gap {
+                        start: chain_start,
+                        committed: tip.height,
+                    });
                 }
                 None if chain_start == tip.height + 1 => {
                     // A pruned dir starting right after the tip: its first block must extend it.
                     let first = &chain.blocks[0].loc.header.prev_blockhash;
                     if first.to_string() != tip.hash {
-                        return Err(Error::Reorg { height: tip.height, hash: tip.hash.clone() });
+                        return Err(Error::Reorg {
+                            height: tip.height,
+                            hash: tip.hash.clone(),
+                        });
                     }
                 }
                 None => {
@@ -218,7 +239,10 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         }
         None => chain_start,
     };
-    let end = chain.tip_height().expect("non-empty chain").min(opts.to_height.unwrap_or(u64::MAX));
+    let end = chain
+        .tip_height()
+        .expect("non-empty chain")
+        .min(opts.to_height.unwrap_or(u64::MAX));
     if start > end {
         summary.elapsed = started.elapsed();
         return Ok(summary);
@@ -233,7 +257,10 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let mut utxo = UtxoStore::new(opts.utxo_mem_bytes);
     if !manifest.files.is_empty() {
         rebuild_utxo(wh, &manifest, &mut utxo).await?;
-        tracing::info!(entries = utxo.len(), "rebuilt spent-output store from committed tables");
+        tracing::info!(
+            entries = utxo.len(),
+            "rebuilt spent-output store from committed tables"
+        );
     }
 
     // Reader thread: decode and verify in height order, a bounded queue ahead.
@@ -322,7 +349,10 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
             manifest.first_height = Some(chunk.first);
             manifest.first_hash = first_hash.clone();
         }
-        manifest.tip = Some(Checkpoint { height: chunk.last, hash: last_hash });
+        manifest.tip = Some(Checkpoint {
+            height: chunk.last,
+            hash: last_hash,
+        });
         manifest.next_tx_index = next_tx_index;
         wh.commit_manifest(Chain::Btc, &mut manifest).await?;
         summary.commits += 1;
@@ -385,11 +415,17 @@ async fn write_batches(rows: &mut BtcRows, writers: &mut [TableWriter]) -> Resul
 
 /// Reads the named columns of one committed file.
 async fn read_columns(wh: &Warehouse, path: &str, columns: &[&str]) -> Result<Vec<RecordBatch>> {
-    let corrupt = |reason: String| Error::CorruptCommitted { path: path.to_string(), reason };
+    let corrupt = |reason: String| Error::CorruptCommitted {
+        path: path.to_string(),
+        reason,
+    };
     // The object_store reader is deprecated upstream in favour of hand-written readers; it is
     // still the simplest correct way to stream a committed file, so keep it until it goes.
     #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(Arc::clone(wh.store()), Path::from(path));
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+        Arc::clone(wh.store()),
+        Path::from(path),
+    );
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| corrupt(e.to_string()))?;
@@ -405,8 +441,14 @@ async fn read_columns(wh: &Warehouse, path: &str, columns: &[&str]) -> Result<Ve
         })
         .collect::<Result<_>>()?;
     let mask = ProjectionMask::leaves(schema, indices);
-    let stream = builder.with_projection(mask).build().map_err(|e| corrupt(e.to_string()))?;
-    stream.try_collect().await.map_err(|e| corrupt(e.to_string()))
+    let stream = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| corrupt(e.to_string()))?;
+    stream
+        .try_collect()
+        .await
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 fn parse_txid(hex: &str) -> Option<[u8; 32]> {
@@ -430,11 +472,22 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
     let inputs: Vec<_> = manifest.files_of("inputs").collect();
     for o in &outputs {
         let path = &o.path;
-        let corrupt = |reason: &str| Error::CorruptCommitted { path: path.clone(), reason: reason.to_string() };
+        let corrupt = |reason: &str| Error::CorruptCommitted {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
         for batch in read_columns(
             wh,
             path,
-            &["height", "tx_index", "txid", "vout", "value", "script_type", "address"],
+            &[
+                "height",
+                "tx_index",
+                "txid",
+                "vout",
+                "value",
+                "script_type",
+                "address",
+            ],
         )
         .await?
         {
@@ -446,7 +499,8 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
             let kind = batch.column(5).as_string::<i32>();
             let address = batch.column(6).as_string::<i32>();
             for r in 0..batch.num_rows() {
-                let kind = ScriptKind::parse(kind.value(r)).ok_or_else(|| corrupt("bad script_type"))?;
+                let kind =
+                    ScriptKind::parse(kind.value(r)).ok_or_else(|| corrupt("bad script_type"))?;
                 if kind == ScriptKind::Nulldata {
                     continue;
                 }
@@ -456,7 +510,8 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
                 );
                 let u = Utxo {
                     value: u64::try_from(value.value(r)).map_err(|_| corrupt("bad value"))?,
-                    tx_index: u64::try_from(tx_index.value(r)).map_err(|_| corrupt("bad tx_index"))?,
+                    tx_index: u64::try_from(tx_index.value(r))
+                        .map_err(|_| corrupt("bad tx_index"))?,
                     height: u32::try_from(height.value(r)).map_err(|_| corrupt("bad height"))?,
                     kind,
                     address: (!address.is_null(r)).then(|| address.value(r).into()),
@@ -467,7 +522,10 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
         // The inputs of the same range spend outputs of this range or earlier ones.
         if let Some(i) = inputs.iter().find(|i| i.first_height == o.first_height) {
             let path = &i.path;
-            let corrupt = |reason: &str| Error::CorruptCommitted { path: path.clone(), reason: reason.to_string() };
+            let corrupt = |reason: &str| Error::CorruptCommitted {
+                path: path.clone(),
+                reason: reason.to_string(),
+            };
             for batch in read_columns(wh, path, &["spent_txid", "spent_vout"]).await? {
                 let txid = batch.column(0).as_string::<i32>();
                 let vout = batch.column(1).as_primitive::<Int32Type>();
@@ -500,7 +558,10 @@ mod tests {
         }
         let mut hex = [0u8; 64];
         crate::transform::display_hex(&bytes, &mut hex);
-        assert_eq!(parse_txid(std::str::from_utf8(&hex).expect("ascii")), Some(bytes));
+        assert_eq!(
+            parse_txid(std::str::from_utf8(&hex).expect("ascii")),
+            Some(bytes)
+        );
         assert_eq!(parse_txid("zz"), None);
     }
 }

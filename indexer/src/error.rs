@@ -15,9 +15,7 @@ pub enum Error {
     NoBlockFiles { dir: PathBuf },
     #[error("{path}: obfuscation key must be 8 bytes, found {len}")]
     BadXorKey { path: PathBuf, len: u64 },
-    #[error(
-        "{file} at offset {offset}: expected network magic {expected}, found {found}{hint}"
-    )]
+    #[error("{file} at offset {offset}: expected network magic {expected}, found {found}{hint}")]
     BadMagic {
         file: PathBuf,
         offset: u64,
@@ -142,6 +140,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -197,19 +197,24 @@ impl BtcRows {
         let h = height_i64(height);
         let header = &block.header;
         self.b_height.append_value(h);
-        self.b_hash.append_value(hex_str(&block.block_hash().to_byte_array(), &mut hex));
-        self.b_prev.append_value(hex_str(&header.prev_blockhash.to_byte_array(), &mut hex));
+        self.b_hash
+            .append_value(hex_str(&block.block_hash().to_byte_array(), &mut hex));
+        self.b_prev
+            .append_value(hex_str(&header.prev_blockhash.to_byte_array(), &mut hex));
         self.b_time.append_value(i64::from(header.time));
         self.b_version.append_value(header.version.to_consensus());
-        self.b_merkle.append_value(hex_str(&header.merkle_root.to_byte_array(), &mut hex));
-        self.b_bits.append_value(i64::from(header.bits.to_consensus()));
+        self.b_merkle
+            .append_value(hex_str(&header.merkle_root.to_byte_array(), &mut hex));
+        self.b_bits
+            .append_value(i64::from(header.bits.to_consensus()));
         self.b_nonce.append_value(i64::from(header.nonce));
         self.b_tx_count.append_value(int(block.txdata.len()));
         let size = block.total_size();
         let weight = block.weight().to_wu();
         self.b_size.append_value(int(size));
         // stripped size: weight = 3 * stripped + total.
-        self.b_stripped.append_value(height_i64((weight - size as u64) / 3));
+        self.b_stripped
+            .append_value(height_i64((weight - size as u64) / 3));
         self.b_weight.append_value(height_i64(weight));
         self.b_first_tx.append_value(height_i64(first_tx_index));
         self.counts.blocks += 1;
@@ -229,7 +234,8 @@ impl BtcRows {
                 self.i_height.append_value(h);
                 self.i_tx_index.append_value(ti);
                 self.i_txid.append_value(txid_str);
-                self.i_vin.append_value(i32::try_from(vin).unwrap_or(i32::MAX));
+                self.i_vin
+                    .append_value(i32::try_from(vin).unwrap_or(i32::MAX));
                 self.i_sequence.append_value(i64::from(input.sequence.0));
                 self.i_script_sig.append_value(input.script_sig.as_bytes());
                 for item in input.witness.iter() {
@@ -248,8 +254,10 @@ impl BtcRows {
                     continue;
                 }
                 let prev = input.previous_output;
-                self.i_spent_txid.append_value(hex_str(&prev.txid.to_byte_array(), &mut hex));
-                self.i_spent_vout.append_value(i32::try_from(prev.vout).unwrap_or(i32::MAX));
+                self.i_spent_txid
+                    .append_value(hex_str(&prev.txid.to_byte_array(), &mut hex));
+                self.i_spent_vout
+                    .append_value(i32::try_from(prev.vout).unwrap_or(i32::MAX));
                 match utxo.spend(&(prev.txid.to_byte_array(), prev.vout))? {
                     Some(u) => {
                         self.i_spent_tx_index.append_value(height_i64(u.tx_index));
@@ -279,7 +287,8 @@ impl BtcRows {
                 self.o_height.append_value(h);
                 self.o_tx_index.append_value(ti);
                 self.o_txid.append_value(txid_str);
-                self.o_vout.append_value(i32::try_from(vout).unwrap_or(i32::MAX));
+                self.o_vout
+                    .append_value(i32::try_from(vout).unwrap_or(i32::MAX));
                 self.o_value.append_value(sats(value));
                 self.o_script_type.append_value(kind.as_str());
                 self.o_address.append_option(address.as_deref());
@@ -288,18 +297,30 @@ impl BtcRows {
                 if !out.script_pubkey.is_op_return() {
                     let key = (txid, u32::try_from(vout).unwrap_or(u32::MAX));
                     let address = address.map(String::into_boxed_str);
-                    utxo.insert(key, Utxo { value, tx_index, height: height32, kind, address })?;
+                    utxo.insert(
+                        key,
+                        Utxo {
+                            value,
+                            tx_index,
+                            height: height32,
+                            kind,
+                            address,
+                        },
+                    )?;
                 }
             }
 
             let input_value = if is_coinbase { Some(0) } else { input_value };
             self.t_height.append_value(h);
             self.t_index.append_value(ti);
-            self.t_pos.append_value(i32::try_from(pos).unwrap_or(i32::MAX));
+            self.t_pos
+                .append_value(i32::try_from(pos).unwrap_or(i32::MAX));
             self.t_txid.append_value(txid_str);
-            self.t_wtxid.append_value(hex_str(&tx.compute_wtxid().to_byte_array(), &mut hex));
+            self.t_wtxid
+                .append_value(hex_str(&tx.compute_wtxid().to_byte_array(), &mut hex));
             self.t_version.append_value(tx.version.0);
-            self.t_locktime.append_value(i64::from(tx.lock_time.to_consensus_u32()));
+            self.t_locktime
+                .append_value(i64::from(tx.lock_time.to_consensus_u32()));
             self.t_coinbase.append_value(is_coinbase);
             self.t_in_count.append_value(int(tx.input.len()));
             self.t_out_count.append_value(int(tx.output.len()));
@@ -322,9 +343,15 @@ impl BtcRows {
     /// Takes the buffered rows as one batch per table, in registry order (blocks,
     /// transactions, inputs, outputs).
     pub fn finish(&mut self) -> Result<[RecordBatch; 4]> {
-        fn batch(name: &str, schema: arrow::datatypes::SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch> {
-            RecordBatch::try_new(schema, cols)
-                .map_err(|source| Error::Arrow { table: name.to_string(), source })
+        fn batch(
+            name: &str,
+            schema: arrow::datatypes::SchemaRef,
+            cols: Vec<ArrayRef>,
+        ) -> Result<RecordBatch> {
+            RecordBatch::try_new(schema, cols).map_err(|source| Error::Arrow {
+                table: name.to_string(),
+                source,
+            })
         }
         let blocks = batch(
             "btc.blocks",
@@ -416,11 +443,28 @@ mod tests {
         let mut utxo = UtxoStore::new(1 << 20);
         rows.push_block(&block, 0, 0, &mut utxo).expect("push");
         let [b, t, i, o] = rows.finish().expect("finish");
-        assert_eq!((b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows()), (1, 1, 1, 1));
-        let hash = b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().expect("utf8");
-        assert_eq!(hash.value(0), "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f");
-        let txid = t.column(3).as_any().downcast_ref::<arrow::array::StringArray>().expect("utf8");
-        assert_eq!(txid.value(0), "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b");
+        assert_eq!(
+            (b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows()),
+            (1, 1, 1, 1)
+        );
+        let hash = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("utf8");
+        assert_eq!(
+            hash.value(0),
+            "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
+        );
+        let txid = t
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("utf8");
+        assert_eq!(
+            txid.value(0),
+            "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b"
+        );
         assert_eq!(utxo.len(), 1);
         assert_eq!(rows.counts.transactions, 1, "finish keeps the counts");
     }

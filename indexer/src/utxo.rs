@@ -104,7 +104,13 @@ fn decode_value(v: &[u8]) -> Option<Utxo> {
         0 => None,
         _ => Some(std::str::from_utf8(v.get(22..)?).ok()?.into()),
     };
-    Some(Utxo { value, tx_index, height, kind, address })
+    Some(Utxo {
+        value,
+        tx_index,
+        height,
+        kind,
+        address,
+    })
 }
 
 /// Counters for the run summary and benchmarks.
@@ -161,8 +167,14 @@ impl UtxoStore {
     }
 
     fn err(&self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
-        let path = self.disk.as_ref().map_or_else(PathBuf::new, |(d, _)| d.path().to_path_buf());
-        Error::Utxo { path, source: Box::new(source) }
+        let path = self
+            .disk
+            .as_ref()
+            .map_or_else(PathBuf::new, |(d, _)| d.path().to_path_buf());
+        Error::Utxo {
+            path,
+            source: Box::new(source),
+        }
     }
 
     /// Adds an unspent output.
@@ -191,13 +203,16 @@ impl UtxoStore {
         if self.pending.is_none() {
             let (_, db) = self.disk.as_ref().expect("disk entries imply a database");
             let mut txn = db.begin_write().map_err(|e| self.err(e))?;
-            txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| self.err(e))?;
             self.pending = Some(txn);
         }
         let txn = self.pending.as_ref().expect("just set");
         let found = {
             let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            let removed = table.remove(encode_key(key).as_slice()).map_err(|e| self.err(e))?;
+            let removed = table
+                .remove(encode_key(key).as_slice())
+                .map_err(|e| self.err(e))?;
             removed.map(|g| decode_value(g.value()))
         };
         match found {
@@ -229,12 +244,18 @@ impl UtxoStore {
             let dir = tempfile::Builder::new()
                 .prefix("ferret-utxo-")
                 .tempdir()
-                .map_err(|e| Error::Utxo { path: std::env::temp_dir(), source: Box::new(e) })?;
+                .map_err(|e| Error::Utxo {
+                    path: std::env::temp_dir(),
+                    source: Box::new(e),
+                })?;
             let cache = Self::disk_cache_bytes(self.budget);
             let db = Database::builder()
                 .set_cache_size(cache)
                 .create(dir.path().join("utxo.redb"))
-                .map_err(|e| Error::Utxo { path: dir.path().to_path_buf(), source: Box::new(e) })?;
+                .map_err(|e| Error::Utxo {
+                    path: dir.path().to_path_buf(),
+                    source: Box::new(e),
+                })?;
             // The disk cache is memory too: keep the map within what is left of the budget.
             self.budget = self.budget.saturating_sub(cache).max(1 << 20);
             self.disk = Some((dir, db));
@@ -255,7 +276,8 @@ impl UtxoStore {
         }
         let (_, db) = self.disk.as_ref().expect("created above");
         let mut txn = db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
         let mut moved = 0u64;
         {
             let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
@@ -291,14 +313,18 @@ impl UtxoStore {
         if let Some(u) = self.map.get(key) {
             return Ok(Some(u.clone()));
         }
-        let Some((_, db)) = &self.disk else { return Ok(None) };
+        let Some((_, db)) = &self.disk else {
+            return Ok(None);
+        };
         let txn = db.begin_read().map_err(|e| self.err(e))?;
         let table = match txn.open_table(TABLE) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        let v = table.get(encode_key(key).as_slice()).map_err(|e| self.err(e))?;
+        let v = table
+            .get(encode_key(key).as_slice())
+            .map_err(|e| self.err(e))?;
         Ok(v.and_then(|g| decode_value(g.value())))
     }
 }
@@ -312,7 +338,11 @@ mod tests {
             value: u64::from(i) * 1000,
             tx_index: u64::from(i),
             height: i / 10,
-            kind: if i % 3 == 0 { ScriptKind::Multisig } else { ScriptKind::P2wpkh },
+            kind: if i % 3 == 0 {
+                ScriptKind::Multisig
+            } else {
+                ScriptKind::P2wpkh
+            },
             address: (i % 3 != 0).then(|| format!("bcrt1q{i:038}").into()),
         }
     }

@@ -37,7 +37,10 @@ pub async fn session(wh: &Warehouse) -> Result<SessionContext> {
         .set_bool("datafusion.execution.parquet.pushdown_filters", true)
         .set_bool("datafusion.execution.parquet.reorder_filters", true)
         .set_bool("datafusion.execution.parquet.bloom_filter_on_read", true);
-    let state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
     let ctx = SessionContext::new_with_state(state);
     register_warehouse(&ctx, wh).await?;
     Ok(ctx)
@@ -73,7 +76,10 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<QueryResult>
         })?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        results.push(QueryResult { schema, batches: df.collect().await? });
+        results.push(QueryResult {
+            schema,
+            batches: df.collect().await?,
+        });
     }
     Ok(results)
 }

@@ -25,7 +25,11 @@ impl std::str::FromStr for Format {
             "csv" => Format::Csv,
             "json" => Format::Json,
             "parquet" => Format::Parquet,
-            other => return Err(format!("unknown format `{other}` (table, csv, json, parquet)")),
+            other => {
+                return Err(format!(
+                    "unknown format `{other}` (table, csv, json, parquet)"
+                ));
+            }
         })
     }
 }
@@ -48,7 +52,9 @@ pub fn write(
             }
         }
         Format::Csv => {
-            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             for b in batches {
                 w.write(b)?;
             }

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{SortExpr, col};
 use datafusion::prelude::SessionContext;
 use ferret_schemas::{Chain, Warehouse, tables_of};
@@ -32,13 +32,20 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
             let files: Vec<ListingTableUrl> = manifest
                 .iter()
                 .flat_map(|m| m.files_of(t.name))
-                .map(|f| ListingTableUrl::parse(wh.object_url(&object_store::path::Path::from(f.path.as_str()))))
+                .map(|f| {
+                    ListingTableUrl::parse(
+                        wh.object_url(&object_store::path::Path::from(f.path.as_str())),
+                    )
+                })
                 .collect::<Result<_>>()?;
             let provider: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
                 Arc::new(MemTable::try_new(schema, vec![vec![]])?)
             } else {
-                let sort: Vec<SortExpr> =
-                    t.sort_key.iter().map(|c| col(*c).sort(true, false)).collect();
+                let sort: Vec<SortExpr> = t
+                    .sort_key
+                    .iter()
+                    .map(|c| col(*c).sort(true, false))
+                    .collect();
                 let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                     .with_file_extension(".parquet")
                     .with_file_sort_order(vec![sort]);

@@ -23,7 +23,11 @@ pub enum Error {
     },
     /// The manifest was written by an incompatible version of Ferret.
     #[error("manifest `{path}` has schema version {found}, this build reads {expected}")]
-    SchemaVersion { path: Path, found: u32, expected: u32 },
+    SchemaVersion {
+        path: Path,
+        found: u32,
+        expected: u32,
+    },
     /// Another writer committed a manifest with the same sequence number first.
     #[error(
         "commit conflict: manifest `{path}` already exists (another indexer is writing this chain)"
@@ -43,6 +47,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn store(path: impl ToString, source: object_store::Error) -> Self {
-        Self::Store { path: path.to_string(), source }
+        Self::Store {
+            path: path.to_string(),
+            source,
+        }
     }
 }

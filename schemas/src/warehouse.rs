@@ -37,7 +37,10 @@ impl Warehouse {
     /// Cloud credentials and endpoints come from the environment (`AWS_*`, `GOOGLE_*`,
     /// `AZURE_*`), as the object_store builders read them.
     pub fn open(url: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidUrl { url: url.to_string(), reason };
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
         if !url.contains("://") || url.starts_with("file://") {
             let path = url.strip_prefix("file://").unwrap_or(url);
             let path = if path.is_empty() { "." } else { path };
@@ -49,8 +52,7 @@ impl Warehouse {
                 path: path.to_string(),
                 source,
             })?;
-            let root =
-                Path::from_absolute_path(&canonical).map_err(|e| invalid(e.to_string()))?;
+            let root = Path::from_absolute_path(&canonical).map_err(|e| invalid(e.to_string()))?;
             let store = LocalFileSystem::new().with_automatic_cleanup(true);
             return Ok(Self {
                 store: Arc::new(store),
@@ -61,11 +63,15 @@ impl Warehouse {
         }
         let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
         let bucket = parsed.host_str().unwrap_or_default().to_string();
-        let root = Path::parse(parsed.path().trim_matches('/')).map_err(|e| invalid(e.to_string()))?;
+        let root =
+            Path::parse(parsed.path().trim_matches('/')).map_err(|e| invalid(e.to_string()))?;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "memory" => {
                 let mut stores = MEMORY_STORES.lock().unwrap_or_else(|p| p.into_inner());
-                stores.entry(bucket.clone()).or_insert_with(|| Arc::new(InMemory::new())).clone()
+                stores
+                    .entry(bucket.clone())
+                    .or_insert_with(|| Arc::new(InMemory::new()))
+                    .clone()
             }
             "s3" | "s3a" => Arc::new(
                 AmazonS3Builder::from_env()
@@ -93,7 +99,12 @@ impl Warehouse {
         };
         let base_url = Url::parse(&format!("{}://{}/", parsed.scheme(), bucket))
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Self { store, base_url, root, display: url.to_string() })
+        Ok(Self {
+            store,
+            base_url,
+            root,
+            display: url.to_string(),
+        })
     }
 
     /// The object store.
@@ -141,14 +152,19 @@ impl Warehouse {
             let Some(&seq) = self.manifest_seqs(chain).await?.last() else {
                 return Ok(None);
             };
-            let path = layout::state_dir(&self.root, chain).clone().join(manifest_name(seq));
+            let path = layout::state_dir(&self.root, chain)
+                .clone()
+                .join(manifest_name(seq));
             let bytes = match self.store.get(&path).await {
                 Ok(r) => r.bytes().await.map_err(|e| Error::store(&path, e))?,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(Error::store(&path, e)),
             };
-            let manifest: Manifest = serde_json::from_slice(&bytes)
-                .map_err(|source| Error::CorruptManifest { path: path.clone(), source })?;
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|source| Error::CorruptManifest {
+                    path: path.clone(),
+                    source,
+                })?;
             if manifest.schema_version != crate::SCHEMA_VERSION {
                 return Err(Error::SchemaVersion {
                     path,
@@ -168,8 +184,15 @@ impl Warehouse {
         let dir = layout::state_dir(&self.root, chain);
         let path = dir.clone().join(manifest_name(manifest.seq));
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&path, PutPayload::from(Bytes::from(body)), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(Bytes::from(body)), opts)
+            .await
+        {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
                 manifest.seq -= 1;
@@ -243,10 +266,23 @@ mod tests {
     async fn conformance(wh: Warehouse) {
         assert!(wh.load_manifest(Chain::Btc).await.expect("load").is_none());
         let mut m = Manifest::empty("btc", "regtest");
-        let data = wh.root().clone().join("btc").join("blocks").join("part-0-0.parquet");
-        let junk = wh.root().clone().join("btc").join("blocks").join("part-1-1.parquet");
+        let data = wh
+            .root()
+            .clone()
+            .join("btc")
+            .join("blocks")
+            .join("part-0-0.parquet");
+        let junk = wh
+            .root()
+            .clone()
+            .join("btc")
+            .join("blocks")
+            .join("part-1-1.parquet");
         for p in [&data, &junk] {
-            wh.store().put(p, PutPayload::from_static(b"x")).await.expect("put");
+            wh.store()
+                .put(p, PutPayload::from_static(b"x"))
+                .await
+                .expect("put");
         }
         m.files.push(crate::FileEntry {
             table: "blocks".into(),
@@ -256,15 +292,26 @@ mod tests {
             rows: 1,
             bytes: 1,
         });
-        wh.commit_manifest(Chain::Btc, &mut m).await.expect("commit 1");
-        wh.commit_manifest(Chain::Btc, &mut m).await.expect("commit 2");
-        let loaded = wh.load_manifest(Chain::Btc).await.expect("load").expect("committed");
+        wh.commit_manifest(Chain::Btc, &mut m)
+            .await
+            .expect("commit 1");
+        wh.commit_manifest(Chain::Btc, &mut m)
+            .await
+            .expect("commit 2");
+        let loaded = wh
+            .load_manifest(Chain::Btc)
+            .await
+            .expect("load")
+            .expect("committed");
         assert_eq!(loaded, m);
         assert_eq!(loaded.seq, 2);
         // A second writer holding the old sequence number conflicts instead of overwriting.
         let mut stale = m.clone();
         stale.seq = 1;
-        let err = wh.commit_manifest(Chain::Btc, &mut stale).await.expect_err("conflict");
+        let err = wh
+            .commit_manifest(Chain::Btc, &mut stale)
+            .await
+            .expect_err("conflict");
         assert!(matches!(err, Error::CommitConflict { .. }), "{err}");
         assert_eq!(wh.collect_garbage(Chain::Btc, &m).await.expect("gc"), 1);
         assert!(wh.store().head(&junk).await.is_err());
@@ -287,6 +334,9 @@ mod tests {
     #[test]
     fn bad_scheme_is_a_clear_error() {
         let err = Warehouse::open("ftp://x/y").expect_err("unsupported");
-        assert!(err.to_string().contains("unsupported scheme `ftp`"), "{err}");
+        assert!(
+            err.to_string().contains("unsupported scheme `ftp`"),
+            "{err}"
+        );
     }
 }

@@ -1,1 +1,511 @@
-fn main() {}
+//! Side-by-side ingest run on one blocks directory.
+//!
+//! ```text
+//! cargo run --release -p ferret-benches --bin ingest_compare -- --blocks-dir DIR \
+//!     [--utxo-mem-mb 1024[,128,...]] [--contenders decode,decode-txid,blocks_iterator,ferret,ferret-stages] \
+//!     [--work-dir DIR] [--keep-warehouse]
+//! ```
+//!
+//! Each contender runs in a fresh child process of this binary (`--contender NAME`), so the
+//! peak RSS reported (the child's VmHWM) is its own. The blk files are read once before the
+//! first contender, so every contender reads from a warm page cache.
+//!
+//! Contenders:
+//! - `decode`: every record read and `bitcoin::consensus` decoded into a `Block`, one thread.
+//!   The ceiling: nothing that produces blocks from blk files can be faster on one core.
+//! - `decode-txid`: the same plus the txid of every transaction (what any indexer hashes).
+//! - `blocks_iterator`: the `blocks_iterator` crate (3.0, in-memory UTXO) iterating the best
+//!   chain with prevouts; the consumer sums each block's fee from the prevouts.
+//! - `ferret`: `ferret_indexer::btc::index_btc` writing enriched Parquet (zstd, page index,
+//!   bloom filters) to a fresh local warehouse, once per `--utxo-mem-mb` value.
+//! - `ferret-stages`: Ferret's stages run one after another on one thread, each timed
+//!   (scan, read+decode, verify, transform, Arrow batches, Parquet encoding to a null sink),
+//!   with side measurements of the hashing, size and script-classification work inside the
+//!   transform. For profiling; not part of the comparison.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bitcoin::Network;
+use bitcoin::hashes::Hash as _;
+use ferret_benches::{blk_bytes, blk_files, decode_all, peak_rss_bytes};
+
+const DEFAULT_CONTENDERS: &str = "decode,decode-txid,blocks_iterator,ferret";
+
+struct Args {
+    blocks_dir: PathBuf,
+    utxo_mem_mb: Vec<usize>,
+    contenders: Vec<String>,
+    work_dir: Option<PathBuf>,
+    keep_warehouse: bool,
+    /// Child mode.
+    contender: Option<String>,
+    warehouse: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        blocks_dir: PathBuf::new(),
+        utxo_mem_mb: vec![1024],
+        contenders: DEFAULT_CONTENDERS.split(',').map(String::from).collect(),
+        work_dir: None,
+        keep_warehouse: false,
+        contender: None,
+        warehouse: None,
+    };
+    let mut blocks_dir = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--blocks-dir" => blocks_dir = Some(PathBuf::from(val()?)),
+            "--utxo-mem-mb" => {
+                a.utxo_mem_mb = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().context("--utxo-mem-mb takes MiB"))
+                    .collect::<Result<_>>()?;
+                if a.utxo_mem_mb.iter().any(|&m| m == 0) {
+                    bail!("--utxo-mem-mb must be at least 1");
+                }
+            }
+            "--contenders" => {
+                a.contenders = val()?.split(',').map(|s| s.trim().to_string()).collect()
+            }
+            "--work-dir" => a.work_dir = Some(PathBuf::from(val()?)),
+            "--keep-warehouse" => a.keep_warehouse = true,
+            "--contender" => a.contender = Some(val()?),
+            "--warehouse" => a.warehouse = Some(PathBuf::from(val()?)),
+            "-h" | "--help" => {
+                println!(
+                    "ingest_compare --blocks-dir DIR [--utxo-mem-mb N[,M..]] [--contenders {DEFAULT_CONTENDERS},ferret-stages] [--work-dir DIR] [--keep-warehouse]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    a.blocks_dir = blocks_dir.context("--blocks-dir is required")?;
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    match &args.contender {
+        Some(name) => child(&args, name),
+        None => parent(&args),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Child side: run one contender and print one `RESULT key=value ...` line.
+
+#[derive(Default)]
+struct Outcome {
+    secs: f64,
+    blocks: u64,
+    txs: u64,
+    bytes: u64,
+    extra: Vec<(String, String)>,
+}
+
+fn child(args: &Args, name: &str) -> Result<()> {
+    let dir = &args.blocks_dir;
+    let out = match name {
+        "decode" | "decode-txid" => {
+            let t = Instant::now();
+            let s = decode_all(dir, name == "decode-txid")?;
+            Outcome {
+                secs: t.elapsed().as_secs_f64(),
+                blocks: s.blocks,
+                txs: s.transactions,
+                bytes: s.record_bytes,
+                extra: vec![("note".into(), "1 thread, all records incl. stale".into())],
+            }
+        }
+        "blocks_iterator" => run_blocks_iterator(dir)?,
+        "ferret" => run_ferret(args)?,
+        "ferret-stages" => run_ferret_stages(args)?,
+        other => bail!("unknown contender {other}"),
+    };
+    let mut line = format!(
+        "RESULT secs={:.6} blocks={} txs={} bytes={} rss={}",
+        out.secs,
+        out.blocks,
+        out.txs,
+        out.bytes,
+        peak_rss_bytes()
+    );
+    for (k, v) in &out.extra {
+        line.push_str(&format!(" {k}={}", v.replace(' ', "_")));
+    }
+    println!("{line}");
+    Ok(())
+}
+
+fn run_blocks_iterator(dir: &Path) -> Result<Outcome> {
+    let t = Instant::now();
+    let cfg = blocks_iterator::Config::new(dir, Network::Regtest);
+    let mut o = Outcome::default();
+    let mut fees = 0u64;
+    let mut inputs = 0u64;
+    for b in blocks_iterator::try_iter(cfg).map_err(|e| anyhow::anyhow!("blocks_iterator: {e}"))? {
+        o.blocks += 1;
+        o.bytes += u64::from(b.size()) + 8;
+        o.txs += b.block().txdata.len() as u64;
+        inputs += b.block_total_inputs() as u64;
+        fees += b
+            .fee()
+            .context("blocks_iterator gave a block without its prevouts")?;
+    }
+    o.secs = t.elapsed().as_secs_f64();
+    o.extra = vec![
+        ("inputs".into(), inputs.to_string()),
+        ("fees_sat".into(), fees.to_string()),
+        (
+            "note".into(),
+            "best chain minus max_reorg=6 tip blocks; in-memory UTXO".into(),
+        ),
+    ];
+    Ok(o)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    // What `#[tokio::main]` in the `ferret` binary builds.
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run_ferret(args: &Args) -> Result<Outcome> {
+    let wh_dir = args
+        .warehouse
+        .as_ref()
+        .context("--warehouse is required for ferret")?;
+    let mb = args.utxo_mem_mb[0];
+    let rt = runtime()?;
+    let wh = ferret_schemas::Warehouse::open(&wh_dir.to_string_lossy())?;
+    let mut opts = ferret_indexer::btc::IndexOptions::new(&args.blocks_dir);
+    opts.utxo_mem_bytes = mb << 20;
+    let t = Instant::now();
+    let s = rt.block_on(ferret_indexer::btc::index_btc(&wh, &opts))?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Outcome {
+        secs,
+        blocks: s.counts.blocks,
+        txs: s.counts.transactions,
+        bytes: s.bytes_read,
+        extra: vec![
+            ("utxo_mb".into(), mb.to_string()),
+            ("inputs".into(), s.counts.inputs.to_string()),
+            ("outputs".into(), s.counts.outputs.to_string()),
+            ("unresolved".into(), s.counts.unresolved_inputs.to_string()),
+            ("written_bytes".into(), s.bytes_written.to_string()),
+            ("commits".into(), s.commits.to_string()),
+            ("spills".into(), s.utxo.spills.to_string()),
+            ("spilled_entries".into(), s.utxo.spilled_entries.to_string()),
+            ("disk_hits".into(), s.utxo.disk_hits.to_string()),
+            ("utxo_peak_mem".into(), s.utxo.peak_mem_bytes.to_string()),
+        ],
+    })
+}
+
+/// Ferret's stages, sequential on one thread, each timed.
+fn run_ferret_stages(args: &Args) -> Result<Outcome> {
+    use ferret_indexer::source::bitcoin::{BlkDir, classify, select_best_chain};
+    use ferret_indexer::transform::BtcRows;
+    use ferret_indexer::utxo::UtxoStore;
+    use ferret_schemas::{Chain, tables_of};
+    use parquet::arrow::ArrowWriter;
+
+    let mb = args.utxo_mem_mb[0];
+    let mut st: BTreeMap<&'static str, Duration> = BTreeMap::new();
+    let mut lap = |k: &'static str, t: Instant| *st.entry(k).or_default() += t.elapsed();
+    let total = Instant::now();
+
+    let t = Instant::now();
+    let dir = BlkDir::open(&args.blocks_dir, None)?;
+    let chain = select_best_chain(&dir, dir.scan()?)?;
+    lap("1 scan+best chain", t);
+
+    let network = dir.network();
+    let mut rows = BtcRows::new(network);
+    let mut utxo = UtxoStore::new(mb << 20);
+    let mut writers = tables_of(Chain::Btc)
+        .map(|t| {
+            ArrowWriter::try_new(
+                std::io::sink(),
+                t.schema(),
+                Some(ferret_indexer::sink::writer_properties(t)),
+            )
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut o = Outcome::default();
+    let mut next_tx_index = 0u64;
+    let mut sink = 0u64;
+    let flush = |rows: &mut BtcRows,
+                 writers: &mut Vec<ArrowWriter<std::io::Sink>>,
+                 lap: &mut dyn FnMut(&'static str, Instant)|
+     -> Result<()> {
+        let t = Instant::now();
+        let batches = rows.finish()?;
+        lap("5 arrow batches (finish)", t);
+        let t = Instant::now();
+        for (w, b) in writers.iter_mut().zip(batches.iter()) {
+            w.write(b)?;
+        }
+        lap("6 parquet encode (null sink)", t);
+        Ok(())
+    };
+    for b in &chain.blocks {
+        let t = Instant::now();
+        let block = dir.read_block(&b.loc)?;
+        lap("2 read+decode", t);
+        let t = Instant::now();
+        if !block.check_merkle_root() || !block.check_witness_commitment() {
+            bail!("block {} fails verification", b.height);
+        }
+        lap("3 verify (merkle, witness commitment)", t);
+
+        // Side measurements of work the transform does inside push_block.
+        let t = Instant::now();
+        for tx in &block.txdata {
+            sink ^= u64::from(tx.compute_txid().to_byte_array()[0]);
+            sink ^= u64::from(tx.compute_wtxid().to_byte_array()[0]);
+        }
+        lap("4a (inside 4) txid+wtxid hashing", t);
+        let t = Instant::now();
+        sink ^= block.total_size() as u64 ^ block.weight().to_wu();
+        for tx in &block.txdata {
+            sink ^= tx.total_size() as u64 ^ tx.vsize() as u64 ^ tx.weight().to_wu();
+        }
+        lap("4b (inside 4) block+tx size/vsize/weight", t);
+        let t = Instant::now();
+        for tx in &block.txdata {
+            for out in &tx.output {
+                let (kind, addr) = classify(&out.script_pubkey, network);
+                sink ^= kind as u64 ^ addr.map_or(0, |a| a.len() as u64);
+            }
+        }
+        lap("4c (inside 4) classify+address encode", t);
+
+        let t = Instant::now();
+        rows.push_block(&block, b.height, next_tx_index, &mut utxo)?;
+        lap("4 transform (push_block, UTXO)", t);
+        next_tx_index += block.txdata.len() as u64;
+        o.blocks += 1;
+        o.txs += block.txdata.len() as u64;
+        o.bytes += u64::from(b.loc.len) + 8;
+        if rows.buffered_rows() >= ferret_indexer::sink::ROW_GROUP_ROWS {
+            flush(&mut rows, &mut writers, &mut lap)?;
+        }
+    }
+    flush(&mut rows, &mut writers, &mut lap)?;
+    let t = Instant::now();
+    for w in writers {
+        w.close()?;
+    }
+    lap("6 parquet encode (null sink)", t);
+    std::hint::black_box(sink);
+    o.secs = total.elapsed().as_secs_f64();
+    o.extra = st
+        .iter()
+        .map(|(k, v)| (format!("stage:{k}"), format!("{:.3}", v.as_secs_f64())))
+        .collect();
+    o.extra
+        .push(("spills".into(), utxo.stats.spills.to_string()));
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------
+// Parent side.
+
+struct Row {
+    label: String,
+    result: std::result::Result<BTreeMap<String, String>, String>,
+}
+
+fn run_child(args: &Args, contender: &str, mb: Option<usize>, warehouse: Option<&Path>) -> Row {
+    let label = match mb {
+        Some(mb) if contender.starts_with("ferret") => format!("{contender} (utxo {mb} MiB)"),
+        _ => contender.to_string(),
+    };
+    eprintln!("--- running {label}");
+    let run = || -> std::result::Result<BTreeMap<String, String>, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--contender")
+            .arg(contender)
+            .arg("--blocks-dir")
+            .arg(&args.blocks_dir);
+        if let Some(mb) = mb {
+            cmd.arg("--utxo-mem-mb").arg(mb.to_string());
+        }
+        if let Some(w) = warehouse {
+            cmd.arg("--warehouse").arg(w);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut result = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            match line.strip_prefix("RESULT ") {
+                Some(rest) => {
+                    result = Some(
+                        rest.split(' ')
+                            .filter_map(|kv| kv.split_once('='))
+                            .map(|(k, v)| (k.to_string(), v.replace('_', " ")))
+                            .collect::<BTreeMap<_, _>>(),
+                    );
+                }
+                None => eprintln!("  | {line}"),
+            }
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("child failed: {status}"));
+        }
+        result.ok_or_else(|| "child printed no RESULT".to_string())
+    };
+    let result = run();
+    if let Err(e) = &result {
+        eprintln!("  {label}: {e}");
+    }
+    Row { label, result }
+}
+
+fn num(m: &BTreeMap<String, String>, k: &str) -> f64 {
+    m.get(k)
+        .and_then(|v| v.replace(' ', "").parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn parent(args: &Args) -> Result<()> {
+    let dir = &args.blocks_dir;
+    let files = blk_files(dir)?;
+    let total = blk_bytes(dir)?;
+    // Warm the page cache so every contender reads from memory.
+    let t = Instant::now();
+    for f in &files {
+        std::hint::black_box(std::fs::read(f)?.len());
+    }
+    let warm = t.elapsed().as_secs_f64();
+    println!(
+        "blocks dir {}: {} blk files, {:.1} MB ({:.2} GiB); page cache warmed in {warm:.1} s",
+        dir.display(),
+        files.len(),
+        total as f64 / 1e6,
+        total as f64 / (1u64 << 30) as f64
+    );
+    let work = match &args.work_dir {
+        Some(w) => w.clone(),
+        None => dir.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    std::fs::create_dir_all(&work)?;
+
+    let mut rows = Vec::new();
+    for c in &args.contenders {
+        match c.as_str() {
+            "ferret" => {
+                for &mb in &args.utxo_mem_mb {
+                    let wh = tempfile::Builder::new()
+                        .prefix("bench-warehouse-")
+                        .tempdir_in(&work)?;
+                    rows.push(run_child(args, c, Some(mb), Some(wh.path())));
+                    if args.keep_warehouse {
+                        let kept = wh.keep();
+                        eprintln!("  warehouse kept at {}", kept.display());
+                    }
+                }
+            }
+            "ferret-stages" => rows.push(run_child(args, c, Some(args.utxo_mem_mb[0]), None)),
+            _ => rows.push(run_child(args, c, None, None)),
+        }
+    }
+
+    println!();
+    println!(
+        "| {:<28} | {:>8} | {:>8} | {:>9} | {:>10} | {:>12} |",
+        "contender", "seconds", "MB/s", "blocks/s", "tx/s", "peak RSS MB"
+    );
+    println!(
+        "|{:-<30}|{:->10}|{:->10}|{:->11}|{:->12}|{:->14}|",
+        "", "", "", "", "", ""
+    );
+    for r in &rows {
+        match &r.result {
+            Ok(m) => {
+                let secs = num(m, "secs");
+                println!(
+                    "| {:<28} | {:>8.2} | {:>8.1} | {:>9.0} | {:>10.0} | {:>12.0} |",
+                    r.label,
+                    secs,
+                    num(m, "bytes") / 1e6 / secs,
+                    num(m, "blocks") / secs,
+                    num(m, "txs") / secs,
+                    num(m, "rss") / 1e6
+                );
+            }
+            Err(e) => println!("| {:<28} | failed: {e}", r.label),
+        }
+    }
+    println!();
+    println!(
+        "MB = 10^6 bytes of blk records (8-byte record header + block) each contender consumed."
+    );
+    for r in &rows {
+        if let Ok(m) = &r.result {
+            let details: Vec<String> = m
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "secs" | "rss"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("{}: {}", r.label, details.join(", "));
+        }
+    }
+
+    let get = |label_prefix: &str| {
+        rows.iter()
+            .filter(|r| {
+                r.label == label_prefix || r.label.starts_with(&format!("{label_prefix} ("))
+            })
+            .filter_map(|r| r.result.as_ref().ok().map(|m| (r.label.clone(), m)))
+            .collect::<Vec<_>>()
+    };
+    let mbps = |m: &BTreeMap<String, String>| num(m, "bytes") / num(m, "secs");
+    let bps = |m: &BTreeMap<String, String>| num(m, "blocks") / num(m, "secs");
+    println!();
+    let bi = get("blocks_iterator");
+    let dec = get("decode");
+    for (label, m) in get("ferret") {
+        if let Some((_, b)) = bi.first() {
+            println!(
+                "{label} / blocks_iterator: {:.2}x MB/s, {:.2}x blocks/s (target >= 2x)",
+                mbps(m) / mbps(b),
+                bps(m) / bps(b)
+            );
+        }
+        if let Some((_, d)) = dec.first() {
+            println!("{label} / decode ceiling: {:.2}x MB/s", mbps(m) / mbps(d));
+        }
+        let budget = num(m, "utxo_mb") * (1u64 << 20) as f64;
+        let rss = num(m, "rss");
+        println!(
+            "{label}: peak RSS {:.0} MiB = utxo budget {:.0} MiB {} {:.0} MiB overhead (store's own peak estimate {:.0} MiB, spills {})",
+            rss / (1u64 << 20) as f64,
+            budget / (1u64 << 20) as f64,
+            if rss >= budget { "+" } else { "-" },
+            (rss - budget).abs() / (1u64 << 20) as f64,
+            num(m, "utxo_peak_mem") / (1u64 << 20) as f64,
+            m.get("spills").map_or("?", String::as_str)
+        );
+    }
+    Ok(())
+}

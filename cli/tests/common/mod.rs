@@ -15,9 +15,9 @@ pub fn require_all() -> bool {
 /// The shared fixtures directory (`FERRET_FIXTURES`, default `../shared/fixtures` beside
 /// the repository). None (the test skips) when missing, a failure under FERRET_REQUIRE_ALL.
 pub fn fixtures() -> Option<PathBuf> {
-    let dir = std::env::var_os("FERRET_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-    });
+    let dir = std::env::var_os("FERRET_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
     if dir.join("btc").is_dir() {
         return Some(dir);
     }
@@ -63,7 +63,10 @@ pub fn mainnet_0_255(fx: &Path) -> Vec<Vec<u8>> {
 pub fn obfuscate(dir: &Path, key: [u8; 8]) {
     for entry in std::fs::read_dir(dir).expect("read dir") {
         let path = entry.expect("entry").path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("blk")) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("blk"))
+        {
             let mut bytes = std::fs::read(&path).expect("read");
             for (i, b) in bytes.iter_mut().enumerate() {
                 *b ^= key[i % 8];
@@ -77,7 +80,9 @@ pub fn obfuscate(dir: &Path, key: [u8; 8]) {
 /// Runs a SQL query and renders each row as one `|`-separated line.
 pub async fn query(wh: &Warehouse, sql: &str) -> Vec<String> {
     let ctx = ferret_query::session(wh).await.expect("session");
-    let results = ferret_query::run_sql(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let results = ferret_query::run_sql(&ctx, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let mut rows = Vec::new();
     let opts = FormatOptions::default().with_null("NULL");
     for r in results {
@@ -88,7 +93,12 @@ pub async fn query(wh: &Warehouse, sql: &str) -> Vec<String> {
                 .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("formatter"))
                 .collect();
             for i in 0..b.num_rows() {
-                rows.push(fmts.iter().map(|f| f.value(i).to_string()).collect::<Vec<_>>().join("|"));
+                rows.push(
+                    fmts.iter()
+                        .map(|f| f.value(i).to_string())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                );
             }
         }
     }
@@ -108,7 +118,13 @@ pub async fn dump(wh: &Warehouse) -> Vec<String> {
     for t in ferret_schemas::tables_of(ferret_schemas::Chain::Btc) {
         let order = t.sort_key.join(", ");
         out.push(format!("== {}", t.qualified_name()));
-        out.extend(query(wh, &format!("SELECT * FROM {} ORDER BY {order}", t.qualified_name())).await);
+        out.extend(
+            query(
+                wh,
+                &format!("SELECT * FROM {} ORDER BY {order}", t.qualified_name()),
+            )
+            .await,
+        );
     }
     out
 }

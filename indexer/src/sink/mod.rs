@@ -27,14 +27,20 @@ pub fn writer_properties(t: &TableDef) -> WriterProperties {
         .sort_key
         .iter()
         .map(|c| SortingColumn {
-            column_idx: i32::try_from(schema.index_of(c).expect("sort key checked by registry test"))
-                .expect("few columns"),
+            column_idx: i32::try_from(
+                schema
+                    .index_of(c)
+                    .expect("sort key checked by registry test"),
+            )
+            .expect("few columns"),
             descending: false,
             nulls_first: false,
         })
         .collect();
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_sorting_columns(Some(sorting))
@@ -69,10 +75,19 @@ impl TableWriter {
     ) -> Result<Self> {
         let path = ferret_schemas::layout::data_file(wh.root(), table, first_height, last_height);
         let out = BufWriter::new(Arc::clone(wh.store()), path.clone());
-        let writer =
-            AsyncArrowWriter::try_new(out, table.schema(), Some(writer_properties(table)))
-                .map_err(|source| Error::Parquet { path: path.to_string(), source })?;
-        Ok(Self { table, path, writer, rows: 0, first_height, last_height })
+        let writer = AsyncArrowWriter::try_new(out, table.schema(), Some(writer_properties(table)))
+            .map_err(|source| Error::Parquet {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            table,
+            path,
+            writer,
+            rows: 0,
+            first_height,
+            last_height,
+        })
     }
 
     /// Appends a batch.
@@ -81,21 +96,27 @@ impl TableWriter {
         self.writer
             .write(batch)
             .await
-            .map_err(|source| Error::Parquet { path: self.path.to_string(), source })
+            .map_err(|source| Error::Parquet {
+                path: self.path.to_string(),
+                source,
+            })
     }
 
     /// Finishes the file (footer, upload completion) and describes it for the manifest.
     pub async fn close(self, wh: &Warehouse) -> Result<FileEntry> {
         let path = self.path;
-        self.writer
-            .close()
-            .await
-            .map_err(|source| Error::Parquet { path: path.to_string(), source })?;
+        self.writer.close().await.map_err(|source| Error::Parquet {
+            path: path.to_string(),
+            source,
+        })?;
         let meta = wh
             .store()
             .head(&path)
             .await
-            .map_err(|source| Error::Store { path: path.to_string(), source })?;
+            .map_err(|source| Error::Store {
+                path: path.to_string(),
+                source,
+            })?;
         Ok(FileEntry {
             table: self.table.name.to_string(),
             path: path.to_string(),

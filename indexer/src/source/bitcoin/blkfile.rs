@@ -68,7 +68,9 @@ impl BlkDir {
         }
         files.sort();
         if files.is_empty() {
-            return Err(Error::NoBlockFiles { dir: dir.to_path_buf() });
+            return Err(Error::NoBlockFiles {
+                dir: dir.to_path_buf(),
+            });
         }
         let xor_path = dir.join("xor.dat");
         let key = match std::fs::read(&xor_path) {
@@ -223,14 +225,13 @@ impl BlkDir {
                 }
                 let mut hdr = [0u8; 80];
                 self.read_at(file, offset + 8, &mut hdr)?;
-                let header = Header::consensus_decode(&mut &hdr[..]).map_err(|source| {
-                    Error::Decode {
+                let header =
+                    Header::consensus_decode(&mut &hdr[..]).map_err(|source| Error::Decode {
                         file: path.clone(),
                         offset,
                         what: "header".into(),
                         source,
-                    }
-                })?;
+                    })?;
                 out.push(BlockLocation {
                     file: u32::try_from(file).expect("fewer than 2^32 blk files"),
                     offset,

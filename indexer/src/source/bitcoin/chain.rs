@@ -63,7 +63,11 @@ pub fn select_best_chain(dir: &BlkDir, locs: Vec<BlockLocation>) -> Result<BestC
     let duplicates = total - unique.len();
     let n = unique.len();
     if n == 0 {
-        return Ok(BestChain { blocks: Vec::new(), stale: 0, duplicates });
+        return Ok(BestChain {
+            blocks: Vec::new(),
+            stale: 0,
+            duplicates,
+        });
     }
     let parent: Vec<Option<usize>> = unique
         .iter()
@@ -111,10 +115,17 @@ pub fn select_best_chain(dir: &BlkDir, locs: Vec<BlockLocation>) -> Result<BestC
     let blocks: Vec<ChainBlock> = path
         .iter()
         .enumerate()
-        .map(|(i, &b)| ChainBlock { height: start + i as u64, loc: unique[b].clone() })
+        .map(|(i, &b)| ChainBlock {
+            height: start + i as u64,
+            loc: unique[b].clone(),
+        })
         .collect();
     let stale = n - blocks.len();
-    Ok(BestChain { blocks, stale, duplicates })
+    Ok(BestChain {
+        blocks,
+        stale,
+        duplicates,
+    })
 }
 
 fn root_height(dir: &BlkDir, root: &BlockLocation) -> Result<u64> {

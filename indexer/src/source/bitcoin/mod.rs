@@ -4,7 +4,7 @@ mod blkfile;
 mod chain;
 mod script;
 
+pub use ::bitcoin::Network;
 pub use blkfile::{BlkDir, BlockLocation, MAX_BLOCK_SERIALIZED_SIZE};
 pub use chain::{BestChain, ChainBlock, select_best_chain};
 pub use script::{ScriptKind, classify};
-pub use ::bitcoin::Network;

@@ -71,7 +71,10 @@ pub fn classify(script: &Script, network: Network) -> (ScriptKind, Option<String
     let b = script.as_bytes();
     if let Some(key) = p2pk_key(b) {
         let pkh = PubkeyHash::from_raw_hash(hash160::Hash::hash(key));
-        return (ScriptKind::P2pk, Some(Address::p2pkh(pkh, network).to_string()));
+        return (
+            ScriptKind::P2pk,
+            Some(Address::p2pkh(pkh, network).to_string()),
+        );
     }
     let kind = if script.is_p2pkh() {
         ScriptKind::P2pkh
@@ -118,10 +121,20 @@ mod tests {
         let anchor = ScriptBuf::from_bytes(vec![0x51, 0x02, 0x4e, 0x73]);
         assert_eq!(classify(&anchor, Network::Bitcoin).0, ScriptKind::P2a);
         let op_return = ScriptBuf::new_op_return([1u8, 2, 3]);
-        assert_eq!(classify(&op_return, Network::Bitcoin), (ScriptKind::Nulldata, None));
+        assert_eq!(
+            classify(&op_return, Network::Bitcoin),
+            (ScriptKind::Nulldata, None)
+        );
         let junk = ScriptBuf::from_bytes(vec![0xff, 0x00]);
-        assert_eq!(classify(&junk, Network::Bitcoin), (ScriptKind::Nonstandard, None));
-        for k in [ScriptKind::P2pk, ScriptKind::Nulldata, ScriptKind::WitnessUnknown] {
+        assert_eq!(
+            classify(&junk, Network::Bitcoin),
+            (ScriptKind::Nonstandard, None)
+        );
+        for k in [
+            ScriptKind::P2pk,
+            ScriptKind::Nulldata,
+            ScriptKind::WitnessUnknown,
+        ] {
             assert_eq!(ScriptKind::parse(k.as_str()), Some(k));
         }
     }
