@@ -51,24 +51,33 @@ const QUERIES: &[(&str, &str)] = &[
     ),
     (
         "Scam money reaching exchanges: known scam addresses followed hop by hop with SQL",
-        "WITH RECURSIVE flow(tx_index, txid, hop) AS (
-             SELECT i.tx_index, i.txid, 1 FROM btc.inputs i
-             JOIN truth_labels l ON i.address = l.address WHERE l.category = 'scam'
-           UNION ALL
-             SELECT i.tx_index, i.txid, f.hop + 1 FROM flow f
-             JOIN btc.outputs o ON o.tx_index = f.tx_index
-             JOIN btc.inputs i ON i.spent_tx_index = o.tx_index AND i.spent_vout = o.vout
-             WHERE f.hop < 8 AND o.address NOT IN
-               (SELECT address FROM truth_labels WHERE category = 'exchange')
-         )
-         SELECT l.label AS exchange, count(DISTINCT o.txid) AS cashout_txs,
+        "SELECT l.label AS exchange, count(DISTINCT o.txid) AS cashout_txs,
                 sum(o.value) AS sats_received, min(f.hop) AS min_hops
-         FROM (SELECT tx_index, min(hop) AS hop FROM flow GROUP BY tx_index) f
+         FROM scam_flow f
          JOIN btc.outputs o ON o.tx_index = f.tx_index
          JOIN truth_labels l ON o.address = l.address AND l.category = 'exchange'
          GROUP BY l.label ORDER BY sats_received DESC",
     ),
+    (
+        "Planted cash-outs (truth/cashouts.csv) that the SQL trace reached",
+        "SELECT count(*) AS planted, count(f.txid) AS found_by_sql,
+                sum(c.amount) AS planted_sats
+         FROM truth_cashouts c LEFT JOIN scam_flow f ON f.txid = c.txid",
+    ),
 ];
+
+const SCAM_FLOW_VIEW: &str = "CREATE VIEW scam_flow AS
+    WITH RECURSIVE flow(tx_index, txid, hop) AS (
+        SELECT i.tx_index, i.txid, 1 FROM btc.inputs i
+        JOIN truth_labels l ON i.address = l.address WHERE l.category = 'scam'
+      UNION ALL
+        SELECT i.tx_index, i.txid, f.hop + 1 FROM flow f
+        JOIN btc.outputs o ON o.tx_index = f.tx_index
+        JOIN btc.inputs i ON i.spent_tx_index = o.tx_index AND i.spent_vout = o.vout
+        WHERE f.hop < 8 AND (o.address IS NULL OR o.address NOT IN
+          (SELECT address FROM truth_labels WHERE category = 'exchange'))
+    )
+    SELECT tx_index, txid, min(hop) AS hop FROM flow GROUP BY tx_index, txid";
 
 pub async fn run(a: DemoArgs) -> Result<()> {
     let blocks_dir = a.dir.join("blocks");
@@ -107,6 +116,17 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     )
     .await
     .with_context(|| format!("reading {}", labels.display()))?;
+    let cashouts = a.dir.join("truth").join("cashouts.csv");
+    ctx.register_csv(
+        "truth_cashouts",
+        cashouts.to_str().context("demo dir is not valid UTF-8")?,
+        datafusion_csv_options(),
+    )
+    .await
+    .with_context(|| format!("reading {}", cashouts.display()))?;
+    // Transactions reached from the labelled scam addresses, hop by hop, stopping at
+    // exchanges (where money is cashed out), with the smallest hop count of each.
+    ctx.sql(SCAM_FLOW_VIEW).await?;
     for (title, sql) in QUERIES {
         println!("-- {title}");
         let results = ferret_query::run_sql(&ctx, sql).await?;
