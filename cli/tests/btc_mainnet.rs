@@ -295,3 +295,64 @@ fn walk_parquet(dir: &std::path::Path) -> std::path::PathBuf {
     }
     panic!("no parquet file under {}", dir.display());
 }
+
+#[tokio::test]
+async fn reruns_continue_and_process_only_new_blocks() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = mainnet_0_255(&fx);
+    let blocks = tmp.path().join("blocks");
+    // A node that has only reached height 150 so far.
+    write_blocks_dir(&blocks, &[all[..151].to_vec()]);
+    let wh = Warehouse::open("memory://incremental").expect("open");
+    let mut opts = IndexOptions::new(&blocks);
+    opts.commit_blocks = 40;
+    opts.to_height = Some(99);
+    let first = index_btc(&wh, &opts).await.expect("index to 99");
+    assert_eq!(first.heights, Some((0, 99)));
+    opts.to_height = None;
+    let second = index_btc(&wh, &opts).await.expect("index to 150");
+    assert_eq!(second.heights, Some((100, 150)));
+    // The node writes more blocks, into a new blk file as Core does when one fills up.
+    write_blocks_dir(&blocks, &[all[..151].to_vec(), all[151..].to_vec()]);
+    let third = index_btc(&wh, &opts).await.expect("index new blocks");
+    assert_eq!(third.heights, Some((151, 255)));
+    assert_eq!(third.counts.blocks, 105);
+    assert_eq!(
+        third.counts.unresolved_inputs, 0,
+        "spent outputs rebuilt from the warehouse"
+    );
+
+    let reference = Warehouse::open("memory://incremental-reference").expect("open");
+    index(&blocks, &reference).await;
+    assert_eq!(dump(&wh).await, dump(&reference).await);
+}
+
+#[tokio::test]
+async fn a_reorg_below_the_committed_tip_is_refused_not_mixed() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocks = tmp.path().join("blocks");
+    write_blocks_dir(&blocks, &[records(&fx.join("btc/mainnet-blocks-0-4.blk"))]);
+    let wh = Warehouse::open("memory://reorg").expect("open");
+    index(&blocks, &wh).await;
+    // The longer branch 3A–5A arrives: the committed 3 and 4 are now stale.
+    write_blocks_dir(
+        &blocks,
+        &[
+            records(&fx.join("btc/mainnet-blocks-0-4.blk")),
+            records(&fx.join("btc/mainnet-branch-3A-5A.blk")),
+        ],
+    );
+    let err = index_btc(&wh, &IndexOptions::new(&blocks))
+        .await
+        .expect_err("reorg");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("000000002f264d6504013e73b9c913de9098d4d771c1bb219af475d2a01b128e"),
+        "{msg}"
+    );
+    assert!(msg.contains("height 4 is not on the best chain"), "{msg}");
+    // Nothing changed.
+    assert_eq!(scalar(&wh, "SELECT count(*) FROM btc.blocks").await, "5");
+}

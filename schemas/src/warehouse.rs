@@ -263,7 +263,10 @@ impl Warehouse {
 /// A local multipart upload writes `{name}#{n}` and renames it on completion; a killed
 /// writer leaves the staging file behind, invisible to `list`. Removes them under `dir`.
 fn remove_staging_files(dir: &std::path::Path) -> Result<usize> {
-    let io = |source| Error::Io { path: dir.display().to_string(), source };
+    let io = |source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    };
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -351,14 +354,21 @@ mod tests {
             .await
             .expect_err("conflict");
         assert!(matches!(err, Error::CommitConflict { .. }), "{err}");
-        assert_eq!(wh.collect_garbage(Chain::Btc, &m).await.expect("gc"), 1 + extra_garbage);
+        assert_eq!(
+            wh.collect_garbage(Chain::Btc, &m).await.expect("gc"),
+            1 + extra_garbage
+        );
         assert!(wh.store().head(&junk).await.is_err());
         assert!(wh.store().head(&data).await.is_ok());
     }
 
     #[tokio::test]
     async fn memory_conformance() {
-        conformance(Warehouse::open("memory://schemas-conformance").expect("open"), 0).await;
+        conformance(
+            Warehouse::open("memory://schemas-conformance").expect("open"),
+            0,
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -370,7 +380,10 @@ mod tests {
         std::fs::create_dir_all(staging.parent().expect("parent")).expect("mkdir");
         std::fs::write(&staging, b"half an upload").expect("write");
         conformance(wh, 1).await;
-        assert!(!staging.exists(), "staging file of a killed upload is collected");
+        assert!(
+            !staging.exists(),
+            "staging file of a killed upload is collected"
+        );
     }
 
     #[test]
