@@ -320,7 +320,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
             summary.bytes_read += len;
             blocks_done += 1;
             bar.inc(len);
-            if blocks_done % 64 == 0 || height == chunk.last {
+            if blocks_done.is_multiple_of(64) || height == chunk.last {
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "height {height} {:.0} blocks/s",

@@ -338,12 +338,12 @@ mod tests {
             value: u64::from(i) * 1000,
             tx_index: u64::from(i),
             height: i / 10,
-            kind: if i % 3 == 0 {
+            kind: if i.is_multiple_of(3) {
                 ScriptKind::Multisig
             } else {
                 ScriptKind::P2wpkh
             },
-            address: (i % 3 != 0).then(|| format!("bcrt1q{i:038}").into()),
+            address: (!i.is_multiple_of(3)).then(|| format!("bcrt1q{i:038}").into()),
         }
     }
 
