@@ -140,7 +140,8 @@ fn child(args: &Args, name: &str) -> Result<()> {
         peak_rss_bytes()
     );
     for (k, v) in &out.extra {
-        line.push_str(&format!(" {k}={}", v.replace(' ', "_")));
+        // Keys and values travel without spaces ('_' stands for one).
+        line.push_str(&format!(" {}={}", k.replace(' ', "_"), v.replace(' ', "_")));
     }
     println!("{line}");
     Ok(())
@@ -164,7 +165,7 @@ fn run_blocks_iterator(dir: &Path) -> Result<Outcome> {
     o.secs = t.elapsed().as_secs_f64();
     o.extra = vec![
         ("inputs".into(), inputs.to_string()),
-        ("fees_sat".into(), fees.to_string()),
+        ("fees-sat".into(), fees.to_string()),
         (
             "note".into(),
             "best chain minus max_reorg=6 tip blocks; in-memory UTXO".into(),
@@ -199,16 +200,16 @@ fn run_ferret(args: &Args) -> Result<Outcome> {
         txs: s.counts.transactions,
         bytes: s.bytes_read,
         extra: vec![
-            ("utxo_mb".into(), mb.to_string()),
+            ("utxo-mb".into(), mb.to_string()),
             ("inputs".into(), s.counts.inputs.to_string()),
             ("outputs".into(), s.counts.outputs.to_string()),
             ("unresolved".into(), s.counts.unresolved_inputs.to_string()),
-            ("written_bytes".into(), s.bytes_written.to_string()),
+            ("written-bytes".into(), s.bytes_written.to_string()),
             ("commits".into(), s.commits.to_string()),
             ("spills".into(), s.utxo.spills.to_string()),
-            ("spilled_entries".into(), s.utxo.spilled_entries.to_string()),
-            ("disk_hits".into(), s.utxo.disk_hits.to_string()),
-            ("utxo_peak_mem".into(), s.utxo.peak_mem_bytes.to_string()),
+            ("spilled-entries".into(), s.utxo.spilled_entries.to_string()),
+            ("disk-hits".into(), s.utxo.disk_hits.to_string()),
+            ("utxo-peak-mem".into(), s.utxo.peak_mem_bytes.to_string()),
         ],
     })
 }
@@ -229,7 +230,7 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
     let t = Instant::now();
     let dir = BlkDir::open(&args.blocks_dir, None)?;
     let chain = select_best_chain(&dir, dir.scan()?)?;
-    lap("1 scan+best chain", t);
+    lap("1 scan+best-chain", t);
 
     let network = dir.network();
     let mut rows = BtcRows::new(network);
@@ -361,7 +362,7 @@ fn run_child(args: &Args, contender: &str, mb: Option<usize>, warehouse: Option<
                     result = Some(
                         rest.split(' ')
                             .filter_map(|kv| kv.split_once('='))
-                            .map(|(k, v)| (k.to_string(), v.replace('_', " ")))
+                            .map(|(k, v)| (k.replace('_', " "), v.replace('_', " ")))
                             .collect::<BTreeMap<_, _>>(),
                     );
                 }
@@ -495,7 +496,7 @@ fn parent(args: &Args) -> Result<()> {
         if let Some((_, d)) = dec.first() {
             println!("{label} / decode ceiling: {:.2}x MB/s", mbps(m) / mbps(d));
         }
-        let budget = num(m, "utxo_mb") * (1u64 << 20) as f64;
+        let budget = num(m, "utxo-mb") * (1u64 << 20) as f64;
         let rss = num(m, "rss");
         println!(
             "{label}: peak RSS {:.0} MiB = utxo budget {:.0} MiB {} {:.0} MiB overhead (store's own peak estimate {:.0} MiB, spills {})",
@@ -503,7 +504,7 @@ fn parent(args: &Args) -> Result<()> {
             budget / (1u64 << 20) as f64,
             if rss >= budget { "+" } else { "-" },
             (rss - budget).abs() / (1u64 << 20) as f64,
-            num(m, "utxo_peak_mem") / (1u64 << 20) as f64,
+            num(m, "utxo-peak-mem") / (1u64 << 20) as f64,
             m.get("spills").map_or("?", String::as_str)
         );
     }
