@@ -21,7 +21,10 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
 use crate::sink::TableWriter;
-use crate::source::bitcoin::{BestChain, BlkDir, ChainBlock, ScriptKind, select_best_chain};
+use crate::source::bitcoin::{
+    BestChain, BlkDir, BlockFault, ChainBlock, ScriptKind, TxHashes, hash_and_verify,
+    select_best_chain,
+};
 use crate::transform::{BtcRows, Counts};
 use crate::utxo::{Utxo, UtxoStats, UtxoStore};
 use crate::{Error, Result};
@@ -264,7 +267,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     }
 
     // Reader thread: decode and verify in height order, a bounded queue ahead.
-    let (tx, rx) = mpsc::sync_channel::<Result<(u64, bitcoin::Block, u64)>>(32);
+    let (tx, rx) = mpsc::sync_channel::<Result<(u64, bitcoin::Block, TxHashes, u64)>>(32);
     let dir = Arc::new(dir);
     let reader_dir = Arc::clone(&dir);
     let reader = std::thread::Builder::new()
@@ -272,8 +275,8 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         .spawn(move || {
             for b in todo {
                 let res = reader_dir.read_block(&b.loc).and_then(|block| {
-                    verify(&reader_dir, &b, &block)?;
-                    Ok((b.height, block, u64::from(b.loc.len) + 8))
+                    let hashes = verify(&reader_dir, &b, &block)?;
+                    Ok((b.height, block, hashes, u64::from(b.loc.len) + 8))
                 });
                 let failed = res.is_err();
                 if tx.send(res).is_err() || failed {
@@ -307,11 +310,11 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
             .collect::<Result<Vec<_>>>()?;
         let mut last_hash = String::new();
         for expect_height in chunk.first..=chunk.last {
-            let (height, block, len) = rx
+            let (height, block, hashes, len) = rx
                 .recv()
                 .map_err(|_| Error::InvalidArgument("block reader stopped early".into()))??;
             debug_assert_eq!(height, expect_height);
-            rows.push_block(&block, height, next_tx_index, &mut utxo)?;
+            rows.push_block(&block, &hashes, height, next_tx_index, &mut utxo)?;
             next_tx_index += block.txdata.len() as u64;
             last_hash = block.block_hash().to_string();
             if first_hash.is_none() && manifest.first_hash.is_none() {
@@ -382,25 +385,23 @@ fn add_counts(a: &mut Counts, b: &Counts) {
     a.unresolved_inputs += b.unresolved_inputs;
 }
 
-fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<()> {
+fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<TxHashes> {
     let file = dir.file_path(b.loc.file).to_path_buf();
-    if !block.check_merkle_root() {
-        return Err(Error::MerkleMismatch {
+    let (offset, hash, height) = (b.loc.offset, b.loc.hash.to_string(), b.height);
+    hash_and_verify(block).map_err(|fault| match fault {
+        BlockFault::MerkleRoot => Error::MerkleMismatch {
             file,
-            offset: b.loc.offset,
-            hash: b.loc.hash.to_string(),
-            height: b.height,
-        });
-    }
-    if !block.check_witness_commitment() {
-        return Err(Error::WitnessCommitment {
+            offset,
+            hash,
+            height,
+        },
+        BlockFault::WitnessCommitment => Error::WitnessCommitment {
             file,
-            offset: b.loc.offset,
-            hash: b.loc.hash.to_string(),
-            height: b.height,
-        });
-    }
-    Ok(())
+            offset,
+            hash,
+            height,
+        },
+    })
 }
 
 async fn write_batches(rows: &mut BtcRows, writers: &mut [TableWriter]) -> Result<()> {

@@ -13,7 +13,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Block, Network};
 use ferret_schemas::btc;
 
-use crate::source::bitcoin::classify;
+use crate::source::bitcoin::{TxHashes, classify};
 use crate::utxo::{Utxo, UtxoStore};
 use crate::{Error, Result};
 
@@ -185,10 +185,12 @@ impl BtcRows {
     }
 
     /// Appends one block at `height` whose first transaction has global index
-    /// `first_tx_index`. Spends and creates outputs in `utxo` as it goes.
+    /// `first_tx_index`; `hashes` are its transactions' ids from
+    /// [`crate::source::bitcoin::hash_and_verify`]. Spends and creates outputs in `utxo` as it goes.
     pub fn push_block(
         &mut self,
         block: &Block,
+        hashes: &TxHashes,
         height: u64,
         first_tx_index: u64,
         utxo: &mut UtxoStore,
@@ -222,7 +224,7 @@ impl BtcRows {
 
         for (pos, tx) in block.txdata.iter().enumerate() {
             let tx_index = first_tx_index + pos as u64;
-            let txid = tx.compute_txid().to_byte_array();
+            let txid = hashes.txids[pos].to_byte_array();
             let mut txid_hex = [0u8; 64];
             display_hex(&txid, &mut txid_hex);
             let txid_str = std::str::from_utf8(&txid_hex).expect("ascii");
@@ -441,7 +443,9 @@ mod tests {
         let block = bitcoin::constants::genesis_block(Network::Bitcoin);
         let mut rows = BtcRows::new(Network::Bitcoin);
         let mut utxo = UtxoStore::new(1 << 20);
-        rows.push_block(&block, 0, 0, &mut utxo).expect("push");
+        let hashes = crate::source::bitcoin::hash_and_verify(&block).expect("valid");
+        rows.push_block(&block, &hashes, 0, 0, &mut utxo)
+            .expect("push");
         let [b, t, i, o] = rows.finish().expect("finish");
         assert_eq!(
             (b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows()),

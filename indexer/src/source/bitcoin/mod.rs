@@ -3,8 +3,10 @@
 mod blkfile;
 mod chain;
 mod script;
+mod verify;
 
 pub use ::bitcoin::Network;
 pub use blkfile::{BlkDir, BlockLocation, MAX_BLOCK_SERIALIZED_SIZE};
 pub use chain::{BestChain, ChainBlock, select_best_chain};
 pub use script::{ScriptKind, classify};
+pub use verify::{BlockFault, TxHashes, hash_and_verify};
