@@ -135,3 +135,58 @@ async fn spilling_the_spent_output_store_changes_nothing() {
     assert!(b.utxo.spills > 0 && b.utxo.disk_hits > 0, "{:?}", b.utxo);
     assert_eq!(dump(&roomy).await, dump(&tight).await);
 }
+
+#[tokio::test]
+async fn a_tampered_witness_fails_the_witness_commitment() {
+    use bitcoin::consensus::{deserialize, serialize};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = SynthConfig {
+        blocks: 40,
+        seed: 3,
+        txs_per_block: 20,
+        ..Default::default()
+    };
+    generate(&cfg, tmp.path()).expect("generate");
+    let blk = tmp.path().join("blocks/blk00000.dat");
+    let mut bytes = std::fs::read(&blk).expect("read");
+    // Find the first block with a segwit spend and flip a byte of one witness item: the
+    // txids (and so the merkle root) stay the same, only the wtxid changes.
+    let mut offset = 0;
+    let tampered_at = loop {
+        let len = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().expect("4")) as usize;
+        assert!(len > 0, "no segwit spend found");
+        let mut block: bitcoin::Block =
+            deserialize(&bytes[offset + 8..offset + 8 + len]).expect("block");
+        let hit = block
+            .txdata
+            .iter_mut()
+            .skip(1)
+            .find(|t| t.input.iter().any(|i| !i.witness.is_empty()));
+        if let Some(tx) = hit {
+            let input = tx
+                .input
+                .iter_mut()
+                .find(|i| !i.witness.is_empty())
+                .expect("witness");
+            let mut items: Vec<Vec<u8>> = input.witness.iter().map(<[u8]>::to_vec).collect();
+            items[0][5] ^= 0x01;
+            input.witness = bitcoin::Witness::from_slice(&items);
+            let raw = serialize(&block);
+            assert_eq!(raw.len(), len);
+            bytes[offset + 8..offset + 8 + len].copy_from_slice(&raw);
+            break offset;
+        }
+        offset += 8 + len;
+    };
+    std::fs::write(&blk, bytes).expect("write");
+    let wh = Warehouse::open("memory://tampered-witness").expect("open");
+    let err = index_btc(&wh, &IndexOptions::new(tmp.path().join("blocks")))
+        .await
+        .expect_err("tampered");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("blk00000.dat at offset {tampered_at}")),
+        "{msg}"
+    );
+    assert!(msg.contains("witness commitment mismatch"), "{msg}");
+}
