@@ -52,6 +52,8 @@ fn ingest(c: &mut Criterion) {
     });
 
     g.throughput(Throughput::Bytes(chain_bytes));
+    // One index run takes ~0.6 s here: 10 samples need more than 5 s.
+    g.measurement_time(Duration::from_secs(8));
     let mut run = 0u64;
     g.bench_function("index_btc_memory", |b| {
         b.iter_custom(|iters| {
