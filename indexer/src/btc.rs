@@ -20,7 +20,7 @@ use object_store::path::Path;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
-use crate::sink::TableWriter;
+use crate::sink::ChunkSinks;
 use crate::source::bitcoin::{
     BestChain, BlkDir, BlockFault, ChainBlock, ScriptKind, TxHashes, hash_and_verify,
     select_best_chain,
@@ -114,6 +114,13 @@ impl std::fmt::Display for IndexSummary {
         Ok(())
     }
 }
+
+/// Rows buffered in the column builders (all tables together) before they go to the
+/// writers as batches.
+const FLUSH_ROWS: usize = 64 * 1024;
+
+/// Decoded blocks queued between the reader thread and the transform.
+const READ_AHEAD_BLOCKS: usize = 8;
 
 fn network_name(n: Network) -> String {
     n.to_core_arg().to_string()
@@ -267,7 +274,8 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     }
 
     // Reader thread: decode and verify in height order, a bounded queue ahead.
-    let (tx, rx) = mpsc::sync_channel::<Result<(u64, bitcoin::Block, TxHashes, u64)>>(32);
+    let (tx, rx) =
+        mpsc::sync_channel::<Result<(u64, bitcoin::Block, TxHashes, u64)>>(READ_AHEAD_BLOCKS);
     let dir = Arc::new(dir);
     let reader_dir = Arc::clone(&dir);
     let reader = std::thread::Builder::new()
@@ -304,10 +312,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let mut blocks_done = 0u64;
     let mut first_hash = None;
     for chunk in chunks {
-        let mut writers = btc_tables
-            .iter()
-            .map(|t| TableWriter::create(wh, t, chunk.first, chunk.last))
-            .collect::<Result<Vec<_>>>()?;
+        let mut sinks = ChunkSinks::open(wh, &btc_tables, chunk.first, chunk.last)?;
         let mut last_hash = String::new();
         for expect_height in chunk.first..=chunk.last {
             let (height, block, hashes, len) = rx
@@ -330,13 +335,12 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
                     blocks_done as f64 / secs
                 ));
             }
-            if rows.buffered_rows() >= crate::sink::ROW_GROUP_ROWS {
-                write_batches(&mut rows, &mut writers).await?;
+            if rows.buffered_rows() >= FLUSH_ROWS {
+                sinks.send(rows.finish()?.into()).await?;
             }
         }
-        write_batches(&mut rows, &mut writers).await?;
-        for w in writers {
-            let entry = w.close(wh).await?;
+        sinks.send(rows.finish()?.into()).await?;
+        for entry in sinks.finish().await? {
             summary.bytes_written += entry.bytes;
             manifest.files.push(entry);
         }
@@ -402,16 +406,6 @@ fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<TxHash
             height,
         },
     })
-}
-
-async fn write_batches(rows: &mut BtcRows, writers: &mut [TableWriter]) -> Result<()> {
-    let batches = rows.finish()?;
-    for (w, b) in writers.iter_mut().zip(batches.iter()) {
-        if b.num_rows() > 0 {
-            w.write(b).await?;
-        }
-    }
-    Ok(())
 }
 
 /// Reads the named columns of one committed file.

@@ -131,6 +131,8 @@ pub enum Error {
     },
     #[error("committed data in {path} is unreadable: {reason}")]
     CorruptCommitted { path: String, reason: String },
+    #[error("internal error: {what}")]
+    Internal { what: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }
