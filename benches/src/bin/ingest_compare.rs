@@ -23,6 +23,10 @@
 //!   sink), with side measurements of the size and script-classification work inside the
 //!   transform. For profiling; not part of the comparison.
 
+// The allocator of the `ferret` binary, for every contender alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -20,9 +20,10 @@ use crate::{Error, Result};
 /// Rows per row group: the unit of statistics pruning and of bloom filters.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Columns whose values repeat enough for a dictionary to pay off; every other string
-/// and binary column (hashes, addresses, scripts, witnesses) is near-unique, where building
-/// a dictionary only to abandon it costs more than it saves.
+/// Columns whose values repeat enough for a dictionary to pay off. Every other string and
+/// binary column (hashes, addresses, scripts, witnesses) is near-unique, where building a
+/// dictionary only to abandon it costs more than it saves; integer columns are sorted or
+/// small and take delta encoding instead.
 const DICTIONARY_COLUMNS: &[&str] = &["script_type"];
 
 /// Columns nobody filters on: no statistics, and no compression for the ones that are
@@ -62,12 +63,13 @@ pub fn writer_properties(t: &TableDef) -> WriterProperties {
     for leaf in parquet_schema.columns() {
         let path = leaf.path().clone();
         let top = path.parts()[0].as_str();
-        let is_bytes = matches!(
+        if DICTIONARY_COLUMNS.contains(&top) {
+            b = b.set_column_dictionary_enabled(path.clone(), true);
+        } else if matches!(
             leaf.physical_type(),
-            parquet::basic::Type::BYTE_ARRAY | parquet::basic::Type::FIXED_LEN_BYTE_ARRAY
-        );
-        if is_bytes && !DICTIONARY_COLUMNS.contains(&top) {
-            b = b.set_column_dictionary_enabled(path.clone(), false);
+            parquet::basic::Type::INT32 | parquet::basic::Type::INT64
+        ) {
+            b = b.set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED);
         }
         if BLOB_COLUMNS.contains(&top) {
             b = b.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
