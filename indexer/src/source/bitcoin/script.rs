@@ -118,6 +118,75 @@ fn base58check(version: u8, hash: &[u8; 20]) -> String {
     out
 }
 
+const BECH32_CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+
+fn bech32_polymod(values: impl Iterator<Item = u8>) -> u32 {
+    const GEN: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+    let mut chk: u32 = 1;
+    for v in values {
+        let top = chk >> 25;
+        chk = ((chk & 0x01ff_ffff) << 5) ^ u32::from(v);
+        for (i, g) in GEN.iter().enumerate() {
+            if (top >> i) & 1 == 1 {
+                chk ^= g;
+            }
+        }
+    }
+    chk
+}
+
+/// A segwit address (BIP173 bech32 for v0, BIP350 bech32m for v1+) without going through
+/// `fmt`; checked against the bitcoin crate in the tests.
+fn segwit_address(hrp: &str, version: u8, program: &[u8]) -> String {
+    let mut data = Vec::with_capacity(1 + (program.len() * 8).div_ceil(5) + 6);
+    data.push(version);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in program {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            data.push(((acc >> bits) & 31) as u8);
+        }
+    }
+    if bits > 0 {
+        data.push(((acc << (5 - bits)) & 31) as u8);
+    }
+    let hrp_expanded = hrp
+        .bytes()
+        .map(|c| c >> 5)
+        .chain(std::iter::once(0))
+        .chain(hrp.bytes().map(|c| c & 31));
+    let constant = if version == 0 { 1 } else { 0x2bc8_30a3 };
+    let polymod = bech32_polymod(
+        hrp_expanded
+            .chain(data.iter().copied())
+            .chain(std::iter::repeat_n(0, 6)),
+    ) ^ constant;
+    for i in 0..6 {
+        data.push(((polymod >> (5 * (5 - i))) & 31) as u8);
+    }
+    let mut out = String::with_capacity(hrp.len() + 1 + data.len());
+    out.push_str(hrp);
+    out.push('1');
+    out.extend(data.iter().map(|&d| BECH32_CHARSET[usize::from(d)] as char));
+    out
+}
+
+fn segwit_hrp(network: Network) -> &'static str {
+    match network {
+        Network::Bitcoin => "bc",
+        Network::Regtest => "bcrt",
+        _ => "tb",
+    }
+}
+
 fn legacy_prefixes(network: Network) -> (u8, u8) {
     match network {
         Network::Bitcoin => (0x00, 0x05),
@@ -145,13 +214,22 @@ pub fn classify(script: &Script, network: Network) -> (ScriptKind, Option<String
         let hash: &[u8; 20] = b[2..22].try_into().expect("p2sh holds 20 bytes");
         return (ScriptKind::P2sh, Some(base58check(sh_prefix, hash)));
     }
-    let kind = if script.is_p2wpkh() {
-        ScriptKind::P2wpkh
+    let fast_segwit = if script.is_p2wpkh() {
+        Some((ScriptKind::P2wpkh, 0))
     } else if script.is_p2wsh() {
-        ScriptKind::P2wsh
+        Some((ScriptKind::P2wsh, 0))
     } else if script.is_p2tr() {
-        ScriptKind::P2tr
-    } else if b == [0x51, 0x02, 0x4e, 0x73] {
+        Some((ScriptKind::P2tr, 1))
+    } else {
+        None
+    };
+    if let Some((kind, version)) = fast_segwit {
+        return (
+            kind,
+            Some(segwit_address(segwit_hrp(network), version, &b[2..])),
+        );
+    }
+    let kind = if b == [0x51, 0x02, 0x4e, 0x73] {
         ScriptKind::P2a
     } else if script.is_witness_program() {
         ScriptKind::WitnessUnknown
@@ -211,6 +289,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fast_bech32_matches_the_bitcoin_crate() {
+        use bitcoin::key::TweakedPublicKey;
+        use bitcoin::{WPubkeyHash, WScriptHash};
+        let mut seed = 0x0fed_cba9_8765_4321u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as u8
+        };
+        let networks = [
+            Network::Bitcoin,
+            Network::Testnet,
+            Network::Testnet4,
+            Network::Signet,
+            Network::Regtest,
+        ];
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let mut h20 = [0u8; 20];
+            let mut h32 = [0u8; 32];
+            h20.iter_mut().for_each(|b| *b = next());
+            h32.iter_mut().for_each(|b| *b = next());
+            let mut scripts = vec![
+                ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array(h20)),
+                ScriptBuf::new_p2wsh(&WScriptHash::from_byte_array(h32)),
+            ];
+            if let Ok(x) = bitcoin::XOnlyPublicKey::from_slice(&h32) {
+                scripts.push(ScriptBuf::new_p2tr_tweaked(
+                    TweakedPublicKey::dangerous_assume_tweaked(x),
+                ));
+            }
+            for network in networks {
+                for script in &scripts {
+                    let expect = Address::from_script(script, network)
+                        .expect("address")
+                        .to_string();
+                    assert_eq!(
+                        classify(script, network).1.as_deref(),
+                        Some(expect.as_str())
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 30_000);
     }
 
     #[test]
