@@ -20,12 +20,6 @@ use crate::{Error, Result};
 /// Rows per row group: the unit of statistics pruning and of bloom filters.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Columns whose values repeat enough for a dictionary to pay off. Every other string and
-/// binary column (hashes, addresses, scripts, witnesses) is near-unique, where building a
-/// dictionary only to abandon it costs more than it saves; integer columns are sorted or
-/// small and take delta encoding instead.
-const DICTIONARY_COLUMNS: &[&str] = &["script_type"];
-
 /// Columns nobody filters on: no statistics, and no compression for the ones that are
 /// mostly signatures and keys (incompressible).
 const BLOB_COLUMNS: &[&str] = &["script", "script_sig", "witness"];
@@ -63,9 +57,7 @@ pub fn writer_properties(t: &TableDef) -> WriterProperties {
     for leaf in parquet_schema.columns() {
         let path = leaf.path().clone();
         let top = path.parts()[0].as_str();
-        if DICTIONARY_COLUMNS.contains(&top) {
-            b = b.set_column_dictionary_enabled(path.clone(), true);
-        } else if matches!(
+        if matches!(
             leaf.physical_type(),
             parquet::basic::Type::INT32 | parquet::basic::Type::INT64
         ) {
