@@ -108,22 +108,18 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     println!("{summary}\n");
 
     let ctx = ferret_query::session(&wh).await?;
-    let labels = a.dir.join("truth").join("labels.csv");
-    ctx.register_csv(
-        "truth_labels",
-        labels.to_str().context("demo dir is not valid UTF-8")?,
-        datafusion_csv_options(),
-    )
-    .await
-    .with_context(|| format!("reading {}", labels.display()))?;
-    let cashouts = a.dir.join("truth").join("cashouts.csv");
-    ctx.register_csv(
-        "truth_cashouts",
-        cashouts.to_str().context("demo dir is not valid UTF-8")?,
-        datafusion_csv_options(),
-    )
-    .await
-    .with_context(|| format!("reading {}", cashouts.display()))?;
+    // The truth files stand in for what an investigator knows (labels) and for checking
+    // what SQL finds (the planted cash-outs).
+    for (table, file) in [
+        ("truth_labels", "labels.csv"),
+        ("truth_cashouts", "cashouts.csv"),
+    ] {
+        let path = a.dir.join("truth").join(file);
+        let url = path.to_str().context("demo dir is not valid UTF-8")?;
+        ctx.register_csv(table, url, datafusion_csv_options())
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
     // Transactions reached from the labelled scam addresses, hop by hop, stopping at
     // exchanges (where money is cashed out), with the smallest hop count of each.
     ctx.sql(SCAM_FLOW_VIEW).await?;
