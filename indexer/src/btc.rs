@@ -172,7 +172,9 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         Ok((dir, chain))
     })
     .await
-    .map_err(|e| Error::InvalidArgument(format!("block scan task failed: {e}")))??;
+    .map_err(|e| Error::Internal {
+        what: format!("block scan task: {e}"),
+    })??;
     let network = network_name(dir.network());
     tracing::info!(
         dir = %dir.dir().display(),
@@ -315,9 +317,9 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         let mut sinks = ChunkSinks::open(wh, &btc_tables, chunk.first, chunk.last)?;
         let mut last_hash = String::new();
         for expect_height in chunk.first..=chunk.last {
-            let (height, block, hashes, len) = rx
-                .recv()
-                .map_err(|_| Error::InvalidArgument("block reader stopped early".into()))??;
+            let (height, block, hashes, len) = rx.recv().map_err(|_| Error::Internal {
+                what: "the block reader stopped early".into(),
+            })??;
             debug_assert_eq!(height, expect_height);
             rows.push_block(&block, &hashes, height, next_tx_index, &mut utxo)?;
             next_tx_index += block.txdata.len() as u64;

@@ -133,8 +133,6 @@ pub enum Error {
     CorruptCommitted { path: String, reason: String },
     #[error("internal error: {what}")]
     Internal { what: String },
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
 }
 
 /// Result with [`Error`] as the default error.
