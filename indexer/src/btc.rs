@@ -283,11 +283,14 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let reader = std::thread::Builder::new()
         .name("ferret-blk-reader".into())
         .spawn(move || {
+            let mut buf = Vec::new();
             for b in todo {
-                let res = reader_dir.read_block(&b.loc).and_then(|block| {
-                    let hashes = verify(&reader_dir, &b, &block)?;
-                    Ok((b.height, block, hashes, u64::from(b.loc.len) + 8))
-                });
+                let res = reader_dir
+                    .read_block_with(&b.loc, &mut buf)
+                    .and_then(|block| {
+                        let hashes = verify(&reader_dir, &b, &block)?;
+                        Ok((b.height, block, hashes, u64::from(b.loc.len) + 8))
+                    });
                 let failed = res.is_err();
                 if tx.send(res).is_err() || failed {
                     return;

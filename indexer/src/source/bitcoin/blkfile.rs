@@ -263,12 +263,18 @@ impl BlkDir {
         Ok(())
     }
 
-    /// Reads and decodes the whole block at `loc`. Returns the block and the record size.
+    /// Reads and decodes the whole block at `loc`.
     pub fn read_block(&self, loc: &BlockLocation) -> Result<Block> {
+        self.read_block_with(loc, &mut Vec::new())
+    }
+
+    /// [`BlkDir::read_block`] reusing `buf` for the raw bytes (no fresh zeroed allocation
+    /// per block on the ingest path).
+    pub fn read_block_with(&self, loc: &BlockLocation, buf: &mut Vec<u8>) -> Result<Block> {
         let file = loc.file as usize;
-        let mut buf = vec![0u8; loc.len as usize];
-        self.read_at(file, loc.offset + 8, &mut buf)?;
-        let mut cursor = buf.as_slice();
+        buf.resize(loc.len as usize, 0);
+        self.read_at(file, loc.offset + 8, buf)?;
+        let mut cursor = &buf[..];
         let block = Block::consensus_decode(&mut cursor).map_err(|source| Error::Decode {
             file: self.files[file].clone(),
             offset: loc.offset,
