@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need when it is
-# missing (Python readers DuckDB + pyarrow, the SeaweedFS S3 server, awscli to make its
-# bucket), starts SeaweedFS on 127.0.0.1, and runs every Rust test. Run from anywhere.
+# missing (lavapipe, Mesa's Vulkan driver on the CPU, for the wgpu kernels; Python readers
+# DuckDB + pyarrow; the SeaweedFS S3 server and awscli to make its bucket), starts SeaweedFS
+# on 127.0.0.1, and runs every Rust test. Run from anywhere.
 #
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -p ferret  # extra arguments go to `cargo test`
@@ -12,6 +13,23 @@ CACHE=${FERRET_CACHE:-$HOME/.cache/ferret}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 export FERRET_FIXTURES=${FERRET_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 mkdir -p "$CACHE"
+
+# --- Vulkan on the CPU (lavapipe) for the wgpu kernels -----------------------------------
+LVP_ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+if [ ! -f "$LVP_ICD" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing lavapipe (mesa-vulkan-drivers)"
+    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends \
+      mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "warning: lavapipe is missing and this is not root: GPU kernel tests will skip" >&2
+  fi
+fi
+if [ -f "$LVP_ICD" ]; then
+  export WGPU_BACKEND=${WGPU_BACKEND:-vulkan} VK_DRIVER_FILES=${VK_DRIVER_FILES:-$LVP_ICD}
+fi
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ferret-xdg.XXXXXX")}
+chmod 700 "$XDG_RUNTIME_DIR"
 
 # --- Python tools in a cached virtualenv -------------------------------------------------
 VENV=$CACHE/venv

@@ -1,0 +1,126 @@
+//! Choosing where kernels run. The wgpu instance honours `WGPU_BACKEND` (and the other
+//! `WGPU_*` variables): CI pins `WGPU_BACKEND=vulkan` so lavapipe runs the shaders.
+
+use std::sync::Arc;
+
+use crate::{Error, Result};
+
+/// What the user asked for with `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A hardware GPU when there is one, the CPU otherwise.
+    Auto,
+    /// Any wgpu adapter, software ones (lavapipe) included; an error when none exists.
+    Gpu,
+    /// The rayon CPU path.
+    Cpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "gpu" => Ok(Self::Gpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(format!("unknown device `{other}` (auto, gpu, cpu)")),
+        }
+    }
+}
+
+/// An open wgpu device with the adapter's own limits.
+#[derive(Debug)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+}
+
+impl Gpu {
+    /// The largest storage buffer one binding may hold, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+    }
+
+    /// Whether the adapter is a software rasteriser (lavapipe, llvmpipe, WARP).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+/// Where a kernel runs.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Cpu,
+    Gpu(Arc<Gpu>),
+}
+
+impl Backend {
+    /// A short description for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Cpu => format!("cpu (rayon, {} threads)", rayon::current_num_threads()),
+            Backend::Gpu(g) => format!(
+                "gpu {} ({:?}, {:?})",
+                g.info.name, g.info.device_type, g.info.backend
+            ),
+        }
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env())
+}
+
+fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("ferret"),
+        required_limits: limits.clone(),
+        ..Default::default()
+    };
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Device {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(Gpu {
+        device,
+        queue,
+        info,
+        limits,
+    })
+}
+
+/// Opens the backend for `choice`, logging which one runs.
+pub fn select(choice: DeviceChoice) -> Result<Backend> {
+    let backend = match choice {
+        DeviceChoice::Cpu => Backend::Cpu,
+        DeviceChoice::Gpu => {
+            let adapter =
+                pollster::block_on(instance().request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                }))
+                .map_err(|_| Error::NoAdapter)?;
+            Backend::Gpu(Arc::new(open(adapter)?))
+        }
+        DeviceChoice::Auto => {
+            let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+            let hardware = adapters.into_iter().find(|a| {
+                matches!(
+                    a.get_info().device_type,
+                    wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu
+                )
+            });
+            match hardware {
+                Some(a) => Backend::Gpu(Arc::new(open(a)?)),
+                None => Backend::Cpu,
+            }
+        }
+    };
+    tracing::info!(device = %backend.describe(), ?choice, "kernel device");
+    Ok(backend)
+}
