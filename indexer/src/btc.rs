@@ -14,11 +14,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use bitcoin::Network;
 use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout, tables_of};
-use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use object_store::path::Path;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::ProjectionMask;
 
 use crate::sink::ChunkSinks;
 use crate::source::bitcoin::{
@@ -415,40 +411,7 @@ fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<TxHash
 
 /// Reads the named columns of one committed file.
 async fn read_columns(wh: &Warehouse, path: &str, columns: &[&str]) -> Result<Vec<RecordBatch>> {
-    let corrupt = |reason: String| Error::CorruptCommitted {
-        path: path.to_string(),
-        reason,
-    };
-    // The object_store reader is deprecated upstream in favour of hand-written readers; it is
-    // still the simplest correct way to stream a committed file, so keep it until it goes.
-    #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-        Arc::clone(wh.store()),
-        Path::from(path),
-    );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| corrupt(e.to_string()))?;
-    let schema = builder.parquet_schema();
-    let indices: Vec<usize> = columns
-        .iter()
-        .map(|c| {
-            schema
-                .columns()
-                .iter()
-                .position(|col| col.path().string() == *c)
-                .ok_or_else(|| corrupt(format!("missing column {c}")))
-        })
-        .collect::<Result<_>>()?;
-    let mask = ProjectionMask::leaves(schema, indices);
-    let stream = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| corrupt(e.to_string()))?;
-    stream
-        .try_collect()
-        .await
-        .map_err(|e| corrupt(e.to_string()))
+    Ok(wh.read_columns(path, columns).await?)
 }
 
 fn parse_txid(hex: &str) -> Option<[u8; 32]> {

@@ -21,6 +21,9 @@ pub enum Error {
         dst: u32,
         nodes: u32,
     },
+    /// Reading the warehouse failed.
+    #[error(transparent)]
+    Warehouse(Box<ferret_schemas::Error>),
     /// A GPU operation failed (validation, out of memory, lost device, mapping).
     #[error("gpu {what}: {reason}")]
     Gpu { what: &'static str, reason: String },

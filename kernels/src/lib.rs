@@ -10,6 +10,7 @@
 //! ```
 
 pub mod cc;
+pub mod cluster;
 pub mod device;
 mod error;
 

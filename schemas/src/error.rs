@@ -33,6 +33,9 @@ pub enum Error {
         "commit conflict: manifest `{path}` already exists (another indexer is writing this chain)"
     )]
     CommitConflict { path: Path },
+    /// A committed data file cannot be read as the table it should hold.
+    #[error("committed file `{path}` is unreadable: {reason}")]
+    CorruptFile { path: String, reason: String },
     /// A local filesystem operation failed.
     #[error("io error at `{path}`: {source}")]
     Io {

@@ -131,6 +131,49 @@ impl Warehouse {
         format!("{}{}", self.base_url, path)
     }
 
+    /// Reads the named (top-level) columns of one committed Parquet file.
+    pub async fn read_columns(
+        &self,
+        path: &str,
+        columns: &[&str],
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+        let corrupt = |reason: String| Error::CorruptFile {
+            path: path.to_string(),
+            reason,
+        };
+        // The object_store reader is deprecated upstream in favour of hand-written readers;
+        // it is still the simplest correct way to stream a committed file.
+        #[allow(deprecated)]
+        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+            Arc::clone(&self.store),
+            Path::from(path),
+        );
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| corrupt(e.to_string()))?;
+        let schema = builder.parquet_schema();
+        let indices: Vec<usize> = columns
+            .iter()
+            .map(|c| {
+                schema
+                    .columns()
+                    .iter()
+                    .position(|col| col.path().string() == *c)
+                    .ok_or_else(|| corrupt(format!("missing column {c}")))
+            })
+            .collect::<Result<_>>()?;
+        let mask = ProjectionMask::leaves(schema, indices);
+        let stream = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| corrupt(e.to_string()))?;
+        stream
+            .try_collect()
+            .await
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
     /// Lists the manifests of a chain, newest last.
     async fn manifest_seqs(&self, chain: Chain) -> Result<Vec<u64>> {
         let dir = layout::state_dir(&self.root, chain);

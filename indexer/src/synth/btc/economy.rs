@@ -1020,7 +1020,27 @@ impl Economy {
             }
             inputs.extend_from_slice(mine);
         }
-        let fees = coord_fee * parts.len() as u64;
+        // BlockSci's rule flags (outputs + 1) / 2 == p equal outputs: p mixed outputs, the
+        // coordinator's fee and p − 1 or p − 2 changes. When every participant has change,
+        // the smallest change goes to the coordinator instead (it keeps the remainder).
+        let mut fees = coord_fee * parts.len() as u64;
+        let changes = outs.len() - parts.len();
+        if changes + 2 < parts.len() {
+            for (u, mine, _) in parts {
+                self.users[u as usize].utxos.extend(mine);
+            }
+            return false;
+        }
+        if changes == parts.len() {
+            let smallest = outs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.value != d)
+                .min_by_key(|(_, o)| o.value)
+                .map(|(i, _)| i)
+                .expect("every participant has change");
+            fees += outs.remove(smallest).value;
+        }
         if fees >= DUST {
             let mixer = &self.mixers[self.rng.random_range(0..self.mixers.len())];
             let addr = mixer.fee_addrs[self.rng.random_range(0..mixer.fee_addrs.len())];

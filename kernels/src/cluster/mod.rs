@@ -1,0 +1,258 @@
+//! Address clustering by common-input ownership: all input addresses of a transaction
+//! belong to one entity, except in transactions that look like CoinJoins.
+//!
+//! Building the graph streams the committed `outputs` and `inputs` files range by range
+//! (they share ranges and are sorted by `tx_index`). Memory: the address → id map
+//! (~60 bytes plus the address string per address), one range's transactions, and 8
+//! bytes per link (a transaction with k distinct input addresses adds k − 1 links).
+//! Address ids are dense `u32`s in order of first appearance in an output (or input, for
+//! addresses first seen spending from before a pruned start).
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use ferret_schemas::{Chain, Warehouse};
+
+use crate::cc;
+use crate::device::Backend;
+use crate::{Error, Result};
+
+/// BlockSci's CoinJoin heuristic, with its parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoinJoinRule {
+    /// Turn the rule off (every multi-input transaction links its inputs).
+    pub enabled: bool,
+    pub min_inputs: usize,
+    pub min_outputs: usize,
+    /// Output values that never count as the equal CoinJoin denomination.
+    pub ignored_values: Vec<i64>,
+}
+
+impl Default for CoinJoinRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_inputs: 2,
+            min_outputs: 3,
+            ignored_values: vec![546, 2730],
+        }
+    }
+}
+
+impl CoinJoinRule {
+    /// Whether a transaction looks like a CoinJoin: ≥ 2 inputs, ≥ 3 outputs,
+    /// p = (outputs + 1) / 2 ≤ inputs and ≤ distinct input addresses, and the most common
+    /// output value (dust values ignored) appears exactly p times.
+    pub fn is_coinjoin(
+        &self,
+        inputs: usize,
+        distinct_input_addresses: usize,
+        output_values: &[i64],
+    ) -> bool {
+        if !self.enabled || inputs < self.min_inputs || output_values.len() < self.min_outputs {
+            return false;
+        }
+        let p = output_values.len().div_ceil(2);
+        if p > inputs || p > distinct_input_addresses {
+            return false;
+        }
+        let mut counts: HashMap<i64, usize> = HashMap::new();
+        for v in output_values
+            .iter()
+            .filter(|v| !self.ignored_values.contains(v))
+        {
+            *counts.entry(*v).or_default() += 1;
+        }
+        counts.values().copied().max() == Some(p)
+    }
+}
+
+/// The common-input-ownership graph.
+#[derive(Debug, Default)]
+pub struct CioGraph {
+    /// Addresses by id.
+    pub addresses: Vec<String>,
+    /// Links between address ids.
+    pub edges: Vec<(u32, u32)>,
+    /// Transactions skipped as CoinJoins.
+    pub coinjoins_skipped: u64,
+    /// Multi-address transactions whose inputs were linked.
+    pub linked_transactions: u64,
+}
+
+#[derive(Default)]
+struct Ids {
+    by_address: HashMap<String, u32>,
+    addresses: Vec<String>,
+}
+
+impl Ids {
+    fn id(&mut self, a: &str) -> Result<u32> {
+        if let Some(&id) = self.by_address.get(a) {
+            return Ok(id);
+        }
+        let id = u32::try_from(self.addresses.len())
+            .map_err(|_| Error::TooLarge("more than 2^32 addresses: partition the graph".into()))?;
+        self.by_address.insert(a.to_string(), id);
+        self.addresses.push(a.to_string());
+        Ok(id)
+    }
+}
+
+fn store_err(e: ferret_schemas::Error) -> Error {
+    Error::Warehouse(Box::new(e))
+}
+
+/// Builds the graph from the committed Bitcoin tables.
+pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioGraph> {
+    let manifest = wh
+        .load_manifest(Chain::Btc)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            Error::TooLarge("nothing committed for btc: run `ferret index btc` first".into())
+        })?;
+    let mut ids = Ids::default();
+    let mut g = CioGraph::default();
+    let inputs: Vec<_> = manifest.files_of("inputs").collect();
+    for out_file in manifest.files_of("outputs") {
+        // Output values per transaction of this range, and first appearances.
+        let mut values: HashMap<i64, Vec<i64>> = HashMap::new();
+        for b in wh
+            .read_columns(&out_file.path, &["tx_index", "value", "address"])
+            .await
+            .map_err(store_err)?
+        {
+            let tx = b.column(0).as_primitive::<Int64Type>();
+            let value = b.column(1).as_primitive::<Int64Type>();
+            let addr = b.column(2).as_string::<i32>();
+            for r in 0..b.num_rows() {
+                values.entry(tx.value(r)).or_default().push(value.value(r));
+                if !addr.is_null(r) {
+                    ids.id(addr.value(r))?;
+                }
+            }
+        }
+        let Some(in_file) = inputs
+            .iter()
+            .find(|f| f.first_height == out_file.first_height)
+        else {
+            continue;
+        };
+        let mut current: Option<i64> = None;
+        let mut members: Vec<u32> = Vec::new();
+        let mut input_count = 0usize;
+        let flush = |tx: i64, members: &mut Vec<u32>, input_count: usize, g: &mut CioGraph| {
+            members.sort_unstable();
+            members.dedup();
+            if members.len() >= 2 {
+                let outs = values.get(&tx).map_or(&[][..], Vec::as_slice);
+                if rule.is_coinjoin(input_count, members.len(), outs) {
+                    g.coinjoins_skipped += 1;
+                } else {
+                    g.linked_transactions += 1;
+                    g.edges
+                        .extend(members[1..].iter().map(|&m| (members[0], m)));
+                }
+            }
+            members.clear();
+        };
+        for b in wh
+            .read_columns(&in_file.path, &["tx_index", "address"])
+            .await
+            .map_err(store_err)?
+        {
+            let tx = b.column(0).as_primitive::<Int64Type>();
+            let addr = b.column(1).as_string::<i32>();
+            for r in 0..b.num_rows() {
+                let t = tx.value(r);
+                if current != Some(t) {
+                    if let Some(prev) = current {
+                        flush(prev, &mut members, input_count, &mut g);
+                    }
+                    current = Some(t);
+                    input_count = 0;
+                }
+                input_count += 1;
+                if !addr.is_null(r) {
+                    members.push(ids.id(addr.value(r))?);
+                }
+            }
+        }
+        if let Some(prev) = current {
+            flush(prev, &mut members, input_count, &mut g);
+        }
+    }
+    g.addresses = ids.addresses;
+    Ok(g)
+}
+
+/// One address's cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clusters {
+    pub addresses: Vec<String>,
+    /// Per address id: the smallest address id of its cluster.
+    pub cluster_id: Vec<u32>,
+    /// Per address id: the number of addresses in its cluster.
+    pub cluster_size: Vec<u32>,
+    pub coinjoins_skipped: u64,
+    pub linked_transactions: u64,
+}
+
+/// Builds the graph and labels its components on `backend`.
+pub async fn cluster_btc(
+    wh: &Warehouse,
+    backend: &Backend,
+    rule: &CoinJoinRule,
+) -> Result<Clusters> {
+    let g = build_cio_graph(wh, rule).await?;
+    let n = u32::try_from(g.addresses.len())
+        .map_err(|_| Error::TooLarge("address ids beyond u32".into()))?;
+    let cluster_id = cc::connected_components(backend, n, &g.edges)?;
+    let mut sizes = vec![0u32; n as usize];
+    for &c in &cluster_id {
+        sizes[c as usize] += 1;
+    }
+    let cluster_size = cluster_id.iter().map(|&c| sizes[c as usize]).collect();
+    tracing::info!(
+        addresses = n,
+        links = g.edges.len(),
+        coinjoins_skipped = g.coinjoins_skipped,
+        device = %backend.describe(),
+        "clustered"
+    );
+    Ok(Clusters {
+        addresses: g.addresses,
+        cluster_id,
+        cluster_size,
+        coinjoins_skipped: g.coinjoins_skipped,
+        linked_transactions: g.linked_transactions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocksci_coinjoin_rule() {
+        let r = CoinJoinRule::default();
+        // 3 participants: 3 equal outputs + 2 change, 3 inputs from 3 addresses.
+        assert!(r.is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52]));
+        // The same shape paid from 2 addresses only.
+        assert!(!r.is_coinjoin(3, 2, &[1000, 1000, 1000, 37, 52]));
+        // A payment with change.
+        assert!(!r.is_coinjoin(2, 2, &[5000, 1200]));
+        // Dust outputs don't make a denomination.
+        assert!(!r.is_coinjoin(3, 3, &[546, 546, 546, 10, 20]));
+        // Off means off.
+        assert!(
+            !CoinJoinRule {
+                enabled: false,
+                ..r
+            }
+            .is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52])
+        );
+    }
+}
