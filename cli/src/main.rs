@@ -37,6 +37,9 @@ enum Command {
     /// Generate a synthetic chain with planted scam flows.
     #[command(subcommand)]
     Synth(SynthCmd),
+    /// Cluster addresses by common-input ownership (results table `clusters`).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Run SQL over the warehouse.
     Sql(SqlArgs),
     /// Generate a chain, index it, and show what SQL finds.
@@ -72,6 +75,26 @@ struct IndexBtcArgs {
     /// Commit at least every this many MiB of block data.
     #[arg(long, default_value_t = 512)]
     commit_mb: u64,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Bitcoin: all input addresses of a transaction are one entity, CoinJoins excepted.
+    Btc(ClusterBtcArgs),
+}
+
+#[derive(Args)]
+struct ClusterBtcArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// Where the kernel runs: auto (a hardware GPU if any, else CPU), gpu (any adapter,
+    /// lavapipe included), cpu.
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
+    /// Link the inputs of CoinJoin-like transactions too (off by default: BlockSci's rule).
+    #[arg(long)]
+    no_coinjoin_rule: bool,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +192,35 @@ fn synth_btc_cmd(a: SynthBtcArgs) -> Result<()> {
     Ok(())
 }
 
+async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
+    use ferret_kernels::cluster::{CoinJoinRule, cluster_btc, write_clusters};
+    let wh = Warehouse::open(&a.warehouse)?;
+    let backend = ferret_kernels::device::select(a.device)?;
+    let rule = CoinJoinRule {
+        enabled: !a.no_coinjoin_rule,
+        ..Default::default()
+    };
+    let c = cluster_btc(&wh, &backend, &rule)
+        .await
+        .context("clustering btc")?;
+    let run = write_clusters(&wh, &c).await?;
+    let clusters = c
+        .cluster_id
+        .iter()
+        .enumerate()
+        .filter(|&(i, &id)| id as usize == i)
+        .count();
+    let largest = c.cluster_size.iter().max().copied().unwrap_or(0);
+    println!(
+        "{} addresses in {clusters} clusters (largest {largest}); {} transactions linked, {} CoinJoin-like skipped; run {run} on {}",
+        c.addresses.len(),
+        c.linked_transactions,
+        c.coinjoins_skipped,
+        backend.describe()
+    );
+    Ok(())
+}
+
 async fn sql_cmd(a: SqlArgs) -> Result<()> {
     let sql = match (&a.sql, &a.file) {
         (Some(s), _) => s.clone(),
@@ -235,6 +287,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Index(IndexCmd::Btc(a)) => index_btc_cmd(a).await,
             Command::Synth(SynthCmd::Btc(a)) => synth_btc_cmd(a),
+            Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
             Command::Sql(a) => sql_cmd(a).await,
             Command::Demo(a) => demo::run(a).await,
         }

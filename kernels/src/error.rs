@@ -24,6 +24,9 @@ pub enum Error {
     /// Reading the warehouse failed.
     #[error(transparent)]
     Warehouse(Box<ferret_schemas::Error>),
+    /// Writing results failed.
+    #[error("writing {path}: {reason}")]
+    Write { path: String, reason: String },
     /// A GPU operation failed (validation, out of memory, lost device, mapping).
     #[error("gpu {what}: {reason}")]
     Gpu { what: &'static str, reason: String },

@@ -58,5 +58,33 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
         }
         catalog.register_schema(chain.as_str(), schema_provider)?;
     }
+    // Kernel results under their plain names (the latest run).
+    let public = catalog
+        .schema("public")
+        .ok_or_else(|| DataFusionError::Internal("default schema missing".into()))?;
+    let schema = ferret_schemas::results::clusters_schema();
+    let provider: Arc<dyn datafusion::catalog::TableProvider> =
+        match wh.latest_run("clusters").await.map_err(external)? {
+            Some(run) => {
+                let files = run
+                    .files
+                    .iter()
+                    .map(|f| {
+                        ListingTableUrl::parse(
+                            wh.object_url(&object_store::path::Path::from(f.as_str())),
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                    .with_file_extension(".parquet");
+                Arc::new(ListingTable::try_new(
+                    ListingTableConfig::new_with_multi_paths(files)
+                        .with_listing_options(options)
+                        .with_schema(schema),
+                )?)
+            }
+            None => Arc::new(MemTable::try_new(schema, vec![vec![]])?),
+        };
+    public.register_table("clusters".into(), provider)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ mod error;
 pub mod layout;
 pub mod manifest;
 mod registry;
+pub mod results;
 pub mod warehouse;
 
 pub use error::{Error, Result};

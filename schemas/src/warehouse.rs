@@ -174,6 +174,36 @@ impl Warehouse {
             .map_err(|e| corrupt(e.to_string()))
     }
 
+    /// The latest run of a kernel job (`clusters`, …), if any.
+    pub async fn latest_run(&self, job: &str) -> Result<Option<crate::results::LatestRun>> {
+        let path = crate::results::latest_path(&self.root, job);
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| Error::store(&path, e))?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| Error::CorruptManifest { path, source })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// Points a job's plain table at `run` (one atomic PUT, after the run's files).
+    pub async fn commit_latest_run(
+        &self,
+        job: &str,
+        run: &crate::results::LatestRun,
+    ) -> Result<()> {
+        let path = crate::results::latest_path(&self.root, job);
+        let body = serde_json::to_vec_pretty(run).expect("serialises");
+        self.store
+            .put(&path, PutPayload::from(Bytes::from(body)))
+            .await
+            .map_err(|e| Error::store(&path, e))?;
+        Ok(())
+    }
+
     /// Lists the manifests of a chain, newest last.
     async fn manifest_seqs(&self, chain: Chain) -> Result<Vec<u64>> {
         let dir = layout::state_dir(&self.root, chain);

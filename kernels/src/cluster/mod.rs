@@ -256,3 +256,60 @@ mod tests {
         );
     }
 }
+
+/// Writes `clusters` as a new run of the `clusters` results table and points the plain
+/// table at it. Returns the run id.
+pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use ferret_schemas::results::{LatestRun, clusters_schema, job_dir};
+    use parquet::arrow::AsyncArrowWriter;
+
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let run_id = format!("{millis}");
+    let path = job_dir(wh.root(), "clusters")
+        .join(format!("run={run_id}"))
+        .join("part-0.parquet");
+    let n = c.addresses.len();
+    let as_i64 = |v: &[u32]| Int64Array::from_iter_values(v.iter().map(|&x| i64::from(x)));
+    let batch = RecordBatch::try_new(
+        clusters_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("btc", n))),
+            Arc::new(StringArray::from_iter_values(c.addresses.iter())),
+            Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            Arc::new(as_i64(&c.cluster_id)),
+            Arc::new(as_i64(&c.cluster_size)),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                run_id.as_str(),
+                n,
+            ))),
+        ],
+    )
+    .map_err(|e| Error::Write {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    let write_err = |e: parquet::errors::ParquetError| Error::Write {
+        path: path.to_string(),
+        reason: e.to_string(),
+    };
+    let out = object_store::buffered::BufWriter::new(Arc::clone(wh.store()), path.clone());
+    let mut w = AsyncArrowWriter::try_new(out, clusters_schema(), None).map_err(write_err)?;
+    w.write(&batch).await.map_err(write_err)?;
+    w.close().await.map_err(write_err)?;
+    wh.commit_latest_run(
+        "clusters",
+        &LatestRun {
+            run_id: run_id.clone(),
+            files: vec![path.to_string()],
+            rows: n as u64,
+        },
+    )
+    .await
+    .map_err(store_err)?;
+    Ok(run_id)
+}

@@ -1,0 +1,95 @@
+//! `ferret cluster btc` writes the `clusters` table that SQL reads, on the CPU and on the
+//! GPU (lavapipe in CI) with the same result.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn cluster_command_writes_the_clusters_table() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chain = tmp.path().join("chain");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let out = ferret(&[
+        "synth",
+        "btc",
+        "--out",
+        chain.to_str().expect("utf8"),
+        "--blocks",
+        "120",
+        "--txs-per-block",
+        "40",
+        "--seed",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blocks = chain.join("blocks");
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        blocks.to_str().expect("utf8"),
+        "--warehouse",
+        &wh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let sql = |q: &str| {
+        let out = ferret(&["sql", "--warehouse", &wh, "--format", "csv", q]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        sql("SELECT count(*) AS n FROM clusters"),
+        "n\n0\n",
+        "no run yet: empty"
+    );
+
+    let out = ferret(&["cluster", "btc", "--warehouse", &wh, "--device", "cpu"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("CoinJoin-like skipped") && stdout.contains("on cpu"),
+        "{stdout}"
+    );
+    let cpu_rows = sql("SELECT address, cluster_id, cluster_size FROM clusters ORDER BY address");
+    // Every address that received an output is clustered; sizes agree with the ids.
+    assert_eq!(
+        sql("SELECT count(*) AS n FROM clusters"),
+        sql("SELECT count(DISTINCT address) AS n FROM btc.outputs WHERE address IS NOT NULL")
+    );
+    assert_eq!(
+        sql(
+            "SELECT count(*) AS bad FROM clusters c JOIN (SELECT cluster_id, count(*) AS k FROM clusters GROUP BY cluster_id) s USING (cluster_id) WHERE c.cluster_size <> s.k OR c.cluster_id > c.address_id"
+        ),
+        "bad\n0\n"
+    );
+
+    let out = ferret(&["cluster", "btc", "--warehouse", &wh, "--device", "gpu"]);
+    if out.status.success() {
+        assert_eq!(
+            sql("SELECT address, cluster_id, cluster_size FROM clusters ORDER BY address"),
+            cpu_rows
+        );
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!require_all(), "GPU required: {err}");
+        assert!(err.contains("no GPU adapter"), "{err}");
+    }
+}
