@@ -28,19 +28,7 @@ fn cluster_command_writes_the_clusters_table() {
         String::from_utf8_lossy(&out.stderr)
     );
     let blocks = chain.join("blocks");
-    let out = ferret(&[
-        "index",
-        "btc",
-        "--blocks-dir",
-        blocks.to_str().expect("utf8"),
-        "--warehouse",
-        &wh,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    index_btc_cli(&blocks, &wh);
 
     let sql = |q: &str| {
         let out = ferret(&["sql", "--warehouse", &wh, "--format", "csv", q]);

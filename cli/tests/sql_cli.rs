@@ -13,20 +13,7 @@ fn warehouse(tmp: &std::path::Path) -> Option<String> {
     let blocks = tmp.join("blocks");
     write_blocks_dir(&blocks, &[mainnet_0_255(&fx)]);
     let wh = tmp.join("wh").to_string_lossy().into_owned();
-    let out = ferret(&[
-        "index",
-        "btc",
-        "--blocks-dir",
-        blocks.to_str().expect("utf8"),
-        "--warehouse",
-        &wh,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = index_btc_cli(&blocks, &wh);
     assert!(
         summary.contains("blocks 256  transactions 263  inputs 263  outputs 268"),
         "{summary}"

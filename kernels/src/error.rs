@@ -24,6 +24,9 @@ pub enum Error {
     /// Reading the warehouse failed.
     #[error(transparent)]
     Warehouse(Box<ferret_schemas::Error>),
+    /// The warehouse has nothing for the job to read.
+    #[error("nothing committed for {chain} in the warehouse: run `ferret index {chain}` first")]
+    NothingIndexed { chain: &'static str },
     /// Writing results failed.
     #[error("writing {path}: {reason}")]
     Write { path: String, reason: String },

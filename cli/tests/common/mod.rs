@@ -137,3 +137,21 @@ pub fn ferret(args: &[&str]) -> Output {
         .output()
         .expect("run ferret")
 }
+
+/// Runs `ferret index btc` on a blocks dir into a warehouse; returns its summary (stdout).
+pub fn index_btc_cli(blocks: &Path, wh: &str) -> String {
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        blocks.to_str().expect("utf8"),
+        "--warehouse",
+        wh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -110,9 +110,7 @@ pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioG
         .load_manifest(Chain::Btc)
         .await
         .map_err(store_err)?
-        .ok_or_else(|| {
-            Error::TooLarge("nothing committed for btc: run `ferret index btc` first".into())
-        })?;
+        .ok_or(Error::NothingIndexed { chain: "btc" })?;
     let mut ids = Ids::default();
     let mut g = CioGraph::default();
     let inputs: Vec<_> = manifest.files_of("inputs").collect();
