@@ -40,7 +40,9 @@ pub struct Gpu {
 impl Gpu {
     /// The largest storage buffer one binding may hold, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Whether the adapter is a software rasteriser (lavapipe, llvmpipe, WARP).

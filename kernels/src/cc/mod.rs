@@ -403,7 +403,9 @@ mod tests {
             .collect()
     }
 
-    fn cases() -> Vec<(String, u32, Vec<(u32, u32)>)> {
+    type Case = (String, u32, Vec<(u32, u32)>);
+
+    fn cases() -> Vec<Case> {
         let wg = WORKGROUP_SIZE;
         let mut c = vec![
             ("empty".to_string(), 0, vec![]),

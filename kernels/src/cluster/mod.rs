@@ -229,32 +229,6 @@ pub async fn cluster_btc(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocksci_coinjoin_rule() {
-        let r = CoinJoinRule::default();
-        // 3 participants: 3 equal outputs + 2 change, 3 inputs from 3 addresses.
-        assert!(r.is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52]));
-        // The same shape paid from 2 addresses only.
-        assert!(!r.is_coinjoin(3, 2, &[1000, 1000, 1000, 37, 52]));
-        // A payment with change.
-        assert!(!r.is_coinjoin(2, 2, &[5000, 1200]));
-        // Dust outputs don't make a denomination.
-        assert!(!r.is_coinjoin(3, 3, &[546, 546, 546, 10, 20]));
-        // Off means off.
-        assert!(
-            !CoinJoinRule {
-                enabled: false,
-                ..r
-            }
-            .is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52])
-        );
-    }
-}
-
 /// Writes `clusters` as a new run of the `clusters` results table and points the plain
 /// table at it. Returns the run id.
 pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
@@ -310,4 +284,30 @@ pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
     .await
     .map_err(store_err)?;
     Ok(run_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocksci_coinjoin_rule() {
+        let r = CoinJoinRule::default();
+        // 3 participants: 3 equal outputs + 2 change, 3 inputs from 3 addresses.
+        assert!(r.is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52]));
+        // The same shape paid from 2 addresses only.
+        assert!(!r.is_coinjoin(3, 2, &[1000, 1000, 1000, 37, 52]));
+        // A payment with change.
+        assert!(!r.is_coinjoin(2, 2, &[5000, 1200]));
+        // Dust outputs don't make a denomination.
+        assert!(!r.is_coinjoin(3, 3, &[546, 546, 546, 10, 20]));
+        // Off means off.
+        assert!(
+            !CoinJoinRule {
+                enabled: false,
+                ..r
+            }
+            .is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52])
+        );
+    }
 }
