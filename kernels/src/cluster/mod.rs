@@ -43,7 +43,8 @@ impl Default for CoinJoinRule {
 impl CoinJoinRule {
     /// Whether a transaction looks like a CoinJoin: ≥ 2 inputs, ≥ 3 outputs,
     /// p = (outputs + 1) / 2 ≤ inputs and ≤ distinct input addresses, and the most common
-    /// output value (dust values ignored) appears exactly p times.
+    /// output value (dust values ignored) appears exactly p times. Inputs without an
+    /// address (bare multisig, non-standard) count as distinct addresses.
     pub fn is_coinjoin(
         &self,
         inputs: usize,
@@ -142,11 +143,14 @@ pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioG
         let mut members: Vec<u32> = Vec::new();
         let mut input_count = 0usize;
         let flush = |tx: i64, members: &mut Vec<u32>, input_count: usize, g: &mut CioGraph| {
+            // Inputs without an address (bare multisig, non-standard) still belong to
+            // someone: for the CoinJoin rule each counts as a distinct input address.
+            let addressless = input_count - members.len();
             members.sort_unstable();
             members.dedup();
             if members.len() >= 2 {
                 let outs = values.get(&tx).map_or(&[][..], Vec::as_slice);
-                if rule.is_coinjoin(input_count, members.len(), outs) {
+                if rule.is_coinjoin(input_count, members.len() + addressless, outs) {
                     g.coinjoins_skipped += 1;
                 } else {
                     g.linked_transactions += 1;
