@@ -81,3 +81,48 @@ fn cluster_command_writes_the_clusters_table() {
         assert!(err.contains("no GPU adapter"), "{err}");
     }
 }
+
+#[test]
+fn mainnet_0_to_255_has_only_singleton_clusters() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocks = tmp.path().join("blocks");
+    write_blocks_dir(&blocks, &[mainnet_0_255(&fx)]);
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    index_btc_cli(&blocks, &wh);
+    let out = ferret(&["cluster", "btc", "--warehouse", &wh, "--device", "cpu"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No transaction in the first 256 blocks spends more than one input, so every one of
+    // the 263 addresses is its own cluster (hand-checked: 7 non-coinbase txs, 1 input each).
+    assert!(
+        stdout.starts_with("263 addresses in 263 clusters (largest 1); 0 transactions linked"),
+        "{stdout}"
+    );
+    let q = ferret(&[
+        "sql",
+        "--warehouse",
+        &wh,
+        "--format",
+        "csv",
+        "SELECT cluster_size FROM clusters WHERE address = '12cbQLTFMXRnSzktFkuoG3eHoMeFtpTu3S'",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "cluster_size\n1\n");
+    let none = ferret(&[
+        "sql",
+        "--warehouse",
+        &wh,
+        "--format",
+        "csv",
+        "SELECT tx_index FROM btc.inputs WHERE spent_txid IS NOT NULL GROUP BY 1 HAVING count(*) > 1",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&none.stdout),
+        "tx_index\n",
+        "an empty CSV result keeps its header"
+    );
+}

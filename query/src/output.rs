@@ -55,6 +55,10 @@ pub fn write(
             let mut w = datafusion::arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(out);
+            if batches.is_empty() {
+                // The header still tells a reader the columns of an empty result.
+                w.write(&RecordBatch::new_empty(schema.clone()))?;
+            }
             for b in batches {
                 w.write(b)?;
             }
