@@ -17,8 +17,34 @@ fn external(e: ferret_schemas::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
-/// Registers the warehouse's object store and every table of every chain in `ctx`.
-/// A chain with nothing committed gets empty tables, so queries still plan.
+/// A table over exactly `files` (object paths in the warehouse), or an empty table of
+/// `schema` when there are none, so queries still plan.
+fn table_over<'a>(
+    wh: &Warehouse,
+    files: impl Iterator<Item = &'a str>,
+    schema: arrow::datatypes::SchemaRef,
+    sort_key: &[&str],
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let urls = files
+        .map(|f| ListingTableUrl::parse(wh.object_url(&object_store::path::Path::from(f))))
+        .collect::<Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
+    }
+    let mut options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if !sort_key.is_empty() {
+        let sort: Vec<SortExpr> = sort_key.iter().map(|c| col(*c).sort(true, false)).collect();
+        options = options.with_file_sort_order(vec![sort]);
+    }
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Registers the warehouse's object store, every table of every chain (from the chain's
+/// manifest) and the kernels' result tables (their latest runs) in `ctx`.
 pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<()> {
     ctx.register_object_store(wh.base_url(), Arc::clone(wh.store()));
     let catalog = ctx
@@ -28,32 +54,11 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
         let schema_provider = Arc::new(MemorySchemaProvider::new());
         let manifest = wh.load_manifest(chain).await.map_err(external)?;
         for t in tables_of(chain) {
-            let schema = t.schema();
-            let files: Vec<ListingTableUrl> = manifest
+            let files = manifest
                 .iter()
                 .flat_map(|m| m.files_of(t.name))
-                .map(|f| {
-                    ListingTableUrl::parse(
-                        wh.object_url(&object_store::path::Path::from(f.path.as_str())),
-                    )
-                })
-                .collect::<Result<_>>()?;
-            let provider: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
-                Arc::new(MemTable::try_new(schema, vec![vec![]])?)
-            } else {
-                let sort: Vec<SortExpr> = t
-                    .sort_key
-                    .iter()
-                    .map(|c| col(*c).sort(true, false))
-                    .collect();
-                let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                    .with_file_extension(".parquet")
-                    .with_file_sort_order(vec![sort]);
-                let config = ListingTableConfig::new_with_multi_paths(files)
-                    .with_listing_options(options)
-                    .with_schema(schema);
-                Arc::new(ListingTable::try_new(config)?)
-            };
+                .map(|f| f.path.as_str());
+            let provider = table_over(wh, files, t.schema(), t.sort_key)?;
             schema_provider.register_table(t.name.to_string(), provider)?;
         }
         catalog.register_schema(chain.as_str(), schema_provider)?;
@@ -62,29 +67,9 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
     let public = catalog
         .schema("public")
         .ok_or_else(|| DataFusionError::Internal("default schema missing".into()))?;
-    let schema = ferret_schemas::results::clusters_schema();
-    let provider: Arc<dyn datafusion::catalog::TableProvider> =
-        match wh.latest_run("clusters").await.map_err(external)? {
-            Some(run) => {
-                let files = run
-                    .files
-                    .iter()
-                    .map(|f| {
-                        ListingTableUrl::parse(
-                            wh.object_url(&object_store::path::Path::from(f.as_str())),
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                    .with_file_extension(".parquet");
-                Arc::new(ListingTable::try_new(
-                    ListingTableConfig::new_with_multi_paths(files)
-                        .with_listing_options(options)
-                        .with_schema(schema),
-                )?)
-            }
-            None => Arc::new(MemTable::try_new(schema, vec![vec![]])?),
-        };
+    let run = wh.latest_run("clusters").await.map_err(external)?;
+    let files = run.iter().flat_map(|r| r.files.iter().map(String::as_str));
+    let provider = table_over(wh, files, ferret_schemas::results::clusters_schema(), &[])?;
     public.register_table("clusters".into(), provider)?;
     Ok(())
 }
