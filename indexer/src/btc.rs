@@ -346,13 +346,8 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
             manifest.files.push(entry);
         }
         let c = std::mem::take(&mut rows.counts);
-        let t = &mut manifest.totals;
-        t.blocks += c.blocks;
-        t.transactions += c.transactions;
-        t.inputs += c.inputs;
-        t.outputs += c.outputs;
-        t.unresolved_inputs += c.unresolved_inputs;
-        add_counts(&mut summary.counts, &c);
+        manifest.totals.add(&c);
+        summary.counts.add(&c);
         if manifest.first_height.is_none() {
             manifest.first_height = Some(chunk.first);
             manifest.first_hash = first_hash.clone();
@@ -380,14 +375,6 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     summary.utxo = utxo.stats.clone();
     summary.elapsed = started.elapsed();
     Ok(summary)
-}
-
-fn add_counts(a: &mut Counts, b: &Counts) {
-    a.blocks += b.blocks;
-    a.transactions += b.transactions;
-    a.inputs += b.inputs;
-    a.outputs += b.outputs;
-    a.unresolved_inputs += b.unresolved_inputs;
 }
 
 fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<TxHashes> {

@@ -31,15 +31,8 @@ fn hex_str<'a>(bytes: &[u8; 32], buf: &'a mut [u8; 64]) -> &'a str {
     std::str::from_utf8(buf).expect("hex digits are ascii")
 }
 
-/// Counters of what the transform produced.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub blocks: u64,
-    pub transactions: u64,
-    pub inputs: u64,
-    pub outputs: u64,
-    pub unresolved_inputs: u64,
-}
+/// Counters of what the transform produced: the same shape as the manifest's totals.
+pub type Counts = ferret_schemas::manifest::Totals;
 
 /// Column builders of the four Bitcoin tables.
 pub struct BtcRows {

@@ -44,6 +44,17 @@ pub struct Totals {
     pub unresolved_inputs: u64,
 }
 
+impl Totals {
+    /// Adds `other` to these totals.
+    pub fn add(&mut self, other: &Totals) {
+        self.blocks += other.blocks;
+        self.transactions += other.transactions;
+        self.inputs += other.inputs;
+        self.outputs += other.outputs;
+        self.unresolved_inputs += other.unresolved_inputs;
+    }
+}
+
 /// Everything committed for one chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
