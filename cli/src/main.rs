@@ -59,6 +59,54 @@ enum Command {
 enum IndexCmd {
     /// Bitcoin Core's blocks directory (blk*.dat, xor.dat).
     Btc(IndexBtcArgs),
+    /// An Ethereum JSON-RPC endpoint (HTTP or WebSocket).
+    Eth(IndexEthArgs),
+}
+
+#[derive(Args)]
+struct IndexEthArgs {
+    /// JSON-RPC endpoint: http(s):// or ws(s)://.
+    #[arg(long, env = "FERRET_ETH_RPC")]
+    rpc: String,
+    /// Warehouse URL: a path, file://, s3://, gs://, az:// or memory://.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// First block of a new warehouse (a rerun continues after the last committed block).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Last block to index (default: the node's head less the confirmations).
+    #[arg(long, conflicts_with = "follow")]
+    to: Option<u64>,
+    /// Keep indexing new blocks until interrupted (Ctrl-C finishes the current commit).
+    #[arg(long)]
+    follow: bool,
+    /// Index only blocks at least this many blocks below the head.
+    #[arg(long, default_value_t = 0)]
+    confirmations: u64,
+    /// Batches of requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Blocks per JSON-RPC batch.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    /// Internal calls from: auto, callTracer (debug_traceBlockByNumber), parity (trace_block), off.
+    #[arg(long, default_value = "auto")]
+    traces: ferret_indexer::eth::TraceMode,
+    /// Commit at least every this many blocks.
+    #[arg(long, default_value_t = 1000)]
+    commit_blocks: u64,
+    /// The chain id the node must have (refuse another chain).
+    #[arg(long)]
+    chain_id: Option<u64>,
+    /// Follow mode: seconds between looks at the head.
+    #[arg(long, default_value_t = 2.0)]
+    poll_secs: f64,
+    /// Seconds one request (or batch) may take before it is retried.
+    #[arg(long, default_value_t = 60.0)]
+    timeout_secs: f64,
+    /// Retries of a failed request (rate limits, timeouts, garbled answers).
+    #[arg(long, default_value_t = 8)]
+    retries: u32,
 }
 
 #[derive(Args)]
@@ -272,6 +320,47 @@ async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
     let summary = index_btc(&wh, &opts)
         .await
         .with_context(|| format!("indexing {} into {wh}", a.blocks_dir.display()))?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn seconds(v: f64, what: &str) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{what} must be a positive number of seconds, not {v}"))
+}
+
+async fn index_eth_cmd(a: IndexEthArgs) -> Result<()> {
+    use ferret_indexer::eth::{EthOptions, index_eth};
+    if a.concurrency == 0 || a.batch == 0 || a.commit_blocks == 0 {
+        bail!("--concurrency, --batch and --commit-blocks must be at least 1");
+    }
+    let wh = Warehouse::open(&a.warehouse)?;
+    let mut opts = EthOptions::new(&a.rpc);
+    opts.from = a.from;
+    opts.to = a.to;
+    opts.follow = a.follow;
+    opts.confirmations = a.confirmations;
+    opts.concurrency = a.concurrency;
+    opts.batch_blocks = a.batch;
+    opts.traces = a.traces;
+    opts.commit_blocks = a.commit_blocks;
+    opts.chain_id = a.chain_id;
+    opts.poll = seconds(a.poll_secs, "--poll-secs")?;
+    opts.retry.timeout = seconds(a.timeout_secs, "--timeout-secs")?;
+    opts.retry.max_retries = a.retries;
+    opts.progress = true;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("interrupted: finishing the current commit");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let summary = index_eth(&wh, &opts, Some(stop_rx))
+        .await
+        .with_context(|| format!("indexing {} into {wh}", a.rpc))?;
     println!("{summary}");
     Ok(())
 }
@@ -554,6 +643,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.command {
             Command::Index(IndexCmd::Btc(a)) => index_btc_cmd(a).await,
+            Command::Index(IndexCmd::Eth(a)) => index_eth_cmd(a).await,
             Command::Synth(SynthCmd::Btc(a)) => synth_btc_cmd(a),
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,

@@ -313,7 +313,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let mut blocks_done = 0u64;
     let mut first_hash = None;
     for chunk in chunks {
-        let mut sinks = ChunkSinks::open(wh, &btc_tables, chunk.first, chunk.last)?;
+        let mut sinks = ChunkSinks::open(wh, &btc_tables, chunk.first, chunk.last, None)?;
         let mut last_hash = String::new();
         for expect_height in chunk.first..=chunk.last {
             let (height, block, hashes, len) = rx.recv().map_err(|_| Error::Internal {

@@ -103,6 +103,40 @@ pub enum Error {
         "the blocks dir's best chain starts at height {start} but the warehouse is committed up to {committed}: the blocks after it are missing (pruned?)"
     )]
     Gap { start: u64, committed: u64 },
+    #[error("{url}: {what}: {reason}")]
+    Rpc {
+        url: String,
+        what: String,
+        reason: String,
+    },
+    #[error("{url} does not serve {method} ({reason})")]
+    RpcUnsupported {
+        url: String,
+        method: String,
+        reason: String,
+    },
+    #[error("{url}: block {block}: {what}")]
+    RpcData {
+        url: String,
+        block: u64,
+        what: String,
+    },
+    #[error("the node at {url} is on chain id {found} but the warehouse holds chain id {expected}")]
+    ChainIdMismatch {
+        url: String,
+        expected: String,
+        found: u64,
+    },
+    #[error(
+        "reorganisation deeper than the {kept} block hashes kept: the committed block {height} ({hash}) is no longer on the node's chain and no kept ancestor is; reindex into a new warehouse"
+    )]
+    DeepReorg {
+        height: u64,
+        hash: String,
+        kept: usize,
+    },
+    #[error("bad arguments: {what}")]
+    BadArguments { what: String },
     #[error(transparent)]
     Warehouse(#[from] ferret_schemas::Error),
     #[error("parquet error writing {path}: {source}")]

@@ -12,6 +12,7 @@
 
 pub mod btc;
 mod error;
+pub mod eth;
 pub mod labels;
 pub mod sink;
 pub mod source;

@@ -77,8 +77,9 @@ static TRANSACTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
             DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, false))),
             true,
         ),
-        // From the receipt.
-        Field::new("success", DataType::Boolean, false),
+        // From the receipt; NULL when the receipt predates EIP-658 (Byzantium, 2017) and no
+        // trace tells.
+        Field::new("success", DataType::Boolean, true),
         i64("gas_used", false),
         i64("cumulative_gas_used", false),
         wei("effective_gas_price", false),
@@ -123,6 +124,8 @@ static TRACES: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         i64("block_number", false),
         i32("transaction_index", false),
+        // Position of the call in the transaction's call tree, depth first from 0.
+        i32("trace_index", false),
         utf8("transaction_hash", false),
         // Position in the call tree: "" for the top call, "0", "0.1", ….
         utf8("trace_address", false),
@@ -145,13 +148,14 @@ static TRANSFERS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         i64("block_number", false),
         i32("transaction_index", false),
-        // Order within the transaction: the top-level value first, then internal calls
-        // and token transfers in execution order.
+        // Order within the transaction: the top-level value first, then the internal
+        // transfers in call-tree order, then the token transfers in log order.
         i32("ordinal", false),
         utf8("transaction_hash", false),
         // `transaction`, `internal` or `token`.
         utf8("kind", false),
-        // `ETH` or the token contract's address.
+        // `ETH` or the token contract's address (ERC-20 amounts; NFTs stay in
+        // token_transfers).
         utf8("asset", false),
         utf8("from_address", false),
         utf8("to_address", false),

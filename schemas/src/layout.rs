@@ -33,6 +33,16 @@ pub fn data_file(root: &Path, t: &TableDef, first: u64, last: u64) -> Path {
         .join(format!("part-{first:08}-{last:08}.parquet"))
 }
 
+/// Path of a data file covering heights `first..=last` written by commit `seq`: for chains
+/// whose committed ranges can be rewritten (reorganisations), so that a rewrite never
+/// overwrites a file that a reader of an older manifest may be reading.
+pub fn data_file_of_commit(root: &Path, t: &TableDef, first: u64, last: u64, seq: u64) -> Path {
+    debug_assert_eq!(partition_start(first), partition_start(last));
+    table_dir(root, t)
+        .join(partition_name(first))
+        .join(format!("part-{first:08}-{last:08}-c{seq}.parquet"))
+}
+
 /// Directory of a chain's commit state.
 pub fn state_dir(root: &Path, chain: Chain) -> Path {
     root.clone().join(chain.as_str()).join("_state")

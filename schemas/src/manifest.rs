@@ -80,6 +80,10 @@ pub struct Manifest {
     pub totals: Totals,
     /// Every committed data file, in commit order.
     pub files: Vec<FileEntry>,
+    /// Hashes of the last committed blocks, oldest first, for finding the common ancestor
+    /// after a reorganisation (chains indexed near their tip: Ethereum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Checkpoint>,
 }
 
 /// Current manifest format.
@@ -100,6 +104,7 @@ impl Manifest {
             next_tx_index: 0,
             totals: Totals::default(),
             files: Vec::new(),
+            recent: Vec::new(),
         }
     }
 

@@ -122,7 +122,7 @@ static TABLES: &[TableDef] = &[
         chain: Chain::Eth,
         name: "traces",
         schema: eth::traces_schema,
-        sort_key: &["block_number", "transaction_index", "trace_address"],
+        sort_key: &["block_number", "transaction_index", "trace_index"],
         bloom_columns: &["transaction_hash", "from_address", "to_address"],
     },
     TableDef {

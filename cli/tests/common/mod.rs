@@ -114,8 +114,13 @@ pub async fn scalar(wh: &Warehouse, sql: &str) -> String {
 
 /// Every row of every Bitcoin table, in key order (for comparing warehouses).
 pub async fn dump(wh: &Warehouse) -> Vec<String> {
+    dump_chain(wh, ferret_schemas::Chain::Btc).await
+}
+
+/// Every row of every table of `chain`, in key order (for comparing warehouses).
+pub async fn dump_chain(wh: &Warehouse, chain: ferret_schemas::Chain) -> Vec<String> {
     let mut out = Vec::new();
-    for t in ferret_schemas::tables_of(ferret_schemas::Chain::Btc) {
+    for t in ferret_schemas::tables_of(chain) {
         let order = t.sort_key.join(", ");
         out.push(format!("== {}", t.qualified_name()));
         out.extend(
@@ -127,6 +132,27 @@ pub async fn dump(wh: &Warehouse) -> Vec<String> {
         );
     }
     out
+}
+
+/// The recorded Ethereum mainnet responses (`FERRET_FIXTURES/eth/rpc`).
+pub fn eth_rpc_fixtures() -> Option<PathBuf> {
+    fixtures().map(|f| f.join("eth/rpc")).filter(|d| d.is_dir())
+}
+
+/// A fresh anvil node; None (the test skips) when anvil is not installed, a failure under
+/// FERRET_REQUIRE_ALL.
+pub async fn anvil(extra: &[&str]) -> Option<ferret_indexer::eth::anvil::Anvil> {
+    if ferret_indexer::eth::anvil::find_anvil().is_none() {
+        let hint = "anvil not found: run scripts/test.sh (installs it) or set FERRET_ANVIL";
+        assert!(!require_all(), "{hint}");
+        eprintln!("skipping: {hint}");
+        return None;
+    }
+    Some(
+        ferret_indexer::eth::anvil::Anvil::start(extra)
+            .await
+            .expect("start anvil"),
+    )
 }
 
 /// Runs the `ferret` binary.

@@ -99,6 +99,17 @@ impl TableWriter {
         last_height: u64,
     ) -> Result<Self> {
         let path = ferret_schemas::layout::data_file(wh.root(), table, first_height, last_height);
+        Self::create_at(wh, table, path, first_height, last_height)
+    }
+
+    /// Starts the file of `table` for heights `first..=last` at `path`.
+    pub fn create_at(
+        wh: &Warehouse,
+        table: &'static TableDef,
+        path: Path,
+        first_height: u64,
+        last_height: u64,
+    ) -> Result<Self> {
         let out = BufWriter::new(Arc::clone(wh.store()), path.clone());
         let writer = AsyncArrowWriter::try_new(out, table.schema(), Some(writer_properties(table)))
             .map_err(|source| Error::Parquet {
@@ -161,17 +172,35 @@ pub struct ChunkSinks {
 }
 
 impl ChunkSinks {
-    /// Starts one writer task per table for heights `first..=last`.
+    /// Starts one writer task per table for heights `first..=last`; with `commit`, the
+    /// files are named after the commit that will list them
+    /// ([`ferret_schemas::layout::data_file_of_commit`]).
     pub fn open(
         wh: &Warehouse,
         tables: &[&'static TableDef],
         first_height: u64,
         last_height: u64,
+        commit: Option<u64>,
     ) -> Result<Self> {
         let mut senders = Vec::with_capacity(tables.len());
         let mut handles = Vec::with_capacity(tables.len());
         for t in tables {
-            let mut w = TableWriter::create(wh, t, first_height, last_height)?;
+            let mut w = match commit {
+                None => TableWriter::create(wh, t, first_height, last_height)?,
+                Some(seq) => TableWriter::create_at(
+                    wh,
+                    t,
+                    ferret_schemas::layout::data_file_of_commit(
+                        wh.root(),
+                        t,
+                        first_height,
+                        last_height,
+                        seq,
+                    ),
+                    first_height,
+                    last_height,
+                )?,
+            };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
             let wh = wh.clone();
             handles.push(tokio::spawn(async move {

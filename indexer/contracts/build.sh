@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Recompiles Ferret.sol into the checked-in .bin files (creation bytecode, hex) with
+# solcjs 0.8.37 (npm package solc@0.8.37), optimiser on.
+set -euo pipefail
+cd "$(dirname "$0")"
+SOLCJS=${SOLCJS:-solcjs}
+out=$(mktemp -d)
+"$SOLCJS" --bin --optimize --optimize-runs 200 -o "$out" Ferret.sol
+for c in FerretUSD FerretNFT Splitter; do
+  cp "$out"/Ferret_sol_"$c".bin "$c".bin
+done
+rm -rf "$out"

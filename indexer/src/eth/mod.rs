@@ -1,0 +1,577 @@
+//! `ferret index eth`: an Ethereum JSON-RPC endpoint into the warehouse.
+//!
+//! Stages: ask the node for its chain id and head → check the committed tip is still on
+//! the node's chain (else unwind to the common ancestor) → read the next blocks in batches,
+//! several batches at a time, each block with its receipts and traces ([`source`]) → fill
+//! the six tables' columns ([`transform`]) → Parquet files → the manifest PUT commits.
+//! Follow mode repeats this as the chain grows, `--confirmations` blocks behind the head.
+
+pub mod anvil;
+pub mod contracts;
+pub mod replay;
+pub mod rpc;
+pub mod source;
+pub mod transform;
+
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, RecordBatch};
+use ferret_schemas::{Chain, Checkpoint, FileEntry, Manifest, Warehouse, layout, tables_of};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use object_store::ObjectStoreExt;
+
+use crate::sink::{ChunkSinks, TableWriter};
+use crate::{Error, Result};
+pub use rpc::{RetryPolicy, Rpc};
+pub use source::{Source, TraceMode};
+pub use transform::{EthCounts, EthRows};
+
+/// Options of an Ethereum index run.
+#[derive(Clone, Debug)]
+pub struct EthOptions {
+    /// JSON-RPC endpoint: `http(s)://` or `ws(s)://`.
+    pub rpc: String,
+    /// First block of a new warehouse.
+    pub from: u64,
+    /// Last block to index; `None` for the node's head (less the confirmations).
+    pub to: Option<u64>,
+    /// Keep indexing as the chain grows, until stopped.
+    pub follow: bool,
+    /// Index only blocks this many blocks below the head.
+    pub confirmations: u64,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Blocks per JSON-RPC batch.
+    pub batch_blocks: usize,
+    /// Where internal calls come from.
+    pub traces: TraceMode,
+    /// Commit at least every this many blocks.
+    pub commit_blocks: u64,
+    /// How often follow mode asks for a new head.
+    pub poll: Duration,
+    /// Retries, backoff and timeouts of every request.
+    pub retry: RetryPolicy,
+    /// The chain id the node must have.
+    pub chain_id: Option<u64>,
+    /// Block hashes kept in the manifest for reorganisations.
+    pub keep_hashes: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl EthOptions {
+    /// Defaults for an endpoint.
+    pub fn new(rpc: impl Into<String>) -> Self {
+        Self {
+            rpc: rpc.into(),
+            from: 0,
+            to: None,
+            follow: false,
+            confirmations: 0,
+            concurrency: 4,
+            batch_blocks: 10,
+            traces: TraceMode::Auto,
+            commit_blocks: 1000,
+            poll: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            chain_id: None,
+            keep_hashes: 256,
+            progress: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct EthSummary {
+    pub chain_id: u64,
+    /// First and last block indexed by this run (None when nothing was new).
+    pub heights: Option<(u64, u64)>,
+    pub counts: EthCounts,
+    pub commits: u64,
+    /// Reorganisations met, and the committed blocks they removed.
+    pub reorgs: u64,
+    pub unwound_blocks: u64,
+    pub bytes_written: u64,
+    /// Time spent waiting for the node (the rest is decoding, encoding and writing).
+    pub node_wait: Duration,
+    pub elapsed: Duration,
+    pub traces: Option<TraceMode>,
+    /// Tip of the warehouse after the run.
+    pub tip: Option<Checkpoint>,
+}
+
+impl std::fmt::Display for EthSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counts;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        match self.heights {
+            Some((a, b)) => writeln!(f, "indexed chain {} blocks {a}..={b}", self.chain_id)?,
+            None => writeln!(f, "nothing new to index (chain {})", self.chain_id)?,
+        }
+        writeln!(
+            f,
+            "blocks {}  transactions {}  logs {}  token transfers {}  traces {}  transfers {}",
+            c.blocks, c.transactions, c.logs, c.token_transfers, c.traces, c.transfers
+        )?;
+        if c.unknown_status > 0 {
+            writeln!(
+                f,
+                "transactions without a known status (pre-Byzantium, no traces): {}",
+                c.unknown_status
+            )?;
+        }
+        if c.malformed_transfer_logs > 0 {
+            writeln!(
+                f,
+                "Transfer logs that are neither ERC-20 nor ERC-721: {}",
+                c.malformed_transfer_logs
+            )?;
+        }
+        if self.reorgs > 0 {
+            writeln!(
+                f,
+                "reorganisations {}  blocks unwound {}",
+                self.reorgs, self.unwound_blocks
+            )?;
+        }
+        writeln!(
+            f,
+            "traces {}  written {:.1} MB  commits {}",
+            self.traces.map_or("-".to_string(), |t| t.to_string()),
+            self.bytes_written as f64 / 1e6,
+            self.commits
+        )?;
+        write!(
+            f,
+            "elapsed {:.2} s ({:.0} blocks/s; {:.2} s waiting for the node)",
+            secs,
+            c.blocks as f64 / secs,
+            self.node_wait.as_secs_f64()
+        )?;
+        if let Some(t) = &self.tip {
+            write!(f, "\ntip {} at block {}", t.hash, t.height)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows buffered (all tables together) before they go to the writers as batches.
+const FLUSH_ROWS: usize = 64 * 1024;
+
+/// A stop signal: indexing ends cleanly after the current commit when it turns true.
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+fn stopped(stop: &Option<Stop>) -> bool {
+    stop.as_ref().is_some_and(|s| *s.borrow())
+}
+
+fn hex_hash(h: &alloy::primitives::B256) -> String {
+    format!("{h:#x}")
+}
+
+/// Indexes blocks from the node at `opts.rpc` into `wh`, continuing from the last commit.
+/// With `opts.follow` it runs until `stop` turns true.
+pub async fn index_eth(
+    wh: &Warehouse,
+    opts: &EthOptions,
+    stop: Option<Stop>,
+) -> Result<EthSummary> {
+    let started = Instant::now();
+    if opts.follow && opts.to.is_some() {
+        return Err(Error::BadArguments {
+            what: "--follow and --to exclude each other".into(),
+        });
+    }
+    let rpc = Rpc::connect(&opts.rpc, opts.retry.clone()).await?;
+    let mut source = Source::new(rpc, opts.traces);
+    let chain_id = source.chain_id().await?;
+    if let Some(want) = opts.chain_id
+        && want != chain_id
+    {
+        return Err(Error::ChainIdMismatch {
+            url: opts.rpc.clone(),
+            expected: want.to_string(),
+            found: chain_id,
+        });
+    }
+    let network = chain_id.to_string();
+    let mut manifest = match wh.load_manifest(Chain::Eth).await? {
+        Some(m) if m.network != network => {
+            return Err(Error::ChainIdMismatch {
+                url: opts.rpc.clone(),
+                expected: m.network,
+                found: chain_id,
+            });
+        }
+        Some(m) => m,
+        None => Manifest::empty(Chain::Eth.as_str(), &network),
+    };
+    let garbage = wh.collect_garbage(Chain::Eth, &manifest).await?;
+    if garbage > 0 {
+        tracing::info!(garbage, "removed objects of an interrupted run");
+    }
+    if let Some(next) = manifest.next_height()
+        && opts.from > next
+    {
+        return Err(Error::BadArguments {
+            what: format!(
+                "the warehouse holds blocks up to {}; starting at --from {} would leave a gap",
+                next - 1,
+                opts.from
+            ),
+        });
+    }
+
+    let mut summary = EthSummary {
+        chain_id,
+        tip: manifest.tip.clone(),
+        ..Default::default()
+    };
+    let bar = if opts.progress {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] block {pos} {per_sec} {msg}")
+            .expect("static template"),
+    );
+    let eth_tables: Vec<_> = tables_of(Chain::Eth).collect();
+    let mut resolved = false;
+    let mut moved_in_a_row = 0;
+    let mut reorgs_in_a_row = 0;
+    let mut first_done = None;
+    loop {
+        if stopped(&stop) {
+            break;
+        }
+        // The committed tip must still be on the node's chain.
+        if let Some(tip) = manifest.tip.clone() {
+            let node = source.header(tip.height).await?;
+            if node.is_none() {
+                // No block at the tip's height: the chain got shorter (a reorganisation
+                // to a shorter branch), unless the node claims to be past it.
+                let head = source.head().await?;
+                if head >= tip.height {
+                    return Err(Error::RpcData {
+                        url: opts.rpc.clone(),
+                        block: tip.height,
+                        what: format!(
+                            "the node's head is {head} but it has no block {}",
+                            tip.height
+                        ),
+                    });
+                }
+            }
+            if node.map(|h| hex_hash(&h.hash)).as_deref() != Some(tip.hash.as_str()) {
+                reorgs_in_a_row += 1;
+                if reorgs_in_a_row > 10 {
+                    return Err(Error::RpcData {
+                        url: opts.rpc.clone(),
+                        block: tip.height,
+                        what: "the node's chain changed under every commit (10 times in a row)"
+                            .into(),
+                    });
+                }
+                let ancestor = find_ancestor(&source, &manifest).await?;
+                let dropped = unwind(wh, &mut manifest, ancestor).await?;
+                tracing::warn!(
+                    from = tip.height,
+                    ancestor = ?ancestor,
+                    dropped,
+                    "reorganisation: unwound the committed blocks that left the chain"
+                );
+                summary.reorgs += 1;
+                summary.unwound_blocks += dropped;
+                summary.commits += 1;
+                continue;
+            }
+        }
+        let head = source.head().await?;
+        let next = manifest.next_height().unwrap_or(opts.from);
+        if opts.to.is_some_and(|to| next > to) {
+            break;
+        }
+        let safe = head.checked_sub(opts.confirmations);
+        let target = match (safe, opts.to) {
+            (Some(s), Some(t)) => Some(s.min(t)),
+            (s, _) => s,
+        };
+        if target.is_none_or(|t| next > t) {
+            if !opts.follow {
+                if opts.to.is_some() {
+                    tracing::warn!(
+                        head,
+                        confirmations = opts.confirmations,
+                        "the node's chain ends before --to; indexed what it has"
+                    );
+                }
+                break;
+            }
+            let wait = tokio::time::sleep(opts.poll);
+            match stop.clone() {
+                Some(mut s) => {
+                    tokio::select! {
+                        _ = wait => {}
+                        _ = s.changed() => {}
+                    }
+                }
+                None => wait.await,
+            }
+            continue;
+        }
+        let target = target.expect("checked above");
+        if !resolved {
+            summary.traces = Some(source.resolve(next).await?);
+            resolved = true;
+        }
+        let last = target
+            .min(next.saturating_add(opts.commit_blocks.max(1) - 1))
+            .min(layout::partition_start(next) + layout::PARTITION_SPAN - 1);
+        match index_chunk(
+            wh,
+            &source,
+            opts,
+            &eth_tables,
+            &mut manifest,
+            next,
+            last,
+            &bar,
+            &mut summary,
+        )
+        .await?
+        {
+            true => {
+                moved_in_a_row = 0;
+                reorgs_in_a_row = 0;
+                first_done.get_or_insert(next);
+                summary.heights = Some((first_done.expect("set"), last));
+            }
+            false => {
+                moved_in_a_row += 1;
+                if moved_in_a_row > 5 {
+                    return Err(Error::RpcData {
+                        url: opts.rpc.clone(),
+                        block: next,
+                        what: "the node's chain kept changing while its blocks were read (5 tries)"
+                            .into(),
+                    });
+                }
+                tokio::time::sleep(opts.poll.min(Duration::from_secs(1))).await;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    summary.tip = manifest.tip.clone();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Reads, writes and commits blocks `first..=last`. Returns false, committing nothing,
+/// when the blocks read do not link up (the node's chain moved while they were read).
+#[allow(clippy::too_many_arguments)]
+async fn index_chunk(
+    wh: &Warehouse,
+    source: &Source,
+    opts: &EthOptions,
+    tables: &[&'static ferret_schemas::TableDef],
+    manifest: &mut Manifest,
+    first: u64,
+    last: u64,
+    bar: &ProgressBar,
+    summary: &mut EthSummary,
+) -> Result<bool> {
+    let numbers: Vec<u64> = (first..=last).collect();
+    let mut groups = futures::stream::iter(numbers.chunks(opts.batch_blocks.max(1)))
+        .map(|g| source.blocks(g))
+        .buffered(opts.concurrency.max(1));
+    let mut sinks = ChunkSinks::open(wh, tables, first, last, Some(manifest.seq + 1))?;
+    let mut rows = EthRows::new();
+    let mut prev = manifest
+        .tip
+        .as_ref()
+        .filter(|t| t.height + 1 == first)
+        .map(|t| t.hash.clone());
+    let mut hashes = Vec::with_capacity(numbers.len());
+    loop {
+        let waited = Instant::now();
+        let Some(group) = groups.next().await else {
+            break;
+        };
+        summary.node_wait += waited.elapsed();
+        for d in group? {
+            let parent = hex_hash(&d.parent_hash());
+            if let Some(p) = &prev
+                && *p != parent
+            {
+                tracing::info!(
+                    block = d.number(),
+                    "the chain moved while reading; reading again"
+                );
+                return Ok(false);
+            }
+            rows.push_block(&d)?;
+            let hash = hex_hash(&d.hash());
+            hashes.push(Checkpoint {
+                height: d.number(),
+                hash: hash.clone(),
+            });
+            prev = Some(hash);
+            bar.set_position(d.number());
+            if rows.buffered_rows() >= FLUSH_ROWS {
+                sinks.send(rows.finish()?.into()).await?;
+            }
+        }
+    }
+    sinks.send(rows.finish()?.into()).await?;
+    let entries = sinks.finish().await?;
+    for e in &entries {
+        summary.bytes_written += e.bytes;
+    }
+    manifest.files.extend(entries);
+    if manifest.first_height.is_none() {
+        manifest.first_height = Some(first);
+        manifest.first_hash = hashes.first().map(|c| c.hash.clone());
+    }
+    manifest.tip = hashes.last().cloned();
+    manifest.recent.extend(hashes);
+    let excess = manifest
+        .recent
+        .len()
+        .saturating_sub(opts.keep_hashes.max(1));
+    manifest.recent.drain(..excess);
+    manifest.totals = totals_of(manifest);
+    wh.commit_manifest(Chain::Eth, manifest).await?;
+    summary.commits += 1;
+    summary.counts.add(&rows.counts);
+    bar.set_message(format!(
+        "{} transactions, {} transfers",
+        summary.counts.transactions, summary.counts.transfers
+    ));
+    tracing::debug!(first, last, seq = manifest.seq, "committed");
+    Ok(true)
+}
+
+/// Blocks and transactions over the committed files.
+fn totals_of(m: &Manifest) -> ferret_schemas::manifest::Totals {
+    ferret_schemas::manifest::Totals {
+        blocks: m.files_of("blocks").map(|f| f.rows).sum(),
+        transactions: m.files_of("transactions").map(|f| f.rows).sum(),
+        ..Default::default()
+    }
+}
+
+/// The newest kept block that is still on the node's chain; `None` when none is and the
+/// kept hashes reach back to the first indexed block (the whole indexed chain was
+/// replaced).
+async fn find_ancestor(source: &Source, m: &Manifest) -> Result<Option<u64>> {
+    for c in m.recent.iter().rev() {
+        if let Some(h) = source.header(c.height).await?
+            && hex_hash(&h.hash) == c.hash
+        {
+            return Ok(Some(c.height));
+        }
+    }
+    let tip = m.tip.clone().unwrap_or(Checkpoint {
+        height: 0,
+        hash: String::new(),
+    });
+    match (m.recent.first(), m.first_height) {
+        (Some(oldest), Some(first)) if oldest.height == first => Ok(None),
+        _ => Err(Error::DeepReorg {
+            height: tip.height,
+            hash: tip.hash,
+            kept: m.recent.len(),
+        }),
+    }
+}
+
+/// Removes every committed row above `ancestor` (all rows for `None`) in one commit: files
+/// wholly above it leave the manifest, files across it are rewritten without those rows
+/// under new names. Returns the number of blocks removed.
+async fn unwind(wh: &Warehouse, m: &mut Manifest, ancestor: Option<u64>) -> Result<u64> {
+    let seq = m.seq + 1;
+    let before = m.totals.blocks;
+    let mut kept = Vec::with_capacity(m.files.len());
+    let mut dropped = Vec::new();
+    for f in std::mem::take(&mut m.files) {
+        match ancestor {
+            Some(a) if f.last_height <= a => kept.push(f),
+            Some(a) if f.first_height <= a => {
+                kept.push(truncate_file(wh, &f, a, seq).await?);
+                dropped.push(f.path);
+            }
+            _ => dropped.push(f.path),
+        }
+    }
+    m.files = kept;
+    match ancestor {
+        Some(a) => {
+            m.recent.retain(|c| c.height <= a);
+            m.tip = m.recent.last().cloned();
+        }
+        None => {
+            m.recent.clear();
+            m.tip = None;
+            m.first_height = None;
+            m.first_hash = None;
+        }
+    }
+    m.totals = totals_of(m);
+    wh.commit_manifest(Chain::Eth, m).await?;
+    // Readers of the new manifest never see these; delete them now rather than at the next
+    // run, so tools that read the directories (DuckDB globs) do not either.
+    for p in dropped {
+        let path = object_store::path::Path::from(p.as_str());
+        if let Err(e) = wh.store().delete(&path).await {
+            tracing::warn!(path = %p, error = %e, "could not delete an unwound file");
+        }
+    }
+    Ok(before - m.totals.blocks)
+}
+
+/// Rewrites a committed file keeping only rows up to block `ancestor`.
+async fn truncate_file(
+    wh: &Warehouse,
+    f: &FileEntry,
+    ancestor: u64,
+    seq: u64,
+) -> Result<FileEntry> {
+    let table =
+        ferret_schemas::table(Chain::Eth, &f.table).ok_or_else(|| Error::CorruptCommitted {
+            path: f.path.clone(),
+            reason: format!("unknown table {}", f.table),
+        })?;
+    let schema = table.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let batches = wh.read_columns(&f.path, &names).await?;
+    let path = layout::data_file_of_commit(wh.root(), table, f.first_height, ancestor, seq);
+    let mut w = TableWriter::create_at(wh, table, path, f.first_height, ancestor)?;
+    let limit = Int64Array::new_scalar(i64::try_from(ancestor).unwrap_or(i64::MAX));
+    for b in batches {
+        let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|source| {
+            Error::Arrow {
+                table: table.qualified_name(),
+                source,
+            }
+        })?;
+        let arrow_err = |source| Error::Arrow {
+            table: table.qualified_name(),
+            source,
+        };
+        let number = b
+            .column_by_name("block_number")
+            .ok_or_else(|| Error::CorruptCommitted {
+                path: f.path.clone(),
+                reason: "no block_number column".into(),
+            })?;
+        let keep = arrow::compute::kernels::cmp::lt_eq(number, &limit).map_err(arrow_err)?;
+        let b = arrow::compute::filter_record_batch(&b, &keep).map_err(arrow_err)?;
+        if b.num_rows() > 0 {
+            w.write(&b).await?;
+        }
+    }
+    w.close(wh).await
+}

@@ -1,0 +1,786 @@
+//! Blocks read from a node into the columns of the six Ethereum tables.
+
+use std::sync::Arc;
+
+use alloy::consensus::Transaction as _;
+use alloy::eips::Typed2718;
+use alloy::network::TransactionResponse;
+use alloy::primitives::{Address, B256, U256};
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Decimal256Builder, Int32Builder,
+    Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampSecondBuilder,
+};
+use arrow::datatypes::{DataType, SchemaRef, i256};
+use ferret_schemas::eth;
+
+use super::source::BlockData;
+use crate::{Error, Result};
+
+/// keccak256("Transfer(address,address,uint256)"): ERC-20 and ERC-721 share it.
+pub const TRANSFER_TOPIC: B256 =
+    alloy::primitives::b256!("ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef");
+
+/// Largest value Decimal256(76, 0) holds.
+fn max_decimal76() -> U256 {
+    U256::from(10u8).pow(U256::from(76u8)) - U256::from(1u8)
+}
+
+fn hex_addr(a: &Address) -> String {
+    format!("{a:#x}")
+}
+
+fn hex_hash(h: &B256) -> String {
+    format!("{h:#x}")
+}
+
+/// What the rows of one run hold, for the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EthCounts {
+    pub blocks: u64,
+    pub transactions: u64,
+    pub logs: u64,
+    pub token_transfers: u64,
+    pub traces: u64,
+    pub transfers: u64,
+    /// Transactions whose success is unknown (pre-Byzantium receipts without traces); their
+    /// value is counted as moved.
+    pub unknown_status: u64,
+    /// `Transfer` logs that are neither a well-formed ERC-20 nor ERC-721 transfer.
+    pub malformed_transfer_logs: u64,
+}
+
+impl EthCounts {
+    pub fn add(&mut self, o: &EthCounts) {
+        self.blocks += o.blocks;
+        self.transactions += o.transactions;
+        self.logs += o.logs;
+        self.token_transfers += o.token_transfers;
+        self.traces += o.traces;
+        self.transfers += o.transfers;
+        self.unknown_status += o.unknown_status;
+        self.malformed_transfer_logs += o.malformed_transfer_logs;
+    }
+}
+
+fn wei_builder() -> Decimal128Builder {
+    Decimal128Builder::new().with_data_type(DataType::Decimal128(38, 0))
+}
+fn u256_builder() -> Decimal256Builder {
+    Decimal256Builder::new().with_data_type(DataType::Decimal256(76, 0))
+}
+
+struct U256Col {
+    value: Decimal256Builder,
+    string: StringBuilder,
+}
+
+impl U256Col {
+    fn new() -> Self {
+        Self {
+            value: u256_builder(),
+            string: StringBuilder::new(),
+        }
+    }
+    fn push(&mut self, v: U256) {
+        if v <= max_decimal76() {
+            self.value
+                .append_value(i256::from_le_bytes(v.to_le_bytes::<32>()));
+        } else {
+            self.value.append_null();
+        }
+        self.string.append_value(v.to_string());
+    }
+    fn finish(&mut self) -> [ArrayRef; 2] {
+        [
+            Arc::new(self.value.finish()),
+            Arc::new(self.string.finish()),
+        ]
+    }
+}
+
+#[derive(Default)]
+struct Blocks {
+    number: Int64Builder,
+    hash: StringBuilder,
+    parent: StringBuilder,
+    time: TimestampSecondBuilder,
+    miner: StringBuilder,
+    gas_limit: Int64Builder,
+    gas_used: Int64Builder,
+    base_fee: Option<Decimal128Builder>,
+    tx_count: Int64Builder,
+    size: Int64Builder,
+    extra: BinaryBuilder,
+    blob_gas_used: Int64Builder,
+    excess_blob_gas: Int64Builder,
+}
+
+struct Txs {
+    number: Int64Builder,
+    index: Int32Builder,
+    hash: StringBuilder,
+    nonce: Int64Builder,
+    from: StringBuilder,
+    to: StringBuilder,
+    value: Decimal128Builder,
+    input: BinaryBuilder,
+    gas_limit: Int64Builder,
+    ty: Int32Builder,
+    chain_id: Int64Builder,
+    gas_price: Decimal128Builder,
+    max_fee: Decimal128Builder,
+    max_priority: Decimal128Builder,
+    max_blob_fee: Decimal128Builder,
+    blob_hashes: ListBuilder<StringBuilder>,
+    success: BooleanBuilder,
+    gas_used: Int64Builder,
+    cumulative: Int64Builder,
+    effective_price: Decimal128Builder,
+    contract: StringBuilder,
+    blob_gas_used: Int64Builder,
+    blob_gas_price: Decimal128Builder,
+}
+
+#[derive(Default)]
+struct Logs {
+    number: Int64Builder,
+    tx_index: Int32Builder,
+    log_index: Int32Builder,
+    tx_hash: StringBuilder,
+    address: StringBuilder,
+    topics: [StringBuilder; 4],
+    data: BinaryBuilder,
+}
+
+struct Tokens {
+    number: Int64Builder,
+    tx_index: Int32Builder,
+    log_index: Int32Builder,
+    tx_hash: StringBuilder,
+    token: StringBuilder,
+    from: StringBuilder,
+    to: StringBuilder,
+    standard: StringBuilder,
+    value: U256Col,
+}
+
+struct Traces {
+    number: Int64Builder,
+    tx_index: Int32Builder,
+    trace_index: Int32Builder,
+    tx_hash: StringBuilder,
+    address: StringBuilder,
+    call_type: StringBuilder,
+    from: StringBuilder,
+    to: StringBuilder,
+    value: Decimal128Builder,
+    gas: Int64Builder,
+    gas_used: Int64Builder,
+    input: BinaryBuilder,
+    output: BinaryBuilder,
+    error: StringBuilder,
+    reverted: BooleanBuilder,
+}
+
+struct Transfers {
+    number: Int64Builder,
+    tx_index: Int32Builder,
+    ordinal: Int32Builder,
+    tx_hash: StringBuilder,
+    kind: StringBuilder,
+    asset: StringBuilder,
+    from: StringBuilder,
+    to: StringBuilder,
+    value: U256Col,
+}
+
+/// Column builders of the six tables, filled block by block.
+pub struct EthRows {
+    blocks: Blocks,
+    txs: Txs,
+    logs: Logs,
+    tokens: Tokens,
+    traces: Traces,
+    transfers: Transfers,
+    buffered: usize,
+    /// What the rows pushed since the last [`EthRows::take_counts`] hold.
+    pub counts: EthCounts,
+}
+
+impl Default for EthRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn i64_of(v: u64, what: &str, block: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::RpcData {
+        url: String::new(),
+        block,
+        what: format!("{what} {v} does not fit a 64-bit integer"),
+    })
+}
+
+fn wei_of(v: U256, what: &str, block: u64) -> Result<i128> {
+    i128::try_from(v).map_err(|_| Error::RpcData {
+        url: String::new(),
+        block,
+        what: format!("{what} {v} wei exceeds Decimal128(38, 0)"),
+    })
+}
+
+impl EthRows {
+    pub fn new() -> Self {
+        Self {
+            blocks: Blocks {
+                base_fee: Some(wei_builder()),
+                ..Default::default()
+            },
+            txs: Txs {
+                number: Int64Builder::new(),
+                index: Int32Builder::new(),
+                hash: StringBuilder::new(),
+                nonce: Int64Builder::new(),
+                from: StringBuilder::new(),
+                to: StringBuilder::new(),
+                value: wei_builder(),
+                input: BinaryBuilder::new(),
+                gas_limit: Int64Builder::new(),
+                ty: Int32Builder::new(),
+                chain_id: Int64Builder::new(),
+                gas_price: wei_builder(),
+                max_fee: wei_builder(),
+                max_priority: wei_builder(),
+                max_blob_fee: wei_builder(),
+                blob_hashes: ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
+                    arrow::datatypes::Field::new_list_field(DataType::Utf8, false),
+                )),
+                success: BooleanBuilder::new(),
+                gas_used: Int64Builder::new(),
+                cumulative: Int64Builder::new(),
+                effective_price: wei_builder(),
+                contract: StringBuilder::new(),
+                blob_gas_used: Int64Builder::new(),
+                blob_gas_price: wei_builder(),
+            },
+            logs: Logs::default(),
+            tokens: Tokens {
+                number: Int64Builder::new(),
+                tx_index: Int32Builder::new(),
+                log_index: Int32Builder::new(),
+                tx_hash: StringBuilder::new(),
+                token: StringBuilder::new(),
+                from: StringBuilder::new(),
+                to: StringBuilder::new(),
+                standard: StringBuilder::new(),
+                value: U256Col::new(),
+            },
+            traces: Traces {
+                number: Int64Builder::new(),
+                tx_index: Int32Builder::new(),
+                trace_index: Int32Builder::new(),
+                tx_hash: StringBuilder::new(),
+                address: StringBuilder::new(),
+                call_type: StringBuilder::new(),
+                from: StringBuilder::new(),
+                to: StringBuilder::new(),
+                value: wei_builder(),
+                gas: Int64Builder::new(),
+                gas_used: Int64Builder::new(),
+                input: BinaryBuilder::new(),
+                output: BinaryBuilder::new(),
+                error: StringBuilder::new(),
+                reverted: BooleanBuilder::new(),
+            },
+            transfers: Transfers {
+                number: Int64Builder::new(),
+                tx_index: Int32Builder::new(),
+                ordinal: Int32Builder::new(),
+                tx_hash: StringBuilder::new(),
+                kind: StringBuilder::new(),
+                asset: StringBuilder::new(),
+                from: StringBuilder::new(),
+                to: StringBuilder::new(),
+                value: U256Col::new(),
+            },
+            buffered: 0,
+            counts: EthCounts::default(),
+        }
+    }
+
+    /// Rows buffered across all tables.
+    pub fn buffered_rows(&self) -> usize {
+        self.buffered
+    }
+
+    /// Appends one block's rows to every table.
+    pub fn push_block(&mut self, d: &BlockData) -> Result<()> {
+        let n = d.number();
+        let nn = i64_of(n, "block number", n)?;
+        let h = &d.block.header;
+        let b = &mut self.blocks;
+        b.number.append_value(nn);
+        b.hash.append_value(hex_hash(&h.hash));
+        b.parent.append_value(hex_hash(&h.inner.parent_hash));
+        b.time
+            .append_value(i64_of(h.inner.timestamp, "timestamp", n)?);
+        b.miner.append_value(hex_addr(&h.inner.beneficiary));
+        b.gas_limit
+            .append_value(i64_of(h.inner.gas_limit, "gas limit", n)?);
+        b.gas_used
+            .append_value(i64_of(h.inner.gas_used, "gas used", n)?);
+        b.base_fee
+            .as_mut()
+            .expect("built")
+            .append_option(h.inner.base_fee_per_gas.map(i128::from));
+        b.tx_count
+            .append_value(i64_of(d.block.transactions.len() as u64, "tx count", n)?);
+        b.size
+            .append_option(h.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)));
+        b.extra.append_value(&h.inner.extra_data);
+        b.blob_gas_used
+            .append_option(h.inner.blob_gas_used.map(|v| v as i64));
+        b.excess_blob_gas
+            .append_option(h.inner.excess_blob_gas.map(|v| v as i64));
+        self.counts.blocks += 1;
+        self.buffered += 1;
+
+        let block_hash = hex_hash(&h.hash);
+        let _ = block_hash;
+        for (pos, (tx, r)) in d.block.transactions.txns().zip(&d.receipts).enumerate() {
+            let pos32 = i32::try_from(pos).map_err(|_| Error::RpcData {
+                url: String::new(),
+                block: n,
+                what: "more than 2^31 transactions".into(),
+            })?;
+            let tx_hash = hex_hash(&tx.tx_hash());
+            let top_trace = d.traces.as_ref().and_then(|ts| {
+                ts.iter()
+                    .find(|t| t.tx_pos == pos && t.trace_address.is_empty())
+            });
+            let success = match r.status {
+                Some(s) => Some(!s.is_zero()),
+                None => top_trace.map(|t| t.error.is_none()),
+            };
+            if success.is_none() {
+                self.counts.unknown_status += 1;
+            }
+            let t = &mut self.txs;
+            t.number.append_value(nn);
+            t.index.append_value(pos32);
+            t.hash.append_value(&tx_hash);
+            t.nonce.append_value(i64_of(tx.nonce(), "nonce", n)?);
+            t.from.append_value(hex_addr(&tx.from()));
+            t.to.append_option(tx.to().map(|a| hex_addr(&a)));
+            t.value.append_value(wei_of(tx.value(), "value", n)?);
+            t.input.append_value(tx.input());
+            t.gas_limit
+                .append_value(i64_of(tx.gas_limit(), "gas limit", n)?);
+            let ty = tx.ty();
+            t.ty.append_value(i32::from(ty));
+            t.chain_id
+                .append_option(tx.chain_id().map(|c| i64::try_from(c).unwrap_or(-1)));
+            t.gas_price
+                .append_option(alloy::consensus::Transaction::gas_price(tx).map(|p| p as i128));
+            let dynamic = ty >= 2;
+            if dynamic {
+                t.max_fee.append_value(wei_of(
+                    U256::from(alloy::consensus::Transaction::max_fee_per_gas(tx)),
+                    "max fee",
+                    n,
+                )?);
+                t.max_priority
+                    .append_option(tx.max_priority_fee_per_gas().map(|p| p as i128));
+            } else {
+                t.max_fee.append_null();
+                t.max_priority.append_null();
+            }
+            t.max_blob_fee
+                .append_option(tx.max_fee_per_blob_gas().map(|p| p as i128));
+            match tx.blob_versioned_hashes() {
+                Some(hs) => {
+                    for bh in hs {
+                        t.blob_hashes.values().append_value(hex_hash(bh));
+                    }
+                    t.blob_hashes.append(true);
+                }
+                None => t.blob_hashes.append(false),
+            }
+            t.success.append_option(success);
+            t.gas_used
+                .append_value(i64_of(r.gas_used.to(), "gas used", n)?);
+            t.cumulative
+                .append_value(i64_of(r.cumulative_gas_used.to(), "cumulative gas", n)?);
+            // Old nodes leave the effective price out: before EIP-1559 it is the gas price.
+            let effective = r
+                .effective_gas_price
+                .map(|p| p.to::<u128>())
+                .or(alloy::consensus::Transaction::gas_price(tx))
+                .unwrap_or_default();
+            t.effective_price.append_value(effective as i128);
+            t.contract
+                .append_option(r.contract_address.map(|a| hex_addr(&a)));
+            t.blob_gas_used
+                .append_option(r.blob_gas_used.map(|v| v.to::<u64>() as i64));
+            t.blob_gas_price
+                .append_option(r.blob_gas_price.map(|p| p.to::<u128>() as i128));
+            self.counts.transactions += 1;
+            self.buffered += 1;
+
+            // eth.transfers: the top-level value, internal transfers, token transfers.
+            let mut ordinal = 0i32;
+            let moved = success != Some(false);
+            let tx_to = tx.to().or(r.contract_address);
+            if moved
+                && !tx.value().is_zero()
+                && let Some(to) = tx_to
+            {
+                self.transfer(
+                    nn,
+                    pos32,
+                    &mut ordinal,
+                    &tx_hash,
+                    "transaction",
+                    "ETH",
+                    &tx.from(),
+                    &to,
+                    tx.value(),
+                );
+            }
+            if let Some(ts) = &d.traces {
+                for (i, tr) in ts.iter().filter(|t| t.tx_pos == pos).enumerate() {
+                    self.push_trace(nn, pos32, i, &tx_hash, tr, success == Some(false))?;
+                    if !tr.trace_address.is_empty() && moved && tr.moves_value() {
+                        let to = tr.to.expect("moves_value checks to");
+                        self.transfer(
+                            nn,
+                            pos32,
+                            &mut ordinal,
+                            &tx_hash,
+                            "internal",
+                            "ETH",
+                            &tr.from,
+                            &to,
+                            tr.value,
+                        );
+                    }
+                }
+            }
+            for log in &r.logs {
+                self.push_log(nn, pos32, &tx_hash, log, n, &mut ordinal)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        n: i64,
+        pos: i32,
+        ordinal: &mut i32,
+        tx_hash: &str,
+        kind: &str,
+        asset: &str,
+        from: &Address,
+        to: &Address,
+        value: U256,
+    ) {
+        let t = &mut self.transfers;
+        t.number.append_value(n);
+        t.tx_index.append_value(pos);
+        t.ordinal.append_value(*ordinal);
+        t.tx_hash.append_value(tx_hash);
+        t.kind.append_value(kind);
+        t.asset.append_value(asset);
+        t.from.append_value(hex_addr(from));
+        t.to.append_value(hex_addr(to));
+        t.value.push(value);
+        *ordinal += 1;
+        self.counts.transfers += 1;
+        self.buffered += 1;
+    }
+
+    fn push_trace(
+        &mut self,
+        n: i64,
+        pos: i32,
+        index: usize,
+        tx_hash: &str,
+        tr: &super::source::Trace,
+        tx_failed: bool,
+    ) -> Result<()> {
+        let t = &mut self.traces;
+        t.number.append_value(n);
+        t.tx_index.append_value(pos);
+        t.trace_index
+            .append_value(i32::try_from(index).unwrap_or(i32::MAX));
+        t.tx_hash.append_value(tx_hash);
+        let addr: Vec<String> = tr.trace_address.iter().map(|i| i.to_string()).collect();
+        t.address.append_value(addr.join("."));
+        t.call_type.append_value(&tr.call_type);
+        t.from.append_value(hex_addr(&tr.from));
+        t.to.append_option(tr.to.map(|a| hex_addr(&a)));
+        t.value
+            .append_value(wei_of(tr.value, "trace value", n as u64)?);
+        t.gas.append_option(tr.gas.map(|g| g as i64));
+        t.gas_used.append_option(tr.gas_used.map(|g| g as i64));
+        t.input.append_value(&tr.input);
+        t.output.append_option(tr.output.as_ref());
+        t.error.append_option(tr.error.as_deref());
+        t.reverted.append_value(tr.reverted || tx_failed);
+        self.counts.traces += 1;
+        self.buffered += 1;
+        Ok(())
+    }
+
+    fn push_log(
+        &mut self,
+        n: i64,
+        pos: i32,
+        tx_hash: &str,
+        log: &alloy::rpc::types::Log,
+        block: u64,
+        ordinal: &mut i32,
+    ) -> Result<()> {
+        let log_index = log.log_index.ok_or_else(|| Error::RpcData {
+            url: String::new(),
+            block,
+            what: format!("a log of {tx_hash} has no logIndex"),
+        })?;
+        let log_index = i32::try_from(log_index).unwrap_or(i32::MAX);
+        let topics = log.topics();
+        let l = &mut self.logs;
+        l.number.append_value(n);
+        l.tx_index.append_value(pos);
+        l.log_index.append_value(log_index);
+        l.tx_hash.append_value(tx_hash);
+        l.address.append_value(hex_addr(&log.address()));
+        for (i, col) in l.topics.iter_mut().enumerate() {
+            col.append_option(topics.get(i).map(hex_hash));
+        }
+        l.data.append_value(&log.data().data);
+        self.counts.logs += 1;
+        self.buffered += 1;
+
+        if topics.first() != Some(&TRANSFER_TOPIC) {
+            return Ok(());
+        }
+        let data = &log.data().data;
+        let word_addr = |w: &B256| -> Option<Address> {
+            w[..12]
+                .iter()
+                .all(|&b| b == 0)
+                .then(|| Address::from_slice(&w[12..]))
+        };
+        let decoded = match (topics.len(), data.len()) {
+            (3, 32) => word_addr(&topics[1])
+                .zip(word_addr(&topics[2]))
+                .map(|(f, t)| (f, t, U256::from_be_slice(data), "erc20")),
+            (4, 0) => word_addr(&topics[1])
+                .zip(word_addr(&topics[2]))
+                .map(|(f, t)| (f, t, U256::from_be_bytes(topics[3].0), "erc721")),
+            _ => None,
+        };
+        let Some((from, to, value, standard)) = decoded else {
+            self.counts.malformed_transfer_logs += 1;
+            return Ok(());
+        };
+        let token = log.address();
+        let k = &mut self.tokens;
+        k.number.append_value(n);
+        k.tx_index.append_value(pos);
+        k.log_index.append_value(log_index);
+        k.tx_hash.append_value(tx_hash);
+        k.token.append_value(hex_addr(&token));
+        k.from.append_value(hex_addr(&from));
+        k.to.append_value(hex_addr(&to));
+        k.standard.append_value(standard);
+        k.value.push(value);
+        self.counts.token_transfers += 1;
+        self.buffered += 1;
+        // Amounts only: an NFT's token id is not a quantity, and zero amounts move nothing.
+        if standard == "erc20" && !value.is_zero() {
+            self.transfer(
+                n,
+                pos,
+                ordinal,
+                tx_hash,
+                "token",
+                &hex_addr(&token),
+                &from,
+                &to,
+                value,
+            );
+        }
+        Ok(())
+    }
+
+    /// The buffered rows as one batch per table, in registry order (blocks, transactions,
+    /// logs, token_transfers, traces, transfers); the builders start empty again.
+    pub fn finish(&mut self) -> Result<[RecordBatch; 6]> {
+        self.buffered = 0;
+        let b = &mut self.blocks;
+        let blocks = batch(
+            eth::blocks_schema(),
+            vec![
+                Arc::new(b.number.finish()),
+                Arc::new(b.hash.finish()),
+                Arc::new(b.parent.finish()),
+                Arc::new(b.time.finish().with_timezone("UTC")),
+                Arc::new(b.miner.finish()),
+                Arc::new(b.gas_limit.finish()),
+                Arc::new(b.gas_used.finish()),
+                Arc::new(b.base_fee.as_mut().expect("built").finish()),
+                Arc::new(b.tx_count.finish()),
+                Arc::new(b.size.finish()),
+                Arc::new(b.extra.finish()),
+                Arc::new(b.blob_gas_used.finish()),
+                Arc::new(b.excess_blob_gas.finish()),
+            ],
+            "eth.blocks",
+        )?;
+        let t = &mut self.txs;
+        let txs = batch(
+            eth::transactions_schema(),
+            vec![
+                Arc::new(t.number.finish()),
+                Arc::new(t.index.finish()),
+                Arc::new(t.hash.finish()),
+                Arc::new(t.nonce.finish()),
+                Arc::new(t.from.finish()),
+                Arc::new(t.to.finish()),
+                Arc::new(t.value.finish()),
+                Arc::new(t.input.finish()),
+                Arc::new(t.gas_limit.finish()),
+                Arc::new(t.ty.finish()),
+                Arc::new(t.chain_id.finish()),
+                Arc::new(t.gas_price.finish()),
+                Arc::new(t.max_fee.finish()),
+                Arc::new(t.max_priority.finish()),
+                Arc::new(t.max_blob_fee.finish()),
+                Arc::new(t.blob_hashes.finish()),
+                Arc::new(t.success.finish()),
+                Arc::new(t.gas_used.finish()),
+                Arc::new(t.cumulative.finish()),
+                Arc::new(t.effective_price.finish()),
+                Arc::new(t.contract.finish()),
+                Arc::new(t.blob_gas_used.finish()),
+                Arc::new(t.blob_gas_price.finish()),
+            ],
+            "eth.transactions",
+        )?;
+        let l = &mut self.logs;
+        let [t0, t1, t2, t3] = &mut l.topics;
+        let logs = batch(
+            eth::logs_schema(),
+            vec![
+                Arc::new(l.number.finish()),
+                Arc::new(l.tx_index.finish()),
+                Arc::new(l.log_index.finish()),
+                Arc::new(l.tx_hash.finish()),
+                Arc::new(l.address.finish()),
+                Arc::new(t0.finish()),
+                Arc::new(t1.finish()),
+                Arc::new(t2.finish()),
+                Arc::new(t3.finish()),
+                Arc::new(l.data.finish()),
+            ],
+            "eth.logs",
+        )?;
+        let k = &mut self.tokens;
+        let [kv, ks] = k.value.finish();
+        let tokens = batch(
+            eth::token_transfers_schema(),
+            vec![
+                Arc::new(k.number.finish()),
+                Arc::new(k.tx_index.finish()),
+                Arc::new(k.log_index.finish()),
+                Arc::new(k.tx_hash.finish()),
+                Arc::new(k.token.finish()),
+                Arc::new(k.from.finish()),
+                Arc::new(k.to.finish()),
+                Arc::new(k.standard.finish()),
+                kv,
+                ks,
+            ],
+            "eth.token_transfers",
+        )?;
+        let r = &mut self.traces;
+        let traces = batch(
+            eth::traces_schema(),
+            vec![
+                Arc::new(r.number.finish()),
+                Arc::new(r.tx_index.finish()),
+                Arc::new(r.trace_index.finish()),
+                Arc::new(r.tx_hash.finish()),
+                Arc::new(r.address.finish()),
+                Arc::new(r.call_type.finish()),
+                Arc::new(r.from.finish()),
+                Arc::new(r.to.finish()),
+                Arc::new(r.value.finish()),
+                Arc::new(r.gas.finish()),
+                Arc::new(r.gas_used.finish()),
+                Arc::new(r.input.finish()),
+                Arc::new(r.output.finish()),
+                Arc::new(r.error.finish()),
+                Arc::new(r.reverted.finish()),
+            ],
+            "eth.traces",
+        )?;
+        let x = &mut self.transfers;
+        let [xv, xs] = x.value.finish();
+        let transfers = batch(
+            eth::transfers_schema(),
+            vec![
+                Arc::new(x.number.finish()),
+                Arc::new(x.tx_index.finish()),
+                Arc::new(x.ordinal.finish()),
+                Arc::new(x.tx_hash.finish()),
+                Arc::new(x.kind.finish()),
+                Arc::new(x.asset.finish()),
+                Arc::new(x.from.finish()),
+                Arc::new(x.to.finish()),
+                xv,
+                xs,
+            ],
+            "eth.transfers",
+        )?;
+        Ok([blocks, txs, logs, tokens, traces, transfers])
+    }
+}
+
+fn batch(schema: SchemaRef, cols: Vec<ArrayRef>, table: &str) -> Result<RecordBatch> {
+    RecordBatch::try_new(schema, cols).map_err(|source| Error::Arrow {
+        table: table.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transfer_topic_is_the_event_signature_hash() {
+        assert_eq!(
+            TRANSFER_TOPIC,
+            alloy::primitives::keccak256("Transfer(address,address,uint256)")
+        );
+    }
+
+    #[test]
+    fn u256_amounts_past_76_digits_keep_their_string() {
+        let mut c = U256Col::new();
+        c.push(U256::MAX);
+        c.push(max_decimal76());
+        let [v, s] = c.finish();
+        assert!(v.is_null(0) && !v.is_null(1));
+        let s = s
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("strings");
+        assert_eq!(s.value(0), U256::MAX.to_string());
+        assert_eq!(s.value(1), "9".repeat(76));
+    }
+}
