@@ -384,8 +384,12 @@ async fn index_chunk(
     summary: &mut EthSummary,
 ) -> Result<bool> {
     let numbers: Vec<u64> = (first..=last).collect();
-    let mut groups = futures::stream::iter(numbers.chunks(opts.batch_blocks.max(1)))
-        .map(|g| source.blocks(g))
+    let batches: Vec<Vec<u64>> = numbers
+        .chunks(opts.batch_blocks.max(1))
+        .map(<[u64]>::to_vec)
+        .collect();
+    let mut groups = futures::stream::iter(batches)
+        .map(|g| async move { source.blocks(&g).await })
         .buffered(opts.concurrency.max(1));
     let mut sinks = ChunkSinks::open(wh, tables, first, last, Some(manifest.seq + 1))?;
     let mut rows = EthRows::new();
