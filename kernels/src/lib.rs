@@ -9,6 +9,7 @@
 //! assert_eq!(labels, [0, 0, 2, 2, 4]);
 //! ```
 
+pub mod account;
 pub mod cc;
 pub mod cluster;
 pub mod device;

@@ -76,13 +76,57 @@ pub fn exits_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of `eth_taint`: one row per address an Ethereum taint run reached. Amounts are
+/// in the asset's base unit (wei, or the token's smallest unit) and approximate (the
+/// kernels compute in f32); exact amounts are in `eth.transfers`.
+pub fn eth_taint_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+            // `ETH`, a token contract, or `*` (poison over every asset).
+            Field::new("asset", DataType::Utf8, false),
+            Field::new("hop", DataType::Int32, false),
+            // The transfer that first brought taint (NULL for seeds).
+            Field::new("first_block", DataType::Int64, true),
+            Field::new("first_transaction_index", DataType::Int32, true),
+            Field::new("first_transaction_hash", DataType::Utf8, true),
+            Field::new("tainted_value", DataType::Float64, false),
+            Field::new("tainted_transfers", DataType::Int64, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of `eth_exits`: one row per labelled stop address an Ethereum taint run reached.
+pub fn eth_exits_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("category", DataType::Utf8, false),
+            Field::new("asset", DataType::Utf8, false),
+            Field::new("tainted_value", DataType::Float64, false),
+            Field::new("tainted_transfers", DataType::Int64, false),
+            Field::new("min_hop", DataType::Int32, false),
+            Field::new("first_block", DataType::Int64, true),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
 /// The results tables: job name and schema.
-pub fn result_tables() -> [(&'static str, SchemaRef); 4] {
+pub fn result_tables() -> [(&'static str, SchemaRef); 6] {
     [
         ("clusters", clusters_schema()),
         ("labels", labels_schema()),
         ("taint", taint_schema()),
         ("exits", exits_schema()),
+        ("eth_taint", eth_taint_schema()),
+        ("eth_exits", eth_exits_schema()),
     ]
 }
 

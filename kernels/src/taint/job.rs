@@ -84,6 +84,12 @@ pub struct TaintRun {
 
 /// The Bitcoin rows of the `labels` table: (address, label, category).
 pub async fn btc_labels(wh: &Warehouse) -> Result<Vec<(String, String, String)>> {
+    chain_labels(wh, "btc").await
+}
+
+/// The rows of the `labels` table for one chain (`btc`, `eth`): (address, label,
+/// category).
+pub async fn chain_labels(wh: &Warehouse, chain: &str) -> Result<Vec<(String, String, String)>> {
     let mut out = Vec::new();
     for b in wh
         .read_latest("labels")
@@ -95,6 +101,7 @@ pub async fn btc_labels(wh: &Warehouse) -> Result<Vec<(String, String, String)>>
                 .and_then(|c| c.as_string_opt::<i32>())
                 .ok_or_else(|| Error::BadGraph(format!("labels: no text column `{name}`")))
         };
+        let wanted = chain;
         let (chain, address, label, category) = (
             col("chain")?,
             col("address")?,
@@ -102,7 +109,7 @@ pub async fn btc_labels(wh: &Warehouse) -> Result<Vec<(String, String, String)>>
             col("category")?,
         );
         for r in 0..b.num_rows() {
-            if chain.value(r) == "btc" {
+            if chain.value(r) == wanted {
                 out.push((
                     address.value(r).to_string(),
                     label.value(r).to_string(),
@@ -117,7 +124,20 @@ pub async fn btc_labels(wh: &Warehouse) -> Result<Vec<(String, String, String)>>
 /// Builds the graph and runs `job` on `backend`.
 pub async fn taint_btc(wh: &Warehouse, backend: &Backend, job: &TaintJob) -> Result<TaintRun> {
     let labels = btc_labels(wh).await?;
-    for c in job.seed_categories.iter().chain(&job.stop_categories) {
+    check_categories(
+        &labels,
+        job.seed_categories.iter().chain(&job.stop_categories),
+    )?;
+    let g = SpendGraph::from_warehouse(wh).await?;
+    run_on_graph(&g, backend, job, &labels)
+}
+
+/// Refuses a category no label has (a typo would otherwise seed or stop nothing).
+pub fn check_categories<'a>(
+    labels: &[(String, String, String)],
+    categories: impl IntoIterator<Item = &'a String>,
+) -> Result<()> {
+    for c in categories {
         if !labels.iter().any(|l| &l.2 == c) {
             let mut known: Vec<&str> = labels.iter().map(|l| l.2.as_str()).collect();
             known.sort_unstable();
@@ -132,8 +152,7 @@ pub async fn taint_btc(wh: &Warehouse, backend: &Backend, job: &TaintJob) -> Res
             )));
         }
     }
-    let g = SpendGraph::from_warehouse(wh).await?;
-    run_on_graph(&g, backend, job, &labels)
+    Ok(())
 }
 
 /// Runs `job` on a built graph with the given labels (address, label, category).

@@ -1,0 +1,526 @@
+//! An Ethereum taint run over the warehouse: the transfer graph of one asset from
+//! `eth.transfers`, seeds and stops from addresses and label categories, results as the
+//! `eth_taint` and `eth_exits` tables.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{Int32Type, Int64Type};
+use ferret_schemas::results::{eth_exits_schema, eth_taint_schema};
+use ferret_schemas::{Chain, Warehouse};
+
+use super::{Options, TransferGraph, UNREACHED, flags, poison, pool};
+use crate::device::Backend;
+use crate::taint::{Direction, job::chain_labels, job::check_categories};
+use crate::{Error, Result};
+
+/// How taint divides on accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountPolicy {
+    /// Earliest tainted arrival; every later transfer of a tainted address is tainted.
+    Poison,
+    /// Each address a pool; a transfer carries the pool's tainted share.
+    Haircut,
+}
+
+impl std::str::FromStr for AccountPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "poison" => Ok(Self::Poison),
+            "haircut" | "pool" => Ok(Self::Haircut),
+            other => Err(format!(
+                "unknown policy `{other}` for accounts (poison, haircut)"
+            )),
+        }
+    }
+}
+
+impl AccountPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Poison => "poison",
+            Self::Haircut => "haircut",
+        }
+    }
+}
+
+/// What to trace. Default: haircut, forward, ETH, no limits.
+#[derive(Clone, Debug)]
+pub struct EthTaintJob {
+    pub policy: AccountPolicy,
+    pub direction: Direction,
+    /// `ETH`, a token contract address, or `*` (every asset; poison only).
+    pub asset: String,
+    pub max_hops: Option<u32>,
+    /// In the asset's base unit.
+    pub min_value: f64,
+    pub seed_addresses: Vec<String>,
+    pub seed_categories: Vec<String>,
+    pub stop_categories: Vec<String>,
+}
+
+impl Default for EthTaintJob {
+    fn default() -> Self {
+        Self {
+            policy: AccountPolicy::Haircut,
+            direction: Direction::Forward,
+            asset: "ETH".into(),
+            max_hops: None,
+            min_value: 0.0,
+            seed_addresses: Vec::new(),
+            seed_categories: Vec::new(),
+            stop_categories: Vec::new(),
+        }
+    }
+}
+
+impl EthTaintJob {
+    /// The job as recorded with its run.
+    pub fn params(&self) -> serde_json::Value {
+        serde_json::json!({
+            "policy": self.policy.as_str(),
+            "direction": match self.direction { Direction::Forward => "forward", Direction::Backward => "backward" },
+            "asset": self.asset,
+            "max_hops": self.max_hops,
+            "min_value": self.min_value,
+            "seed_addresses": self.seed_addresses,
+            "seed_categories": self.seed_categories,
+            "stop_categories": self.stop_categories,
+        })
+    }
+}
+
+/// Transfers of one asset in chain order, with their addresses.
+#[derive(Clone, Debug, Default)]
+pub struct EthTransfers {
+    pub graph: TransferGraph,
+    /// Address of each node id.
+    pub addresses: Vec<String>,
+    pub block: Vec<i64>,
+    pub tx_index: Vec<i32>,
+    pub tx_hash: Vec<String>,
+    /// Exact amounts as f64 (the graph holds them scaled into f32's range).
+    pub value: Vec<f64>,
+    /// graph.amount = value · scale.
+    pub scale: f64,
+}
+
+impl EthTransfers {
+    /// Reads `eth.transfers` of `asset` (`*`: all) from the committed files, in chain
+    /// order.
+    pub async fn load(wh: &Warehouse, asset: &str) -> Result<Self> {
+        let wh_err = |e: ferret_schemas::Error| Error::Warehouse(Box::new(e));
+        let Some(manifest) = wh.load_manifest(Chain::Eth).await.map_err(wh_err)? else {
+            return Err(Error::BadQuery(
+                "the warehouse holds no Ethereum data: run `ferret index eth` first".into(),
+            ));
+        };
+        let mut files: Vec<_> = manifest.files_of("transfers").collect();
+        files.sort_by_key(|f| f.first_height);
+        let want = asset.to_ascii_lowercase();
+        let mut rows: Vec<(i64, i32, i32, String, String, String, f64)> = Vec::new();
+        for f in files {
+            let batches = wh
+                .read_columns(
+                    &f.path,
+                    &[
+                        "block_number",
+                        "transaction_index",
+                        "ordinal",
+                        "transaction_hash",
+                        "asset",
+                        "from_address",
+                        "to_address",
+                        "value_string",
+                    ],
+                )
+                .await
+                .map_err(wh_err)?;
+            let bad =
+                |c: &str| Error::BadGraph(format!("{}: column {c} has the wrong type", f.path));
+            for b in batches {
+                let block = b
+                    .column(0)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(|| bad("block_number"))?;
+                let txi = b
+                    .column(1)
+                    .as_primitive_opt::<Int32Type>()
+                    .ok_or_else(|| bad("transaction_index"))?;
+                let ord = b
+                    .column(2)
+                    .as_primitive_opt::<Int32Type>()
+                    .ok_or_else(|| bad("ordinal"))?;
+                let s =
+                    |i: usize, c: &str| b.column(i).as_string_opt::<i32>().ok_or_else(|| bad(c));
+                let (hash, a, from, to, value) = (
+                    s(3, "transaction_hash")?,
+                    s(4, "asset")?,
+                    s(5, "from_address")?,
+                    s(6, "to_address")?,
+                    s(7, "value_string")?,
+                );
+                for r in 0..b.num_rows() {
+                    if want != "*" && a.value(r).to_ascii_lowercase() != want {
+                        continue;
+                    }
+                    let v: f64 = value.value(r).parse().map_err(|_| {
+                        Error::BadGraph(format!("{}: bad value_string {}", f.path, value.value(r)))
+                    })?;
+                    rows.push((
+                        block.value(r),
+                        txi.value(r),
+                        ord.value(r),
+                        hash.value(r).to_string(),
+                        from.value(r).to_string(),
+                        to.value(r).to_string(),
+                        v,
+                    ));
+                }
+            }
+        }
+        rows.sort_by_key(|r| (r.0, r.1, r.2));
+        let max = rows.iter().map(|r| r.6).fold(0.0f64, f64::max);
+        // Amounts into f32's range with room for sums: the largest at most 2^100.
+        let scale = if max > 2f64.powi(100) {
+            2f64.powi(100) / max
+        } else {
+            1.0
+        };
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut t = EthTransfers {
+            scale,
+            ..Default::default()
+        };
+        let mut id = |a: String, t: &mut EthTransfers| -> u32 {
+            *ids.entry(a).or_insert_with_key(|k| {
+                t.addresses.push(k.clone());
+                (t.addresses.len() - 1) as u32
+            })
+        };
+        for (block, txi, _, hash, from, to, v) in rows {
+            let s = id(from, &mut t);
+            let d = id(to, &mut t);
+            t.graph.src.push(s);
+            t.graph.dst.push(d);
+            t.graph.amount.push((v * scale) as f32);
+            t.block.push(block);
+            t.tx_index.push(txi);
+            t.tx_hash.push(hash);
+            t.value.push(v);
+        }
+        t.graph.nodes = u32::try_from(t.addresses.len())
+            .map_err(|_| Error::TooLarge("more than 2^32 addresses".into()))?;
+        Ok(t)
+    }
+
+    fn id_of(&self) -> HashMap<&str, u32> {
+        self.addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.as_str(), i as u32))
+            .collect()
+    }
+}
+
+/// One address a run reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaintedAddress {
+    pub address: String,
+    pub hop: u32,
+    /// The transfer that first brought taint (None for seeds).
+    pub first: Option<usize>,
+    pub tainted_value: f64,
+    pub tainted_transfers: u64,
+}
+
+/// One labelled stop address a run reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EthExit {
+    pub address: String,
+    pub label: String,
+    pub category: String,
+    pub tainted_value: f64,
+    pub tainted_transfers: u64,
+    pub min_hop: u32,
+    pub first_block: Option<i64>,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug)]
+pub struct EthTaintRun {
+    pub job: EthTaintJob,
+    pub transfers: EthTransfers,
+    pub addresses: Vec<TaintedAddress>,
+    /// By tainted value, largest first.
+    pub exits: Vec<EthExit>,
+    /// Per transfer (chain order): the tainted amount it carried, in the asset's unit.
+    pub tainted: Vec<f64>,
+    pub unknown_seeds: Vec<String>,
+    pub steps: u32,
+    pub device: String,
+}
+
+/// Loads the transfers and runs `job` on `backend`.
+pub async fn taint_eth(
+    wh: &Warehouse,
+    backend: &Backend,
+    job: &EthTaintJob,
+) -> Result<EthTaintRun> {
+    let labels = chain_labels(wh, "eth").await?;
+    check_categories(
+        &labels,
+        job.seed_categories.iter().chain(&job.stop_categories),
+    )?;
+    if job.asset == "*" && job.policy != AccountPolicy::Poison {
+        return Err(Error::BadQuery(
+            "asset `*` mixes units: only poison runs over every asset; name one (`ETH` or a token contract)".into(),
+        ));
+    }
+    let t = EthTransfers::load(wh, &job.asset).await?;
+    run_on_transfers(t, backend, job, &labels)
+}
+
+/// Runs `job` on loaded transfers with the given labels (address, label, category).
+pub fn run_on_transfers(
+    t: EthTransfers,
+    backend: &Backend,
+    job: &EthTaintJob,
+    labels: &[(String, String, String)],
+) -> Result<EthTaintRun> {
+    let ids = t.id_of();
+    let mut unknown = Vec::new();
+    let mut seeds = Vec::new();
+    for a in &job.seed_addresses {
+        match ids.get(a.to_ascii_lowercase().as_str()) {
+            Some(&i) => seeds.push(i),
+            None => unknown.push(a.clone()),
+        }
+    }
+    let mut stop_labels: HashMap<u32, (&str, &str)> = HashMap::new();
+    for (address, label, category) in labels {
+        let Some(&i) = ids.get(address.as_str()) else {
+            continue;
+        };
+        if job.seed_categories.contains(category) {
+            seeds.push(i);
+        }
+        if job.stop_categories.contains(category) {
+            stop_labels.entry(i).or_insert((label, category));
+        }
+    }
+    seeds.sort_unstable();
+    seeds.dedup();
+    if seeds.is_empty() {
+        return Err(Error::BadQuery(format!(
+            "no seed has a transfer of asset {}{}",
+            job.asset,
+            if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(" (unknown: {})", unknown.join(", "))
+            }
+        )));
+    }
+    let stops: Vec<u32> = stop_labels.keys().copied().collect();
+    let node_flags = flags(t.graph.nodes, &seeds, &stops)?;
+    let backward = job.direction == Direction::Backward;
+    let g = if backward {
+        t.graph.reversed()
+    } else {
+        t.graph.clone()
+    };
+    let m = g.src.len();
+    // Edge `e` of the run's graph is transfer `orig(e)`.
+    let orig = |e: usize| if backward { m - 1 - e } else { e };
+    let opts = Options {
+        max_hops: job.max_hops,
+        min_value: (job.min_value * t.scale) as f32,
+    };
+    let device = backend.describe();
+    let (hop, carried, steps) = match job.policy {
+        AccountPolicy::Poison => {
+            let r = poison(backend, &g, &node_flags, &opts)?;
+            // A transfer carries taint when its sender was tainted before it.
+            let carried: Vec<f64> = (0..m)
+                .map(|e| {
+                    let s = g.src[e] as usize;
+                    let ok = r.arrival[s] != UNREACHED
+                        && r.arrival[s] < e as u32 + 1
+                        && (node_flags[s] & super::STOP == 0)
+                        && g.amount[e] >= opts.min_value
+                        && (r.arrival[g.dst[e] as usize] <= e as u32 + 1);
+                    if ok { t.value[orig(e)] } else { 0.0 }
+                })
+                .collect();
+            (r.hop, carried, r.steps)
+        }
+        AccountPolicy::Haircut => {
+            let r = pool(backend, &g, &node_flags, &opts)?;
+            let carried = r.tainted.iter().map(|&x| f64::from(x) / t.scale).collect();
+            (r.hop, carried, r.steps)
+        }
+    };
+    let mut tainted = vec![0.0f64; m];
+    let mut per_node: Vec<(f64, u64, Option<usize>)> = vec![(0.0, 0, None); t.graph.nodes as usize];
+    for e in 0..m {
+        if carried[e] <= 0.0 {
+            continue;
+        }
+        let o = orig(e);
+        tainted[o] = carried[e];
+        let d = g.dst[e] as usize;
+        let slot = &mut per_node[d];
+        slot.0 += carried[e];
+        slot.1 += 1;
+        if slot.2.is_none() {
+            slot.2 = Some(o);
+        }
+    }
+    let mut addresses = Vec::new();
+    for (v, &h) in hop.iter().enumerate() {
+        if h == UNREACHED {
+            continue;
+        }
+        let (value, n, first) = per_node[v];
+        addresses.push(TaintedAddress {
+            address: t.addresses[v].clone(),
+            hop: h,
+            first: if h == 0 { None } else { first },
+            tainted_value: value,
+            tainted_transfers: n,
+        });
+    }
+    let mut exits: Vec<EthExit> = stop_labels
+        .iter()
+        .filter(|(v, _)| hop[**v as usize] != UNREACHED)
+        .map(|(&v, (label, category))| {
+            let (value, n, first) = per_node[v as usize];
+            EthExit {
+                address: t.addresses[v as usize].clone(),
+                label: label.to_string(),
+                category: category.to_string(),
+                tainted_value: value,
+                tainted_transfers: n,
+                min_hop: hop[v as usize],
+                first_block: first.map(|o| t.block[o]),
+            }
+        })
+        .collect();
+    exits.sort_by(|a, b| {
+        b.tainted_value
+            .total_cmp(&a.tainted_value)
+            .then_with(|| a.address.cmp(&b.address))
+    });
+    Ok(EthTaintRun {
+        job: job.clone(),
+        transfers: t,
+        addresses,
+        exits,
+        tainted,
+        unknown_seeds: unknown,
+        steps,
+        device,
+    })
+}
+
+/// The `eth_taint` rows of a run.
+pub fn eth_taint_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
+    let a = &run.addresses;
+    let t = &run.transfers;
+    let n = a.len();
+    let str_col = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as Arc<dyn Array>;
+    RecordBatch::try_new(
+        eth_taint_schema(),
+        vec![
+            str_col(vec![Some("eth".into()); n]),
+            str_col(a.iter().map(|x| Some(x.address.clone())).collect()),
+            str_col(vec![Some(run.job.asset.clone()); n]),
+            Arc::new(Int32Array::from_iter_values(a.iter().map(|x| x.hop as i32))),
+            Arc::new(Int64Array::from(
+                a.iter()
+                    .map(|x| x.first.map(|o| t.block[o]))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int32Array::from(
+                a.iter()
+                    .map(|x| x.first.map(|o| t.tx_index[o]))
+                    .collect::<Vec<_>>(),
+            )),
+            str_col(
+                a.iter()
+                    .map(|x| x.first.map(|o| t.tx_hash[o].clone()))
+                    .collect(),
+            ),
+            Arc::new(Float64Array::from_iter_values(
+                a.iter().map(|x| x.tainted_value),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                a.iter().map(|x| x.tainted_transfers as i64),
+            )),
+            str_col(vec![Some(run_id.to_string()); n]),
+        ],
+    )
+    .map_err(|e| Error::BadGraph(format!("eth_taint batch: {e}")))
+}
+
+/// The `eth_exits` rows of a run.
+pub fn eth_exits_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
+    let x = &run.exits;
+    let n = x.len();
+    let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as Arc<dyn Array>;
+    RecordBatch::try_new(
+        eth_exits_schema(),
+        vec![
+            s(vec!["eth".into(); n]),
+            s(x.iter().map(|e| e.address.clone()).collect()),
+            s(x.iter().map(|e| e.label.clone()).collect()),
+            s(x.iter().map(|e| e.category.clone()).collect()),
+            s(vec![run.job.asset.clone(); n]),
+            Arc::new(Float64Array::from_iter_values(
+                x.iter().map(|e| e.tainted_value),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                x.iter().map(|e| e.tainted_transfers as i64),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                x.iter().map(|e| e.min_hop as i32),
+            )),
+            Arc::new(Int64Array::from(
+                x.iter().map(|e| e.first_block).collect::<Vec<_>>(),
+            )),
+            s(vec![run_id.to_string(); n]),
+        ],
+    )
+    .map_err(|e| Error::BadGraph(format!("eth_exits batch: {e}")))
+}
+
+/// Writes a run as the latest `eth_taint` and `eth_exits`; returns the run id.
+pub async fn write_eth_taint(wh: &Warehouse, run: &EthTaintRun) -> Result<String> {
+    let run_id = ferret_schemas::results::new_run_id();
+    let wh_err = |e: ferret_schemas::Error| Error::Warehouse(Box::new(e));
+    let params = Some(run.job.params());
+    wh.write_run_as(
+        "eth_taint",
+        &run_id,
+        eth_taint_schema(),
+        &[eth_taint_batch(run, &run_id)?],
+        params.clone(),
+    )
+    .await
+    .map_err(wh_err)?;
+    wh.write_run_as(
+        "eth_exits",
+        &run_id,
+        eth_exits_schema(),
+        &[eth_exits_batch(run, &run_id)?],
+        params,
+    )
+    .await
+    .map_err(wh_err)?;
+    Ok(run_id)
+}
