@@ -158,6 +158,47 @@ struct ClusterBtcArgs {
 enum TaintCmd {
     /// Bitcoin UTXO taint: poison, haircut or fifo, forward or backward.
     Btc(TaintBtcArgs),
+    /// Ethereum account taint over eth.transfers: time-respecting poison or haircut pools.
+    Eth(TaintEthArgs),
+}
+
+#[derive(Args)]
+struct TaintEthArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// A seed address (repeatable; comma-separated lists too).
+    #[arg(long, value_delimiter = ',')]
+    seed: Vec<String>,
+    /// Every address labelled with this category is a seed (repeatable).
+    #[arg(long, value_delimiter = ',')]
+    seed_category: Vec<String>,
+    /// poison (everything a tainted address sends after its first tainted arrival) or
+    /// haircut (each address a pool; a transfer carries the pool's tainted share).
+    #[arg(long, default_value = "haircut")]
+    policy: ferret_kernels::account::job::AccountPolicy,
+    /// `ETH`, a token contract address, or `*` (every asset; poison only).
+    #[arg(long, default_value = "ETH")]
+    asset: String,
+    /// Keep paths of at most H transfers.
+    #[arg(long)]
+    hops: Option<u32>,
+    /// forward (where did it go) or backward (where did it come from).
+    #[arg(long, default_value = "forward")]
+    direction: ferret_kernels::taint::Direction,
+    /// Label categories that receive taint but pass none on (e.g. exchange).
+    #[arg(long, value_delimiter = ',')]
+    stop_at: Vec<String>,
+    /// Transfers carrying less than this (in the asset's base unit: wei for ETH) carry
+    /// nothing.
+    #[arg(long, default_value_t = 0.0)]
+    min_value: f64,
+    /// Where the kernel runs: auto, gpu, cpu.
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
+    /// Rows of the exits report to print.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
 }
 
 #[derive(Args)]
@@ -445,6 +486,92 @@ async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::j
     Ok((wh, run))
 }
 
+async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
+    use ferret_kernels::account::job::{EthTaintJob, taint_eth, write_eth_taint};
+    if a.seed.is_empty() && a.seed_category.is_empty() {
+        bail!("give seeds: --seed ADDRESS (repeatable) or --seed-category CATEGORY");
+    }
+    if !(a.min_value >= 0.0 && a.min_value.is_finite()) {
+        bail!("--min-value must be a number ≥ 0");
+    }
+    let job = EthTaintJob {
+        policy: a.policy,
+        direction: a.direction,
+        asset: if a.asset == "*" || a.asset.eq_ignore_ascii_case("eth") {
+            a.asset.to_ascii_uppercase()
+        } else {
+            a.asset.to_ascii_lowercase()
+        },
+        max_hops: a.hops,
+        min_value: a.min_value,
+        seed_addresses: a.seed.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        seed_categories: a.seed_category.clone(),
+        stop_categories: a.stop_at.clone(),
+    };
+    let wh = Warehouse::open(&a.warehouse)?;
+    let backend = ferret_kernels::device::select(a.device)?;
+    let run = taint_eth(&wh, &backend, &job)
+        .await
+        .context("tracing eth taint")?;
+    let run_id = write_eth_taint(&wh, &run).await?;
+    let unit = if job.asset == "ETH" { 1e18 } else { 1.0 };
+    let unit_name = if job.asset == "ETH" {
+        "ETH".to_string()
+    } else {
+        format!("units of {}", job.asset)
+    };
+    let beyond: f64 = run
+        .addresses
+        .iter()
+        .filter(|x| x.hop > 0)
+        .map(|x| x.tainted_value)
+        .sum();
+    println!(
+        "{} {} over {} transfers of {}: {} addresses reached up to hop {}, {:.6} {unit_name} tainted beyond the seeds; {} steps on {}; run {run_id}",
+        job.policy.as_str(),
+        job.direction.as_str(),
+        run.transfers.graph.src.len(),
+        job.asset,
+        run.addresses.len(),
+        run.addresses.iter().map(|x| x.hop).max().unwrap_or(0),
+        beyond / unit,
+        run.steps,
+        run.device,
+    );
+    if !run.unknown_seeds.is_empty() {
+        println!(
+            "without transfers of {}: {}",
+            job.asset,
+            run.unknown_seeds.join(", ")
+        );
+    }
+    if run.exits.is_empty() {
+        println!("no labelled exit received taint");
+    } else {
+        println!(
+            "\n{} exits received taint (table `eth_exits`; top {}):",
+            run.exits.len(),
+            a.top.min(run.exits.len())
+        );
+        println!(
+            "{:<44} {:<18} {:<10} {:>22} {:>9} {:>7}",
+            "address", "label", "category", unit_name, "transfers", "min hop"
+        );
+        for e in run.exits.iter().take(a.top) {
+            println!(
+                "{:<44} {:<18} {:<10} {:>22.6} {:>9} {:>7}",
+                e.address,
+                e.label,
+                e.category,
+                e.tainted_value / unit,
+                e.tainted_transfers,
+                e.min_hop
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn taint_btc_cmd(a: TaintBtcArgs) -> Result<()> {
     use ferret_kernels::taint::job::write_taint;
     let (wh, run) = taint_run(&a.taint).await?;
@@ -647,6 +774,7 @@ fn main() -> ExitCode {
             Command::Synth(SynthCmd::Btc(a)) => synth_btc_cmd(a),
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,
+            Command::Taint(TaintCmd::Eth(a)) => taint_eth_cmd(a).await,
             Command::Trace(TraceCmd::Btc(a)) => trace_btc_cmd(a).await,
             Command::Labels(LabelsCmd::Import(a)) => labels_import_cmd(a).await,
             Command::Sql(a) => sql_cmd(a).await,

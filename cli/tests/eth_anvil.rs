@@ -280,6 +280,106 @@ async fn scenario_tables_are_exactly_what_happened() {
         );
     }
 
+    // Taint from the scammer (a1) to the exchange (a7): a1's pool is wholly tainted, so the
+    // splitter's pool is too, and the exchange's 0.5 ETH is all tainted; the reverted send
+    // to a8 carried nothing.
+    let labels = tmp.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        format!(
+            "address,label,category\n{},scammer,scam\n{},exchange-hot,exchange\n",
+            a(1),
+            a(7)
+        ),
+    )
+    .expect("labels");
+    let out = common::ferret(&[
+        "labels",
+        "import",
+        "--warehouse",
+        wh_url,
+        labels.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for policy in ["haircut", "poison"] {
+        let out = common::ferret(&[
+            "taint",
+            "eth",
+            "--warehouse",
+            wh_url,
+            "--seed-category",
+            "scam",
+            "--stop-at",
+            "exchange",
+            "--policy",
+            policy,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains(&a(7)) && report.contains("exchange-hot"),
+            "{report}"
+        );
+        assert_eq!(
+            common::query(&wh, "SELECT address, category, CAST(ROUND(tainted_value / 1e12) AS BIGINT), tainted_transfers, min_hop, first_block FROM eth_exits").await,
+            // In micro-ETH: the pools compute in f32 (7 digits).
+            [format!("{}|exchange|500000|1|2|8", a(7))],
+            "{policy}"
+        );
+        assert_eq!(
+            common::query(
+                &wh,
+                "SELECT address, hop FROM eth_taint WHERE hop > 0 ORDER BY hop, address"
+            )
+            .await,
+            {
+                let mut want = vec![format!("{sp}|1")];
+                let mut two: Vec<String> = [4, 5, 6, 7]
+                    .iter()
+                    .map(|&i| format!("{}|2", a(i)))
+                    .collect();
+                two.sort();
+                want.extend(two);
+                want
+            },
+            "{policy}"
+        );
+    }
+    // Backward from the exchange deposit: the splitter, then a1, who funded it.
+    let out = common::ferret(&[
+        "taint",
+        "eth",
+        "--warehouse",
+        wh_url,
+        "--seed",
+        &a(7),
+        "--direction",
+        "backward",
+        "--hops",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        common::query(&wh, "SELECT address, hop FROM eth_taint ORDER BY hop").await,
+        [
+            format!("{}|0", a(7)),
+            format!("{sp}|1"),
+            format!("{}|2", a(1))
+        ]
+    );
+
     // parity-style traces give the same tables but for gas accounting.
     let parity = Warehouse::open("memory://eth-anvil-parity").expect("wh");
     index_eth(&parity, &options(node.url(), TraceMode::Parity), None)

@@ -361,7 +361,21 @@ pub fn run_on_transfers(
         }
         AccountPolicy::Haircut => {
             let r = pool(backend, &g, &node_flags, &opts)?;
-            let carried = r.tainted.iter().map(|&x| f64::from(x) / t.scale).collect();
+            // The tainted share of the exact amount: a wholly tainted transfer reports its
+            // amount exactly (f32 would round it).
+            let carried = r
+                .tainted
+                .iter()
+                .enumerate()
+                .map(|(e, &x)| {
+                    let a = g.amount[e];
+                    if x <= 0.0 || a <= 0.0 {
+                        0.0
+                    } else {
+                        t.value[orig(e)] * (f64::from(x) / f64::from(a)).min(1.0)
+                    }
+                })
+                .collect();
             (r.hop, carried, r.steps)
         }
     };
