@@ -395,6 +395,16 @@ async fn scenario_tables_are_exactly_what_happened() {
             "{sql}"
         );
     }
+    // Over WebSocket: the same tables.
+    let ws = Warehouse::open("memory://eth-anvil-ws").expect("wh");
+    let ws_url = node.url().replace("http://", "ws://");
+    index_eth(&ws, &options(&ws_url, TraceMode::Auto), None)
+        .await
+        .expect("websocket");
+    assert_eq!(
+        common::dump_chain(&ws, Chain::Eth).await,
+        common::dump_chain(&wh, Chain::Eth).await
+    );
     // Without traces there are no internal transfers, and the summary says so.
     let off = Warehouse::open("memory://eth-anvil-off").expect("wh");
     let sum = index_eth(&off, &options(node.url(), TraceMode::Off), None)
