@@ -138,6 +138,25 @@ struct IndexBtcArgs {
 enum ClusterCmd {
     /// Bitcoin: all input addresses of a transaction are one entity, CoinJoins excepted.
     Btc(ClusterBtcArgs),
+    /// Ethereum: the senders to one exchange deposit address are one entity (table
+    /// `eth_clusters`).
+    Eth(ClusterEthArgs),
+}
+
+#[derive(Args)]
+struct ClusterEthArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// Label category of exchange hot wallets (deposit addresses sweep into them).
+    #[arg(long, default_value = "exchange")]
+    exchange_category: String,
+    /// A sweep must follow a transfer into the deposit address within this many blocks.
+    #[arg(long, default_value_t = 1000)]
+    max_delay_blocks: i64,
+    /// Where the kernel runs: auto, gpu, cpu.
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
 }
 
 #[derive(Args)]
@@ -425,6 +444,34 @@ fn synth_btc_cmd(a: SynthBtcArgs) -> Result<()> {
         s.blk_files,
         s.blk_bytes as f64 / 1e6,
         a.out.join("blocks").display()
+    );
+    Ok(())
+}
+
+async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
+    use ferret_kernels::account::deposit::{DepositRule, cluster_eth};
+    use ferret_kernels::cluster::write_clusters;
+    if a.max_delay_blocks < 0 {
+        bail!("--max-delay-blocks must be ≥ 0");
+    }
+    let wh = Warehouse::open(&a.warehouse)?;
+    let backend = ferret_kernels::device::select(a.device)?;
+    let rule = DepositRule {
+        exchange_category: a.exchange_category,
+        max_delay_blocks: a.max_delay_blocks,
+    };
+    let d = cluster_eth(&wh, &backend, &rule)
+        .await
+        .context("clustering eth by deposit addresses")?;
+    let run = write_clusters(&wh, &d.clusters).await?;
+    let c = &d.clusters;
+    println!(
+        "{} deposit addresses; {} linked addresses in {} clusters (largest {}); run {run} on {}",
+        d.deposit_addresses.len(),
+        c.addresses.len(),
+        c.count(),
+        c.cluster_size.iter().max().copied().unwrap_or(0),
+        backend.describe()
     );
     Ok(())
 }
@@ -773,6 +820,7 @@ fn main() -> ExitCode {
             Command::Index(IndexCmd::Eth(a)) => index_eth_cmd(a).await,
             Command::Synth(SynthCmd::Btc(a)) => synth_btc_cmd(a),
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
+            Command::Cluster(ClusterCmd::Eth(a)) => cluster_eth_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,
             Command::Taint(TaintCmd::Eth(a)) => taint_eth_cmd(a).await,
             Command::Trace(TraceCmd::Btc(a)) => trace_btc_cmd(a).await,

@@ -119,9 +119,10 @@ pub fn eth_exits_schema() -> SchemaRef {
 }
 
 /// The results tables: job name and schema.
-pub fn result_tables() -> [(&'static str, SchemaRef); 6] {
+pub fn result_tables() -> [(&'static str, SchemaRef); 7] {
     [
         ("clusters", clusters_schema()),
+        ("eth_clusters", clusters_schema()),
         ("labels", labels_schema()),
         ("taint", taint_schema()),
         ("exits", exits_schema()),

@@ -20,6 +20,7 @@
 //! CPU.
 
 mod cpu;
+pub mod deposit;
 pub mod job;
 
 use wgpu::util::DeviceExt;

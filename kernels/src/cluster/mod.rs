@@ -194,6 +194,8 @@ pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioG
 /// One address's cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Clusters {
+    /// `btc` or `eth`: the table the clusters go to (`clusters`, `eth_clusters`).
+    pub chain: &'static str,
     pub addresses: Vec<String>,
     /// Per address id: the smallest address id of its cluster.
     pub cluster_id: Vec<u32>,
@@ -226,6 +228,7 @@ pub async fn cluster_btc(
         "clustered"
     );
     Ok(Clusters {
+        chain: "btc",
         addresses: g.addresses,
         cluster_id,
         cluster_size,
@@ -283,7 +286,9 @@ pub fn clusters_batch(c: &Clusters, run_id: &str) -> Result<arrow::array::Record
     RecordBatch::try_new(
         clusters_schema(),
         vec![
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("btc", n))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                c.chain, n,
+            ))),
             Arc::new(StringArray::from_iter_values(c.addresses.iter())),
             Arc::new(Int64Array::from_iter_values(0..n as i64)),
             Arc::new(as_i64(&c.cluster_id)),
@@ -299,13 +304,22 @@ pub fn clusters_batch(c: &Clusters, run_id: &str) -> Result<arrow::array::Record
     })
 }
 
-/// Writes `clusters` as a new run of the `clusters` results table and points the plain
-/// table at it. Returns the run id.
+/// The results table of a chain's clusters.
+pub fn clusters_job(chain: &str) -> &'static str {
+    if chain == "btc" {
+        "clusters"
+    } else {
+        "eth_clusters"
+    }
+}
+
+/// Writes `clusters` as a new run of the chain's clusters table (`clusters`,
+/// `eth_clusters`) and points the plain table at it. Returns the run id.
 pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
     let run_id = ferret_schemas::results::new_run_id();
     let batch = clusters_batch(c, &run_id)?;
     wh.write_run_as(
-        "clusters",
+        clusters_job(c.chain),
         &run_id,
         ferret_schemas::results::clusters_schema(),
         &[batch],
