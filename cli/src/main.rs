@@ -316,6 +316,36 @@ struct LabelsImportArgs {
 enum SynthCmd {
     /// A Bitcoin Core blocks directory with a realistic economy and planted scams.
     Btc(SynthBtcArgs),
+    /// Drive a local anvil node through an Ethereum economy with planted scams.
+    Eth(SynthEthArgs),
+}
+
+#[derive(Args)]
+struct SynthEthArgs {
+    /// The node (anvil: it uses anvil_setBalance and impersonation).
+    #[arg(long, default_value = "http://127.0.0.1:8545")]
+    rpc: String,
+    /// Where the truth files go (DIR/truth/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Random seed: the same seed on a fresh node gives the same economy.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Blocks of everyday activity.
+    #[arg(long, default_value_t = 40)]
+    blocks: usize,
+    /// Transactions per block.
+    #[arg(long, default_value_t = 30)]
+    txs_per_block: usize,
+    /// Users (a quarter of them with two wallets).
+    #[arg(long, default_value_t = 120)]
+    users: usize,
+    /// Exchanges.
+    #[arg(long, default_value_t = 3)]
+    exchanges: usize,
+    /// Scam operations.
+    #[arg(long, default_value_t = 2)]
+    scams: usize,
 }
 
 #[derive(Args)]
@@ -422,6 +452,33 @@ async fn index_eth_cmd(a: IndexEthArgs) -> Result<()> {
         .await
         .with_context(|| format!("indexing {} into {wh}", a.rpc))?;
     println!("{summary}");
+    Ok(())
+}
+
+async fn synth_eth_cmd(a: SynthEthArgs) -> Result<()> {
+    use ferret_indexer::synth::eth::{EthSynthConfig, generate};
+    let cfg = EthSynthConfig {
+        seed: a.seed,
+        blocks: a.blocks,
+        txs_per_block: a.txs_per_block,
+        users: a.users,
+        exchanges: a.exchanges,
+        scam_operations: a.scams,
+        ..Default::default()
+    };
+    let s = generate(&a.rpc, &cfg, &a.out)
+        .await
+        .with_context(|| format!("driving {}", a.rpc))?;
+    println!(
+        "mined blocks {}..={} ({} blocks): {} transactions, {} reverted, {} planted cash-outs; truth in {}",
+        s.first_block,
+        s.last_block,
+        s.blocks,
+        s.transactions,
+        s.reverted,
+        s.cashouts,
+        a.out.join("truth").display()
+    );
     Ok(())
 }
 
@@ -819,6 +876,7 @@ fn main() -> ExitCode {
             Command::Index(IndexCmd::Btc(a)) => index_btc_cmd(a).await,
             Command::Index(IndexCmd::Eth(a)) => index_eth_cmd(a).await,
             Command::Synth(SynthCmd::Btc(a)) => synth_btc_cmd(a),
+            Command::Synth(SynthCmd::Eth(a)) => synth_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
             Command::Cluster(ClusterCmd::Eth(a)) => cluster_eth_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,

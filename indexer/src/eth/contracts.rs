@@ -70,11 +70,17 @@ mod tests {
             assert!(has(&usd, sel), "FerretUSD lacks {sel:02x?}");
         }
         let nft = ferret_nft();
-        for sel in [IFerretNFT::mintCall::SELECTOR, IFerretNFT::transferFromCall::SELECTOR] {
+        for sel in [
+            IFerretNFT::mintCall::SELECTOR,
+            IFerretNFT::transferFromCall::SELECTOR,
+        ] {
             assert!(has(&nft, sel), "FerretNFT lacks {sel:02x?}");
         }
         let sp = splitter();
-        for sel in [ISplitter::splitCall::SELECTOR, ISplitter::forwardAndTryCall::SELECTOR] {
+        for sel in [
+            ISplitter::splitCall::SELECTOR,
+            ISplitter::forwardAndTryCall::SELECTOR,
+        ] {
             assert!(has(&sp, sel), "Splitter lacks {sel:02x?}");
         }
         assert!(!has(&sp, IFerretUSD::mintCall::SELECTOR));

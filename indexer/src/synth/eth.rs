@@ -1,0 +1,727 @@
+//! `ferret synth eth`: a scenario driver that populates a real local node (anvil) with a
+//! realistic economy and writes the ground truth beside it, like the Bitcoin generator.
+//!
+//! The economy: users paying each other in ETH and in a USDT-like stablecoin (FerretUSD,
+//! 6 decimals), some through a splitter contract (internal transfers); exchanges with hot
+//! wallets, a deposit address per customer swept into the hot wallet a few blocks after
+//! each deposit, and withdrawals; some reverted transactions; and scam operations: victims
+//! pay scam addresses, the operator layers the proceeds through fresh intermediaries over
+//! several hops (splits through the operator's own splitter contract, merges), in ETH and in
+//! the stablecoin, and cashes out at deposit addresses of exchange accounts it controls.
+//!
+//! It needs anvil's test methods (`anvil_setBalance`, `anvil_autoImpersonateAccount`,
+//! `evm_setAutomine`, `evm_mine`). Transactions of a block go in JSON-RPC batches; after each
+//! block every receipt is checked against the plan (a planned revert must fail, everything
+//! else succeed), so the truth files describe exactly what the chain holds.
+//!
+//! Truth (`DIR/truth/`): `labels.csv` (address,label,category: scam addresses and exchange
+//! hot wallets), `entities.csv` (address,entity_id: the real owner of every address the
+//! scenario used), `cashouts.csv` (scam,exit,asset,amount,hops: each planted flow from a scam
+//! address to the deposit address it cashed out at, amount in base units, hops in
+//! transfers).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use alloy::primitives::{Address, B256, Bytes, U64, U256};
+use alloy::sol_types::SolCall;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+use crate::eth::contracts::{IFerretUSD, ISplitter, ferret_usd, splitter};
+use crate::eth::rpc::{RetryPolicy, Rpc};
+use crate::{Error, Result};
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+/// One FerretUSD (6 decimals).
+const USD: u128 = 1_000_000;
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct EthSynthConfig {
+    pub seed: u64,
+    /// Blocks of regular activity (the set-up and the scam add a few).
+    pub blocks: usize,
+    pub txs_per_block: usize,
+    pub users: usize,
+    pub exchanges: usize,
+    pub scam_operations: usize,
+    /// Victims paying each scam operation.
+    pub victims: usize,
+    /// Cash-out flows per scam operation and asset.
+    pub flows: usize,
+}
+
+impl Default for EthSynthConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            blocks: 40,
+            txs_per_block: 30,
+            users: 120,
+            exchanges: 3,
+            scam_operations: 2,
+            victims: 12,
+            flows: 3,
+        }
+    }
+}
+
+/// What was generated.
+#[derive(Clone, Debug, Default)]
+pub struct EthSynthSummary {
+    pub blocks: u64,
+    pub transactions: u64,
+    pub reverted: u64,
+    pub cashouts: usize,
+    pub first_block: u64,
+    pub last_block: u64,
+}
+
+/// A planned transaction.
+#[derive(Clone, Debug)]
+struct Tx {
+    from: Address,
+    to: Option<Address>,
+    value: u128,
+    data: Bytes,
+    /// Planned to revert.
+    reverts: bool,
+}
+
+impl Tx {
+    fn pay(from: Address, to: Address, value: u128) -> Self {
+        Self {
+            from,
+            to: Some(to),
+            value,
+            data: Bytes::new(),
+            reverts: false,
+        }
+    }
+    fn call(from: Address, to: Address, value: u128, data: Vec<u8>) -> Self {
+        Self {
+            from,
+            to: Some(to),
+            value,
+            data: data.into(),
+            reverts: false,
+        }
+    }
+}
+
+struct Gen {
+    rpc: Rpc,
+    /// Next nonce of every sender (a batch of one sender's transactions needs them
+    /// explicit: the node would give them all the same one).
+    nonces: HashMap<Address, u64>,
+    rng: ChaCha8Rng,
+    entities: Vec<(Address, String)>,
+    labels: Vec<(Address, String, &'static str)>,
+    summary: EthSynthSummary,
+}
+
+fn hexq(v: u128) -> String {
+    format!("{v:#x}")
+}
+
+impl Gen {
+    fn fresh(&mut self, entity: &str) -> Address {
+        let mut b = [0u8; 20];
+        self.rng.fill(&mut b);
+        // Keep clear of precompiles and the zero address.
+        b[0] |= 0x10;
+        let a = Address::from(b);
+        self.entities.push((a, entity.to_string()));
+        a
+    }
+
+    /// A fresh address with ETH for gas (a balance set outside any transfer, as if from
+    /// before the indexed range).
+    async fn fresh_funded(&mut self, entity: &str) -> Result<Address> {
+        let a = self.fresh(entity);
+        self.fund(&[a], 10 * ETH).await?;
+        Ok(a)
+    }
+
+    async fn fund(&self, who: &[Address], wei: u128) -> Result<()> {
+        let params: Vec<(Address, String)> = who.iter().map(|a| (*a, hexq(wei))).collect();
+        let _: Vec<Value> = self.rpc.batch("anvil_setBalance", &params).await?;
+        Ok(())
+    }
+
+    /// Sends `txs` in one block and checks every receipt against the plan. Returns the
+    /// receipts' contract addresses.
+    async fn block(&mut self, txs: &[Tx]) -> Result<Vec<Option<Address>>> {
+        if txs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut unknown: Vec<Address> = txs
+            .iter()
+            .map(|t| t.from)
+            .filter(|a| !self.nonces.contains_key(a))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        let params: Vec<(Address, &str)> = unknown.iter().map(|a| (*a, "latest")).collect();
+        let counts: Vec<U64> = self.rpc.batch("eth_getTransactionCount", &params).await?;
+        for (a, n) in unknown.into_iter().zip(counts) {
+            self.nonces.insert(a, n.to());
+        }
+        let params: Vec<(Value,)> = txs
+            .iter()
+            .map(|t| {
+                let nonce = self.nonces.get_mut(&t.from).expect("fetched above");
+                let mut j = json!({"from": t.from, "value": hexq(t.value), "input": t.data, "gas": "0x7a120", "nonce": format!("{:#x}", *nonce)});
+                *nonce += 1;
+                if let Some(to) = t.to {
+                    j["to"] = json!(to);
+                }
+                (j,)
+            })
+            .collect();
+        let hashes: Vec<B256> = self.rpc.batch("eth_sendTransaction", &params).await?;
+        let _: Value = self.rpc.call("evm_mine", ()).await?;
+        let receipts: Vec<Option<Value>> = self
+            .rpc
+            .batch(
+                "eth_getTransactionReceipt",
+                &hashes.iter().map(|h| (*h,)).collect::<Vec<_>>(),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(txs.len());
+        let mut block = None;
+        for ((t, r), h) in txs.iter().zip(receipts).zip(&hashes) {
+            let r = r.ok_or_else(|| Error::Internal {
+                what: format!("synth: transaction {h} was not mined"),
+            })?;
+            let ok = r["status"].as_str() == Some("0x1");
+            if ok == t.reverts {
+                return Err(Error::Internal {
+                    what: format!(
+                        "synth: transaction {h} from {} {} but was planned to {}",
+                        t.from,
+                        if ok { "succeeded" } else { "reverted" },
+                        if t.reverts { "revert" } else { "succeed" }
+                    ),
+                });
+            }
+            if !ok {
+                self.summary.reverted += 1;
+            }
+            let b: U64 =
+                serde_json::from_value(r["blockNumber"].clone()).map_err(|e| Error::Internal {
+                    what: format!("synth: receipt of {h}: {e}"),
+                })?;
+            if block.is_some_and(|x| x != b) {
+                return Err(Error::Internal {
+                    what: "synth: a planned block was mined as several".into(),
+                });
+            }
+            block = Some(b);
+            out.push(
+                r["contractAddress"]
+                    .as_str()
+                    .and_then(|a| a.parse::<Address>().ok()),
+            );
+        }
+        let b = block.map(|b| b.to::<u64>()).unwrap_or_default();
+        if self.summary.blocks == 0 {
+            self.summary.first_block = b;
+        }
+        self.summary.last_block = b;
+        self.summary.blocks += 1;
+        self.summary.transactions += txs.len() as u64;
+        Ok(out)
+    }
+}
+
+/// A planned cash-out flow.
+struct Flow {
+    scam: Address,
+    asset: String,
+    amount: u128,
+    /// Transfers from the scam address to the deposit address, as sent, hop by hop.
+    hops: Vec<Vec<Tx>>,
+    exit: Address,
+    hop_count: u32,
+    /// The deposit address's sweep into the hot wallet.
+    sweep: Tx,
+}
+
+/// Populates the node at `url` and writes the truth under `out/truth`.
+pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<EthSynthSummary> {
+    if cfg.users < 4 || cfg.exchanges == 0 || cfg.blocks == 0 {
+        return Err(Error::BadArguments {
+            what: "synth eth needs at least 4 users, 1 exchange and 1 block".into(),
+        });
+    }
+    let rpc = Rpc::connect(url, RetryPolicy::default()).await?;
+    let mut g = Gen {
+        rpc,
+        nonces: HashMap::new(),
+        rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+        entities: Vec::new(),
+        labels: Vec::new(),
+        summary: EthSynthSummary::default(),
+    };
+    let set = |m: &'static str, p: Value| (m, p);
+    for (m, p) in [
+        set("anvil_autoImpersonateAccount", json!([true])),
+        set("evm_setAutomine", json!([false])),
+    ] {
+        let _: Value = g.rpc.call(m, p).await.map_err(|e| Error::Internal {
+            what: format!("synth eth needs anvil's {m}: {e}"),
+        })?;
+    }
+
+    // The cast.
+    let deployer = g.fresh("deployer");
+    let hot: Vec<Address> = (0..cfg.exchanges)
+        .map(|i| {
+            let a = g.fresh(&format!("exchange-{i}"));
+            g.labels.push((a, format!("exchange-{i}-hot"), "exchange"));
+            a
+        })
+        .collect();
+    // Users: some with two wallets; each a customer of one exchange with a deposit address.
+    struct User {
+        wallets: Vec<Address>,
+        exchange: usize,
+        deposit: Address,
+    }
+    let mut users = Vec::new();
+    for i in 0..cfg.users {
+        let entity = format!("user-{i}");
+        let n = if g.rng.random_bool(0.25) { 2 } else { 1 };
+        let wallets: Vec<Address> = (0..n).map(|_| g.fresh(&entity)).collect();
+        let exchange = g.rng.random_range(0..cfg.exchanges);
+        let deposit = g.fresh(&entity);
+        users.push(User {
+            wallets,
+            exchange,
+            deposit,
+        });
+    }
+    let all: Vec<Address> = g.entities.iter().map(|e| e.0).collect();
+    g.fund(&all, 10_000 * ETH).await?;
+
+    // Contracts, and the stablecoin in everybody's wallets.
+    let created = g
+        .block(&[
+            Tx {
+                from: deployer,
+                to: None,
+                value: 0,
+                data: ferret_usd(),
+                reverts: false,
+            },
+            Tx {
+                from: deployer,
+                to: None,
+                value: 0,
+                data: splitter(),
+                reverts: false,
+            },
+        ])
+        .await?;
+    let (Some(usd), Some(split)) = (created[0], created[1]) else {
+        return Err(Error::Internal {
+            what: "synth: contract deployment returned no address".into(),
+        });
+    };
+    g.entities.push((usd, "contract-ferretusd".into()));
+    g.entities.push((split, "contract-splitter".into()));
+    let mint: Vec<Tx> = users
+        .iter()
+        .flat_map(|u| u.wallets.iter())
+        .map(|&w| {
+            Tx::call(
+                deployer,
+                usd,
+                0,
+                IFerretUSD::mintCall {
+                    to: w,
+                    value: U256::from(100_000 * USD),
+                }
+                .abi_encode(),
+            )
+        })
+        .collect();
+    for chunk in mint.chunks(200) {
+        g.block(chunk).await?;
+    }
+
+    // Scam operations: victims pay in the first blocks.
+    struct Op {
+        scam: Vec<Address>,
+        got_eth: HashMap<Address, u128>,
+        got_usd: HashMap<Address, u128>,
+        entity: String,
+    }
+    let mut ops = Vec::new();
+    for k in 0..cfg.scam_operations {
+        let entity = format!("scam-{k}");
+        let scam: Vec<Address> = (0..2).map(|_| g.fresh(&entity)).collect();
+        for (i, s) in scam.iter().enumerate() {
+            g.labels.push((*s, format!("scam-{k}-{i}"), "scam"));
+        }
+        ops.push(Op {
+            scam,
+            got_eth: HashMap::new(),
+            got_usd: HashMap::new(),
+            entity,
+        });
+    }
+
+    // Regular activity, with the scam's steps interleaved.
+    let mut pending_sweeps: Vec<(usize, Tx)> = Vec::new();
+    let mut flows: Vec<Flow> = Vec::new();
+    let layering_from = cfg.blocks / 3;
+    for b in 0..cfg.blocks {
+        let mut txs: Vec<Tx> = Vec::new();
+        // Sweeps due now.
+        let (due, later): (Vec<_>, Vec<_>) =
+            pending_sweeps.into_iter().partition(|(at, _)| *at <= b);
+        pending_sweeps = later;
+        txs.extend(due.into_iter().map(|(_, t)| t));
+        if b < layering_from {
+            // Victims pay the scam.
+            for op in &mut ops {
+                let n = cfg.victims.div_ceil(layering_from.max(1));
+                for _ in 0..n {
+                    let u = &users[g.rng.random_range(0..users.len())];
+                    let from = u.wallets[0];
+                    let to = op.scam[g.rng.random_range(0..op.scam.len())];
+                    if g.rng.random_bool(0.5) {
+                        let v = g.rng.random_range(1..=20) as u128 * ETH;
+                        *op.got_eth.entry(to).or_default() += v;
+                        txs.push(Tx::pay(from, to, v));
+                    } else {
+                        let v = g.rng.random_range(100..=5_000) as u128 * USD;
+                        *op.got_usd.entry(to).or_default() += v;
+                        txs.push(Tx::call(
+                            from,
+                            usd,
+                            0,
+                            IFerretUSD::transferCall {
+                                to,
+                                value: U256::from(v),
+                            }
+                            .abi_encode(),
+                        ));
+                    }
+                }
+            }
+        }
+        if b == layering_from {
+            // Plan every flow now; their hops go out one block after another.
+            for op in &ops {
+                for (assets, eth) in [(&op.got_eth, true), (&op.got_usd, false)] {
+                    for (&scam, &total) in assets {
+                        let per = total / (cfg.flows as u128 + 1);
+                        for _ in 0..cfg.flows {
+                            // Even amounts so splits in two are exact.
+                            let amount = per - per % 2;
+                            if amount == 0 {
+                                continue;
+                            }
+                            let exchange = g.rng.random_range(0..cfg.exchanges);
+                            let exit = g.fresh_funded(&op.entity).await?;
+                            let depth = g.rng.random_range(2..=5usize);
+                            let f = plan_flow(
+                                &mut g,
+                                &op.entity,
+                                scam,
+                                amount,
+                                depth,
+                                exit,
+                                eth,
+                                usd,
+                                split,
+                                hot[exchange],
+                            )
+                            .await?;
+                            flows.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        if b >= layering_from {
+            let step = b - layering_from;
+            for f in &flows {
+                if let Some(h) = f.hops.get(step) {
+                    txs.extend(h.iter().cloned());
+                }
+                if step == f.hops.len() {
+                    txs.push(f.sweep.clone());
+                }
+            }
+        }
+        // Everyday economy.
+        while txs.len() < cfg.txs_per_block {
+            let i = g.rng.random_range(0..users.len());
+            let j = (i + g.rng.random_range(1..users.len())) % users.len();
+            let from = users[i].wallets[g.rng.random_range(0..users[i].wallets.len())];
+            let to = users[j].wallets[0];
+            match g.rng.random_range(0..100) {
+                0..=34 => txs.push(Tx::pay(
+                    from,
+                    to,
+                    g.rng.random_range(1..=500) as u128 * ETH / 1000,
+                )),
+                35..=59 => {
+                    let v = g.rng.random_range(1..=300) as u128 * USD;
+                    txs.push(Tx::call(
+                        from,
+                        usd,
+                        0,
+                        IFerretUSD::transferCall {
+                            to,
+                            value: U256::from(v),
+                        }
+                        .abi_encode(),
+                    ));
+                }
+                60..=74 => {
+                    // A deposit to the user's own exchange account, swept a few blocks later.
+                    let u = &users[i];
+                    let eth = g.rng.random_bool(0.6);
+                    let v = if eth {
+                        g.rng.random_range(1..=2000) as u128 * ETH / 1000
+                    } else {
+                        g.rng.random_range(10..=2000) as u128 * USD
+                    };
+                    let (dep, sweep) = if eth {
+                        (
+                            Tx::pay(from, u.deposit, v),
+                            Tx::pay(u.deposit, hot[u.exchange], v),
+                        )
+                    } else {
+                        (
+                            Tx::call(
+                                from,
+                                usd,
+                                0,
+                                IFerretUSD::transferCall {
+                                    to: u.deposit,
+                                    value: U256::from(v),
+                                }
+                                .abi_encode(),
+                            ),
+                            Tx::call(
+                                u.deposit,
+                                usd,
+                                0,
+                                IFerretUSD::transferCall {
+                                    to: hot[u.exchange],
+                                    value: U256::from(v),
+                                }
+                                .abi_encode(),
+                            ),
+                        )
+                    };
+                    txs.push(dep);
+                    pending_sweeps.push((b + g.rng.random_range(1..=4), sweep));
+                }
+                75..=84 => {
+                    // A withdrawal.
+                    let x = g.rng.random_range(0..hot.len());
+                    txs.push(Tx::pay(
+                        hot[x],
+                        to,
+                        g.rng.random_range(1..=3000) as u128 * ETH / 1000,
+                    ));
+                }
+                85..=94 => {
+                    // A multisend through the splitter: internal transfers.
+                    let k = g.rng.random_range(2..=4usize);
+                    let to: Vec<Address> = (0..k)
+                        .map(|_| users[g.rng.random_range(0..users.len())].wallets[0])
+                        .collect();
+                    let share = g.rng.random_range(1..=100) as u128 * ETH / 1000;
+                    txs.push(Tx::call(
+                        from,
+                        split,
+                        share * k as u128,
+                        ISplitter::splitCall { to }.abi_encode(),
+                    ));
+                }
+                _ => {
+                    // A reverted transfer: more stablecoin than anybody has.
+                    let mut t = Tx::call(
+                        from,
+                        usd,
+                        0,
+                        IFerretUSD::transferCall {
+                            to,
+                            value: U256::from(u128::MAX / 2),
+                        }
+                        .abi_encode(),
+                    );
+                    t.reverts = true;
+                    txs.push(t);
+                }
+            }
+        }
+        g.block(&txs).await?;
+    }
+    // Flows that did not finish within the blocks, and the last sweeps.
+    let mut step = cfg.blocks.saturating_sub(layering_from);
+    loop {
+        let mut txs: Vec<Tx> = Vec::new();
+        for f in &flows {
+            if let Some(h) = f.hops.get(step) {
+                txs.extend(h.iter().cloned());
+            }
+            if step == f.hops.len() {
+                txs.push(f.sweep.clone());
+            }
+        }
+        txs.extend(pending_sweeps.drain(..).map(|(_, t)| t));
+        if txs.is_empty() {
+            break;
+        }
+        g.block(&txs).await?;
+        step += 1;
+    }
+    let _: Value = g.rpc.call("evm_setAutomine", json!([true])).await?;
+
+    // Truth.
+    let dir = out.join("truth");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut labels = String::from("address,label,category\n");
+    for (a, l, c) in &g.labels {
+        let _ = writeln!(labels, "{a:#x},{l},{c}");
+    }
+    let mut entities = String::from("address,entity_id\n");
+    for (a, e) in &g.entities {
+        let _ = writeln!(entities, "{a:#x},{e}");
+    }
+    let mut cashouts = String::from("scam,exit,asset,amount,hops\n");
+    for f in &flows {
+        let _ = writeln!(
+            cashouts,
+            "{:#x},{:#x},{},{},{}",
+            f.scam, f.exit, f.asset, f.amount, f.hop_count
+        );
+    }
+    for (name, body) in [
+        ("labels.csv", labels),
+        ("entities.csv", entities),
+        ("cashouts.csv", cashouts),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
+    }
+    g.summary.cashouts = flows.len();
+    Ok(g.summary)
+}
+
+/// Plans one layering flow of `amount` from `scam` to the deposit address `exit` over
+/// `depth` hops of fresh intermediaries (ETH: one hop goes through a fresh splitter
+/// contract of the operator's, two halves that merge again; the stablecoin: a split into
+/// two wallets that merge), then a sweep into the hot wallet.
+#[allow(clippy::too_many_arguments)]
+async fn plan_flow(
+    g: &mut Gen,
+    entity: &str,
+    scam: Address,
+    amount: u128,
+    depth: usize,
+    exit: Address,
+    eth: bool,
+    usd: Address,
+    shared_splitter: Address,
+    hot: Address,
+) -> Result<Flow> {
+    let _ = shared_splitter;
+    let send = |from: Address, to: Address, v: u128| {
+        if eth {
+            Tx::pay(from, to, v)
+        } else {
+            Tx::call(
+                from,
+                usd,
+                0,
+                IFerretUSD::transferCall {
+                    to,
+                    value: U256::from(v),
+                }
+                .abi_encode(),
+            )
+        }
+    };
+    let mut hops: Vec<Vec<Tx>> = Vec::new();
+    let mut cur = scam;
+    let mut hop_count = 0u32;
+    // The middle of the path splits in two and merges again: 2 extra transfers deep.
+    let split_at = if depth >= 3 { Some(1usize) } else { None };
+    let mut i = 0usize;
+    while i < depth {
+        let last = i + 1 == depth;
+        let next = if last {
+            exit
+        } else {
+            g.fresh_funded(entity).await?
+        };
+        if split_at == Some(i) && !last {
+            let a = g.fresh_funded(entity).await?;
+            let b = g.fresh_funded(entity).await?;
+            if eth {
+                // A splitter contract of the operator's own: cur → splitter → a, b.
+                let created = g
+                    .block(&[Tx {
+                        from: cur,
+                        to: None,
+                        value: 0,
+                        data: splitter(),
+                        reverts: false,
+                    }])
+                    .await?;
+                let sp = created[0].ok_or_else(|| Error::Internal {
+                    what: "synth: splitter deployment returned no address".into(),
+                })?;
+                g.entities.push((sp, entity.to_string()));
+                hops.push(vec![Tx::call(
+                    cur,
+                    sp,
+                    amount,
+                    ISplitter::splitCall { to: vec![a, b] }.abi_encode(),
+                )]);
+                hop_count += 2;
+            } else {
+                hops.push(vec![send(cur, a, amount / 2), send(cur, b, amount / 2)]);
+                hop_count += 1;
+            }
+            hops.push(vec![send(a, next, amount / 2), send(b, next, amount / 2)]);
+            hop_count += 1;
+            i += 2;
+        } else {
+            hops.push(vec![send(cur, next, amount)]);
+            hop_count += 1;
+            i += 1;
+        }
+        cur = next;
+    }
+    if cur != exit {
+        hops.push(vec![send(cur, exit, amount)]);
+        hop_count += 1;
+    }
+    Ok(Flow {
+        scam,
+        asset: if eth {
+            "ETH".into()
+        } else {
+            format!("{usd:#x}")
+        },
+        amount,
+        hops,
+        exit,
+        hop_count,
+        sweep: send(exit, hot, amount),
+    })
+}
