@@ -28,6 +28,9 @@ pub struct DemoArgs {
     /// Where the kernels run: auto (a hardware GPU if any, else CPU), gpu, cpu.
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
+    /// Skip the Ethereum part (it runs when anvil is installed: see FERRET_ANVIL).
+    #[arg(long)]
+    no_eth: bool,
 }
 
 const QUERIES: &[(&str, &str)] = &[
@@ -136,10 +139,133 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         println!();
     }
     kernels(&a, &wh).await?;
+    if a.no_eth {
+        println!("-- Ethereum: skipped (--no-eth)\n");
+    } else if ferret_indexer::eth::anvil::find_anvil().is_none() {
+        println!(
+            "-- Ethereum: skipped (anvil not found: scripts/test.sh installs it; or set FERRET_ANVIL)\n"
+        );
+    } else {
+        ethereum(&a, &wh).await?;
+    }
     println!(
         "Try your own: ferret sql --warehouse {} \"SELECT * FROM exits ORDER BY tainted_value DESC LIMIT 5\"",
         a.warehouse
     );
+    Ok(())
+}
+
+/// The Ethereum part: a local anvil node driven through an economy with planted scams,
+/// indexed into the same warehouse, deposit-address clusters, and taint from the scam
+/// labels to the exchanges in ETH and in the stablecoin, checked against the truth.
+async fn ethereum(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
+    use ferret_indexer::eth::{EthOptions, index_eth};
+    use ferret_kernels::account::deposit::{DepositRule, cluster_eth};
+    use ferret_kernels::account::job::{EthTaintJob, taint_eth, write_eth_taint};
+
+    // A fixed genesis time: the same seed gives the same chain on every run.
+    let node = ferret_indexer::eth::anvil::Anvil::start(&["--timestamp", "1700000000"])
+        .await
+        .context("starting anvil")?;
+    let dir = a.dir.join("eth");
+    let cfg = ferret_indexer::synth::eth::EthSynthConfig {
+        seed: a.seed,
+        ..Default::default()
+    };
+    let s = ferret_indexer::synth::eth::generate(node.url(), &cfg, &dir)
+        .await
+        .context("driving anvil through the Ethereum scenario")?;
+    println!(
+        "-- Ethereum: anvil at {} mined {} blocks, {} transactions ({} reverted), {} planted cash-outs",
+        node.url(),
+        s.blocks,
+        s.transactions,
+        s.reverted,
+        s.cashouts
+    );
+    let mut opts = EthOptions::new(node.url());
+    opts.progress = true;
+    let summary = index_eth(wh, &opts, None)
+        .await
+        .context("indexing the Ethereum scenario")?;
+    println!("{summary}\n");
+    let labels = dir.join("truth").join("labels.csv");
+    ferret_indexer::labels::import(wh, &[labels], &Default::default(), false)
+        .await
+        .context("importing the Ethereum labels")?;
+    let backend = ferret_kernels::device::select(a.device)?;
+    let d = cluster_eth(wh, &backend, &DepositRule::default())
+        .await
+        .context("deposit-address clustering")?;
+    let run = ferret_kernels::cluster::write_clusters(wh, &d.clusters).await?;
+    println!(
+        "-- Deposit-address clusters: {} deposit addresses, {} addresses in {} clusters; run {run}\n",
+        d.deposit_addresses.len(),
+        d.clusters.addresses.len(),
+        d.clusters.count()
+    );
+    let ctx = ferret_query::session(wh).await?;
+    let path = dir.join("truth").join("cashouts.csv");
+    let url = path.to_str().context("demo dir is not valid UTF-8")?;
+    ctx.register_csv("truth_eth_cashouts", url, datafusion_csv_options())
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let assets = ferret_query::run_sql(
+        &ctx,
+        "SELECT DISTINCT asset FROM truth_eth_cashouts ORDER BY asset",
+    )
+    .await?;
+    let mut names = Vec::new();
+    for r in &assets {
+        for b in &r.batches {
+            let col = arrow::array::AsArray::as_string::<i32>(b.column(0));
+            names.extend(col.iter().flatten().map(str::to_string));
+        }
+    }
+    for asset in names {
+        let job = EthTaintJob {
+            asset: asset.clone(),
+            seed_categories: vec!["scam".into()],
+            stop_categories: vec!["exchange".into()],
+            ..Default::default()
+        };
+        let run = taint_eth(wh, &backend, &job).await.context("eth taint")?;
+        let run_id = write_eth_taint(wh, &run).await?;
+        let unit = if asset == "ETH" { "ETH" } else { "fUSD" };
+        let scale = if asset == "ETH" { 1e18 } else { 1e6 };
+        println!(
+            "-- Taint (haircut pools) of {unit} from every `scam` address, stopping at `exchange` addresses; run {run_id}"
+        );
+        for e in &run.exits {
+            println!(
+                "   {:<44} {:<16} {:>14.2} {unit}  min hop {}",
+                e.address,
+                e.label,
+                e.tainted_value / scale,
+                e.min_hop
+            );
+        }
+        let ctx = ferret_query::session(wh).await?;
+        ctx.register_csv("truth_eth_cashouts", url, datafusion_csv_options())
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        println!(
+            "-- Planted {unit} cash-outs found (same deposit address, same hop, amount within 1%)"
+        );
+        let sql = format!(
+            "SELECT count(*) AS planted, count(t.address) AS found_by_taint,
+                    count(*) FILTER (WHERE t.hop = c.hops) AS at_planted_hop,
+                    count(*) FILTER (WHERE abs(t.tainted_value - CAST(c.amount AS DOUBLE)) <= 0.01 * CAST(c.amount AS DOUBLE)) AS amount_within_1pct
+             FROM truth_eth_cashouts c LEFT JOIN eth_taint t ON t.address = c.exit
+             WHERE c.asset = '{asset}'"
+        );
+        let results = ferret_query::run_sql(&ctx, &sql).await?;
+        let mut out = std::io::stdout().lock();
+        for r in &results {
+            ferret_query::output::write(Format::Table, &r.schema, &r.batches, &mut out)?;
+        }
+        println!();
+    }
     Ok(())
 }
 

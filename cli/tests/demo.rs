@@ -71,11 +71,44 @@ fn demo_finds_every_planted_cashout() {
         );
     }
 
+    // The Ethereum part (where anvil is installed; CI requires it): every planted cash-out
+    // found at its deposit address, at its hop, with its amount, in ETH and the stablecoin.
+    if ferret_indexer::eth::anvil::find_anvil().is_some() || common::require_all() {
+        for unit in ["ETH", "fUSD"] {
+            let section = stdout
+                .split(&format!("-- Planted {unit} cash-outs found"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {unit} section:\n{stdout}"));
+            let row: Vec<u64> = section
+                .lines()
+                .find(|l| {
+                    l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit())
+                })
+                .expect("data row")
+                .split('|')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect();
+            assert!(row[0] >= 6, "{unit}: {row:?}");
+            assert_eq!(
+                row,
+                vec![row[0]; 4],
+                "{unit}: planted, found, at hop, within 1%"
+            );
+        }
+    }
+
     // Rerunning the demo is incremental: nothing new to index, same answers.
     let again = common::ferret(&args);
     assert!(again.status.success());
     let again = String::from_utf8_lossy(&again.stdout);
-    assert!(again.contains("nothing new to index"), "{again}");
+    assert!(again.contains("nothing new to index (regtest)"), "{again}");
+    if stdout.contains("-- Ethereum: anvil") {
+        // The same seed on a fresh node is the same chain: nothing new either.
+        assert!(
+            again.contains("nothing new to index (chain 31337)"),
+            "{again}"
+        );
+    }
     // The same answers (the kernel sections carry fresh run ids; compare the SQL part).
     let sql_part = |s: &str| {
         s.split("-- The warehouse")

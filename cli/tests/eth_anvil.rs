@@ -449,7 +449,9 @@ async fn follow_mode_survives_a_reorganisation() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut o = options(node.url(), TraceMode::Auto);
     o.follow = true;
-    o.commit_blocks = 2;
+    // Commits of 4 blocks: the reorganisation at 5 cuts through the file of 4..=7, which is
+    // rewritten without its last blocks.
+    o.commit_blocks = 4;
     let follower = {
         let wh = wh.clone();
         tokio::spawn(async move { index_eth(&wh, &o, Some(stop_rx)).await })
@@ -485,6 +487,17 @@ async fn follow_mode_survives_a_reorganisation() {
     let summary = follower.await.expect("join").expect("follow");
     assert!(summary.reorgs >= 1, "{summary}");
     assert!(summary.unwound_blocks >= 3, "{summary}");
+    let m = wh
+        .load_manifest(Chain::Eth)
+        .await
+        .expect("load")
+        .expect("manifest");
+    assert!(
+        m.files_of("transactions")
+            .any(|f| f.first_height == 4 && f.last_height == 5),
+        "the file across the fork point was cut at it: {:?}",
+        m.files_of("transactions").collect::<Vec<_>>()
+    );
     let tip = tip_of(wh.clone()).await.expect("tip");
     let node_tip = d
         .rpc()

@@ -141,6 +141,11 @@ impl Warehouse {
         self.read_parquet(path, Some(columns)).await
     }
 
+    /// Reads every column of one committed Parquet file.
+    pub async fn read_file(&self, path: &str) -> Result<Vec<arrow::array::RecordBatch>> {
+        self.read_parquet(path, None).await
+    }
+
     /// Reads one Parquet file: the named columns in the order given, or all of them.
     async fn read_parquet(
         &self,

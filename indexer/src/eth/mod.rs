@@ -549,8 +549,7 @@ async fn truncate_file(
             reason: format!("unknown table {}", f.table),
         })?;
     let schema = table.schema();
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let batches = wh.read_columns(&f.path, &names).await?;
+    let batches = wh.read_file(&f.path).await?;
     let path = layout::data_file_of_commit(wh.root(), table, f.first_height, ancestor, seq);
     let mut w = TableWriter::create_at(wh, table, path, f.first_height, ancestor)?;
     let limit = Int64Array::new_scalar(i64::try_from(ancestor).unwrap_or(i64::MAX));

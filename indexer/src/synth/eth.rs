@@ -20,7 +20,7 @@
 //! address to the deposit address it cashed out at, amount in base units, hops in
 //! transfers).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -271,6 +271,9 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
     for (m, p) in [
         set("anvil_autoImpersonateAccount", json!([true])),
         set("evm_setAutomine", json!([false])),
+        // Block times from the genesis time in steps of 12 s: on a node started with a fixed
+        // `--timestamp`, the same seed gives the same chain, hashes and all.
+        set("anvil_setBlockTimestampInterval", json!([12])),
     ] {
         let _: Value = g.rpc.call(m, p).await.map_err(|e| Error::Internal {
             what: format!("synth eth needs anvil's {m}: {e}"),
@@ -357,8 +360,9 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
     // Scam operations: victims pay in the first blocks.
     struct Op {
         scam: Vec<Address>,
-        got_eth: HashMap<Address, u128>,
-        got_usd: HashMap<Address, u128>,
+        // Ordered maps: the plan must not depend on hashing (same seed, same chain).
+        got_eth: BTreeMap<Address, u128>,
+        got_usd: BTreeMap<Address, u128>,
         entity: String,
     }
     let mut ops = Vec::new();
@@ -370,8 +374,8 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
         }
         ops.push(Op {
             scam,
-            got_eth: HashMap::new(),
-            got_usd: HashMap::new(),
+            got_eth: BTreeMap::new(),
+            got_usd: BTreeMap::new(),
             entity,
         });
     }
