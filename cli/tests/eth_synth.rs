@@ -164,6 +164,34 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
             }
         }
     }
+    // The same from SQL: eth_taint(...) computes what the stored run holds.
+    let eth_cashouts: Vec<&HashMap<String, String>> =
+        cashouts.iter().filter(|c| c["asset"] == "ETH").collect();
+    let from_sql = common::query(
+        &wh,
+        "SELECT address, hop FROM eth_taint('category:scam', 'haircut', 'ETH', NULL, 'forward', 'exchange') ORDER BY address",
+    )
+    .await;
+    let hops: HashMap<&str, &str> = from_sql.iter().filter_map(|r| r.split_once('|')).collect();
+    for c in eth_cashouts {
+        assert_eq!(
+            hops.get(c["exit"].as_str()),
+            Some(&c["hops"].as_str()),
+            "SQL eth_taint: {c:?}"
+        );
+    }
+    let err = ferret_query::run_sql(
+        &ferret_query::session(&wh).await.expect("session"),
+        "SELECT * FROM eth_taint('category:scam', 'fifo')",
+    )
+    .await
+    .expect_err("fifo is not an account policy");
+    assert!(
+        err.to_string()
+            .contains("unknown policy `fifo` for accounts"),
+        "{err}"
+    );
+
     // Poison over every asset reaches every exit too.
     ok(common::ferret(&[
         "taint",

@@ -7,6 +7,11 @@
 //!   `haircut` (default) or `fifo`; `hops` NULL for no limit; `direction` `forward`
 //!   (default) or `backward`; `stop_at` comma-separated label categories; `min_value` in
 //!   sats.
+//! - `eth_taint(seeds [, policy [, asset [, hops [, direction [, stop_at [, min_value]]]]]])`:
+//!   an account taint run over `eth.transfers`, one row per address reached (the
+//!   `eth_taint` table's columns, `run_id` = `sql`). `seeds`: addresses and
+//!   `category:NAME` entries; `policy` `haircut` (default) or `poison`; `asset` `ETH`
+//!   (default), a token contract or `*` (poison only); `min_value` in the asset's base unit.
 //! - `clusters([coinjoin_rule])`: common-input-ownership clusters computed now (the
 //!   `clusters` table's columns); `clusters(false)` links CoinJoin inputs too.
 //! - `cluster_of(address)`: the cluster id of an address in the stored `clusters` table
@@ -147,6 +152,68 @@ impl TableFunctionImpl for TaintFunction {
     }
 }
 
+/// `eth_taint(...)`.
+#[derive(Debug)]
+struct EthTaintFunction {
+    wh: Warehouse,
+}
+
+impl TableFunctionImpl for EthTaintFunction {
+    fn call(&self, args: &[Expr]) -> Result<Arc<dyn TableProvider>> {
+        use ferret_kernels::account::job::EthTaintJob;
+        const F: &str = "eth_taint(seeds, policy, asset, hops, direction, stop_at, min_value)";
+        if args.is_empty() || args.len() > 7 {
+            return plan_err!("{F} takes 1 to 7 arguments, got {}", args.len());
+        }
+        let Some(seeds) = text_arg(F, args, 0, "seeds")? else {
+            return plan_err!("{F}: seeds must not be NULL");
+        };
+        let mut job = EthTaintJob::default();
+        for s in split(&seeds) {
+            match s.strip_prefix("category:") {
+                Some(c) => job.seed_categories.push(c.to_string()),
+                None => job.seed_addresses.push(s.to_ascii_lowercase()),
+            }
+        }
+        if job.seed_addresses.is_empty() && job.seed_categories.is_empty() {
+            return plan_err!("{F}: no seeds in `{seeds}`");
+        }
+        let parse_err = |e: String| DataFusionError::Plan(format!("{F}: {e}"));
+        if let Some(p) = text_arg(F, args, 1, "policy")? {
+            job.policy = p.parse().map_err(parse_err)?;
+        }
+        if let Some(a) = text_arg(F, args, 2, "asset")? {
+            job.asset = if a == "*" || a.eq_ignore_ascii_case("eth") {
+                a.to_ascii_uppercase()
+            } else {
+                a.to_ascii_lowercase()
+            };
+        }
+        if let Some(h) = int_arg(F, args, 3, "hops")? {
+            job.max_hops = Some(u32::try_from(h).map_err(|_| {
+                DataFusionError::Plan(format!("{F}: hops must be between 0 and 2^32 - 1, got {h}"))
+            })?);
+        }
+        if let Some(d) = text_arg(F, args, 4, "direction")? {
+            job.direction = d.parse().map_err(parse_err)?;
+        }
+        if let Some(s) = text_arg(F, args, 5, "stop_at")? {
+            job.stop_categories = split(&s).collect();
+        }
+        if let Some(m) = int_arg(F, args, 6, "min_value")? {
+            if m < 0 {
+                return plan_err!("{F}: min_value must be ≥ 0, got {m}");
+            }
+            job.min_value = m as f64;
+        }
+        Ok(Arc::new(KernelTable::new(
+            &self.wh,
+            ferret_schemas::results::eth_taint_schema(),
+            Kind::EthTaint(job),
+        )))
+    }
+}
+
 /// `clusters(...)`.
 #[derive(Debug)]
 struct ClustersFunction {
@@ -175,6 +242,7 @@ impl TableFunctionImpl for ClustersFunction {
 #[derive(Debug, Clone)]
 enum Kind {
     Taint(TaintJob),
+    EthTaint(ferret_kernels::account::job::EthTaintJob),
     /// With the CoinJoin rule on?
     Clusters(bool),
 }
@@ -207,6 +275,13 @@ impl KernelTable {
                     .await
                     .map_err(kernel_err)?;
                 ferret_kernels::taint::job::taint_batch(&run, "sql").map_err(kernel_err)
+            }
+            Kind::EthTaint(job) => {
+                use ferret_kernels::account::job::{eth_taint_batch, taint_eth};
+                let run = taint_eth(&self.wh, &backend, job)
+                    .await
+                    .map_err(kernel_err)?;
+                eth_taint_batch(&run, "sql").map_err(kernel_err)
             }
             Kind::Clusters(enabled) => {
                 use ferret_kernels::cluster::{CoinJoinRule, cluster_btc, clusters_batch};
@@ -354,9 +429,10 @@ async fn cluster_ids(wh: &Warehouse) -> Result<HashMap<String, i64>> {
     Ok(clusters.into_iter().map(|(a, (id, _))| (a, id)).collect())
 }
 
-/// Registers `taint`, `clusters` (table functions) and `cluster_of` in `ctx`.
+/// Registers `taint`, `eth_taint`, `clusters` (table functions) and `cluster_of` in `ctx`.
 pub async fn register_functions(ctx: &SessionContext, wh: &Warehouse) -> Result<()> {
     ctx.register_udtf("taint", Arc::new(TaintFunction { wh: wh.clone() }));
+    ctx.register_udtf("eth_taint", Arc::new(EthTaintFunction { wh: wh.clone() }));
     ctx.register_udtf("clusters", Arc::new(ClustersFunction { wh: wh.clone() }));
     ctx.register_udf(ScalarUDF::new_from_impl(ClusterOf {
         signature: Signature::string(1, Volatility::Stable),
