@@ -97,18 +97,24 @@ async fn run_scenario(d: &Driver) -> Scenario {
         let s = d.wait(h).await.expect("mined");
         assert!(!s.success && s.block == 9, "{s:?}");
     }
-    // Block 10: three transactions in one block.
-    let p = d
-        .send(a[0], Some(a[9]), eth(2000), none.clone(), None)
+    // Block 10: three transactions in one block, of three types: a legacy payment (type 0),
+    // an access-list NFT mint (type 1) and an EIP-1559 NFT move (type 2).
+    let legacy = serde_json::json!({"from": a[0], "to": a[9], "value": eth(2000), "gasPrice": "0x77359400", "type": "0x0"});
+    let p: alloy::primitives::B256 = d
+        .rpc()
+        .call("eth_sendTransaction", (legacy,))
         .await
-        .expect("pay");
+        .expect("legacy pay");
     let m = IFerretNFT::mintCall {
         to: a[5],
         tokenId: U256::from(7),
     }
     .abi_encode();
-    let m = d
-        .send(a[0], Some(nft), U256::ZERO, m.into(), Some(200_000))
+    let with_list = serde_json::json!({"from": a[0], "to": nft, "input": Bytes::from(m), "gas": "0x30d40",
+        "gasPrice": "0x77359400", "accessList": [{"address": nft, "storageKeys": []}], "type": "0x1"});
+    let m: alloy::primitives::B256 = d
+        .rpc()
+        .call("eth_sendTransaction", (with_list,))
         .await
         .expect("nft mint");
     let t = IFerretNFT::transferFromCall {
@@ -186,6 +192,15 @@ async fn scenario_tables_are_exactly_what_happened() {
     assert_eq!(
         common::query(&wh, "SELECT block_number, COUNT(*), COUNT(success) FILTER (WHERE NOT success) FROM eth.transactions GROUP BY 1 ORDER BY 1").await,
         ["1|1|0", "2|1|0", "3|1|0", "4|1|0", "5|1|0", "6|1|0", "7|1|0", "8|1|0", "9|2|2", "10|3|0"]
+    );
+    assert_eq!(
+        common::query(
+            &wh,
+            "SELECT transaction_type, gas_price IS NOT NULL, max_fee_per_gas IS NOT NULL FROM eth.transactions \
+             WHERE block_number = 10 ORDER BY transaction_index"
+        )
+        .await,
+        ["0|true|false", "1|true|false", "2|false|true"]
     );
     assert_eq!(
         common::query(&wh, "SELECT contract_address FROM eth.transactions WHERE to_address IS NULL ORDER BY block_number").await,
