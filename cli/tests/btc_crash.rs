@@ -123,16 +123,3 @@ async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
     listed.sort();
     assert_eq!(on_disk, listed);
 }
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read dir") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}

@@ -1,0 +1,136 @@
+//! A real `ferret index eth` process killed with SIGKILL at several points and rerun gives
+//! exactly the tables of an uninterrupted run, and leaves exactly the committed files.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferret_indexer::eth::{EthOptions, index_eth};
+use ferret_indexer::synth::eth::{EthSynthConfig, generate};
+use ferret_schemas::{Chain, Warehouse};
+
+fn index_cmd(rpc: &str, wh: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferret"));
+    c.args([
+        "index",
+        "eth",
+        "--rpc",
+        rpc,
+        "--warehouse",
+        wh,
+        "--commit-blocks",
+        "2",
+        "--batch",
+        "1",
+        "--concurrency",
+        "1",
+    ])
+    .env("FERRET_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
+    let Some(node) = anvil(&[]).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    generate(
+        node.url(),
+        &EthSynthConfig {
+            seed: 3,
+            ..Default::default()
+        },
+        tmp.path(),
+    )
+    .await
+    .expect("scenario");
+
+    // Reference: uninterrupted, in one commit (the file layout must not matter).
+    let reference = Warehouse::open("memory://eth-crash-reference").expect("open");
+    index_eth(&reference, &EthOptions::new(node.url()), None)
+        .await
+        .expect("index");
+
+    let probe = tmp.path().join("probe");
+    let t = Instant::now();
+    assert!(
+        index_cmd(node.url(), probe.to_str().expect("utf8"))
+            .status()
+            .expect("run")
+            .success()
+    );
+    let full = t.elapsed();
+
+    let wh_path = tmp.path().join("crashy");
+    let wh_s = wh_path.to_str().expect("utf8");
+    let mut kills = 0;
+    let mut tips = Vec::new();
+    for i in 1..=6u32 {
+        let mut child = index_cmd(node.url(), wh_s).spawn().expect("spawn");
+        std::thread::sleep(
+            full.mul_f64(0.12 * f64::from(i)).min(full) / 2 + Duration::from_millis(10),
+        );
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        child.wait().expect("reap");
+        let wh = Warehouse::open(wh_s).expect("open");
+        tips.push(
+            wh.load_manifest(Chain::Eth)
+                .await
+                .expect("manifest")
+                .and_then(|m| m.tip)
+                .map(|t| t.height),
+        );
+    }
+    eprintln!("killed {kills} times; committed tips after each: {tips:?}");
+    assert!(
+        kills >= 3,
+        "the kills must land mid-run (full run {full:?})"
+    );
+    assert!(index_cmd(node.url(), wh_s).status().expect("run").success());
+
+    let crashy = Warehouse::open(wh_s).expect("open");
+    assert_eq!(
+        dump_chain(&reference, Chain::Eth).await,
+        dump_chain(&crashy, Chain::Eth).await
+    );
+
+    // Exactly the committed files are left (plus the one manifest).
+    let m = crashy
+        .load_manifest(Chain::Eth)
+        .await
+        .expect("load")
+        .expect("committed");
+    let root = crashy.root().to_string();
+    let mut on_disk: Vec<String> = walk(&wh_path)
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(&wh_path)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = m
+        .files
+        .iter()
+        .map(|f| {
+            f.path
+                .strip_prefix(&root)
+                .expect("rooted")
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
+    listed.push(format!("eth/_state/manifest-{:020}.json", m.seq));
+    listed.sort();
+    assert_eq!(on_disk, listed);
+}
