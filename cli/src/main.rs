@@ -182,7 +182,7 @@ enum TaintCmd {
 }
 
 #[derive(Args)]
-struct TaintEthArgs {
+struct EthTaintArgs {
     /// Warehouse URL.
     #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
     warehouse: String,
@@ -215,9 +215,27 @@ struct TaintEthArgs {
     /// Where the kernel runs: auto, gpu, cpu.
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
+}
+
+#[derive(Args)]
+struct TaintEthArgs {
+    #[command(flatten)]
+    taint: EthTaintArgs,
     /// Rows of the exits report to print.
     #[arg(long, default_value_t = 20)]
     top: usize,
+}
+
+#[derive(Args)]
+struct TraceEthArgs {
+    #[command(flatten)]
+    taint: EthTaintArgs,
+    /// Output path prefix: writes PREFIX.svg, PREFIX.html and PREFIX.dot.
+    #[arg(long, default_value = "trace")]
+    out: PathBuf,
+    /// Nodes to draw at most; smaller ones are folded per hop.
+    #[arg(long, default_value_t = 60)]
+    max_nodes: usize,
 }
 
 #[derive(Args)]
@@ -233,6 +251,8 @@ struct TaintBtcArgs {
 enum TraceCmd {
     /// Bitcoin: the taint run's flow, clusters drawn as one node each.
     Btc(TraceBtcArgs),
+    /// Ethereum: the account taint run's flow, deposit clusters drawn as one node each.
+    Eth(TraceEthArgs),
 }
 
 #[derive(Args)]
@@ -590,8 +610,11 @@ async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::j
     Ok((wh, run))
 }
 
-async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
-    use ferret_kernels::account::job::{EthTaintJob, taint_eth, write_eth_taint};
+/// Runs the Ethereum taint job the arguments describe.
+async fn eth_taint_run(
+    a: &EthTaintArgs,
+) -> Result<(Warehouse, ferret_kernels::account::job::EthTaintRun)> {
+    use ferret_kernels::account::job::{EthTaintJob, taint_eth};
     if a.seed.is_empty() && a.seed_category.is_empty() {
         bail!("give seeds: --seed ADDRESS (repeatable) or --seed-category CATEGORY");
     }
@@ -617,6 +640,20 @@ async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
     let run = taint_eth(&wh, &backend, &job)
         .await
         .context("tracing eth taint")?;
+    Ok((wh, run))
+}
+
+async fn trace_eth_cmd(a: TraceEthArgs) -> Result<()> {
+    let (wh, run) = eth_taint_run(&a.taint).await?;
+    let line = draw_trace(&wh, "eth", &run.trace_run(), &a.out, a.max_nodes).await?;
+    println!("{line}");
+    Ok(())
+}
+
+async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
+    use ferret_kernels::account::job::write_eth_taint;
+    let (wh, run) = eth_taint_run(&a.taint).await?;
+    let job = &run.job;
     let run_id = write_eth_taint(&wh, &run).await?;
     let unit = if job.asset == "ETH" { 1e18 } else { 1.0 };
     let unit_name = if job.asset == "ETH" {
@@ -756,8 +793,20 @@ pub(crate) async fn write_trace(
     prefix: &std::path::Path,
     max_nodes: usize,
 ) -> Result<String> {
+    draw_trace(wh, "btc", &run.into(), prefix, max_nodes).await
+}
+
+/// Draws a run of `chain` (clusters and labels from the warehouse) into PREFIX.svg, .html
+/// and .dot; returns a one-line summary.
+pub(crate) async fn draw_trace(
+    wh: &Warehouse,
+    chain: &str,
+    run: &ferret_kernels::taint::trace::TraceRun,
+    prefix: &std::path::Path,
+    max_nodes: usize,
+) -> Result<String> {
     use ferret_kernels::taint::trace::{Picture, TraceInput};
-    let input = TraceInput::load(wh, max_nodes).await?;
+    let input = TraceInput::load(wh, chain, max_nodes).await?;
     let pic = Picture::new(run, &input);
     let mut written = Vec::new();
     for (ext, body) in [
@@ -773,11 +822,11 @@ pub(crate) async fn write_trace(
         written.push(path.display().to_string());
     }
     Ok(format!(
-        "{} nodes, {} edges ({} folded) from {} tainted outputs and {} exits: {}",
+        "{} nodes, {} edges ({} folded) from {} and {} exits: {}",
         pic.nodes(),
         pic.edges(),
         pic.hidden(),
-        run.outputs.len(),
+        run.reached,
         run.exits.len(),
         written.join(", ")
     ))
@@ -882,6 +931,7 @@ fn main() -> ExitCode {
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,
             Command::Taint(TaintCmd::Eth(a)) => taint_eth_cmd(a).await,
             Command::Trace(TraceCmd::Btc(a)) => trace_btc_cmd(a).await,
+            Command::Trace(TraceCmd::Eth(a)) => trace_eth_cmd(a).await,
             Command::Labels(LabelsCmd::Import(a)) => labels_import_cmd(a).await,
             Command::Sql(a) => sql_cmd(a).await,
             Command::Demo(a) => demo::run(a).await,

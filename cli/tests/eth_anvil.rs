@@ -368,6 +368,31 @@ async fn scenario_tables_are_exactly_what_happened() {
             "{policy}"
         );
     }
+    // The picture: seed → splitter → recipients and the exchange, amounts in ETH.
+    let prefix = tmp.path().join("trace");
+    let line = ok_stdout(common::ferret(&[
+        "trace",
+        "eth",
+        "--warehouse",
+        wh_url,
+        "--seed-category",
+        "scam",
+        "--stop-at",
+        "exchange",
+        "--out",
+        prefix.to_str().expect("utf8"),
+    ]));
+    assert!(line.contains("exits"), "{line}");
+    let html = std::fs::read_to_string(prefix.with_extension("html")).expect("html");
+    assert!(
+        html.contains("exchange-hot") && html.contains("0.500000000"),
+        "{html}"
+    );
+    assert!(html.contains("tainted ETH") && html.contains("transfers"));
+    let dot = std::fs::read_to_string(prefix.with_extension("dot")).expect("dot");
+    assert!(dot.contains("scammer") && dot.contains("->"), "{dot}");
+    assert!(prefix.with_extension("svg").is_file());
+
     // Backward from the exchange deposit: the splitter, then a1, who funded it.
     let out = common::ferret(&[
         "taint",
@@ -556,4 +581,13 @@ async fn follow_mode_survives_a_reorganisation() {
     o.confirmations = 3;
     let s = index_eth(&deep, &o, None).await.expect("confirmations");
     assert_eq!(s.tip.expect("tip").height, 7);
+}
+
+fn ok_stdout(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

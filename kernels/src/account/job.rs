@@ -538,3 +538,101 @@ pub async fn write_eth_taint(wh: &Warehouse, run: &EthTaintRun) -> Result<String
     .map_err(wh_err)?;
     Ok(run_id)
 }
+
+impl EthTaintRun {
+    /// The run as pictures show it: tainted amounts between addresses, aggregated per pair,
+    /// in gwei shown as ETH (tokens: base units, scaled down by a power of ten only if the
+    /// largest would not fit 64 bits).
+    pub fn trace_run(&self) -> crate::taint::trace::TraceRun {
+        use crate::taint::job::Flow;
+        use crate::taint::trace::{TraceExit, TraceRun, Unit};
+        use std::collections::BTreeMap;
+
+        let t = &self.transfers;
+        let eth = self.job.asset == "ETH";
+        let max = self.tainted.iter().copied().fold(0.0f64, f64::max);
+        let (div, unit) = if eth {
+            (
+                1e9,
+                Unit {
+                    name: "ETH".into(),
+                    decimals: 9,
+                },
+            )
+        } else {
+            let mut k = 0u32;
+            while max / 10f64.powi(k as i32) > 9e18 {
+                k += 1;
+            }
+            let name = if k == 0 {
+                format!("units of {}", self.job.asset)
+            } else {
+                format!("×10^{k} units of {}", self.job.asset)
+            };
+            (10f64.powi(k as i32), Unit { name, decimals: 0 })
+        };
+        let hop: HashMap<&str, u32> = self
+            .addresses
+            .iter()
+            .map(|a| (a.address.as_str(), a.hop))
+            .collect();
+        let backward = self.job.direction == Direction::Backward;
+        let mut pairs: BTreeMap<(u32, u32), (f64, u32)> = BTreeMap::new();
+        for (e, &v) in self.tainted.iter().enumerate() {
+            if v <= 0.0 {
+                continue;
+            }
+            let (s, d) = (t.graph.src[e], t.graph.dst[e]);
+            // The far end from the seeds: the receiver forward, the sender backward.
+            let far = if backward { s } else { d };
+            let h = hop
+                .get(t.addresses[far as usize].as_str())
+                .copied()
+                .unwrap_or(u32::MAX);
+            let slot = pairs.entry((s, d)).or_insert((0.0, h));
+            slot.0 += v;
+            slot.1 = slot.1.min(h);
+        }
+        let flows = pairs
+            .into_iter()
+            .map(|((s, d), (v, h))| Flow {
+                from: t.addresses[s as usize].clone(),
+                to: t.addresses[d as usize].clone(),
+                tainted_value: (v / div).round() as i64,
+                hop: h,
+            })
+            .collect();
+        TraceRun {
+            title: format!(
+                "Ferret trace: {} {} of {} from {} seed address(es)",
+                self.job.policy.as_str(),
+                if backward { "backward" } else { "forward" },
+                if eth { "ETH" } else { self.job.asset.as_str() },
+                self.addresses.iter().filter(|a| a.hop == 0).count()
+            ),
+            backward,
+            seeds: self
+                .addresses
+                .iter()
+                .filter(|a| a.hop == 0)
+                .map(|a| a.address.clone())
+                .collect(),
+            exits: self
+                .exits
+                .iter()
+                .map(|e| TraceExit {
+                    address: e.address.clone(),
+                    label: e.label.clone(),
+                    category: e.category.clone(),
+                    value: (e.tainted_value / div).round() as i64,
+                    count: e.tainted_transfers,
+                    min_hop: e.min_hop,
+                })
+                .collect(),
+            flows,
+            unit,
+            reached: format!("{} addresses reached", self.addresses.len()),
+            count_name: "transfers",
+        }
+    }
+}

@@ -251,10 +251,16 @@ impl Clusters {
 /// The stored `clusters` table (its latest run): address → (cluster id, cluster size);
 /// empty when no run exists.
 pub async fn load_clusters(wh: &Warehouse) -> Result<HashMap<String, (i64, i64)>> {
+    load_clusters_of(wh, "clusters").await
+}
+
+/// A stored clusters table (`clusters`, `eth_clusters`; its latest run): address →
+/// (cluster id, cluster size); empty when no run exists.
+pub async fn load_clusters_of(wh: &Warehouse, job: &str) -> Result<HashMap<String, (i64, i64)>> {
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
     let mut out = HashMap::new();
-    for b in wh.read_latest("clusters").await.map_err(store_err)? {
+    for b in wh.read_latest(job).await.map_err(store_err)? {
         let (Some(addr), Some(id), Some(size)) = (
             b.column_by_name("address")
                 .and_then(|c| c.as_string_opt::<i32>()),

@@ -8,7 +8,95 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
-use super::job::TaintRun;
+use super::job::{Flow, TaintRun};
+
+/// An amount unit: integer amounts with `decimals` decimal places shown as `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    pub decimals: u32,
+}
+
+impl Unit {
+    /// Satoshis as BTC.
+    pub fn btc() -> Self {
+        Self {
+            name: "BTC".into(),
+            decimals: 8,
+        }
+    }
+
+    /// `v` with its decimals.
+    pub fn fmt(&self, v: i64) -> String {
+        if self.decimals == 0 {
+            return v.to_string();
+        }
+        let sign = if v < 0 { "-" } else { "" };
+        let p = 10u64.pow(self.decimals);
+        let a = v.unsigned_abs();
+        format!("{sign}{}.{:0w$}", a / p, a % p, w = self.decimals as usize)
+    }
+}
+
+/// One exit of a run, as pictures show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceExit {
+    pub address: String,
+    pub label: String,
+    pub category: String,
+    /// In the run's unit.
+    pub value: i64,
+    /// Outputs (Bitcoin) or transfers (Ethereum) that brought taint.
+    pub count: u64,
+    pub min_hop: u32,
+}
+
+/// What a picture shows, from a run of either chain.
+#[derive(Clone, Debug)]
+pub struct TraceRun {
+    pub title: String,
+    pub backward: bool,
+    pub seeds: Vec<String>,
+    pub exits: Vec<TraceExit>,
+    /// Tainted amounts between addresses, in `unit`; a flow's hop is its far end's.
+    pub flows: Vec<Flow>,
+    pub unit: Unit,
+    /// What the run reached, e.g. "1234 tainted outputs".
+    pub reached: String,
+    /// What `TraceExit::count` counts.
+    pub count_name: &'static str,
+}
+
+impl From<&TaintRun> for TraceRun {
+    fn from(run: &TaintRun) -> Self {
+        Self {
+            title: format!(
+                "Ferret trace: {} {} from {} seed output(s)",
+                run.job.policy.as_str(),
+                run.job.direction.as_str(),
+                run.seed_outputs
+            ),
+            backward: run.job.direction == super::Direction::Backward,
+            seeds: run.seed_addresses.clone(),
+            exits: run
+                .exits
+                .iter()
+                .map(|e| TraceExit {
+                    address: e.address.clone(),
+                    label: e.label.clone(),
+                    category: e.category.clone(),
+                    value: e.tainted_value,
+                    count: e.outputs,
+                    min_hop: e.min_hop,
+                })
+                .collect(),
+            flows: run.flows.clone(),
+            unit: Unit::btc(),
+            reached: format!("{} tainted outputs", run.outputs.len()),
+            count_name: "outputs",
+        }
+    }
+}
 
 /// How to group and name addresses.
 #[derive(Clone, Debug, Default)]
@@ -22,14 +110,19 @@ pub struct TraceInput {
 }
 
 impl TraceInput {
-    /// Clusters and labels from the warehouse's stored tables.
-    pub async fn load(wh: &ferret_schemas::Warehouse, max_nodes: usize) -> crate::Result<Self> {
+    /// Clusters and labels of `chain` (`btc`, `eth`) from the warehouse's stored tables.
+    pub async fn load(
+        wh: &ferret_schemas::Warehouse,
+        chain: &str,
+        max_nodes: usize,
+    ) -> crate::Result<Self> {
         let mut labels = HashMap::new();
-        for (address, label, _) in super::job::btc_labels(wh).await? {
+        for (address, label, _) in super::job::chain_labels(wh, chain).await? {
             labels.entry(address).or_insert(label);
         }
         Ok(Self {
-            clusters: crate::cluster::load_clusters(wh).await?,
+            clusters: crate::cluster::load_clusters_of(wh, crate::cluster::clusters_job(chain))
+                .await?,
             labels,
             max_nodes,
         })
@@ -56,6 +149,7 @@ struct Node {
 /// The drawn graph.
 #[derive(Clone, Debug)]
 pub struct Picture {
+    unit: Unit,
     nodes: Vec<Node>,
     /// (from node, to node) → (tainted value, min hop).
     edges: BTreeMap<(usize, usize), i64>,
@@ -68,9 +162,7 @@ pub struct Picture {
 
 /// Sats as BTC with 8 decimals.
 pub fn btc(sats: i64) -> String {
-    let sign = if sats < 0 { "-" } else { "" };
-    let s = sats.unsigned_abs();
-    format!("{sign}{}.{:08}", s / 100_000_000, s % 100_000_000)
+    Unit::btc().fmt(sats)
 }
 
 fn short(a: &str) -> String {
@@ -100,12 +192,12 @@ fn esc(s: &str) -> String {
 
 impl Picture {
     /// Groups the run's flows into nodes (clusters or addresses) and edges.
-    pub fn new(run: &TaintRun, input: &TraceInput) -> Self {
+    pub fn new(run: &TraceRun, input: &TraceInput) -> Self {
         let key = |a: &str| match input.clusters.get(a) {
             Some(&(id, size)) if size > 1 => format!("cluster:{id}"),
             _ => a.to_string(),
         };
-        let seeds: HashSet<String> = run.seed_addresses.iter().map(|a| key(a)).collect();
+        let seeds: HashSet<String> = run.seeds.iter().map(|a| key(a)).collect();
         let exits: HashMap<String, (&str, &str)> = run
             .exits
             .iter()
@@ -114,7 +206,7 @@ impl Picture {
         // Aggregate flows per node pair, dropping flows inside one node.
         let mut members: BTreeMap<String, (String, u32)> = BTreeMap::new();
         let mut pair: BTreeMap<(String, String), i64> = BTreeMap::new();
-        let backward = run.job.direction == super::Direction::Backward;
+        let backward = run.backward;
         for f in &run.flows {
             let (a, b) = (key(&f.from), key(&f.to));
             // A flow's hop is its far end's: the receiver forward, the source backward.
@@ -223,28 +315,25 @@ impl Picture {
                 *edges.entry((x, y)).or_default() += v;
             }
         }
-        let exited: i64 = run.exits.iter().map(|e| e.tainted_value).sum();
+        let exited: i64 = run.exits.iter().map(|e| e.value).sum();
         let mut summary = format!(
-            "{} tainted outputs; {} exits received {} BTC; {} nodes drawn",
-            run.outputs.len(),
+            "{}; {} exits received {} {}; {} nodes drawn",
+            run.reached,
             run.exits.len(),
-            btc(exited),
+            run.unit.fmt(exited),
+            run.unit.name,
             nodes.len()
         );
         if hidden > 0 {
             let _ = write!(summary, " ({hidden} smaller ones folded)");
         }
         Self {
+            unit: run.unit.clone(),
             nodes,
             edges,
             hidden,
             backward,
-            title: format!(
-                "Ferret trace: {} {} from {} seed output(s)",
-                run.job.policy.as_str(),
-                run.job.direction.as_str(),
-                run.seed_outputs
-            ),
+            title: run.title.clone(),
             summary,
         }
     }
@@ -322,12 +411,13 @@ impl Picture {
             let dx = ((x2 - x1).abs() / 2.0).max(40.0);
             let _ = writeln!(
                 s,
-                r##"<path d="M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}" fill="none" stroke="#c0392b" stroke-opacity="0.45" stroke-width="{w:.2}"><title>{} → {}: {} BTC</title></path>"##,
+                r##"<path d="M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}" fill="none" stroke="#c0392b" stroke-opacity="0.45" stroke-width="{w:.2}"><title>{} → {}: {} {}</title></path>"##,
                 x1 + dx,
                 x2 - dx,
                 esc(&self.nodes[a].name),
                 esc(&self.nodes[b].name),
-                btc(v)
+                self.unit.fmt(v),
+                esc(&self.unit.name)
             );
         }
         for (n, &(x, y)) in self.nodes.iter().zip(&pos) {
@@ -338,14 +428,15 @@ impl Picture {
             };
             let _ = writeln!(
                 s,
-                r##"<g><title>{} ({}): {} BTC through</title><rect x="{x:.1}" y="{y:.1}" width="{node_w}" height="{node_h}" rx="5" fill="{fill}" stroke="#555"/><text x="{:.1}" y="{:.1}">{}</text></g>"##,
+                r##"<g><title>{} ({}): {} {} through</title><rect x="{x:.1}" y="{y:.1}" width="{node_w}" height="{node_h}" rx="5" fill="{fill}" stroke="#555"/><text x="{:.1}" y="{:.1}">{}</text></g>"##,
                 esc(&n.detail),
                 match n.role {
                     Role::Seed => "seed",
                     Role::Exit => "exit",
                     Role::Hop => "hop",
                 },
-                btc(n.through),
+                self.unit.fmt(n.through),
+                esc(&self.unit.name),
                 x + 6.0,
                 y + 18.0,
                 esc(&n.name)
@@ -362,7 +453,7 @@ impl Picture {
     }
 
     /// A self-contained HTML page: the SVG, the summary and the exits table.
-    pub fn html(&self, run: &TaintRun) -> String {
+    pub fn html(&self, run: &TraceRun) -> String {
         let mut s = String::new();
         let _ = write!(
             s,
@@ -373,10 +464,15 @@ impl Picture {
              <p>Seeds: {seeds}</p>\n<div class=\"svg\">\n{svg}</div>\n",
             t = esc(&self.title),
             sum = esc(&self.summary),
-            seeds = esc(&run.seed_addresses.join(", ")),
+            seeds = esc(&run.seeds.join(", ")),
             svg = self.svg()
         );
-        s.push_str("<h2>Exits</h2>\n<table><tr><th>address</th><th>label</th><th>category</th><th>tainted BTC</th><th>outputs</th><th>min hop</th></tr>\n");
+        let _ = writeln!(
+            s,
+            "<h2>Exits</h2>\n<table><tr><th>address</th><th>label</th><th>category</th><th>tainted {}</th><th>{}</th><th>min hop</th></tr>",
+            esc(&run.unit.name),
+            run.count_name
+        );
         for e in &run.exits {
             let _ = writeln!(
                 s,
@@ -384,8 +480,8 @@ impl Picture {
                 esc(&e.address),
                 esc(&e.label),
                 esc(&e.category),
-                btc(e.tainted_value),
-                e.outputs,
+                run.unit.fmt(e.value),
+                e.count,
                 e.min_hop
             );
         }
@@ -419,7 +515,7 @@ impl Picture {
                 s,
                 "  n{a} -> n{b} [penwidth={:.2}, label=\"{}\"];",
                 1.0 + 9.0 * (v as f64 / max).sqrt(),
-                btc(v)
+                self.unit.fmt(v)
             );
         }
         s.push_str("}\n");
