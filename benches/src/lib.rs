@@ -188,3 +188,14 @@ pub fn child_result(
     }
     result.ok_or_else(|| "child printed no RESULT".to_string())
 }
+
+/// The value after `name` in `args` parsed, or `default` when `name` is absent.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
+            Some(v) => Ok(v),
+            None => anyhow::bail!("{name} needs a value"),
+        },
+        None => Ok(default),
+    }
+}

@@ -103,34 +103,5 @@ async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
     );
 
     // Exactly the committed files are left (plus the one manifest).
-    let m = crashy
-        .load_manifest(Chain::Eth)
-        .await
-        .expect("load")
-        .expect("committed");
-    let root = crashy.root().to_string();
-    let mut on_disk: Vec<String> = walk(&wh_path)
-        .into_iter()
-        .map(|p| {
-            p.strip_prefix(&wh_path)
-                .expect("under root")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    on_disk.sort();
-    let mut listed: Vec<String> = m
-        .files
-        .iter()
-        .map(|f| {
-            f.path
-                .strip_prefix(&root)
-                .expect("rooted")
-                .trim_start_matches('/')
-                .to_string()
-        })
-        .collect();
-    listed.push(format!("eth/_state/manifest-{:020}.json", m.seq));
-    listed.sort();
-    assert_eq!(on_disk, listed);
+    assert_only_committed_files(&wh_path, Chain::Eth).await;
 }

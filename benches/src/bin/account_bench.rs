@@ -20,21 +20,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use ferret_benches::arg;
 use ferret_kernels::account::{Options, TransferGraph, flags, poison, pool};
 use ferret_kernels::device::{Backend, DeviceChoice, select};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
-            Some(v) => Ok(v),
-            None => bail!("{name} needs a value"),
-        },
-        None => Ok(default),
-    }
-}
 
 fn graph(addresses: u32, transfers: usize, seed: u64) -> TransferGraph {
     let mut r = ChaCha8Rng::seed_from_u64(seed);

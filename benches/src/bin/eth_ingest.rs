@@ -20,21 +20,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use ferret_benches::arg;
 use ferret_indexer::eth::anvil::Anvil;
 use ferret_indexer::eth::{EthOptions, Rpc, Source, TraceMode, index_eth};
 use ferret_indexer::synth::eth::{EthSynthConfig, generate};
 use ferret_schemas::Warehouse;
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
-            Some(v) => Ok(v),
-            None => bail!("{name} needs a value"),
-        },
-        None => Ok(default),
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -195,3 +195,39 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Asserts that the local warehouse at `dir` holds exactly the files `chain`'s manifest
+/// lists, plus that manifest.
+pub async fn assert_only_committed_files(dir: &Path, chain: ferret_schemas::Chain) {
+    let wh = Warehouse::open(dir.to_str().expect("utf8")).expect("open");
+    let m = wh
+        .load_manifest(chain)
+        .await
+        .expect("load")
+        .expect("committed");
+    let root = wh.root().to_string();
+    let mut on_disk: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(dir)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = m
+        .files
+        .iter()
+        .map(|f| {
+            f.path
+                .strip_prefix(&root)
+                .expect("rooted")
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
+    listed.push(format!("{chain}/_state/manifest-{:020}.json", m.seq));
+    listed.sort();
+    assert_eq!(on_disk, listed);
+}

@@ -101,6 +101,19 @@ impl Tx {
             reverts: false,
         }
     }
+    /// A FerretUSD transfer of `value` base units.
+    fn usd(usd: Address, from: Address, to: Address, value: u128) -> Self {
+        Self::call(
+            from,
+            usd,
+            0,
+            IFerretUSD::transferCall {
+                to,
+                value: U256::from(value),
+            }
+            .abi_encode(),
+        )
+    }
     fn call(from: Address, to: Address, value: u128, data: Vec<u8>) -> Self {
         Self {
             from,
@@ -406,16 +419,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                     } else {
                         let v = g.rng.random_range(100..=5_000) as u128 * USD;
                         *op.got_usd.entry(to).or_default() += v;
-                        txs.push(Tx::call(
-                            from,
-                            usd,
-                            0,
-                            IFerretUSD::transferCall {
-                                to,
-                                value: U256::from(v),
-                            }
-                            .abi_encode(),
-                        ));
+                        txs.push(Tx::usd(usd, from, to, v));
                     }
                 }
             }
@@ -455,15 +459,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
             }
         }
         if b >= layering_from {
-            let step = b - layering_from;
-            for f in &flows {
-                if let Some(h) = f.hops.get(step) {
-                    txs.extend(h.iter().cloned());
-                }
-                if step == f.hops.len() {
-                    txs.push(f.sweep.clone());
-                }
-            }
+            txs.extend(flow_step(&flows, b - layering_from));
         }
         // Everyday economy.
         while txs.len() < cfg.txs_per_block {
@@ -479,16 +475,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                 )),
                 35..=59 => {
                     let v = g.rng.random_range(1..=300) as u128 * USD;
-                    txs.push(Tx::call(
-                        from,
-                        usd,
-                        0,
-                        IFerretUSD::transferCall {
-                            to,
-                            value: U256::from(v),
-                        }
-                        .abi_encode(),
-                    ));
+                    txs.push(Tx::usd(usd, from, to, v));
                 }
                 60..=74 => {
                     // A deposit to the user's own exchange account, swept a few blocks later.
@@ -506,26 +493,8 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                         )
                     } else {
                         (
-                            Tx::call(
-                                from,
-                                usd,
-                                0,
-                                IFerretUSD::transferCall {
-                                    to: u.deposit,
-                                    value: U256::from(v),
-                                }
-                                .abi_encode(),
-                            ),
-                            Tx::call(
-                                u.deposit,
-                                usd,
-                                0,
-                                IFerretUSD::transferCall {
-                                    to: hot[u.exchange],
-                                    value: U256::from(v),
-                                }
-                                .abi_encode(),
-                            ),
+                            Tx::usd(usd, from, u.deposit, v),
+                            Tx::usd(usd, u.deposit, hot[u.exchange], v),
                         )
                     };
                     txs.push(dep);
@@ -556,16 +525,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                 }
                 _ => {
                     // A reverted transfer: more stablecoin than anybody has.
-                    let mut t = Tx::call(
-                        from,
-                        usd,
-                        0,
-                        IFerretUSD::transferCall {
-                            to,
-                            value: U256::from(u128::MAX / 2),
-                        }
-                        .abi_encode(),
-                    );
+                    let mut t = Tx::usd(usd, from, to, u128::MAX / 2);
                     t.reverts = true;
                     txs.push(t);
                 }
@@ -576,15 +536,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
     // Flows that did not finish within the blocks, and the last sweeps.
     let mut step = cfg.blocks.saturating_sub(layering_from);
     loop {
-        let mut txs: Vec<Tx> = Vec::new();
-        for f in &flows {
-            if let Some(h) = f.hops.get(step) {
-                txs.extend(h.iter().cloned());
-            }
-            if step == f.hops.len() {
-                txs.push(f.sweep.clone());
-            }
-        }
+        let mut txs = flow_step(&flows, step);
         txs.extend(pending_sweeps.drain(..).map(|(_, t)| t));
         if txs.is_empty() {
             break;
@@ -625,6 +577,20 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
     Ok(g.summary)
 }
 
+/// The transactions of every flow's `step`-th hop (the step after the last is the sweep).
+fn flow_step(flows: &[Flow], step: usize) -> Vec<Tx> {
+    let mut txs = Vec::new();
+    for f in flows {
+        if let Some(h) = f.hops.get(step) {
+            txs.extend(h.iter().cloned());
+        }
+        if step == f.hops.len() {
+            txs.push(f.sweep.clone());
+        }
+    }
+    txs
+}
+
 /// Plans one layering flow of `amount` from `scam` to the deposit address `exit` over
 /// `depth` hops of fresh intermediaries (ETH: one hop goes through a fresh splitter
 /// contract of the operator's, two halves that merge again; the stablecoin: a split into
@@ -647,16 +613,7 @@ async fn plan_flow(
         if eth {
             Tx::pay(from, to, v)
         } else {
-            Tx::call(
-                from,
-                usd,
-                0,
-                IFerretUSD::transferCall {
-                    to,
-                    value: U256::from(v),
-                }
-                .abi_encode(),
-            )
+            Tx::usd(usd, from, to, v)
         }
     };
     let mut hops: Vec<Vec<Tx>> = Vec::new();

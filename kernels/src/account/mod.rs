@@ -281,34 +281,58 @@ fn f32_bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
 
-/// Runs `steps` Jacobi steps of a double-buffered kernel: `binds[k % 2]` reads buffer
-/// `k % 2` and writes the other. Returns the steps run and the index of the buffer holding
-/// the result.
+/// Compiles a double-buffered Jacobi kernel and runs it: bindings are the params, the
+/// read-only `inputs`, the state pair (`state[k % 2]` read, the other written, at step
+/// k), `hop` and a changed flag. Runs up to `limit` steps, stopping when a step changes
+/// nothing; returns the steps run and the index of the state buffer holding the result.
 #[allow(clippy::too_many_arguments)]
-fn run_steps(
+fn jacobi_gpu(
     gpu: &Gpu,
-    pipeline: &wgpu::ComputePipeline,
-    binds: &[wgpu::BindGroup; 2],
-    params: &wgpu::Buffer,
-    changed: &wgpu::Buffer,
+    label: &'static str,
+    source: &str,
+    inputs: &[&wgpu::Buffer],
+    state: &[wgpu::Buffer; 2],
+    hop: &wgpu::Buffer,
     nodes: u32,
     limit: u32,
     min_value: f32,
-    what: &'static str,
 ) -> Result<(u32, usize)> {
+    let read_only: Vec<bool> = inputs
+        .iter()
+        .map(|_| true)
+        .chain([true, false, false, false])
+        .collect();
+    let mut c = compile(gpu, label, source, &read_only, &["step"])?;
+    let pipeline = c.pipelines.pop().ok_or_else(|| Error::Gpu {
+        what: "pipeline",
+        reason: "no entry point".into(),
+    })?;
+    let params = params_buffer(gpu);
+    let changed = Buffers { gpu }.storage(
+        "changed",
+        &[0],
+        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    )?;
+    let bind_from = |from: usize| {
+        let mut buffers: Vec<&wgpu::Buffer> = vec![&params];
+        buffers.extend_from_slice(inputs);
+        buffers.extend([&state[from], &state[1 - from], hop, &changed]);
+        bind(gpu, &c.layout, &buffers)
+    };
+    let binds = [bind_from(0), bind_from(1)];
     let mut current = 0usize;
     let mut steps = 0;
-    let bar = crate::progress::bar(None, what);
+    let bar = crate::progress::bar(None, label);
     for k in 1..=limit {
         bar.inc(1);
         gpu.queue
-            .write_buffer(changed, 0, bytemuck::cast_slice(&[0u32]));
+            .write_buffer(&changed, 0, bytemuck::cast_slice(&[0u32]));
         let p: [u32; 4] = [nodes, k, min_value.to_bits(), 0];
-        gpu.queue.write_buffer(params, 0, bytemuck::cast_slice(&p));
+        gpu.queue.write_buffer(&params, 0, bytemuck::cast_slice(&p));
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
+            pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &binds[current], &[]);
             let (x, y) = dispatch_dims(nodes, gpu);
             pass.dispatch_workgroups(x, y, 1);
@@ -316,7 +340,7 @@ fn run_steps(
         gpu.queue.submit([enc.finish()]);
         current = 1 - current;
         steps = k;
-        if !changed_flag(gpu, changed, what)? {
+        if !changed_flag(gpu, &changed, label)? {
             break;
         }
     }
@@ -368,48 +392,16 @@ fn poison_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Re
         b.storage("arr1", &arrival, copy)?,
     ];
     let hop_buf = b.storage("hop", &hop, copy)?;
-    let changed = b.storage("changed", &[0], copy)?;
-    let params = params_buffer(gpu);
-    let mut c = compile(
+    let (steps, current) = jacobi_gpu(
         gpu,
         "poison.wgsl",
         include_str!("poison.wgsl"),
-        &[true, true, true, true, true, true, false, false, false],
-        &["step"],
-    )?;
-    let pipeline = c.pipelines.pop().ok_or_else(|| Error::Gpu {
-        what: "pipeline",
-        reason: "no entry point".into(),
-    })?;
-    let bind_from = |from: usize| {
-        bind(
-            gpu,
-            &c.layout,
-            &[
-                &params,
-                &ptr,
-                &src,
-                &time,
-                &amount,
-                &flags_buf,
-                &arr[from],
-                &arr[1 - from],
-                &hop_buf,
-                &changed,
-            ],
-        )
-    };
-    let binds = [bind_from(0), bind_from(1)];
-    let (steps, current) = run_steps(
-        gpu,
-        &pipeline,
-        &binds,
-        &params,
-        &changed,
+        &[&ptr, &src, &time, &amount, &flags_buf],
+        &arr,
+        &hop_buf,
         n,
         step_limit(g, opts),
         opts.min_value,
-        "poison steps (gpu)",
     )?;
     let arrival = read_back(gpu, &arr[current], n as usize)?;
     hop = read_back(gpu, &hop_buf, n as usize)?;
@@ -448,48 +440,16 @@ fn pool_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Resu
         b.storage("x1", &zeros, copy)?,
     ];
     let hop_buf = b.storage("hop", &hop, copy)?;
-    let changed = b.storage("changed", &[0], copy)?;
-    let params = params_buffer(gpu);
-    let mut c = compile(
+    let (steps, current) = jacobi_gpu(
         gpu,
         "pool.wgsl",
         include_str!("pool.wgsl"),
-        &[true, true, true, true, true, true, false, false, false],
-        &["step"],
-    )?;
-    let pipeline = c.pipelines.pop().ok_or_else(|| Error::Gpu {
-        what: "pipeline",
-        reason: "no entry point".into(),
-    })?;
-    let bind_from = |from: usize| {
-        bind(
-            gpu,
-            &c.layout,
-            &[
-                &params,
-                &ptr,
-                &ev,
-                &amount,
-                &dst,
-                &flags_buf,
-                &x[from],
-                &x[1 - from],
-                &hop_buf,
-                &changed,
-            ],
-        )
-    };
-    let binds = [bind_from(0), bind_from(1)];
-    let (steps, current) = run_steps(
-        gpu,
-        &pipeline,
-        &binds,
-        &params,
-        &changed,
+        &[&ptr, &ev, &amount, &dst, &flags_buf],
+        &x,
+        &hop_buf,
         n,
         step_limit(g, opts),
         opts.min_value,
-        "pool steps (gpu)",
     )?;
     let tainted: Vec<f32> = read_back(gpu, &x[current], m)?
         .into_iter()
