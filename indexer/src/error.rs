@@ -121,6 +121,14 @@ pub enum Error {
         block: u64,
         what: String,
     },
+    /// What the node answered does not fit together because its chain changed while it was
+    /// read (a reorganisation at the tip): reading again is the cure.
+    #[error("{url}: block {block}: {what}")]
+    ChainMoved {
+        url: String,
+        block: u64,
+        what: String,
+    },
     #[error("the node at {url} is on chain id {found} but the warehouse holds chain id {expected}")]
     ChainIdMismatch {
         url: String,

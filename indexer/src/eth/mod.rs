@@ -405,7 +405,15 @@ async fn index_chunk(
             break;
         };
         summary.node_wait += waited.elapsed();
-        for d in group? {
+        let group = match group {
+            Ok(g) => g,
+            Err(Error::ChainMoved { block, what, .. }) => {
+                tracing::info!(block, %what, "the chain moved while reading; reading again");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        for d in group {
             let parent = hex_hash(&d.parent_hash());
             if let Some(p) = &prev
                 && *p != parent

@@ -245,7 +245,7 @@ impl Source {
             .into_iter()
             .zip(numbers)
             .map(|(b, &n)| {
-                let b = b.ok_or_else(|| Error::RpcData {
+                let b = b.ok_or_else(|| Error::ChainMoved {
                     url: self.rpc.url().to_string(),
                     block: n,
                     what: "the node does not have this block (null answer)".into(),
@@ -312,6 +312,14 @@ impl Source {
                 }
             })
             .collect())
+    }
+
+    fn moved(&self, block: u64, what: String) -> Error {
+        Error::ChainMoved {
+            url: self.rpc.url().to_string(),
+            block,
+            what,
+        }
     }
 
     fn data_err(&self, block: u64, what: String) -> Error {
@@ -409,7 +417,7 @@ impl Source {
             if let Some(bh) = r.block_hash
                 && bh != b.header.hash
             {
-                return Err(self.data_err(
+                return Err(self.moved(
                     n,
                     format!(
                         "receipt of {h} is from block {bh}, not {} (the chain moved while reading)",
@@ -492,7 +500,7 @@ impl Source {
                     if let Some(bh) = t.block_hash
                         && bh != d.hash()
                     {
-                        return Err(self.data_err(
+                        return Err(self.moved(
                             n,
                             format!("trace_block answered for block {bh} (the chain moved while reading)"),
                         ));
