@@ -463,10 +463,29 @@ async fn index_eth_cmd(a: IndexEthArgs) -> Result<()> {
     opts.progress = true;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupted: finishing the current commit");
-            let _ = stop_tx.send(true);
+        // Ctrl-C or SIGTERM (a container stop): finish the current commit, then exit.
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        let int = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = int => {}
+            _ = term => {}
         }
+        tracing::info!("interrupted: finishing the current commit");
+        let _ = stop_tx.send(true);
     });
     let summary = index_eth(&wh, &opts, Some(stop_rx))
         .await

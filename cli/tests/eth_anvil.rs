@@ -575,6 +575,50 @@ async fn follow_mode_survives_a_reorganisation() {
         "0"
     );
 
+    // The CLI in follow mode: SIGTERM (a container stop) ends it cleanly after its commit.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("wh");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args([
+            "index",
+            "eth",
+            "--rpc",
+            node.url(),
+            "--warehouse",
+            dir.to_str().expect("utf8"),
+            "--follow",
+            "--poll-secs",
+            "0.1",
+        ])
+        .env("FERRET_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let cli_wh = Warehouse::open(dir.to_str().expect("utf8")).expect("open");
+    for _ in 0..200 {
+        if tip_of(cli_wh.clone()).await.is_some_and(|t| t.height == 10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("indexed chain 31337 blocks 0..=10"),
+        "{stdout}"
+    );
+
     // --confirmations: only blocks that deep.
     let deep = Warehouse::open("memory://eth-anvil-confirmations").expect("wh");
     let mut o = options(node.url(), TraceMode::Auto);
