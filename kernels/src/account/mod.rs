@@ -5,7 +5,9 @@
 //!
 //! - **poison** (`poison.wgsl`): the earliest tainted arrival of every address, by Jacobi
 //!   relaxation of arrival times (a min over in-edges; no atomics, so GPU and CPU agree
-//!   exactly). After H steps: over paths of at most H transfers.
+//!   exactly). After H steps: over paths of at most H transfers. The CPU walks the
+//!   transfers once in chain order instead, which gives the same arrivals and hops
+//!   (`poison_jacobi_cpu` is the step-by-step twin, tested equal).
 //! - **haircut pool** (`pool.wgsl`): every address is a pool; each outgoing transfer carries
 //!   the pool's tainted share at that moment. One thread per address walks its own
 //!   transfers in order (parallel across addresses, sequential within one); Jacobi steps
@@ -231,7 +233,7 @@ pub fn pool(backend: &Backend, g: &TransferGraph, flags: &[u32], opts: &Options)
 }
 
 /// The CPU paths (also the GPU's test oracles).
-pub use cpu::{poison as poison_cpu, pool as pool_cpu};
+pub use cpu::{poison as poison_cpu, poison_jacobi as poison_jacobi_cpu, pool as pool_cpu};
 
 fn check_flags(g: &TransferGraph, flags: &[u32]) -> Result<()> {
     if flags.len() != g.nodes as usize {

@@ -123,11 +123,13 @@ fn poison_equals_the_sequential_pass() {
             },
         ] {
             let f = flags(g.nodes, &seeds, &stops).expect("flags");
-            let r = poison_cpu(&g, &f, &opts);
             let (arrival, hop) = poison_oracle(&g, &seeds, &stops, &opts);
-            assert_eq!(r.arrival, arrival, "graph {seed} {opts:?}");
-            // Hop-limited runs stop at the limit; reached addresses keep their hops.
-            assert_eq!(r.hop, hop, "graph {seed} {opts:?}");
+            // Both CPU paths: the one-pass walk and the step-by-step twin of the shader.
+            for r in [poison_cpu(&g, &f, &opts), poison_jacobi_cpu(&g, &f, &opts)] {
+                assert_eq!(r.arrival, arrival, "graph {seed} {opts:?}");
+                // Hop-limited runs stop at the limit; reached addresses keep their hops.
+                assert_eq!(r.hop, hop, "graph {seed} {opts:?}");
+            }
         }
     }
 }
@@ -279,7 +281,14 @@ fn gpu_equals_cpu() {
         ] {
             for graph in [g.clone(), g.reversed()] {
                 let a = poison(&gpu, &graph, &f, &opts).expect("gpu poison");
-                assert_eq!(a, poison_cpu(&graph, &f, &opts), "case {i} {opts:?}");
+                let c = poison_jacobi_cpu(&graph, &f, &opts);
+                assert_eq!(a, c, "case {i} {opts:?}");
+                let one_pass = poison_cpu(&graph, &f, &opts);
+                assert_eq!(
+                    (&a.arrival, &a.hop),
+                    (&one_pass.arrival, &one_pass.hop),
+                    "case {i} {opts:?}"
+                );
                 let p = pool(&gpu, &graph, &f, &opts).expect("gpu pool");
                 let c = pool_cpu(&graph, &f, &opts);
                 assert_eq!(p.hop, c.hop, "case {i} {opts:?}");
