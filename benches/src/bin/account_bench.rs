@@ -13,7 +13,8 @@
 //! log-uniform over 12 orders of magnitude. Each row reports the best of `--reps` runs:
 //! poison to the fixpoint, haircut pools limited to `--hops` steps and to the fixpoint, and
 //! "edges/s" = transfers × steps / time for the Jacobi kernels (every step reads every
-//! transfer), transfers / time for the sequential pass.
+//! transfer), transfers / time for the one-pass walks (the CPU's poison, and the
+//! sequential haircut pass).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferret_benches::arg;
-use ferret_kernels::account::{Options, TransferGraph, flags, poison, pool};
+use ferret_kernels::account::{Options, TransferGraph, flags, poison, poison_jacobi_cpu, pool};
 use ferret_kernels::device::{Backend, DeviceChoice, select};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -127,6 +128,16 @@ fn main() -> Result<()> {
             t.as_secs_f64(),
             m * f64::from(r.steps) / t.as_secs_f64()
         );
+        if *name == "cpu" {
+            // The step-by-step twin of the shader, for comparison with the one-pass walk.
+            let (t, r) = best(reps, || Ok(poison_jacobi_cpu(&g, &f, &Options::default())))?;
+            println!(
+                "| poison to the fixpoint, Jacobi steps | cpu | {} | {:.3} | {:.3e} |",
+                r.steps,
+                t.as_secs_f64(),
+                m * f64::from(r.steps) / t.as_secs_f64()
+            );
+        }
         let opts = Options {
             max_hops: Some(hops),
             min_value: 0.0,
