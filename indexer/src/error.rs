@@ -121,6 +121,8 @@ pub enum Error {
         block: u64,
         what: String,
     },
+    #[error("block {block}: {what}")]
+    BlockValue { block: u64, what: String },
     /// What the node answered does not fit together because its chain changed while it was
     /// read (a reorganisation at the tip): reading again is the cure.
     #[error("{url}: block {block}: {what}")]

@@ -4,10 +4,10 @@
 //!
 //! ```text
 //! cargo run --release -p ferret-benches --bin eth_ingest -- \
-//!     [--blocks 20] [--txs-per-block 2000] [--users 4000] [--batch 10] [--concurrency 4]
+//!     [--blocks 20] [--txs-per-block 1000] [--users 2000] [--batch 10] [--concurrency 4]
 //! ```
 //!
-//! Three measurements over the same blocks:
+//! Measurements over the same blocks, without traces and with callTracer:
 //! - **node**: reading every block with its receipts and traces through the same client
 //!   and batching, with nothing decoded into tables or written: the node's (and the
 //!   JSON-RPC round trips') own time;
@@ -31,12 +31,12 @@ use ferret_schemas::Warehouse;
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let blocks: usize = arg(&args, "--blocks", 20)?;
-    let txs: usize = arg(&args, "--txs-per-block", 2000)?;
-    let users: usize = arg(&args, "--users", 4000)?;
+    let txs: usize = arg(&args, "--txs-per-block", 1000)?;
+    let users: usize = arg(&args, "--users", 2000)?;
     let batch: usize = arg(&args, "--batch", 10)?;
     let concurrency: usize = arg(&args, "--concurrency", 4)?;
 
-    let node = Anvil::start(&["--disable-block-gas-limit", "--timestamp", "1700000000"])
+    let node = Anvil::start(&["--gas-limit", "2000000000", "--timestamp", "1700000000"])
         .await
         .context("starting anvil")?;
     let tmp = tempfile::tempdir()?;
@@ -56,59 +56,61 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    // The node alone.
-    let rpc = Rpc::connect(node.url(), Default::default()).await?;
-    let source = Source::new(rpc, TraceMode::CallTracer);
-    let head = source.head().await?;
-    let numbers: Vec<u64> = (0..=head).collect();
-    let t = Instant::now();
-    let groups: Vec<Vec<u64>> = numbers.chunks(batch).map(<[u64]>::to_vec).collect();
-    use futures::StreamExt;
-    let read: Vec<_> = futures::stream::iter(groups)
-        .map(|g| {
-            let source = &source;
-            async move { source.blocks(&g).await }
-        })
-        .buffered(concurrency)
-        .collect()
-        .await;
-    let mut read_txs = 0;
-    for r in read {
-        read_txs += r?.iter().map(|b| b.receipts.len()).sum::<usize>();
-    }
-    let node_secs = t.elapsed().as_secs_f64();
+    println!(
+        "| measurement | traces | blocks | transactions | rows | time (s) | blocks/s | transactions/s | rows/s |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for mode in [TraceMode::Off, TraceMode::CallTracer] {
+        // The node alone.
+        let rpc = Rpc::connect(node.url(), Default::default()).await?;
+        let source = Source::new(rpc, mode);
+        let head = source.head().await?;
+        let numbers: Vec<u64> = (0..=head).collect();
+        let t = Instant::now();
+        let groups: Vec<Vec<u64>> = numbers.chunks(batch).map(<[u64]>::to_vec).collect();
+        use futures::StreamExt;
+        let read: Vec<_> = futures::stream::iter(groups)
+            .map(|g| {
+                let source = &source;
+                async move { source.blocks(&g).await }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let mut read_txs = 0;
+        for r in read {
+            read_txs += r?.iter().map(|b| b.receipts.len()).sum::<usize>();
+        }
+        let node_secs = t.elapsed().as_secs_f64();
 
-    // The whole index.
-    let wh_dir = tempfile::tempdir()?;
-    let wh = Warehouse::open(wh_dir.path().to_str().context("utf8 temp dir")?)?;
-    let mut opts = EthOptions::new(node.url());
-    opts.traces = TraceMode::CallTracer;
-    opts.batch_blocks = batch;
-    opts.concurrency = concurrency;
-    let t = Instant::now();
-    let summary = index_eth(&wh, &opts, None).await?;
-    let index_secs = t.elapsed().as_secs_f64();
-    let c = &summary.counts;
-    let rows = c.blocks + c.transactions + c.logs + c.token_transfers + c.traces + c.transfers;
-    println!("{summary}\n");
-    println!(
-        "| measurement | blocks | transactions | rows | time (s) | blocks/s | transactions/s | rows/s |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| node: blocks + receipts + callTracer, batched, nothing written | {} | {read_txs} | - | {node_secs:.2} | {:.1} | {:.0} | - |",
-        numbers.len(),
-        numbers.len() as f64 / node_secs,
-        read_txs as f64 / node_secs
-    );
-    println!(
-        "| index eth (waiting for the node {:.2} s) | {} | {} | {rows} | {index_secs:.2} | {:.1} | {:.0} | {:.0} |",
-        summary.node_wait.as_secs_f64(),
-        c.blocks,
-        c.transactions,
-        c.blocks as f64 / index_secs,
-        c.transactions as f64 / index_secs,
-        rows as f64 / index_secs
-    );
+        // The whole index.
+        let wh_dir = tempfile::tempdir()?;
+        let wh = Warehouse::open(wh_dir.path().to_str().context("utf8 temp dir")?)?;
+        let mut opts = EthOptions::new(node.url());
+        opts.traces = mode;
+        opts.batch_blocks = batch;
+        opts.concurrency = concurrency;
+        let t = Instant::now();
+        let summary = index_eth(&wh, &opts, None).await?;
+        let index_secs = t.elapsed().as_secs_f64();
+        let c = &summary.counts;
+        let rows = c.blocks + c.transactions + c.logs + c.token_transfers + c.traces + c.transfers;
+        eprintln!("{summary}\n");
+        println!(
+            "| node: blocks + receipts (+ traces), batched, nothing decoded into tables | {mode} | {} | {read_txs} | - | {node_secs:.2} | {:.1} | {:.0} | - |",
+            numbers.len(),
+            numbers.len() as f64 / node_secs,
+            read_txs as f64 / node_secs
+        );
+        println!(
+            "| index eth (of which waiting for the node {:.2} s) | {mode} | {} | {} | {rows} | {index_secs:.2} | {:.1} | {:.0} | {:.0} |",
+            summary.node_wait.as_secs_f64(),
+            c.blocks,
+            c.transactions,
+            c.blocks as f64 / index_secs,
+            c.transactions as f64 / index_secs,
+            rows as f64 / index_secs
+        );
+    }
     Ok(())
 }

@@ -214,16 +214,14 @@ impl Default for EthRows {
 }
 
 fn i64_of(v: u64, what: &str, block: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::RpcData {
-        url: String::new(),
+    i64::try_from(v).map_err(|_| Error::BlockValue {
         block,
         what: format!("{what} {v} does not fit a 64-bit integer"),
     })
 }
 
 fn wei_of(v: U256, what: &str, block: u64) -> Result<i128> {
-    i128::try_from(v).map_err(|_| Error::RpcData {
-        url: String::new(),
+    i128::try_from(v).map_err(|_| Error::BlockValue {
         block,
         what: format!("{what} {v} wei exceeds Decimal128(38, 0)"),
     })
@@ -348,8 +346,7 @@ impl EthRows {
         let block_hash = hex_hash(&h.hash);
         let _ = block_hash;
         for (pos, (tx, r)) in d.block.transactions.txns().zip(&d.receipts).enumerate() {
-            let pos32 = i32::try_from(pos).map_err(|_| Error::RpcData {
-                url: String::new(),
+            let pos32 = i32::try_from(pos).map_err(|_| Error::BlockValue {
                 block: n,
                 what: "more than 2^31 transactions".into(),
             })?;
@@ -543,8 +540,7 @@ impl EthRows {
         block: u64,
         ordinal: &mut i32,
     ) -> Result<()> {
-        let log_index = log.log_index.ok_or_else(|| Error::RpcData {
-            url: String::new(),
+        let log_index = log.log_index.ok_or_else(|| Error::BlockValue {
             block,
             what: format!("a log of {tx_hash} has no logIndex"),
         })?;
