@@ -779,4 +779,113 @@ mod tests {
         assert_eq!(s.value(0), U256::MAX.to_string());
         assert_eq!(s.value(1), "9".repeat(76));
     }
+
+    /// Types 3 (blob) and 4 (set-code) with their fee and blob fields, from RPC JSON in
+    /// the shape nodes send (the blob transaction is alloy's own test vector).
+    #[test]
+    fn blob_and_set_code_transactions_keep_their_fields() {
+        use alloy::network::AnyRpcBlock;
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
+
+        let hash = "0x1732a5fe86d54098c431fa4fea34387b650e41dbff65ca554370028172fcdb6a";
+        let blob = serde_json::json!({"blockHash": hash, "blockNumber": "0x3",
+            "from": "0x7435ed30a8b4aeb0877cef0c6e8cffe834eb865f", "gas": "0x186a0",
+            "gasPrice": "0x281d620e", "maxFeePerGas": "0x281d620e", "maxPriorityFeePerGas": "0x1",
+            "maxFeePerBlobGas": "0x20000",
+            "hash": "0xb0ebf0d8fca6724d5111d0be9ac61f0e7bf174208e0fafcb653f337c72465b83",
+            "input": "0xdc4c8669df128318656d6974", "nonce": "0x8",
+            "to": "0x7dcd17433742f4c0ca53122ab541d0ba67fc27df", "transactionIndex": "0x0",
+            "value": "0x3", "type": "0x3", "accessList": [], "chainId": "0xc72dd9d5e883e",
+            "blobVersionedHashes": ["0x015a4cab4911426699ed34483de6640cf55a568afc5c5edffdcbd8bcd4452f68"],
+            "v": "0x0", "r": "0x478385a47075dd6ba56300b623038052a6e4bb03f8cfc53f367712f1c1d3e7de",
+            "s": "0x2f79ed9b154b0af2c97ddfc1f4f76e6c17725713b6d44ea922ca4c6bbc20775c", "yParity": "0x0"});
+        let set_code = serde_json::json!({"blockHash": hash, "blockNumber": "0x3",
+            "from": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "gas": "0x30d40",
+            "maxFeePerGas": "0x3b9aca00", "maxPriorityFeePerGas": "0x2",
+            "hash": "0x9d0a1d2f0e4a4c4f8b1c1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d",
+            "input": "0x", "nonce": "0x1", "to": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+            "transactionIndex": "0x1", "value": "0x0", "type": "0x4", "accessList": [], "chainId": "0x7a69",
+            "authorizationList": [{"chainId": "0x7a69", "address": "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+                "nonce": "0x2", "yParity": "0x1",
+                "r": "0x1c8a4f0d4f6a0c9a3e2b8f7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39",
+                "s": "0x2d9b5e1e5f7b1d0b4f3c9e8d7c6b5a4a39281706f5e4d3c2b1a09f8e7d6c5b4a"}],
+            "v": "0x1", "r": "0x3e2b8f7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a391c8a4f0d4f6a0c9a",
+            "s": "0x4f3c9e8d7c6b5a4a39281706f5e4d3c2b1a09f8e7d6c5b4a2d9b5e1e5f7b1d0b", "yParity": "0x1"});
+        let zero = format!("0x{}", "0".repeat(64));
+        let block: AnyRpcBlock = serde_json::from_value(serde_json::json!({
+            "hash": hash, "parentHash": zero, "sha3Uncles": zero,
+            "miner": "0x0000000000000000000000000000000000000000", "stateRoot": zero,
+            "transactionsRoot": zero, "receiptsRoot": zero,
+            "logsBloom": format!("0x{}", "0".repeat(512)), "difficulty": "0x0", "number": "0x3",
+            "gasLimit": "0x1c9c380", "gasUsed": "0x10000", "timestamp": "0x65000000",
+            "extraData": "0x", "mixHash": zero, "nonce": "0x0000000000000000",
+            "baseFeePerGas": "0x7", "blobGasUsed": "0x20000", "excessBlobGas": "0x0",
+            "size": "0x400", "uncles": [], "transactions": [blob, set_code]
+        }))
+        .expect("a Cancun/Prague block decodes");
+        let receipt = |tx: &str, i: u32, blob_gas: Option<&str>| {
+            let mut r = serde_json::json!({"transactionHash": tx, "transactionIndex": format!("{i:#x}"),
+                "blockHash": hash, "status": "0x1", "gasUsed": "0x5208", "cumulativeGasUsed": "0x5208",
+                "effectiveGasPrice": "0x8", "logs": []});
+            if let Some(g) = blob_gas {
+                r["blobGasUsed"] = serde_json::json!(g);
+                r["blobGasPrice"] = serde_json::json!("0x1");
+            }
+            serde_json::from_value::<super::super::source::Receipt>(r).expect("receipt")
+        };
+        let d = BlockData {
+            receipts: vec![
+                receipt(
+                    "0xb0ebf0d8fca6724d5111d0be9ac61f0e7bf174208e0fafcb653f337c72465b83",
+                    0,
+                    Some("0x20000"),
+                ),
+                receipt(
+                    "0x9d0a1d2f0e4a4c4f8b1c1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d",
+                    1,
+                    None,
+                ),
+            ],
+            block,
+            traces: None,
+        };
+        let mut rows = EthRows::new();
+        rows.push_block(&d).expect("push");
+        let [blocks, txs, ..] = rows.finish().expect("finish");
+        assert_eq!(
+            blocks
+                .column_by_name("blob_gas_used")
+                .expect("col")
+                .as_primitive::<Int64Type>()
+                .value(0),
+            0x20000
+        );
+        let col = |n: &str| txs.column_by_name(n).expect(n).clone();
+        let ty = col("transaction_type");
+        assert_eq!(ty.as_primitive::<Int32Type>().values(), &[3, 4]);
+        let blob_fee = col("max_fee_per_blob_gas");
+        let blob_fee = blob_fee.as_primitive::<Decimal128Type>();
+        assert_eq!((blob_fee.value(0), blob_fee.is_null(1)), (0x20000, true));
+        let tip = col("max_priority_fee_per_gas");
+        assert_eq!(tip.as_primitive::<Decimal128Type>().values(), &[1, 2]);
+        let max_fee = col("max_fee_per_gas");
+        assert_eq!(
+            max_fee.as_primitive::<Decimal128Type>().values(),
+            &[0x281d620e, 0x3b9aca00]
+        );
+        let hashes = col("blob_versioned_hashes");
+        let hashes = hashes.as_list::<i32>();
+        assert_eq!(
+            hashes.value(0).as_string::<i32>().value(0),
+            "0x015a4cab4911426699ed34483de6640cf55a568afc5c5edffdcbd8bcd4452f68"
+        );
+        assert!(hashes.is_null(1));
+        let used = col("blob_gas_used");
+        assert_eq!(
+            (used.as_primitive::<Int64Type>().value(0), used.is_null(1)),
+            (0x20000, true)
+        );
+        assert_eq!(col("chain_id").as_primitive::<Int64Type>().value(1), 31337);
+    }
 }
