@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p ferret-benches --bin eth_ingest -- \
-//!     [--blocks 20] [--txs-per-block 1000] [--users 2000] [--batch 10] [--concurrency 4]
+//!     [--blocks 20] [--txs-per-block 2000] [--users 4000] [--batch 10] [--concurrency 4]
 //! ```
 //!
 //! Measurements over the same blocks, without traces and with callTracer:
@@ -31,12 +31,12 @@ use ferret_schemas::Warehouse;
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let blocks: usize = arg(&args, "--blocks", 20)?;
-    let txs: usize = arg(&args, "--txs-per-block", 1000)?;
-    let users: usize = arg(&args, "--users", 2000)?;
+    let txs: usize = arg(&args, "--txs-per-block", 2000)?;
+    let users: usize = arg(&args, "--users", 4000)?;
     let batch: usize = arg(&args, "--batch", 10)?;
     let concurrency: usize = arg(&args, "--concurrency", 4)?;
 
-    let node = Anvil::start(&["--gas-limit", "2000000000", "--timestamp", "1700000000"])
+    let node = Anvil::start(&["--gas-limit", "2000000000", "--order", "fifo", "--timestamp", "1700000000"])
         .await
         .context("starting anvil")?;
     let tmp = tempfile::tempdir()?;
