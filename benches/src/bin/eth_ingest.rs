@@ -36,9 +36,16 @@ async fn main() -> Result<()> {
     let batch: usize = arg(&args, "--batch", 10)?;
     let concurrency: usize = arg(&args, "--concurrency", 4)?;
 
-    let node = Anvil::start(&["--gas-limit", "2000000000", "--order", "fifo", "--timestamp", "1700000000"])
-        .await
-        .context("starting anvil")?;
+    let node = Anvil::start(&[
+        "--gas-limit",
+        "2000000000",
+        "--order",
+        "fifo",
+        "--timestamp",
+        "1700000000",
+    ])
+    .await
+    .context("starting anvil")?;
     let tmp = tempfile::tempdir()?;
     let t = Instant::now();
     let cfg = EthSynthConfig {

@@ -343,8 +343,6 @@ impl EthRows {
         self.counts.blocks += 1;
         self.buffered += 1;
 
-        let block_hash = hex_hash(&h.hash);
-        let _ = block_hash;
         for (pos, (tx, r)) in d.block.transactions.txns().zip(&d.receipts).enumerate() {
             let pos32 = i32::try_from(pos).map_err(|_| Error::BlockValue {
                 block: n,

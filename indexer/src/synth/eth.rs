@@ -448,7 +448,6 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                                 exit,
                                 eth,
                                 usd,
-                                split,
                                 hot[exchange],
                             )
                             .await?;
@@ -605,10 +604,8 @@ async fn plan_flow(
     exit: Address,
     eth: bool,
     usd: Address,
-    shared_splitter: Address,
     hot: Address,
 ) -> Result<Flow> {
-    let _ = shared_splitter;
     let send = |from: Address, to: Address, v: u128| {
         if eth {
             Tx::pay(from, to, v)
