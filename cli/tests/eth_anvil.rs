@@ -578,7 +578,7 @@ async fn follow_mode_survives_a_reorganisation() {
     // The CLI in follow mode: SIGTERM (a container stop) ends it cleanly after its commit.
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("wh");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferret"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferret"))
         .args([
             "index",
             "eth",
