@@ -361,6 +361,39 @@ async fn faults_are_retried_and_give_the_same_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_of_another_block_are_read_again() {
+    let Some(dir) = common::eth_rpc_fixtures() else {
+        return;
+    };
+    let clean_server = ReplayServer::start(&dir, 1).await.expect("replay");
+    let clean = Warehouse::open("memory://eth-moved-clean").expect("wh");
+    index_eth(&clean, &opts(clean_server.url()), None)
+        .await
+        .expect("clean run");
+    // The receipts answer names another block, as when the node's chain moves between
+    // the block request and the receipts request: the chunk is read again, not committed
+    // half-consistent, and not an error.
+    let server = ReplayServer::start(&dir, 1).await.expect("replay");
+    let block_hash = "0x246edb4b351d93c27926f4649bcf6c24366e2a7c7c718dc9158eea20c03bc6ae";
+    let other = format!("0x{}", "ab".repeat(32));
+    server.rewrite_once("eth_getTransactionReceipt", block_hash, &other);
+    let wh = Warehouse::open("memory://eth-moved").expect("wh");
+    let mut o = opts(server.url());
+    o.poll = Duration::from_millis(10);
+    index_eth(&wh, &o, None).await.expect("read again");
+    let receipts = server
+        .calls()
+        .iter()
+        .filter(|c| *c == "eth_getTransactionReceipt")
+        .count();
+    assert_eq!(receipts, 8, "the four receipts were read twice");
+    assert_eq!(
+        common::dump_chain(&wh, Chain::Eth).await,
+        common::dump_chain(&clean, Chain::Eth).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_rate_limits_and_wrong_chains_fail_clearly_and_commit_nothing() {
     let Some(dir) = common::eth_rpc_fixtures() else {
         return;

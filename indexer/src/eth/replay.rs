@@ -70,6 +70,9 @@ struct State {
     chain_id: Mutex<u64>,
     head: u64,
     faults: Mutex<VecDeque<Fault>>,
+    /// (method, text, replacement): applied once to the next answer to a request that
+    /// calls `method`.
+    rewrites: Mutex<Vec<(String, String, String)>>,
     requests: AtomicUsize,
     calls: Mutex<Vec<String>>,
 }
@@ -135,6 +138,7 @@ impl ReplayServer {
             chain_id: Mutex::new(chain_id),
             head,
             faults: Mutex::new(VecDeque::new()),
+            rewrites: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             calls: Mutex::new(Vec::new()),
         });
@@ -166,6 +170,17 @@ impl ReplayServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(faults);
+    }
+
+    /// Replaces `text` by `with` in the next answer to a request calling `method` (once):
+    /// e.g. receipts that name another block, as a node answers when its chain moves
+    /// between two requests.
+    pub fn rewrite_once(&self, method: &str, text: &str, with: &str) {
+        self.state
+            .rewrites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((method.into(), text.into(), with.into()));
     }
 
     /// Changes the chain id answered from now on.
@@ -304,6 +319,23 @@ async fn serve(stream: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         } else {
             b"Too Many Requests".to_vec()
         };
+        let calls_method = |m: &str| match &req {
+            Value::Array(calls) => calls
+                .iter()
+                .any(|c| c.get("method").and_then(Value::as_str) == Some(m)),
+            c => c.get("method").and_then(Value::as_str) == Some(m),
+        };
+        let rewrite = {
+            let mut rw = st.rewrites.lock().unwrap_or_else(|p| p.into_inner());
+            rw.iter()
+                .position(|(m, _, _)| calls_method(m))
+                .map(|i| rw.remove(i))
+        };
+        if let Some((_, text, with)) = rewrite {
+            bytes = String::from_utf8_lossy(&bytes)
+                .replace(&text, &with)
+                .into_bytes();
+        }
         if matches!(fault, Some(Fault::Truncate)) {
             bytes.truncate(bytes.len() / 2);
         }
