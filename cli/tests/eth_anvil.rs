@@ -370,7 +370,7 @@ async fn scenario_tables_are_exactly_what_happened() {
     }
     // The picture: seed → splitter → recipients and the exchange, amounts in ETH.
     let prefix = tmp.path().join("trace");
-    let line = ok_stdout(common::ferret(&[
+    let line = common::ok(common::ferret(&[
         "trace",
         "eth",
         "--warehouse",
@@ -625,13 +625,4 @@ async fn follow_mode_survives_a_reorganisation() {
     o.confirmations = 3;
     let s = index_eth(&deep, &o, None).await.expect("confirmations");
     assert_eq!(s.tip.expect("tip").height, 7);
-}
-
-fn ok_stdout(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -30,15 +30,6 @@ fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_cashouts_are_found_and_clusters_are_pure() {
     let Some(node) = common::anvil(&[]).await else {
@@ -48,7 +39,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
     let out = tmp.path().join("synth");
     let wh_path = tmp.path().join("wh");
     let wh_url = wh_path.to_str().expect("utf8");
-    let summary = ok(common::ferret(&[
+    let summary = common::ok(common::ferret(&[
         "synth",
         "eth",
         "--rpc",
@@ -65,7 +56,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
         "50",
     ]));
     assert!(summary.contains("planted cash-outs"), "{summary}");
-    ok(common::ferret(&[
+    common::ok(common::ferret(&[
         "index",
         "eth",
         "--rpc",
@@ -73,7 +64,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
         "--warehouse",
         wh_url,
     ]));
-    ok(common::ferret(&[
+    common::ok(common::ferret(&[
         "labels",
         "import",
         "--warehouse",
@@ -108,7 +99,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
                 // Without FERRET_REQUIRE_ALL a machine may lack a Vulkan device.
                 continue;
             }
-            let report = ok(common::ferret(&[
+            let report = common::ok(common::ferret(&[
                 "taint",
                 "eth",
                 "--warehouse",
@@ -193,7 +184,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
     );
 
     // Poison over every asset reaches every exit too.
-    ok(common::ferret(&[
+    common::ok(common::ferret(&[
         "taint",
         "eth",
         "--warehouse",
@@ -217,7 +208,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
 
     // Deposit-address clusters: never two owners in one cluster; the operator's cash-out
     // addresses are tied to its layering wallets; some users' two wallets are joined.
-    ok(common::ferret(&["cluster", "eth", "--warehouse", wh_url]));
+    common::ok(common::ferret(&["cluster", "eth", "--warehouse", wh_url]));
     let entity: HashMap<String, String> = csv_rows(&out.join("truth/entities.csv"))
         .into_iter()
         .map(|r| (r["address"].clone(), r["entity_id"].clone()))

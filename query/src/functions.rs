@@ -82,6 +82,31 @@ fn int_arg(f: &str, args: &[Expr], i: usize, name: &str) -> Result<Option<i64>> 
     }
 }
 
+/// A hop limit argument: NULL for none.
+fn hops_arg(f: &str, args: &[Expr], i: usize) -> Result<Option<u32>> {
+    int_arg(f, args, i, "hops")?
+        .map(|h| {
+            u32::try_from(h).map_err(|_| {
+                DataFusionError::Plan(format!("{f}: hops must be between 0 and 2^32 - 1, got {h}"))
+            })
+        })
+        .transpose()
+}
+
+/// A direction argument (`forward`, `backward`): NULL for the default.
+fn direction_arg(
+    f: &str,
+    args: &[Expr],
+    i: usize,
+) -> Result<Option<ferret_kernels::taint::Direction>> {
+    text_arg(f, args, i, "direction")?
+        .map(|d| {
+            d.parse()
+                .map_err(|e: String| DataFusionError::Plan(format!("{f}: {e}")))
+        })
+        .transpose()
+}
+
 fn split(list: &str) -> impl Iterator<Item = String> + '_ {
     list.split(',')
         .map(str::trim)
@@ -125,15 +150,11 @@ impl TableFunctionImpl for TaintFunction {
                 .parse()
                 .map_err(|e: String| DataFusionError::Plan(format!("{F}: {e}")))?;
         }
-        if let Some(h) = int_arg(F, args, 2, "hops")? {
-            job.max_hops = Some(u32::try_from(h).map_err(|_| {
-                DataFusionError::Plan(format!("{F}: hops must be between 0 and 2^32 - 1, got {h}"))
-            })?);
+        if let Some(h) = hops_arg(F, args, 2)? {
+            job.max_hops = Some(h);
         }
-        if let Some(d) = text_arg(F, args, 3, "direction")? {
-            job.direction = d
-                .parse()
-                .map_err(|e: String| DataFusionError::Plan(format!("{F}: {e}")))?;
+        if let Some(d) = direction_arg(F, args, 3)? {
+            job.direction = d;
         }
         if let Some(s) = text_arg(F, args, 4, "stop_at")? {
             job.stop_categories = split(&s).collect();
@@ -189,13 +210,11 @@ impl TableFunctionImpl for EthTaintFunction {
                 a.to_ascii_lowercase()
             };
         }
-        if let Some(h) = int_arg(F, args, 3, "hops")? {
-            job.max_hops = Some(u32::try_from(h).map_err(|_| {
-                DataFusionError::Plan(format!("{F}: hops must be between 0 and 2^32 - 1, got {h}"))
-            })?);
+        if let Some(h) = hops_arg(F, args, 3)? {
+            job.max_hops = Some(h);
         }
-        if let Some(d) = text_arg(F, args, 4, "direction")? {
-            job.direction = d.parse().map_err(parse_err)?;
+        if let Some(d) = direction_arg(F, args, 4)? {
+            job.direction = d;
         }
         if let Some(s) = text_arg(F, args, 5, "stop_at")? {
             job.stop_categories = split(&s).collect();

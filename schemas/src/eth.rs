@@ -10,15 +10,8 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-fn utf8(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Utf8, nullable)
-}
-fn i64(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Int64, nullable)
-}
-fn i32(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Int32, nullable)
-}
+use crate::fields::{i32, i64, utf8};
+
 /// Wei: Decimal128(38, 0).
 fn wei(name: &str, nullable: bool) -> Field {
     Field::new(name, DataType::Decimal128(38, 0), nullable)

@@ -14,6 +14,7 @@
 pub mod btc;
 mod error;
 pub mod eth;
+mod fields;
 pub mod layout;
 pub mod manifest;
 mod registry;

@@ -155,6 +155,16 @@ pub async fn anvil(extra: &[&str]) -> Option<ferret_indexer::eth::anvil::Anvil> 
     )
 }
 
+/// The stdout of a run that must have succeeded (its stderr in the panic otherwise).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the `ferret` binary.
 pub fn ferret(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferret"))

@@ -25,6 +25,7 @@ use crate::sink::{ChunkSinks, TableWriter};
 use crate::{Error, Result};
 pub use rpc::{RetryPolicy, Rpc};
 pub use source::{Source, TraceMode};
+use transform::hex_hash;
 pub use transform::{EthCounts, EthRows};
 
 /// Options of an Ethereum index run.
@@ -165,10 +166,6 @@ pub type Stop = tokio::sync::watch::Receiver<bool>;
 
 fn stopped(stop: &Option<Stop>) -> bool {
     stop.as_ref().is_some_and(|s| *s.borrow())
-}
-
-fn hex_hash(h: &alloy::primitives::B256) -> String {
-    format!("{h:#x}")
 }
 
 /// Indexes blocks from the node at `opts.rpc` into `wh`, continuing from the last commit.

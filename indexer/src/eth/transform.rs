@@ -29,7 +29,7 @@ fn hex_addr(a: &Address) -> String {
     format!("{a:#x}")
 }
 
-fn hex_hash(h: &B256) -> String {
+pub(crate) fn hex_hash(h: &B256) -> String {
     format!("{h:#x}")
 }
 

@@ -126,11 +126,7 @@ pub async fn cluster_eth(
     let n = u32::try_from(members.len())
         .map_err(|_| Error::TooLarge("address ids beyond u32".into()))?;
     let cluster_id = cc::connected_components(backend, n, &local)?;
-    let mut sizes = vec![0u32; n as usize];
-    for &c in &cluster_id {
-        sizes[c as usize] += 1;
-    }
-    let cluster_size = cluster_id.iter().map(|&c| sizes[c as usize]).collect();
+    let cluster_size = crate::cluster::cluster_sizes(&cluster_id);
     tracing::info!(
         deposit_addresses = deposits.len(),
         links = links.len(),

@@ -329,10 +329,11 @@ pub fn run_on_transfers(
     let stops: Vec<u32> = stop_labels.keys().copied().collect();
     let node_flags = flags(t.graph.nodes, &seeds, &stops)?;
     let backward = job.direction == Direction::Backward;
-    let g = if backward {
-        t.graph.reversed()
+    // Forward runs on the loaded graph itself; backward on its reversed copy.
+    let g: std::borrow::Cow<'_, TransferGraph> = if backward {
+        std::borrow::Cow::Owned(t.graph.reversed())
     } else {
-        t.graph.clone()
+        std::borrow::Cow::Borrowed(&t.graph)
     };
     let m = g.src.len();
     // Edge `e` of the run's graph is transfer `orig(e)`.

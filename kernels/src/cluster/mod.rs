@@ -215,11 +215,7 @@ pub async fn cluster_btc(
     let n = u32::try_from(g.addresses.len())
         .map_err(|_| Error::TooLarge("address ids beyond u32".into()))?;
     let cluster_id = cc::connected_components(backend, n, &g.edges)?;
-    let mut sizes = vec![0u32; n as usize];
-    for &c in &cluster_id {
-        sizes[c as usize] += 1;
-    }
-    let cluster_size = cluster_id.iter().map(|&c| sizes[c as usize]).collect();
+    let cluster_size = cluster_sizes(&cluster_id);
     tracing::info!(
         addresses = n,
         links = g.edges.len(),
@@ -235,6 +231,15 @@ pub async fn cluster_btc(
         coinjoins_skipped: g.coinjoins_skipped,
         linked_transactions: g.linked_transactions,
     })
+}
+
+/// Per address: the number of addresses sharing its cluster id.
+pub(crate) fn cluster_sizes(cluster_id: &[u32]) -> Vec<u32> {
+    let mut sizes = vec![0u32; cluster_id.len()];
+    for &c in cluster_id {
+        sizes[c as usize] += 1;
+    }
+    cluster_id.iter().map(|&c| sizes[c as usize]).collect()
 }
 
 impl Clusters {
