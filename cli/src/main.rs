@@ -132,6 +132,9 @@ struct IndexBtcArgs {
     /// Commit at least every this many MiB of block data.
     #[arg(long, default_value_t = 512)]
     commit_mb: u64,
+    /// Threads that read, decode, verify and prepare blocks (default: one per core).
+    #[arg(long)]
+    read_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -426,6 +429,12 @@ async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
     opts.network = a.network.as_deref().map(parse_network).transpose()?;
     opts.commit_blocks = a.commit_blocks;
     opts.commit_bytes = a.commit_mb.max(1) << 20;
+    if let Some(n) = a.read_threads {
+        if n == 0 {
+            bail!("--read-threads must be at least 1");
+        }
+        opts.read_threads = n;
+    }
     opts.progress = true;
     let summary = index_btc(&wh, &opts)
         .await

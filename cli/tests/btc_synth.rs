@@ -125,7 +125,8 @@ async fn spilling_the_spent_output_store_changes_nothing() {
     let blocks = tmp.path().join("blocks");
     let roomy = Warehouse::open("memory://spill-roomy").expect("open");
     let tight = Warehouse::open(tmp.path().join("tight").to_str().expect("utf8")).expect("open");
-    let opts = IndexOptions::new(&blocks);
+    let mut opts = IndexOptions::new(&blocks);
+    opts.read_threads = 1;
     let a = index_btc(&roomy, &opts).await.expect("index");
     let mut small = IndexOptions::new(&blocks);
     small.utxo_mem_bytes = 256 << 10;
@@ -133,7 +134,16 @@ async fn spilling_the_spent_output_store_changes_nothing() {
     let b = index_btc(&tight, &small).await.expect("index");
     assert_eq!(a.utxo.spills, 0);
     assert!(b.utxo.spills > 0 && b.utxo.disk_hits > 0, "{:?}", b.utxo);
-    assert_eq!(dump(&roomy).await, dump(&tight).await);
+    let one_reader = dump(&roomy).await;
+    assert_eq!(one_reader, dump(&tight).await);
+
+    // Blocks prepared by many reader threads reach the transform in height order.
+    let many = Warehouse::open("memory://many-readers").expect("open");
+    let mut opts = IndexOptions::new(&blocks);
+    opts.read_threads = 5;
+    opts.commit_blocks = 7;
+    index_btc(&many, &opts).await.expect("index");
+    assert_eq!(one_reader, dump(&many).await);
 }
 
 #[tokio::test]
@@ -152,7 +162,7 @@ async fn a_tampered_witness_fails_the_witness_commitment() {
     // Find the first block with a segwit spend and flip a byte of one witness item: the
     // txids (and so the merkle root) stay the same, only the wtxid changes.
     let mut offset = 0;
-    let tampered_at = loop {
+    let (tampered_at, tampered_hash) = loop {
         let len = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().expect("4")) as usize;
         assert!(len > 0, "no segwit spend found");
         let mut block: bitcoin::Block =
@@ -173,20 +183,46 @@ async fn a_tampered_witness_fails_the_witness_commitment() {
             input.witness = bitcoin::Witness::from_slice(&items);
             let raw = serialize(&block);
             assert_eq!(raw.len(), len);
+
             bytes[offset + 8..offset + 8 + len].copy_from_slice(&raw);
-            break offset;
+            break (offset, block.block_hash().to_string());
         }
         offset += 8 + len;
     };
-    std::fs::write(&blk, bytes).expect("write");
-    let wh = Warehouse::open("memory://tampered-witness").expect("open");
-    let err = index_btc(&wh, &IndexOptions::new(tmp.path().join("blocks")))
+    // The tampered block's height, from an index of the clean files.
+    let clean = Warehouse::open("memory://before-tampering").expect("open");
+    index_btc(&clean, &IndexOptions::new(tmp.path().join("blocks")))
         .await
-        .expect_err("tampered");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&format!("blk00000.dat at offset {tampered_at}")),
-        "{msg}"
-    );
-    assert!(msg.contains("witness commitment mismatch"), "{msg}");
+        .expect("index clean");
+    let height: u64 = scalar(
+        &clean,
+        &format!("SELECT height FROM btc.blocks WHERE hash = '{tampered_hash}'"),
+    )
+    .await
+    .parse()
+    .expect("the tampered block is on the best chain");
+    let committed_before_bad = height.checked_sub(1);
+    std::fs::write(&blk, bytes).expect("write");
+    // Whichever reader thread meets the bad block, the error is that block's, and the
+    // blocks before it are committed.
+    for threads in [1, 2, 3] {
+        let wh = Warehouse::open(&format!("memory://tampered-witness-{threads}")).expect("open");
+        let mut opts = IndexOptions::new(tmp.path().join("blocks"));
+        opts.read_threads = threads;
+        opts.commit_blocks = 1;
+        let err = index_btc(&wh, &opts).await.expect_err("tampered");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("blk00000.dat at offset {tampered_at}")),
+            "{threads} threads: {msg}"
+        );
+        assert!(msg.contains("witness commitment mismatch"), "{msg}");
+        let committed = wh
+            .load_manifest(ferret_schemas::Chain::Btc)
+            .await
+            .expect("manifest")
+            .and_then(|m| m.tip)
+            .map(|t| t.height);
+        assert_eq!(committed, committed_before_bad, "{threads} threads");
+    }
 }

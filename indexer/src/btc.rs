@@ -21,7 +21,7 @@ use crate::source::bitcoin::{
     BestChain, BlkDir, BlockFault, ChainBlock, ScriptKind, TxHashes, hash_and_verify,
     select_best_chain,
 };
-use crate::transform::{BtcRows, Counts};
+use crate::transform::{BtcRows, Counts, PreparedBlock};
 use crate::utxo::{Utxo, UtxoStats, UtxoStore};
 use crate::{Error, Result};
 
@@ -42,6 +42,8 @@ pub struct IndexOptions {
     pub commit_bytes: u64,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Threads reading, decoding, verifying and preparing blocks ahead of the transform.
+    pub read_threads: usize,
 }
 
 impl IndexOptions {
@@ -55,8 +57,14 @@ impl IndexOptions {
             commit_blocks: 10_000,
             commit_bytes: 512 << 20,
             progress: false,
+            read_threads: default_read_threads(),
         }
     }
+}
+
+/// One reader thread per core: they do most of the per-block work.
+pub fn default_read_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// What a run did.
@@ -271,29 +279,52 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         );
     }
 
-    // Reader thread: decode and verify in height order, a bounded queue ahead.
-    let (tx, rx) =
-        mpsc::sync_channel::<Result<(u64, bitcoin::Block, TxHashes, u64)>>(READ_AHEAD_BLOCKS);
+    // Reader threads: read, decode, verify and prepare blocks in parallel; the transform
+    // takes them back in height order (block i comes from thread i mod n).
     let dir = Arc::new(dir);
-    let reader_dir = Arc::clone(&dir);
-    let reader = std::thread::Builder::new()
-        .name("ferret-blk-reader".into())
-        .spawn(move || {
-            let mut buf = Vec::new();
-            for b in todo {
-                let res = reader_dir
-                    .read_block_with(&b.loc, &mut buf)
-                    .and_then(|block| {
-                        let hashes = verify(&reader_dir, &b, &block)?;
-                        Ok((b.height, block, hashes, u64::from(b.loc.len) + 8))
+    let network_kind = dir.network();
+    let threads = opts.read_threads.max(1).min(todo.len().max(1));
+    let todo = Arc::new(todo);
+    let mut queues = Vec::with_capacity(threads);
+    let mut readers = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (tx, rx) = mpsc::sync_channel::<Result<PreparedBlock>>(READ_AHEAD_BLOCKS);
+        let dir = Arc::clone(&dir);
+        let todo = Arc::clone(&todo);
+        let handle = std::thread::Builder::new()
+            .name(format!("ferret-blk-reader-{t}"))
+            .spawn(move || {
+                let mut buf = Vec::new();
+                for b in todo.iter().skip(t).step_by(threads) {
+                    let res = dir.read_block_with(&b.loc, &mut buf).and_then(|block| {
+                        let hashes = verify(&dir, b, &block)?;
+                        let len = u64::from(b.loc.len) + 8;
+                        Ok(PreparedBlock::new(
+                            block,
+                            &hashes,
+                            b.height,
+                            len,
+                            network_kind,
+                        ))
                     });
-                let failed = res.is_err();
-                if tx.send(res).is_err() || failed {
-                    return;
+                    let failed = res.is_err();
+                    if tx.send(res).is_err() || failed {
+                        return;
+                    }
                 }
-            }
-        })
-        .map_err(|e| Error::io("ferret-blk-reader thread", e))?;
+            })
+            .map_err(|e| Error::io("ferret-blk-reader thread", e))?;
+        queues.push(rx);
+        readers.push(handle);
+    }
+    let mut received = 0usize;
+    let mut next_block = move || -> Result<PreparedBlock> {
+        let q = &queues[received % threads];
+        received += 1;
+        q.recv().map_err(|_| Error::Internal {
+            what: "a block reader stopped early".into(),
+        })?
+    };
 
     let bar = if opts.progress {
         ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr())
@@ -307,7 +338,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         .expect("static template"),
     );
 
-    let mut rows = BtcRows::new(dir.network());
+    let mut rows = BtcRows::new();
     let btc_tables: Vec<_> = tables_of(Chain::Btc).collect();
     let mut next_tx_index = manifest.next_tx_index;
     let mut blocks_done = 0u64;
@@ -316,13 +347,17 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         let mut sinks = ChunkSinks::open(wh, &btc_tables, chunk.first, chunk.last, None)?;
         let mut last_hash = String::new();
         for expect_height in chunk.first..=chunk.last {
-            let (height, block, hashes, len) = rx.recv().map_err(|_| Error::Internal {
-                what: "the block reader stopped early".into(),
-            })??;
-            debug_assert_eq!(height, expect_height);
-            rows.push_block(&block, &hashes, height, next_tx_index, &mut utxo)?;
-            next_tx_index += block.txdata.len() as u64;
-            last_hash = block.block_hash().to_string();
+            let prepared = next_block()?;
+            let (height, len) = (prepared.height, prepared.record_len);
+            if height != expect_height {
+                return Err(Error::Internal {
+                    what: format!("reader delivered height {height} where {expect_height} was due"),
+                });
+            }
+            let tx_count = prepared.block.txdata.len() as u64;
+            last_hash = prepared.hash_hex().to_string();
+            rows.push_block(prepared, next_tx_index, &mut utxo)?;
+            next_tx_index += tx_count;
             if first_hash.is_none() && manifest.first_hash.is_none() {
                 first_hash = Some(last_hash.clone());
             }
@@ -368,8 +403,10 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         );
     }
     bar.finish_and_clear();
-    drop(rx);
-    let _ = reader.join();
+    drop(next_block);
+    for r in readers {
+        let _ = r.join();
+    }
     summary.heights = Some((start, end));
     summary.tip = manifest.tip.clone();
     summary.utxo = utxo.stats.clone();

@@ -13,7 +13,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Block, Network};
 use ferret_schemas::btc;
 
-use crate::source::bitcoin::{TxHashes, classify};
+use crate::source::bitcoin::{ScriptKind, TxHashes, classify};
 use crate::utxo::{Utxo, UtxoStore};
 use crate::{Error, Result};
 
@@ -34,9 +34,103 @@ fn hex_str<'a>(bytes: &[u8; 32], buf: &'a mut [u8; 64]) -> &'a str {
 /// Counters of what the transform produced: the same shape as the manifest's totals.
 pub type Counts = ferret_schemas::manifest::Totals;
 
+/// Per-transaction facts computed off the ordered path.
+struct PreparedTx {
+    txid: [u8; 32],
+    txid_hex: [u8; 64],
+    wtxid_hex: [u8; 64],
+    size: usize,
+    vsize: usize,
+    weight: u64,
+}
+
+/// A decoded, verified block with everything the transform needs that does not depend on
+/// other blocks already computed: hex ids, sizes and weights, every output script
+/// classified with its address encoded. Built on the reader threads, in parallel, so that
+/// only the spent-output look-ups and the column appends run in height order.
+pub struct PreparedBlock {
+    /// Height in the indexed chain.
+    pub height: u64,
+    /// Bytes of the blk record (8-byte header + block).
+    pub record_len: u64,
+    /// The block itself.
+    pub block: Block,
+    hash_hex: [u8; 64],
+    size: usize,
+    weight: u64,
+    txs: Vec<PreparedTx>,
+    /// Every output of the block in order: its script type and address.
+    outputs: Vec<(ScriptKind, Option<Box<str>>)>,
+}
+
+impl PreparedBlock {
+    /// Prepares `block` (verified, with `hashes` from
+    /// [`crate::source::bitcoin::hash_and_verify`]) at `height` on `network`.
+    pub fn new(
+        block: Block,
+        hashes: &TxHashes,
+        height: u64,
+        record_len: u64,
+        network: Network,
+    ) -> Self {
+        let mut hash_hex = [0u8; 64];
+        display_hex(&block.block_hash().to_byte_array(), &mut hash_hex);
+        let txs = block
+            .txdata
+            .iter()
+            .zip(hashes.txids.iter().zip(&hashes.wtxids))
+            .map(|(tx, (txid, wtxid))| {
+                let txid = txid.to_byte_array();
+                let mut txid_hex = [0u8; 64];
+                display_hex(&txid, &mut txid_hex);
+                let mut wtxid_hex = [0u8; 64];
+                display_hex(&wtxid.to_byte_array(), &mut wtxid_hex);
+                let size = tx.total_size();
+                let weight = tx.weight().to_wu();
+                PreparedTx {
+                    txid,
+                    txid_hex,
+                    wtxid_hex,
+                    size,
+                    // vsize = ceil(weight / 4), as Transaction::vsize computes it.
+                    vsize: usize::try_from(weight.div_ceil(4)).unwrap_or(usize::MAX),
+                    weight,
+                }
+            })
+            .collect::<Vec<_>>();
+        let outputs = block
+            .txdata
+            .iter()
+            .flat_map(|tx| &tx.output)
+            .map(|o| {
+                let (kind, address) = classify(&o.script_pubkey, network);
+                (kind, address.map(String::into_boxed_str))
+            })
+            .collect();
+        // A block's size and weight are its header, tx count and transactions'.
+        let header_and_count = 80 + bitcoin::VarInt::from(block.txdata.len()).size();
+        let size = header_and_count + txs.iter().map(|t| t.size).sum::<usize>();
+        let weight = 4 * header_and_count as u64 + txs.iter().map(|t| t.weight).sum::<u64>();
+        Self {
+            height,
+            record_len,
+            block,
+            hash_hex,
+            size,
+            weight,
+            txs,
+            outputs,
+        }
+    }
+
+    /// The block hash as Bitcoin displays it.
+    pub fn hash_hex(&self) -> &str {
+        std::str::from_utf8(&self.hash_hex).expect("hex digits are ascii")
+    }
+}
+
 /// Column builders of the four Bitcoin tables.
 pub struct BtcRows {
-    network: Network,
     // blocks
     b_height: Int64Builder,
     b_hash: StringBuilder,
@@ -110,13 +204,18 @@ fn height_i64(h: u64) -> i64 {
     i64::try_from(h).unwrap_or(i64::MAX)
 }
 
+impl Default for BtcRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BtcRows {
-    /// Empty builders for a chain on `network`.
-    pub fn new(network: Network) -> Self {
+    /// Empty builders.
+    pub fn new() -> Self {
         let witness = ListBuilder::new(BinaryBuilder::new())
             .with_field(Arc::new(Field::new_list_field(DataType::Binary, false)));
         Self {
-            network,
             b_height: Int64Builder::new(),
             b_hash: StringBuilder::new(),
             b_prev: StringBuilder::new(),
@@ -177,23 +276,21 @@ impl BtcRows {
         self.b_height.len() + self.t_height.len() + self.i_height.len() + self.o_height.len()
     }
 
-    /// Appends one block at `height` whose first transaction has global index
-    /// `first_tx_index`; `hashes` are its transactions' ids from
-    /// [`crate::source::bitcoin::hash_and_verify`]. Spends and creates outputs in `utxo` as it goes.
+    /// Appends one prepared block whose first transaction has global index
+    /// `first_tx_index`. Spends and creates outputs in `utxo` as it goes: this is the part
+    /// of the transform that must run in height order.
     pub fn push_block(
         &mut self,
-        block: &Block,
-        hashes: &TxHashes,
-        height: u64,
+        p: PreparedBlock,
         first_tx_index: u64,
         utxo: &mut UtxoStore,
     ) -> Result<()> {
         let mut hex = [0u8; 64];
-        let h = height_i64(height);
+        let h = height_i64(p.height);
+        let block = &p.block;
         let header = &block.header;
         self.b_height.append_value(h);
-        self.b_hash
-            .append_value(hex_str(&block.block_hash().to_byte_array(), &mut hex));
+        self.b_hash.append_value(p.hash_hex());
         self.b_prev
             .append_value(hex_str(&header.prev_blockhash.to_byte_array(), &mut hex));
         self.b_time.append_value(i64::from(header.time));
@@ -204,23 +301,20 @@ impl BtcRows {
             .append_value(i64::from(header.bits.to_consensus()));
         self.b_nonce.append_value(i64::from(header.nonce));
         self.b_tx_count.append_value(int(block.txdata.len()));
-        let size = block.total_size();
-        let weight = block.weight().to_wu();
-        self.b_size.append_value(int(size));
+        self.b_size.append_value(int(p.size));
         // stripped size: weight = 3 * stripped + total.
         self.b_stripped
-            .append_value(height_i64((weight - size as u64) / 3));
-        self.b_weight.append_value(height_i64(weight));
+            .append_value(height_i64((p.weight - p.size as u64) / 3));
+        self.b_weight.append_value(height_i64(p.weight));
         self.b_first_tx.append_value(height_i64(first_tx_index));
         self.counts.blocks += 1;
-        let height32 = u32::try_from(height).unwrap_or(u32::MAX);
+        let height32 = u32::try_from(p.height).unwrap_or(u32::MAX);
 
-        for (pos, tx) in block.txdata.iter().enumerate() {
+        let mut outputs = p.outputs.into_iter();
+        for (pos, (tx, facts)) in block.txdata.iter().zip(&p.txs).enumerate() {
             let tx_index = first_tx_index + pos as u64;
-            let txid = hashes.txids[pos].to_byte_array();
-            let mut txid_hex = [0u8; 64];
-            display_hex(&txid, &mut txid_hex);
-            let txid_str = std::str::from_utf8(&txid_hex).expect("ascii");
+            let txid = facts.txid;
+            let txid_str = std::str::from_utf8(&facts.txid_hex).expect("ascii");
             let is_coinbase = pos == 0 && tx.is_coinbase();
             let ti = height_i64(tx_index);
 
@@ -278,7 +372,9 @@ impl BtcRows {
             for (vout, out) in tx.output.iter().enumerate() {
                 let value = out.value.to_sat();
                 output_value += value;
-                let (kind, address) = classify(&out.script_pubkey, self.network);
+                let (kind, address) = outputs.next().ok_or_else(|| Error::Internal {
+                    what: format!("prepared block {} lacks an output", p.height),
+                })?;
                 self.o_height.append_value(h);
                 self.o_tx_index.append_value(ti);
                 self.o_txid.append_value(txid_str);
@@ -289,9 +385,8 @@ impl BtcRows {
                 self.o_address.append_option(address.as_deref());
                 self.o_script.append_value(out.script_pubkey.as_bytes());
                 self.counts.outputs += 1;
-                if !out.script_pubkey.is_op_return() {
+                if kind != ScriptKind::Nulldata {
                     let key = (txid, u32::try_from(vout).unwrap_or(u32::MAX));
-                    let address = address.map(String::into_boxed_str);
                     utxo.insert(
                         key,
                         Utxo {
@@ -312,7 +407,7 @@ impl BtcRows {
                 .append_value(i32::try_from(pos).unwrap_or(i32::MAX));
             self.t_txid.append_value(txid_str);
             self.t_wtxid
-                .append_value(hex_str(&tx.compute_wtxid().to_byte_array(), &mut hex));
+                .append_value(std::str::from_utf8(&facts.wtxid_hex).expect("ascii"));
             self.t_version.append_value(tx.version.0);
             self.t_locktime
                 .append_value(i64::from(tx.lock_time.to_consensus_u32()));
@@ -327,9 +422,9 @@ impl BtcRows {
                 input_value.map(|i| i64::try_from(i as i128 - output_value as i128).unwrap_or(0))
             };
             self.t_fee.append_option(fee);
-            self.t_size.append_value(int(tx.total_size()));
-            self.t_vsize.append_value(int(tx.vsize()));
-            self.t_weight.append_value(height_i64(tx.weight().to_wu()));
+            self.t_size.append_value(int(facts.size));
+            self.t_vsize.append_value(int(facts.vsize));
+            self.t_weight.append_value(height_i64(facts.weight));
             self.counts.transactions += 1;
         }
         utxo.flush()
@@ -434,11 +529,14 @@ mod tests {
     #[test]
     fn genesis_rows() {
         let block = bitcoin::constants::genesis_block(Network::Bitcoin);
-        let mut rows = BtcRows::new(Network::Bitcoin);
+        let mut rows = BtcRows::new();
         let mut utxo = UtxoStore::new(1 << 20);
         let hashes = crate::source::bitcoin::hash_and_verify(&block).expect("valid");
-        rows.push_block(&block, &hashes, 0, 0, &mut utxo)
-            .expect("push");
+        let size = block.total_size();
+        let weight = block.weight().to_wu();
+        let prepared = PreparedBlock::new(block, &hashes, 0, size as u64 + 8, Network::Bitcoin);
+        assert_eq!((prepared.size, prepared.weight), (size, weight));
+        rows.push_block(prepared, 0, &mut utxo).expect("push");
         let [b, t, i, o] = rows.finish().expect("finish");
         assert_eq!(
             (b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows()),

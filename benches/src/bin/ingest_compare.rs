@@ -220,7 +220,7 @@ fn run_ferret(args: &Args) -> Result<Outcome> {
 /// Ferret's stages, sequential on one thread, each timed.
 fn run_ferret_stages(args: &Args) -> Result<Outcome> {
     use ferret_indexer::source::bitcoin::{BlkDir, classify, hash_and_verify, select_best_chain};
-    use ferret_indexer::transform::BtcRows;
+    use ferret_indexer::transform::{BtcRows, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};
     use parquet::arrow::ArrowWriter;
@@ -236,7 +236,7 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
     lap("1 scan+best-chain", t);
 
     let network = dir.network();
-    let mut rows = BtcRows::new(network);
+    let mut rows = BtcRows::new();
     let mut utxo = UtxoStore::new(mb << 20);
     let mut writers = tables_of(Chain::Btc)
         .map(|t| {
@@ -273,13 +273,13 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
             .map_err(|f| anyhow::anyhow!("block {} fails verification: {f:?}", b.height))?;
         lap("3 hash txids+wtxids, verify merkle+commitment", t);
 
-        // Side measurements of work the transform does inside push_block.
+        // Side measurements of work PreparedBlock::new does (on the reader threads).
         let t = Instant::now();
         sink ^= block.total_size() as u64 ^ block.weight().to_wu();
         for tx in &block.txdata {
             sink ^= tx.total_size() as u64 ^ tx.vsize() as u64 ^ tx.weight().to_wu();
         }
-        lap("4b (inside 4) block+tx size/vsize/weight", t);
+        lap("4b (inside 4a) block+tx size/vsize/weight", t);
         let t = Instant::now();
         for tx in &block.txdata {
             for out in &tx.output {
@@ -287,14 +287,19 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
                 sink ^= kind as u64 ^ addr.map_or(0, |a| a.len() as u64);
             }
         }
-        lap("4c (inside 4) classify+address encode", t);
+        lap("4c (inside 4a) classify+address encode", t);
 
+        let txs = block.txdata.len() as u64;
         let t = Instant::now();
-        rows.push_block(&block, &hashes, b.height, next_tx_index, &mut utxo)?;
-        lap("4 transform (push-block, UTXO)", t);
-        next_tx_index += block.txdata.len() as u64;
+        let prepared =
+            PreparedBlock::new(block, &hashes, b.height, u64::from(b.loc.len) + 8, network);
+        lap("4a prepare (reader threads)", t);
+        let t = Instant::now();
+        rows.push_block(prepared, next_tx_index, &mut utxo)?;
+        lap("4 transform (push-block, UTXO; in order)", t);
+        next_tx_index += txs;
         o.blocks += 1;
-        o.txs += block.txdata.len() as u64;
+        o.txs += txs;
         o.bytes += u64::from(b.loc.len) + 8;
         if rows.buffered_rows() >= ferret_indexer::sink::ROW_GROUP_ROWS {
             flush(&mut rows, &mut writers, &mut lap)?;
@@ -388,7 +393,7 @@ impl std::io::Write for CountingSink {
 /// indexer can do less work; divided by the cores, it bounds the wall time from below.
 fn run_floor(args: &Args) -> Result<Outcome> {
     use ferret_indexer::source::bitcoin::{BlkDir, hash_and_verify, select_best_chain};
-    use ferret_indexer::transform::BtcRows;
+    use ferret_indexer::transform::{BtcRows, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};
     use parquet::arrow::ArrowWriter;
@@ -416,7 +421,7 @@ fn run_floor(args: &Args) -> Result<Outcome> {
     let decode = t.elapsed().as_secs_f64();
 
     // (B) untimed: the rows, built by Ferret's transform and cut to the contract.
-    let mut rows = BtcRows::new(dir.network());
+    let mut rows = BtcRows::new();
     let mut utxo = UtxoStore::new(args.utxo_mem_mb[0] << 20);
     let tables: Vec<_> = tables_of(Chain::Btc).collect();
     let mut batches: Vec<Vec<arrow::array::RecordBatch>> = vec![Vec::new(); tables.len()];
@@ -439,8 +444,10 @@ fn run_floor(args: &Args) -> Result<Outcome> {
         let block = dir.read_block_with(&b.loc, &mut buf)?;
         let hashes = hash_and_verify(&block)
             .map_err(|f| anyhow::anyhow!("block {} fails verification: {f:?}", b.height))?;
-        rows.push_block(&block, &hashes, b.height, next_tx_index, &mut utxo)?;
-        next_tx_index += block.txdata.len() as u64;
+        let txs = block.txdata.len() as u64;
+        let prepared = PreparedBlock::new(block, &hashes, b.height, 0, dir.network());
+        rows.push_block(prepared, next_tx_index, &mut utxo)?;
+        next_tx_index += txs;
         if rows.buffered_rows() >= ferret_indexer::sink::ROW_GROUP_ROWS {
             keep(&mut rows)?;
         }

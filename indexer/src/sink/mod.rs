@@ -25,6 +25,9 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 const BLOB_COLUMNS: &[&str] = &["script", "script_sig", "witness"];
 const INCOMPRESSIBLE_COLUMNS: &[&str] = &["script_sig", "witness"];
 
+/// Columns with few distinct values, worth a dictionary.
+const DICTIONARY_COLUMNS: &[&str] = &["script_type"];
+
 /// Writer properties of a table: sort order, statistics, bloom filters, compression.
 pub fn writer_properties(t: &TableDef) -> WriterProperties {
     let schema = t.schema();
@@ -47,6 +50,10 @@ pub fn writer_properties(t: &TableDef) -> WriterProperties {
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
+        // No dictionaries: hashes, addresses and amounts are near-unique, and dictionary
+        // encoding measured slower and larger on them (it gives up per page and falls back).
+        // The one low-cardinality string column gets one.
+        .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_sorting_columns(Some(sorting))
@@ -62,6 +69,9 @@ pub fn writer_properties(t: &TableDef) -> WriterProperties {
             parquet::basic::Type::INT32 | parquet::basic::Type::INT64
         ) {
             b = b.set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED);
+        }
+        if DICTIONARY_COLUMNS.contains(&top) {
+            b = b.set_column_dictionary_enabled(path.clone(), true);
         }
         if BLOB_COLUMNS.contains(&top) {
             b = b.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
