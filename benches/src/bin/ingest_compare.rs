@@ -212,6 +212,7 @@ fn run_ferret(args: &Args) -> Result<Outcome> {
             ("spills".into(), s.utxo.spills.to_string()),
             ("spilled-entries".into(), s.utxo.spilled_entries.to_string()),
             ("disk-hits".into(), s.utxo.disk_hits.to_string()),
+            ("run-merges".into(), s.utxo.merges.to_string()),
             ("utxo-peak-mem".into(), s.utxo.peak_mem_bytes.to_string()),
         ],
     })
