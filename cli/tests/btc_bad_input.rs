@@ -221,6 +221,9 @@ fn bad_arguments() {
     let out = ferret(&["index", "btc", "--blocks-dir", ".", "--utxo-mem-mb", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--utxo-mem-mb must be at least 1"));
+    let out = ferret(&["index", "btc", "--blocks-dir", ".", "--read-threads", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--read-threads must be at least 1"));
     let out = ferret(&["sql", "--warehouse", "ftp://nowhere/x", "SELECT 1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported scheme `ftp`"));
     assert!(!out.status.success());

@@ -112,6 +112,13 @@ impl std::fmt::Display for IndexSummary {
             c.blocks as f64 / secs,
             self.bytes_read as f64 / 1e6 / secs
         )?;
+        if self.utxo.spills > 0 {
+            write!(
+                f,
+                "\nspent-output store: {} spills ({} entries to disk, {} run merges), {} inputs resolved from disk",
+                self.utxo.spills, self.utxo.spilled_entries, self.utxo.merges, self.utxo.disk_hits
+            )?;
+        }
         if let Some(t) = &self.tip {
             write!(f, "\ntip {} at height {}", t.hash, t.height)?;
         }
@@ -123,8 +130,80 @@ impl std::fmt::Display for IndexSummary {
 /// writers as batches.
 const FLUSH_ROWS: usize = 64 * 1024;
 
-/// Decoded blocks queued between the reader thread and the transform.
-const READ_AHEAD_BLOCKS: usize = 8;
+/// Blocks read ahead of the transform, at most: blk bytes of the blocks taken by the
+/// readers and not yet consumed (decoded and prepared, a block takes about 3× its bytes).
+const READ_AHEAD_BYTES: u64 = 24 << 20;
+
+/// Blocks queued per reader thread, at most (small blocks; big ones hit the byte bound).
+const READ_AHEAD_BLOCKS: usize = 16;
+
+/// The byte budget the reader threads take blocks under. Blocks are admitted in height
+/// order (a reader waits for its block's turn), so the blocks holding the budget are
+/// always ones the transform will take before the waiting one: no deadlock.
+struct ReadAhead {
+    state: std::sync::Mutex<ReadAheadState>,
+    turn: std::sync::Condvar,
+    limit: u64,
+}
+
+struct ReadAheadState {
+    next: usize,
+    in_flight: u64,
+    closed: bool,
+}
+
+impl ReadAhead {
+    fn new(limit: u64) -> Self {
+        Self {
+            state: std::sync::Mutex::new(ReadAheadState {
+                next: 0,
+                in_flight: 0,
+                closed: false,
+            }),
+            turn: std::sync::Condvar::new(),
+            limit,
+        }
+    }
+
+    /// Waits until block `index` (of `bytes`) may be read; false once the run stopped.
+    fn admit(&self, index: usize, bytes: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !s.closed
+            && (s.next != index || (s.in_flight > 0 && s.in_flight + bytes > self.limit))
+        {
+            s = self.turn.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        if s.closed {
+            return false;
+        }
+        s.next += 1;
+        s.in_flight += bytes;
+        self.turn.notify_all();
+        true
+    }
+
+    /// The transform took a block of `bytes`.
+    fn release(&self, bytes: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.in_flight = s.in_flight.saturating_sub(bytes);
+        self.turn.notify_all();
+    }
+
+    /// The run stopped: wake the readers so they exit.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.turn.notify_all();
+    }
+}
+
+/// Closes the read-ahead when the transform side goes away (done or failed).
+struct CloseOnDrop(Arc<ReadAhead>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 fn network_name(n: Network) -> String {
     n.to_core_arg().to_string()
@@ -285,17 +364,22 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let network_kind = dir.network();
     let threads = opts.read_threads.max(1).min(todo.len().max(1));
     let todo = Arc::new(todo);
+    let read_ahead = Arc::new(ReadAhead::new(READ_AHEAD_BYTES));
     let mut queues = Vec::with_capacity(threads);
     let mut readers = Vec::with_capacity(threads);
     for t in 0..threads {
         let (tx, rx) = mpsc::sync_channel::<Result<PreparedBlock>>(READ_AHEAD_BLOCKS);
         let dir = Arc::clone(&dir);
         let todo = Arc::clone(&todo);
+        let read_ahead = Arc::clone(&read_ahead);
         let handle = std::thread::Builder::new()
             .name(format!("ferret-blk-reader-{t}"))
             .spawn(move || {
                 let mut buf = Vec::new();
-                for b in todo.iter().skip(t).step_by(threads) {
+                for (i, b) in todo.iter().enumerate().skip(t).step_by(threads) {
+                    if !read_ahead.admit(i, u64::from(b.loc.len) + 8) {
+                        return;
+                    }
                     let res = dir.read_block_with(&b.loc, &mut buf).and_then(|block| {
                         let hashes = verify(&dir, b, &block)?;
                         let len = u64::from(b.loc.len) + 8;
@@ -318,12 +402,15 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         readers.push(handle);
     }
     let mut received = 0usize;
+    let closer = CloseOnDrop(Arc::clone(&read_ahead));
     let mut next_block = move || -> Result<PreparedBlock> {
         let q = &queues[received % threads];
         received += 1;
-        q.recv().map_err(|_| Error::Internal {
+        let block = q.recv().map_err(|_| Error::Internal {
             what: "a block reader stopped early".into(),
-        })?
+        })??;
+        closer.0.release(block.record_len);
+        Ok(block)
     };
 
     let bar = if opts.progress {
