@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::sink::ChunkSinks;
 use crate::source::bitcoin::{
-    BestChain, BlkDir, BlockFault, ChainBlock, ScriptKind, TxHashes, hash_and_verify,
+    BestChain, BlkDir, BlockFault, ChainBlock, ScriptKind, TxHashes, hash_and_verify_raw,
     select_best_chain,
 };
 use crate::transform::{BtcRows, Counts, PreparedBlock};
@@ -381,7 +381,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
                         return;
                     }
                     let res = dir.read_block_with(&b.loc, &mut buf).and_then(|block| {
-                        let hashes = verify(&dir, b, &block)?;
+                        let hashes = verify(&dir, b, &block, &buf)?;
                         let len = u64::from(b.loc.len) + 8;
                         Ok(PreparedBlock::new(
                             block,
@@ -501,10 +501,10 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     Ok(summary)
 }
 
-fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block) -> Result<TxHashes> {
+fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block, raw: &[u8]) -> Result<TxHashes> {
     let file = dir.file_path(b.loc.file).to_path_buf();
     let (offset, hash, height) = (b.loc.offset, b.loc.hash.to_string(), b.height);
-    hash_and_verify(block).map_err(|fault| match fault {
+    hash_and_verify_raw(block, raw).map_err(|fault| match fault {
         BlockFault::MerkleRoot => Error::MerkleMismatch {
             file,
             offset,

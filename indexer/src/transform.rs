@@ -75,18 +75,19 @@ impl PreparedBlock {
     ) -> Self {
         let mut hash_hex = [0u8; 64];
         display_hex(&block.block_hash().to_byte_array(), &mut hash_hex);
-        let txs = block
-            .txdata
+        let txs = hashes
+            .txids
             .iter()
-            .zip(hashes.txids.iter().zip(&hashes.wtxids))
-            .map(|(tx, (txid, wtxid))| {
+            .zip(&hashes.wtxids)
+            .zip(&hashes.sizes)
+            .map(|((txid, wtxid), sizes)| {
                 let txid = txid.to_byte_array();
                 let mut txid_hex = [0u8; 64];
                 display_hex(&txid, &mut txid_hex);
                 let mut wtxid_hex = [0u8; 64];
                 display_hex(&wtxid.to_byte_array(), &mut wtxid_hex);
-                let size = tx.total_size();
-                let weight = tx.weight().to_wu();
+                let size = sizes.total;
+                let weight = sizes.weight();
                 PreparedTx {
                     txid,
                     txid_hex,
