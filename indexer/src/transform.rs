@@ -61,6 +61,9 @@ pub struct PreparedBlock {
     txs: Vec<PreparedTx>,
     /// Every output of the block in order: its script type and address.
     outputs: Vec<(ScriptKind, Option<Box<str>>)>,
+    /// Every input of the block in order: the hex txid of the output it spends (unused for
+    /// the coinbase's).
+    spent_hex: Vec<[u8; 64]>,
 }
 
 impl PreparedBlock {
@@ -108,6 +111,16 @@ impl PreparedBlock {
                 (kind, address.map(String::into_boxed_str))
             })
             .collect();
+        let spent_hex = block
+            .txdata
+            .iter()
+            .flat_map(|tx| &tx.input)
+            .map(|i| {
+                let mut hex = [0u8; 64];
+                display_hex(&i.previous_output.txid.to_byte_array(), &mut hex);
+                hex
+            })
+            .collect();
         // A block's size and weight are its header, tx count and transactions'.
         let header_and_count = 80 + bitcoin::VarInt::from(block.txdata.len()).size();
         let size = header_and_count + txs.iter().map(|t| t.size).sum::<usize>();
@@ -121,6 +134,7 @@ impl PreparedBlock {
             weight,
             txs,
             outputs,
+            spent_hex,
         }
     }
 
@@ -312,6 +326,7 @@ impl BtcRows {
         let height32 = u32::try_from(p.height).unwrap_or(u32::MAX);
 
         let mut outputs = p.outputs.into_iter();
+        let mut spent = p.spent_hex.iter();
         for (pos, (tx, facts)) in block.txdata.iter().zip(&p.txs).enumerate() {
             let tx_index = first_tx_index + pos as u64;
             let txid = facts.txid;
@@ -321,6 +336,9 @@ impl BtcRows {
 
             let mut input_value: Option<u64> = Some(0);
             for (vin, input) in tx.input.iter().enumerate() {
+                let spent_hex = spent.next().ok_or_else(|| Error::Internal {
+                    what: format!("prepared block {} lacks an input", p.height),
+                })?;
                 self.i_height.append_value(h);
                 self.i_tx_index.append_value(ti);
                 self.i_txid.append_value(txid_str);
@@ -345,7 +363,7 @@ impl BtcRows {
                 }
                 let prev = input.previous_output;
                 self.i_spent_txid
-                    .append_value(hex_str(&prev.txid.to_byte_array(), &mut hex));
+                    .append_value(std::str::from_utf8(spent_hex).expect("ascii"));
                 self.i_spent_vout
                     .append_value(i32::try_from(prev.vout).unwrap_or(i32::MAX));
                 match utxo.spend(&(prev.txid.to_byte_array(), prev.vout))? {
