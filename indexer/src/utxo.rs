@@ -452,7 +452,7 @@ impl UtxoStore {
                 true
             }
         });
-        moved.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        moved.sort_unstable_by_key(|e| e.0);
         self.map.shrink_to_fit();
         self.heap_bytes = self.map.values().map(heap_bytes).sum();
         let path = self.new_run_path()?;

@@ -399,7 +399,9 @@ impl std::io::Write for CountingSink {
 /// UTXO look-ups), hex/address formatting and writing to storage are left out, so no real
 /// indexer can do less work; divided by the cores, it bounds the wall time from below.
 fn run_floor(args: &Args) -> Result<Outcome> {
-    use ferret_indexer::source::bitcoin::{BlkDir, hash_and_verify_raw, select_best_chain};
+    use ferret_indexer::source::bitcoin::{
+        BlkDir, TxSize, hash_and_verify_raw, raw_txid, select_best_chain,
+    };
     use ferret_indexer::transform::{BtcRows, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};
@@ -418,25 +420,19 @@ fn run_floor(args: &Args) -> Result<Outcome> {
         let block = dir.read_block_with(&b.loc, &mut buf)?;
         // Txids hashed where the transactions lie in the block's bytes (no re-encoding).
         let mut at = 80 + bitcoin::VarInt::from(block.txdata.len()).size();
-        let txids: Vec<bitcoin::Txid> = block
+        let txids = block
             .txdata
             .iter()
             .map(|tx| {
-                use bitcoin::hashes::{Hash, HashEngine};
-                let (base, total) = (tx.base_size(), tx.total_size());
-                let bytes = &buf[at..at + total];
-                at += total;
-                if base == total {
-                    bitcoin::Txid::hash(bytes)
-                } else {
-                    let mut e = bitcoin::Txid::engine();
-                    e.input(&bytes[..4]);
-                    e.input(&bytes[6..6 + base - 8]);
-                    e.input(&bytes[total - 4..]);
-                    bitcoin::Txid::from_engine(e)
-                }
+                let size = TxSize {
+                    base: tx.base_size(),
+                    total: tx.total_size(),
+                };
+                at += size.total;
+                raw_txid(&buf[at - size.total..at], size)
             })
-            .collect();
+            .collect::<Option<Vec<_>>>()
+            .context("transaction sizes do not match the block's bytes")?;
         let root = bitcoin::merkle_tree::calculate_root(txids.iter().map(|t| t.to_raw_hash()));
         if root != Some(block.header.merkle_root.to_raw_hash()) {
             bail!("merkle root mismatch at height {}", b.height);

@@ -77,22 +77,15 @@ pub fn hash_and_verify_raw(block: &Block, raw: &[u8]) -> Result<TxHashes, BlockF
         let Some(bytes) = raw.get(at..at + size.total) else {
             return hash_and_verify(block);
         };
-        if size.total == size.base {
-            let txid = Txid::hash(bytes);
-            h.wtxids.push(Wtxid::from_raw_hash(txid.to_raw_hash()));
-            h.txids.push(txid);
+        let Some(txid) = raw_txid(bytes, size) else {
+            return hash_and_verify(block);
+        };
+        h.txids.push(txid);
+        h.wtxids.push(if size.total == size.base {
+            Wtxid::from_raw_hash(txid.to_raw_hash())
         } else {
-            // version (4) | marker, flag (2) | inputs, outputs | witnesses | lock time (4)
-            if size.base < 8 || size.total < size.base + 2 {
-                return hash_and_verify(block);
-            }
-            let mut e = Txid::engine();
-            e.input(&bytes[..4]);
-            e.input(&bytes[6..6 + size.base - 8]);
-            e.input(&bytes[size.total - 4..]);
-            h.txids.push(Txid::from_engine(e));
-            h.wtxids.push(Wtxid::hash(bytes));
-        }
+            Wtxid::hash(bytes)
+        });
         h.sizes.push(size);
         at += size.total;
     }
@@ -101,6 +94,27 @@ pub fn hash_and_verify_raw(block: &Block, raw: &[u8]) -> Result<TxHashes, BlockF
     }
     h.verify(block)?;
     Ok(h)
+}
+
+/// The txid of the transaction serialized as `bytes` (`size.total` of them): the hash of
+/// all of them for a legacy serialization, of its version, inputs and outputs, and lock
+/// time for a segwit one (version (4) | marker, flag (2) | inputs, outputs | witnesses |
+/// lock time (4)). None when the sizes cannot describe `bytes`.
+pub fn raw_txid(bytes: &[u8], size: TxSize) -> Option<Txid> {
+    if bytes.len() != size.total {
+        return None;
+    }
+    if size.total == size.base {
+        return Some(Txid::hash(bytes));
+    }
+    if size.base < 8 || size.total < size.base + 2 {
+        return None;
+    }
+    let mut e = Txid::engine();
+    e.input(&bytes[..4]);
+    e.input(&bytes[6..6 + size.base - 8]);
+    e.input(&bytes[size.total - 4..]);
+    Some(Txid::from_engine(e))
 }
 
 impl TxHashes {
