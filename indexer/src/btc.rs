@@ -644,6 +644,53 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
 mod tests {
     use super::*;
 
+    /// Three readers under a budget smaller than some blocks, a consumer taking blocks back
+    /// in order as `index_btc` does: every block arrives once, in order, the budget holds
+    /// (a lone block may exceed it), nothing deadlocks, and closing wakes waiting readers.
+    #[test]
+    fn read_ahead_admits_in_order_within_the_budget() {
+        const LIMIT: u64 = 60;
+        let sizes: Vec<u64> = (0..300u64).map(|i| 1 + (i * 37) % 80).collect();
+        let ra = Arc::new(ReadAhead::new(LIMIT));
+        let mut queues = Vec::new();
+        let mut readers = Vec::new();
+        for t in 0..3 {
+            let (tx, rx) = mpsc::sync_channel::<(usize, u64)>(16);
+            let (ra, sizes) = (Arc::clone(&ra), sizes.clone());
+            readers.push(std::thread::spawn(move || {
+                for i in (t..sizes.len()).step_by(3) {
+                    if !ra.admit(i, sizes[i]) {
+                        return Some(i);
+                    }
+                    let in_flight = ra.state.lock().expect("lock").in_flight;
+                    if tx.send((i, in_flight)).is_err() {
+                        return Some(i);
+                    }
+                }
+                None
+            }));
+            queues.push(rx);
+        }
+        for i in 0..200 {
+            let (got, in_flight) = queues[i % 3]
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("block {i} never came (deadlock?): {e}"));
+            assert_eq!(got, i);
+            assert!(
+                in_flight <= LIMIT || in_flight == sizes[i],
+                "block {i}: {in_flight} in flight"
+            );
+            ra.release(sizes[i]);
+        }
+        // The consumer stops: readers waiting for the budget or their turn wake up and leave.
+        ra.close();
+        drop(queues);
+        for r in readers {
+            let stopped = r.join().expect("reader");
+            assert!(stopped.is_some_and(|i| i >= 200), "{stopped:?}");
+        }
+    }
+
     #[test]
     fn txid_hex_round_trips() {
         let mut bytes = [0u8; 32];
