@@ -76,9 +76,11 @@ fn heap_bytes(u: &Utxo) -> usize {
 /// Longest address a record holds: BIP173 caps a bech32 string at 90 characters, and
 /// base58 addresses are shorter.
 const MAX_ADDRESS: usize = 90;
-/// Bytes of a record: key (36), value (8), tx_index (8), height (4), kind (1),
-/// address length or 0xff for none (1), address.
-const RECORD: usize = 58 + MAX_ADDRESS;
+/// Bytes of a record's fixed part: key (36), value (8), tx_index (8), height (4), kind (1),
+/// address length or 0xff for none (1); the address follows.
+const HEADER: usize = 58;
+/// Bytes of the longest record.
+const MAX_RECORD: usize = HEADER + MAX_ADDRESS;
 /// Every `STRIDE`th key of a run stays in memory; a look-up reads one stretch of
 /// `STRIDE` records.
 const STRIDE: usize = 64;
@@ -93,18 +95,22 @@ fn encode_key(k: &OutKey) -> [u8; 36] {
     out
 }
 
-fn encode_record(k: &[u8; 36], u: &Utxo, out: &mut [u8; RECORD]) -> std::io::Result<()> {
+/// Encodes a record into `out`; returns its length.
+fn encode_record(k: &[u8; 36], u: &Utxo, out: &mut [u8; MAX_RECORD]) -> std::io::Result<usize> {
     out[..36].copy_from_slice(k);
     out[36..44].copy_from_slice(&u.value.to_le_bytes());
     out[44..52].copy_from_slice(&u.tx_index.to_le_bytes());
     out[52..56].copy_from_slice(&u.height.to_le_bytes());
     out[56] = u.kind as u8;
     match u.address.as_deref() {
-        None => out[57] = 0xff,
+        None => {
+            out[57] = 0xff;
+            Ok(HEADER)
+        }
         Some(a) if a.len() <= MAX_ADDRESS => {
             out[57] = a.len() as u8;
-            out[58..58 + a.len()].copy_from_slice(a.as_bytes());
-            out[58 + a.len()..].fill(0);
+            out[HEADER..HEADER + a.len()].copy_from_slice(a.as_bytes());
+            Ok(HEADER + a.len())
         }
         Some(a) => {
             return Err(std::io::Error::new(
@@ -113,7 +119,14 @@ fn encode_record(k: &[u8; 36], u: &Utxo, out: &mut [u8; RECORD]) -> std::io::Res
             ));
         }
     }
-    Ok(())
+}
+
+/// The length of the record whose fixed part starts `header`.
+fn record_len(header: &[u8]) -> usize {
+    match header[57] {
+        0xff => HEADER,
+        n => HEADER + usize::from(n),
+    }
 }
 
 fn decode_record(v: &[u8]) -> Option<Utxo> {
@@ -158,6 +171,8 @@ struct Run {
     len: usize,
     /// Keys of records 0, STRIDE, 2·STRIDE, …
     fences: Vec<[u8; 36]>,
+    /// Byte offsets of those records, and the file's length last.
+    offsets: Vec<u64>,
     /// Bit i: record i was spent (or superseded) since the run was written.
     spent: Vec<u64>,
     live: u64,
@@ -176,23 +191,28 @@ impl Run {
             .open(&path)?;
         let mut w = BufWriter::with_capacity(1 << 20, &file);
         let mut fences = Vec::new();
-        let mut rec = [0u8; RECORD];
-        let mut len = 0usize;
+        let mut offsets = Vec::new();
+        let mut rec = [0u8; MAX_RECORD];
+        let (mut len, mut at) = (0usize, 0u64);
         for (k, u) in entries {
             if len.is_multiple_of(STRIDE) {
                 fences.push(k);
+                offsets.push(at);
             }
-            encode_record(&k, &u, &mut rec)?;
-            w.write_all(&rec)?;
+            let n = encode_record(&k, &u, &mut rec)?;
+            w.write_all(&rec[..n])?;
             len += 1;
+            at += n as u64;
         }
         w.flush()?;
         drop(w);
+        offsets.push(at);
         Ok(Self {
             path,
             file,
             len,
             fences,
+            offsets,
             spent: vec![0; len.div_ceil(64)],
             live: len as u64,
         })
@@ -200,7 +220,7 @@ impl Run {
 
     /// Memory this run keeps.
     fn mem_bytes(&self) -> usize {
-        self.fences.capacity() * 36 + self.spent.capacity() * 8
+        self.fences.capacity() * 36 + self.offsets.capacity() * 8 + self.spent.capacity() * 8
     }
 
     fn is_spent(&self, i: usize) -> bool {
@@ -212,19 +232,27 @@ impl Run {
         self.live -= 1;
     }
 
-    /// Finds `key`: its record index and bytes, spent or not.
-    fn find(&self, key: &[u8; 36], buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    /// Finds `key`, spent or not: its record index, and where its record starts in `buf`
+    /// (which then holds the stretch it is in).
+    fn find(&self, key: &[u8; 36], buf: &mut Vec<u8>) -> std::io::Result<Option<(usize, usize)>> {
         // The last stretch whose first key is <= key.
         let stretch = match self.fences.partition_point(|f| f <= key) {
             0 => return Ok(None),
             n => n - 1,
         };
-        let first = stretch * STRIDE;
-        let n = STRIDE.min(self.len - first);
-        buf.resize(n * RECORD, 0);
-        self.file.read_exact_at(buf, (first * RECORD) as u64)?;
-        let found = buf.chunks_exact(RECORD).position(|r| r[..36] == key[..]);
-        Ok(found.map(|i| first + i))
+        let (from, to) = (self.offsets[stretch], self.offsets[stretch + 1]);
+        buf.resize(usize::try_from(to - from).unwrap_or(usize::MAX), 0);
+        self.file.read_exact_at(buf, from)?;
+        let mut at = 0;
+        let mut i = stretch * STRIDE;
+        while at + HEADER <= buf.len() {
+            if buf[at..at + 36] == key[..] {
+                return Ok(Some((i, at)));
+            }
+            at += record_len(&buf[at..]);
+            i += 1;
+        }
+        Ok(None)
     }
 
     /// The live records in key order.
@@ -241,8 +269,12 @@ impl Run {
                 }
             }
             while pos < self.len {
-                let mut rec = vec![0u8; RECORD];
+                let mut rec = vec![0u8; HEADER];
                 if let Err(e) = reader.read_exact(&mut rec) {
+                    return Some(Err(e));
+                }
+                rec.resize(record_len(&rec), 0);
+                if let Err(e) = reader.read_exact(&mut rec[HEADER..]) {
                     return Some(Err(e));
                 }
                 pos += 1;
@@ -377,7 +409,7 @@ impl UtxoStore {
         // Newest run first: recent outputs are the likeliest to be spent.
         for r in (0..self.runs.len()).rev() {
             let run = &self.runs[r];
-            let Some(i) = run
+            let Some((i, at)) = run
                 .find(&k, &mut self.buf)
                 .map_err(|e| Self::err(&run.path, e))?
             else {
@@ -386,8 +418,7 @@ impl UtxoStore {
             if run.is_spent(i) {
                 continue;
             }
-            let at = (i - (i / STRIDE) * STRIDE) * RECORD;
-            let u = decode_record(&self.buf[at..at + RECORD]).ok_or_else(|| {
+            let u = decode_record(&self.buf[at..]).ok_or_else(|| {
                 Self::err(
                     &run.path,
                     std::io::Error::new(std::io::ErrorKind::InvalidData, "undecodable record"),
@@ -505,15 +536,14 @@ impl UtxoStore {
         let k = encode_key(key);
         let mut buf = Vec::new();
         for run in self.runs.iter().rev() {
-            if let Some(i) = run
+            if let Some((i, at)) = run
                 .find(&k, &mut buf)
                 .map_err(|e| Self::err(&run.path, e))?
             {
                 if run.is_spent(i) {
                     continue;
                 }
-                let at = (i % STRIDE) * RECORD;
-                return Ok(decode_record(&buf[at..at + RECORD]));
+                return Ok(decode_record(&buf[at..]));
             }
         }
         Ok(None)
