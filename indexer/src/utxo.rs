@@ -112,12 +112,10 @@ fn encode_record(k: &[u8; 36], u: &Utxo, out: &mut [u8; MAX_RECORD]) -> std::io:
             out[HEADER..HEADER + a.len()].copy_from_slice(a.as_bytes());
             Ok(HEADER + a.len())
         }
-        Some(a) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("address of {} characters: {a}", a.len()),
-            ));
-        }
+        Some(a) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address of {} characters: {a}", a.len()),
+        )),
     }
 }
 
