@@ -243,7 +243,8 @@ impl Run {
         self.file.read_exact_at(buf, from)?;
         let mut at = 0;
         let mut i = stretch * STRIDE;
-        while at + HEADER <= buf.len() {
+        // (A damaged file cannot send the index past the run: it only fails to find.)
+        while at + HEADER <= buf.len() && i < self.len {
             if buf[at..at + 36] == key[..] {
                 return Ok(Some((i, at)));
             }
