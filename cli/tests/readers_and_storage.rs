@@ -92,16 +92,22 @@ async fn duckdb_and_pyarrow_read_what_ferret_sql_reads() {
     );
 }
 
-fn s3_bucket() -> Option<String> {
-    match std::env::var("FERRET_S3_BUCKET") {
-        Ok(b) => Some(b),
+/// The value of `var`, which scripts/test.sh sets once it has started `server`; without
+/// it the test skips (fails under FERRET_REQUIRE_ALL).
+fn started_by_test_sh(var: &str, server: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
         Err(_) => {
-            let hint = "FERRET_S3_BUCKET is not set: scripts/test.sh starts SeaweedFS and sets it";
+            let hint = format!("{var} is not set: scripts/test.sh starts {server} and sets it");
             assert!(!require_all(), "{hint}");
             eprintln!("skipping: {hint}");
             None
         }
     }
+}
+
+fn s3_bucket() -> Option<String> {
+    started_by_test_sh("FERRET_S3_BUCKET", "SeaweedFS")
 }
 
 fn unique(prefix: &str) -> String {
@@ -177,15 +183,7 @@ async fn same_tables_on_local_memory_and_s3() {
 }
 
 fn az_container() -> Option<String> {
-    match std::env::var("FERRET_AZ_CONTAINER") {
-        Ok(c) => Some(c),
-        Err(_) => {
-            let hint = "FERRET_AZ_CONTAINER is not set: scripts/test.sh starts Azurite and sets it";
-            assert!(!require_all(), "{hint}");
-            eprintln!("skipping: {hint}");
-            None
-        }
-    }
+    started_by_test_sh("FERRET_AZ_CONTAINER", "Azurite")
 }
 
 /// az:// against Azurite, Azure Blob Storage's emulator: multipart uploads as block
