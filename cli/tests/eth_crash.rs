@@ -68,32 +68,14 @@ async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
 
     let wh_path = tmp.path().join("crashy");
     let wh_s = wh_path.to_str().expect("utf8");
-    let mut kills = 0;
-    let mut tips = Vec::new();
-    for i in 1..=6u32 {
-        let mut child = index_cmd(node.url(), wh_s).spawn().expect("spawn");
-        std::thread::sleep(
-            full.mul_f64(0.12 * f64::from(i)).min(full) / 2 + Duration::from_millis(10),
-        );
-        if child.try_wait().expect("wait").is_none() {
-            child.kill().expect("SIGKILL");
-            kills += 1;
-        }
-        child.wait().expect("reap");
-        let wh = Warehouse::open(wh_s).expect("open");
-        tips.push(
-            wh.load_manifest(Chain::Eth)
-                .await
-                .expect("manifest")
-                .and_then(|m| m.tip)
-                .map(|t| t.height),
-        );
-    }
-    eprintln!("killed {kills} times; committed tips after each: {tips:?}");
-    assert!(
-        kills >= 3,
-        "the kills must land mid-run (full run {full:?})"
-    );
+    sigkill_runs(
+        || index_cmd(node.url(), wh_s),
+        full,
+        Duration::from_millis(10),
+        wh_s,
+        Chain::Eth,
+    )
+    .await;
     assert!(index_cmd(node.url(), wh_s).status().expect("run").success());
 
     let crashy = Warehouse::open(wh_s).expect("open");

@@ -166,20 +166,7 @@ async fn same_tables_on_local_memory_and_s3() {
     assert!(s3.store().head(&junk).await.is_err(), "garbage collected");
 
     // The CLI reads it back from S3 too.
-    let out = ferret(&[
-        "sql",
-        "--warehouse",
-        &s3_url,
-        "--format",
-        "csv",
-        "SELECT count(*) AS n FROM btc.transactions",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n263\n");
+    assert_cli_counts_mainnet_0_255(&s3_url);
 }
 
 fn az_container() -> Option<String> {
@@ -213,10 +200,15 @@ async fn same_tables_on_azure_blob_storage() {
     let again = index_btc(&az, &opts).await.expect("rerun");
     assert_eq!(again.commits, 0, "a rerun finds the committed tip");
 
+    assert_cli_counts_mainnet_0_255(&az_url);
+}
+
+/// `ferret sql` on `url` counts the 263 transactions of mainnet heights 0–255.
+fn assert_cli_counts_mainnet_0_255(url: &str) {
     let out = ferret(&[
         "sql",
         "--warehouse",
-        &az_url,
+        url,
         "--format",
         "csv",
         "SELECT count(*) AS n FROM btc.transactions",

@@ -473,18 +473,14 @@ impl UtxoStore {
                 break;
             }
         }
-        let mut moved: Vec<([u8; 36], Utxo)> = Vec::new();
-        self.map.retain(|k, u| {
-            if u.height <= threshold {
-                moved.push((encode_key(k), u.clone()));
-                false
-            } else {
-                true
-            }
-        });
+        let mut moved: Vec<([u8; 36], Utxo)> = self
+            .map
+            .extract_if(|_, u| u.height <= threshold)
+            .map(|(k, u)| (encode_key(&k), u))
+            .collect();
         moved.sort_unstable_by_key(|e| e.0);
         self.map.shrink_to_fit();
-        self.heap_bytes = self.map.values().map(heap_bytes).sum();
+        self.heap_bytes -= moved.iter().map(|(_, u)| heap_bytes(u)).sum::<usize>();
         let path = self.new_run_path()?;
         let n = moved.len() as u64;
         let run = Run::write(path.clone(), moved.into_iter()).map_err(|e| Self::err(&path, e))?;

@@ -241,3 +241,39 @@ pub async fn assert_only_committed_files(dir: &Path, chain: ferret_schemas::Chai
     listed.sort();
     assert_eq!(on_disk, listed);
 }
+
+/// Starts the index command six times and SIGKILLs it (`Child::kill` is SIGKILL on Unix)
+/// at growing fractions of `full`, an uninterrupted run's time, plus `pad`; prints the
+/// committed tip after each and asserts that at least three kills landed mid-run.
+pub async fn sigkill_runs(
+    index_cmd: impl Fn() -> Command,
+    full: std::time::Duration,
+    pad: std::time::Duration,
+    wh: &str,
+    chain: ferret_schemas::Chain,
+) {
+    let mut kills = 0;
+    let mut tips = Vec::new();
+    for i in 1..=6u32 {
+        let mut child = index_cmd().spawn().expect("spawn");
+        std::thread::sleep(full.mul_f64(0.12 * f64::from(i)).min(full) / 2 + pad);
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        child.wait().expect("reap");
+        let wh = Warehouse::open(wh).expect("open");
+        tips.push(
+            wh.load_manifest(chain)
+                .await
+                .expect("manifest")
+                .and_then(|m| m.tip)
+                .map(|t| t.height),
+        );
+    }
+    eprintln!("killed {kills} times; committed tips after each: {tips:?}");
+    assert!(
+        kills >= 3,
+        "the kills must land mid-run (full run {full:?})"
+    );
+}
