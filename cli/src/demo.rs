@@ -272,7 +272,8 @@ async fn ethereum(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
 /// The kernels on the demo chain: labels in, clusters, taint from the scam labels to the
 /// exchanges, the exits report, the picture, and a check against the planted truth.
 async fn kernels(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
-    use ferret_kernels::cluster::{CoinJoinRule, cluster_btc, write_clusters};
+    use ferret_kernels::cluster::accuracy::{Truth, evaluate};
+    use ferret_kernels::cluster::{ClusterOptions, write_btc_clusters};
     use ferret_kernels::taint::job::{TaintJob, taint_btc, write_taint};
 
     let labels = a.dir.join("truth").join("labels.csv");
@@ -284,16 +285,22 @@ async fn kernels(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
         s.read, s.added, s.total
     );
     let backend = ferret_kernels::device::select(a.device)?;
-    let c = cluster_btc(wh, &backend, &CoinJoinRule::default())
+    let truth = Truth::from_dir(&a.dir.join("truth")).context("reading the demo's truth")?;
+    let opts = ClusterOptions::default();
+    let (run, accuracy) = evaluate(wh, &backend, &opts, &truth)
         .await
         .context("clustering")?;
-    let run = write_clusters(wh, &c).await?;
-    let clusters = c.count();
+    let id = write_btc_clusters(wh, &run, serde_json::json!({"demo": true})).await?;
+    let c = &run.clusters;
     println!(
-        "-- Clusters (common-input ownership, CoinJoins skipped): {} addresses in {clusters} clusters, {} CoinJoin-like transactions skipped; run {run}\n",
+        "-- Clusters (common-input ownership, CoinJoins skipped): {} addresses in {} clusters, {} CoinJoins skipped; run {id}",
         c.addresses.len(),
+        c.count(),
         c.coinjoins_skipped
     );
+    print!("{}", ferret_kernels::cluster::summary(&run));
+    println!("-- Clusters against the planted owners and CoinJoins:");
+    println!("{accuracy}");
     // Haircut, forward, as far as the money goes.
     let job = TaintJob {
         seed_categories: vec!["scam".into()],

@@ -144,6 +144,9 @@ enum ClusterCmd {
     /// Ethereum: the senders to one exchange deposit address are one entity (table
     /// `eth_clusters`).
     Eth(ClusterEthArgs),
+    /// Why are two Bitcoin addresses in one cluster: the co-spends that join them (from
+    /// the latest `ferret cluster btc` run).
+    Why(ClusterWhyArgs),
 }
 
 #[derive(Args)]
@@ -171,9 +174,28 @@ struct ClusterBtcArgs {
     /// lavapipe included), cpu.
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
-    /// Link the inputs of CoinJoin-like transactions too (off by default: BlockSci's rule).
+    /// Link the inputs of CoinJoins too: turns the CoinJoin detectors off (unsafe: a
+    /// missed CoinJoin merges strangers).
     #[arg(long)]
     no_coinjoin_rule: bool,
+    /// Merge clusters even when their labels conflict (two exchanges, exchange and scam).
+    #[arg(long)]
+    no_label_guard: bool,
+    /// Hold back a transaction joining two clusters that each have at least this many
+    /// addresses (cluster collapse); 0 turns the guard off.
+    #[arg(long, default_value_t = 1000)]
+    collapse_min_size: u32,
+}
+
+#[derive(Args)]
+struct ClusterWhyArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// The first address.
+    a: String,
+    /// The second address.
+    b: String,
 }
 
 #[derive(Subcommand)]
@@ -582,26 +604,57 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
 }
 
 async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
-    use ferret_kernels::cluster::{CoinJoinRule, cluster_btc, write_clusters};
+    use ferret_kernels::cluster::{ClusterOptions, cluster_btc, write_btc_clusters};
     let wh = Warehouse::open(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
-    let rule = CoinJoinRule {
-        enabled: !a.no_coinjoin_rule,
+    let mut opts = ClusterOptions {
+        label_guard: !a.no_label_guard,
+        collapse_min_size: a.collapse_min_size,
         ..Default::default()
     };
-    let c = cluster_btc(&wh, &backend, &rule)
+    opts.detectors.enabled = !a.no_coinjoin_rule;
+    let run = cluster_btc(&wh, &backend, &opts)
         .await
         .context("clustering btc")?;
-    let run = write_clusters(&wh, &c).await?;
-    let clusters = c.count();
-    let largest = c.cluster_size.iter().max().copied().unwrap_or(0);
+    let params = serde_json::json!({
+        "coinjoin_detectors": opts.detectors.enabled,
+        "label_guard": opts.label_guard,
+        "collapse_min_size": opts.collapse_min_size,
+    });
+    let id = write_btc_clusters(&wh, &run, params).await?;
+    let c = &run.clusters;
     println!(
-        "{} addresses in {clusters} clusters (largest {largest}); {} transactions linked, {} CoinJoin-like skipped; run {run} on {}",
+        "{} addresses in {} clusters (largest {}); {} transactions linked, {} CoinJoins skipped; run {id} on {}",
         c.addresses.len(),
+        c.count(),
+        c.cluster_size.iter().max().copied().unwrap_or(0),
         c.linked_transactions,
         c.coinjoins_skipped,
         backend.describe()
     );
+    print!("{}", ferret_kernels::cluster::summary(&run));
+    Ok(())
+}
+
+async fn cluster_why_cmd(a: ClusterWhyArgs) -> Result<()> {
+    let wh = Warehouse::open(&a.warehouse)?;
+    match ferret_kernels::cluster::cluster_path(&wh, &a.a, &a.b).await? {
+        None => {
+            println!("{} and {} are not in one cluster (latest clusters run)", a.a, a.b);
+        }
+        Some(steps) => {
+            println!(
+                "{} and {} are in one cluster, joined by {} co-spend{}:",
+                a.a,
+                a.b,
+                steps.len(),
+                if steps.len() == 1 { "" } else { "s" }
+            );
+            for (i, (x, y, txid, height)) in steps.iter().enumerate() {
+                println!("{:>3}. {x} and {y} spent together in {txid} (height {height})", i + 1);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -956,6 +1009,7 @@ fn main() -> ExitCode {
             Command::Synth(SynthCmd::Eth(a)) => synth_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
             Command::Cluster(ClusterCmd::Eth(a)) => cluster_eth_cmd(a).await,
+            Command::Cluster(ClusterCmd::Why(a)) => cluster_why_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,
             Command::Taint(TaintCmd::Eth(a)) => taint_eth_cmd(a).await,
             Command::Trace(TraceCmd::Btc(a)) => trace_btc_cmd(a).await,

@@ -12,6 +12,7 @@
 pub mod account;
 pub mod cc;
 pub mod cluster;
+pub mod coinjoin;
 pub mod device;
 mod error;
 mod progress;

@@ -1,180 +1,129 @@
-//! Clustering a generated chain: the GPU equals the CPU, cluster ids are the smallest
-//! address id of their cluster, the CoinJoin rule changes the result, and the pairwise
-//! precision against the generator's truth (truth/entities.csv) is at least 0.99.
+//! Clustering generated chains against the generator's truth (truth/entities.csv and
+//! truth/coinjoins.csv): Whirlpool tx0s and 5×5 mixes with remixes, Wasabi 1.x and 2
+//! rounds, JoinMarket, a coordinator of its own kind, exchange batch payouts of equal
+//! amounts that are not CoinJoins, and scam operations mixing with users.
 //!
-//! Precision must reach 0.99 and no cluster may join two entities; with the CoinJoin
-//! rule switched off, CoinJoins do merge entities (so the rule is what keeps them apart).
-
-use std::collections::HashMap;
+//! Asserted: pairwise precision ≥ 0.99 and recall ≥ 0.95 (of what common-input
+//! ownership recovers with the true CoinJoins left out), no CoinJoin whose participants
+//! end up in one cluster, every planted mix caught and ≥ 95% named by the right
+//! detector, detector precision ≥ 0.95 per protocol; with the detectors off CoinJoins do
+//! merge participants (the harness can fail); GPU and CPU partitions identical.
 
 use ferret_indexer::btc::{IndexOptions, index_btc};
+use ferret_indexer::labels::import;
 use ferret_indexer::synth::btc::{SynthConfig, generate};
-use ferret_kernels::cluster::{CoinJoinRule, cluster_btc};
+use ferret_kernels::cluster::accuracy::{Accuracy, Truth, evaluate};
+use ferret_kernels::cluster::{ClusterOptions, cluster_btc};
+use ferret_kernels::coinjoin::Detectors;
 use ferret_kernels::device::{Backend, DeviceChoice, select};
 use ferret_schemas::Warehouse;
 
-fn entities(dir: &std::path::Path) -> HashMap<String, String> {
-    std::fs::read_to_string(dir.join("truth/entities.csv"))
-        .expect("entities.csv")
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (a, e) = l.split_once(',').expect("address,entity_id");
-            (a.to_string(), e.to_string())
-        })
-        .collect()
+async fn chain(seed: u64, tmp: &std::path::Path) -> (Warehouse, Truth) {
+    let cfg = SynthConfig {
+        blocks: 200,
+        seed,
+        txs_per_block: 60,
+        ..Default::default()
+    };
+    generate(&cfg, tmp).expect("generate");
+    let wh = Warehouse::open(&format!("memory://cluster-truth-{seed}")).expect("open");
+    index_btc(&wh, &IndexOptions::new(tmp.join("blocks")))
+        .await
+        .expect("index");
+    import(
+        &wh,
+        &[tmp.join("truth/labels.csv")],
+        &Default::default(),
+        false,
+    )
+    .await
+    .expect("labels");
+    (wh, Truth::from_dir(&tmp.join("truth")).expect("truth"))
 }
 
-/// Pairwise precision: of all address pairs put in one cluster, the share owned by one
-/// entity. Also returns how many clusters hold more than one entity. Addresses the truth
-/// does not know (the generator lists no owner for P2PK outputs, to which Ferret gives
-/// the key's P2PKH address, nor for the genesis coinbase) are left out.
-fn precision(
-    c: &ferret_kernels::cluster::Clusters,
-    truth: &HashMap<String, String>,
-) -> (f64, usize) {
-    let mut by_cluster: HashMap<u32, HashMap<&str, u64>> = HashMap::new();
-    for (i, a) in c.addresses.iter().enumerate() {
-        let Some(e) = truth.get(a) else { continue };
-        *by_cluster
-            .entry(c.cluster_id[i])
-            .or_default()
-            .entry(e.as_str())
-            .or_default() += 1;
-    }
-    let (mut same, mut all, mut mixed) = (0u64, 0u64, 0usize);
-    for ents in by_cluster.values() {
-        let n: u64 = ents.values().sum();
-        all += n * (n - 1) / 2;
-        same += ents.values().map(|k| k * (k - 1) / 2).sum::<u64>();
-        mixed += usize::from(ents.len() > 1);
-        if ents.len() > 1 && std::env::var("CLUSTER_DEBUG").is_ok() {
-            eprintln!("mixed cluster: {ents:?}");
+fn check(a: &Accuracy) {
+    assert!(a.precision >= 0.99, "pairwise precision {}", a.precision);
+    assert!(a.recall >= 0.95, "pairwise recall {}", a.recall);
+    assert!(a.coinjoins_checked > 20, "CoinJoins with several owners: {}", a.coinjoins_checked);
+    assert_eq!(a.merged_coinjoins, 0, "CoinJoins whose participants were merged");
+    for p in ["whirlpool", "whirlpool_tx0", "wasabi1", "wasabi2", "joinmarket", "generic"] {
+        let s = a.protocols.get(p).unwrap_or_else(|| panic!("no {p} planted"));
+        assert!(s.planted > 0, "{p}: none planted");
+        assert_eq!(s.caught, s.planted, "{p}: every planted one is caught");
+        if p != "generic" {
+            assert!(
+                s.named as f64 >= 0.95 * s.planted as f64,
+                "{p}: named {} of {}",
+                s.named,
+                s.planted
+            );
+            assert!(
+                s.detected_right as f64 >= 0.95 * s.detected as f64,
+                "{p}: precision {} of {}",
+                s.detected_right,
+                s.detected
+            );
         }
     }
-    (
-        if all == 0 {
-            1.0
-        } else {
-            same as f64 / all as f64
-        },
-        mixed,
-    )
+    assert!(
+        a.false_detections as f64 <= 0.05 * a.detections as f64,
+        "{} of {} detections are not CoinJoins",
+        a.false_detections,
+        a.detections
+    );
 }
 
 #[tokio::test]
 async fn clusters_match_the_generator_truth() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = SynthConfig {
-        blocks: 200,
-        seed: 17,
-        txs_per_block: 60,
-        ..Default::default()
-    };
-    generate(&cfg, tmp.path()).expect("generate");
-    let wh = Warehouse::open("memory://cluster-truth").expect("open");
-    index_btc(&wh, &IndexOptions::new(tmp.path().join("blocks")))
-        .await
-        .expect("index");
-    let truth = entities(tmp.path());
-    let p2pk = ferret_kernels_test_p2pk_count(&wh).await;
-
-    let cpu = cluster_btc(&wh, &Backend::Cpu, &CoinJoinRule::default())
-        .await
-        .expect("cluster");
-    assert!(cpu.linked_transactions > 100);
-    let (p, mixed) = precision(&cpu, &truth);
-    eprintln!(
-        "addresses {} clusters {} precision {p:.5} mixed {mixed} coinjoins skipped {}",
-        cpu.addresses.len(),
-        cpu.cluster_id
-            .iter()
-            .enumerate()
-            .filter(|&(i, &c)| c as usize == i)
-            .count(),
-        cpu.coinjoins_skipped
-    );
-    assert!(p >= 0.99, "pairwise precision {p}");
-    assert_eq!(mixed, 0, "no cluster joins two entities");
-    assert!(cpu.coinjoins_skipped > 0, "the generator plants CoinJoins");
-    let unknown = cpu
-        .addresses
-        .iter()
-        .filter(|a| !truth.contains_key(*a))
-        .count();
-    assert!(
-        unknown <= p2pk + 1,
-        "{unknown} addresses without an owner, {p2pk} p2pk outputs"
-    );
-    // cluster_id is the smallest address id of the cluster; sizes add up.
-    for (i, &c) in cpu.cluster_id.iter().enumerate() {
-        assert!(c as usize <= i && cpu.cluster_id[c as usize] == c);
-    }
-
-    // Multi-input transactions of one owner link addresses: clusters grow past one.
-    let biggest = cpu.cluster_size.iter().max().copied().unwrap_or(0);
-    assert!(biggest > 10, "largest cluster {biggest}");
-    let sizes_ok = cpu
-        .cluster_id
-        .iter()
-        .zip(&cpu.cluster_size)
-        .all(|(&c, &size)| cpu.cluster_size[c as usize] == size);
-    assert!(sizes_ok, "every member carries its cluster's size");
-
-    let naive = cluster_btc(
-        &wh,
-        &Backend::Cpu,
-        &CoinJoinRule {
-            enabled: false,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("cluster");
-    assert!(
-        precision(&naive, &truth).1 > 0,
-        "without the rule CoinJoins merge entities"
-    );
-
-    match select(DeviceChoice::Gpu) {
-        Ok(gpu) => {
-            let g = cluster_btc(&wh, &gpu, &CoinJoinRule::default())
-                .await
-                .expect("gpu cluster");
-            assert_eq!(g, cpu, "GPU and CPU clusters are identical");
-        }
-        Err(e) => {
-            assert!(
-                std::env::var("FERRET_REQUIRE_ALL").is_err(),
-                "GPU required: {e}"
-            );
-            eprintln!("skipping GPU half: {e}");
-        }
-    }
-}
-
-/// P2PK outputs in the warehouse (their owners are not in the truth files).
-async fn ferret_kernels_test_p2pk_count(wh: &Warehouse) -> usize {
-    use arrow::array::AsArray;
-    let m = wh
-        .load_manifest(ferret_schemas::Chain::Btc)
-        .await
-        .expect("manifest")
-        .expect("committed");
-    let mut n = 0;
-    for f in m.files_of("outputs") {
-        for b in wh
-            .read_columns(&f.path, &["script_type"])
+    for seed in [17u64, 5] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (wh, truth) = chain(seed, tmp.path()).await;
+        let opts = ClusterOptions::default();
+        let (cpu, acc) = evaluate(&wh, &Backend::Cpu, &opts, &truth)
             .await
-            .expect("read")
-        {
-            n += b
-                .column(0)
-                .as_string::<i32>()
-                .iter()
-                .filter(|t| *t == Some("p2pk"))
-                .count();
+            .expect("evaluate");
+        eprintln!("seed {seed}:\n{acc}");
+        check(&acc);
+        let c = &cpu.clusters;
+        assert!(c.linked_transactions > 100);
+        // cluster_id is the smallest address id of the cluster; sizes agree.
+        for (i, &id) in c.cluster_id.iter().enumerate() {
+            assert!(id as usize <= i && c.cluster_id[id as usize] == id);
+            assert_eq!(c.cluster_size[id as usize], c.cluster_size[i]);
+        }
+        let biggest = c.cluster_size.iter().max().copied().unwrap_or(0);
+        assert!(biggest > 10, "largest cluster {biggest}");
+
+        // The detectors are what keeps CoinJoin participants apart.
+        let off = ClusterOptions {
+            detectors: Detectors {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, naive) = evaluate(&wh, &Backend::Cpu, &off, &truth)
+            .await
+            .expect("evaluate");
+        assert!(
+            naive.merged_coinjoins > 0 && naive.precision < acc.precision,
+            "without the detectors CoinJoins merge participants: {naive}"
+        );
+
+        match select(DeviceChoice::Gpu) {
+            Ok(gpu) => {
+                let g = cluster_btc(&wh, &gpu, &opts).await.expect("gpu cluster");
+                let c2 = cluster_btc(&wh, &Backend::Cpu, &opts).await.expect("cluster");
+                assert_eq!(g, c2, "GPU and CPU clusters are identical");
+                assert_eq!(c2.clusters, cpu.clusters);
+            }
+            Err(e) => {
+                assert!(
+                    std::env::var("FERRET_REQUIRE_ALL").is_err(),
+                    "GPU required: {e}"
+                );
+                eprintln!("skipping GPU half: {e}");
+            }
         }
     }
-    n
 }

@@ -303,15 +303,13 @@ impl KernelTable {
                 eth_taint_batch(&run, "sql").map_err(kernel_err)
             }
             Kind::Clusters(enabled) => {
-                use ferret_kernels::cluster::{CoinJoinRule, cluster_btc, clusters_batch};
-                let rule = CoinJoinRule {
-                    enabled: *enabled,
-                    ..Default::default()
-                };
-                let c = cluster_btc(&self.wh, &backend, &rule)
+                use ferret_kernels::cluster::{ClusterOptions, cluster_btc, clusters_batch};
+                let mut opts = ClusterOptions::default();
+                opts.detectors.enabled = *enabled;
+                let c = cluster_btc(&self.wh, &backend, &opts)
                     .await
                     .map_err(kernel_err)?;
-                clusters_batch(&c, "sql").map_err(kernel_err)
+                clusters_batch(&c.clusters, "sql").map_err(kernel_err)
             }
         }
     }

@@ -117,7 +117,7 @@ async fn mainnet_warehouse(fx: &Path, tmp: &Path) -> ferret_schemas::Warehouse {
     )
     .await
     .expect("cluster");
-    ferret_kernels::cluster::write_clusters(&wh, &c)
+    ferret_kernels::cluster::write_btc_clusters(&wh, &c, serde_json::Value::Null)
         .await
         .expect("write clusters");
     wh

@@ -118,10 +118,75 @@ pub fn eth_exits_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of `coinjoins`: one row per transaction a CoinJoin detector recognised
+/// (written by `ferret cluster btc`).
+pub fn coinjoins_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("txid", DataType::Utf8, false),
+            Field::new("height", DataType::Int64, false),
+            Field::new("tx_index", DataType::Int64, false),
+            // whirlpool, whirlpool_tx0, wasabi1, wasabi2, joinmarket, generic
+            Field::new("protocol", DataType::Utf8, false),
+            Field::new("confidence", DataType::Float64, false),
+            // False for a Whirlpool tx0 (one owner's): its inputs are linked.
+            Field::new("is_mix", DataType::Boolean, false),
+            Field::new("equal_output_value", DataType::Int64, false),
+            Field::new("equal_outputs", DataType::Int32, false),
+            Field::new("participants", DataType::Int32, false),
+            Field::new("inputs", DataType::Int32, false),
+            Field::new("outputs", DataType::Int32, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of `cluster_links`: one row per admitted co-spend link (the first input
+/// address of a transaction to each other one), the evidence behind `clusters`.
+pub fn cluster_links_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+            Field::new("linked_address", DataType::Utf8, false),
+            Field::new("txid", DataType::Utf8, false),
+            Field::new("height", DataType::Int64, false),
+            Field::new("cluster_id", DataType::Int64, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of `cluster_holds`: transactions the merge guards kept from linking, for
+/// review.
+pub fn cluster_holds_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("txid", DataType::Utf8, false),
+            Field::new("height", DataType::Int64, false),
+            // label_conflict or collapse
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("clusters", DataType::Int32, false),
+            Field::new("largest_cluster", DataType::Int64, false),
+            Field::new("second_cluster", DataType::Int64, false),
+            Field::new("labels", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
 /// The results tables: job name and schema.
-pub fn result_tables() -> [(&'static str, SchemaRef); 7] {
+pub fn result_tables() -> [(&'static str, SchemaRef); 10] {
     [
         ("clusters", clusters_schema()),
+        ("coinjoins", coinjoins_schema()),
+        ("cluster_links", cluster_links_schema()),
+        ("cluster_holds", cluster_holds_schema()),
         ("eth_clusters", clusters_schema()),
         ("labels", labels_schema()),
         ("taint", taint_schema()),

@@ -8,64 +8,63 @@
 //! Address ids are dense `u32`s in order of first appearance in an output (or input, for
 //! addresses first seen spending from before a pruned start).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use arrow::array::Array;
 use ferret_schemas::{Chain, Warehouse};
 
 use crate::cc;
+use crate::coinjoin::{Detection, Detectors, TxShape};
 use crate::device::Backend;
+
+pub mod accuracy;
+mod guard;
+pub use guard::{Guarded, Hold, HoldReason, guard_links};
 use crate::{Error, Result};
 
-/// BlockSci's CoinJoin heuristic, with its parameters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CoinJoinRule {
-    /// Turn the rule off (every multi-input transaction links its inputs).
-    pub enabled: bool,
-    pub min_inputs: usize,
-    pub min_outputs: usize,
-    /// Output values that never count as the equal CoinJoin denomination.
-    pub ignored_values: Vec<i64>,
+/// How clustering decides what to link.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterOptions {
+    /// The CoinJoin detectors (every detected mix is left unlinked).
+    pub detectors: Detectors,
+    /// Hold back a transaction that would merge clusters carrying conflicting labels
+    /// (no owner name in common, or an exchange with a scam).
+    pub label_guard: bool,
+    /// Hold back a transaction that would join two clusters of at least this many
+    /// addresses each (cluster collapse, Möser & Narayanan 2022); 0 turns it off.
+    pub collapse_min_size: u32,
 }
 
-impl Default for CoinJoinRule {
+impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
-            enabled: true,
-            min_inputs: 2,
-            min_outputs: 3,
-            ignored_values: vec![546, 2730],
+            detectors: Detectors::default(),
+            label_guard: true,
+            collapse_min_size: 1_000,
         }
     }
 }
 
-impl CoinJoinRule {
-    /// Whether a transaction looks like a CoinJoin: ≥ 2 inputs, ≥ 3 outputs,
-    /// p = (outputs + 1) / 2 ≤ inputs and ≤ distinct input addresses, and the most common
-    /// output value (dust values ignored) appears exactly p times. Inputs without an
-    /// address (bare multisig, non-standard) count as distinct addresses.
-    pub fn is_coinjoin(
-        &self,
-        inputs: usize,
-        distinct_input_addresses: usize,
-        output_values: &[i64],
-    ) -> bool {
-        if !self.enabled || inputs < self.min_inputs || output_values.len() < self.min_outputs {
-            return false;
-        }
-        let p = output_values.len().div_ceil(2);
-        if p > inputs || p > distinct_input_addresses {
-            return false;
-        }
-        let mut counts: HashMap<i64, usize> = HashMap::new();
-        for v in output_values
-            .iter()
-            .filter(|v| !self.ignored_values.contains(v))
-        {
-            *counts.entry(*v).or_default() += 1;
-        }
-        counts.values().copied().max() == Some(p)
-    }
+/// A transaction whose input addresses would be linked: its distinct input address
+/// ids are `members[start..end]` of the graph, sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkTx {
+    pub tx_index: i64,
+    pub height: i64,
+    pub txid: [u8; 32],
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A detected CoinJoin (or Whirlpool tx0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoinJoinRow {
+    pub txid: [u8; 32],
+    pub height: i64,
+    pub tx_index: i64,
+    pub inputs: u32,
+    pub outputs: u32,
+    pub detection: Detection,
 }
 
 /// The common-input-ownership graph.
@@ -73,12 +72,21 @@ impl CoinJoinRule {
 pub struct CioGraph {
     /// Addresses by id.
     pub addresses: Vec<String>,
-    /// Links between address ids.
-    pub edges: Vec<(u32, u32)>,
-    /// Transactions skipped as CoinJoins.
+    /// Transactions that link two or more addresses, in chain order.
+    pub txs: Vec<LinkTx>,
+    /// Address ids of the linking transactions (see [`LinkTx`]).
+    pub members: Vec<u32>,
+    /// Everything the detectors recognised, in chain order.
+    pub coinjoins: Vec<CoinJoinRow>,
+    /// Multi-address transactions skipped as CoinJoins.
     pub coinjoins_skipped: u64,
-    /// Multi-address transactions whose inputs were linked.
-    pub linked_transactions: u64,
+}
+
+impl CioGraph {
+    /// The member address ids of a linking transaction.
+    pub fn members_of(&self, t: &LinkTx) -> &[u32] {
+        &self.members[t.start..t.end]
+    }
 }
 
 #[derive(Default)]
@@ -104,8 +112,35 @@ fn store_err(e: ferret_schemas::Error) -> Error {
     Error::Warehouse(Box::new(e))
 }
 
-/// Builds the graph from the committed Bitcoin tables.
-pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioGraph> {
+
+/// Output values and OP_RETURN flags of one transaction.
+#[derive(Default)]
+struct TxOutputs {
+    values: Vec<i64>,
+    nulldata: Vec<bool>,
+}
+
+/// The inputs of the transaction being read.
+#[derive(Default)]
+struct TxInputs {
+    tx_index: i64,
+    height: i64,
+    txid: [u8; 32],
+    values: Vec<Option<i64>>,
+    members: Vec<u32>,
+    /// Inputs without an address (bare multisig, non-standard).
+    addressless: usize,
+}
+
+/// Builds the graph from the committed Bitcoin tables. `never_link` names transactions
+/// (by txid) to treat as mixes beside the detectors: the tests' oracle of true
+/// CoinJoins; `None` for normal runs.
+pub async fn build_cio_graph(
+    wh: &Warehouse,
+    detectors: &Detectors,
+    never_link: Option<&HashSet<String>>,
+) -> Result<CioGraph> {
+    use crate::taint::graph::{hex_decode, hex_encode, i64_col, str_col};
     let manifest = wh
         .load_manifest(Chain::Btc)
         .await
@@ -116,18 +151,24 @@ pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioG
     let inputs: Vec<_> = manifest.files_of("inputs").collect();
     for out_file in manifest.files_of("outputs") {
         // Output values per transaction of this range, and first appearances.
-        let mut values: HashMap<i64, Vec<i64>> = HashMap::new();
+        let mut outputs: HashMap<i64, TxOutputs> = HashMap::new();
         for b in wh
-            .read_columns(&out_file.path, &["tx_index", "value", "address"])
+            .read_columns(
+                &out_file.path,
+                &["tx_index", "value", "address", "script_type"],
+            )
             .await
             .map_err(store_err)?
         {
             let p = out_file.path.as_str();
-            let tx = crate::taint::graph::i64_col(&b, "tx_index", p)?;
-            let value = crate::taint::graph::i64_col(&b, "value", p)?;
-            let addr = crate::taint::graph::str_col(&b, "address", p)?;
+            let tx = i64_col(&b, "tx_index", p)?;
+            let value = i64_col(&b, "value", p)?;
+            let addr = str_col(&b, "address", p)?;
+            let kind = str_col(&b, "script_type", p)?;
             for r in 0..b.num_rows() {
-                values.entry(tx.value(r)).or_default().push(value.value(r));
+                let o = outputs.entry(tx.value(r)).or_default();
+                o.values.push(value.value(r));
+                o.nulldata.push(kind.value(r) == "nulldata");
                 if !addr.is_null(r) {
                     ids.id(addr.value(r))?;
                 }
@@ -139,52 +180,104 @@ pub async fn build_cio_graph(wh: &Warehouse, rule: &CoinJoinRule) -> Result<CioG
         else {
             continue;
         };
-        let mut current: Option<i64> = None;
-        let mut members: Vec<u32> = Vec::new();
-        let mut input_count = 0usize;
-        let flush = |tx: i64, members: &mut Vec<u32>, input_count: usize, g: &mut CioGraph| {
-            // Inputs without an address (bare multisig, non-standard) still belong to
-            // someone: for the CoinJoin rule each counts as a distinct input address.
-            let addressless = input_count - members.len();
+        let mut cur: Option<TxInputs> = None;
+        let flush = |t: TxInputs, g: &mut CioGraph| {
+            let TxInputs {
+                tx_index,
+                height,
+                txid,
+                values,
+                mut members,
+                addressless,
+            } = t;
             members.sort_unstable();
             members.dedup();
+            let empty = TxOutputs::default();
+            let outs = outputs.get(&tx_index).unwrap_or(&empty);
+            let shape = TxShape {
+                input_values: &values,
+                distinct_input_addresses: members.len() + addressless,
+                output_values: &outs.values,
+                output_nulldata: &outs.nulldata,
+            };
+            let mut mix = false;
+            if outs.values.len() >= 2
+                && let Some(d) = detectors.detect(&shape)
+            {
+                mix = d.protocol.is_mix();
+                g.coinjoins.push(CoinJoinRow {
+                    txid,
+                    height,
+                    tx_index,
+                    inputs: u32::try_from(values.len()).unwrap_or(u32::MAX),
+                    outputs: u32::try_from(outs.values.len()).unwrap_or(u32::MAX),
+                    detection: d,
+                });
+            }
+            if let Some(set) = never_link
+                && set.contains(&hex_encode(&txid))
+            {
+                mix = true;
+            }
             if members.len() >= 2 {
-                let outs = values.get(&tx).map_or(&[][..], Vec::as_slice);
-                if rule.is_coinjoin(input_count, members.len() + addressless, outs) {
+                if mix {
                     g.coinjoins_skipped += 1;
                 } else {
-                    g.linked_transactions += 1;
-                    g.edges
-                        .extend(members[1..].iter().map(|&m| (members[0], m)));
+                    let start = g.members.len();
+                    g.members.extend_from_slice(&members);
+                    g.txs.push(LinkTx {
+                        tx_index,
+                        height,
+                        txid,
+                        start,
+                        end: g.members.len(),
+                    });
                 }
             }
-            members.clear();
         };
         for b in wh
-            .read_columns(&in_file.path, &["tx_index", "address"])
+            .read_columns(
+                &in_file.path,
+                &["height", "tx_index", "txid", "value", "address"],
+            )
             .await
             .map_err(store_err)?
         {
             let p = in_file.path.as_str();
-            let tx = crate::taint::graph::i64_col(&b, "tx_index", p)?;
-            let addr = crate::taint::graph::str_col(&b, "address", p)?;
+            let height = i64_col(&b, "height", p)?;
+            let tx = i64_col(&b, "tx_index", p)?;
+            let txid = str_col(&b, "txid", p)?;
+            let value = i64_col(&b, "value", p)?;
+            let addr = str_col(&b, "address", p)?;
             for r in 0..b.num_rows() {
                 let t = tx.value(r);
-                if current != Some(t) {
-                    if let Some(prev) = current {
-                        flush(prev, &mut members, input_count, &mut g);
+                if cur.as_ref().is_none_or(|c| c.tx_index != t) {
+                    if let Some(prev) = cur.take() {
+                        flush(prev, &mut g);
                     }
-                    current = Some(t);
-                    input_count = 0;
+                    let mut id = [0u8; 32];
+                    hex_decode(txid.value(r), &mut id)
+                        .map_err(|e| Error::BadGraph(format!("{p}: tx_index {t}: {e}")))?;
+                    cur = Some(TxInputs {
+                        tx_index: t,
+                        height: height.value(r),
+                        txid: id,
+                        ..Default::default()
+                    });
                 }
-                input_count += 1;
-                if !addr.is_null(r) {
-                    members.push(ids.id(addr.value(r))?);
+                let Some(c) = cur.as_mut() else {
+                    unreachable!("set just above")
+                };
+                c.values.push((!value.is_null(r)).then(|| value.value(r)));
+                if addr.is_null(r) {
+                    c.addressless += 1;
+                } else {
+                    c.members.push(ids.id(addr.value(r))?);
                 }
             }
         }
-        if let Some(prev) = current {
-            flush(prev, &mut members, input_count, &mut g);
+        if let Some(prev) = cur.take() {
+            flush(prev, &mut g);
         }
     }
     g.addresses = ids.addresses;
@@ -205,31 +298,62 @@ pub struct Clusters {
     pub linked_transactions: u64,
 }
 
-/// Builds the graph and labels its components on `backend`.
+/// A Bitcoin clustering run: the clusters and what stands behind them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BtcClusters {
+    pub clusters: Clusters,
+    /// Everything the CoinJoin detectors recognised.
+    pub coinjoins: Vec<CoinJoinRow>,
+    /// The linking transactions (the graph's, in chain order).
+    pub txs: Vec<LinkTx>,
+    /// Admitted links and held transactions.
+    pub guarded: Guarded,
+}
+
+/// Builds the graph, runs the guards (labels from the warehouse) and labels the
+/// components of the admitted links on `backend`.
 pub async fn cluster_btc(
     wh: &Warehouse,
     backend: &Backend,
-    rule: &CoinJoinRule,
-) -> Result<Clusters> {
-    let g = build_cio_graph(wh, rule).await?;
+    opts: &ClusterOptions,
+) -> Result<BtcClusters> {
+    let labels = crate::taint::job::btc_labels(wh).await?;
+    let g = build_cio_graph(wh, &opts.detectors, None).await?;
+    cluster_graph(g, &labels, backend, opts)
+}
+
+/// [`cluster_btc`] on a built graph.
+pub fn cluster_graph(
+    g: CioGraph,
+    labels: &[(String, String, String)],
+    backend: &Backend,
+    opts: &ClusterOptions,
+) -> Result<BtcClusters> {
+    let guarded = guard_links(&g, labels, opts);
     let n = u32::try_from(g.addresses.len())
         .map_err(|_| Error::TooLarge("address ids beyond u32".into()))?;
-    let cluster_id = cc::connected_components(backend, n, &g.edges)?;
+    let cluster_id = cc::connected_components(backend, n, &guarded.edges)?;
     let cluster_size = cluster_sizes(&cluster_id);
     tracing::info!(
         addresses = n,
-        links = g.edges.len(),
+        links = guarded.edges.len(),
         coinjoins_skipped = g.coinjoins_skipped,
+        held = guarded.holds.len(),
         device = %backend.describe(),
         "clustered"
     );
-    Ok(Clusters {
-        chain: "btc",
-        addresses: g.addresses,
-        cluster_id,
-        cluster_size,
-        coinjoins_skipped: g.coinjoins_skipped,
-        linked_transactions: g.linked_transactions,
+    Ok(BtcClusters {
+        clusters: Clusters {
+            chain: "btc",
+            addresses: g.addresses,
+            cluster_id,
+            cluster_size,
+            coinjoins_skipped: g.coinjoins_skipped,
+            linked_transactions: guarded.linked_transactions,
+        },
+        coinjoins: g.coinjoins,
+        txs: g.txs,
+        guarded,
     })
 }
 
@@ -341,28 +465,204 @@ pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
     Ok(run_id)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
 
-    #[test]
-    fn blocksci_coinjoin_rule() {
-        let r = CoinJoinRule::default();
-        // 3 participants: 3 equal outputs + 2 change, 3 inputs from 3 addresses.
-        assert!(r.is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52]));
-        // The same shape paid from 2 addresses only.
-        assert!(!r.is_coinjoin(3, 2, &[1000, 1000, 1000, 37, 52]));
-        // A payment with change.
-        assert!(!r.is_coinjoin(2, 2, &[5000, 1200]));
-        // Dust outputs don't make a denomination.
-        assert!(!r.is_coinjoin(3, 3, &[546, 546, 546, 10, 20]));
-        // Off means off.
-        assert!(
-            !CoinJoinRule {
-                enabled: false,
-                ..r
-            }
-            .is_coinjoin(3, 3, &[1000, 1000, 1000, 37, 52])
-        );
+/// The `coinjoins`, `cluster_links` and `cluster_holds` rows of a run.
+pub fn evidence_batches(
+    c: &BtcClusters,
+    run_id: &str,
+) -> Result<[arrow::array::RecordBatch; 3]> {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    };
+    use ferret_schemas::results::{
+        cluster_holds_schema, cluster_links_schema, coinjoins_schema,
+    };
+
+    use crate::taint::graph::hex_encode;
+
+    let err = |what: &str, e: arrow::error::ArrowError| Error::Write {
+        path: what.into(),
+        reason: e.to_string(),
+    };
+    let chain = |n: usize| Arc::new(StringArray::from_iter_values(std::iter::repeat_n("btc", n)));
+    let run = |n: usize| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run_id, n)));
+    let i32s = |v: Vec<u32>| Int32Array::from_iter_values(v.into_iter().map(|x| i32::try_from(x).unwrap_or(i32::MAX)));
+
+    let cj = &c.coinjoins;
+    let n = cj.len();
+    let coinjoins = RecordBatch::try_new(
+        coinjoins_schema(),
+        vec![
+            chain(n),
+            Arc::new(StringArray::from_iter_values(cj.iter().map(|r| hex_encode(&r.txid)))),
+            Arc::new(Int64Array::from_iter_values(cj.iter().map(|r| r.height))),
+            Arc::new(Int64Array::from_iter_values(cj.iter().map(|r| r.tx_index))),
+            Arc::new(StringArray::from_iter_values(cj.iter().map(|r| r.detection.protocol.name()))),
+            Arc::new(Float64Array::from_iter_values(cj.iter().map(|r| r.detection.confidence))),
+            Arc::new(BooleanArray::from_iter(cj.iter().map(|r| Some(r.detection.protocol.is_mix())))),
+            Arc::new(Int64Array::from_iter_values(cj.iter().map(|r| r.detection.denomination))),
+            Arc::new(i32s(cj.iter().map(|r| r.detection.equal_outputs).collect())),
+            Arc::new(i32s(cj.iter().map(|r| r.detection.participants).collect())),
+            Arc::new(i32s(cj.iter().map(|r| r.inputs).collect())),
+            Arc::new(i32s(cj.iter().map(|r| r.outputs).collect())),
+            run(n),
+        ],
+    )
+    .map_err(|e| err("coinjoins", e))?;
+
+    let g = &c.guarded;
+    let addr = |id: u32| c.clusters.addresses[id as usize].as_str();
+    let n = g.edges.len();
+    let links = RecordBatch::try_new(
+        cluster_links_schema(),
+        vec![
+            chain(n),
+            Arc::new(StringArray::from_iter_values(g.edges.iter().map(|e| addr(e.0)))),
+            Arc::new(StringArray::from_iter_values(g.edges.iter().map(|e| addr(e.1)))),
+            Arc::new(StringArray::from_iter_values(
+                g.edge_tx.iter().map(|&t| hex_encode(&c.txs[t as usize].txid)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                g.edge_tx.iter().map(|&t| c.txs[t as usize].height),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                g.edges.iter().map(|e| i64::from(c.clusters.cluster_id[e.0 as usize])),
+            )),
+            run(n),
+        ],
+    )
+    .map_err(|e| err("cluster_links", e))?;
+
+    let h = &g.holds;
+    let n = h.len();
+    let holds = RecordBatch::try_new(
+        cluster_holds_schema(),
+        vec![
+            chain(n),
+            Arc::new(StringArray::from_iter_values(h.iter().map(|x| hex_encode(&c.txs[x.tx].txid)))),
+            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| c.txs[x.tx].height))),
+            Arc::new(StringArray::from_iter_values(h.iter().map(|x| x.reason.name()))),
+            Arc::new(i32s(h.iter().map(|x| x.clusters).collect())),
+            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| i64::try_from(x.largest).unwrap_or(i64::MAX)))),
+            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| i64::try_from(x.second).unwrap_or(i64::MAX)))),
+            Arc::new(StringArray::from_iter_values(h.iter().map(|x| x.labels.as_str()))),
+            run(n),
+        ],
+    )
+    .map_err(|e| err("cluster_holds", e))?;
+    Ok([coinjoins, links, holds])
+}
+
+/// Writes a Bitcoin clustering run: `coinjoins`, `cluster_links` and `cluster_holds`
+/// first, `clusters` last, all under one run id. Returns the run id.
+pub async fn write_btc_clusters(wh: &Warehouse, c: &BtcClusters, params: serde_json::Value) -> Result<String> {
+    use ferret_schemas::results::{
+        cluster_holds_schema, cluster_links_schema, clusters_schema, coinjoins_schema,
+    };
+    let run_id = ferret_schemas::results::new_run_id();
+    let [coinjoins, links, holds] = evidence_batches(c, &run_id)?;
+    for (job, schema, batch) in [
+        ("coinjoins", coinjoins_schema(), coinjoins),
+        ("cluster_links", cluster_links_schema(), links),
+        ("cluster_holds", cluster_holds_schema(), holds),
+    ] {
+        wh.write_run_as(job, &run_id, schema, &[batch], Some(params.clone()))
+            .await
+            .map_err(store_err)?;
     }
+    let batch = clusters_batch(&c.clusters, &run_id)?;
+    wh.write_run_as("clusters", &run_id, clusters_schema(), &[batch], Some(params))
+        .await
+        .map_err(store_err)?;
+    Ok(run_id)
+}
+
+/// The path of co-spends joining two addresses in the stored `cluster_links`: each step
+/// (address, linked address, txid, height), or `None` when they are not in one cluster.
+pub async fn cluster_path(
+    wh: &Warehouse,
+    from: &str,
+    to: &str,
+) -> Result<Option<Vec<(String, String, String, i64)>>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    use std::collections::VecDeque;
+
+    let mut adj: HashMap<String, Vec<(String, usize)>> = HashMap::new();
+    let mut edges: Vec<(String, i64)> = Vec::new();
+    for b in wh.read_latest("cluster_links").await.map_err(store_err)? {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| Error::BadGraph(format!("cluster_links: no text column `{name}`")))
+        };
+        let (a, l, t) = (col("address")?, col("linked_address")?, col("txid")?);
+        let h = b
+            .column_by_name("height")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| Error::BadGraph("cluster_links: no height column".into()))?;
+        for r in 0..b.num_rows() {
+            let e = edges.len();
+            edges.push((t.value(r).to_string(), h.value(r)));
+            adj.entry(a.value(r).to_string()).or_default().push((l.value(r).to_string(), e));
+            adj.entry(l.value(r).to_string()).or_default().push((a.value(r).to_string(), e));
+        }
+    }
+    if from == to {
+        return Ok(adj.contains_key(from).then(Vec::new));
+    }
+    // Breadth-first: the fewest co-spends.
+    let mut prev: HashMap<&str, (&str, usize)> = HashMap::new();
+    let mut queue = VecDeque::from([from]);
+    while let Some(x) = queue.pop_front() {
+        if x == to {
+            break;
+        }
+        for (y, e) in adj.get(x).map(Vec::as_slice).unwrap_or(&[]) {
+            if y != from && !prev.contains_key(y.as_str()) {
+                prev.insert(y.as_str(), (x, *e));
+                queue.push_back(y.as_str());
+            }
+        }
+    }
+    if !prev.contains_key(to) {
+        return Ok(None);
+    }
+    let mut steps = Vec::new();
+    let mut cur = to;
+    while cur != from {
+        let (p, e) = prev[cur];
+        steps.push((p.to_string(), cur.to_string(), edges[e].0.clone(), edges[e].1));
+        cur = p;
+    }
+    steps.reverse();
+    Ok(Some(steps))
+}
+
+/// What a clustering run found beside the clusters: CoinJoins per protocol and held
+/// merges, one line each.
+pub fn summary(c: &BtcClusters) -> String {
+    use std::fmt::Write;
+    let mut per: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in &c.coinjoins {
+        *per.entry(r.detection.protocol.name()).or_default() += 1;
+    }
+    let mut out = String::new();
+    let list: Vec<String> = per.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "CoinJoins detected: {} ({}); table coinjoins",
+        c.coinjoins.len(),
+        if list.is_empty() { "none".to_string() } else { list.join(", ") }
+    );
+    let held = |r: HoldReason| c.guarded.holds.iter().filter(|h| h.reason == r).count();
+    let _ = writeln!(
+        out,
+        "merges held for review: {} label conflicts, {} cluster collapses; table cluster_holds",
+        held(HoldReason::LabelConflict),
+        held(HoldReason::Collapse)
+    );
+    out
 }

@@ -12,8 +12,10 @@
 //!   long-running peel chains;
 //! - exchanges: per-user deposit addresses, sweeps of many deposits into a reused hot
 //!   wallet address, batched withdrawals to users;
-//! - CoinJoin coordinators (Wasabi-like): several users each bring inputs and get one
-//!   output of an equal denomination plus change; the coordinator takes a fee output;
+//! - CoinJoins as the real tools build them (module `mixing`): Whirlpool tx0s and 5×5
+//!   mixes with remixes, Wasabi 1.x and Wasabi 2 rounds, JoinMarket, and a coordinator
+//!   of its own kind (equal outputs, changes, a fee output); plus exchange batch payouts
+//!   of equal round amounts, which look alike but are one owner's;
 //! - scam operations: victims pay published deposit addresses, the operation layers
 //!   the money through fresh addresses (splits, merges, forwards) and cashes out to
 //!   deposit addresses at exchanges once it is 2–6 hops away from the victims.
@@ -34,6 +36,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::script::{Kind, Material};
 
+mod mixing;
+pub(crate) use mixing::CoinJoinTruth;
+use mixing::WhirlpoolQueue;
+
 /// Smallest non-OP_RETURN output value the generator creates.
 pub(crate) const DUST: u64 = 546;
 /// "No address" marker in a `u32` address slot.
@@ -46,7 +52,7 @@ const LABEL_EXCHANGE: u8 = 4;
 const LABEL_MIXER: u8 = 8;
 
 /// CoinJoin denominations (sats); never 546 or 2730.
-const DENOMINATIONS: [u64; 5] = [100_000, 1_000_000, 5_000_000, 10_000_000, 50_000_000];
+const DENOMINATIONS: [u64; 5] = [100_000, 1_000_000, 5_000_000, 20_000_000, 50_000_000];
 
 #[derive(Clone, Copy, Debug)]
 struct Utxo {
@@ -120,6 +126,10 @@ enum Dest {
     Untracked,
     /// An OP_RETURN output carrying this many data bytes.
     OpReturn(u8),
+    /// A Whirlpool premix output of (pool, owning user).
+    Premix(u32, u32),
+    /// A Whirlpool postmix output waiting to be remixed in (pool, owning user).
+    Postmix(u32, u32),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -248,7 +258,7 @@ impl Layout {
     }
 }
 
-const ACTIONS: usize = 10;
+const ACTIONS: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -262,6 +272,12 @@ enum Action {
     Victim,
     Scam,
     Consolidate,
+    Tx0,
+    WhirlpoolMix,
+    Wasabi1,
+    Wasabi2,
+    JoinMarket,
+    EqualBatch,
 }
 
 /// Value held per actor class, for progress logs.
@@ -295,6 +311,10 @@ pub(crate) struct Economy {
     rate: u64,
     body: BlockBody,
     cashouts: Vec<Cashout>,
+    /// Whirlpool's premix and postmix queues, one per pool.
+    whirlpool: Vec<WhirlpoolQueue>,
+    /// CoinJoins (and tx0s) made since the last `take_coinjoins`.
+    coinjoins: Vec<CoinJoinTruth>,
 }
 
 fn sum(utxos: &[Utxo]) -> u64 {
@@ -366,6 +386,8 @@ impl Economy {
             rate: 1,
             body: BlockBody::default(),
             cashouts: Vec::new(),
+            whirlpool: (0..4).map(|_| WhirlpoolQueue::default()).collect(),
+            coinjoins: Vec::new(),
         };
         // Pool 1 pays its coinbases to bare p2pk like the early chain did.
         const POOL_KINDS: [Kind; 5] = [
@@ -667,6 +689,12 @@ impl Economy {
                 Dest::Scam(op, taint) => {
                     self.scams[op as usize].utxos.push(ScamUtxo { utxo, taint })
                 }
+                Dest::Premix(p, owner) => self.whirlpool[p as usize]
+                    .premix
+                    .push(mixing::Queued { owner, utxo }),
+                Dest::Postmix(p, owner) => self.whirlpool[p as usize]
+                    .postmix
+                    .push(mixing::Queued { owner, utxo }),
                 Dest::Untracked | Dest::OpReturn(_) => {}
             }
         }
@@ -690,6 +718,13 @@ impl Economy {
             5..8 => self.rng.random_range(5..=20),
             _ => self.rng.random_range(20..=80),
         };
+        // Wasabi rounds are rare and large: at most one of each per block.
+        if slots > 0 && self.rng.random_ratio(1, 8) && self.act_wasabi2() {
+            self.made[Action::Wasabi2 as usize] += 1;
+        }
+        if slots > 0 && self.rng.random_ratio(1, 10) && self.act_wasabi1() {
+            self.made[Action::Wasabi1 as usize] += 1;
+        }
         for _ in 0..slots {
             for _attempt in 0..8 {
                 let action = self.pick_action();
@@ -704,6 +739,12 @@ impl Economy {
                     Action::Victim => self.act_victim(),
                     Action::Scam => self.act_scam(),
                     Action::Consolidate => self.act_consolidate(),
+                    Action::Tx0 => self.act_tx0(),
+                    Action::WhirlpoolMix => self.act_whirlpool_mix(),
+                    Action::Wasabi1 => self.act_wasabi1(),
+                    Action::Wasabi2 => self.act_wasabi2(),
+                    Action::JoinMarket => self.act_joinmarket(),
+                    Action::EqualBatch => self.act_equal_batch(),
                 };
                 if done {
                     self.made[action as usize] += 1;
@@ -737,6 +778,17 @@ impl Economy {
             (Action::Victim, if self.scams.is_empty() { 0 } else { 2 }),
             (Action::Scam, scam_utxos.min(20)),
             (Action::Consolidate, 3),
+            (Action::Tx0, 1),
+            (
+                Action::WhirlpoolMix,
+                if self.whirlpool.iter().any(|q| q.premix.len() >= 2) {
+                    4
+                } else {
+                    0
+                },
+            ),
+            (Action::JoinMarket, 1),
+            (Action::EqualBatch, if hot { 2 } else { 0 }),
         ];
         let total: usize = weights.iter().map(|w| w.1).sum();
         let mut x = self.rng.random_range(0..total);
@@ -1020,27 +1072,8 @@ impl Economy {
             }
             inputs.extend_from_slice(mine);
         }
-        // BlockSci's rule flags (outputs + 1) / 2 == p equal outputs: p mixed outputs, the
-        // coordinator's fee and p − 1 or p − 2 changes. When every participant has change,
-        // the smallest change goes to the coordinator instead (it keeps the remainder).
-        let mut fees = coord_fee * parts.len() as u64;
-        let changes = outs.len() - parts.len();
-        if changes + 2 < parts.len() {
-            for (u, mine, _) in parts {
-                self.users[u as usize].utxos.extend(mine);
-            }
-            return false;
-        }
-        if changes == parts.len() {
-            let smallest = outs
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| o.value != d)
-                .min_by_key(|(_, o)| o.value)
-                .map(|(i, _)| i)
-                .expect("every participant has change");
-            fees += outs.remove(smallest).value;
-        }
+        // A coordinator of its own kind: equal outputs, changes and the coordinator's fee.
+        let fees = coord_fee * parts.len() as u64;
         if fees >= DUST {
             let mixer = &self.mixers[self.rng.random_range(0..self.mixers.len())];
             let addr = mixer.fee_addrs[self.rng.random_range(0..mixer.fee_addrs.len())];
@@ -1052,7 +1085,8 @@ impl Economy {
         }
         inputs.shuffle(&mut self.rng);
         outs.shuffle(&mut self.rng);
-        self.emit(&inputs, &outs);
+        let txid = self.emit(&inputs, &outs);
+        self.record_coinjoin(txid, "generic", parts.len());
         true
     }
 
@@ -1462,6 +1496,12 @@ impl Economy {
             Action::Victim,
             Action::Scam,
             Action::Consolidate,
+            Action::Tx0,
+            Action::WhirlpoolMix,
+            Action::Wasabi1,
+            Action::Wasabi2,
+            Action::JoinMarket,
+            Action::EqualBatch,
         ];
         let parts: Vec<String> = ALL
             .iter()

@@ -240,6 +240,7 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
         );
         let cashouts = econ.take_cashouts();
         truth.cashouts(&econ, &cashouts)?;
+        truth.coinjoins(&econ.take_coinjoins())?;
         summary.transactions += body.txs.len() as u64 + 1;
         summary.blocks += 1;
         let bytes = block.encode(&body.txs);

@@ -15,6 +15,10 @@
 //!   `seed_address` is the scam deposit address paid by the earliest victim payment
 //!   upstream of the cash-out; `hops` counts from victim payments (hop 0) with the
 //!   minimum taken over merged inputs; `amount` is in sats.
+//! - `coinjoins.csv` (`txid,protocol,participants`): every CoinJoin the generator made
+//!   (`whirlpool`, `wasabi1`, `wasabi2`, `joinmarket`, `generic`: a coordinator of its
+//!   own kind) and every Whirlpool tx0 (`whirlpool_tx0`: one user's premix transaction,
+//!   not a mix), in chain order.
 //!
 //! Rows of `labels.csv` and `entities.csv` are in order of address creation;
 //! `cashouts.csv` is in chain order. Only best-chain transactions count.
@@ -23,13 +27,15 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::economy::{Cashout, Economy};
+use super::economy::{Cashout, CoinJoinTruth, Economy};
 use super::error::{Error, Result};
 
 pub(crate) struct Truth {
     dir: PathBuf,
     cashouts_path: PathBuf,
     cashouts: BufWriter<File>,
+    coinjoins_path: PathBuf,
+    coinjoins: BufWriter<File>,
     rows: u64,
 }
 
@@ -47,12 +53,24 @@ impl Truth {
             &cashouts_path,
             "op,seed_address,exit_address,amount,hops,txid",
         )?;
+        let coinjoins_path = dir.join("coinjoins.csv");
+        let coinjoins = create(&coinjoins_path, "txid,protocol,participants")?;
         Ok(Truth {
             dir: dir.to_path_buf(),
             cashouts_path,
             cashouts,
+            coinjoins_path,
+            coinjoins,
             rows: 0,
         })
+    }
+
+    pub(crate) fn coinjoins(&mut self, rows: &[CoinJoinTruth]) -> Result<()> {
+        for c in rows {
+            writeln!(self.coinjoins, "{},{},{}", c.txid, c.protocol, c.participants)
+                .map_err(|source| Error::io(&self.coinjoins_path, source))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn cashouts(&mut self, econ: &Economy, rows: &[Cashout]) -> Result<()> {
@@ -79,6 +97,9 @@ impl Truth {
         self.cashouts
             .flush()
             .map_err(|source| Error::io(&self.cashouts_path, source))?;
+        self.coinjoins
+            .flush()
+            .map_err(|source| Error::io(&self.coinjoins_path, source))?;
 
         let path = self.dir.join("entities.csv");
         let mut out = create(&path, "address,entity_id")?;
