@@ -82,6 +82,7 @@ const SCAM_FLOW_VIEW: &str = "CREATE VIEW scam_flow AS
         JOIN btc.inputs i ON i.spent_tx_index = o.tx_index AND i.spent_vout = o.vout
         WHERE f.hop < 8 AND (o.address IS NULL OR o.address NOT IN
           (SELECT address FROM truth_labels WHERE category = 'exchange'))
+          AND f.txid NOT IN (SELECT txid FROM truth_coinjoins WHERE protocol <> 'whirlpool_tx0')
     )
     SELECT tx_index, txid, min(hop) AS hop FROM flow GROUP BY tx_index, txid";
 
@@ -114,11 +115,13 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     println!("{summary}\n");
 
     let ctx = ferret_query::session(&wh).await?;
-    // The truth files stand in for what an investigator knows (labels) and for checking
-    // what SQL finds (the planted cash-outs).
+    // The truth files stand in for what an investigator knows (labels, the CoinJoins, not
+    // followed: paths through them multiply past any use) and for checking what SQL
+    // finds (the planted cash-outs).
     for (table, file) in [
         ("truth_labels", "labels.csv"),
         ("truth_cashouts", "cashouts.csv"),
+        ("truth_coinjoins", "coinjoins.csv"),
     ] {
         let path = a.dir.join("truth").join(file);
         let url = path.to_str().context("demo dir is not valid UTF-8")?;

@@ -160,6 +160,10 @@ struct ClusterEthArgs {
     /// A sweep must follow a transfer into the deposit address within this many blocks.
     #[arg(long, default_value_t = 1000)]
     max_delay_blocks: i64,
+    /// A deposit address with more distinct senders than this links none of them (many
+    /// unrelated payers are victims or customers of a service, not one person).
+    #[arg(long, default_value_t = 8)]
+    max_senders: usize,
     /// Where the kernel runs: auto, gpu, cpu.
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
@@ -586,6 +590,7 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
     let rule = DepositRule {
         exchange_category: a.exchange_category,
         max_delay_blocks: a.max_delay_blocks,
+        max_senders: a.max_senders,
     };
     let d = cluster_eth(&wh, &backend, &rule)
         .await

@@ -25,6 +25,30 @@ fn demo_finds_every_planted_cashout() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Clusters against the planted owners and CoinJoins: the thresholds of issue 10.
+    let acc = stdout
+        .split("-- Clusters against the planted owners and CoinJoins:")
+        .nth(1)
+        .expect("the accuracy section");
+    let figure = |after: &str| -> f64 {
+        acc.split(after)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| c == ' ' || c == ',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{after}` figure in {acc}"))
+    };
+    assert!(figure("pairwise precision ") >= 0.99, "{acc}");
+    assert!(figure(", recall ") >= 0.95, "{acc}");
+    assert!(acc.contains("; 0 clusters mix owners; 0 of "), "{acc}");
+    for p in ["whirlpool ", "wasabi2 ", "joinmarket "] {
+        let row = acc
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no {p} row: {acc}"));
+        let f: Vec<&str> = row.split_whitespace().collect();
+        assert!(f[1].parse::<u64>().expect("planted") > 0, "{row}");
+        assert_eq!(f[1], f[2], "every planted {p}is caught: {row}");
+    }
     let section = stdout
         .split("-- Planted cash-outs")
         .nth(1)

@@ -3,13 +3,18 @@
 //!
 //! Exchanges give each customer a deposit address and sweep it into their hot wallets. An
 //! address is taken for a **deposit address** when
-//! - it is not labelled itself,
+//! - it is not labelled itself (with any category: a `scam`-labelled collection address
+//!   that victims pay and that then sweeps into an exchange is the operation's, not a
+//!   customer's deposit address, and its victims must never be joined to it),
 //! - everything it sends goes to addresses labelled with the exchange category (the hot
 //!   wallets), at least once, and
 //! - each of those sweeps follows a transfer into it by at most `max_delay_blocks` blocks.
 //!
 //! Every address that sent to a deposit address (other than a hot wallet) is then the same
-//! entity as the deposit address: one customer. Clusters are connected components over
+//! entity as the deposit address: one customer, provided the deposit address has at most
+//! `max_senders` distinct senders. A customer pays in from a few wallets of their own;
+//! an address that many unrelated payers fund (victim collection, a merchant, a payroll
+//! target) is taken for a deposit address but its senders are not linked. Clusters are connected components over
 //! those links (the `cc` kernel, on the GPU or the CPU), cluster id = the smallest address
 //! id, as for Bitcoin. Only addresses in some link are listed; every other address is its
 //! own cluster. Known weakness, as in the paper: a contract or service paying many
@@ -33,6 +38,8 @@ pub struct DepositRule {
     pub exchange_category: String,
     /// A sweep must follow a transfer into the deposit address within this many blocks.
     pub max_delay_blocks: i64,
+    /// A deposit address with more distinct senders than this links none of them.
+    pub max_senders: usize,
 }
 
 impl Default for DepositRule {
@@ -40,6 +47,7 @@ impl Default for DepositRule {
         Self {
             exchange_category: "exchange".into(),
             max_delay_blocks: 1000,
+            max_senders: 8,
         }
     }
 }
@@ -52,10 +60,12 @@ pub struct DepositClusters {
     pub deposit_addresses: Vec<String>,
 }
 
-/// Finds deposit addresses in `t` and links their senders; `hot` marks hot wallets.
+/// Finds deposit addresses in `t` and links their senders; `hot` marks hot wallets,
+/// `labelled` every address with a label of any category.
 pub fn deposit_links(
     t: &EthTransfers,
     hot: &[bool],
+    labelled: &[bool],
     rule: &DepositRule,
 ) -> (Vec<u32>, Vec<(u32, u32)>) {
     let n = t.graph.nodes as usize;
@@ -79,7 +89,7 @@ pub fn deposit_links(
         last_in[d] = Some(block);
     }
     let deposits: Vec<u32> = (0..n)
-        .filter(|&v| !hot[v] && sweeps[v] > 0 && !disqualified[v])
+        .filter(|&v| !hot[v] && !labelled[v] && sweeps[v] > 0 && !disqualified[v])
         .map(|v| v as u32)
         .collect();
     let is_deposit: HashSet<u32> = deposits.iter().copied().collect();
@@ -91,6 +101,12 @@ pub fn deposit_links(
         .collect();
     links.sort_unstable();
     links.dedup();
+    // Links are sorted by sender; count senders per deposit address.
+    let mut senders: std::collections::HashMap<u32, usize> = Default::default();
+    for &(_, d) in &links {
+        *senders.entry(d).or_default() += 1;
+    }
+    links.retain(|&(_, d)| senders[&d] <= rule.max_senders);
     (deposits, links)
 }
 
@@ -113,7 +129,13 @@ pub async fn cluster_eth(
         .iter()
         .map(|a| hot_set.contains(a.as_str()))
         .collect();
-    let (deposits, links) = deposit_links(&t, &hot, rule);
+    let labelled_set: HashSet<&str> = labels.iter().map(|l| l.0.as_str()).collect();
+    let labelled: Vec<bool> = t
+        .addresses
+        .iter()
+        .map(|a| labelled_set.contains(a.as_str()))
+        .collect();
+    let (deposits, links) = deposit_links(&t, &hot, &labelled, rule);
     // Only the linked addresses, renumbered in address-id order so the smallest id leads.
     let mut members: Vec<u32> = links.iter().flat_map(|&(a, b)| [a, b]).collect();
     members.sort_unstable();
@@ -197,14 +219,28 @@ mod tests {
         );
         let mut hot = vec![false; 9];
         hot[0] = true;
-        let (deposits, links) = deposit_links(&t, &hot, &DepositRule::default());
+        let none = vec![false; 9];
+        let (deposits, links) = deposit_links(&t, &hot, &none, &DepositRule::default());
         assert_eq!(deposits, [3]);
         assert_eq!(links, [(1, 3), (2, 3)]);
+        // A labelled address (say `scam`) is never a deposit address: its payers stay apart.
+        let mut labelled = none.clone();
+        labelled[3] = true;
+        let (deposits, links) = deposit_links(&t, &hot, &labelled, &DepositRule::default());
+        assert!(deposits.is_empty() && links.is_empty());
+        // Nor are the many payers of one address (a collection address nobody labelled).
+        let few = DepositRule {
+            max_senders: 1,
+            ..Default::default()
+        };
+        let (deposits, links) = deposit_links(&t, &hot, &none, &few);
+        assert_eq!(deposits, [3]);
+        assert!(links.is_empty(), "{links:?}");
         // A withdrawal from the hot wallet does not make its receiver a deposit address.
         let t = transfers(&[(0, 1, 1), (1, 0, 2)], 2);
-        let (deposits, _) = deposit_links(&t, &[true, false], &DepositRule::default());
+        let (deposits, _) = deposit_links(&t, &[true, false], &[false; 2], &DepositRule::default());
         assert_eq!(deposits, [1]);
-        let (_, links) = deposit_links(&t, &[true, false], &DepositRule::default());
+        let (_, links) = deposit_links(&t, &[true, false], &[false; 2], &DepositRule::default());
         assert!(links.is_empty(), "a hot wallet is nobody's customer");
     }
 }
