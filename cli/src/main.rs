@@ -645,7 +645,10 @@ async fn cluster_why_cmd(a: ClusterWhyArgs) -> Result<()> {
     let wh = Warehouse::open(&a.warehouse)?;
     match ferret_kernels::cluster::cluster_path(&wh, &a.a, &a.b).await? {
         None => {
-            println!("{} and {} are not in one cluster (latest clusters run)", a.a, a.b);
+            println!(
+                "{} and {} are not in one cluster (latest clusters run)",
+                a.a, a.b
+            );
         }
         Some(steps) => {
             println!(
@@ -656,7 +659,10 @@ async fn cluster_why_cmd(a: ClusterWhyArgs) -> Result<()> {
                 if steps.len() == 1 { "" } else { "s" }
             );
             for (i, (x, y, txid, height)) in steps.iter().enumerate() {
-                println!("{:>3}. {x} and {y} spent together in {txid} (height {height})", i + 1);
+                println!(
+                    "{:>3}. {x} and {y} spent together in {txid} (height {height})",
+                    i + 1
+                );
             }
         }
     }

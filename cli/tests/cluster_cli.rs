@@ -65,25 +65,43 @@ fn cluster_command_writes_the_clusters_table() {
         "SELECT count(*) AS n, count(DISTINCT protocol) AS p, min(confidence) > 0 AS ok FROM coinjoins WHERE is_mix",
     );
     let n: Vec<&str> = cj.lines().nth(1).expect("a row").split(',').collect();
-    assert!(n[0].parse::<u64>().expect("count") > 10 && n[1].parse::<u64>().expect("p") >= 4 && n[2] == "true", "{cj}");
+    assert!(
+        n[0].parse::<u64>().expect("count") > 10
+            && n[1].parse::<u64>().expect("p") >= 4
+            && n[2] == "true",
+        "{cj}"
+    );
     assert_eq!(
-        sql("SELECT count(DISTINCT run_id) AS n FROM (SELECT run_id FROM clusters UNION ALL SELECT run_id FROM coinjoins UNION ALL SELECT run_id FROM cluster_links)"),
+        sql(
+            "SELECT count(DISTINCT run_id) AS n FROM (SELECT run_id FROM clusters UNION ALL SELECT run_id FROM coinjoins UNION ALL SELECT run_id FROM cluster_links)"
+        ),
         "n\n1\n",
         "one run id for the clusters and their evidence"
     );
     // Every link joins two addresses of one cluster.
     assert_eq!(
-        sql("SELECT count(*) AS bad FROM cluster_links l JOIN clusters a ON a.address = l.address JOIN clusters b ON b.address = l.linked_address WHERE a.cluster_id <> b.cluster_id OR l.cluster_id <> a.cluster_id"),
+        sql(
+            "SELECT count(*) AS bad FROM cluster_links l JOIN clusters a ON a.address = l.address JOIN clusters b ON b.address = l.linked_address WHERE a.cluster_id <> b.cluster_id OR l.cluster_id <> a.cluster_id"
+        ),
         "bad\n0\n"
     );
     // Why are two addresses of the largest cluster together: a path of co-spends.
     let pair = sql(
         "SELECT min(address) AS a, max(address) AS b FROM clusters WHERE cluster_size = (SELECT max(cluster_size) FROM clusters) GROUP BY cluster_id ORDER BY a LIMIT 1",
     );
-    let pair: Vec<String> = pair.lines().nth(1).expect("a row").split(',').map(str::to_string).collect();
+    let pair: Vec<String> = pair
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let out = ferret(&["cluster", "why", "--warehouse", &wh, &pair[0], &pair[1]]);
     let why = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && why.contains("are in one cluster, joined by"), "{why}");
+    assert!(
+        out.status.success() && why.contains("are in one cluster, joined by"),
+        "{why}"
+    );
     let steps: Vec<&str> = why.lines().skip(1).collect();
     assert!(!steps.is_empty(), "{why}");
     // Each step's transaction really spends from both addresses.
@@ -91,12 +109,21 @@ fn cluster_command_writes_the_clusters_table() {
         let words: Vec<&str> = step.split_whitespace().collect();
         let (x, y, txid) = (words[1], words[3], words[7]);
         assert_eq!(
-            sql(&format!("SELECT count(DISTINCT address) AS n FROM btc.inputs WHERE txid = '{txid}' AND address IN ('{x}', '{y}')")),
+            sql(&format!(
+                "SELECT count(DISTINCT address) AS n FROM btc.inputs WHERE txid = '{txid}' AND address IN ('{x}', '{y}')"
+            )),
             "n\n2\n",
             "{step}"
         );
     }
-    let out = ferret(&["cluster", "why", "--warehouse", &wh, &pair[0], "1BitcoinEaterAddressDontSendf59kuE"]);
+    let out = ferret(&[
+        "cluster",
+        "why",
+        "--warehouse",
+        &wh,
+        &pair[0],
+        "1BitcoinEaterAddressDontSendf59kuE",
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("are not in one cluster"));
     let cpu_rows = sql("SELECT address, cluster_id, cluster_size FROM clusters ORDER BY address");
     // Every address that received an output is clustered; sizes agree with the ids.

@@ -44,10 +44,27 @@ async fn chain(seed: u64, tmp: &std::path::Path) -> (Warehouse, Truth) {
 fn check(a: &Accuracy) {
     assert!(a.precision >= 0.99, "pairwise precision {}", a.precision);
     assert!(a.recall >= 0.95, "pairwise recall {}", a.recall);
-    assert!(a.coinjoins_checked > 20, "CoinJoins with several owners: {}", a.coinjoins_checked);
-    assert_eq!(a.merged_coinjoins, 0, "CoinJoins whose participants were merged");
-    for p in ["whirlpool", "whirlpool_tx0", "wasabi1", "wasabi2", "joinmarket", "generic"] {
-        let s = a.protocols.get(p).unwrap_or_else(|| panic!("no {p} planted"));
+    assert!(
+        a.coinjoins_checked > 20,
+        "CoinJoins with several owners: {}",
+        a.coinjoins_checked
+    );
+    assert_eq!(
+        a.merged_coinjoins, 0,
+        "CoinJoins whose participants were merged"
+    );
+    for p in [
+        "whirlpool",
+        "whirlpool_tx0",
+        "wasabi1",
+        "wasabi2",
+        "joinmarket",
+        "generic",
+    ] {
+        let s = a
+            .protocols
+            .get(p)
+            .unwrap_or_else(|| panic!("no {p} planted"));
         assert!(s.planted > 0, "{p}: none planted");
         assert_eq!(s.caught, s.planted, "{p}: every planted one is caught");
         if p != "generic" {
@@ -113,7 +130,9 @@ async fn clusters_match_the_generator_truth() {
         match select(DeviceChoice::Gpu) {
             Ok(gpu) => {
                 let g = cluster_btc(&wh, &gpu, &opts).await.expect("gpu cluster");
-                let c2 = cluster_btc(&wh, &Backend::Cpu, &opts).await.expect("cluster");
+                let c2 = cluster_btc(&wh, &Backend::Cpu, &opts)
+                    .await
+                    .expect("cluster");
                 assert_eq!(g, c2, "GPU and CPU clusters are identical");
                 assert_eq!(c2.clusters, cpu.clusters);
             }

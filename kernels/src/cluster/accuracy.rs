@@ -53,7 +53,10 @@ impl Truth {
             };
             t.owners.insert(a.clone(), e.clone());
         }
-        for (i, row) in read_csv(&dir.join("coinjoins.csv"))?.into_iter().enumerate() {
+        for (i, row) in read_csv(&dir.join("coinjoins.csv"))?
+            .into_iter()
+            .enumerate()
+        {
             let (Some(txid), Some(p)) = (row.first(), row.get(1)) else {
                 return Err(Error::BadQuery(format!(
                     "{}: line {}: expected txid,protocol",
@@ -127,7 +130,11 @@ fn pair_share(a: &[Option<u32>], b: &[Option<u32>]) -> f64 {
     }
     let all: u64 = left.values().map(|&n| pairs(n)).sum();
     let both: u64 = joint.values().map(|&n| pairs(n)).sum();
-    if all == 0 { 1.0 } else { both as f64 / all as f64 }
+    if all == 0 {
+        1.0
+    } else {
+        both as f64 / all as f64
+    }
 }
 
 /// Clusters the warehouse with `opts` and measures the result against `truth`.
@@ -157,10 +164,17 @@ pub async fn evaluate(
             collapse_min_size: 0,
         },
     )?;
-    let run = cluster_graph(build_cio_graph(wh, &opts.detectors, None).await?, &labels, backend, opts)?;
+    let run = cluster_graph(
+        build_cio_graph(wh, &opts.detectors, None).await?,
+        &labels,
+        backend,
+        opts,
+    )?;
     let c = &run.clusters;
     if ideal.clusters.addresses != c.addresses {
-        return Err(Error::BadGraph("address ids differ between graph builds".into()));
+        return Err(Error::BadGraph(
+            "address ids differ between graph builds".into(),
+        ));
     }
 
     let mut owner_ids: HashMap<&str, u32> = HashMap::new();
@@ -264,7 +278,13 @@ impl std::fmt::Display for Accuracy {
             "protocol", "planted", "caught", "named", "detected", "precision"
         )?;
         for (p, s) in &self.protocols {
-            let ratio = |a: u64, b: u64| if b == 0 { "-".to_string() } else { format!("{:.3}", a as f64 / b as f64) };
+            let ratio = |a: u64, b: u64| {
+                if b == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.3}", a as f64 / b as f64)
+                }
+            };
             writeln!(
                 f,
                 "{:<14} {:>8} {:>8} {:>10} {:>9} {:>10}",

@@ -73,7 +73,10 @@ struct LabelSet {
 
 impl LabelSet {
     fn compatible(&self, other: &LabelSet) -> bool {
-        let common = self.names.iter().any(|n| other.names.binary_search(n).is_ok());
+        let common = self
+            .names
+            .iter()
+            .any(|n| other.names.binary_search(n).is_ok());
         common && !(self.exchange && other.scam) && !(self.scam && other.exchange)
     }
 
@@ -263,16 +266,35 @@ mod tests {
             label("a5", "scam-op-1", "scam"),
             label("a7", "exchange-2", "exchange"),
         ];
-        let g = graph(9, &[&[0, 1], &[2, 3], &[1, 2], &[4, 5], &[3, 4], &[6, 7], &[0, 6], &[8, 0]]);
+        let g = graph(
+            9,
+            &[
+                &[0, 1],
+                &[2, 3],
+                &[1, 2],
+                &[4, 5],
+                &[3, 4],
+                &[6, 7],
+                &[0, 6],
+                &[8, 0],
+            ],
+        );
         let r = guard_links(&g, &labels, &ClusterOptions::default());
         let held: Vec<(usize, HoldReason)> = r.holds.iter().map(|h| (h.tx, h.reason)).collect();
         // tx 2 joins {a0,a1} and {a2,a3}: one owner name in common → merged.
         // tx 4 joins exchange-1 with scam-op-1 → held; tx 6 exchange-1 with exchange-2 → held.
         assert_eq!(
             held,
-            [(4, HoldReason::LabelConflict), (6, HoldReason::LabelConflict)]
+            [
+                (4, HoldReason::LabelConflict),
+                (6, HoldReason::LabelConflict)
+            ]
         );
-        assert!(r.holds[0].labels.contains("scam-op-1 (scam)"), "{}", r.holds[0].labels);
+        assert!(
+            r.holds[0].labels.contains("scam-op-1 (scam)"),
+            "{}",
+            r.holds[0].labels
+        );
         assert_eq!(r.linked_transactions, 6);
         // Unlabelled a8 joins the exchange cluster freely.
         assert!(r.edges.contains(&(0, 8)));
@@ -288,7 +310,19 @@ mod tests {
     fn a_transaction_joining_two_large_clusters_is_held() {
         // Two chains of 4 addresses each, then one transaction joining them, then a small
         // address joining the first.
-        let g = graph(9, &[&[0, 1], &[1, 2], &[2, 3], &[4, 5], &[5, 6], &[6, 7], &[3, 7], &[0, 8]]);
+        let g = graph(
+            9,
+            &[
+                &[0, 1],
+                &[1, 2],
+                &[2, 3],
+                &[4, 5],
+                &[5, 6],
+                &[6, 7],
+                &[3, 7],
+                &[0, 8],
+            ],
+        );
         let opts = ClusterOptions {
             collapse_min_size: 4,
             ..Default::default()
@@ -296,7 +330,10 @@ mod tests {
         let r = guard_links(&g, &[], &opts);
         assert_eq!(r.holds.len(), 1);
         let h = &r.holds[0];
-        assert_eq!((h.tx, h.reason, h.largest, h.second), (6, HoldReason::Collapse, 4, 4));
+        assert_eq!(
+            (h.tx, h.reason, h.largest, h.second),
+            (6, HoldReason::Collapse, 4, 4)
+        );
         assert_eq!(r.linked_transactions, 7);
         // Below the threshold it merges.
         let loose = ClusterOptions {

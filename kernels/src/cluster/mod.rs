@@ -19,8 +19,8 @@ use crate::device::Backend;
 
 pub mod accuracy;
 mod guard;
-pub use guard::{Guarded, Hold, HoldReason, guard_links};
 use crate::{Error, Result};
+pub use guard::{Guarded, Hold, HoldReason, guard_links};
 
 /// How clustering decides what to link.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,7 +111,6 @@ impl Ids {
 fn store_err(e: ferret_schemas::Error) -> Error {
     Error::Warehouse(Box::new(e))
 }
-
 
 /// Output values and OP_RETURN flags of one transaction.
 #[derive(Default)]
@@ -465,20 +464,14 @@ pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
     Ok(run_id)
 }
 
-
 /// The `coinjoins`, `cluster_links` and `cluster_holds` rows of a run.
-pub fn evidence_batches(
-    c: &BtcClusters,
-    run_id: &str,
-) -> Result<[arrow::array::RecordBatch; 3]> {
+pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::RecordBatch; 3]> {
     use std::sync::Arc;
 
     use arrow::array::{
         BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     };
-    use ferret_schemas::results::{
-        cluster_holds_schema, cluster_links_schema, coinjoins_schema,
-    };
+    use ferret_schemas::results::{cluster_holds_schema, cluster_links_schema, coinjoins_schema};
 
     use crate::taint::graph::hex_encode;
 
@@ -487,8 +480,14 @@ pub fn evidence_batches(
         reason: e.to_string(),
     };
     let chain = |n: usize| Arc::new(StringArray::from_iter_values(std::iter::repeat_n("btc", n)));
-    let run = |n: usize| Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run_id, n)));
-    let i32s = |v: Vec<u32>| Int32Array::from_iter_values(v.into_iter().map(|x| i32::try_from(x).unwrap_or(i32::MAX)));
+    let run = |n: usize| {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            run_id, n,
+        )))
+    };
+    let i32s = |v: Vec<u32>| {
+        Int32Array::from_iter_values(v.into_iter().map(|x| i32::try_from(x).unwrap_or(i32::MAX)))
+    };
 
     let cj = &c.coinjoins;
     let n = cj.len();
@@ -496,13 +495,23 @@ pub fn evidence_batches(
         coinjoins_schema(),
         vec![
             chain(n),
-            Arc::new(StringArray::from_iter_values(cj.iter().map(|r| hex_encode(&r.txid)))),
+            Arc::new(StringArray::from_iter_values(
+                cj.iter().map(|r| hex_encode(&r.txid)),
+            )),
             Arc::new(Int64Array::from_iter_values(cj.iter().map(|r| r.height))),
             Arc::new(Int64Array::from_iter_values(cj.iter().map(|r| r.tx_index))),
-            Arc::new(StringArray::from_iter_values(cj.iter().map(|r| r.detection.protocol.name()))),
-            Arc::new(Float64Array::from_iter_values(cj.iter().map(|r| r.detection.confidence))),
-            Arc::new(BooleanArray::from_iter(cj.iter().map(|r| Some(r.detection.protocol.is_mix())))),
-            Arc::new(Int64Array::from_iter_values(cj.iter().map(|r| r.detection.denomination))),
+            Arc::new(StringArray::from_iter_values(
+                cj.iter().map(|r| r.detection.protocol.name()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                cj.iter().map(|r| r.detection.confidence),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                cj.iter().map(|r| Some(r.detection.protocol.is_mix())),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                cj.iter().map(|r| r.detection.denomination),
+            )),
             Arc::new(i32s(cj.iter().map(|r| r.detection.equal_outputs).collect())),
             Arc::new(i32s(cj.iter().map(|r| r.detection.participants).collect())),
             Arc::new(i32s(cj.iter().map(|r| r.inputs).collect())),
@@ -519,16 +528,24 @@ pub fn evidence_batches(
         cluster_links_schema(),
         vec![
             chain(n),
-            Arc::new(StringArray::from_iter_values(g.edges.iter().map(|e| addr(e.0)))),
-            Arc::new(StringArray::from_iter_values(g.edges.iter().map(|e| addr(e.1)))),
             Arc::new(StringArray::from_iter_values(
-                g.edge_tx.iter().map(|&t| hex_encode(&c.txs[t as usize].txid)),
+                g.edges.iter().map(|e| addr(e.0)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                g.edges.iter().map(|e| addr(e.1)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                g.edge_tx
+                    .iter()
+                    .map(|&t| hex_encode(&c.txs[t as usize].txid)),
             )),
             Arc::new(Int64Array::from_iter_values(
                 g.edge_tx.iter().map(|&t| c.txs[t as usize].height),
             )),
             Arc::new(Int64Array::from_iter_values(
-                g.edges.iter().map(|e| i64::from(c.clusters.cluster_id[e.0 as usize])),
+                g.edges
+                    .iter()
+                    .map(|e| i64::from(c.clusters.cluster_id[e.0 as usize])),
             )),
             run(n),
         ],
@@ -541,13 +558,27 @@ pub fn evidence_batches(
         cluster_holds_schema(),
         vec![
             chain(n),
-            Arc::new(StringArray::from_iter_values(h.iter().map(|x| hex_encode(&c.txs[x.tx].txid)))),
-            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| c.txs[x.tx].height))),
-            Arc::new(StringArray::from_iter_values(h.iter().map(|x| x.reason.name()))),
+            Arc::new(StringArray::from_iter_values(
+                h.iter().map(|x| hex_encode(&c.txs[x.tx].txid)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                h.iter().map(|x| c.txs[x.tx].height),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                h.iter().map(|x| x.reason.name()),
+            )),
             Arc::new(i32s(h.iter().map(|x| x.clusters).collect())),
-            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| i64::try_from(x.largest).unwrap_or(i64::MAX)))),
-            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| i64::try_from(x.second).unwrap_or(i64::MAX)))),
-            Arc::new(StringArray::from_iter_values(h.iter().map(|x| x.labels.as_str()))),
+            Arc::new(Int64Array::from_iter_values(
+                h.iter()
+                    .map(|x| i64::try_from(x.largest).unwrap_or(i64::MAX)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                h.iter()
+                    .map(|x| i64::try_from(x.second).unwrap_or(i64::MAX)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                h.iter().map(|x| x.labels.as_str()),
+            )),
             run(n),
         ],
     )
@@ -557,7 +588,11 @@ pub fn evidence_batches(
 
 /// Writes a Bitcoin clustering run: `coinjoins`, `cluster_links` and `cluster_holds`
 /// first, `clusters` last, all under one run id. Returns the run id.
-pub async fn write_btc_clusters(wh: &Warehouse, c: &BtcClusters, params: serde_json::Value) -> Result<String> {
+pub async fn write_btc_clusters(
+    wh: &Warehouse,
+    c: &BtcClusters,
+    params: serde_json::Value,
+) -> Result<String> {
     use ferret_schemas::results::{
         cluster_holds_schema, cluster_links_schema, clusters_schema, coinjoins_schema,
     };
@@ -573,9 +608,15 @@ pub async fn write_btc_clusters(wh: &Warehouse, c: &BtcClusters, params: serde_j
             .map_err(store_err)?;
     }
     let batch = clusters_batch(&c.clusters, &run_id)?;
-    wh.write_run_as("clusters", &run_id, clusters_schema(), &[batch], Some(params))
-        .await
-        .map_err(store_err)?;
+    wh.write_run_as(
+        "clusters",
+        &run_id,
+        clusters_schema(),
+        &[batch],
+        Some(params),
+    )
+    .await
+    .map_err(store_err)?;
     Ok(run_id)
 }
 
@@ -606,8 +647,12 @@ pub async fn cluster_path(
         for r in 0..b.num_rows() {
             let e = edges.len();
             edges.push((t.value(r).to_string(), h.value(r)));
-            adj.entry(a.value(r).to_string()).or_default().push((l.value(r).to_string(), e));
-            adj.entry(l.value(r).to_string()).or_default().push((a.value(r).to_string(), e));
+            adj.entry(a.value(r).to_string())
+                .or_default()
+                .push((l.value(r).to_string(), e));
+            adj.entry(l.value(r).to_string())
+                .or_default()
+                .push((a.value(r).to_string(), e));
         }
     }
     if from == to {
@@ -634,7 +679,12 @@ pub async fn cluster_path(
     let mut cur = to;
     while cur != from {
         let (p, e) = prev[cur];
-        steps.push((p.to_string(), cur.to_string(), edges[e].0.clone(), edges[e].1));
+        steps.push((
+            p.to_string(),
+            cur.to_string(),
+            edges[e].0.clone(),
+            edges[e].1,
+        ));
         cur = p;
     }
     steps.reverse();
@@ -655,7 +705,11 @@ pub fn summary(c: &BtcClusters) -> String {
         out,
         "CoinJoins detected: {} ({}); table coinjoins",
         c.coinjoins.len(),
-        if list.is_empty() { "none".to_string() } else { list.join(", ") }
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
     );
     let held = |r: HoldReason| c.guarded.holds.iter().filter(|h| h.reason == r).count();
     let _ = writeln!(

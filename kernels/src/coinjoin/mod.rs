@@ -175,9 +175,7 @@ fn mode(shape: &TxShape<'_>, ignored: &[i64]) -> Option<(i64, usize)> {
         }
         *counts.entry(v).or_default() += 1;
     }
-    counts
-        .into_iter()
-        .max_by_key(|&(v, c)| (c, v))
+    counts.into_iter().max_by_key(|&(v, c)| (c, v))
 }
 
 fn u32_of(n: usize) -> u32 {
@@ -359,8 +357,17 @@ mod tests {
     #[test]
     fn wasabi2_denominations() {
         for v in [
-            5_000, 8_192, 6_561, 13_122, 10_000, 20_000, 50_000, 1_048_576, 4_782_969,
-            100_000_000, 200_000_000,
+            5_000,
+            8_192,
+            6_561,
+            13_122,
+            10_000,
+            20_000,
+            50_000,
+            1_048_576,
+            4_782_969,
+            100_000_000,
+            200_000_000,
         ] {
             assert!(is_wasabi2_denomination(v), "{v}");
         }
@@ -380,7 +387,23 @@ mod tests {
         // Not a pool denomination: still equal outputs from five addresses.
         assert_eq!(detect(&ins, 5, &[d + 1; 5]), Some(Protocol::JoinMarket));
         // Seven equal outputs and change paid by seven addresses.
-        let outs = [d + 1, d + 1, d + 1, d + 1, d + 1, d + 1, d + 1, 5, 6, 7, 8, 9, 10, 11, 12];
+        let outs = [
+            d + 1,
+            d + 1,
+            d + 1,
+            d + 1,
+            d + 1,
+            d + 1,
+            d + 1,
+            5,
+            6,
+            7,
+            8,
+            9,
+            10,
+            11,
+            12,
+        ];
         assert_eq!(detect(&[2 * d; 7], 7, &outs), Some(Protocol::Generic));
         // tx0: OP_RETURN, premixes, the 0.01 pool's fee (50,000) and change.
         let outs = [0, 50_000, d + 1_170, d + 1_170, d + 1_170, 123_456];
@@ -408,10 +431,18 @@ mod tests {
             outs.extend(std::iter::repeat_n(d, 12));
         }
         outs.extend((0..20).map(|i| 123_457 + i * 1_001));
-        assert_eq!(detect(&vec![3_000_000; 60], 60, &outs), Some(Protocol::Wasabi2));
+        assert_eq!(
+            detect(&vec![3_000_000; 60], 60, &outs),
+            Some(Protocol::Wasabi2)
+        );
         // JoinMarket: 4 equal outputs of an arbitrary amount, 3 changes (taker swept).
-        let outs = [27_391_017, 27_391_017, 27_391_017, 27_391_017, 1_234, 98_765, 4_321];
-        assert_eq!(detect(&[30_000_000; 5], 5, &outs), Some(Protocol::JoinMarket));
+        let outs = [
+            27_391_017, 27_391_017, 27_391_017, 27_391_017, 1_234, 98_765, 4_321,
+        ];
+        assert_eq!(
+            detect(&[30_000_000; 5], 5, &outs),
+            Some(Protocol::JoinMarket)
+        );
         // BlockSci's case: 3 equal, 2 changes.
         assert_eq!(
             detect(&[2_000; 3], 3, &[1_000, 1_000, 1_000, 37, 52]),

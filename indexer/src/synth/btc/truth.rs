@@ -67,8 +67,12 @@ impl Truth {
 
     pub(crate) fn coinjoins(&mut self, rows: &[CoinJoinTruth]) -> Result<()> {
         for c in rows {
-            writeln!(self.coinjoins, "{},{},{}", c.txid, c.protocol, c.participants)
-                .map_err(|source| Error::io(&self.coinjoins_path, source))?;
+            writeln!(
+                self.coinjoins,
+                "{},{},{}",
+                c.txid, c.protocol, c.participants
+            )
+            .map_err(|source| Error::io(&self.coinjoins_path, source))?;
         }
         Ok(())
     }

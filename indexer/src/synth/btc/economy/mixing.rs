@@ -111,7 +111,12 @@ impl Economy {
     }
 
     /// Up to `max_inputs` coins of a user not in `taken` worth at least `need`.
-    fn user_coins(&mut self, need: u64, max_inputs: usize, taken: &[Who]) -> Option<(Who, Vec<Utxo>)> {
+    fn user_coins(
+        &mut self,
+        need: u64,
+        max_inputs: usize,
+        taken: &[Who],
+    ) -> Option<(Who, Vec<Utxo>)> {
         for _ in 0..12 {
             let u = self.random_user();
             if taken.contains(&Who::User(u)) || self.users[u as usize].utxos.is_empty() {
@@ -154,7 +159,12 @@ impl Economy {
         }
     }
 
-    pub(super) fn record_coinjoin(&mut self, txid: Txid, protocol: &'static str, participants: usize) {
+    pub(super) fn record_coinjoin(
+        &mut self,
+        txid: Txid,
+        protocol: &'static str,
+        participants: usize,
+    ) {
         self.coinjoins.push(CoinJoinTruth {
             txid,
             protocol,
@@ -179,7 +189,8 @@ impl Economy {
         };
         let rate = self.tx_rate();
         let premix = d + 200 + rate * 120;
-        let Some((Who::User(u), inputs)) = self.user_coins(premix + pool_fee + 20_000, 3, &[]) else {
+        let Some((Who::User(u), inputs)) = self.user_coins(premix + pool_fee + 20_000, 3, &[])
+        else {
             return false;
         };
         let total = sum(&inputs);
@@ -324,9 +335,16 @@ impl Economy {
             let mut level = base;
             let mut first = true;
             // The base denomination, then mixing levels while the coins allow.
-            while left >= level + coord + DUST && (first || self.rng.random_ratio(1, 2)) && level <= 4 * base {
+            while left >= level + coord + DUST
+                && (first || self.rng.random_ratio(1, 2))
+                && level <= 4 * base
+            {
                 let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out { addr, value: level, dest });
+                outs.push(Out {
+                    addr,
+                    value: level,
+                    dest,
+                });
                 left -= level + coord;
                 fees += coord;
                 level *= 2;
@@ -334,7 +352,11 @@ impl Economy {
             }
             if left >= DUST {
                 let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out { addr, value: left, dest });
+                outs.push(Out {
+                    addr,
+                    value: left,
+                    dest,
+                });
             }
             inputs.extend_from_slice(coins);
         }
@@ -367,7 +389,8 @@ impl Economy {
             let got = if self.rng.random_ratio(1, 15) {
                 self.scam_coins(60_000, &taken)
             } else {
-                self.user_coins(60_000, 4, &taken).map(|(w, c)| (w, c, Vec::new()))
+                self.user_coins(60_000, 4, &taken)
+                    .map(|(w, c)| (w, c, Vec::new()))
             };
             if let Some(p) = got {
                 n_in += p.1.len();
@@ -388,8 +411,12 @@ impl Economy {
             let max_outs = self.rng.random_range(1..=8);
             let mut made = 0;
             while made < max_outs {
-                let candidates: Vec<u64> =
-                    WASABI2.iter().copied().filter(|&d| d <= left).take(3).collect();
+                let candidates: Vec<u64> = WASABI2
+                    .iter()
+                    .copied()
+                    .filter(|&d| d <= left)
+                    .take(3)
+                    .collect();
                 if candidates.is_empty() {
                     break;
                 }
@@ -401,13 +428,21 @@ impl Economy {
                 };
                 let d = candidates[pick.min(candidates.len() - 1)];
                 let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out { addr, value: d, dest });
+                outs.push(Out {
+                    addr,
+                    value: d,
+                    dest,
+                });
                 left -= d;
                 made += 1;
             }
             if left >= 5_000 {
                 let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out { addr, value: left, dest });
+                outs.push(Out {
+                    addr,
+                    value: left,
+                    dest,
+                });
             }
             inputs.extend_from_slice(coins);
         }
@@ -424,7 +459,8 @@ impl Economy {
         let taker = if self.rng.random_ratio(1, 6) {
             self.scam_coins(300_000, &[])
         } else {
-            self.user_coins(300_000, 3, &[]).map(|(w, c)| (w, c, Vec::new()))
+            self.user_coins(300_000, 3, &[])
+                .map(|(w, c)| (w, c, Vec::new()))
         };
         let Some(taker) = taker else {
             return false;
@@ -432,7 +468,9 @@ impl Economy {
         let taker_total = sum(&taker.1);
         let sweep = self.rng.random_ratio(1, 4);
         let makers_n = self.rng.random_range(2..=8usize);
-        let cjfees: Vec<u64> = (0..makers_n).map(|_| self.rng.random_range(250..=3_000)).collect();
+        let cjfees: Vec<u64> = (0..makers_n)
+            .map(|_| self.rng.random_range(250..=3_000))
+            .collect();
         let all_fees: u64 = cjfees.iter().sum();
         let miner = self.share(&taker.1, 2, rate) + makers_n as u64 * 300 * rate;
         let Some(spendable) = taker_total.checked_sub(all_fees + miner + DUST) else {
@@ -466,7 +504,11 @@ impl Economy {
         let n = parts.len();
         for (i, (who, coins, _)) in parts.iter().enumerate() {
             let (addr, dest) = self.fresh_for(*who);
-            outs.push(Out { addr, value: amount, dest });
+            outs.push(Out {
+                addr,
+                value: amount,
+                dest,
+            });
             let change = if i == 0 {
                 taker_total - amount - paid_fees - miner
             } else {
@@ -474,7 +516,11 @@ impl Economy {
             };
             if change >= DUST && change != amount {
                 let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out { addr, value: change, dest });
+                outs.push(Out {
+                    addr,
+                    value: change,
+                    dest,
+                });
             }
             inputs.extend_from_slice(coins);
         }
@@ -493,7 +539,8 @@ impl Economy {
         if self.exchanges[e].hot_utxos.is_empty() {
             return false;
         }
-        let amount = [100_000u64, 200_000, 500_000, 1_000_000, 2_000_000][self.rng.random_range(0..5)];
+        let amount =
+            [100_000u64, 200_000, 500_000, 1_000_000, 2_000_000][self.rng.random_range(0..5)];
         let n = self.rng.random_range(3..=15usize);
         let k = self.rng.random_range(1..=3);
         let inputs = take_random(&mut self.exchanges[e].hot_utxos, k, &mut self.rng);
@@ -501,7 +548,11 @@ impl Economy {
         for _ in 0..n {
             let u = self.random_user();
             let addr = self.user_receive(u);
-            outs.push(Out { addr, value: amount, dest: Dest::User(u) });
+            outs.push(Out {
+                addr,
+                value: amount,
+                dest: Dest::User(u),
+            });
         }
         let hot = self.exchanges[e].hot[0];
         let e32 = u32::try_from(e).expect("at most 5 exchanges");
