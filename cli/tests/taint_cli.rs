@@ -242,9 +242,11 @@ fn taint_and_trace_from_the_scam_labels() {
     let counts = String::from_utf8_lossy(&check.stdout);
     let (rects, paths) = counts.trim().split_once(' ').expect("two counts");
     let (rects, paths): (usize, usize) = (rects.parse().expect("n"), paths.parse().expect("n"));
+    // Hop columns are labelled `hop N` along the top.
+    let columns = svg.matches(r##"fill="#666">hop "##).count();
     assert!(
-        rects > 5 && rects <= 40 + 10 && paths > 5,
-        "{rects} nodes, {paths} edges"
+        columns > 1 && rects > 5 && rects <= 40 + columns && paths > 5,
+        "{rects} nodes, {paths} edges, {columns} hop columns"
     );
     assert!(
         svg.contains("hop 0") && svg.contains("exchange-"),
