@@ -33,7 +33,7 @@ fn demo_finds_every_planted_cashout() {
     let figure = |after: &str| -> f64 {
         acc.split(after)
             .nth(1)
-            .and_then(|r| r.split(|c: char| c == ' ' || c == ',').next())
+            .and_then(|r| r.split([' ', ',']).next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no `{after}` figure in {acc}"))
     };

@@ -14,7 +14,7 @@ use std::path::Path;
 use ferret_schemas::Warehouse;
 
 use super::{BtcClusters, ClusterOptions, build_cio_graph, cluster_graph};
-use crate::coinjoin::{Detectors, Protocol};
+use crate::coinjoin::Protocol;
 use crate::device::Backend;
 use crate::taint::graph::hex_encode;
 use crate::{Error, Result};
@@ -146,30 +146,25 @@ pub async fn evaluate(
 ) -> Result<(BtcClusters, Accuracy)> {
     let labels = crate::taint::job::btc_labels(wh).await?;
     let mixes = truth.mixes();
-    let off = Detectors {
-        enabled: false,
-        ..Default::default()
-    };
-    // Every multi-address transaction (for the merged-CoinJoin check), and the ideal:
-    // common-input ownership with exactly the true mixes left out, no guards.
-    let all = build_cio_graph(wh, &off, None).await?;
-    let ideal_graph = build_cio_graph(wh, &off, Some(&mixes)).await?;
+    // One read of the warehouse. The ideal is common-input ownership with exactly the
+    // true mixes left out and no guards; the same graph's transactions serve the
+    // merged-CoinJoin check.
+    let g = build_cio_graph(wh, &opts.detectors).await?;
+    let mut ideal_graph = g.clone();
+    for t in &mut ideal_graph.txs {
+        t.mix = mixes.contains(&hex_encode(&t.txid));
+    }
     let ideal = cluster_graph(
         ideal_graph,
         &[],
         backend,
         &ClusterOptions {
-            detectors: off,
             label_guard: false,
             collapse_min_size: 0,
+            ..opts.clone()
         },
     )?;
-    let run = cluster_graph(
-        build_cio_graph(wh, &opts.detectors, None).await?,
-        &labels,
-        backend,
-        opts,
-    )?;
+    let run = cluster_graph(g, &labels, backend, opts)?;
     let c = &run.clusters;
     if ideal.clusters.addresses != c.addresses {
         return Err(Error::BadGraph(
@@ -208,11 +203,11 @@ pub async fn evaluate(
     }
     acc.mixed_clusters = owners_per_cluster.values().filter(|s| s.len() > 1).count() as u64;
 
-    for t in &all.txs {
+    for t in &run.txs {
         if !mixes.contains(&hex_encode(&t.txid)) {
             continue;
         }
-        let members = all.members_of(t);
+        let members = &run.members[t.start..t.end];
         let owned: Vec<(u32, u32)> = members
             .iter()
             .filter_map(|&m| owner[m as usize].map(|o| (o, c.cluster_id[m as usize])))

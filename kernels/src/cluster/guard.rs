@@ -1,5 +1,5 @@
-//! Merges that fail safe. Linking transactions are taken in chain order through a
-//! union-find; a transaction is held back (not linked, and listed for review) when it
+//! Merges that fail safe. Multi-address transactions that are not mixes are taken in
+//! chain order through a union-find; a transaction is held back (not linked, and listed for review) when it
 //! would merge
 //! - clusters whose labels conflict: two labelled clusters without an owner name in
 //!   common (two exchanges, an exchange and a scam operation, two operations), or with
@@ -155,6 +155,9 @@ pub fn guard_links(
     let mut out = Guarded::default();
     let mut roots: Vec<u32> = Vec::new();
     for (ti, t) in g.txs.iter().enumerate() {
+        if t.mix {
+            continue;
+        }
         let members = g.members_of(t);
         roots.clear();
         roots.extend(members.iter().map(|&m| uf.find(m)));
@@ -248,6 +251,7 @@ mod tests {
                 txid: [i as u8; 32],
                 start,
                 end: g.members.len(),
+                mix: false,
             });
         }
         g

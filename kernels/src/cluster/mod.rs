@@ -8,7 +8,7 @@
 //! Address ids are dense `u32`s in order of first appearance in an output (or input, for
 //! addresses first seen spending from before a pruned start).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use arrow::array::Array;
 use ferret_schemas::{Chain, Warehouse};
@@ -45,8 +45,8 @@ impl Default for ClusterOptions {
     }
 }
 
-/// A transaction whose input addresses would be linked: its distinct input address
-/// ids are `members[start..end]` of the graph, sorted.
+/// A transaction spending from two or more addresses: its distinct input address ids
+/// are `members[start..end]` of the graph, sorted. A mix is never linked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkTx {
     pub tx_index: i64,
@@ -54,6 +54,8 @@ pub struct LinkTx {
     pub txid: [u8; 32],
     pub start: usize,
     pub end: usize,
+    /// A detector took it for a CoinJoin.
+    pub mix: bool,
 }
 
 /// A detected CoinJoin (or Whirlpool tx0).
@@ -68,24 +70,27 @@ pub struct CoinJoinRow {
 }
 
 /// The common-input-ownership graph.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct CioGraph {
     /// Addresses by id.
     pub addresses: Vec<String>,
-    /// Transactions that link two or more addresses, in chain order.
+    /// Transactions spending from two or more addresses, mixes included, in chain order.
     pub txs: Vec<LinkTx>,
-    /// Address ids of the linking transactions (see [`LinkTx`]).
+    /// Address ids of those transactions (see [`LinkTx`]).
     pub members: Vec<u32>,
     /// Everything the detectors recognised, in chain order.
     pub coinjoins: Vec<CoinJoinRow>,
-    /// Multi-address transactions skipped as CoinJoins.
-    pub coinjoins_skipped: u64,
 }
 
 impl CioGraph {
-    /// The member address ids of a linking transaction.
+    /// The member address ids of a multi-address transaction.
     pub fn members_of(&self, t: &LinkTx) -> &[u32] {
         &self.members[t.start..t.end]
+    }
+
+    /// Multi-address transactions left unlinked as mixes.
+    pub fn coinjoins_skipped(&self) -> u64 {
+        self.txs.iter().filter(|t| t.mix).count() as u64
     }
 }
 
@@ -131,15 +136,10 @@ struct TxInputs {
     addressless: usize,
 }
 
-/// Builds the graph from the committed Bitcoin tables. `never_link` names transactions
-/// (by txid) to treat as mixes beside the detectors: the tests' oracle of true
-/// CoinJoins; `None` for normal runs.
-pub async fn build_cio_graph(
-    wh: &Warehouse,
-    detectors: &Detectors,
-    never_link: Option<&HashSet<String>>,
-) -> Result<CioGraph> {
-    use crate::taint::graph::{hex_decode, hex_encode, i64_col, str_col};
+/// Builds the graph from the committed Bitcoin tables, running the detectors on every
+/// transaction.
+pub async fn build_cio_graph(wh: &Warehouse, detectors: &Detectors) -> Result<CioGraph> {
+    use crate::taint::graph::{hex_decode, i64_col, str_col};
     let manifest = wh
         .load_manifest(Chain::Btc)
         .await
@@ -213,25 +213,17 @@ pub async fn build_cio_graph(
                     detection: d,
                 });
             }
-            if let Some(set) = never_link
-                && set.contains(&hex_encode(&txid))
-            {
-                mix = true;
-            }
             if members.len() >= 2 {
-                if mix {
-                    g.coinjoins_skipped += 1;
-                } else {
-                    let start = g.members.len();
-                    g.members.extend_from_slice(&members);
-                    g.txs.push(LinkTx {
-                        tx_index,
-                        height,
-                        txid,
-                        start,
-                        end: g.members.len(),
-                    });
-                }
+                let start = g.members.len();
+                g.members.extend_from_slice(&members);
+                g.txs.push(LinkTx {
+                    tx_index,
+                    height,
+                    txid,
+                    start,
+                    end: g.members.len(),
+                    mix,
+                });
             }
         };
         for b in wh
@@ -303,8 +295,10 @@ pub struct BtcClusters {
     pub clusters: Clusters,
     /// Everything the CoinJoin detectors recognised.
     pub coinjoins: Vec<CoinJoinRow>,
-    /// The linking transactions (the graph's, in chain order).
+    /// The multi-address transactions (the graph's, in chain order).
     pub txs: Vec<LinkTx>,
+    /// Their member address ids (see [`LinkTx`]).
+    pub members: Vec<u32>,
     /// Admitted links and held transactions.
     pub guarded: Guarded,
 }
@@ -317,7 +311,7 @@ pub async fn cluster_btc(
     opts: &ClusterOptions,
 ) -> Result<BtcClusters> {
     let labels = crate::taint::job::btc_labels(wh).await?;
-    let g = build_cio_graph(wh, &opts.detectors, None).await?;
+    let g = build_cio_graph(wh, &opts.detectors).await?;
     cluster_graph(g, &labels, backend, opts)
 }
 
@@ -333,10 +327,11 @@ pub fn cluster_graph(
         .map_err(|_| Error::TooLarge("address ids beyond u32".into()))?;
     let cluster_id = cc::connected_components(backend, n, &guarded.edges)?;
     let cluster_size = cluster_sizes(&cluster_id);
+    let coinjoins_skipped = g.coinjoins_skipped();
     tracing::info!(
         addresses = n,
         links = guarded.edges.len(),
-        coinjoins_skipped = g.coinjoins_skipped,
+        coinjoins_skipped,
         held = guarded.holds.len(),
         device = %backend.describe(),
         "clustered"
@@ -347,11 +342,12 @@ pub fn cluster_graph(
             addresses: g.addresses,
             cluster_id,
             cluster_size,
-            coinjoins_skipped: g.coinjoins_skipped,
+            coinjoins_skipped,
             linked_transactions: guarded.linked_transactions,
         },
         coinjoins: g.coinjoins,
         txs: g.txs,
+        members: g.members,
         guarded,
     })
 }
@@ -485,9 +481,9 @@ pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::
             run_id, n,
         )))
     };
-    let i32s = |v: Vec<u32>| {
-        Int32Array::from_iter_values(v.into_iter().map(|x| i32::try_from(x).unwrap_or(i32::MAX)))
-    };
+    fn i32s(v: impl Iterator<Item = u32>) -> Int32Array {
+        Int32Array::from_iter_values(v.map(|x| i32::try_from(x).unwrap_or(i32::MAX)))
+    }
 
     let cj = &c.coinjoins;
     let n = cj.len();
@@ -512,10 +508,10 @@ pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::
             Arc::new(Int64Array::from_iter_values(
                 cj.iter().map(|r| r.detection.denomination),
             )),
-            Arc::new(i32s(cj.iter().map(|r| r.detection.equal_outputs).collect())),
-            Arc::new(i32s(cj.iter().map(|r| r.detection.participants).collect())),
-            Arc::new(i32s(cj.iter().map(|r| r.inputs).collect())),
-            Arc::new(i32s(cj.iter().map(|r| r.outputs).collect())),
+            Arc::new(i32s(cj.iter().map(|r| r.detection.equal_outputs))),
+            Arc::new(i32s(cj.iter().map(|r| r.detection.participants))),
+            Arc::new(i32s(cj.iter().map(|r| r.inputs))),
+            Arc::new(i32s(cj.iter().map(|r| r.outputs))),
             run(n),
         ],
     )
@@ -567,7 +563,7 @@ pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::
             Arc::new(StringArray::from_iter_values(
                 h.iter().map(|x| x.reason.name()),
             )),
-            Arc::new(i32s(h.iter().map(|x| x.clusters).collect())),
+            Arc::new(i32s(h.iter().map(|x| x.clusters))),
             Arc::new(Int64Array::from_iter_values(
                 h.iter()
                     .map(|x| i64::try_from(x.largest).unwrap_or(i64::MAX)),

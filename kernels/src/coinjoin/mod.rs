@@ -132,13 +132,12 @@ pub fn is_wasabi2_denomination(v: i64) -> bool {
         }
         x == 1
     };
-    let pow10 = |x: i64| pow_of(x, 10);
     pow_of(v, 2)
         || pow_of(v, 3)
         || (v % 2 == 0 && pow_of(v / 2, 3))
-        || pow10(v)
-        || (v % 2 == 0 && pow10(v / 2))
-        || (v % 5 == 0 && pow10(v / 5))
+        || pow_of(v, 10)
+        || (v % 2 == 0 && pow_of(v / 2, 10))
+        || (v % 5 == 0 && pow_of(v / 5, 10))
 }
 
 /// The detectors and their parameters.

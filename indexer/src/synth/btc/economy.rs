@@ -1083,10 +1083,8 @@ impl Economy {
                 dest: Dest::Untracked,
             });
         }
-        inputs.shuffle(&mut self.rng);
-        outs.shuffle(&mut self.rng);
-        let txid = self.emit(&inputs, &outs);
-        self.record_coinjoin(txid, "generic", parts.len());
+        let n = parts.len();
+        self.emit_round(inputs, outs, "generic", n);
         true
     }
 

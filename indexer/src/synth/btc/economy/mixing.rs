@@ -55,6 +55,9 @@ static WASABI2: LazyLock<Vec<u64>> = LazyLock::new(|| {
     v
 });
 
+/// A participant of a round: who, their coins, and the taints of a scam operation's.
+type Part = (Who, Vec<Utxo>, Vec<Taint>);
+
 /// Who brings coins to a round.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Who {
@@ -99,6 +102,32 @@ impl Economy {
         }
     }
 
+    fn give_back_all(&mut self, parts: Vec<Part>) {
+        for (who, coins, taints) in parts {
+            self.give_back(who, coins, taints);
+        }
+    }
+
+    /// An output of `value` to a fresh address of `who`.
+    fn pay_fresh(&mut self, who: Who, value: u64, outs: &mut Vec<Out>) {
+        let (addr, dest) = self.fresh_for(who);
+        outs.push(Out { addr, value, dest });
+    }
+
+    /// Shuffles a round's inputs and outputs, emits it and records it in the truth.
+    pub(super) fn emit_round(
+        &mut self,
+        mut inputs: Vec<Utxo>,
+        mut outs: Vec<Out>,
+        protocol: &'static str,
+        participants: usize,
+    ) {
+        inputs.shuffle(&mut self.rng);
+        outs.shuffle(&mut self.rng);
+        let txid = self.emit(&inputs, &outs);
+        self.record_coinjoin(txid, protocol, participants);
+    }
+
     fn give_back(&mut self, who: Who, coins: Vec<Utxo>, taints: Vec<Taint>) {
         match who {
             Who::User(u) => self.users[u as usize].utxos.extend(coins),
@@ -133,7 +162,7 @@ impl Economy {
     }
 
     /// A scam operation's coins (1–3 outputs) worth at least `need`.
-    fn scam_coins(&mut self, need: u64, taken: &[Who]) -> Option<(Who, Vec<Utxo>, Vec<Taint>)> {
+    fn scam_coins(&mut self, need: u64, taken: &[Who]) -> Option<Part> {
         let n_ops = self.scams.len();
         if n_ops == 0 {
             return None;
@@ -286,11 +315,8 @@ impl Economy {
                 dest,
             });
         }
-        let mut inputs: Vec<Utxo> = chosen.iter().map(|c| c.utxo).collect();
-        inputs.shuffle(&mut self.rng);
-        outs.shuffle(&mut self.rng);
-        let txid = self.emit(&inputs, &outs);
-        self.record_coinjoin(txid, "whirlpool", 5);
+        let inputs: Vec<Utxo> = chosen.iter().map(|c| c.utxo).collect();
+        self.emit_round(inputs, outs, "whirlpool", 5);
         // Long-unmixed postmix coins go back to their wallets.
         while self.whirlpool[p].postmix.len() > 40 {
             let q = self.whirlpool[p].postmix.remove(0);
@@ -305,7 +331,7 @@ impl Economy {
         let coord = base * 3 / 1000;
         let rate = self.tx_rate();
         let want = self.rng.random_range(10..=50usize);
-        let mut parts: Vec<(Who, Vec<Utxo>, Vec<Taint>)> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let need = base + coord + 20_000;
         for _ in 0..3 * want {
             if parts.len() == want {
@@ -321,9 +347,7 @@ impl Economy {
             }
         }
         if parts.len() < 10 {
-            for (w, c, t) in parts {
-                self.give_back(w, c, t);
-            }
+            self.give_back_all(parts);
             return false;
         }
         let mut inputs = Vec::new();
@@ -339,24 +363,14 @@ impl Economy {
                 && (first || self.rng.random_ratio(1, 2))
                 && level <= 4 * base
             {
-                let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out {
-                    addr,
-                    value: level,
-                    dest,
-                });
+                self.pay_fresh(*who, level, &mut outs);
                 left -= level + coord;
                 fees += coord;
                 level *= 2;
                 first = false;
             }
             if left >= DUST {
-                let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out {
-                    addr,
-                    value: left,
-                    dest,
-                });
+                self.pay_fresh(*who, left, &mut outs);
             }
             inputs.extend_from_slice(coins);
         }
@@ -366,10 +380,7 @@ impl Economy {
             value: fees,
             dest: Dest::Untracked,
         });
-        inputs.shuffle(&mut self.rng);
-        outs.shuffle(&mut self.rng);
-        let txid = self.emit(&inputs, &outs);
-        self.record_coinjoin(txid, "wasabi1", n);
+        self.emit_round(inputs, outs, "wasabi1", n);
         true
     }
 
@@ -379,7 +390,7 @@ impl Economy {
         let max_inputs = (self.users.len() / 3).clamp(30, 400);
         let target = self.rng.random_range(max_inputs.min(50)..=max_inputs);
         let rate = self.tx_rate();
-        let mut parts: Vec<(Who, Vec<Utxo>, Vec<Taint>)> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let mut n_in = 0;
         for _ in 0..3 * target {
             if n_in >= target {
@@ -398,9 +409,7 @@ impl Economy {
             }
         }
         if n_in < 20 {
-            for (w, c, t) in parts {
-                self.give_back(w, c, t);
-            }
+            self.give_back_all(parts);
             return false;
         }
         let mut inputs = Vec::new();
@@ -427,29 +436,16 @@ impl Economy {
                     _ => 2,
                 };
                 let d = candidates[pick.min(candidates.len() - 1)];
-                let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out {
-                    addr,
-                    value: d,
-                    dest,
-                });
+                self.pay_fresh(*who, d, &mut outs);
                 left -= d;
                 made += 1;
             }
             if left >= 5_000 {
-                let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out {
-                    addr,
-                    value: left,
-                    dest,
-                });
+                self.pay_fresh(*who, left, &mut outs);
             }
             inputs.extend_from_slice(coins);
         }
-        inputs.shuffle(&mut self.rng);
-        outs.shuffle(&mut self.rng);
-        let txid = self.emit(&inputs, &outs);
-        self.record_coinjoin(txid, "wasabi2", n);
+        self.emit_round(inputs, outs, "wasabi2", n);
         true
     }
 
@@ -493,9 +489,7 @@ impl Economy {
             }
         }
         if parts.len() < 3 {
-            for (w, c, t) in parts {
-                self.give_back(w, c, t);
-            }
+            self.give_back_all(parts);
             return false;
         }
         let mut inputs = Vec::new();
@@ -503,31 +497,18 @@ impl Economy {
         let paid_fees: u64 = cjfees[..parts.len() - 1].iter().sum();
         let n = parts.len();
         for (i, (who, coins, _)) in parts.iter().enumerate() {
-            let (addr, dest) = self.fresh_for(*who);
-            outs.push(Out {
-                addr,
-                value: amount,
-                dest,
-            });
+            self.pay_fresh(*who, amount, &mut outs);
             let change = if i == 0 {
                 taker_total - amount - paid_fees - miner
             } else {
                 sum(coins) - amount + cjfees[i - 1]
             };
             if change >= DUST && change != amount {
-                let (addr, dest) = self.fresh_for(*who);
-                outs.push(Out {
-                    addr,
-                    value: change,
-                    dest,
-                });
+                self.pay_fresh(*who, change, &mut outs);
             }
             inputs.extend_from_slice(coins);
         }
-        inputs.shuffle(&mut self.rng);
-        outs.shuffle(&mut self.rng);
-        let txid = self.emit(&inputs, &outs);
-        self.record_coinjoin(txid, "joinmarket", n);
+        self.emit_round(inputs, outs, "joinmarket", n);
         true
     }
 
