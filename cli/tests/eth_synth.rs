@@ -1,8 +1,9 @@
 //! The Ethereum ground truth: `ferret synth eth` drives anvil through an economy with
 //! planted scam operations, `ferret index eth` ingests it, and the account-model kernels
-//! must find every planted cash-out at its planted hop with its amount within 1 %, in ETH
-//! and in the stablecoin, on the GPU as on the CPU; deposit-address clustering must never
-//! merge two owners.
+//! must find every planted cash-out at its planted hop with its amount within 1e-6, in
+//! ETH and in the stablecoin, on the GPU as on the CPU (the same figures); the haircut's
+//! tainted addresses must be exactly those of an independent pass with exact balances;
+//! deposit-address clustering must never merge two owners.
 
 mod common;
 
@@ -135,7 +136,7 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
                 let amount: f64 = c["amount"].parse().expect("amount");
                 assert_eq!(hop.to_string(), c["hops"], "{device} {asset}: {c:?}");
                 assert!(
-                    (value - amount).abs() <= 0.01 * amount,
+                    (value - amount).abs() <= 1e-6 * amount,
                     "{device} {asset}: {c:?} got {value}"
                 );
             }
@@ -144,15 +145,27 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
             by_device.push(found);
         }
         if let [cpu, gpu] = &by_device[..] {
-            assert_eq!(cpu.len(), gpu.len());
-            for (a, (h, v)) in cpu {
-                let (gh, gv) = gpu[a];
-                assert_eq!(*h, gh, "{a}");
-                assert!(
-                    (v - gv).abs() <= 1e-4 * v.abs().max(1.0),
-                    "{a}: cpu {v} gpu {gv}"
-                );
-            }
+            // The pool's arithmetic is integer on both paths: the same figures.
+            assert_eq!(cpu, gpu, "{asset}: cpu and gpu");
+        }
+        // Exactly the addresses an exact pass taints, with the same amounts.
+        let want = exact_haircut(&wh, asset).await;
+        assert!(want.len() > 10, "{asset}: the exact pass reached {want:?}");
+        let got: HashMap<&String, f64> = by_device[0].iter().map(|(a, (_, v))| (a, *v)).collect();
+        let mut missing: Vec<&String> = want.keys().filter(|a| !got.contains_key(a)).collect();
+        let mut extra: Vec<&&String> = got.keys().filter(|a| !want.contains_key(**a)).collect();
+        missing.sort();
+        extra.sort();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{asset}: not reached {missing:?}, reached beyond the exact set {extra:?}"
+        );
+        for (a, v) in &want {
+            let g = got[a];
+            assert!(
+                (g - v).abs() <= 1e-6 * v.abs(),
+                "{asset} {a}: {g} vs exact {v}"
+            );
         }
     }
     // The same from SQL: eth_taint(...) computes what the stored run holds.
@@ -238,4 +251,70 @@ async fn planted_cashouts_are_found_and_clusters_are_pure() {
         clusters.values().any(|m| m.len() >= 3),
         "no user's two wallets were joined through their deposit address"
     );
+}
+
+/// The haircut pool computed independently from `eth.transfers`: exact integer balances,
+/// each pool's tainted share in f64 (never a difference), seeds the `scam` labels, stops
+/// the `exchange` labels. Returns every reached address with the taint it received.
+async fn exact_haircut(wh: &Warehouse, asset: &str) -> HashMap<String, f64> {
+    let labels = common::query(
+        wh,
+        "SELECT address, category FROM labels WHERE chain = 'eth'",
+    )
+    .await;
+    let (mut seeds, mut stops) = (HashSet::new(), HashSet::new());
+    for l in &labels {
+        let (a, c) = l.split_once('|').expect("row");
+        match c {
+            "scam" => seeds.insert(a.to_string()),
+            "exchange" => stops.insert(a.to_string()),
+            _ => false,
+        };
+    }
+    let rows = common::query(
+        wh,
+        &format!(
+            "SELECT from_address, to_address, value_string FROM eth.transfers \
+             WHERE lower(asset) = lower('{asset}') ORDER BY block_number, transaction_index, ordinal"
+        ),
+    )
+    .await;
+    let mut pools: HashMap<String, (u128, f64)> = HashMap::new();
+    let mut reached: HashMap<String, f64> = HashMap::new();
+    for r in &rows {
+        let p: Vec<&str> = r.split('|').collect();
+        let (from, to, a) = (p[0], p[1], p[2].parse::<u128>().expect("amount fits u128"));
+        if seeds.contains(from) {
+            reached.entry(from.to_string()).or_insert(0.0);
+        }
+        if seeds.contains(to) {
+            reached.entry(to.to_string()).or_insert(0.0);
+        }
+        let (b, f) = pools.entry(from.to_string()).or_insert((0, 0.0));
+        if *b < a {
+            *f *= if a == 0 { 0.0 } else { *b as f64 / a as f64 };
+            *b = a;
+        }
+        let share = if seeds.contains(from) {
+            1.0
+        } else if stops.contains(from) || a == 0 {
+            0.0
+        } else {
+            *f
+        };
+        *b -= a;
+        if *b == 0 {
+            *f = 0.0;
+        }
+        if share > 0.0 {
+            *reached.entry(to.to_string()).or_insert(0.0) += a as f64 * share;
+        }
+        let (b, f) = pools.entry(to.to_string()).or_insert((0, 0.0));
+        let sum = *b + a;
+        if sum > 0 {
+            *f = (*f * (*b as f64 / sum as f64) + share * (a as f64 / sum as f64)).min(1.0);
+        }
+        *b = sum;
+    }
+    reached
 }

@@ -237,15 +237,17 @@ pub(crate) fn bind(
 
 /// The error scopes around one kernel run: out-of-memory inside validation.
 pub(crate) struct RunScopes {
-    validation: wgpu::ErrorScopeGuard,
+    // Fields drop in order: an early return pops the inner scope first, as wgpu requires
+    // (the other order panics).
     oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
 }
 
 impl RunScopes {
     pub(crate) fn push(gpu: &Gpu) -> Self {
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        Self { validation, oom }
+        Self { oom, validation }
     }
 
     /// Pops both scopes, innermost first: any error they caught fails the run.

@@ -77,8 +77,8 @@ pub fn exits_schema() -> SchemaRef {
 }
 
 /// Schema of `eth_taint`: one row per address an Ethereum taint run reached. Amounts are
-/// in the asset's base unit (wei, or the token's smallest unit) and approximate (the
-/// kernels compute in f32); exact amounts are in `eth.transfers`.
+/// in the asset's base unit (wei, or the token's smallest unit) as Float64 (haircut:
+/// within 1e-6 of the exact share); exact amounts are in `eth.transfers`.
 pub fn eth_taint_schema() -> SchemaRef {
     static S: LazyLock<SchemaRef> = LazyLock::new(|| {
         Arc::new(Schema::new(vec![

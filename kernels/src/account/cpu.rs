@@ -1,10 +1,12 @@
 //! The rayon twins of `poison.wgsl` and `pool.wgsl`: the same Jacobi steps, address by
-//! address in parallel, in f32 in the shaders' order.
+//! address in parallel, in the shaders' arithmetic and order.
 
 use rayon::prelude::*;
 
+use super::frac::{self, Frac, ONE, U256_ZERO, ZERO, div, less, min_one, mul, plus};
 use super::{
-    Arrivals, OUT, Options, Pooled, SEED, STOP, TransferGraph, UNREACHED, start_hops, step_limit,
+    Arrivals, OUT, Options, PoolOptions, PoolShares, SEED, STOP, TransferGraph, UNREACHED,
+    start_hops, step_limit, step_limit_of,
 };
 
 /// Time-respecting poison in one pass over the transfers in chain order: an address is
@@ -12,7 +14,7 @@ use super::{
 /// paths that reached it so far (a transfer passes taint on when its sender's hop so far
 /// is below the limit). The same arrivals and hops as the Jacobi steps of `poison.wgsl`
 /// (tested against [`poison_jacobi`]), in one walk instead of one walk per step; `steps`
-/// is 1.
+/// is the number of steps the Jacobi iteration runs (also tested equal).
 pub fn poison(g: &TransferGraph, flags: &[u32], opts: &Options) -> Arrivals {
     let mut hop = start_hops(flags);
     let mut arrival: Vec<u32> = hop
@@ -20,6 +22,10 @@ pub fn poison(g: &TransferGraph, flags: &[u32], opts: &Options) -> Arrivals {
         .map(|&h| if h == 0 { 0 } else { UNREACHED })
         .collect();
     let limit = opts.max_hops.unwrap_or(UNREACHED);
+    // The most transfers on the path that set an address's final arrival: the Jacobi
+    // steps stop changing after that many, and report one more step (the one that saw
+    // no change) unless the hop limit came first.
+    let mut last_change = 0u32;
     for e in 0..g.src.len() {
         let s = g.src[e] as usize;
         let h = hop[s];
@@ -29,13 +35,14 @@ pub fn poison(g: &TransferGraph, flags: &[u32], opts: &Options) -> Arrivals {
         let d = g.dst[e] as usize;
         if arrival[d] == UNREACHED {
             arrival[d] = e as u32 + 1;
+            last_change = last_change.max(h + 1);
         }
         hop[d] = hop[d].min(h + 1);
     }
     Arrivals {
         arrival,
         hop,
-        steps: 1,
+        steps: step_limit(g, opts).min(last_change.saturating_add(1)),
     }
 }
 
@@ -93,19 +100,34 @@ pub fn poison_jacobi(g: &TransferGraph, flags: &[u32], opts: &Options) -> Arriva
     }
 }
 
-/// The haircut pool, step by step as `pool.wgsl`.
-pub fn pool(g: &TransferGraph, flags: &[u32], opts: &Options) -> Pooled {
-    use std::sync::atomic::{AtomicU32, Ordering};
+/// The haircut pool, step by step as `pool.wgsl`, in the same integer arithmetic
+/// ([`super::frac`]): per address an exact balance and a tainted share; per transfer the
+/// share it carried.
+pub fn pool(g: &TransferGraph, flags: &[u32], opts: &PoolOptions) -> PoolShares {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
     let m = g.src.len();
+    if m == 0 || g.nodes == 0 {
+        return PoolShares {
+            share: Vec::new(),
+            hop: start_hops(flags),
+            steps: 0,
+        };
+    }
+    let units = g.pool_units();
     let hop: Vec<AtomicU32> = start_hops(flags).into_iter().map(AtomicU32::new).collect();
     let (ptr, ev) = g.events();
-    let mut x_old = vec![0f32; m];
+    let mut x_old = vec![ZERO; m];
     // Each edge is written by its sender only: the senders' threads write disjoint slots.
-    let x_new: Vec<AtomicU32> = (0..m).map(|_| AtomicU32::new(0)).collect();
+    let x_new: Vec<AtomicU64> = (0..m).map(|_| AtomicU64::new(0)).collect();
+    let pack = |f: Frac| u64::from(f.m) | (u64::from(f.e as u32) << 32);
+    let unpack = |w: u64| Frac {
+        m: w as u32,
+        e: (w >> 32) as u32 as i32,
+    };
     let mut steps = 0;
     let bar = crate::progress::bar(None, "pool steps (cpu)");
-    for k in 1..=step_limit(g, opts) {
+    for k in 1..=step_limit_of(m, opts.max_hops) {
         bar.inc(1);
         let changed = (0..g.nodes as usize)
             .into_par_iter()
@@ -113,51 +135,74 @@ pub fn pool(g: &TransferGraph, flags: &[u32], opts: &Options) -> Pooled {
             .map(|v| {
                 let seed = flags[v] & SEED != 0;
                 let stop = flags[v] & STOP != 0;
-                let mut b = 0f32;
-                let mut t = 0f32;
+                let mut b = U256_ZERO;
+                let mut f = ZERO;
                 let mut changed = false;
                 for &w in &ev[ptr[v] as usize..ptr[v + 1] as usize] {
                     let e = (w & !OUT) as usize;
-                    let a = g.amount[e];
+                    let a = &units[e];
                     if w & OUT == 0 {
-                        b += a;
+                        let s = frac::add(&b, a);
                         if seed {
-                            t = b;
-                        } else {
-                            t += x_old[e];
-                        }
-                    } else {
-                        if b < a {
-                            b = a;
-                            if seed {
-                                t = b;
+                            f = ONE;
+                        } else if !frac::is_zero(&s) {
+                            let phi = x_old[e];
+                            if phi != f {
+                                let fs = frac::of(&s);
+                                f = min_one(plus(
+                                    mul(f, div(frac::of(&b), fs)),
+                                    mul(phi, div(frac::of(a), fs)),
+                                ));
                             }
                         }
-                        let mut x = 0f32;
-                        if seed {
-                            x = a;
-                        } else if !stop && t > 0.0 {
-                            x = a.min(a * (t / b));
+                        b = s;
+                    } else {
+                        if frac::lt(&b, a) {
+                            if !seed {
+                                f = mul(f, div(frac::of(&b), frac::of(a)));
+                            }
+                            b = *a;
                         }
-                        if x < opts.min_value || x < 1e-30 {
-                            x = 0.0;
+                        let mut phi = if seed {
+                            ONE
+                        } else if stop {
+                            ZERO
+                        } else {
+                            f
+                        };
+                        if frac::is_zero(a) {
+                            phi = ZERO;
                         }
-                        x_new[e].store(x.to_bits(), Ordering::Relaxed);
-                        if x > 0.0 {
+                        if !phi.is_zero()
+                            && !opts.min_value.is_zero()
+                            && less(mul(frac::of(a), phi), opts.min_value)
+                        {
+                            phi = ZERO;
+                        }
+                        x_new[e].store(pack(phi), Ordering::Relaxed);
+                        if !phi.is_zero() {
                             hop[g.dst[e] as usize].fetch_min(k, Ordering::Relaxed);
                         }
-                        if x != x_old[e] {
+                        if phi != x_old[e] {
                             changed = true;
                         }
-                        b -= a;
-                        t = (t - x).max(0.0).min(b);
+                        let nb = frac::sub(&b, a);
+                        if !seed {
+                            if frac::is_zero(&nb) {
+                                f = ZERO;
+                            } else if phi.is_zero() && !f.is_zero() && !stop {
+                                // Held back by the minimum: the pool keeps that taint.
+                                f = min_one(mul(f, div(frac::of(&b), frac::of(&nb))));
+                            }
+                        }
+                        b = nb;
                     }
                 }
                 changed
             })
             .reduce(|| false, |a, b| a | b);
         for (o, n) in x_old.iter_mut().zip(&x_new) {
-            *o = f32::from_bits(n.load(Ordering::Relaxed));
+            *o = unpack(n.load(Ordering::Relaxed));
         }
         steps = k;
         if !changed {
@@ -165,8 +210,8 @@ pub fn pool(g: &TransferGraph, flags: &[u32], opts: &Options) -> Pooled {
         }
     }
     bar.finish_and_clear();
-    Pooled {
-        tainted: x_old,
+    PoolShares {
+        share: x_old,
         hop: hop.into_iter().map(AtomicU32::into_inner).collect(),
         steps,
     }

@@ -190,6 +190,7 @@ mod tests {
                 src: edges.iter().map(|e| e.0).collect(),
                 dst: edges.iter().map(|e| e.1).collect(),
                 amount: vec![1.0; edges.len()],
+                ..Default::default()
             },
             addresses: (0..nodes).map(|i| format!("a{i}")).collect(),
             block: edges.iter().map(|e| e.2).collect(),

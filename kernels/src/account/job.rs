@@ -12,7 +12,7 @@ use arrow::datatypes::{Int32Type, Int64Type};
 use ferret_schemas::results::{eth_exits_schema, eth_taint_schema};
 use ferret_schemas::{Chain, Warehouse};
 
-use super::{Options, TransferGraph, UNREACHED, flags, poison, pool};
+use super::{Options, PoolOptions, TransferGraph, UNREACHED, flags, poison, pool};
 use crate::device::Backend;
 use crate::taint::{Direction, job::chain_labels, job::check_categories};
 use crate::{Error, Result};
@@ -103,7 +103,8 @@ pub struct EthTransfers {
     pub block: Vec<i64>,
     pub tx_index: Vec<i32>,
     pub tx_hash: Vec<String>,
-    /// Exact amounts as f64 (the graph holds them scaled into f32's range).
+    /// Amounts as f64 (the graph holds them exactly in `units`, and scaled into f32's
+    /// range in `amount` for poison).
     pub value: Vec<f64>,
     /// graph.amount = value · scale.
     pub scale: f64,
@@ -122,7 +123,7 @@ impl EthTransfers {
         let mut files: Vec<_> = manifest.files_of("transfers").collect();
         files.sort_by_key(|f| f.first_height);
         let want = asset.to_ascii_lowercase();
-        let mut rows: Vec<(i64, i32, i32, String, String, String, f64)> = Vec::new();
+        let mut rows: Vec<(i64, i32, i32, String, String, String, super::frac::U256)> = Vec::new();
         for f in files {
             let batches = wh
                 .read_columns(
@@ -168,8 +169,12 @@ impl EthTransfers {
                     if want != "*" && a.value(r).to_ascii_lowercase() != want {
                         continue;
                     }
-                    let v: f64 = value.value(r).parse().map_err(|_| {
-                        Error::BadGraph(format!("{}: bad value_string {}", f.path, value.value(r)))
+                    let v = super::frac::parse_decimal(value.value(r)).ok_or_else(|| {
+                        Error::BadGraph(format!(
+                            "{}: value_string `{}` is not an integer from 0 to 2^256 − 1",
+                            f.path,
+                            value.value(r)
+                        ))
                     })?;
                     rows.push((
                         block.value(r),
@@ -184,7 +189,10 @@ impl EthTransfers {
             }
         }
         rows.sort_by_key(|r| (r.0, r.1, r.2));
-        let max = rows.iter().map(|r| r.6).fold(0.0f64, f64::max);
+        let max = rows
+            .iter()
+            .map(|r| super::frac::to_f64(&r.6))
+            .fold(0.0f64, f64::max);
         // Amounts into f32's range with room for sums: the largest at most 2^100.
         let scale = if max > 2f64.powi(100) {
             2f64.powi(100) / max
@@ -207,11 +215,13 @@ impl EthTransfers {
             let d = id(to, &mut t);
             t.graph.src.push(s);
             t.graph.dst.push(d);
-            t.graph.amount.push((v * scale) as f32);
+            let exact = super::frac::to_f64(&v);
+            t.graph.amount.push((exact * scale) as f32);
+            t.graph.units.push(v);
             t.block.push(block);
             t.tx_index.push(txi);
             t.tx_hash.push(hash);
-            t.value.push(v);
+            t.value.push(exact);
         }
         t.graph.nodes = u32::try_from(t.addresses.len())
             .map_err(|_| Error::TooLarge("more than 2^32 addresses".into()))?;
@@ -361,22 +371,14 @@ pub fn run_on_transfers(
             (r.hop, carried, r.steps)
         }
         AccountPolicy::Haircut => {
-            let r = pool(backend, &g, &node_flags, &opts)?;
+            let popts = PoolOptions {
+                max_hops: job.max_hops,
+                min_value: super::frac::Frac::from_f64(job.min_value),
+            };
+            let r = pool(backend, &g, &node_flags, &popts)?;
             // The tainted share of the exact amount: a wholly tainted transfer reports its
-            // amount exactly (f32 would round it).
-            let carried = r
-                .tainted
-                .iter()
-                .enumerate()
-                .map(|(e, &x)| {
-                    let a = g.amount[e];
-                    if x <= 0.0 || a <= 0.0 {
-                        0.0
-                    } else {
-                        t.value[orig(e)] * (f64::from(x) / f64::from(a)).min(1.0)
-                    }
-                })
-                .collect();
+            // amount as the chain has it.
+            let carried = r.tainted(&g);
             (r.hop, carried, r.steps)
         }
     };

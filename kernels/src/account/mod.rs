@@ -17,12 +17,17 @@
 //! Backward runs the same kernels on the reversed graph: every transfer turned around and
 //! time run backwards (where did the seeds' funds come from).
 //!
+//! The pool's arithmetic (`frac.rs`) is integer only: exact 256-bit balances and shares
+//! with a 32-bit mantissa and exponent, so both paths compute the same bits and an
+//! emptied pool keeps no residue.
+//!
 //! Memory on the GPU: one binding per array, so at most `max_storage_buffer_binding_size /
-//! 4` transfers or addresses (33.5 M on lavapipe); beyond that `--device auto` runs on the
-//! CPU.
+//! 4` transfers or addresses for poison (33.5 M on lavapipe) and `/ 32` transfers for the
+//! pool (its exact amounts); beyond that `--device auto` runs on the CPU.
 
 mod cpu;
 pub mod deposit;
+pub mod frac;
 pub mod job;
 
 use wgpu::util::DeviceExt;
@@ -47,8 +52,12 @@ pub struct TransferGraph {
     pub nodes: u32,
     pub src: Vec<u32>,
     pub dst: Vec<u32>,
-    /// Amounts, in the units the caller chose (the job scales them into f32's range).
+    /// Amounts as f32, in the units the caller chose (the job scales them into f32's
+    /// range): what poison compares with its minimum.
     pub amount: Vec<f32>,
+    /// Exact amounts in the asset's base unit, for the haircut pool; empty: `amount`
+    /// rounded to whole units.
+    pub units: Vec<frac::U256>,
 }
 
 impl TransferGraph {
@@ -74,6 +83,12 @@ impl TransferGraph {
                 self.src[e], self.dst[e], self.nodes
             )));
         }
+        if !self.units.is_empty() && self.units.len() != m {
+            return Err(Error::BadGraph(format!(
+                "{m} transfers, {} exact amounts",
+                self.units.len()
+            )));
+        }
         if let Some(e) = self.amount.iter().position(|a| !a.is_finite() || *a < 0.0) {
             return Err(Error::BadGraph(format!(
                 "transfer {e} has amount {}",
@@ -91,6 +106,21 @@ impl TransferGraph {
             src: self.dst.iter().rev().copied().collect(),
             dst: self.src.iter().rev().copied().collect(),
             amount: self.amount.iter().rev().copied().collect(),
+            units: self.units.iter().rev().copied().collect(),
+        }
+    }
+
+    /// The exact amounts the pool runs on.
+    pub fn pool_units(&self) -> std::borrow::Cow<'_, [frac::U256]> {
+        if self.units.is_empty() {
+            std::borrow::Cow::Owned(
+                self.amount
+                    .iter()
+                    .map(|&a| frac::from_u128(a.round() as u128))
+                    .collect(),
+            )
+        } else {
+            std::borrow::Cow::Borrowed(&self.units)
         }
     }
 
@@ -173,20 +203,52 @@ pub struct Arrivals {
     pub steps: u32,
 }
 
+/// Limits of a pool run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PoolOptions {
+    /// Only paths of at most H transfers (exactly H steps); `None` runs to the fixpoint.
+    pub max_hops: Option<u32>,
+    /// A transfer carries taint only when its tainted amount (exact amount × share)
+    /// reaches this, in the asset's base unit; zero: any positive share.
+    pub min_value: frac::Frac,
+}
+
 /// Pool results.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Pooled {
-    /// Per transfer: the tainted amount it carried.
-    pub tainted: Vec<f32>,
+pub struct PoolShares {
+    /// Per transfer: the tainted share of its amount it carried (0 to 1).
+    pub share: Vec<frac::Frac>,
     /// Per address: the first step a transfer into it carried taint — the fewest transfers
     /// from a seed along which taint arrived (0 for seeds) — or [`UNREACHED`].
     pub hop: Vec<u32>,
     pub steps: u32,
 }
 
+impl PoolShares {
+    /// Per transfer: the tainted amount it carried (exact amount × share), in base units.
+    pub fn tainted(&self, g: &TransferGraph) -> Vec<f64> {
+        let units = g.pool_units();
+        self.share
+            .iter()
+            .zip(units.iter())
+            .map(|(s, u)| {
+                if *s == frac::ONE {
+                    frac::to_f64(u)
+                } else {
+                    frac::to_f64(u) * s.to_f64()
+                }
+            })
+            .collect()
+    }
+}
+
 fn step_limit(g: &TransferGraph, opts: &Options) -> u32 {
-    opts.max_hops.unwrap_or_else(|| {
-        u32::try_from(g.src.len())
+    step_limit_of(g.src.len(), opts.max_hops)
+}
+
+fn step_limit_of(transfers: usize, max_hops: Option<u32>) -> u32 {
+    max_hops.unwrap_or_else(|| {
+        u32::try_from(transfers)
             .unwrap_or(u32::MAX - 1)
             .saturating_add(1)
     })
@@ -219,7 +281,12 @@ pub fn poison(
 }
 
 /// The haircut pool on `backend`. `flags` from [`flags`].
-pub fn pool(backend: &Backend, g: &TransferGraph, flags: &[u32], opts: &Options) -> Result<Pooled> {
+pub fn pool(
+    backend: &Backend,
+    g: &TransferGraph,
+    flags: &[u32],
+    opts: &PoolOptions,
+) -> Result<PoolShares> {
     g.validate()?;
     check_flags(g, flags)?;
     match backend {
@@ -279,10 +346,6 @@ impl Buffers<'_> {
     }
 }
 
-fn f32_bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|f| f.to_bits()).collect()
-}
-
 /// Compiles a double-buffered Jacobi kernel and runs it: bindings are the params, the
 /// read-only `inputs`, the state pair (`state[k % 2]` read, the other written, at step
 /// k), `hop` and a changed flag. Runs up to `limit` steps, stopping when a step changes
@@ -297,7 +360,7 @@ fn jacobi_gpu(
     hop: &wgpu::Buffer,
     nodes: u32,
     limit: u32,
-    min_value: f32,
+    extra: [u32; 2],
 ) -> Result<(u32, usize)> {
     let read_only: Vec<bool> = inputs
         .iter()
@@ -329,7 +392,7 @@ fn jacobi_gpu(
         bar.inc(1);
         gpu.queue
             .write_buffer(&changed, 0, bytemuck::cast_slice(&[0u32]));
-        let p: [u32; 4] = [nodes, k, min_value.to_bits(), 0];
+        let p: [u32; 4] = [nodes, k, extra[0], extra[1]];
         gpu.queue.write_buffer(&params, 0, bytemuck::cast_slice(&p));
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
@@ -403,7 +466,7 @@ fn poison_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Re
         &hop_buf,
         n,
         step_limit(g, opts),
-        opts.min_value,
+        [opts.min_value.to_bits(), 0],
     )?;
     let arrival = read_back(gpu, &arr[current], n as usize)?;
     hop = read_back(gpu, &hop_buf, n as usize)?;
@@ -415,13 +478,13 @@ fn poison_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Re
     })
 }
 
-fn pool_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Result<Pooled> {
+fn pool_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &PoolOptions) -> Result<PoolShares> {
     let n = g.nodes;
     let m = g.src.len();
     let mut hop = start_hops(flags);
     if n == 0 || m == 0 {
-        return Ok(Pooled {
-            tainted: vec![0.0; m],
+        return Ok(PoolShares {
+            share: vec![frac::ZERO; m],
             hop,
             steps: 0,
         });
@@ -431,12 +494,13 @@ fn pool_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Resu
     let none = wgpu::BufferUsages::empty();
     let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let (ptr, ev) = g.events();
+    let units: Vec<u32> = g.pool_units().iter().flatten().copied().collect();
     let ptr = b.storage("ev_ptr", &ptr, none)?;
     let ev = b.storage("ev", &ev, none)?;
-    let amount = b.storage("amount", &f32_bits(&g.amount), none)?;
+    let amount = b.storage("amount", &units, none)?;
     let dst = b.storage("dst", &g.dst, none)?;
     let flags_buf = b.storage("flags", flags, none)?;
-    let zeros = vec![0u32; m];
+    let zeros = vec![0u32; 2 * m];
     let x = [
         b.storage("x0", &zeros, copy)?,
         b.storage("x1", &zeros, copy)?,
@@ -450,26 +514,26 @@ fn pool_gpu(gpu: &Gpu, g: &TransferGraph, flags: &[u32], opts: &Options) -> Resu
         &x,
         &hop_buf,
         n,
-        step_limit(g, opts),
-        opts.min_value,
+        step_limit_of(m, opts.max_hops),
+        opts.min_value.to_words(),
     )?;
-    let tainted: Vec<f32> = read_back(gpu, &x[current], m)?
-        .into_iter()
-        .map(f32::from_bits)
+    let words = read_back(gpu, &x[current], 2 * m)?;
+    let share: Vec<frac::Frac> = words
+        .chunks_exact(2)
+        .map(|w| frac::Frac::from_words([w[0], w[1]]))
         .collect();
     hop = read_back(gpu, &hop_buf, n as usize)?;
     scopes.check()?;
-    if let Some(e) = (0..m).find(|&e| !(0.0..=g.amount[e]).contains(&tainted[e])) {
+    if let Some(e) = (0..m).find(|&e| {
+        let s = share[e];
+        (s.m != 0 && s.m < 0x8000_0000) || frac::less(frac::ONE, s)
+    }) {
         return Err(Error::Gpu {
             what: "pool",
-            reason: format!("transfer {e} read back {} of {}", tainted[e], g.amount[e]),
+            reason: format!("transfer {e} read back share {:?}", share[e]),
         });
     }
-    Ok(Pooled {
-        tainted,
-        hop,
-        steps,
-    })
+    Ok(PoolShares { share, hop, steps })
 }
 
 #[cfg(test)]
