@@ -846,23 +846,58 @@ pub(crate) fn print_taint_report(
         println!("no labelled exit received taint");
     } else {
         let total: i64 = run.exits.iter().map(|e| e.tainted_value).sum();
+        let all: i64 = run.exits.iter().map(|e| e.all_paths_value).sum();
+        let mixed: i64 = run.exits.iter().map(|e| e.coinjoin_value).sum();
+        let within = match job.max_hops {
+            Some(h) => format!(" within {h} hops"),
+            None => String::new(),
+        };
         println!(
-            "\n{} exits received {} BTC (table `exits`; top {}):",
+            "\n{} exits received {} BTC{within} (table `exits`; top {}):",
             run.exits.len(),
             btc(total),
             top.min(run.exits.len())
         );
+        // The summary adds up the hop-limited amounts (the `taint` table's definition);
+        // say when every path brings more, and how much came only through CoinJoins.
+        let differ = run
+            .exits
+            .iter()
+            .filter(|e| e.all_paths_value != e.tainted_value)
+            .count();
+        if differ > 0 {
+            println!(
+                "along every path, however long, they received {} BTC: {differ} exit(s) received more than{within} (column all_paths_value)",
+                btc(all)
+            );
+        }
+        if mixed > 0 {
+            println!(
+                "{} BTC of that arrived only through CoinJoins ({} mixes moved taint; column coinjoin_value)",
+                btc(mixed),
+                run.coinjoins_passed
+            );
+        }
         println!(
-            "{:<44} {:<18} {:<10} {:>18} {:>7} {:>7}",
-            "address", "label", "category", "tainted BTC", "outputs", "min hop"
+            "{:<44} {:<18} {:<10} {:>18} {:>18} {:>18} {:>7} {:>7}",
+            "address",
+            "label",
+            "category",
+            "tainted BTC",
+            "all paths BTC",
+            "via CoinJoin BTC",
+            "outputs",
+            "min hop"
         );
         for e in run.exits.iter().take(top) {
             println!(
-                "{:<44} {:<18} {:<10} {:>18} {:>7} {:>7}",
+                "{:<44} {:<18} {:<10} {:>18} {:>18} {:>18} {:>7} {:>7}",
                 e.address,
                 e.label,
                 e.category,
                 btc(e.tainted_value),
+                btc(e.all_paths_value),
+                btc(e.coinjoin_value),
                 e.outputs,
                 e.min_hop
             );

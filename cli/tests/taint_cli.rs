@@ -198,6 +198,57 @@ fn taint_and_trace_from_the_scam_labels() {
         "n\n1\n"
     );
 
+    // Every path's amount beside the hop-limited one: with --hops 2 the exits table
+    // keeps each exit's unlimited amount (it equals the run above, which had no limit),
+    // the CLI says when they differ, and the part through CoinJoins is within it.
+    let unlimited = sql("SELECT address, tainted_value FROM exits ORDER BY address");
+    let (ok, out, err) = run(&[
+        "taint",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--seed-category",
+        "scam",
+        "--stop-at",
+        "exchange",
+        "--policy",
+        "haircut",
+        "--hops",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        sql("SELECT address, all_paths_value AS tainted_value FROM exits ORDER BY address"),
+        unlimited,
+        "all_paths_value of a hop-limited run is the unlimited run's tainted_value"
+    );
+    assert_eq!(
+        sql(
+            "SELECT count(*) AS n FROM exits WHERE all_paths_value < tainted_value \
+             OR coinjoin_value > all_paths_value OR coinjoin_value < 0"
+        ),
+        "n\n0\n"
+    );
+    let more = sql("SELECT count(*) AS n FROM exits WHERE all_paths_value > tainted_value");
+    assert_ne!(more, "n\n0\n", "two hops reach less than every path");
+    assert!(out.contains("along every path, however long"), "{out}");
+    // Outputs marked as moved by a CoinJoin are the generator's true CoinJoins.
+    let truth = std::fs::read_to_string(chain.join("truth/coinjoins.csv")).expect("coinjoins");
+    let marked = sql("SELECT DISTINCT t.txid FROM taint t WHERE t.coinjoin IS NOT NULL");
+    assert!(
+        marked.lines().count() > 1,
+        "taint moved through the generator's CoinJoins"
+    );
+    assert!(out.contains("arrived only through CoinJoins"), "{out}");
+    for txid in marked.lines().skip(1) {
+        assert!(
+            truth.contains(txid),
+            "{txid} marked as a CoinJoin, not one in truth"
+        );
+    }
+
     // Clusters make the picture's nodes; then the picture.
     let (ok, _, err) = run(&["cluster", "btc", "--warehouse", &wh, "--device", "cpu"]);
     assert!(ok, "{err}");

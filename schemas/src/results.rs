@@ -53,13 +53,19 @@ pub fn taint_schema() -> SchemaRef {
             Field::new("hop", DataType::Int32, false),
             Field::new("fraction", DataType::Float64, false),
             Field::new("tainted_value", DataType::Int64, false),
+            // The CoinJoin mix that moved this output's taint (protocol), NULL if none.
+            Field::new("coinjoin", DataType::Utf8, true),
             Field::new("run_id", DataType::Utf8, false),
         ]))
     });
     S.clone()
 }
 
-/// Schema of `exits`: one row per labelled address that received taint.
+/// Schema of `exits`: one row per labelled address that received taint. `tainted_value`
+/// is along paths of at most the run's `max_hops` spends (the `taint` table's amounts);
+/// `all_paths_value` along every path however long; `coinjoin_value` the part of that
+/// which arrived only through CoinJoin mixes. `outputs` counts the tainted outputs within
+/// the hop limit, `min_hop` the fewest spends over every path.
 pub fn exits_schema() -> SchemaRef {
     static S: LazyLock<SchemaRef> = LazyLock::new(|| {
         Arc::new(Schema::new(vec![
@@ -70,6 +76,9 @@ pub fn exits_schema() -> SchemaRef {
             Field::new("tainted_value", DataType::Int64, false),
             Field::new("outputs", DataType::Int64, false),
             Field::new("min_hop", DataType::Int32, false),
+            // NULL in runs written before these columns existed.
+            Field::new("all_paths_value", DataType::Int64, true),
+            Field::new("coinjoin_value", DataType::Int64, true),
             Field::new("run_id", DataType::Utf8, false),
         ]))
     });

@@ -603,6 +603,7 @@ impl EthTaintRun {
                 to: t.addresses[d as usize].clone(),
                 tainted_value: (v / div).round() as i64,
                 hop: h,
+                coinjoin: None,
             })
             .collect();
         TraceRun {
@@ -630,6 +631,8 @@ impl EthTaintRun {
                     value: (e.tainted_value / div).round() as i64,
                     count: e.tainted_transfers,
                     min_hop: e.min_hop,
+                    all_paths: None,
+                    coinjoin: None,
                 })
                 .collect(),
             flows,

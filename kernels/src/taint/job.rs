@@ -10,6 +10,7 @@ use ferret_schemas::results::{exits_schema, taint_schema};
 
 use super::graph::{SpendGraph, hex_decode, hex_encode};
 use super::{Direction, NONE, Policy, Query, seed_outputs};
+use crate::coinjoin::{Detectors, Protocol, TxShape};
 use crate::device::Backend;
 use crate::{Error, Result};
 
@@ -38,6 +39,9 @@ pub struct TaintedOutput {
     pub hop: u32,
     pub fraction: f64,
     pub tainted_value: i64,
+    /// The CoinJoin mix that moved this output's taint (forward: the transaction that
+    /// created it; backward: the one that spent it), by protocol name.
+    pub coinjoin: Option<&'static str>,
 }
 
 /// One labelled address that received taint.
@@ -46,8 +50,18 @@ pub struct Exit {
     pub address: String,
     pub label: String,
     pub category: String,
+    /// Along paths of at most `max_hops` spends (every path without a limit): the
+    /// `taint` table's definition, what the summary lines add up.
     pub tainted_value: i64,
+    /// Along every path, however long (the fixpoint): equal to `tainted_value` without a
+    /// hop limit.
+    pub all_paths_value: i64,
+    /// The part of `all_paths_value` that arrived only through CoinJoin mixes: what would
+    /// not have arrived had the mixes passed no taint.
+    pub coinjoin_value: i64,
+    /// Tainted outputs paying it within the hop limit.
     pub outputs: u64,
+    /// The fewest spends from a seed, over every path.
     pub min_hop: u32,
 }
 
@@ -60,6 +74,8 @@ pub struct Flow {
     pub tainted_value: i64,
     /// The smallest hop of the receiving outputs.
     pub hop: u32,
+    /// The CoinJoin mix the flow passed through (protocol name), if any.
+    pub coinjoin: Option<&'static str>,
 }
 
 /// The outcome of a run.
@@ -76,6 +92,8 @@ pub struct TaintRun {
     pub flows: Vec<Flow>,
     /// Seed addresses and txids the chain does not have.
     pub unknown_seeds: Vec<String>,
+    /// CoinJoin mixes that moved taint (over every path).
+    pub coinjoins_passed: usize,
     pub steps: u32,
     pub nodes: u32,
     pub edges: usize,
@@ -225,8 +243,62 @@ pub fn run_on_graph(
         min_value: job.min_value,
         seed_outputs: seeds.clone(),
         stop_addresses,
+        blocked_txs: HashSet::new(),
     };
+    let mixes = coinjoin_mixes(g, &Detectors::default());
     let r = super::run(backend, g, &q)?;
+    // Beside the hop-limited run: every path (the fixpoint), and every path with the
+    // CoinJoin mixes passing nothing, for the exits' all-paths and CoinJoin amounts.
+    let unlimited = Query {
+        max_hops: None,
+        ..q.clone()
+    };
+    let all_rows = match job.max_hops {
+        Some(_) => super::run(backend, g, &unlimited)?.rows,
+        None => r.rows.clone(),
+    };
+    let no_mix_rows = if mixes.is_empty() {
+        all_rows.clone()
+    } else {
+        super::run(
+            backend,
+            g,
+            &Query {
+                blocked_txs: mixes.keys().copied().collect(),
+                ..unlimited
+            },
+        )?
+        .rows
+    };
+    let mover = |o: u32| -> Option<u32> {
+        match q.direction {
+            Direction::Forward => Some(g.tx_of_output(o)),
+            Direction::Backward => None,
+        }
+    };
+    let spenders = match (q.direction, mixes.is_empty()) {
+        (Direction::Backward, false) => g.spenders(),
+        _ => Vec::new(),
+    };
+    let mix_of = |o: u32| -> Option<&'static str> {
+        let t = mover(o).or_else(|| spenders.get(o as usize).copied().filter(|&t| t != NONE))?;
+        mixes.get(&t).map(|p| p.name())
+    };
+    let coinjoins_passed = {
+        let mut passed: HashSet<u32> = HashSet::new();
+        for row in all_rows.iter().filter(|r| r.hop > 0 && r.tainted_value > 0) {
+            let t = mover(row.output).or_else(|| {
+                spenders
+                    .get(row.output as usize)
+                    .copied()
+                    .filter(|&t| t != NONE)
+            });
+            if let Some(t) = t.filter(|t| mixes.contains_key(t)) {
+                passed.insert(t);
+            }
+        }
+        passed.len()
+    };
     let mut outputs = Vec::with_capacity(r.rows.len());
     for row in &r.rows {
         let t = g.tx_of_output(row.output);
@@ -239,10 +311,21 @@ pub fn run_on_graph(
             hop: row.hop,
             fraction: super::decimal(row.fraction),
             tainted_value: row.tainted_value,
+            coinjoin: if row.hop > 0 {
+                mix_of(row.output)
+            } else {
+                None
+            },
         });
     }
-    let exits = exits(&outputs, labels, &stop_cats, &seed_addrs, g);
-    let flows = flows(g, &q, &r.rows);
+    let exits = exits(
+        g,
+        labels,
+        &stop_cats,
+        &seed_addrs,
+        [&r.rows, &all_rows, &no_mix_rows],
+    );
+    let flows = flows(g, &q, &r.rows, &mixes);
     let seed_addresses = seed_addrs
         .iter()
         .map(|&a| g.addresses[a as usize].clone())
@@ -253,6 +336,7 @@ pub fn run_on_graph(
         seeds = seeds.len(),
         tainted = outputs.len(),
         exits = exits.len(),
+        coinjoins = coinjoins_passed,
         steps = r.steps,
         device = %backend.describe(),
         "taint"
@@ -265,6 +349,7 @@ pub fn run_on_graph(
         seed_addresses,
         flows,
         unknown_seeds: unknown,
+        coinjoins_passed,
         steps: r.steps,
         nodes: r.nodes,
         edges: r.edges,
@@ -290,7 +375,12 @@ fn output_name(g: &SpendGraph, o: u32) -> String {
 /// from the tainted outputs its transaction spent that carry taint (not stopped, not
 /// below the minimum), in proportion to their tainted values (fifo: to the tainted
 /// satoshis of each input inside the output's stretch); backward, mirrored.
-fn flows(g: &SpendGraph, q: &Query, rows: &[super::Tainted]) -> Vec<Flow> {
+fn flows(
+    g: &SpendGraph,
+    q: &Query,
+    rows: &[super::Tainted],
+    mixes: &HashMap<u32, Protocol>,
+) -> Vec<Flow> {
     let tainted: HashMap<u32, &super::Tainted> = rows.iter().map(|r| (r.output, r)).collect();
     let seeds: HashSet<u32> = q.seed_outputs.iter().copied().collect();
     let carries = |p: u32| {
@@ -305,7 +395,7 @@ fn flows(g: &SpendGraph, q: &Query, rows: &[super::Tainted]) -> Vec<Flow> {
         Direction::Forward => Vec::new(),
     };
     let value = |o: u32| g.out_value[o as usize].max(0);
-    let mut agg: HashMap<(u32, u32), (i64, u32)> = HashMap::new();
+    let mut agg: HashMap<(u32, u32), (i64, u32, Option<&'static str>)> = HashMap::new();
     for r in rows.iter().filter(|r| r.hop > 0 && r.tainted_value > 0) {
         // The transaction that moved r's taint, and r's position in it.
         let (t, r_is_output) = match q.direction {
@@ -348,6 +438,7 @@ fn flows(g: &SpendGraph, q: &Query, rows: &[super::Tainted]) -> Vec<Flow> {
         if total <= 0.0 {
             continue;
         }
+        let mix = mixes.get(&(t as u32)).map(|p| p.name());
         for (p, w) in others {
             let share = (r.tainted_value as f64 * w / total).round() as i64;
             let key = if r_is_output {
@@ -355,84 +446,146 @@ fn flows(g: &SpendGraph, q: &Query, rows: &[super::Tainted]) -> Vec<Flow> {
             } else {
                 (r.output, p)
             };
-            let e = agg.entry(key).or_insert((0, u32::MAX));
+            let e = agg.entry(key).or_insert((0, u32::MAX, None));
             e.0 += share;
             e.1 = e.1.min(r.hop);
+            e.2 = e.2.or(mix);
         }
     }
     // Aggregate per address pair.
-    let mut by: BTreeMap<(String, String), (i64, u32)> = BTreeMap::new();
-    for ((a, b), (v, h)) in agg {
+    let mut by: BTreeMap<(String, String), (i64, u32, Option<&'static str>)> = BTreeMap::new();
+    for ((a, b), (v, h, mix)) in agg {
         let e = by
             .entry((output_name(g, a), output_name(g, b)))
-            .or_insert((0, u32::MAX));
+            .or_insert((0, u32::MAX, None));
         e.0 += v;
         e.1 = e.1.min(h);
+        e.2 = e.2.or(mix);
     }
     by.into_iter()
-        .map(|((from, to), (tainted_value, hop))| Flow {
+        .map(|((from, to), (tainted_value, hop, coinjoin))| Flow {
             from,
             to,
             tainted_value,
             hop,
+            coinjoin,
         })
         .collect()
 }
 
 /// Labelled addresses that received taint (beyond the seeds): of the stop categories when
-/// there are any, else of any category other than the seeds' own addresses.
+/// there are any, else of any category other than the seeds' own addresses. `runs` are
+/// the hop-limited rows, every path's, and every path's with the mixes blocked.
 fn exits(
-    outputs: &[TaintedOutput],
+    g: &SpendGraph,
     labels: &[(String, String, String)],
     stop: &HashSet<&str>,
     seed_addrs: &[u32],
-    g: &SpendGraph,
+    runs: [&[super::Tainted]; 3],
 ) -> Vec<Exit> {
-    let seeds: HashSet<&str> = seed_addrs
-        .iter()
-        .map(|&a| g.addresses[a as usize].as_str())
-        .collect();
+    let seeds: HashSet<u32> = seed_addrs.iter().copied().collect();
     // One label per address: a stop category first, then by label name.
-    let mut label_of: HashMap<&str, (&str, &str)> = HashMap::new();
+    let mut label_of: HashMap<u32, (&str, &str)> = HashMap::new();
     for (a, l, c) in labels {
         if !stop.is_empty() && !stop.contains(c.as_str()) {
             continue;
         }
-        let e = label_of.entry(a.as_str()).or_insert((l, c));
+        let Some(id) = g.address_id(a) else {
+            continue;
+        };
+        let e = label_of.entry(id).or_insert((l, c));
         if (l.as_str(), c.as_str()) < *e {
             *e = (l, c);
         }
     }
-    let mut by: BTreeMap<&str, Exit> = BTreeMap::new();
-    for o in outputs.iter().filter(|o| o.hop > 0) {
-        let Some(a) = o.address.as_deref() else {
-            continue;
-        };
-        if seeds.contains(a) {
-            continue;
+    // Per exit address: (value, outputs, min hop) in each run.
+    let mut by: BTreeMap<u32, [(i64, u64, u32); 3]> = BTreeMap::new();
+    for (k, rows) in runs.iter().enumerate() {
+        for r in rows.iter().filter(|r| r.hop > 0) {
+            let a = g.out_addr[r.output as usize];
+            if a == NONE || seeds.contains(&a) || !label_of.contains_key(&a) {
+                continue;
+            }
+            let slot = &mut by.entry(a).or_insert([(0, 0, u32::MAX); 3])[k];
+            slot.0 += r.tainted_value;
+            slot.1 += 1;
+            slot.2 = slot.2.min(r.hop);
         }
-        let Some(&(label, category)) = label_of.get(a) else {
-            continue;
-        };
-        let e = by.entry(a).or_insert_with(|| Exit {
-            address: a.to_string(),
-            label: label.to_string(),
-            category: category.to_string(),
-            tainted_value: 0,
-            outputs: 0,
-            min_hop: u32::MAX,
-        });
-        e.tainted_value += o.tainted_value;
-        e.outputs += 1;
-        e.min_hop = e.min_hop.min(o.hop);
     }
-    let mut v: Vec<Exit> = by.into_values().collect();
+    let mut v: Vec<Exit> = by
+        .into_iter()
+        .map(|(a, [limited, all, open])| {
+            let (label, category) = label_of[&a];
+            Exit {
+                address: g.addresses[a as usize].clone(),
+                label: label.to_string(),
+                category: category.to_string(),
+                tainted_value: limited.0,
+                all_paths_value: all.0,
+                coinjoin_value: (all.0 - open.0).max(0),
+                outputs: limited.1,
+                min_hop: limited.2.min(all.2),
+            }
+        })
+        .collect();
     v.sort_by(|a, b| {
         b.tainted_value
             .cmp(&a.tainted_value)
+            .then_with(|| b.all_paths_value.cmp(&a.all_paths_value))
             .then_with(|| a.address.cmp(&b.address))
     });
     v
+}
+
+/// The CoinJoin mixes among the graph's transactions (transaction id → protocol), by the
+/// detectors `ferret cluster btc` uses (a Whirlpool tx0 is one owner's and not a mix).
+/// Inputs spending outputs before the indexed range count as one address each and have
+/// no known value; an output without an address and without value counts as OP_RETURN.
+pub fn coinjoin_mixes(g: &SpendGraph, detectors: &Detectors) -> HashMap<u32, Protocol> {
+    let mut out = HashMap::new();
+    let (mut values, mut addrs, mut nulldata) = (Vec::new(), Vec::new(), Vec::new());
+    for t in 0..g.transactions() {
+        let ins = &g.in_spent[g.in_start[t] as usize..g.in_start[t + 1] as usize];
+        let outs = g.out_start[t] as usize..g.out_start[t + 1] as usize;
+        // Every detector wants several inputs and outputs.
+        if ins.len() < 2 || outs.len() < 2 {
+            continue;
+        }
+        values.clear();
+        addrs.clear();
+        let mut addressless = 0;
+        for &o in ins {
+            if o == NONE {
+                values.push(None);
+                addressless += 1;
+                continue;
+            }
+            values.push(Some(g.out_value[o as usize]));
+            match g.out_addr[o as usize] {
+                NONE => addressless += 1,
+                a => addrs.push(a),
+            }
+        }
+        addrs.sort_unstable();
+        addrs.dedup();
+        nulldata.clear();
+        nulldata.extend(
+            outs.clone()
+                .map(|o| g.out_addr[o] == NONE && g.out_value[o] == 0),
+        );
+        let shape = TxShape {
+            input_values: &values,
+            distinct_input_addresses: addrs.len() + addressless,
+            output_values: &g.out_value[outs],
+            output_nulldata: &nulldata,
+        };
+        if let Some(d) = detectors.detect(&shape)
+            && d.protocol.is_mix()
+        {
+            out.insert(t as u32, d.protocol);
+        }
+    }
+    out
 }
 
 impl Default for TaintJob {
@@ -500,6 +653,7 @@ pub fn taint_batch(run: &TaintRun, run_id: &str) -> Result<RecordBatch> {
             Arc::new(Int64Array::from_iter_values(
                 o.iter().map(|r| r.tainted_value),
             )),
+            Arc::new(StringArray::from_iter(o.iter().map(|r| r.coinjoin))),
             repeat(run_id, n),
         ],
     )
@@ -531,6 +685,12 @@ pub fn exits_batch(run: &TaintRun, run_id: &str) -> Result<RecordBatch> {
             )),
             Arc::new(Int32Array::from_iter_values(
                 x.iter().map(|e| e.min_hop as i32),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                x.iter().map(|e| e.all_paths_value),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                x.iter().map(|e| e.coinjoin_value),
             )),
             repeat(run_id, m),
         ],

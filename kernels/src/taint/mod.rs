@@ -102,6 +102,10 @@ pub struct Query {
     pub seed_outputs: Vec<u32>,
     /// Address ids that stop propagation.
     pub stop_addresses: HashSet<u32>,
+    /// Transactions that pass no taint through (forward: their outputs get none from
+    /// their inputs; backward: their inputs get none from their outputs); used to measure
+    /// what arrived through CoinJoins.
+    pub blocked_txs: HashSet<u32>,
 }
 
 /// One tainted output.
@@ -293,6 +297,9 @@ fn lower(g: &SpendGraph, q: &Query) -> Result<Lowered> {
     let (nodes, problem_nodes, seeds) = match (q.policy, q.direction) {
         (Policy::Poison | Policy::Haircut, Direction::Forward) => {
             for d in 0..n_tx {
+                if q.blocked_txs.contains(&(d as u32)) {
+                    continue;
+                }
                 let ins = &g.in_spent[g.in_start[d] as usize..g.in_start[d + 1] as usize];
                 let total: i64 = ins.iter().filter(|&&o| o != NONE).map(|&o| value(o)).sum();
                 for &o in ins {
@@ -312,6 +319,9 @@ fn lower(g: &SpendGraph, q: &Query) -> Result<Lowered> {
         (Policy::Poison | Policy::Haircut, Direction::Backward) => {
             let spender = g.spenders();
             for d in 0..n_tx {
+                if q.blocked_txs.contains(&(d as u32)) {
+                    continue;
+                }
                 let outs = g.out_start[d]..g.out_start[d + 1];
                 let total: i64 = outs.clone().map(value).sum();
                 for j in outs {
@@ -334,6 +344,9 @@ fn lower(g: &SpendGraph, q: &Query) -> Result<Lowered> {
             };
             let mut in_values = Vec::new();
             for d in 0..n_tx {
+                if q.blocked_txs.contains(&(d as u32)) {
+                    continue;
+                }
                 let ins = &g.in_spent[g.in_start[d] as usize..g.in_start[d + 1] as usize];
                 let outs = g.out_start[d]..g.out_start[d + 1];
                 in_values.clear();

@@ -457,6 +457,7 @@ fn query(toy: &Toy, g: &SpendGraph, c: &Case, policy: Policy, direction: Directi
             .iter()
             .filter_map(|a| g.address_id(&format!("addr{a}")))
             .collect(),
+        blocked_txs: HashSet::new(),
     }
 }
 
@@ -637,6 +638,7 @@ fn fifo_takes_stretches_in_order_and_fees_take_the_tail() {
         min_value: 0,
         seed_outputs: seeds.clone(),
         stop_addresses: HashSet::new(),
+        blocked_txs: HashSet::new(),
     };
     let fifo = run(&Backend::Cpu, &g, &q(Policy::Fifo)).expect("fifo");
     let values: Vec<(u32, u32, i64)> = fifo
@@ -692,6 +694,7 @@ fn unknown_inputs_and_wholly_tainted_merges() {
             min_value: 0,
             seed_outputs: seeds.clone(),
             stop_addresses: HashSet::new(),
+            blocked_txs: HashSet::new(),
         };
         let r = run(&Backend::Cpu, &g, &q).expect("runs");
         let rows: Vec<(u32, u32, f32, i64)> = r
@@ -740,4 +743,99 @@ fn denormal_fractions_count_as_nothing_on_both_paths() {
         let on_gpu = crate::propagate::propagate(&Backend::Gpu(g), &p, &opts).expect("gpu");
         assert_eq!(on_gpu.hop, cpu.hop);
     }
+}
+
+/// A hop-limited run must not hide money: an exchange reached within the limit through a
+/// Whirlpool mix (a fifth of one premix tainted) also receives, along a longer peel
+/// chain, nearly all of the seed's main coin. The exit reports both amounts, and the part
+/// that arrived only through the mix.
+#[test]
+fn exits_report_every_path_and_the_coinjoin_share() {
+    let mut g = SpendGraph::new();
+    let id = |n: u8| [n; 32];
+    // tx0: the scam's premix output and four users' premix outputs (0.01 BTC pool plus
+    // the mix's miner fee), and the scam's main coin.
+    let mut outs: Vec<(i64, Option<&str>)> = vec![(1_000_100, Some("scam_premix"))];
+    let users = ["u1", "u2", "u3", "u4"];
+    outs.extend(users.iter().map(|u| (1_000_100, Some(*u))));
+    outs.push((50_000_000, Some("scam_main")));
+    g.push_tx(id(0), &outs, &[None]).expect("tx0");
+    // tx1: the mix, five inputs, five equal outputs to fresh addresses.
+    let mixed = ["m0", "m1", "m2", "m3", "m4"];
+    let mix_outs: Vec<(i64, Option<&str>)> = mixed.iter().map(|m| (1_000_000, Some(*m))).collect();
+    let ins: Vec<Option<(u32, u32)>> = (0..5).map(|v| Some((0, v))).collect();
+    g.push_tx(id(1), &mix_outs, &ins).expect("mix");
+    // tx2: one postmix output pays the exchange (hop 2).
+    g.push_tx(id(2), &[(999_000, Some("exchange"))], &[Some((1, 0))])
+        .expect("postmix");
+    // tx3..tx6: a peel chain from the main coin; tx7 pays the exchange at hop 5.
+    let mut prev = (0u32, 5u32);
+    let mut left = 50_000_000i64;
+    for k in 0..4u8 {
+        left -= 1_000_000;
+        let next = format!("peel{k}");
+        let shop = format!("shop{k}");
+        g.push_tx(
+            id(3 + k),
+            &[(left, Some(&next)), (990_000, Some(&shop))],
+            &[Some(prev)],
+        )
+        .expect("peel");
+        prev = (3 + u32::from(k), 0);
+    }
+    g.push_tx(id(7), &[(left - 10_000, Some("exchange"))], &[Some(prev)])
+        .expect("cash-out");
+    let mixes = job::coinjoin_mixes(&g, &crate::coinjoin::Detectors::default());
+    assert_eq!(
+        mixes.keys().copied().collect::<Vec<_>>(),
+        [1],
+        "the mix is detected"
+    );
+    let labels = vec![(
+        "exchange".to_string(),
+        "Exchange A".to_string(),
+        "exchange".to_string(),
+    )];
+    let job = |hops: Option<u32>| job::TaintJob {
+        max_hops: hops,
+        seed_addresses: vec!["scam_premix".into(), "scam_main".into()],
+        ..Default::default()
+    };
+    let limited = job::run_on_graph(&g, &Backend::Cpu, &job(Some(3)), &labels).expect("run");
+    let full = job::run_on_graph(&g, &Backend::Cpu, &job(None), &labels).expect("run");
+    let (e, f) = (&limited.exits[0], &full.exits[0]);
+    assert_eq!(e.address, "exchange");
+    // Within three hops only the mix's fifth arrived; along every path the peel chain's
+    // coin too, as the unlimited run says.
+    let fifth = (999_000f64 * 0.2).round() as i64;
+    assert!((e.tainted_value - fifth).abs() <= 1, "{e:?}");
+    assert_eq!(e.all_paths_value, f.tainted_value, "{e:?} vs {f:?}");
+    assert_eq!(f.all_paths_value, f.tainted_value);
+    assert!(e.all_paths_value > 45_000_000, "{e:?}");
+    assert_eq!(
+        e.coinjoin_value, e.tainted_value,
+        "only the mix's share came through it"
+    );
+    assert_eq!((e.min_hop, e.outputs), (2, 1), "{e:?}");
+    assert_eq!(limited.coinjoins_passed, 1);
+    // The postmix output and its flow are marked as moved by the mix.
+    let postmix = limited
+        .outputs
+        .iter()
+        .find(|o| o.address.as_deref() == Some("m0"))
+        .expect("m0 tainted");
+    assert_eq!(postmix.coinjoin, Some("whirlpool"));
+    assert!(
+        limited
+            .flows
+            .iter()
+            .any(|f| f.to == "m0" && f.coinjoin == Some("whirlpool")),
+        "{:?}",
+        limited.flows
+    );
+    // An exit reached only beyond the limit is still listed, with nothing within it.
+    let two = job::run_on_graph(&g, &Backend::Cpu, &job(Some(1)), &labels).expect("run");
+    let x = &two.exits[0];
+    assert_eq!((x.tainted_value, x.outputs), (0, 0), "{x:?}");
+    assert_eq!(x.all_paths_value, f.tainted_value);
 }

@@ -49,6 +49,10 @@ pub struct TraceExit {
     /// Outputs (Bitcoin) or transfers (Ethereum) that brought taint.
     pub count: u64,
     pub min_hop: u32,
+    /// Along every path, however long (Bitcoin).
+    pub all_paths: Option<i64>,
+    /// The part of `all_paths` that arrived only through CoinJoin mixes (Bitcoin).
+    pub coinjoin: Option<i64>,
 }
 
 /// What a picture shows, from a run of either chain.
@@ -88,6 +92,8 @@ impl From<&TaintRun> for TraceRun {
                     value: e.tainted_value,
                     count: e.outputs,
                     min_hop: e.min_hop,
+                    all_paths: Some(e.all_paths_value),
+                    coinjoin: Some(e.coinjoin_value),
                 })
                 .collect(),
             flows: run.flows.clone(),
@@ -152,7 +158,8 @@ pub struct Picture {
     unit: Unit,
     nodes: Vec<Node>,
     /// (from node, to node) → (tainted value, min hop).
-    edges: BTreeMap<(usize, usize), i64>,
+    /// (from, to) → (amount, the CoinJoin protocol a flow passed through).
+    edges: BTreeMap<(usize, usize), (i64, Option<&'static str>)>,
     hidden: usize,
     /// Backward runs draw the highest hop on the left, so money flows left to right.
     backward: bool,
@@ -205,7 +212,7 @@ impl Picture {
             .collect();
         // Aggregate flows per node pair, dropping flows inside one node.
         let mut members: BTreeMap<String, (String, u32)> = BTreeMap::new();
-        let mut pair: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut pair: BTreeMap<(String, String), (i64, Option<&'static str>)> = BTreeMap::new();
         let backward = run.backward;
         for f in &run.flows {
             let (a, b) = (key(&f.from), key(&f.to));
@@ -220,11 +227,13 @@ impl Picture {
                 e.1 = e.1.min(hop);
             }
             if a != b {
-                *pair.entry((a, b)).or_default() += f.tainted_value;
+                let e = pair.entry((a, b)).or_default();
+                e.0 += f.tainted_value;
+                e.1 = e.1.or(f.coinjoin);
             }
         }
         let mut through: HashMap<&str, i64> = HashMap::new();
-        for ((a, b), v) in &pair {
+        for ((a, b), (v, _)) in &pair {
             *through.entry(a).or_default() += v;
             *through.entry(b).or_default() += v;
         }
@@ -308,22 +317,46 @@ impl Picture {
             nodes[at].name = format!("{n} more");
             nodes[at].detail = format!("{n} smaller nodes at hop {hop}, folded");
         }
-        let mut edges: BTreeMap<(usize, usize), i64> = BTreeMap::new();
-        for ((a, b), v) in pair {
+        let mut edges: BTreeMap<(usize, usize), (i64, Option<&'static str>)> = BTreeMap::new();
+        for ((a, b), (v, mix)) in pair {
             let (x, y) = (index[a.as_str()], index[b.as_str()]);
             if x != y {
-                *edges.entry((x, y)).or_default() += v;
+                let e = edges.entry((x, y)).or_default();
+                e.0 += v;
+                e.1 = e.1.or(mix);
             }
         }
         let exited: i64 = run.exits.iter().map(|e| e.value).sum();
         let mut summary = format!(
-            "{}; {} exits received {} {}; {} nodes drawn",
+            "{}; {} exits received {} {}",
             run.reached,
             run.exits.len(),
             run.unit.fmt(exited),
             run.unit.name,
-            nodes.len()
         );
+        let all: i64 = run
+            .exits
+            .iter()
+            .map(|e| e.all_paths.unwrap_or(e.value))
+            .sum();
+        let mixed: i64 = run.exits.iter().filter_map(|e| e.coinjoin).sum();
+        if all != exited {
+            let _ = write!(
+                summary,
+                " within the hop limit, {} {} along every path",
+                run.unit.fmt(all),
+                run.unit.name
+            );
+        }
+        if mixed > 0 {
+            let _ = write!(
+                summary,
+                " ({} {} of it only through CoinJoins)",
+                run.unit.fmt(mixed),
+                run.unit.name
+            );
+        }
+        let _ = write!(summary, "; {} nodes drawn", nodes.len());
         if hidden > 0 {
             let _ = write!(summary, " ({hidden} smaller ones folded)");
         }
@@ -378,7 +411,7 @@ impl Picture {
     pub fn svg(&self) -> String {
         let (pos, width, height) = self.layout();
         let (node_w, node_h) = (190.0, 28.0);
-        let max = self.edges.values().copied().max().unwrap_or(1).max(1) as f64;
+        let max = self.edges.values().map(|e| e.0).max().unwrap_or(1).max(1) as f64;
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -404,20 +437,26 @@ impl Picture {
                 r##"<text x="{x:.0}" y="52" fill="#666">hop {hop}</text>"##
             );
         }
-        for (&(a, b), &v) in &self.edges {
+        for (&(a, b), &(v, mix)) in &self.edges {
             let (x1, y1) = (pos[a].0 + node_w, pos[a].1 + node_h / 2.0);
             let (x2, y2) = (pos[b].0, pos[b].1 + node_h / 2.0);
             let w = 1.0 + 13.0 * (v as f64 / max).sqrt();
             let dx = ((x2 - x1).abs() / 2.0).max(40.0);
+            // Flows through a CoinJoin are dashed and say so.
+            let (dash, via) = match mix {
+                Some(p) => (r#" stroke-dasharray="6 4""#, format!(" via CoinJoin ({p})")),
+                None => ("", String::new()),
+            };
             let _ = writeln!(
                 s,
-                r##"<path d="M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}" fill="none" stroke="#c0392b" stroke-opacity="0.45" stroke-width="{w:.2}"><title>{} → {}: {} {}</title></path>"##,
+                r##"<path d="M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}" fill="none" stroke="#c0392b" stroke-opacity="0.45" stroke-width="{w:.2}"{dash}><title>{} → {}: {} {}{}</title></path>"##,
                 x1 + dx,
                 x2 - dx,
                 esc(&self.nodes[a].name),
                 esc(&self.nodes[b].name),
                 self.unit.fmt(v),
-                esc(&self.unit.name)
+                esc(&self.unit.name),
+                esc(&via)
             );
         }
         for (n, &(x, y)) in self.nodes.iter().zip(&pos) {
@@ -467,16 +506,30 @@ impl Picture {
             seeds = esc(&run.seeds.join(", ")),
             svg = self.svg()
         );
+        let extra = run.exits.iter().any(|e| e.all_paths.is_some());
         let _ = writeln!(
             s,
-            "<h2>Exits</h2>\n<table><tr><th>address</th><th>label</th><th>category</th><th>tainted {}</th><th>{}</th><th>min hop</th></tr>",
+            "<h2>Exits</h2>\n<table><tr><th>address</th><th>label</th><th>category</th><th>tainted {}</th>{}<th>{}</th><th>min hop</th></tr>",
             esc(&run.unit.name),
+            if extra {
+                "<th>along every path</th><th>of it only through CoinJoins</th>"
+            } else {
+                ""
+            },
             run.count_name
         );
         for e in &run.exits {
+            let more = match (extra, e.all_paths, e.coinjoin) {
+                (true, a, c) => format!(
+                    "<td class=\"n\">{}</td><td class=\"n\">{}</td>",
+                    a.map(|v| run.unit.fmt(v)).unwrap_or_default(),
+                    c.map(|v| run.unit.fmt(v)).unwrap_or_default()
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td>{more}<td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 esc(&e.address),
                 esc(&e.label),
                 esc(&e.category),
@@ -492,7 +545,7 @@ impl Picture {
     /// Graphviz DOT.
     pub fn dot(&self) -> String {
         let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        let max = self.edges.values().copied().max().unwrap_or(1).max(1) as f64;
+        let max = self.edges.values().map(|e| e.0).max().unwrap_or(1).max(1) as f64;
         let mut s = String::from(
             "digraph ferret_trace {\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"sans-serif\"];\n",
         );
@@ -510,12 +563,15 @@ impl Picture {
                 q(&n.detail)
             );
         }
-        for (&(a, b), &v) in &self.edges {
+        for (&(a, b), &(v, mix)) in &self.edges {
             let _ = writeln!(
                 s,
-                "  n{a} -> n{b} [penwidth={:.2}, label=\"{}\"];",
+                "  n{a} -> n{b} [penwidth={:.2}, label=\"{}{}\"{}];",
                 1.0 + 9.0 * (v as f64 / max).sqrt(),
-                self.unit.fmt(v)
+                self.unit.fmt(v),
+                mix.map(|p| format!(" via CoinJoin ({p})"))
+                    .unwrap_or_default(),
+                if mix.is_some() { ", style=dashed" } else { "" }
             );
         }
         s.push_str("}\n");
