@@ -554,6 +554,8 @@ mod tests {
                 Arc::new(Int64Array::from(vec![42])),
                 Arc::new(Int64Array::from(vec![1])),
                 Arc::new(arrow::array::Int32Array::from(vec![3])),
+                Arc::new(Int64Array::from(vec![50])),
+                Arc::new(Int64Array::from(vec![0])),
                 s("run"),
             ],
         )
