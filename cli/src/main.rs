@@ -585,7 +585,7 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
     if a.max_delay_blocks < 0 {
         bail!("--max-delay-blocks must be ≥ 0");
     }
-    let wh = Warehouse::open(&a.warehouse)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let rule = DepositRule {
         exchange_category: a.exchange_category,
@@ -610,7 +610,7 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
 
 async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
     use ferret_kernels::cluster::{ClusterOptions, cluster_btc, write_btc_clusters};
-    let wh = Warehouse::open(&a.warehouse)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let mut opts = ClusterOptions {
         label_guard: !a.no_label_guard,
@@ -642,7 +642,7 @@ async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
 }
 
 async fn cluster_why_cmd(a: ClusterWhyArgs) -> Result<()> {
-    let wh = Warehouse::open(&a.warehouse)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
     match ferret_kernels::cluster::cluster_path(&wh, &a.a, &a.b).await? {
         None => {
             println!(
@@ -694,7 +694,7 @@ async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::j
         seed_categories: a.seed_category.clone(),
         stop_categories: a.stop_at.clone(),
     };
-    let wh = Warehouse::open(&a.warehouse)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let run = taint_btc(&wh, &backend, &job)
         .await
@@ -727,7 +727,7 @@ async fn eth_taint_run(
         seed_categories: a.seed_category.clone(),
         stop_categories: a.stop_at.clone(),
     };
-    let wh = Warehouse::open(&a.warehouse)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let run = taint_eth(&wh, &backend, &job)
         .await
@@ -999,7 +999,7 @@ async fn sql_cmd(a: SqlArgs) -> Result<()> {
             s
         }
     };
-    let wh = Warehouse::open(&a.warehouse)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
     let ctx = ferret_query::session(&wh).await?;
     let results = ferret_query::run_sql(&ctx, &sql).await?;
     let mut out: Box<dyn Write> = match &a.out {

@@ -244,7 +244,20 @@ fn plan_chunks(blocks: &[ChainBlock], commit_blocks: u64, commit_bytes: u64) -> 
 }
 
 /// Indexes the best chain of a blocks directory into `wh`, continuing from the last commit.
+/// Holds the chain's writer lease throughout: an overlapping run is refused before it
+/// touches anything.
 pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSummary> {
+    let lease = wh.writer_lease(Chain::Btc).await?;
+    let r = index_btc_leased(wh, opts, &lease).await;
+    lease.release().await;
+    r
+}
+
+async fn index_btc_leased(
+    wh: &Warehouse,
+    opts: &IndexOptions,
+    lease: &ferret_schemas::WriterLease,
+) -> Result<IndexSummary> {
     let started = Instant::now();
     let blocks_dir = opts.blocks_dir.clone();
     let net = opts.network;
@@ -283,7 +296,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
         }
         None => Manifest::empty(Chain::Btc.as_str(), &network),
     };
-    let garbage = wh.collect_garbage(Chain::Btc, &manifest).await?;
+    let garbage = wh.collect_garbage(Chain::Btc, &manifest, lease).await?;
     if garbage > 0 {
         tracing::info!(garbage, "removed objects of an interrupted run");
     }
@@ -431,7 +444,14 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
     let mut blocks_done = 0u64;
     let mut first_hash = None;
     for chunk in chunks {
-        let mut sinks = ChunkSinks::open(wh, &btc_tables, chunk.first, chunk.last, None)?;
+        let mut sinks = ChunkSinks::open(
+            wh,
+            &btc_tables,
+            chunk.first,
+            chunk.last,
+            lease.attempt(),
+            manifest.seq + 1,
+        )?;
         let mut last_hash = String::new();
         for expect_height in chunk.first..=chunk.last {
             let prepared = next_block()?;
@@ -479,7 +499,7 @@ pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSumma
             hash: last_hash,
         });
         manifest.next_tx_index = next_tx_index;
-        wh.commit_manifest(Chain::Btc, &mut manifest).await?;
+        wh.commit_manifest(Chain::Btc, &mut manifest, lease).await?;
         summary.commits += 1;
         tracing::debug!(
             first = chunk.first,

@@ -26,7 +26,7 @@ fn table_over<'a>(
     sort_key: &[&str],
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     let urls = files
-        .map(|f| ListingTableUrl::parse(wh.object_url(&object_store::path::Path::from(f))))
+        .map(|f| ListingTableUrl::parse(wh.object_url(&wh.resolve(f).map_err(external)?)))
         .collect::<Result<Vec<_>>>()?;
     if urls.is_empty() {
         return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));

@@ -36,6 +36,23 @@ pub enum Error {
     /// A committed data file cannot be read as the table it should hold.
     #[error("committed file `{path}` is unreadable: {reason}")]
     CorruptFile { path: String, reason: String },
+    /// The manifest's format is not one this build reads.
+    #[error("manifest `{path}` has format {found}; this build reads formats 1 and 2 (a newer Ferret wrote it?)")]
+    ManifestFormat { path: Path, found: u32 },
+    /// The warehouse is damaged: a committed file is missing or differs from what the
+    /// manifest recorded, or data files exist without a readable manifest.
+    #[error("damaged warehouse: {what}")]
+    Damaged { what: String },
+    /// Another writer holds the lease on this part of the warehouse.
+    #[error("{scope}: another writer holds the lease ({holder}); wait for it to finish, or for the lease to expire if it was killed")]
+    LeaseHeld { scope: String, holder: String },
+    /// This writer's lease was taken over (it was paused past its expiry): it must not
+    /// commit.
+    #[error("{scope}: this writer lost its lease to {holder}; nothing was committed")]
+    LeaseLost { scope: String, holder: String },
+    /// No warehouse at the given location (readers do not create one).
+    #[error("no warehouse at `{url}`: {reason}")]
+    NoWarehouse { url: String, reason: String },
     /// A local filesystem operation failed.
     #[error("io error at `{path}`: {source}")]
     Io {

@@ -16,6 +16,7 @@ mod error;
 pub mod eth;
 mod fields;
 pub mod layout;
+pub mod lease;
 pub mod manifest;
 mod registry;
 pub mod results;
@@ -24,6 +25,7 @@ pub mod warehouse;
 pub use error::{Error, Result};
 pub use manifest::{Checkpoint, FileEntry, Manifest};
 pub use registry::{Chain, TableDef, table, tables, tables_of};
+pub use lease::WriterLease;
 pub use warehouse::Warehouse;
 
 /// Version of the table schemas; bumped on any incompatible change, recorded in manifests.

@@ -21,7 +21,8 @@ pub struct Checkpoint {
 pub struct FileEntry {
     /// Table name inside the chain (`outputs`, …).
     pub table: String,
-    /// Object path relative to the warehouse root.
+    /// Path relative to the warehouse root (`btc/outputs/height_range=…/part-….parquet`),
+    /// so a moved or copied warehouse reads its own files (format 1 held object paths).
     pub path: String,
     /// First block height with rows in the file's range.
     pub first_height: u64,
@@ -86,8 +87,8 @@ pub struct Manifest {
     pub recent: Vec<Checkpoint>,
 }
 
-/// Current manifest format.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Current manifest format: 2, warehouse-relative file paths (1: object paths, still read).
+pub const MANIFEST_FORMAT: u32 = 2;
 
 impl Manifest {
     /// An empty manifest for a chain that has nothing committed.

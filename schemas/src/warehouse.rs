@@ -14,6 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use url::Url;
 
+use crate::lease::WriterLease;
 use crate::manifest::{manifest_name, parse_manifest_name};
 use crate::{Chain, Error, Manifest, Result, layout};
 
@@ -111,6 +112,79 @@ impl Warehouse {
         })
     }
 
+    /// Opens a warehouse that must already exist: for a local path, a missing directory is
+    /// an error (a typo must not read as an empty warehouse); for object stores as
+    /// [`Warehouse::open`].
+    pub fn open_existing(url: &str) -> Result<Self> {
+        if !url.contains("://") || url.starts_with("file://") {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            let path = if path.is_empty() { "." } else { path };
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::NoWarehouse {
+                        url: url.to_string(),
+                        reason: "not a directory".into(),
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::NoWarehouse {
+                        url: url.to_string(),
+                        reason: format!("{e} (index a chain into it first: `ferret index`)"),
+                    });
+                }
+            }
+        }
+        Self::open(url)
+    }
+
+    /// The object path of a warehouse-relative path (as manifests and run pointers hold
+    /// them), refusing paths that climb out of the warehouse.
+    pub fn resolve(&self, relative: &str) -> Result<Path> {
+        let rel = Path::parse(relative).map_err(|e| Error::Damaged {
+            what: format!("the manifest lists `{relative}`, not a path inside the warehouse: {e}"),
+        })?;
+        if rel.as_ref().is_empty() {
+            return Err(Error::Damaged {
+                what: "the manifest lists an empty path".into(),
+            });
+        }
+        Ok(self.root.parts().chain(rel.parts()).collect())
+    }
+
+    /// `path` relative to the warehouse root.
+    pub fn relative(&self, path: &Path) -> String {
+        match path.prefix_match(&self.root) {
+            Some(parts) => parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/"),
+            None => path.to_string(),
+        }
+    }
+
+    /// Takes the writer lease of a chain's tables ([`crate::lease`]): at most one writer
+    /// at a time, refused otherwise.
+    pub async fn writer_lease(&self, chain: Chain) -> Result<WriterLease> {
+        let attempt = crate::results::new_run_id();
+        match &self.local_dir {
+            Some(dir) => WriterLease::local(
+                chain.as_str(),
+                &dir.join(chain.as_str()).join("_state"),
+                &attempt,
+            ),
+            None => {
+                WriterLease::remote(
+                    chain.as_str(),
+                    Arc::clone(&self.store),
+                    layout::state_dir(&self.root, chain).join(LEASE_OBJECT),
+                    &attempt,
+                )
+                .await
+            }
+        }
+    }
+
     /// The object store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -159,11 +233,10 @@ impl Warehouse {
         };
         // The object_store reader is deprecated upstream in favour of hand-written readers;
         // it is still the simplest correct way to stream a committed file.
+        let object = self.resolve(path)?;
         #[allow(deprecated)]
-        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-            Arc::clone(&self.store),
-            Path::from(path),
-        );
+        let reader =
+            parquet::arrow::async_reader::ParquetObjectReader::new(Arc::clone(&self.store), object);
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(|e| corrupt(e.to_string()))?;
@@ -214,13 +287,33 @@ impl Warehouse {
         match self.store.get(&path).await {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(|e| Error::store(&path, e))?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| Error::CorruptManifest { path, source })
+                let mut run: crate::results::LatestRun = serde_json::from_slice(&bytes)
+                    .map_err(|source| Error::CorruptManifest { path, source })?;
+                // Pointers written before paths were warehouse-relative held object paths.
+                for f in &mut run.files {
+                    if let Some(rel) = self.relative_of_legacy(f, "results") {
+                        *f = rel;
+                    }
+                }
+                Ok(Some(run))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::store(&path, e)),
         }
+    }
+
+    /// A legacy (format 1) object path as a warehouse-relative one: the root stripped, or
+    /// (a moved warehouse) everything from the first segment named `top`.
+    fn relative_of_legacy(&self, p: &str, top: &str) -> Option<String> {
+        let root = self.root.as_ref();
+        if !root.is_empty()
+            && let Some(rest) = p.strip_prefix(root).and_then(|r| r.strip_prefix('/'))
+        {
+            return Some(rest.to_string());
+        }
+        let parts: Vec<&str> = p.split('/').collect();
+        let at = parts.iter().position(|s| *s == top)?;
+        (at > 0).then(|| parts[at..].join("/"))
     }
 
     /// Writes `batches` as a new run of `job` (one Parquet file) and points the job's
@@ -271,7 +364,7 @@ impl Warehouse {
             job,
             &crate::results::LatestRun {
                 run_id: run_id.to_string(),
-                files: vec![path.to_string()],
+                files: vec![self.relative(&path)],
                 rows,
                 params,
             },
@@ -323,27 +416,41 @@ impl Warehouse {
         Ok(seqs)
     }
 
-    /// The latest committed manifest of a chain, if any.
+    /// The latest committed manifest of a chain, if any, verified against the store: every
+    /// file it lists must exist with the size it recorded. Fails closed: an unreadable
+    /// newest manifest, an unknown format, a missing or resized file, or data files
+    /// without a manifest after a first commit are errors naming what is wrong, never an
+    /// empty chain.
     pub async fn load_manifest(&self, chain: Chain) -> Result<Option<Manifest>> {
+        let dir = layout::state_dir(&self.root, chain);
         // A manifest may be deleted between the listing and the read when a writer commits
         // concurrently; retry on a fresh listing then.
+        let mut unreadable = None;
         for _ in 0..5 {
             let Some(&seq) = self.manifest_seqs(chain).await?.last() else {
+                self.check_never_committed(chain).await?;
                 return Ok(None);
             };
-            let path = layout::state_dir(&self.root, chain)
-                .clone()
-                .join(manifest_name(seq));
+            let path = dir.clone().join(manifest_name(seq));
             let bytes = match self.store.get(&path).await {
                 Ok(r) => r.bytes().await.map_err(|e| Error::store(&path, e))?,
-                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(object_store::Error::NotFound { .. }) => {
+                    unreadable = Some(path);
+                    continue;
+                }
                 Err(e) => return Err(Error::store(&path, e)),
             };
-            let manifest: Manifest =
+            let mut manifest: Manifest =
                 serde_json::from_slice(&bytes).map_err(|source| Error::CorruptManifest {
                     path: path.clone(),
                     source,
                 })?;
+            if manifest.format == 0 || manifest.format > crate::manifest::MANIFEST_FORMAT {
+                return Err(Error::ManifestFormat {
+                    path,
+                    found: manifest.format,
+                });
+            }
             if manifest.schema_version != crate::SCHEMA_VERSION {
                 return Err(Error::SchemaVersion {
                     path,
@@ -351,15 +458,102 @@ impl Warehouse {
                     expected: crate::SCHEMA_VERSION,
                 });
             }
+            if manifest.format == 1 {
+                // Object paths (the warehouse's location at the time) → relative ones.
+                for f in &mut manifest.files {
+                    f.path = self
+                        .relative_of_legacy(&f.path, chain.as_str())
+                        .ok_or_else(|| Error::Damaged {
+                            what: format!("{path}: lists `{}`, outside the {chain} tables", f.path),
+                        })?;
+                }
+                manifest.format = crate::manifest::MANIFEST_FORMAT;
+            }
+            self.verify_files(chain, &manifest).await?;
             return Ok(Some(manifest));
         }
-        Ok(None)
+        Err(Error::Damaged {
+            what: format!(
+                "{}: the newest manifest was listed but could not be read in five tries",
+                unreadable.map_or_else(|| dir.to_string(), |p| p.to_string())
+            ),
+        })
+    }
+
+    /// Every file the manifest lists exists with its recorded size (one listing).
+    async fn verify_files(&self, chain: Chain, manifest: &Manifest) -> Result<()> {
+        if manifest.files.is_empty() {
+            return Ok(());
+        }
+        let prefix = self.root.clone().join(chain.as_str());
+        let sizes: HashMap<String, u64> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&prefix, e))?;
+        for f in &manifest.files {
+            let object = self.resolve(&f.path)?;
+            match sizes.get(object.as_ref()) {
+                None => {
+                    return Err(Error::Damaged {
+                        what: format!(
+                            "committed file `{}` ({} rows of {}.{}) is missing",
+                            f.path, f.rows, chain, f.table
+                        ),
+                    });
+                }
+                Some(&n) if n != f.bytes => {
+                    return Err(Error::Damaged {
+                        what: format!(
+                            "committed file `{}` is {n} bytes; the manifest recorded {}",
+                            f.path, f.bytes
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// No manifest: fine for a chain never committed (files of an interrupted first run
+    /// are garbage), damage once the chain's first commit left its marker.
+    async fn check_never_committed(&self, chain: Chain) -> Result<()> {
+        let state = layout::state_dir(&self.root, chain);
+        let marker = state.clone().join(COMMITTED_MARKER);
+        match self.store.head(&marker).await {
+            Ok(_) => Err(Error::Damaged {
+                what: format!(
+                    "{chain} was committed before ({marker} exists) but has no readable manifest in {state}: restore the manifest, or delete `{chain}/` to index it again"
+                ),
+            }),
+            Err(object_store::Error::NotFound { .. }) => {
+                // `_state` replaced by a file reads as "no manifests" too.
+                match self.store.head(&state).await {
+                    Ok(_) => Err(Error::Damaged {
+                        what: format!("{state} is a file, not the directory of manifests"),
+                    }),
+                    Err(_) => Ok(()),
+                }
+            }
+            Err(e) => Err(Error::store(&marker, e)),
+        }
     }
 
     /// Commits `manifest` as the next sequence number: one create-only PUT, the atomic
-    /// commit point. Older manifests are removed afterwards.
-    pub async fn commit_manifest(&self, chain: Chain, manifest: &mut Manifest) -> Result<()> {
+    /// commit point, by the holder of the chain's writer lease (checked first). Older
+    /// manifests are removed afterwards.
+    pub async fn commit_manifest(
+        &self,
+        chain: Chain,
+        manifest: &mut Manifest,
+        lease: &WriterLease,
+    ) -> Result<()> {
+        lease.check().await?;
         manifest.seq += 1;
+        manifest.format = crate::manifest::MANIFEST_FORMAT;
         let dir = layout::state_dir(&self.root, chain);
         let path = dir.clone().join(manifest_name(manifest.seq));
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
@@ -382,6 +576,14 @@ impl Warehouse {
                 return Err(Error::store(&path, e));
             }
         }
+        if manifest.seq == 1 || self.store.head(&dir.clone().join(COMMITTED_MARKER)).await.is_err() {
+            // From now on a missing manifest is damage, not an empty chain.
+            let marker = dir.clone().join(COMMITTED_MARKER);
+            self.store
+                .put(&marker, PutPayload::from_static(b"committed\n"))
+                .await
+                .map_err(|e| Error::store(&marker, e))?;
+        }
         for seq in self.manifest_seqs(chain).await? {
             if seq < manifest.seq {
                 let old = dir.clone().join(manifest_name(seq));
@@ -394,16 +596,28 @@ impl Warehouse {
     }
 
     /// Deletes every object under the chain's prefix that the manifest does not list
-    /// (files of an interrupted run, superseded files, old manifests). Returns how many.
-    pub async fn collect_garbage(&self, chain: Chain, manifest: &Manifest) -> Result<usize> {
+    /// (files of an interrupted or overlapped run, superseded files, old manifests), by
+    /// the holder of the chain's writer lease: while it holds the lease no other writer
+    /// can have files in flight. Returns how many.
+    pub async fn collect_garbage(
+        &self,
+        chain: Chain,
+        manifest: &Manifest,
+        lease: &WriterLease,
+    ) -> Result<usize> {
+        lease.check().await?;
         let prefix = self.root.clone().join(chain.as_str());
-        let mut keep: HashSet<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
+        let state = layout::state_dir(&self.root, chain);
+        let mut keep: HashSet<String> = manifest
+            .files
+            .iter()
+            .map(|f| self.resolve(&f.path).map(|p| p.to_string()))
+            .collect::<Result<_>>()?;
+        for name in [LEASE_OBJECT, LOCK_FILE, COMMITTED_MARKER] {
+            keep.insert(state.clone().join(name).to_string());
+        }
         if manifest.seq > 0 {
-            keep.insert(
-                layout::state_dir(&self.root, chain)
-                    .join(manifest_name(manifest.seq))
-                    .to_string(),
-            );
+            keep.insert(state.clone().join(manifest_name(manifest.seq)).to_string());
         }
         let listed: Vec<_> = self
             .store
@@ -434,6 +648,13 @@ impl Warehouse {
         Ok(deleted)
     }
 }
+
+/// The object-store writer lease of a chain, in its `_state`.
+const LEASE_OBJECT: &str = "lease.json";
+/// The local writer lock of a chain, in its `_state` (never deleted: the lock is on it).
+const LOCK_FILE: &str = "writer.lock";
+/// Written at a chain's first commit: from then on a missing manifest is damage.
+const COMMITTED_MARKER: &str = "committed";
 
 /// A local multipart upload writes `{name}#{n}` and renames it on completion; a killed
 /// writer leaves the staging file behind, invisible to `list`. Removes them under `dir`.
@@ -479,39 +700,39 @@ impl std::fmt::Display for Warehouse {
 mod tests {
     use super::*;
 
-    async fn conformance(wh: Warehouse, extra_garbage: usize) {
+    /// The commit protocol on one store: leases, commits, conflicts, garbage, fail-closed
+    /// reads. Run on memory and local here, on SeaweedFS and Azurite by the CLI tests.
+    pub(crate) async fn conformance(wh: Warehouse, extra_garbage: usize) {
         assert!(wh.load_manifest(Chain::Btc).await.expect("load").is_none());
+        let lease = wh.writer_lease(Chain::Btc).await.expect("lease");
+        // A second writer is refused while the first holds the lease.
+        let err = wh.writer_lease(Chain::Btc).await.expect_err("held");
+        assert!(matches!(err, Error::LeaseHeld { .. }), "{err}");
+        assert!(err.to_string().contains(lease.attempt()), "{err}");
+        // Another chain has its own lease.
+        drop(wh.writer_lease(Chain::Eth).await.expect("eth lease"));
         let mut m = Manifest::empty("btc", "regtest");
-        let data = wh
-            .root()
-            .clone()
-            .join("btc")
-            .join("blocks")
-            .join("part-0-0.parquet");
-        let junk = wh
-            .root()
-            .clone()
-            .join("btc")
-            .join("blocks")
-            .join("part-1-1.parquet");
+        let data = wh.resolve("btc/blocks/part-0-0-a-c1.parquet").expect("path");
+        let junk = wh.resolve("btc/blocks/part-1-1-b-c1.parquet").expect("path");
         for p in [&data, &junk] {
             wh.store()
                 .put(p, PutPayload::from_static(b"x"))
                 .await
                 .expect("put");
         }
+        assert_eq!(wh.relative(&data), "btc/blocks/part-0-0-a-c1.parquet");
         m.files.push(crate::FileEntry {
             table: "blocks".into(),
-            path: data.to_string(),
+            path: wh.relative(&data),
             first_height: 0,
             last_height: 0,
             rows: 1,
             bytes: 1,
         });
-        wh.commit_manifest(Chain::Btc, &mut m)
+        wh.commit_manifest(Chain::Btc, &mut m, &lease)
             .await
             .expect("commit 1");
-        wh.commit_manifest(Chain::Btc, &mut m)
+        wh.commit_manifest(Chain::Btc, &mut m, &lease)
             .await
             .expect("commit 2");
         let loaded = wh
@@ -525,16 +746,81 @@ mod tests {
         let mut stale = m.clone();
         stale.seq = 1;
         let err = wh
-            .commit_manifest(Chain::Btc, &mut stale)
+            .commit_manifest(Chain::Btc, &mut stale, &lease)
             .await
             .expect_err("conflict");
         assert!(matches!(err, Error::CommitConflict { .. }), "{err}");
         assert_eq!(
-            wh.collect_garbage(Chain::Btc, &m).await.expect("gc"),
+            wh.collect_garbage(Chain::Btc, &m, &lease).await.expect("gc"),
             1 + extra_garbage
         );
         assert!(wh.store().head(&junk).await.is_err());
         assert!(wh.store().head(&data).await.is_ok());
+        lease.release().await;
+        drop(wh.writer_lease(Chain::Btc).await.expect("free again"));
+
+        // Reads fail closed. A committed file of another size:
+        wh.store()
+            .put(&data, PutPayload::from_static(b"xy"))
+            .await
+            .expect("put");
+        let err = wh.load_manifest(Chain::Btc).await.expect_err("resized");
+        assert!(err.to_string().contains("is 2 bytes; the manifest recorded 1"), "{err}");
+        // A committed file deleted:
+        wh.store().delete(&data).await.expect("delete");
+        let err = wh.load_manifest(Chain::Btc).await.expect_err("missing");
+        assert!(
+            err.to_string().contains("part-0-0-a-c1.parquet") && err.to_string().contains("missing"),
+            "{err}"
+        );
+        // The manifest deleted after a commit: damage, not an empty chain.
+        let newest = layout::state_dir(wh.root(), Chain::Btc).join(manifest_name(2));
+        let body = wh.store().get(&newest).await.expect("get").bytes().await.expect("bytes");
+        wh.store().delete(&newest).await.expect("delete");
+        let err = wh.load_manifest(Chain::Btc).await.expect_err("no manifest");
+        assert!(matches!(err, Error::Damaged { .. }), "{err}");
+        // An unknown format is refused.
+        let mut future: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        future["format"] = 99.into();
+        wh.store()
+            .put(&newest, PutPayload::from(serde_json::to_vec(&future).expect("json")))
+            .await
+            .expect("put");
+        let err = wh.load_manifest(Chain::Btc).await.expect_err("format");
+        assert!(matches!(err, Error::ManifestFormat { found: 99, .. }), "{err}");
+        // A format-1 manifest (object paths, maybe of where the warehouse used to be) reads
+        // as relative paths.
+        wh.store()
+            .put(&data, PutPayload::from_static(b"x"))
+            .await
+            .expect("put");
+        let mut legacy = future;
+        legacy["format"] = 1.into();
+        legacy["files"][0]["path"] = format!("old/place/{}", wh.relative(&data)).into();
+        wh.store()
+            .put(&newest, PutPayload::from(serde_json::to_vec(&legacy).expect("json")))
+            .await
+            .expect("put");
+        let loaded = wh.load_manifest(Chain::Btc).await.expect("legacy").expect("some");
+        assert_eq!(loaded.files[0].path, "btc/blocks/part-0-0-a-c1.parquet");
+        assert_eq!(loaded.format, crate::manifest::MANIFEST_FORMAT);
+    }
+
+    #[test]
+    fn paths_stay_inside_the_warehouse() {
+        let wh = Warehouse::open("memory://schemas-paths").expect("open");
+        assert!(wh.resolve("../../etc/passwd").is_err());
+        assert!(wh.resolve("").is_err());
+        assert!(wh.resolve("btc/x.parquet").is_ok());
+    }
+
+    #[test]
+    fn a_missing_local_warehouse_is_not_created_for_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let typo = dir.path().join("typo");
+        let err = Warehouse::open_existing(typo.to_str().expect("utf8")).expect_err("missing");
+        assert!(err.to_string().contains("no warehouse at"), "{err}");
+        assert!(!typo.exists());
     }
 
     #[tokio::test]

@@ -169,11 +169,24 @@ fn stopped(stop: &Option<Stop>) -> bool {
 }
 
 /// Indexes blocks from the node at `opts.rpc` into `wh`, continuing from the last commit.
-/// With `opts.follow` it runs until `stop` turns true.
+/// With `opts.follow` it runs until `stop` turns true. Holds the chain's writer lease
+/// throughout: an overlapping run is refused before it touches anything.
 pub async fn index_eth(
     wh: &Warehouse,
     opts: &EthOptions,
     stop: Option<Stop>,
+) -> Result<EthSummary> {
+    let lease = wh.writer_lease(Chain::Eth).await?;
+    let r = index_eth_leased(wh, opts, stop, &lease).await;
+    lease.release().await;
+    r
+}
+
+async fn index_eth_leased(
+    wh: &Warehouse,
+    opts: &EthOptions,
+    stop: Option<Stop>,
+    lease: &ferret_schemas::WriterLease,
 ) -> Result<EthSummary> {
     let started = Instant::now();
     if opts.follow && opts.to.is_some() {
@@ -205,7 +218,7 @@ pub async fn index_eth(
         Some(m) => m,
         None => Manifest::empty(Chain::Eth.as_str(), &network),
     };
-    let garbage = wh.collect_garbage(Chain::Eth, &manifest).await?;
+    let garbage = wh.collect_garbage(Chain::Eth, &manifest, lease).await?;
     if garbage > 0 {
         tracing::info!(garbage, "removed objects of an interrupted run");
     }
@@ -273,7 +286,7 @@ pub async fn index_eth(
                     });
                 }
                 let ancestor = find_ancestor(&source, &manifest).await?;
-                let dropped = unwind(wh, &mut manifest, ancestor).await?;
+                let dropped = unwind(wh, &mut manifest, ancestor, lease).await?;
                 tracing::warn!(
                     from = tip.height,
                     ancestor = ?ancestor,
@@ -329,6 +342,7 @@ pub async fn index_eth(
             .min(layout::partition_start(next) + layout::PARTITION_SPAN - 1);
         match index_chunk(
             wh,
+            lease,
             &source,
             opts,
             &eth_tables,
@@ -371,6 +385,7 @@ pub async fn index_eth(
 #[allow(clippy::too_many_arguments)]
 async fn index_chunk(
     wh: &Warehouse,
+    lease: &ferret_schemas::WriterLease,
     source: &Source,
     opts: &EthOptions,
     tables: &[&'static ferret_schemas::TableDef],
@@ -388,7 +403,14 @@ async fn index_chunk(
     let mut groups = futures::stream::iter(batches)
         .map(|g| async move { source.blocks(&g).await })
         .buffered(opts.concurrency.max(1));
-    let mut sinks = ChunkSinks::open(wh, tables, first, last, Some(manifest.seq + 1))?;
+    let mut sinks = ChunkSinks::open(
+        wh,
+        tables,
+        first,
+        last,
+        lease.attempt(),
+        manifest.seq + 1,
+    )?;
     let mut rows = EthRows::new();
     let mut prev = manifest
         .tip
@@ -452,7 +474,7 @@ async fn index_chunk(
         .saturating_sub(opts.keep_hashes.max(1));
     manifest.recent.drain(..excess);
     manifest.totals = totals_of(manifest);
-    wh.commit_manifest(Chain::Eth, manifest).await?;
+    wh.commit_manifest(Chain::Eth, manifest, lease).await?;
     summary.commits += 1;
     summary.counts.add(&rows.counts);
     bar.set_message(format!(
@@ -500,7 +522,12 @@ async fn find_ancestor(source: &Source, m: &Manifest) -> Result<Option<u64>> {
 /// Removes every committed row above `ancestor` (all rows for `None`) in one commit: files
 /// wholly above it leave the manifest, files across it are rewritten without those rows
 /// under new names. Returns the number of blocks removed.
-async fn unwind(wh: &Warehouse, m: &mut Manifest, ancestor: Option<u64>) -> Result<u64> {
+async fn unwind(
+    wh: &Warehouse,
+    m: &mut Manifest,
+    ancestor: Option<u64>,
+    lease: &ferret_schemas::WriterLease,
+) -> Result<u64> {
     let seq = m.seq + 1;
     let before = m.totals.blocks;
     let mut kept = Vec::with_capacity(m.files.len());
@@ -509,7 +536,7 @@ async fn unwind(wh: &Warehouse, m: &mut Manifest, ancestor: Option<u64>) -> Resu
         match ancestor {
             Some(a) if f.last_height <= a => kept.push(f),
             Some(a) if f.first_height <= a => {
-                kept.push(truncate_file(wh, &f, a, seq).await?);
+                kept.push(truncate_file(wh, &f, a, lease.attempt(), seq).await?);
                 dropped.push(f.path);
             }
             _ => dropped.push(f.path),
@@ -529,11 +556,11 @@ async fn unwind(wh: &Warehouse, m: &mut Manifest, ancestor: Option<u64>) -> Resu
         }
     }
     m.totals = totals_of(m);
-    wh.commit_manifest(Chain::Eth, m).await?;
+    wh.commit_manifest(Chain::Eth, m, lease).await?;
     // Readers of the new manifest never see these; delete them now rather than at the next
     // run, so tools that read the directories (DuckDB globs) do not either.
     for p in dropped {
-        let path = object_store::path::Path::from(p.as_str());
+        let path = wh.resolve(&p)?;
         if let Err(e) = wh.store().delete(&path).await {
             tracing::warn!(path = %p, error = %e, "could not delete an unwound file");
         }
@@ -546,6 +573,7 @@ async fn truncate_file(
     wh: &Warehouse,
     f: &FileEntry,
     ancestor: u64,
+    attempt: &str,
     seq: u64,
 ) -> Result<FileEntry> {
     let table =
@@ -555,7 +583,7 @@ async fn truncate_file(
         })?;
     let schema = table.schema();
     let batches = wh.read_file(&f.path).await?;
-    let path = layout::data_file_of_commit(wh.root(), table, f.first_height, ancestor, seq);
+    let path = layout::data_file(wh.root(), table, f.first_height, ancestor, attempt, seq);
     let mut w = TableWriter::create_at(wh, table, path, f.first_height, ancestor)?;
     let limit = Int64Array::new_scalar(i64::try_from(ancestor).unwrap_or(i64::MAX));
     for b in batches {

@@ -101,17 +101,6 @@ pub struct TableWriter {
 }
 
 impl TableWriter {
-    /// Starts the file of `table` for heights `first..=last`.
-    pub fn create(
-        wh: &Warehouse,
-        table: &'static TableDef,
-        first_height: u64,
-        last_height: u64,
-    ) -> Result<Self> {
-        let path = ferret_schemas::layout::data_file(wh.root(), table, first_height, last_height);
-        Self::create_at(wh, table, path, first_height, last_height)
-    }
-
     /// Starts the file of `table` for heights `first..=last` at `path`.
     pub fn create_at(
         wh: &Warehouse,
@@ -165,7 +154,7 @@ impl TableWriter {
             })?;
         Ok(FileEntry {
             table: self.table.name.to_string(),
-            path: path.to_string(),
+            path: wh.relative(&path),
             first_height: self.first_height,
             last_height: self.last_height,
             rows: self.rows,
@@ -182,35 +171,29 @@ pub struct ChunkSinks {
 }
 
 impl ChunkSinks {
-    /// Starts one writer task per table for heights `first..=last`; with `commit`, the
-    /// files are named after the commit that will list them
-    /// ([`ferret_schemas::layout::data_file_of_commit`]).
+    /// Starts one writer task per table for heights `first..=last`, the files named after
+    /// the writer's attempt and the commit that will list them
+    /// ([`ferret_schemas::layout::data_file`]).
     pub fn open(
         wh: &Warehouse,
         tables: &[&'static TableDef],
         first_height: u64,
         last_height: u64,
-        commit: Option<u64>,
+        attempt: &str,
+        commit: u64,
     ) -> Result<Self> {
         let mut senders = Vec::with_capacity(tables.len());
         let mut handles = Vec::with_capacity(tables.len());
         for t in tables {
-            let mut w = match commit {
-                None => TableWriter::create(wh, t, first_height, last_height)?,
-                Some(seq) => TableWriter::create_at(
-                    wh,
-                    t,
-                    ferret_schemas::layout::data_file_of_commit(
-                        wh.root(),
-                        t,
-                        first_height,
-                        last_height,
-                        seq,
-                    ),
-                    first_height,
-                    last_height,
-                )?,
-            };
+            let path = ferret_schemas::layout::data_file(
+                wh.root(),
+                t,
+                first_height,
+                last_height,
+                attempt,
+                commit,
+            );
+            let mut w = TableWriter::create_at(wh, t, path, first_height, last_height)?;
             let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
             let wh = wh.clone();
             handles.push(tokio::spawn(async move {

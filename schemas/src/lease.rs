@@ -1,0 +1,332 @@
+//! Writer leases: at most one writer at a time per scope (a chain's tables). A second
+//! writer (an overlapping CronJob run, a second shell) is refused before it touches
+//! anything, so it can never delete or overwrite the first one's in-flight files; only the
+//! lease holder collects garbage.
+//!
+//! - **Local warehouses**: an exclusive advisory lock (`flock`) on
+//!   `{scope}/_state/writer.lock`, held by the open file: the kernel releases it when the
+//!   process exits or is killed, so a killed writer never blocks the next one. The file
+//!   holds who took it, for the refusal message; it is never deleted.
+//! - **Object stores**: a lease object `{scope}/_state/lease.json` (owner, expiry) taken
+//!   with a create-only PUT, renewed every third of its time to live by a background task
+//!   and released at the end. An expired lease (its writer was killed) is taken over with a
+//!   conditional PUT on its version where the store supports one, else by delete and
+//!   create (a narrow race two takers could both win; the create-only manifest commit
+//!   still lets only one of them commit). A writer checks it still holds its lease just
+//!   before each commit, and stops with [`Error::LeaseLost`] if it was taken over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How long an object-store lease lives without renewal (`FERRET_LEASE_TTL_SECS`, default
+/// 60 s): how long a killed writer blocks the next one.
+pub fn lease_ttl() -> Duration {
+    std::env::var("FERRET_LEASE_TTL_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+/// Who holds a lease.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    /// The writer's attempt id (also in the names of the files it writes).
+    pub attempt: String,
+    pub host: String,
+    pub pid: u32,
+    /// Milliseconds since the epoch.
+    pub acquired_ms: u64,
+    /// Milliseconds since the epoch (object stores; 0 for local locks).
+    pub expires_ms: u64,
+}
+
+impl Holder {
+    fn new(attempt: &str, ttl: Option<Duration>) -> Self {
+        let now = now_ms();
+        Self {
+            attempt: attempt.to_string(),
+            host: std::env::var("HOSTNAME")
+                .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().into()))
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            acquired_ms: now,
+            expires_ms: ttl.map_or(0, |t| now + t.as_millis() as u64),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "attempt {} of pid {} on {}",
+            self.attempt,
+            self.pid,
+            if self.host.is_empty() {
+                "an unnamed host"
+            } else {
+                &self.host
+            }
+        )
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// A held writer lease. Dropping it releases a local lock at once and stops renewing an
+/// object-store lease (which then expires); [`WriterLease::release`] deletes it.
+#[derive(Debug)]
+pub struct WriterLease {
+    scope: String,
+    attempt: String,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Local {
+        _file: std::fs::File,
+    },
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        lost: Arc<AtomicBool>,
+        renew: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl WriterLease {
+    /// Takes the lock file `dir/writer.lock` (creating `dir`).
+    pub(crate) fn local(scope: &str, dir: &std::path::Path, attempt: &str) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let io = |source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join("writer.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = serde_json::from_str::<Holder>(&text)
+                    .map(|h| h.describe())
+                    .unwrap_or_else(|_| "a running writer".into());
+                return Err(Error::LeaseHeld {
+                    scope: scope.to_string(),
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let body = serde_json::to_vec(&Holder::new(attempt, None)).expect("serialises");
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        file.write_all(&body).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(Self {
+            scope: scope.to_string(),
+            attempt: attempt.to_string(),
+            inner: Inner::Local { _file: file },
+        })
+    }
+
+    /// Takes the lease object at `path`.
+    pub(crate) async fn remote(
+        scope: &str,
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        attempt: &str,
+    ) -> Result<Self> {
+        let ttl = lease_ttl();
+        let body = |h: &Holder| PutPayload::from(Bytes::from(serde_json::to_vec(h).expect("json")));
+        let mut version: Option<UpdateVersion> = None;
+        let mut taken = false;
+        for _ in 0..4 {
+            let me = Holder::new(attempt, Some(ttl));
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match store.put_opts(&path, body(&me), create).await {
+                Ok(r) => {
+                    version = Some(UpdateVersion {
+                        e_tag: r.e_tag,
+                        version: r.version,
+                    });
+                    taken = true;
+                    break;
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(Error::store(&path, e)),
+            }
+            let current = match store.get(&path).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(Error::store(&path, e)),
+            };
+            let (e_tag, ver) = (current.meta.e_tag.clone(), current.meta.version.clone());
+            let modified_ms = current.meta.last_modified.timestamp_millis().max(0) as u64;
+            let bytes = current.bytes().await.map_err(|e| Error::store(&path, e))?;
+            // An unreadable lease counts from when it was written.
+            let holder = serde_json::from_slice::<Holder>(&bytes).ok();
+            let expires = holder
+                .as_ref()
+                .map_or(modified_ms + ttl.as_millis() as u64, |h| h.expires_ms);
+            if expires > now_ms() {
+                return Err(Error::LeaseHeld {
+                    scope: scope.to_string(),
+                    holder: holder.map_or_else(|| "an unreadable lease".into(), |h| h.describe()),
+                });
+            }
+            tracing::warn!(scope, lease = %path, "taking over an expired writer lease");
+            let update = PutOptions {
+                mode: PutMode::Update(UpdateVersion {
+                    e_tag,
+                    version: ver,
+                }),
+                ..Default::default()
+            };
+            match store.put_opts(&path, body(&me), update).await {
+                Ok(r) => {
+                    version = Some(UpdateVersion {
+                        e_tag: r.e_tag,
+                        version: r.version,
+                    });
+                    taken = true;
+                    break;
+                }
+                // Someone else took it first: look again.
+                Err(object_store::Error::Precondition { .. }) => continue,
+                Err(object_store::Error::NotImplemented { .. })
+                | Err(object_store::Error::NotSupported { .. }) => {
+                    // No conditional update here: delete the expired lease and create.
+                    match store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(Error::store(&path, e)),
+                    }
+                }
+                Err(e) => return Err(Error::store(&path, e)),
+            }
+        }
+        if !taken {
+            return Err(Error::LeaseHeld {
+                scope: scope.to_string(),
+                holder: "writers racing for an expired lease".into(),
+            });
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = {
+            let (store, path, lost, attempt) =
+                (Arc::clone(&store), path.clone(), Arc::clone(&lost), attempt.to_string());
+            tokio::spawn(async move {
+                let mut version = version;
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let me = Holder::new(&attempt, Some(ttl));
+                    let mode = match version.clone() {
+                        Some(v) if v.e_tag.is_some() || v.version.is_some() => PutMode::Update(v),
+                        _ => PutMode::Overwrite,
+                    };
+                    let opts = PutOptions {
+                        mode,
+                        ..Default::default()
+                    };
+                    match store.put_opts(&path, body(&me), opts).await {
+                        Ok(r) => {
+                            version = Some(UpdateVersion {
+                                e_tag: r.e_tag,
+                                version: r.version,
+                            })
+                        }
+                        Err(object_store::Error::Precondition { .. }) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(lease = %path, error = %e, "could not renew the writer lease");
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            scope: scope.to_string(),
+            attempt: attempt.to_string(),
+            inner: Inner::Remote {
+                store,
+                path,
+                lost,
+                renew,
+            },
+        })
+    }
+
+    /// The attempt id: unique to this writer, part of every file name it writes.
+    pub fn attempt(&self) -> &str {
+        &self.attempt
+    }
+
+    /// Fails when this writer no longer holds its lease (it was taken over after
+    /// expiring); called before every commit.
+    pub async fn check(&self) -> Result<()> {
+        let Inner::Remote {
+            store, path, lost, ..
+        } = &self.inner
+        else {
+            return Ok(());
+        };
+        let holder = match store.get(path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| Error::store(path, e))?;
+                serde_json::from_slice::<Holder>(&bytes).ok()
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(Error::store(path, e)),
+        };
+        match holder {
+            Some(h) if h.attempt == self.attempt && !lost.load(Ordering::SeqCst) => Ok(()),
+            other => Err(Error::LeaseLost {
+                scope: self.scope.clone(),
+                holder: other.map_or_else(|| "nobody (the lease was removed)".into(), |h| h.describe()),
+            }),
+        }
+    }
+
+    /// Gives the lease up.
+    pub async fn release(self) {
+        if let Inner::Remote { store, path, .. } = &self.inner
+            && self.check().await.is_ok()
+            && let Err(e) = store.delete(path).await
+        {
+            tracing::warn!(lease = %path, error = %e, "could not release the writer lease");
+        }
+    }
+}
+
+impl Drop for WriterLease {
+    fn drop(&mut self) {
+        if let Inner::Remote { renew, .. } = &self.inner {
+            renew.abort();
+        }
+    }
+}
