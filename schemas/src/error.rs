@@ -37,14 +37,18 @@ pub enum Error {
     #[error("committed file `{path}` is unreadable: {reason}")]
     CorruptFile { path: String, reason: String },
     /// The manifest's format is not one this build reads.
-    #[error("manifest `{path}` has format {found}; this build reads formats 1 and 2 (a newer Ferret wrote it?)")]
+    #[error(
+        "manifest `{path}` has format {found}; this build reads formats 1 and 2 (a newer Ferret wrote it?)"
+    )]
     ManifestFormat { path: Path, found: u32 },
     /// The warehouse is damaged: a committed file is missing or differs from what the
     /// manifest recorded, or data files exist without a readable manifest.
     #[error("damaged warehouse: {what}")]
     Damaged { what: String },
     /// Another writer holds the lease on this part of the warehouse.
-    #[error("{scope}: another writer holds the lease ({holder}); wait for it to finish, or for the lease to expire if it was killed")]
+    #[error(
+        "{scope}: another writer holds the lease ({holder}); wait for it to finish, or for the lease to expire if it was killed"
+    )]
     LeaseHeld { scope: String, holder: String },
     /// This writer's lease was taken over (it was paused past its expiry): it must not
     /// commit.

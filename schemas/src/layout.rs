@@ -31,11 +31,18 @@ pub fn table_dir(root: &Path, t: &TableDef) -> Path {
 /// of one writer, ever share a name, so a writer never overwrites a file another one is
 /// writing or a reader of an older manifest is reading (a reorganisation rewrites the file
 /// across the fork under a new name).
-pub fn data_file(root: &Path, t: &TableDef, first: u64, last: u64, attempt: &str, seq: u64) -> Path {
+pub fn data_file(
+    root: &Path,
+    t: &TableDef,
+    first: u64,
+    last: u64,
+    attempt: &str,
+    seq: u64,
+) -> Path {
     debug_assert_eq!(partition_start(first), partition_start(last));
-    table_dir(root, t)
-        .join(partition_name(first))
-        .join(format!("part-{first:08}-{last:08}-{attempt}-c{seq}.parquet"))
+    table_dir(root, t).join(partition_name(first)).join(format!(
+        "part-{first:08}-{last:08}-{attempt}-c{seq}.parquet"
+    ))
 }
 
 /// Directory of a chain's commit state.

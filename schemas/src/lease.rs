@@ -236,8 +236,12 @@ impl WriterLease {
         }
         let lost = Arc::new(AtomicBool::new(false));
         let renew = {
-            let (store, path, lost, attempt) =
-                (Arc::clone(&store), path.clone(), Arc::clone(&lost), attempt.to_string());
+            let (store, path, lost, attempt) = (
+                Arc::clone(&store),
+                path.clone(),
+                Arc::clone(&lost),
+                attempt.to_string(),
+            );
             tokio::spawn(async move {
                 let mut version = version;
                 loop {
@@ -307,7 +311,8 @@ impl WriterLease {
             Some(h) if h.attempt == self.attempt && !lost.load(Ordering::SeqCst) => Ok(()),
             other => Err(Error::LeaseLost {
                 scope: self.scope.clone(),
-                holder: other.map_or_else(|| "nobody (the lease was removed)".into(), |h| h.describe()),
+                holder: other
+                    .map_or_else(|| "nobody (the lease was removed)".into(), |h| h.describe()),
             }),
         }
     }

@@ -23,9 +23,9 @@ pub mod results;
 pub mod warehouse;
 
 pub use error::{Error, Result};
+pub use lease::WriterLease;
 pub use manifest::{Checkpoint, FileEntry, Manifest};
 pub use registry::{Chain, TableDef, table, tables, tables_of};
-pub use lease::WriterLease;
 pub use warehouse::Warehouse;
 
 /// Version of the table schemas; bumped on any incompatible change, recorded in manifests.

@@ -522,6 +522,12 @@ impl Warehouse {
     /// are garbage), damage once the chain's first commit left its marker.
     async fn check_never_committed(&self, chain: Chain) -> Result<()> {
         let state = layout::state_dir(&self.root, chain);
+        // `_state` replaced by a file reads as "no manifests" too.
+        if self.store.head(&state).await.is_ok() {
+            return Err(Error::Damaged {
+                what: format!("{state} is a file, not the directory of manifests"),
+            });
+        }
         let marker = state.clone().join(COMMITTED_MARKER);
         match self.store.head(&marker).await {
             Ok(_) => Err(Error::Damaged {
@@ -529,15 +535,7 @@ impl Warehouse {
                     "{chain} was committed before ({marker} exists) but has no readable manifest in {state}: restore the manifest, or delete `{chain}/` to index it again"
                 ),
             }),
-            Err(object_store::Error::NotFound { .. }) => {
-                // `_state` replaced by a file reads as "no manifests" too.
-                match self.store.head(&state).await {
-                    Ok(_) => Err(Error::Damaged {
-                        what: format!("{state} is a file, not the directory of manifests"),
-                    }),
-                    Err(_) => Ok(()),
-                }
-            }
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::store(&marker, e)),
         }
     }
@@ -576,7 +574,13 @@ impl Warehouse {
                 return Err(Error::store(&path, e));
             }
         }
-        if manifest.seq == 1 || self.store.head(&dir.clone().join(COMMITTED_MARKER)).await.is_err() {
+        if manifest.seq == 1
+            || self
+                .store
+                .head(&dir.clone().join(COMMITTED_MARKER))
+                .await
+                .is_err()
+        {
             // From now on a missing manifest is damage, not an empty chain.
             let marker = dir.clone().join(COMMITTED_MARKER);
             self.store
@@ -712,8 +716,12 @@ mod tests {
         // Another chain has its own lease.
         drop(wh.writer_lease(Chain::Eth).await.expect("eth lease"));
         let mut m = Manifest::empty("btc", "regtest");
-        let data = wh.resolve("btc/blocks/part-0-0-a-c1.parquet").expect("path");
-        let junk = wh.resolve("btc/blocks/part-1-1-b-c1.parquet").expect("path");
+        let data = wh
+            .resolve("btc/blocks/part-0-0-a-c1.parquet")
+            .expect("path");
+        let junk = wh
+            .resolve("btc/blocks/part-1-1-b-c1.parquet")
+            .expect("path");
         for p in [&data, &junk] {
             wh.store()
                 .put(p, PutPayload::from_static(b"x"))
@@ -751,7 +759,9 @@ mod tests {
             .expect_err("conflict");
         assert!(matches!(err, Error::CommitConflict { .. }), "{err}");
         assert_eq!(
-            wh.collect_garbage(Chain::Btc, &m, &lease).await.expect("gc"),
+            wh.collect_garbage(Chain::Btc, &m, &lease)
+                .await
+                .expect("gc"),
             1 + extra_garbage
         );
         assert!(wh.store().head(&junk).await.is_err());
@@ -765,17 +775,29 @@ mod tests {
             .await
             .expect("put");
         let err = wh.load_manifest(Chain::Btc).await.expect_err("resized");
-        assert!(err.to_string().contains("is 2 bytes; the manifest recorded 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is 2 bytes; the manifest recorded 1"),
+            "{err}"
+        );
         // A committed file deleted:
         wh.store().delete(&data).await.expect("delete");
         let err = wh.load_manifest(Chain::Btc).await.expect_err("missing");
         assert!(
-            err.to_string().contains("part-0-0-a-c1.parquet") && err.to_string().contains("missing"),
+            err.to_string().contains("part-0-0-a-c1.parquet")
+                && err.to_string().contains("missing"),
             "{err}"
         );
         // The manifest deleted after a commit: damage, not an empty chain.
         let newest = layout::state_dir(wh.root(), Chain::Btc).join(manifest_name(2));
-        let body = wh.store().get(&newest).await.expect("get").bytes().await.expect("bytes");
+        let body = wh
+            .store()
+            .get(&newest)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
         wh.store().delete(&newest).await.expect("delete");
         let err = wh.load_manifest(Chain::Btc).await.expect_err("no manifest");
         assert!(matches!(err, Error::Damaged { .. }), "{err}");
@@ -783,11 +805,17 @@ mod tests {
         let mut future: serde_json::Value = serde_json::from_slice(&body).expect("json");
         future["format"] = 99.into();
         wh.store()
-            .put(&newest, PutPayload::from(serde_json::to_vec(&future).expect("json")))
+            .put(
+                &newest,
+                PutPayload::from(serde_json::to_vec(&future).expect("json")),
+            )
             .await
             .expect("put");
         let err = wh.load_manifest(Chain::Btc).await.expect_err("format");
-        assert!(matches!(err, Error::ManifestFormat { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, Error::ManifestFormat { found: 99, .. }),
+            "{err}"
+        );
         // A format-1 manifest (object paths, maybe of where the warehouse used to be) reads
         // as relative paths.
         wh.store()
@@ -798,10 +826,17 @@ mod tests {
         legacy["format"] = 1.into();
         legacy["files"][0]["path"] = format!("old/place/{}", wh.relative(&data)).into();
         wh.store()
-            .put(&newest, PutPayload::from(serde_json::to_vec(&legacy).expect("json")))
+            .put(
+                &newest,
+                PutPayload::from(serde_json::to_vec(&legacy).expect("json")),
+            )
             .await
             .expect("put");
-        let loaded = wh.load_manifest(Chain::Btc).await.expect("legacy").expect("some");
+        let loaded = wh
+            .load_manifest(Chain::Btc)
+            .await
+            .expect("legacy")
+            .expect("some");
         assert_eq!(loaded.files[0].path, "btc/blocks/part-0-0-a-c1.parquet");
         assert_eq!(loaded.format, crate::manifest::MANIFEST_FORMAT);
     }

@@ -207,7 +207,7 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Asserts that the local warehouse at `dir` holds exactly the files `chain`'s manifest
-/// lists, plus that manifest.
+/// lists, plus that manifest and the chain's lock and marker.
 pub async fn assert_only_committed_files(dir: &Path, chain: ferret_schemas::Chain) {
     let wh = Warehouse::open(dir.to_str().expect("utf8")).expect("open");
     let m = wh
@@ -215,7 +215,6 @@ pub async fn assert_only_committed_files(dir: &Path, chain: ferret_schemas::Chai
         .await
         .expect("load")
         .expect("committed");
-    let root = wh.root().to_string();
     let mut on_disk: Vec<String> = walk(dir)
         .into_iter()
         .map(|p| {
@@ -226,18 +225,12 @@ pub async fn assert_only_committed_files(dir: &Path, chain: ferret_schemas::Chai
         })
         .collect();
     on_disk.sort();
-    let mut listed: Vec<String> = m
-        .files
-        .iter()
-        .map(|f| {
-            f.path
-                .strip_prefix(&root)
-                .expect("rooted")
-                .trim_start_matches('/')
-                .to_string()
-        })
-        .collect();
+    // Manifests hold warehouse-relative paths.
+    let mut listed: Vec<String> = m.files.iter().map(|f| f.path.clone()).collect();
     listed.push(format!("{chain}/_state/manifest-{:020}.json", m.seq));
+    // The writer lock (never deleted: the lock is on the file) and the first-commit marker.
+    listed.push(format!("{chain}/_state/writer.lock"));
+    listed.push(format!("{chain}/_state/committed"));
     listed.sort();
     assert_eq!(on_disk, listed);
 }

@@ -403,14 +403,7 @@ async fn index_chunk(
     let mut groups = futures::stream::iter(batches)
         .map(|g| async move { source.blocks(&g).await })
         .buffered(opts.concurrency.max(1));
-    let mut sinks = ChunkSinks::open(
-        wh,
-        tables,
-        first,
-        last,
-        lease.attempt(),
-        manifest.seq + 1,
-    )?;
+    let mut sinks = ChunkSinks::open(wh, tables, first, last, lease.attempt(), manifest.seq + 1)?;
     let mut rows = EthRows::new();
     let mut prev = manifest
         .tip

@@ -1,0 +1,225 @@
+//! The committed warehouse under hostile conditions, through the real `ferret` binary: an
+//! overlapping writer is refused and changes nothing, a moved or copied warehouse reads its
+//! own files, damage is an error naming what is wrong (never "fewer rows" and never a
+//! rerun that deletes the data), and a typo'd warehouse path is not created.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use ferret_indexer::synth::btc::{SynthConfig, generate};
+use ferret_schemas::{Chain, Warehouse};
+
+fn chain(dir: &Path) -> std::path::PathBuf {
+    let cfg = SynthConfig {
+        blocks: 60,
+        seed: 3,
+        txs_per_block: 20,
+        ..Default::default()
+    };
+    generate(&cfg, dir).expect("generate");
+    dir.join("blocks")
+}
+
+fn sql(wh: &str, q: &str) -> std::process::Output {
+    ferret(&["sql", "--warehouse", wh, "--format", "csv", q])
+}
+
+fn counts(wh: &str) -> String {
+    ok(sql(
+        wh,
+        "SELECT (SELECT count(*) FROM btc.transactions) AS t, (SELECT count(*) FROM btc.outputs) AS o, (SELECT count(*) FROM btc.inputs) AS i",
+    ))
+}
+
+fn fails_with(out: std::process::Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "expected a failure mentioning `{needle}`, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    err
+}
+
+fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn an_overlapping_writer_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let blocks = chain(tmp.path());
+    let wh_dir = tmp.path().join("wh");
+    let wh = wh_dir.to_str().expect("utf8");
+    index_btc_cli(&blocks, wh);
+    let before = counts(wh);
+    let files = data_files(&wh_dir);
+    // Another writer holds the lease (as a running indexer would): a second indexer is
+    // refused before it touches anything, and says who holds it.
+    let w = Warehouse::open(wh).expect("open");
+    let lease = w.writer_lease(Chain::Btc).await.expect("lease");
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        blocks.to_str().expect("utf8"),
+        "--warehouse",
+        wh,
+    ]);
+    let err = fails_with(out, "another writer holds the lease");
+    assert!(err.contains(lease.attempt()), "{err}");
+    assert_eq!(
+        data_files(&wh_dir),
+        files,
+        "the refused writer deleted nothing"
+    );
+    // Readers are not blocked by a writer.
+    assert_eq!(counts(wh), before);
+    lease.release().await;
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        blocks.to_str().expect("utf8"),
+        "--warehouse",
+        wh,
+    ]);
+    ok(out);
+    assert_eq!(counts(wh), before);
+}
+
+#[tokio::test]
+async fn a_moved_or_copied_warehouse_reads_its_own_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let blocks = chain(tmp.path());
+    let first = tmp.path().join("wh");
+    index_btc_cli(&blocks, first.to_str().expect("utf8"));
+    let before = counts(first.to_str().expect("utf8"));
+    let moved = tmp.path().join("wh2");
+    std::fs::rename(&first, &moved).expect("mv");
+    let moved_s = moved.to_str().expect("utf8");
+    assert_eq!(
+        counts(moved_s),
+        before,
+        "a moved warehouse reads the same rows"
+    );
+    let files = data_files(&moved);
+    // Indexing the moved warehouse finds nothing new and deletes nothing.
+    ok(ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        blocks.to_str().expect("utf8"),
+        "--warehouse",
+        moved_s,
+    ]));
+    assert_eq!(data_files(&moved), files);
+    // A copy reads its own files: with the original gone, it still answers.
+    let copy = tmp.path().join("copy");
+    let st = std::process::Command::new("cp")
+        .args(["-a", moved_s, copy.to_str().expect("utf8")])
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    std::fs::remove_dir_all(&moved).expect("rm");
+    assert_eq!(counts(copy.to_str().expect("utf8")), before);
+}
+
+#[tokio::test]
+async fn damage_is_an_error_never_fewer_rows() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let blocks = chain(tmp.path());
+    let blocks_s = blocks.to_str().expect("utf8");
+    let index = |wh: &str| ferret(&["index", "btc", "--blocks-dir", blocks_s, "--warehouse", wh]);
+    let fresh = |name: &str| {
+        let dir = tmp.path().join(name);
+        index_btc_cli(&blocks, dir.to_str().expect("utf8"));
+        dir
+    };
+
+    // A committed data file deleted: reads and the indexer fail, naming it.
+    let dir = fresh("deleted");
+    let wh = dir.to_str().expect("utf8");
+    let victim = data_files(&dir.join("btc/outputs"))
+        .into_iter()
+        .next()
+        .expect("an outputs file");
+    std::fs::remove_file(&victim).expect("rm");
+    let name = victim.file_name().expect("name").to_str().expect("utf8");
+    let files = data_files(&dir);
+    fails_with(sql(wh, "SELECT count(*) FROM btc.outputs"), name);
+    fails_with(index(wh), name);
+    assert_eq!(data_files(&dir), files, "the indexer deleted nothing");
+
+    // A committed file grown or cut: its size is checked.
+    let dir = fresh("resized");
+    let wh = dir.to_str().expect("utf8");
+    let victim = data_files(&dir.join("btc/inputs"))
+        .into_iter()
+        .next()
+        .expect("an inputs file");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    bytes.push(0);
+    std::fs::write(&victim, &bytes).expect("write");
+    fails_with(
+        sql(wh, "SELECT count(*) FROM btc.inputs"),
+        "the manifest recorded",
+    );
+
+    // The newest manifest deleted, replaced by a directory, or `_state` replaced by a
+    // file: an error, and the indexer does not start over (which would delete the data).
+    for (case, damage) in [("no-manifest", 0), ("manifest-dir", 1), ("state-file", 2)] {
+        let dir = fresh(case);
+        let wh = dir.to_str().expect("utf8");
+        let state = dir.join("btc/_state");
+        let manifest = walk(&state)
+            .into_iter()
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("manifest-"))
+            })
+            .expect("a manifest");
+        match damage {
+            0 => std::fs::remove_file(&manifest).expect("rm"),
+            1 => {
+                std::fs::remove_file(&manifest).expect("rm");
+                std::fs::create_dir_all(manifest.join("inside")).expect("mkdir");
+            }
+            _ => {
+                std::fs::remove_dir_all(&state).expect("rm");
+                std::fs::write(&state, b"not a directory").expect("write");
+            }
+        }
+        let files = data_files(&dir);
+        fails_with(
+            sql(wh, "SELECT count(*) FROM btc.blocks"),
+            "damaged warehouse",
+        );
+        let out = index(wh);
+        assert!(!out.status.success(), "{case}: the indexer must refuse");
+        assert_eq!(data_files(&dir), files, "{case}: nothing deleted");
+    }
+}
+
+#[test]
+fn a_typo_in_the_warehouse_path_is_an_error_not_an_empty_warehouse() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let typo = tmp.path().join("no-such-warehouse");
+    fails_with(
+        sql(
+            typo.to_str().expect("utf8"),
+            "SELECT count(*) FROM btc.blocks",
+        ),
+        "no warehouse at",
+    );
+    assert!(!typo.exists(), "the reader did not create it");
+}
