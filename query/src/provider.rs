@@ -67,8 +67,10 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
     let public = catalog
         .schema("public")
         .ok_or_else(|| DataFusionError::Internal("default schema missing".into()))?;
+    // One results head: every result table from the same snapshot.
+    let mut runs = wh.latest_runs().await.map_err(external)?;
     for (job, schema) in ferret_schemas::results::result_tables() {
-        let run = wh.latest_run(job).await.map_err(external)?;
+        let run = runs.remove(job);
         let files = run.iter().flat_map(|r| r.files.iter().map(String::as_str));
         let provider = table_over(wh, files, schema, &[])?;
         public.register_table(job.into(), provider)?;

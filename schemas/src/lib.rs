@@ -14,6 +14,7 @@
 pub mod btc;
 mod error;
 pub mod eth;
+pub mod failpoint;
 mod fields;
 pub mod layout;
 pub mod lease;

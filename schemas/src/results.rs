@@ -1,6 +1,7 @@
-//! Kernel results: `{root}/results/{job}/run={run}/part-0.parquet`, and
-//! `{root}/results/{job}/_latest.json` naming the run the plain table name shows (written
-//! last, so a reader never sees a half-written run).
+//! Kernel results: `{root}/results/{job}/run={run}/part-0.parquet`, and the results head
+//! `{root}/results/_state/head-{seq}.json` naming the run every job's plain table shows
+//! (committed last, in one create-only PUT for all the jobs of a run, so a reader never
+//! sees a half-written run nor a `taint` of one run beside the `exits` of another).
 
 use std::sync::{Arc, LazyLock};
 
@@ -244,7 +245,37 @@ pub fn job_dir(root: &Path, job: &str) -> Path {
     root.clone().join("results").join(job)
 }
 
-/// The `_latest.json` object of a job.
+/// Directory of the results heads.
+pub fn head_dir(root: &Path) -> Path {
+    root.clone().join("results").join("_state")
+}
+
+/// Object name of the results head with sequence number `seq`.
+pub fn head_name(seq: u64) -> String {
+    format!("head-{seq:020}.json")
+}
+
+/// Parses a results head's object name back to its sequence number.
+pub fn parse_head_name(name: &str) -> Option<u64> {
+    name.strip_prefix("head-")?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
+/// Runs kept per job besides the current one (`FERRET_KEEP_RUNS`, default 5).
+pub fn keep_runs() -> usize {
+    std::env::var("FERRET_KEEP_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Runs younger than this are never deleted (a reader may have just found them).
+pub const RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The `_latest.json` object of a job (written by versions before results heads; still
+/// read when no head exists).
 pub fn latest_path(root: &Path, job: &str) -> Path {
     job_dir(root, job).join("_latest.json")
 }

@@ -1,6 +1,6 @@
 //! Opening a warehouse from a URL and the commit protocol on top of `object_store`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
@@ -283,23 +283,111 @@ impl Warehouse {
 
     /// The latest run of a kernel job (`clusters`, …), if any.
     pub async fn latest_run(&self, job: &str) -> Result<Option<crate::results::LatestRun>> {
-        let path = crate::results::latest_path(&self.root, job);
-        match self.store.get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| Error::store(&path, e))?;
-                let mut run: crate::results::LatestRun = serde_json::from_slice(&bytes)
-                    .map_err(|source| Error::CorruptManifest { path, source })?;
-                // Pointers written before paths were warehouse-relative held object paths.
-                for f in &mut run.files {
-                    if let Some(rel) = self.relative_of_legacy(f, "results") {
-                        *f = rel;
-                    }
-                }
-                Ok(Some(run))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::store(&path, e)),
+        Ok(self.latest_runs().await?.remove(job))
+    }
+
+    /// The run every job's plain table shows, from one results head: one consistent
+    /// snapshot (a taint run's `taint` and `exits` are always the same run). Before the
+    /// first head was written, the per-job `_latest.json` pointers of older versions.
+    pub async fn latest_runs(&self) -> Result<BTreeMap<String, crate::results::LatestRun>> {
+        match self.results_head().await? {
+            Some(h) => Ok(h.runs),
+            None => self.legacy_latest_runs().await,
         }
+    }
+
+    /// The newest results head, if any (fail closed like manifests: listed but unreadable
+    /// is an error).
+    async fn results_head(&self) -> Result<Option<ResultsHead>> {
+        let dir = crate::results::head_dir(&self.root);
+        let mut unreadable = None;
+        for _ in 0..5 {
+            let Some(&seq) = self.head_seqs().await?.last() else {
+                return Ok(None);
+            };
+            let path = dir.clone().join(crate::results::head_name(seq));
+            let bytes = match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map_err(|e| Error::store(&path, e))?,
+                Err(object_store::Error::NotFound { .. }) => {
+                    unreadable = Some(path);
+                    continue;
+                }
+                Err(e) => return Err(Error::store(&path, e)),
+            };
+            let head: ResultsHead = serde_json::from_slice(&bytes)
+                .map_err(|source| Error::CorruptManifest { path, source })?;
+            return Ok(Some(head));
+        }
+        Err(Error::Damaged {
+            what: format!(
+                "{}: the newest results head was listed but could not be read in five tries",
+                unreadable.map_or_else(|| dir.to_string(), |p| p.to_string())
+            ),
+        })
+    }
+
+    async fn head_seqs(&self) -> Result<Vec<u64>> {
+        let dir = crate::results::head_dir(&self.root);
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&dir, e))?;
+        let mut seqs: Vec<u64> = listed
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(crate::results::parse_head_name)
+            })
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// The `results/{job}/_latest.json` pointers older versions wrote.
+    async fn legacy_latest_runs(&self) -> Result<BTreeMap<String, crate::results::LatestRun>> {
+        let prefix = self.root.clone().join("results");
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&prefix, e))?;
+        let mut out = BTreeMap::new();
+        for meta in listed {
+            if meta.location.filename() != Some("_latest.json") {
+                continue;
+            }
+            let rel = self.relative(&meta.location);
+            let Some(job) = rel
+                .split('/')
+                .nth(1)
+                .filter(|_| rel.split('/').count() == 3)
+            else {
+                continue;
+            };
+            let path = meta.location.clone();
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| Error::store(&path, e))?
+                .bytes()
+                .await
+                .map_err(|e| Error::store(&path, e))?;
+            let mut run: crate::results::LatestRun = serde_json::from_slice(&bytes)
+                .map_err(|source| Error::CorruptManifest { path, source })?;
+            // Pointers written before paths were warehouse-relative held object paths.
+            for f in &mut run.files {
+                if let Some(rel) = self.relative_of_legacy(f, "results") {
+                    *f = rel;
+                }
+            }
+            out.insert(job.to_string(), run);
+        }
+        Ok(out)
     }
 
     /// A legacy (format 1) object path as a warehouse-relative one: the root stripped, or
@@ -341,6 +429,49 @@ impl Warehouse {
         batches: &[arrow::array::RecordBatch],
         params: Option<serde_json::Value>,
     ) -> Result<()> {
+        self.write_runs_as(run_id, &[(job, schema, batches)], params)
+            .await
+    }
+
+    /// Writes one run of several jobs (a taint run's `taint` and `exits`, a clustering's
+    /// four tables) and points every job's plain table at it in one commit: a reader sees
+    /// all of them old or all of them new.
+    pub async fn write_runs_as(
+        &self,
+        run_id: &str,
+        parts: &[(
+            &str,
+            arrow::datatypes::SchemaRef,
+            &[arrow::array::RecordBatch],
+        )],
+        params: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let mut runs = Vec::with_capacity(parts.len());
+        for (job, schema, batches) in parts {
+            let (file, rows) = self
+                .write_run_file(job, run_id, schema.clone(), batches)
+                .await?;
+            runs.push((
+                job.to_string(),
+                crate::results::LatestRun {
+                    run_id: run_id.to_string(),
+                    files: vec![file],
+                    rows,
+                    params: params.clone(),
+                },
+            ));
+        }
+        self.commit_runs(runs).await
+    }
+
+    /// One run's Parquet file of a job; returns its warehouse-relative path and rows.
+    async fn write_run_file(
+        &self,
+        job: &str,
+        run_id: &str,
+        schema: arrow::datatypes::SchemaRef,
+        batches: &[arrow::array::RecordBatch],
+    ) -> Result<(String, u64)> {
         use parquet::arrow::AsyncArrowWriter;
         let path = crate::results::job_dir(&self.root, job)
             .join(format!("run={run_id}"))
@@ -360,16 +491,8 @@ impl Warehouse {
             w.write(b).await.map_err(write_err)?;
         }
         w.close().await.map_err(write_err)?;
-        self.commit_latest_run(
-            job,
-            &crate::results::LatestRun {
-                run_id: run_id.to_string(),
-                files: vec![self.relative(&path)],
-                rows,
-                params,
-            },
-        )
-        .await
+        crate::failpoint::hit("run-file-written");
+        Ok((self.relative(&path), rows))
     }
 
     /// Reads every column of a job's latest run (empty when there is none).
@@ -384,19 +507,115 @@ impl Warehouse {
         Ok(out)
     }
 
-    /// Points a job's plain table at `run` (one atomic PUT, after the run's files).
+    /// Points a job's plain table at `run` (after the run's files).
     pub async fn commit_latest_run(
         &self,
         job: &str,
         run: &crate::results::LatestRun,
     ) -> Result<()> {
-        let path = crate::results::latest_path(&self.root, job);
-        let body = serde_json::to_vec_pretty(run).expect("serialises");
-        self.store
-            .put(&path, PutPayload::from(Bytes::from(body)))
-            .await
-            .map_err(|e| Error::store(&path, e))?;
-        Ok(())
+        self.commit_runs(vec![(job.to_string(), run.clone())]).await
+    }
+
+    /// Points the given jobs at their runs in one commit: the next results head, a
+    /// create-only PUT carrying every other job's pointer forward (retried on a fresh
+    /// head when another writer committed first, so concurrent jobs never lose each
+    /// other's runs). Then older heads and runs beyond retention are removed.
+    pub async fn commit_runs(&self, runs: Vec<(String, crate::results::LatestRun)>) -> Result<()> {
+        crate::failpoint::hit("before-results-commit");
+        let dir = crate::results::head_dir(&self.root);
+        for _ in 0..32 {
+            let (seq, mut all) = match self.results_head().await? {
+                Some(h) => (h.seq, h.runs),
+                None => (0, self.legacy_latest_runs().await?),
+            };
+            for (job, run) in &runs {
+                all.insert(job.clone(), run.clone());
+            }
+            let head = ResultsHead {
+                format: 1,
+                seq: seq + 1,
+                runs: all,
+            };
+            let path = dir.clone().join(crate::results::head_name(head.seq));
+            let body = serde_json::to_vec_pretty(&head).expect("serialises");
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(Bytes::from(body)), opts)
+                .await
+            {
+                Ok(_) => {
+                    crate::failpoint::hit("after-results-commit");
+                    self.after_results_commit(&head).await;
+                    return Ok(());
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(Error::store(&path, e)),
+            }
+        }
+        Err(Error::CommitConflict {
+            path: dir.join("head"),
+        })
+    }
+
+    /// Best effort after a results commit: older heads, and runs beyond retention
+    /// ([`crate::results::keep_runs`] per job besides the current one, and only those
+    /// older than [`crate::results::RUN_GRACE`], which no reader can still be on).
+    async fn after_results_commit(&self, head: &ResultsHead) {
+        let dir = crate::results::head_dir(&self.root);
+        if let Ok(seqs) = self.head_seqs().await {
+            for seq in seqs.into_iter().filter(|&s| s < head.seq) {
+                let old = dir.clone().join(crate::results::head_name(seq));
+                if let Err(e) = self.store.delete(&old).await {
+                    tracing::warn!(path = %old, error = %e, "could not delete a superseded results head");
+                }
+            }
+        }
+        let keep = crate::results::keep_runs();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        for (job, current) in &head.runs {
+            let prefix = crate::results::job_dir(&self.root, job);
+            let Ok(listed) = self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
+                continue;
+            };
+            // run id → its objects; run ids start with their milliseconds.
+            let mut by_run: BTreeMap<String, Vec<Path>> = BTreeMap::new();
+            for meta in listed {
+                let rel = self.relative(&meta.location);
+                if let Some(run) = rel
+                    .split('/')
+                    .find_map(|seg| seg.strip_prefix("run="))
+                    .map(str::to_string)
+                {
+                    by_run.entry(run).or_default().push(meta.location);
+                }
+            }
+            let mut older: Vec<&String> = by_run.keys().filter(|r| **r != current.run_id).collect();
+            // Newest first (ids sort by time).
+            older.sort_by(|a, b| b.cmp(a));
+            for run in older.into_iter().skip(keep) {
+                let started: u64 = run
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if now_ms.saturating_sub(started) < crate::results::RUN_GRACE.as_millis() as u64 {
+                    continue;
+                }
+                for p in &by_run[run] {
+                    if let Err(e) = self.store.delete(p).await {
+                        tracing::warn!(path = %p, error = %e, "could not delete an old run");
+                    }
+                }
+                tracing::debug!(job, run, "deleted a run beyond retention");
+            }
+        }
     }
 
     /// Lists the manifests of a chain, newest last.
@@ -550,6 +769,7 @@ impl Warehouse {
         lease: &WriterLease,
     ) -> Result<()> {
         lease.check().await?;
+        crate::failpoint::hit("before-manifest-put");
         manifest.seq += 1;
         manifest.format = crate::manifest::MANIFEST_FORMAT;
         let dir = layout::state_dir(&self.root, chain);
@@ -564,7 +784,7 @@ impl Warehouse {
             .put_opts(&path, PutPayload::from(Bytes::from(body)), opts)
             .await
         {
-            Ok(_) => {}
+            Ok(_) => crate::failpoint::hit("after-manifest-put"),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 manifest.seq -= 1;
                 return Err(Error::CommitConflict { path });
@@ -639,6 +859,7 @@ impl Warehouse {
             if keep.contains(meta.location.as_ref()) || is_newer_manifest {
                 continue;
             }
+            crate::failpoint::hit("gc-deleting");
             self.store
                 .delete(&meta.location)
                 .await
@@ -651,6 +872,15 @@ impl Warehouse {
         }
         Ok(deleted)
     }
+}
+
+/// Which run every job's plain table shows: `results/_state/head-{seq:020}.json`, committed
+/// with a create-only PUT like a chain's manifest.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ResultsHead {
+    format: u32,
+    seq: u64,
+    runs: BTreeMap<String, crate::results::LatestRun>,
 }
 
 /// The object-store writer lease of a chain, in its `_state`.
@@ -839,6 +1069,91 @@ mod tests {
             .expect("some");
         assert_eq!(loaded.files[0].path, "btc/blocks/part-0-0-a-c1.parquet");
         assert_eq!(loaded.format, crate::manifest::MANIFEST_FORMAT);
+    }
+
+    #[tokio::test]
+    async fn result_runs_commit_together_keep_each_other_and_expire() {
+        let wh = Warehouse::open("memory://schemas-results-head").expect("open");
+        let run = |id: &str, job: &str| crate::results::LatestRun {
+            run_id: id.into(),
+            files: vec![format!("results/{job}/run={id}/part-0.parquet")],
+            rows: 1,
+            params: None,
+        };
+        // A pointer of the older layout is read, and carried into the first head.
+        let legacy = crate::results::latest_path(wh.root(), "labels");
+        let mut old = run("5-aa", "labels");
+        old.files = vec![format!("some/where/results/labels/run=5-aa/part-0.parquet")];
+        wh.store()
+            .put(
+                &legacy,
+                PutPayload::from(serde_json::to_vec(&old).expect("json")),
+            )
+            .await
+            .expect("put");
+        let labels = wh
+            .latest_run("labels")
+            .await
+            .expect("read")
+            .expect("legacy");
+        assert_eq!(labels.files, ["results/labels/run=5-aa/part-0.parquet"]);
+        // Concurrent commits of different jobs: none loses the other's pointer.
+        let mut tasks = Vec::new();
+        for k in 0..8 {
+            let wh = wh.clone();
+            tasks.push(tokio::spawn(async move {
+                let job = format!("job{k}");
+                wh.commit_runs(vec![(job.clone(), run(&format!("{k}-x"), &job))])
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join").expect("commit");
+        }
+        let all = wh.latest_runs().await.expect("runs");
+        assert_eq!(all.len(), 9, "{all:?}");
+        assert_eq!(all["labels"].run_id, "5-aa");
+        // Two jobs in one commit show the same run.
+        wh.commit_runs(vec![
+            ("taint".into(), run("10-t", "taint")),
+            ("exits".into(), run("10-t", "exits")),
+        ])
+        .await
+        .expect("commit");
+        let all = wh.latest_runs().await.expect("runs");
+        assert_eq!(
+            (all["taint"].run_id.as_str(), all["exits"].run_id.as_str()),
+            ("10-t", "10-t")
+        );
+        assert_eq!(
+            wh.head_seqs().await.expect("heads").len(),
+            1,
+            "older heads removed"
+        );
+        // Retention: beyond the newest five older runs (and the grace period), runs go.
+        for k in 0..8u64 {
+            let p = wh
+                .resolve(&format!("results/taint/run={k}-old/part-0.parquet"))
+                .expect("p");
+            wh.store()
+                .put(&p, PutPayload::from_static(b"x"))
+                .await
+                .expect("put");
+        }
+        wh.commit_runs(vec![("taint".into(), run("10-t", "taint"))])
+            .await
+            .expect("commit");
+        let left: Vec<_> = wh
+            .store()
+            .list(Some(&wh.resolve("results/taint").expect("p")))
+            .try_collect()
+            .await
+            .expect("list");
+        assert_eq!(left.len(), 5, "{left:?}");
+        assert!(
+            left.iter()
+                .all(|m| !m.location.as_ref().contains("run=0-old"))
+        );
     }
 
     #[test]

@@ -144,6 +144,7 @@ impl TableWriter {
             path: path.to_string(),
             source,
         })?;
+        ferret_schemas::failpoint::hit("data-file-written");
         let meta = wh
             .store()
             .head(&path)

@@ -521,20 +521,20 @@ pub async fn write_eth_taint(wh: &Warehouse, run: &EthTaintRun) -> Result<String
     let run_id = ferret_schemas::results::new_run_id();
     let wh_err = |e: ferret_schemas::Error| Error::Warehouse(Box::new(e));
     let params = Some(run.job.params());
-    wh.write_run_as(
-        "eth_taint",
+    wh.write_runs_as(
         &run_id,
-        eth_taint_schema(),
-        &[eth_taint_batch(run, &run_id)?],
-        params.clone(),
-    )
-    .await
-    .map_err(wh_err)?;
-    wh.write_run_as(
-        "eth_exits",
-        &run_id,
-        eth_exits_schema(),
-        &[eth_exits_batch(run, &run_id)?],
+        &[
+            (
+                "eth_taint",
+                eth_taint_schema(),
+                &[eth_taint_batch(run, &run_id)?],
+            ),
+            (
+                "eth_exits",
+                eth_exits_schema(),
+                &[eth_exits_batch(run, &run_id)?],
+            ),
+        ],
         params,
     )
     .await

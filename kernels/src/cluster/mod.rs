@@ -582,8 +582,8 @@ pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::
     Ok([coinjoins, links, holds])
 }
 
-/// Writes a Bitcoin clustering run: `coinjoins`, `cluster_links` and `cluster_holds`
-/// first, `clusters` last, all under one run id. Returns the run id.
+/// Writes a Bitcoin clustering run: `coinjoins`, `cluster_links`, `cluster_holds` and
+/// `clusters` under one run id, committed together. Returns the run id.
 pub async fn write_btc_clusters(
     wh: &Warehouse,
     c: &BtcClusters,
@@ -594,21 +594,16 @@ pub async fn write_btc_clusters(
     };
     let run_id = ferret_schemas::results::new_run_id();
     let [coinjoins, links, holds] = evidence_batches(c, &run_id)?;
-    for (job, schema, batch) in [
-        ("coinjoins", coinjoins_schema(), coinjoins),
-        ("cluster_links", cluster_links_schema(), links),
-        ("cluster_holds", cluster_holds_schema(), holds),
-    ] {
-        wh.write_run_as(job, &run_id, schema, &[batch], Some(params.clone()))
-            .await
-            .map_err(store_err)?;
-    }
-    let batch = clusters_batch(&c.clusters, &run_id)?;
-    wh.write_run_as(
-        "clusters",
+    let clusters = clusters_batch(&c.clusters, &run_id)?;
+    // One commit for the four tables: the evidence always belongs to the clusters shown.
+    wh.write_runs_as(
         &run_id,
-        clusters_schema(),
-        &[batch],
+        &[
+            ("coinjoins", coinjoins_schema(), &[coinjoins]),
+            ("cluster_links", cluster_links_schema(), &[links]),
+            ("cluster_holds", cluster_holds_schema(), &[holds]),
+            ("clusters", clusters_schema(), &[clusters]),
+        ],
         Some(params),
     )
     .await

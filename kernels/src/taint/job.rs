@@ -705,12 +705,16 @@ pub async fn write_taint(wh: &Warehouse, run: &TaintRun) -> Result<String> {
     let exits = exits_batch(run, &run_id)?;
     let store = |e| Error::Warehouse(Box::new(e));
     let params = Some(run.job.params());
-    // Exits first: the taint pointer names the run both tables show.
-    wh.write_run_as("exits", &run_id, exits_schema(), &[exits], params.clone())
-        .await
-        .map_err(store)?;
-    wh.write_run_as("taint", &run_id, taint_schema(), &[taint], params)
-        .await
-        .map_err(store)?;
+    // One commit for both tables: readers never see one run's taint beside another's exits.
+    wh.write_runs_as(
+        &run_id,
+        &[
+            ("exits", exits_schema(), &[exits]),
+            ("taint", taint_schema(), &[taint]),
+        ],
+        params,
+    )
+    .await
+    .map_err(store)?;
     Ok(run_id)
 }
