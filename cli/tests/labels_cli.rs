@@ -269,3 +269,41 @@ fn bad_label_files_say_where_and_what() {
     ]);
     assert!(!ok && err.contains("/nonexistent/labels.csv"), "{err}");
 }
+
+#[test]
+fn hostile_label_files_are_refused_with_bounded_memory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    // "Billion laughs": nine levels of nine aliases, 9^9 nodes once expanded.
+    let mut yaml = String::from("title: laughs\ncreator: x\nlabel: &a0 \"lol\"\n");
+    for k in 1..=9 {
+        let refs: Vec<String> = (0..9).map(|_| format!("*a{}", k - 1)).collect();
+        yaml.push_str(&format!("l{k}: &a{k} [{}]\n", refs.join(", ")));
+    }
+    yaml.push_str("tags:\n  - address: 1BoatSLRHtKNngkdXEeobR76b53LETtpyT\n    category: scam\n");
+    let bomb = tmp.path().join("bomb.yaml");
+    std::fs::write(&bomb, yaml).expect("write");
+    let (ok, _, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &wh,
+        bomb.to_str().expect("utf8"),
+    ]);
+    assert!(!ok && err.contains("bomb.yaml") && err.contains("aliases expanded"), "{err}");
+    // An endless file and an oversized one: refused at the limit, not read without bound.
+    let big = tmp.path().join("big.csv");
+    std::fs::write(&big, "x".repeat(3 << 20)).expect("write");
+    for file in ["/dev/zero", big.to_str().expect("utf8")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferret"))
+            .args(["labels", "import", "--warehouse", &wh, file])
+            .env("FERRET_MAX_INPUT_BYTES", "1048576")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("1048576-byte limit"),
+            "{file}: {err}"
+        );
+    }
+}

@@ -184,12 +184,106 @@ impl Sink<'_> {
     }
 }
 
-/// Parses one file.
-pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LabelError::Io {
+/// The largest label file read (`FERRET_MAX_INPUT_BYTES`, default 1 GiB): a file beyond
+/// it (or an endless one, like `/dev/zero`) is refused, never read without bound.
+pub fn max_input_bytes() -> u64 {
+    std::env::var("FERRET_MAX_INPUT_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 30)
+}
+
+/// The most YAML nodes a TagPack may expand to, aliases expanded ("billion laughs").
+pub const MAX_YAML_NODES: u64 = 5_000_000;
+
+/// Reads a whole file as UTF-8, refusing one larger than `cap` bytes (checked as it is
+/// read, so special files that never end are refused too).
+fn read_capped(path: &Path, cap: u64) -> Result<String, LabelError> {
+    use std::io::Read;
+    let io = |source| LabelError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let too_large = || LabelError::Bad {
+        path: path.to_path_buf(),
+        line: 0,
+        reason: format!(
+            "larger than the {cap}-byte limit for label files (FERRET_MAX_INPUT_BYTES)"
+        ),
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    if f.metadata().map_err(io)?.len() > cap {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    f.take(cap + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| LabelError::Bad {
+        path: path.to_path_buf(),
+        line: 0,
+        reason: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+    })
+}
+
+/// Counts the nodes a YAML text expands to, aliases expanded, without expanding them;
+/// refuses more than `max` (line, reason).
+fn check_yaml_expansion(text: &str, max: u64) -> Result<(), (usize, String)> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut sizes: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
+    // Open collections: (anchor, nodes so far).
+    let mut open: Vec<(usize, u64)> = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let (ev, mark) = parser
+            .next_token()
+            .map_err(|e| (e.marker().line() + 1, format!("not YAML: {e}")))?;
+        let add = |n: u64, open: &mut Vec<(usize, u64)>, total: &mut u64| match open.last_mut() {
+            Some(top) => top.1 = top.1.saturating_add(n),
+            None => *total = total.saturating_add(n),
+        };
+        match ev {
+            Event::StreamEnd => return Ok(()),
+            Event::Scalar(_, _, anchor, _) => {
+                if anchor > 0 {
+                    sizes.insert(anchor, 1);
+                }
+                add(1, &mut open, &mut total);
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                open.push((anchor, 1));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, n)) = open.pop() {
+                    if anchor > 0 {
+                        sizes.insert(anchor, n);
+                    }
+                    add(n, &mut open, &mut total);
+                }
+            }
+            Event::Alias(id) => {
+                let n = sizes.get(&id).copied().unwrap_or(1);
+                add(n, &mut open, &mut total);
+            }
+            _ => {}
+        }
+        let pending: u64 = open.iter().map(|o| o.1).fold(total, u64::saturating_add);
+        if pending > max {
+            return Err((
+                mark.line() + 1,
+                format!(
+                    "the YAML expands to more than {max} nodes (aliases expanded): refused"
+                ),
+            ));
+        }
+    }
+}
+
+/// Parses one file.
+pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
+    let text = read_capped(path, max_input_bytes())?;
     let bad = |line: usize, reason: String| LabelError::Bad {
         path: path.to_path_buf(),
         line,
@@ -250,6 +344,7 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
             }
         }
         "tagpack" => {
+            check_yaml_expansion(&text, MAX_YAML_NODES).map_err(|(line, r)| bad(line, r))?;
             let docs = YamlLoader::load_from_str(&text)
                 .map_err(|e| bad(e.marker().line() + 1, format!("not YAML: {e}")))?;
             let doc = docs.first().ok_or_else(|| bad(1, "empty TagPack".into()))?;
