@@ -27,6 +27,10 @@ use ferret_schemas::Warehouse;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Object store (s3://, gs://, az://) timeouts, seconds: per request (connect: a
+    /// fifth of it, at most 10 s); retries give up after three times this.
+    #[arg(long, global = true, value_name = "SECS", env = "FERRET_STORE_TIMEOUT")]
+    store_timeout: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -1036,6 +1040,9 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(t) = cli.store_timeout {
+        ferret_schemas::warehouse::set_store_timeout(std::time::Duration::from_secs(t.max(1)));
+    }
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

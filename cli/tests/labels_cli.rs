@@ -290,7 +290,10 @@ fn hostile_label_files_are_refused_with_bounded_memory() {
         &wh,
         bomb.to_str().expect("utf8"),
     ]);
-    assert!(!ok && err.contains("bomb.yaml") && err.contains("aliases expanded"), "{err}");
+    assert!(
+        !ok && err.contains("bomb.yaml") && err.contains("aliases expanded"),
+        "{err}"
+    );
     // An endless file and an oversized one: refused at the limit, not read without bound.
     let big = tmp.path().join("big.csv");
     std::fs::write(&big, "x".repeat(3 << 20)).expect("write");

@@ -223,3 +223,59 @@ fn a_typo_in_the_warehouse_path_is_an_error_not_an_empty_warehouse() {
     );
     assert!(!typo.exists(), "the reader did not create it");
 }
+
+#[test]
+fn an_object_store_that_never_answers_fails_in_bounded_time() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args([
+            "sql",
+            "--warehouse",
+            "s3://silent/wh",
+            "--store-timeout",
+            "1",
+            "SELECT count(*) FROM btc.blocks",
+        ])
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_REGION", "us-east-1")
+        .env("FERRET_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Generous: the run must end by itself (request timeout 1 s, retries within 3 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferret sql hung on a silent object store");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("timed out") && err.contains("wh/btc/_state"),
+        "a timeout naming where: {err}"
+    );
+}

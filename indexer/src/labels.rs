@@ -273,9 +273,7 @@ fn check_yaml_expansion(text: &str, max: u64) -> Result<(), (usize, String)> {
         if pending > max {
             return Err((
                 mark.line() + 1,
-                format!(
-                    "the YAML expands to more than {max} nodes (aliases expanded): refused"
-                ),
+                format!("the YAML expands to more than {max} nodes (aliases expanded): refused"),
             ));
         }
     }

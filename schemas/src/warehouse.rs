@@ -18,6 +18,46 @@ use crate::lease::WriterLease;
 use crate::manifest::{manifest_name, parse_manifest_name};
 use crate::{Chain, Error, Manifest, Result, layout};
 
+/// The per-request timeout of object stores (default 30 s; `--store-timeout`).
+static STORE_TIMEOUT: LazyLock<Mutex<std::time::Duration>> =
+    LazyLock::new(|| Mutex::new(std::time::Duration::from_secs(30)));
+
+/// Sets the object stores' per-request timeout for warehouses opened afterwards: connects
+/// get a fifth of it (at most 10 s) and retries stop after three times it, so an endpoint
+/// that never answers fails in bounded time, naming the path.
+pub fn set_store_timeout(t: std::time::Duration) {
+    *STORE_TIMEOUT.lock().unwrap_or_else(|p| p.into_inner()) = t;
+}
+
+/// The timeouts as client settings (applied over what the builders read from the
+/// environment, so `*_ALLOW_HTTP` and the rest still count), and the retry bound.
+fn client_settings() -> (
+    [(object_store::ClientConfigKey, String); 2],
+    object_store::RetryConfig,
+) {
+    let t = *STORE_TIMEOUT.lock().unwrap_or_else(|p| p.into_inner());
+    let connect = (t / 5).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    );
+    let keys = [
+        (
+            object_store::ClientConfigKey::Timeout,
+            format!("{}ms", t.as_millis()),
+        ),
+        (
+            object_store::ClientConfigKey::ConnectTimeout,
+            format!("{}ms", connect.as_millis()),
+        ),
+    ];
+    let retry = object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: t * 3,
+        ..Default::default()
+    };
+    (keys, retry)
+}
+
 /// In-memory stores by name, so `memory://name` means the same store within a process.
 static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> =
     LazyLock::new(Default::default);
@@ -66,6 +106,7 @@ impl Warehouse {
             });
         }
         let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        let (client, retry) = client_settings();
         let bucket = parsed.host_str().unwrap_or_default().to_string();
         let root =
             Path::parse(parsed.path().trim_matches('/')).map_err(|e| invalid(e.to_string()))?;
@@ -77,24 +118,31 @@ impl Warehouse {
                     .or_insert_with(|| Arc::new(InMemory::new()))
                     .clone()
             }
-            "s3" | "s3a" => Arc::new(
-                AmazonS3Builder::from_env()
+            "s3" | "s3a" => {
+                let mut b = AmazonS3Builder::from_env().with_url(url).with_retry(retry);
+                for (k, v) in client {
+                    b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v);
+                }
+                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+            }
+            "gs" => {
+                let mut b = GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
-                    .build()
-                    .map_err(|e| invalid(e.to_string()))?,
-            ),
-            "gs" => Arc::new(
-                GoogleCloudStorageBuilder::from_env()
+                    .with_retry(retry);
+                for (k, v) in client {
+                    b = b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v);
+                }
+                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                let mut b = MicrosoftAzureBuilder::from_env()
                     .with_url(url)
-                    .build()
-                    .map_err(|e| invalid(e.to_string()))?,
-            ),
-            "az" | "abfs" | "abfss" | "azure" => Arc::new(
-                MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(|e| invalid(e.to_string()))?,
-            ),
+                    .with_retry(retry);
+                for (k, v) in client {
+                    b = b.with_config(object_store::azure::AzureConfigKey::Client(k), v);
+                }
+                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+            }
             other => {
                 return Err(invalid(format!(
                     "unsupported scheme `{other}` (use a path, file://, memory://, s3://, gs:// or az://)"
