@@ -157,7 +157,16 @@ impl WriterLease {
         path: Path,
         attempt: &str,
     ) -> Result<Self> {
-        let ttl = lease_ttl();
+        Self::remote_ttl(scope, store, path, attempt, lease_ttl()).await
+    }
+
+    async fn remote_ttl(
+        scope: &str,
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        attempt: &str,
+        ttl: Duration,
+    ) -> Result<Self> {
         let body = |h: &Holder| PutPayload::from(Bytes::from(serde_json::to_vec(h).expect("json")));
         let mut version: Option<UpdateVersion> = None;
         let mut taken = false;
@@ -244,12 +253,32 @@ impl WriterLease {
             );
             tokio::spawn(async move {
                 let mut version = version;
+                // Until the store says it has no conditional update.
+                let mut conditional = true;
                 loop {
                     tokio::time::sleep(ttl / 3).await;
                     let me = Holder::new(&attempt, Some(ttl));
                     let mode = match version.clone() {
-                        Some(v) if v.e_tag.is_some() || v.version.is_some() => PutMode::Update(v),
-                        _ => PutMode::Overwrite,
+                        Some(v) if conditional && (v.e_tag.is_some() || v.version.is_some()) => {
+                            PutMode::Update(v)
+                        }
+                        _ => {
+                            // No conditional update: overwrite only while it is still ours.
+                            let ours = match store.get(&path).await {
+                                Ok(r) => r
+                                    .bytes()
+                                    .await
+                                    .ok()
+                                    .and_then(|b| serde_json::from_slice::<Holder>(&b).ok()),
+                                Err(_) => None,
+                            }
+                            .is_some_and(|h| h.attempt == attempt);
+                            if !ours {
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                            PutMode::Overwrite
+                        }
                     };
                     let opts = PutOptions {
                         mode,
@@ -266,6 +295,10 @@ impl WriterLease {
                             lost.store(true, Ordering::SeqCst);
                             return;
                         }
+                        Err(
+                            object_store::Error::NotImplemented { .. }
+                            | object_store::Error::NotSupported { .. },
+                        ) => conditional = false,
                         Err(e) => {
                             tracing::warn!(lease = %path, error = %e, "could not renew the writer lease");
                         }
@@ -333,5 +366,45 @@ impl Drop for WriterLease {
         if let Inner::Remote { renew, .. } = &self.inner {
             renew.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lease_is_renewed_while_held_and_taken_over_once_expired() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = Path::from("btc/_state/lease.json");
+        let ttl = Duration::from_millis(600);
+        let a = WriterLease::remote_ttl("btc", Arc::clone(&store), path.clone(), "a", ttl)
+            .await
+            .expect("a");
+        // Held past its time to live: renewed, still refused to others.
+        tokio::time::sleep(ttl * 2).await;
+        a.check().await.expect("still held");
+        let err = WriterLease::remote_ttl("btc", Arc::clone(&store), path.clone(), "b", ttl)
+            .await
+            .expect_err("held");
+        assert!(matches!(err, Error::LeaseHeld { .. }), "{err}");
+        // Its writer stops renewing (killed, or paused): once expired, another takes over,
+        // and the first can no longer commit.
+        let Inner::Remote { renew, .. } = &a.inner else {
+            panic!("remote");
+        };
+        renew.abort();
+        tokio::time::sleep(ttl * 2).await;
+        let b = WriterLease::remote_ttl("btc", Arc::clone(&store), path.clone(), "b", ttl)
+            .await
+            .expect("taken over");
+        let err = a.check().await.expect_err("lost");
+        assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+        b.check().await.expect("b holds it");
+        // Releasing a lost lease leaves the new holder's alone.
+        a.release().await;
+        b.check().await.expect("b still holds it");
+        b.release().await;
+        assert!(store.head(&path).await.is_err(), "released");
     }
 }
