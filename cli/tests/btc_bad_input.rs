@@ -87,12 +87,44 @@ fn mutate(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(path, bytes).expect("write");
 }
 
+/// The newest blk file cut inside its last record (a node still appending): the run
+/// indexes up to the last whole block and says so.
 #[tokio::test]
-async fn truncated_record() {
+async fn truncated_last_record_of_the_newest_file() {
     let Some(fx) = fixtures() else { return };
     let recs = mainnet_0_255(&fx);
     let c = case(&recs);
     let off = offset_of(&recs, 255);
+    mutate(&blk(&c), |b| b.truncate(off + 100));
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        c.blocks.to_str().expect("utf8"),
+        "--warehouse",
+        &c.wh,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("partial record"), "{stderr}");
+    assert_eq!(committed_tip(&c.wh).await, Some(254));
+    assert_prefix_committed(&c, 254).await;
+}
+
+/// A record cut short in a file that is not the newest is corruption.
+#[tokio::test]
+async fn truncated_record_in_an_older_file() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocks = tmp.path().join("blocks");
+    write_blocks_dir(&blocks, &[recs[..200].to_vec(), recs[200..].to_vec()]);
+    let c = Case {
+        blocks,
+        wh: tmp.path().join("wh").to_string_lossy().into_owned(),
+        _tmp: tmp,
+    };
+    let off = offset_of(&recs, 199);
     mutate(&blk(&c), |b| b.truncate(off + 100));
     let err = index_fails(&c);
     assert!(
@@ -100,7 +132,32 @@ async fn truncated_record() {
         "{err}"
     );
     assert!(err.contains("truncated record"), "{err}");
-    assert_prefix_committed(&c, 254).await;
+    assert_prefix_committed(&c, 198).await;
+}
+
+/// Bitcoin Core ≥ 28 obfuscates blk files but preallocates the current file's tail as raw
+/// zeros (never obfuscated): that tail ends the records, it is not a bad magic.
+#[tokio::test]
+async fn obfuscated_files_with_a_preallocated_raw_zero_tail() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let c = case(&recs);
+    obfuscate(&c.blocks, [0x1b, 0x52, 0xdf, 0x16, 0x9a, 0x07, 0x33, 0xe1]);
+    mutate(&blk(&c), |b| b.resize(b.len() + (1 << 20), 0));
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        c.blocks.to_str().expect("utf8"),
+        "--warehouse",
+        &c.wh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(committed_tip(&c.wh).await, Some(255));
 }
 
 #[tokio::test]

@@ -244,6 +244,9 @@ fn an_object_store_that_never_answers_fails_in_bounded_time() {
             "1",
             "SELECT count(*) FROM btc.blocks",
         ])
+        // The test environment's own S3 emulator must not answer instead.
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_S3")
         .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_ACCESS_KEY_ID", "x")

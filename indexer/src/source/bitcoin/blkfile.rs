@@ -151,11 +151,16 @@ impl BlkDir {
             .map_err(|e| Error::io(&self.files[file], e))
     }
 
-    /// Reads and de-obfuscates `buf.len()` bytes at `offset` of file `file`.
-    fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads `buf.len()` bytes at `offset` of file `file` as stored (not de-obfuscated).
+    fn read_raw_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.handles[file]
             .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(&self.files[file], e))?;
+            .map_err(|e| Error::io(&self.files[file], e))
+    }
+
+    /// Reads and de-obfuscates `buf.len()` bytes at `offset` of file `file`.
+    fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_raw_at(file, offset, buf)?;
         if self.key != [0; 8] {
             for (i, b) in buf.iter_mut().enumerate() {
                 // Core XORs with key[(position in file) % 8].
@@ -167,23 +172,43 @@ impl BlkDir {
 
     /// Scans every file and returns the location and header of every block record, in
     /// storage order. Reads only the 88 bytes of record and block headers per block.
+    ///
+    /// Core preallocates the current file (`FlatFileSeq::Allocate`, in 16 MiB chunks) with
+    /// raw zeros that are never obfuscated: zeros as stored end a file's records, whatever
+    /// the key. The newest file may end in a record the node is still writing (cut short,
+    /// or its header not yet written): the scan stops before it, and the run indexes up to
+    /// the last whole block; in any older file that is corruption.
     pub fn scan(&self) -> Result<Vec<BlockLocation>> {
         let expected = self.network.magic().to_bytes();
         let mut out = Vec::new();
+        let newest = self.files.len().saturating_sub(1);
         for file in 0..self.files.len() {
             let path = &self.files[file];
             let len = self.file_len(file)?;
+            let growing = file == newest;
             let mut offset = 0u64;
             while offset < len {
                 let available = len - offset;
                 let mut head = [0u8; 8];
                 let n = available.min(8) as usize;
-                self.read_at(file, offset, &mut head[..n])?;
+                self.read_raw_at(file, offset, &mut head[..n])?;
                 if head[..4.min(n)].iter().all(|&b| b == 0) {
                     self.check_padding(file, offset, len)?;
                     break;
                 }
+                for (i, b) in head[..n].iter_mut().enumerate() {
+                    *b ^= self.key[((offset + i as u64) % 8) as usize];
+                }
+                if head[..4.min(n)].iter().all(|&b| b == 0) {
+                    // Padding written through the key (not Core's way, but harmless).
+                    self.check_padding_keyed(file, offset, len)?;
+                    break;
+                }
                 if n < 8 {
+                    if growing {
+                        self.warn_partial(file, offset, available);
+                        break;
+                    }
                     return Err(Error::Truncated {
                         file: path.clone(),
                         offset,
@@ -216,6 +241,10 @@ impl BlkDir {
                     });
                 }
                 if rec_len > available - 8 {
+                    if growing {
+                        self.warn_partial(file, offset, available);
+                        break;
+                    }
                     return Err(Error::Truncated {
                         file: path.clone(),
                         offset,
@@ -223,8 +252,17 @@ impl BlkDir {
                         available,
                     });
                 }
-                let mut hdr = [0u8; 80];
-                self.read_at(file, offset + 8, &mut hdr)?;
+                let mut raw_hdr = [0u8; 80];
+                self.read_raw_at(file, offset + 8, &mut raw_hdr)?;
+                if growing && raw_hdr.iter().all(|&b| b == 0) {
+                    // The record's length is written, its block not yet.
+                    self.warn_partial(file, offset, available);
+                    break;
+                }
+                let mut hdr = raw_hdr;
+                for (i, b) in hdr.iter_mut().enumerate() {
+                    *b ^= self.key[((offset + 8 + i as u64) % 8) as usize];
+                }
                 let header =
                     Header::consensus_decode(&mut &hdr[..]).map_err(|source| Error::Decode {
                         file: path.clone(),
@@ -245,13 +283,36 @@ impl BlkDir {
         Ok(out)
     }
 
-    /// Zero padding must run to the end of the file; anything else is corruption.
+    fn warn_partial(&self, file: usize, offset: u64, available: u64) {
+        tracing::warn!(
+            file = %self.files[file].display(),
+            offset,
+            available,
+            "the newest blk file ends in a partial record (the node is still writing it): indexing up to the last whole block"
+        );
+    }
+
+    /// Zero padding (as stored) must run to the end of the file; anything else is
+    /// corruption.
     fn check_padding(&self, file: usize, start: u64, len: u64) -> Result<()> {
+        self.padding_until(file, start, len, false)
+    }
+
+    /// Zero padding written through the key.
+    fn check_padding_keyed(&self, file: usize, start: u64, len: u64) -> Result<()> {
+        self.padding_until(file, start, len, true)
+    }
+
+    fn padding_until(&self, file: usize, start: u64, len: u64, keyed: bool) -> Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = start;
         while offset < len {
             let n = (len - offset).min(buf.len() as u64) as usize;
-            self.read_at(file, offset, &mut buf[..n])?;
+            if keyed {
+                self.read_at(file, offset, &mut buf[..n])?;
+            } else {
+                self.read_raw_at(file, offset, &mut buf[..n])?;
+            }
             if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
                 return Err(Error::GarbageAfterPadding {
                     file: self.files[file].clone(),
