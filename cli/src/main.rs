@@ -139,6 +139,10 @@ struct IndexBtcArgs {
     /// Threads that read, decode, verify and prepare blocks (default: one per core).
     #[arg(long)]
     read_threads: Option<usize>,
+    /// The deepest reorganisation to unwind (committed blocks no longer on the best
+    /// chain); deeper is an error.
+    #[arg(long, default_value_t = 1_000)]
+    max_unwind: u64,
 }
 
 #[derive(Subcommand)]
@@ -459,6 +463,7 @@ async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
     opts.network = a.network.as_deref().map(parse_network).transpose()?;
     opts.commit_blocks = a.commit_blocks;
     opts.commit_bytes = a.commit_mb.max(1) << 20;
+    opts.max_unwind = a.max_unwind;
     if let Some(n) = a.read_threads {
         if n == 0 {
             bail!("--read-threads must be at least 1");

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ferret_indexer::btc::{IndexOptions, index_btc};
-use ferret_schemas::Warehouse;
+use ferret_schemas::{Chain, Warehouse};
 
 async fn index(dir: &std::path::Path, wh: &Warehouse) -> ferret_indexer::btc::IndexSummary {
     let mut opts = IndexOptions::new(dir);
@@ -329,7 +329,7 @@ async fn reruns_continue_and_process_only_new_blocks() {
 }
 
 #[tokio::test]
-async fn a_reorg_below_the_committed_tip_is_refused_not_mixed() {
+async fn a_reorg_below_the_committed_tip_is_unwound_and_equals_a_fresh_index() {
     let Some(fx) = fixtures() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let blocks = tmp.path().join("blocks");
@@ -344,15 +344,54 @@ async fn a_reorg_below_the_committed_tip_is_refused_not_mixed() {
             records(&fx.join("btc/mainnet-branch-3A-5A.blk")),
         ],
     );
-    let err = index_btc(&wh, &IndexOptions::new(&blocks))
+    let summary = index_btc(&wh, &IndexOptions::new(&blocks))
         .await
-        .expect_err("reorg");
-    let msg = err.to_string();
+        .expect("unwound and indexed");
+    assert_eq!(summary.unwound, 2, "{summary}");
     assert!(
-        msg.contains("000000002f264d6504013e73b9c913de9098d4d771c1bb219af475d2a01b128e"),
-        "{msg}"
+        summary.to_string().contains("unwound 2 committed blocks"),
+        "{summary}"
     );
-    assert!(msg.contains("height 4 is not on the best chain"), "{msg}");
-    // Nothing changed.
-    assert_eq!(scalar(&wh, "SELECT count(*) FROM btc.blocks").await, "5");
+    // Exactly what a fresh index of the new best chain holds, and no stale hash left.
+    let fresh = Warehouse::open("memory://reorg-fresh").expect("open");
+    index(&blocks, &fresh).await;
+    assert_eq!(dump(&wh).await, dump(&fresh).await);
+    assert_eq!(
+        scalar(
+            &wh,
+            "SELECT count(*) FROM btc.blocks WHERE hash = '000000002f264d6504013e73b9c913de9098d4d771c1bb219af475d2a01b128e'"
+        )
+        .await,
+        "0"
+    );
+    let m = wh
+        .load_manifest(Chain::Btc)
+        .await
+        .expect("m")
+        .expect("some");
+    let f = fresh
+        .load_manifest(Chain::Btc)
+        .await
+        .expect("m")
+        .expect("some");
+    assert_eq!(
+        (m.tip, m.totals, m.next_tx_index),
+        (f.tip, f.totals, f.next_tx_index)
+    );
+    // Deeper than --max-unwind: refused, nothing changed.
+    let only = tmp.path().join("only-0-4");
+    write_blocks_dir(&only, &[records(&fx.join("btc/mainnet-blocks-0-4.blk"))]);
+    let deep_wh = Warehouse::open("memory://reorg-deep").expect("open");
+    index(&only, &deep_wh).await;
+    let mut deep = IndexOptions::new(&blocks);
+    deep.max_unwind = 1;
+    let err = index_btc(&deep_wh, &deep).await.expect_err("too deep");
+    assert!(
+        err.to_string().contains("reorganisation deeper than"),
+        "{err}"
+    );
+    assert_eq!(
+        scalar(&deep_wh, "SELECT count(*) FROM btc.blocks").await,
+        "5"
+    );
 }

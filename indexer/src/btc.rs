@@ -44,6 +44,9 @@ pub struct IndexOptions {
     pub progress: bool,
     /// Threads reading, decoding, verifying and preparing blocks ahead of the transform.
     pub read_threads: usize,
+    /// The deepest reorganisation unwound (blocks below the committed tip); deeper is an
+    /// error.
+    pub max_unwind: u64,
 }
 
 impl IndexOptions {
@@ -58,6 +61,7 @@ impl IndexOptions {
             commit_bytes: 512 << 20,
             progress: false,
             read_threads: default_read_threads(),
+            max_unwind: 1_000,
         }
     }
 }
@@ -82,12 +86,21 @@ pub struct IndexSummary {
     pub utxo: UtxoStats,
     /// Tip of the warehouse after the run.
     pub tip: Option<Checkpoint>,
+    /// Committed blocks removed by unwinding a reorganisation.
+    pub unwound: u64,
 }
 
 impl std::fmt::Display for IndexSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.counts;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
+        if self.unwound > 0 {
+            writeln!(
+                f,
+                "unwound {} committed blocks no longer on the best chain (a reorganisation)",
+                self.unwound
+            )?;
+        }
         match self.heights {
             Some((a, b)) => writeln!(f, "indexed {} heights {a}..={b}", self.network)?,
             None => writeln!(f, "nothing new to index ({})", self.network)?,
@@ -311,15 +324,25 @@ async fn index_btc_leased(
         summary.elapsed = started.elapsed();
         return Ok(summary);
     };
-    let start = match &manifest.tip {
+    let start = match manifest.tip.clone() {
         Some(tip) => {
+            let mut next = tip.height + 1;
             match chain.at(tip.height) {
                 Some(b) if b.loc.hash.to_string() == tip.hash => {}
                 Some(_) => {
-                    return Err(Error::Reorg {
-                        height: tip.height,
-                        hash: tip.hash.clone(),
-                    });
+                    // A reorganisation below the committed tip: unwind to the newest
+                    // committed block still on the best chain, in one commit, then index
+                    // the new branch from there.
+                    let ancestor = btc_ancestor(wh, &manifest, &chain, opts.max_unwind).await?;
+                    let removed = unwind_btc(wh, &mut manifest, ancestor, lease).await?;
+                    tracing::warn!(
+                        committed_tip = tip.height,
+                        ancestor = ?ancestor,
+                        removed,
+                        "reorganisation: unwound the blocks no longer on the best chain"
+                    );
+                    summary.unwound += removed;
+                    next = ancestor.map_or(chain_start, |a| a + 1);
                 }
                 None if chain_start > tip.height + 1 => {
                     return Err(Error::Gap {
@@ -343,7 +366,7 @@ async fn index_btc_leased(
                     return Ok(summary);
                 }
             }
-            tip.height + 1
+            next
         }
         None => chain_start,
     };
@@ -725,4 +748,182 @@ mod tests {
         );
         assert_eq!(parse_txid("zz"), None);
     }
+}
+
+/// The newest committed height whose block is still on the best chain, looking at most
+/// `max_unwind` blocks below the committed tip (from the committed `blocks` table); `None`
+/// when no committed block is (the whole indexed chain was replaced).
+async fn btc_ancestor(
+    wh: &Warehouse,
+    manifest: &Manifest,
+    chain: &BestChain,
+    max_unwind: u64,
+) -> Result<Option<u64>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let tip = manifest.tip.clone().expect("a committed tip");
+    let lowest = tip.height.saturating_sub(max_unwind);
+    let mut committed: std::collections::HashMap<u64, String> = Default::default();
+    for f in manifest
+        .files_of("blocks")
+        .filter(|f| f.last_height >= lowest)
+    {
+        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
+            let bad = || Error::CorruptCommitted {
+                path: f.path.clone(),
+                reason: "blocks: height and hash columns of the wrong type".into(),
+            };
+            let h = b
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(bad)?;
+            let x = b.column(1).as_string_opt::<i32>().ok_or_else(bad)?;
+            for r in 0..b.num_rows() {
+                committed.insert(h.value(r) as u64, x.value(r).to_string());
+            }
+        }
+    }
+    let first = manifest.first_height.unwrap_or(0);
+    for height in (lowest.max(first)..=tip.height).rev() {
+        if let (Some(c), Some(b)) = (committed.get(&height), chain.at(height))
+            && *c == b.loc.hash.to_string()
+        {
+            return Ok(Some(height));
+        }
+    }
+    if lowest <= first {
+        return Ok(None);
+    }
+    Err(Error::DeepReorg {
+        height: tip.height,
+        hash: tip.hash,
+        kept: max_unwind as usize,
+    })
+}
+
+/// Removes every committed row above `ancestor` (all rows for `None`) in one commit: files
+/// wholly above it leave the manifest, files across it are rewritten without those rows
+/// under new names; totals and the next `tx_index` follow. Returns the blocks removed.
+async fn unwind_btc(
+    wh: &Warehouse,
+    m: &mut Manifest,
+    ancestor: Option<u64>,
+    lease: &ferret_schemas::WriterLease,
+) -> Result<u64> {
+    use arrow::array::Array;
+    let seq = m.seq + 1;
+    let mut kept = Vec::with_capacity(m.files.len());
+    let mut removed = ferret_schemas::manifest::Totals::default();
+    // Inputs whose spent output lies before the indexed range, among removed rows.
+    let unresolved = |batches: &[arrow::array::RecordBatch]| -> u64 {
+        batches
+            .iter()
+            .map(|b| {
+                match (
+                    b.column_by_name("spent_txid"),
+                    b.column_by_name("spent_height"),
+                ) {
+                    (Some(t), Some(h)) => (0..b.num_rows())
+                        .filter(|&r| t.is_valid(r) && h.is_null(r))
+                        .count() as u64,
+                    _ => 0,
+                }
+            })
+            .sum()
+    };
+    let mut count = |table: &str, batches: &[arrow::array::RecordBatch]| {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        match table {
+            "blocks" => removed.blocks += rows,
+            "transactions" => removed.transactions += rows,
+            "inputs" => {
+                removed.inputs += rows;
+                removed.unresolved_inputs += unresolved(batches);
+            }
+            "outputs" => removed.outputs += rows,
+            _ => {}
+        }
+    };
+    let mut dropped_paths = Vec::new();
+    for f in std::mem::take(&mut m.files) {
+        match ancestor {
+            Some(a) if f.last_height <= a => kept.push(f),
+            Some(a) if f.first_height <= a => {
+                let (entry, gone) = crate::sink::truncate_committed(
+                    wh,
+                    Chain::Btc,
+                    &f,
+                    "height",
+                    a,
+                    lease.attempt(),
+                    seq,
+                )
+                .await?;
+                count(&f.table, &gone);
+                kept.push(entry);
+                dropped_paths.push(f.path);
+            }
+            _ => {
+                let gone = wh.read_file(&f.path).await?;
+                count(&f.table, &gone);
+                dropped_paths.push(f.path);
+            }
+        }
+    }
+    m.files = kept;
+    let t = &mut m.totals;
+    t.blocks -= removed.blocks.min(t.blocks);
+    t.transactions -= removed.transactions.min(t.transactions);
+    t.inputs -= removed.inputs.min(t.inputs);
+    t.outputs -= removed.outputs.min(t.outputs);
+    t.unresolved_inputs -= removed.unresolved_inputs.min(t.unresolved_inputs);
+    m.next_tx_index -= removed.transactions.min(m.next_tx_index);
+    match ancestor {
+        Some(a) => {
+            let hash = btc_hash_at(wh, m, a).await?;
+            m.tip = Some(Checkpoint { height: a, hash });
+        }
+        None => {
+            m.tip = None;
+            m.first_height = None;
+            m.first_hash = None;
+            m.next_tx_index = 0;
+        }
+    }
+    wh.commit_manifest(Chain::Btc, m, lease).await?;
+    // Readers of the new manifest never see these; delete them now.
+    for p in dropped_paths {
+        use object_store::ObjectStoreExt;
+        let path = wh.resolve(&p)?;
+        if let Err(e) = wh.store().delete(&path).await {
+            tracing::warn!(path = %p, error = %e, "could not delete an unwound file");
+        }
+    }
+    Ok(removed.blocks)
+}
+
+/// The committed hash of the block at `height`.
+async fn btc_hash_at(wh: &Warehouse, m: &Manifest, height: u64) -> Result<String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    for f in m
+        .files_of("blocks")
+        .filter(|f| f.first_height <= height && height <= f.last_height)
+    {
+        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
+            let (Some(h), Some(x)) = (
+                b.column(0).as_primitive_opt::<Int64Type>(),
+                b.column(1).as_string_opt::<i32>(),
+            ) else {
+                continue;
+            };
+            if let Some(r) = (0..b.num_rows()).find(|&r| h.value(r) as u64 == height) {
+                return Ok(x.value(r).to_string());
+            }
+        }
+    }
+    Err(Error::CorruptCommitted {
+        path: "btc/blocks".into(),
+        reason: format!("no committed block at height {height}"),
+    })
 }

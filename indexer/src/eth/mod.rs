@@ -15,13 +15,12 @@ pub mod transform;
 
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int64Array, RecordBatch};
-use ferret_schemas::{Chain, Checkpoint, FileEntry, Manifest, Warehouse, layout, tables_of};
+use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout, tables_of};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use object_store::ObjectStoreExt;
 
-use crate::sink::{ChunkSinks, TableWriter};
+use crate::sink::ChunkSinks;
 use crate::{Error, Result};
 pub use rpc::{RetryPolicy, Rpc};
 pub use source::{Source, TraceMode};
@@ -529,7 +528,17 @@ async fn unwind(
         match ancestor {
             Some(a) if f.last_height <= a => kept.push(f),
             Some(a) if f.first_height <= a => {
-                kept.push(truncate_file(wh, &f, a, lease.attempt(), seq).await?);
+                let (entry, _) = crate::sink::truncate_committed(
+                    wh,
+                    Chain::Eth,
+                    &f,
+                    "block_number",
+                    a,
+                    lease.attempt(),
+                    seq,
+                )
+                .await?;
+                kept.push(entry);
                 dropped.push(f.path);
             }
             _ => dropped.push(f.path),
@@ -559,48 +568,4 @@ async fn unwind(
         }
     }
     Ok(before - m.totals.blocks)
-}
-
-/// Rewrites a committed file keeping only rows up to block `ancestor`.
-async fn truncate_file(
-    wh: &Warehouse,
-    f: &FileEntry,
-    ancestor: u64,
-    attempt: &str,
-    seq: u64,
-) -> Result<FileEntry> {
-    let table =
-        ferret_schemas::table(Chain::Eth, &f.table).ok_or_else(|| Error::CorruptCommitted {
-            path: f.path.clone(),
-            reason: format!("unknown table {}", f.table),
-        })?;
-    let schema = table.schema();
-    let batches = wh.read_file(&f.path).await?;
-    let path = layout::data_file(wh.root(), table, f.first_height, ancestor, attempt, seq);
-    let mut w = TableWriter::create_at(wh, table, path, f.first_height, ancestor)?;
-    let limit = Int64Array::new_scalar(i64::try_from(ancestor).unwrap_or(i64::MAX));
-    for b in batches {
-        let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|source| {
-            Error::Arrow {
-                table: table.qualified_name(),
-                source,
-            }
-        })?;
-        let arrow_err = |source| Error::Arrow {
-            table: table.qualified_name(),
-            source,
-        };
-        let number = b
-            .column_by_name("block_number")
-            .ok_or_else(|| Error::CorruptCommitted {
-                path: f.path.clone(),
-                reason: "no block_number column".into(),
-            })?;
-        let keep = arrow::compute::kernels::cmp::lt_eq(number, &limit).map_err(arrow_err)?;
-        let b = arrow::compute::filter_record_batch(&b, &keep).map_err(arrow_err)?;
-        if b.num_rows() > 0 {
-            w.write(&b).await?;
-        }
-    }
-    w.close(wh).await
 }

@@ -251,3 +251,56 @@ fn join(r: std::result::Result<Result<FileEntry>, tokio::task::JoinError>) -> Re
         what: format!("table writer task: {e}"),
     })?
 }
+
+/// Rewrites a committed file keeping only rows whose `height_column` is at most
+/// `ancestor`, under a new name of this writer's attempt and commit `seq` (the old file
+/// stays for readers of the older manifest until garbage collection). Returns the new
+/// entry and the rows it dropped (a reorganisation's few blocks).
+pub async fn truncate_committed(
+    wh: &Warehouse,
+    chain: ferret_schemas::Chain,
+    f: &FileEntry,
+    height_column: &str,
+    ancestor: u64,
+    attempt: &str,
+    seq: u64,
+) -> Result<(FileEntry, Vec<RecordBatch>)> {
+    let table = ferret_schemas::table(chain, &f.table).ok_or_else(|| Error::CorruptCommitted {
+        path: f.path.clone(),
+        reason: format!("unknown table {}", f.table),
+    })?;
+    let schema = table.schema();
+    let batches = wh.read_file(&f.path).await?;
+    let path =
+        ferret_schemas::layout::data_file(wh.root(), table, f.first_height, ancestor, attempt, seq);
+    let mut w = TableWriter::create_at(wh, table, path, f.first_height, ancestor)?;
+    let limit = arrow::array::Int64Array::new_scalar(i64::try_from(ancestor).unwrap_or(i64::MAX));
+    let arrow_err = |source| Error::Arrow {
+        table: table.qualified_name(),
+        source,
+    };
+    let mut dropped = Vec::new();
+    for b in batches {
+        let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(arrow_err)?;
+        let height = b
+            .column_by_name(height_column)
+            .ok_or_else(|| Error::CorruptCommitted {
+                path: f.path.clone(),
+                reason: format!("no {height_column} column"),
+            })?;
+        let keep = arrow::compute::kernels::cmp::lt_eq(height, &limit).map_err(arrow_err)?;
+        let kept = arrow::compute::filter_record_batch(&b, &keep).map_err(arrow_err)?;
+        let gone = arrow::compute::filter_record_batch(
+            &b,
+            &arrow::compute::not(&keep).map_err(arrow_err)?,
+        )
+        .map_err(arrow_err)?;
+        if kept.num_rows() > 0 {
+            w.write(&kept).await?;
+        }
+        if gone.num_rows() > 0 {
+            dropped.push(gone);
+        }
+    }
+    Ok((w.close(wh).await?, dropped))
+}
