@@ -68,6 +68,17 @@ async fn committed_tip(wh: &str) -> Option<u64> {
 
 async fn assert_prefix_committed(c: &Case, last_good: u64) {
     let tip = committed_tip(&c.wh).await;
+    // The failed run removed what it wrote and never committed.
+    let dir = Path::new(&c.wh);
+    if tip.is_some() {
+        assert_only_committed_files(dir, Chain::Btc).await;
+    } else if dir.exists() {
+        let data: Vec<_> = walk(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        assert!(data.is_empty(), "uncommitted files left: {data:?}");
+    }
     assert!(
         tip.is_none_or(|t| t <= last_good),
         "committed {tip:?} past {last_good}"

@@ -262,8 +262,32 @@ fn plan_chunks(blocks: &[ChainBlock], commit_blocks: u64, commit_bytes: u64) -> 
 pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSummary> {
     let lease = wh.writer_lease(Chain::Btc).await?;
     let r = index_btc_leased(wh, opts, &lease).await;
+    if r.is_err() {
+        // A failed run's uncommitted files go now, not at the next run, so tools that
+        // glob the directories see them only briefly.
+        clean_after_failure(wh, Chain::Btc, &lease).await;
+    }
     lease.release().await;
     r
+}
+
+/// Deletes what a failed run wrote and never committed (best effort: nothing when the
+/// manifest itself cannot be read, or the lease was lost).
+pub(crate) async fn clean_after_failure(
+    wh: &Warehouse,
+    chain: Chain,
+    lease: &ferret_schemas::WriterLease,
+) {
+    if let Ok(m) = wh.load_manifest(chain).await {
+        let m = m.unwrap_or_else(|| Manifest::empty(chain.as_str(), ""));
+        match wh.collect_garbage(chain, &m, lease).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(deleted = n, "removed the failed run's uncommitted files")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove the failed run's files"),
+        }
+    }
 }
 
 async fn index_btc_leased(

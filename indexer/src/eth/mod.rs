@@ -177,6 +177,9 @@ pub async fn index_eth(
 ) -> Result<EthSummary> {
     let lease = wh.writer_lease(Chain::Eth).await?;
     let r = index_eth_leased(wh, opts, stop, &lease).await;
+    if r.is_err() {
+        crate::btc::clean_after_failure(wh, Chain::Eth, &lease).await;
+    }
     lease.release().await;
     r
 }
