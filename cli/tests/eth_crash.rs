@@ -87,3 +87,52 @@ async fn sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run() {
     // Exactly the committed files are left (plus the one manifest).
     assert_only_committed_files(&wh_path, Chain::Eth).await;
 }
+
+/// A crash at each step of an Ethereum commit (`FERRET_FAILPOINT`, no timing luck), then a
+/// rerun: the same tables as an uninterrupted run, only committed files left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_commit_step_then_rerun_equals_an_uninterrupted_run() {
+    let Some(node) = anvil(&[]).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    generate(
+        node.url(),
+        &EthSynthConfig {
+            seed: 5,
+            ..Default::default()
+        },
+        tmp.path(),
+    )
+    .await
+    .expect("scenario");
+    let reference = Warehouse::open("memory://eth-failpoint-reference").expect("open");
+    index_eth(&reference, &EthOptions::new(node.url()), None)
+        .await
+        .expect("index");
+    let want = dump_chain(&reference, Chain::Eth).await;
+    for (i, f) in [
+        "data-file-written:1",
+        "data-file-written:9",
+        "before-manifest-put:2",
+        "after-manifest-put:3",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tmp.path().join(format!("wh{i}"));
+        let wh = dir.to_str().expect("utf8");
+        let out = index_cmd(node.url(), wh)
+            .env("FERRET_FAILPOINT", f)
+            .status()
+            .expect("run");
+        assert!(!out.success(), "{f}: the failpoint did not fire");
+        assert!(
+            index_cmd(node.url(), wh).status().expect("run").success(),
+            "{f}: rerun"
+        );
+        let got = Warehouse::open(wh).expect("open");
+        assert_eq!(dump_chain(&got, Chain::Eth).await, want, "{f}");
+        assert_only_committed_files(&dir, Chain::Eth).await;
+    }
+}
