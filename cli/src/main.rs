@@ -55,6 +55,9 @@ enum Command {
     Labels(LabelsCmd),
     /// Run SQL over the warehouse.
     Sql(SqlArgs),
+    /// Check every committed file against the manifest: present, same size, same SHA-256
+    /// (reads every file whole).
+    Verify(VerifyArgs),
     /// Generate a chain, index it, and show what SQL finds.
     Demo(demo::DemoArgs),
 }
@@ -420,6 +423,13 @@ struct SynthBtcArgs {
     /// Obfuscate the blk files with a random key in xor.dat, as Core ≥ 28 does.
     #[arg(long)]
     xor: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
 }
 
 #[derive(Args)]
@@ -994,6 +1004,30 @@ async fn labels_import_cmd(a: LabelsImportArgs) -> Result<()> {
     Ok(())
 }
 
+async fn verify_cmd(a: VerifyArgs) -> Result<()> {
+    let wh = Warehouse::open_existing(&a.warehouse)?;
+    for &chain in ferret_schemas::Chain::all() {
+        let r = wh.verify_checksums(chain).await?;
+        if r.files + r.unchecked == 0 {
+            continue;
+        }
+        println!(
+            "{chain}: {} files ({:.1} MiB) match their SHA-256{}",
+            r.files,
+            r.bytes as f64 / (1 << 20) as f64,
+            if r.unchecked > 0 {
+                format!(
+                    "; {} written before checksums were recorded (sizes checked)",
+                    r.unchecked
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 async fn sql_cmd(a: SqlArgs) -> Result<()> {
     let sql = match (&a.sql, &a.file) {
         (Some(s), _) => s.clone(),
@@ -1074,6 +1108,7 @@ fn main() -> ExitCode {
             Command::Trace(TraceCmd::Eth(a)) => trace_eth_cmd(a).await,
             Command::Labels(LabelsCmd::Import(a)) => labels_import_cmd(a).await,
             Command::Sql(a) => sql_cmd(a).await,
+            Command::Verify(a) => verify_cmd(a).await,
             Command::Demo(a) => demo::run(a).await,
         }
     });

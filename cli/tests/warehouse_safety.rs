@@ -282,3 +282,30 @@ fn an_object_store_that_never_answers_fails_in_bounded_time() {
         "a timeout naming where: {err}"
     );
 }
+
+#[tokio::test]
+async fn flipped_bytes_are_caught_by_verify() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let blocks = chain(tmp.path());
+    let dir = tmp.path().join("wh");
+    let wh = dir.to_str().expect("utf8");
+    index_btc_cli(&blocks, wh);
+    let out = ok(ferret(&["verify", "--warehouse", wh]));
+    assert!(
+        out.contains("btc: 4 files") && out.contains("match their SHA-256"),
+        "{out}"
+    );
+    // One byte flipped in the middle of a committed file: the size is unchanged, so only
+    // the checksum can tell.
+    let victim = data_files(&dir.join("btc/transactions"))
+        .into_iter()
+        .next()
+        .expect("a transactions file");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, &bytes).expect("write");
+    let name = victim.file_name().expect("name").to_str().expect("utf8");
+    let err = fails_with(ferret(&["verify", "--warehouse", wh]), name);
+    assert!(err.contains("SHA-256"), "{err}");
+}

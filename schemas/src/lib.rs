@@ -12,6 +12,7 @@
 //! ```
 
 pub mod btc;
+pub mod checksum;
 mod error;
 pub mod eth;
 pub mod failpoint;

@@ -32,6 +32,10 @@ pub struct FileEntry {
     pub rows: u64,
     /// Size of the file in bytes.
     pub bytes: u64,
+    /// SHA-256 of the file as written, lowercase hex (files written before checksums
+    /// were recorded have none); checked by `ferret verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Running totals over everything committed, for summaries and cheap checks.

@@ -105,6 +105,7 @@ async fn conformance(wh: Warehouse, extra_garbage: usize) {
         last_height: 0,
         rows: 1,
         bytes: 1,
+        sha256: None,
     });
     wh.commit_manifest(Chain::Btc, &mut m, &lease)
         .await

@@ -94,7 +94,8 @@ pub fn writer_properties(t: &TableDef) -> WriterProperties {
 pub struct TableWriter {
     table: &'static TableDef,
     path: Path,
-    writer: AsyncArrowWriter<BufWriter>,
+    writer: AsyncArrowWriter<ferret_schemas::checksum::HashingWriter<BufWriter>>,
+    digest: ferret_schemas::checksum::Digest,
     rows: u64,
     first_height: u64,
     last_height: u64,
@@ -109,7 +110,10 @@ impl TableWriter {
         first_height: u64,
         last_height: u64,
     ) -> Result<Self> {
-        let out = BufWriter::new(Arc::clone(wh.store()), path.clone());
+        let (out, digest) = ferret_schemas::checksum::HashingWriter::new(BufWriter::new(
+            Arc::clone(wh.store()),
+            path.clone(),
+        ));
         let writer = AsyncArrowWriter::try_new(out, table.schema(), Some(writer_properties(table)))
             .map_err(|source| Error::Parquet {
                 path: path.to_string(),
@@ -119,6 +123,7 @@ impl TableWriter {
             table,
             path,
             writer,
+            digest,
             rows: 0,
             first_height,
             last_height,
@@ -160,6 +165,7 @@ impl TableWriter {
             last_height: self.last_height,
             rows: self.rows,
             bytes: meta.size,
+            sha256: Some(self.digest.hex()),
         })
     }
 }
