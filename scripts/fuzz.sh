@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, nightly) of the parsers that read
+# what others wrote: blk records and blocks, manifests and results heads, label files
+# (CSV, TagPack YAML, lists) and Ethereum RPC responses. Seed corpora come from the
+# fixtures ($FERRET_FIXTURES, never copied into the repo) into fuzz/corpus/ (ignored).
+#
+#   scripts/fuzz.sh                 # every target, 10^7 executions each
+#   RUNS=20000 scripts/fuzz.sh      # a smoke run
+#   scripts/fuzz.sh blk_scan        # one target
+#
+# Each run bounds memory (-rss_limit_mb) and time per input (-timeout): a crash, a hang or
+# an out-of-memory input fails the run and leaves the input in fuzz/artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-10000000}
+FX=${FERRET_FIXTURES:-../shared/fixtures}
+export CARGO_TARGET_DIR=${FERRET_FUZZ_TARGET:-$HOME/.cache/ferret/fuzz-target}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(blk_scan manifest_load labels_parse eth_block_json)
+
+# --- seed corpora from the fixtures -----------------------------------------------------
+mkdir -p fuzz/corpus/{blk_scan,manifest_load,labels_parse,eth_block_json}
+if [ -d "$FX" ]; then
+  python3 - "$FX" <<'PY'
+import glob, json, os, struct, sys
+fx = sys.argv[1]
+out = "fuzz/corpus"
+def put(target, name, data):
+    with open(os.path.join(out, target, name), "wb") as f:
+        f.write(data)
+# blk: unkeyed (first byte even) whole files, and single records.
+for p in glob.glob(os.path.join(fx, "btc", "*.blk")):
+    data = open(p, "rb").read()
+    put("blk_scan", os.path.basename(p), b"\x00" + data[:1 << 20])
+    o, i = 0, 0
+    while o + 8 <= len(data) and i < 8:
+        n = struct.unpack("<I", data[o + 4:o + 8])[0]
+        put("blk_scan", f"{os.path.basename(p)}-{i}", b"\x00" + data[o:o + 8 + n])
+        o += 8 + n
+        i += 1
+# labels: the first byte picks the format (0 csv, 1 yaml, 2 list).
+for p in glob.glob(os.path.join(fx, "labels", "tagpacks", "*.yaml")):
+    put("labels_parse", os.path.basename(p), b"\x01" + open(p, "rb").read())
+for p in glob.glob(os.path.join(fx, "labels", "*.txt")):
+    put("labels_parse", os.path.basename(p), b"\x02" + open(p, "rb").read()[:1 << 16])
+put("labels_parse", "csv", b"\x00address,label,category,source,confidence\n"
+    b"1BoatSLRHtKNngkdXEeobR76b53LETtpyT,x,scam,s,50\n")
+# eth: a block's result, NUL, its receipts' results.
+rpc = os.path.join(fx, "eth", "rpc")
+receipts = [json.load(open(p)).get("result") for p in
+            sorted(glob.glob(os.path.join(rpc, "*eth_getTransactionReceipt_*.json")))]
+for p in glob.glob(os.path.join(rpc, "*eth_getBlockByNumber_*.json")):
+    block = json.load(open(p)).get("result")
+    if not block:
+        continue
+    hashes = [t["hash"] if isinstance(t, dict) else t for t in block.get("transactions", [])]
+    mine = [r for r in receipts if r and r.get("transactionHash") in hashes]
+    mine.sort(key=lambda r: hashes.index(r["transactionHash"]))
+    put("eth_block_json", os.path.basename(p),
+        json.dumps(block).encode() + b"\x00" + json.dumps(mine).encode())
+PY
+fi
+cat > fuzz/corpus/manifest_load/v2 <<'JSON'
+{"format":2,"schema_version":1,"chain":"btc","network":"regtest","seq":3,"first_height":0,"first_hash":"00","tip":{"height":1,"hash":"00"},"next_tx_index":2,"totals":{"blocks":2,"transactions":2,"inputs":2,"outputs":2,"unresolved_inputs":0},"files":[{"table":"blocks","path":"btc/blocks/p.parquet","first_height":0,"last_height":1,"rows":2,"bytes":10,"sha256":"ab"}]}
+JSON
+cat > fuzz/corpus/manifest_load/head <<'JSON'
+{"format":1,"seq":1,"runs":{"taint":{"run_id":"1-a","files":["results/taint/run=1-a/part-0.parquet"],"rows":1}}}
+JSON
+
+# --- runs --------------------------------------------------------------------------------
+for t in "${targets[@]}"; do
+  echo "== $t: $RUNS executions"
+  (cd fuzz && cargo +nightly fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
+     -runs="$RUNS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
+     -max_len=1200000 -print_final_stats=1 2>&1 | tail -n 25)
+done
