@@ -7,12 +7,15 @@
 #   scripts/fuzz.sh                 # every target, 10^7 executions each
 #   RUNS=20000 scripts/fuzz.sh      # a smoke run
 #   scripts/fuzz.sh blk_scan        # one target
+#   MAX_TIME=600 scripts/fuzz.sh    # at most ten minutes each
 #
 # Each run bounds memory (-rss_limit_mb) and time per input (-timeout): a crash, a hang or
 # an out-of-memory input fails the run and leaves the input in fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10000000}
+# Optional wall-clock bound per target, seconds (libFuzzer stops at whichever comes first).
+MAX_TIME=${MAX_TIME:-0}
 FX=${FERRET_FIXTURES:-../shared/fixtures}
 export CARGO_TARGET_DIR=${FERRET_FUZZ_TARGET:-$HOME/.cache/ferret/fuzz-target}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -72,6 +75,6 @@ JSON
 for t in "${targets[@]}"; do
   echo "== $t: $RUNS executions"
   (cd fuzz && cargo +nightly fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
-     -runs="$RUNS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
+     -runs="$RUNS" -max_total_time="$MAX_TIME" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
      -max_len=1200000 -print_final_stats=1 2>&1 | tail -n 25)
 done

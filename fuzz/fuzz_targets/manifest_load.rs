@@ -18,8 +18,9 @@ static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<ferret_schemas::Manifest>(data);
     RT.block_on(async {
-        let name = format!("fuzz-{}", ferret_schemas::results::new_run_id());
-        let wh = Warehouse::open(&format!("memory://{name}")).expect("open");
+        // One store per process (named memory stores live as long as the process), the
+        // same two objects overwritten by each input.
+        let wh = Warehouse::open("memory://fuzz-manifest").expect("open");
         let manifest = ferret_schemas::layout::state_dir(wh.root(), Chain::Btc)
             .join(ferret_schemas::manifest::manifest_name(3));
         let head = ferret_schemas::results::head_dir(wh.root())
