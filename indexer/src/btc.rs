@@ -358,15 +358,16 @@ async fn index_btc_leased(
                     // committed block still on the best chain, in one commit, then index
                     // the new branch from there.
                     let ancestor = btc_ancestor(wh, &manifest, &chain, opts.max_unwind).await?;
+                    let next_height = ancestor.as_ref().map_or(chain_start, |a| a.height + 1);
                     let removed = unwind_btc(wh, &mut manifest, ancestor, lease).await?;
                     tracing::warn!(
                         committed_tip = tip.height,
-                        ancestor = ?ancestor,
+                        next_height,
                         removed,
                         "reorganisation: unwound the blocks no longer on the best chain"
                     );
                     summary.unwound += removed;
-                    next = ancestor.map_or(chain_start, |a| a + 1);
+                    next = next_height;
                 }
                 None if chain_start > tip.height + 1 => {
                     return Err(Error::Gap {
@@ -774,15 +775,15 @@ mod tests {
     }
 }
 
-/// The newest committed height whose block is still on the best chain, looking at most
-/// `max_unwind` blocks below the committed tip (from the committed `blocks` table); `None`
-/// when no committed block is (the whole indexed chain was replaced).
+/// The newest committed block still on the best chain, looking at most `max_unwind`
+/// blocks below the committed tip (from the committed `blocks` table); `None` when no
+/// committed block is (the whole indexed chain was replaced).
 async fn btc_ancestor(
     wh: &Warehouse,
     manifest: &Manifest,
     chain: &BestChain,
     max_unwind: u64,
-) -> Result<Option<u64>> {
+) -> Result<Option<Checkpoint>> {
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
     let tip = manifest.tip.clone().expect("a committed tip");
@@ -812,7 +813,10 @@ async fn btc_ancestor(
         if let (Some(c), Some(b)) = (committed.get(&height), chain.at(height))
             && *c == b.loc.hash.to_string()
         {
-            return Ok(Some(height));
+            return Ok(Some(Checkpoint {
+                height,
+                hash: c.clone(),
+            }));
         }
     }
     if lowest <= first {
@@ -831,9 +835,10 @@ async fn btc_ancestor(
 async fn unwind_btc(
     wh: &Warehouse,
     m: &mut Manifest,
-    ancestor: Option<u64>,
+    ancestor: Option<Checkpoint>,
     lease: &ferret_schemas::WriterLease,
 ) -> Result<u64> {
+    let height = ancestor.as_ref().map(|a| a.height);
     use arrow::array::Array;
     let seq = m.seq + 1;
     let mut kept = Vec::with_capacity(m.files.len());
@@ -870,7 +875,7 @@ async fn unwind_btc(
     };
     let mut dropped_paths = Vec::new();
     for f in std::mem::take(&mut m.files) {
-        match ancestor {
+        match height {
             Some(a) if f.last_height <= a => kept.push(f),
             Some(a) if f.first_height <= a => {
                 let (entry, gone) = crate::sink::truncate_committed(
@@ -903,10 +908,7 @@ async fn unwind_btc(
     t.unresolved_inputs -= removed.unresolved_inputs.min(t.unresolved_inputs);
     m.next_tx_index -= removed.transactions.min(m.next_tx_index);
     match ancestor {
-        Some(a) => {
-            let hash = btc_hash_at(wh, m, a).await?;
-            m.tip = Some(Checkpoint { height: a, hash });
-        }
+        Some(a) => m.tip = Some(a),
         None => {
             m.tip = None;
             m.first_height = None;
@@ -915,39 +917,6 @@ async fn unwind_btc(
         }
     }
     wh.commit_manifest(Chain::Btc, m, lease).await?;
-    // Readers of the new manifest never see these; delete them now.
-    for p in dropped_paths {
-        use object_store::ObjectStoreExt;
-        let path = wh.resolve(&p)?;
-        if let Err(e) = wh.store().delete(&path).await {
-            tracing::warn!(path = %p, error = %e, "could not delete an unwound file");
-        }
-    }
+    crate::sink::delete_unwound(wh, dropped_paths).await?;
     Ok(removed.blocks)
-}
-
-/// The committed hash of the block at `height`.
-async fn btc_hash_at(wh: &Warehouse, m: &Manifest, height: u64) -> Result<String> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
-    for f in m
-        .files_of("blocks")
-        .filter(|f| f.first_height <= height && height <= f.last_height)
-    {
-        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
-            let (Some(h), Some(x)) = (
-                b.column(0).as_primitive_opt::<Int64Type>(),
-                b.column(1).as_string_opt::<i32>(),
-            ) else {
-                continue;
-            };
-            if let Some(r) = (0..b.num_rows()).find(|&r| h.value(r) as u64 == height) {
-                return Ok(x.value(r).to_string());
-            }
-        }
-    }
-    Err(Error::CorruptCommitted {
-        path: "btc/blocks".into(),
-        reason: format!("no committed block at height {height}"),
-    })
 }

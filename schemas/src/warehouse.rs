@@ -348,50 +348,78 @@ impl Warehouse {
     /// is an error).
     async fn results_head(&self) -> Result<Option<ResultsHead>> {
         let dir = crate::results::head_dir(&self.root);
-        let mut unreadable = None;
-        for _ in 0..5 {
-            let Some(&seq) = self.head_seqs().await?.last() else {
-                return Ok(None);
-            };
-            let path = dir.clone().join(crate::results::head_name(seq));
-            let bytes = match self.store.get(&path).await {
-                Ok(r) => r.bytes().await.map_err(|e| Error::store(&path, e))?,
-                Err(object_store::Error::NotFound { .. }) => {
-                    unreadable = Some(path);
-                    continue;
-                }
-                Err(e) => return Err(Error::store(&path, e)),
-            };
-            let head: ResultsHead = serde_json::from_slice(&bytes)
-                .map_err(|source| Error::CorruptManifest { path, source })?;
-            return Ok(Some(head));
-        }
-        Err(Error::Damaged {
-            what: format!(
-                "{}: the newest results head was listed but could not be read in five tries",
-                unreadable.map_or_else(|| dir.to_string(), |p| p.to_string())
-            ),
-        })
+        let Some((path, bytes)) = self
+            .newest_of(
+                &dir,
+                crate::results::parse_head_name,
+                crate::results::head_name,
+                "results head",
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::CorruptManifest { path, source })
     }
 
     async fn head_seqs(&self) -> Result<Vec<u64>> {
-        let dir = crate::results::head_dir(&self.root);
+        self.seqs_in(
+            &crate::results::head_dir(&self.root),
+            crate::results::parse_head_name,
+        )
+        .await
+    }
+
+    /// The sequence numbers of the objects in `dir` whose names `parse` reads, ascending.
+    async fn seqs_in(&self, dir: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<u64>> {
         let listed: Vec<_> = self
             .store
-            .list(Some(&dir))
+            .list(Some(dir))
             .try_collect()
             .await
-            .map_err(|e| Error::store(&dir, e))?;
+            .map_err(|e| Error::store(dir, e))?;
         let mut seqs: Vec<u64> = listed
             .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .and_then(crate::results::parse_head_name)
-            })
+            .filter_map(|m| m.location.filename().and_then(parse))
             .collect();
         seqs.sort_unstable();
         Ok(seqs)
+    }
+
+    /// The newest sequenced object in `dir` (manifests, results heads) and its bytes;
+    /// `None` when there is none. One may be deleted between the listing and the read when
+    /// a writer commits concurrently: retried on a fresh listing, and listed but unreadable
+    /// five times is damage, never "none".
+    async fn newest_of(
+        &self,
+        dir: &Path,
+        parse: fn(&str) -> Option<u64>,
+        name: fn(u64) -> String,
+        what: &str,
+    ) -> Result<Option<(Path, Bytes)>> {
+        let mut unreadable = None;
+        for _ in 0..5 {
+            let Some(&seq) = self.seqs_in(dir, parse).await?.last() else {
+                return Ok(None);
+            };
+            let path = dir.clone().join(name(seq));
+            match self.store.get(&path).await {
+                Ok(r) => {
+                    let bytes = r.bytes().await.map_err(|e| Error::store(&path, e))?;
+                    return Ok(Some((path, bytes)));
+                }
+                Err(object_store::Error::NotFound { .. }) => unreadable = Some(path),
+                Err(e) => return Err(Error::store(&path, e)),
+            }
+        }
+        Err(Error::Damaged {
+            what: format!(
+                "{}: the newest {what} was listed but could not be read in five tries",
+                unreadable.map_or_else(|| dir.to_string(), |p| p.to_string())
+            ),
+        })
     }
 
     /// The `results/{job}/_latest.json` pointers older versions wrote.
@@ -555,15 +583,6 @@ impl Warehouse {
         Ok(out)
     }
 
-    /// Points a job's plain table at `run` (after the run's files).
-    pub async fn commit_latest_run(
-        &self,
-        job: &str,
-        run: &crate::results::LatestRun,
-    ) -> Result<()> {
-        self.commit_runs(vec![(job.to_string(), run.clone())]).await
-    }
-
     /// Points the given jobs at their runs in one commit: the next results head, a
     /// create-only PUT carrying every other job's pointer forward (retried on a fresh
     /// head when another writer committed first, so concurrent jobs never lose each
@@ -668,19 +687,8 @@ impl Warehouse {
 
     /// Lists the manifests of a chain, newest last.
     async fn manifest_seqs(&self, chain: Chain) -> Result<Vec<u64>> {
-        let dir = layout::state_dir(&self.root, chain);
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
+        self.seqs_in(&layout::state_dir(&self.root, chain), parse_manifest_name)
             .await
-            .map_err(|e| Error::store(&dir, e))?;
-        let mut seqs: Vec<u64> = listed
-            .iter()
-            .filter_map(|m| m.location.filename().and_then(parse_manifest_name))
-            .collect();
-        seqs.sort_unstable();
-        Ok(seqs)
     }
 
     /// The latest committed manifest of a chain, if any, verified against the store: every
@@ -690,61 +698,44 @@ impl Warehouse {
     /// empty chain.
     pub async fn load_manifest(&self, chain: Chain) -> Result<Option<Manifest>> {
         let dir = layout::state_dir(&self.root, chain);
-        // A manifest may be deleted between the listing and the read when a writer commits
-        // concurrently; retry on a fresh listing then.
-        let mut unreadable = None;
-        for _ in 0..5 {
-            let Some(&seq) = self.manifest_seqs(chain).await?.last() else {
-                self.check_never_committed(chain).await?;
-                return Ok(None);
-            };
-            let path = dir.clone().join(manifest_name(seq));
-            let bytes = match self.store.get(&path).await {
-                Ok(r) => r.bytes().await.map_err(|e| Error::store(&path, e))?,
-                Err(object_store::Error::NotFound { .. }) => {
-                    unreadable = Some(path);
-                    continue;
-                }
-                Err(e) => return Err(Error::store(&path, e)),
-            };
-            let mut manifest: Manifest =
-                serde_json::from_slice(&bytes).map_err(|source| Error::CorruptManifest {
-                    path: path.clone(),
-                    source,
-                })?;
-            if manifest.format == 0 || manifest.format > crate::manifest::MANIFEST_FORMAT {
-                return Err(Error::ManifestFormat {
-                    path,
-                    found: manifest.format,
-                });
-            }
-            if manifest.schema_version != crate::SCHEMA_VERSION {
-                return Err(Error::SchemaVersion {
-                    path,
-                    found: manifest.schema_version,
-                    expected: crate::SCHEMA_VERSION,
-                });
-            }
-            if manifest.format == 1 {
-                // Object paths (the warehouse's location at the time) → relative ones.
-                for f in &mut manifest.files {
-                    f.path = self
-                        .relative_of_legacy(&f.path, chain.as_str())
-                        .ok_or_else(|| Error::Damaged {
-                            what: format!("{path}: lists `{}`, outside the {chain} tables", f.path),
-                        })?;
-                }
-                manifest.format = crate::manifest::MANIFEST_FORMAT;
-            }
-            self.verify_files(chain, &manifest).await?;
-            return Ok(Some(manifest));
+        let Some((path, bytes)) = self
+            .newest_of(&dir, parse_manifest_name, manifest_name, "manifest")
+            .await?
+        else {
+            self.check_never_committed(chain).await?;
+            return Ok(None);
+        };
+        let mut manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| Error::CorruptManifest {
+                path: path.clone(),
+                source,
+            })?;
+        if manifest.format == 0 || manifest.format > crate::manifest::MANIFEST_FORMAT {
+            return Err(Error::ManifestFormat {
+                path,
+                found: manifest.format,
+            });
         }
-        Err(Error::Damaged {
-            what: format!(
-                "{}: the newest manifest was listed but could not be read in five tries",
-                unreadable.map_or_else(|| dir.to_string(), |p| p.to_string())
-            ),
-        })
+        if manifest.schema_version != crate::SCHEMA_VERSION {
+            return Err(Error::SchemaVersion {
+                path,
+                found: manifest.schema_version,
+                expected: crate::SCHEMA_VERSION,
+            });
+        }
+        if manifest.format == 1 {
+            // Object paths (the warehouse's location at the time) → relative ones.
+            for f in &mut manifest.files {
+                f.path = self
+                    .relative_of_legacy(&f.path, chain.as_str())
+                    .ok_or_else(|| Error::Damaged {
+                        what: format!("{path}: lists `{}`, outside the {chain} tables", f.path),
+                    })?;
+            }
+            manifest.format = crate::manifest::MANIFEST_FORMAT;
+        }
+        self.verify_files(chain, &manifest).await?;
+        Ok(Some(manifest))
     }
 
     /// Reads every committed file of `chain` whole and checks its SHA-256 against the

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout, tables_of};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use object_store::ObjectStoreExt;
 
 use crate::sink::ChunkSinks;
 use crate::{Error, Result};
@@ -562,13 +561,6 @@ async fn unwind(
     }
     m.totals = totals_of(m);
     wh.commit_manifest(Chain::Eth, m, lease).await?;
-    // Readers of the new manifest never see these; delete them now rather than at the next
-    // run, so tools that read the directories (DuckDB globs) do not either.
-    for p in dropped {
-        let path = wh.resolve(&p)?;
-        if let Err(e) = wh.store().delete(&path).await {
-            tracing::warn!(path = %p, error = %e, "could not delete an unwound file");
-        }
-    }
+    crate::sink::delete_unwound(wh, dropped).await?;
     Ok(before - m.totals.blocks)
 }

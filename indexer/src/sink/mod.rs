@@ -310,3 +310,16 @@ pub async fn truncate_committed(
     }
     Ok((w.close(wh).await?, dropped))
 }
+
+/// Deletes the files an unwind commit dropped: readers of the new manifest never see them;
+/// deleting them now rather than at the next run keeps tools that glob the directories
+/// (DuckDB) from seeing them either. A failed delete is left to garbage collection.
+pub async fn delete_unwound(wh: &Warehouse, dropped: Vec<String>) -> Result<()> {
+    for p in dropped {
+        let path = wh.resolve(&p)?;
+        if let Err(e) = wh.store().delete(&path).await {
+            tracing::warn!(path = %p, error = %e, "could not delete an unwound file");
+        }
+    }
+    Ok(())
+}

@@ -270,35 +270,25 @@ pub fn run_on_graph(
         )?
         .rows
     };
-    let mover = |o: u32| -> Option<u32> {
-        match q.direction {
-            Direction::Forward => Some(g.tx_of_output(o)),
-            Direction::Backward => None,
-        }
-    };
     let spenders = match (q.direction, mixes.is_empty()) {
         (Direction::Backward, false) => g.spenders(),
         _ => Vec::new(),
     };
-    let mix_of = |o: u32| -> Option<&'static str> {
-        let t = mover(o).or_else(|| spenders.get(o as usize).copied().filter(|&t| t != NONE))?;
-        mixes.get(&t).map(|p| p.name())
-    };
-    let coinjoins_passed = {
-        let mut passed: HashSet<u32> = HashSet::new();
-        for row in all_rows.iter().filter(|r| r.hop > 0 && r.tainted_value > 0) {
-            let t = mover(row.output).or_else(|| {
-                spenders
-                    .get(row.output as usize)
-                    .copied()
-                    .filter(|&t| t != NONE)
-            });
-            if let Some(t) = t.filter(|t| mixes.contains_key(t)) {
-                passed.insert(t);
-            }
+    // The transaction that moved an output's taint: forward its creator, backward its
+    // spender.
+    let mover = |o: u32| -> Option<u32> {
+        match q.direction {
+            Direction::Forward => Some(g.tx_of_output(o)),
+            Direction::Backward => spenders.get(o as usize).copied().filter(|&t| t != NONE),
         }
-        passed.len()
     };
+    let mix_of = |o: u32| mover(o).and_then(|t| mixes.get(&t)).map(|p| p.name());
+    let coinjoins_passed = all_rows
+        .iter()
+        .filter(|r| r.hop > 0 && r.tainted_value > 0)
+        .filter_map(|r| mover(r.output).filter(|t| mixes.contains_key(t)))
+        .collect::<HashSet<u32>>()
+        .len();
     let mut outputs = Vec::with_capacity(r.rows.len());
     for row in &r.rows {
         let t = g.tx_of_output(row.output);

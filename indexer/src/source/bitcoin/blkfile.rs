@@ -193,7 +193,7 @@ impl BlkDir {
                 let n = available.min(8) as usize;
                 self.read_raw_at(file, offset, &mut head[..n])?;
                 if head[..4.min(n)].iter().all(|&b| b == 0) {
-                    self.check_padding(file, offset, len)?;
+                    self.check_padding(file, offset, len, false)?;
                     break;
                 }
                 for (i, b) in head[..n].iter_mut().enumerate() {
@@ -201,7 +201,7 @@ impl BlkDir {
                 }
                 if head[..4.min(n)].iter().all(|&b| b == 0) {
                     // Padding written through the key (not Core's way, but harmless).
-                    self.check_padding_keyed(file, offset, len)?;
+                    self.check_padding(file, offset, len, true)?;
                     break;
                 }
                 if n < 8 {
@@ -292,18 +292,9 @@ impl BlkDir {
         );
     }
 
-    /// Zero padding (as stored) must run to the end of the file; anything else is
-    /// corruption.
-    fn check_padding(&self, file: usize, start: u64, len: u64) -> Result<()> {
-        self.padding_until(file, start, len, false)
-    }
-
-    /// Zero padding written through the key.
-    fn check_padding_keyed(&self, file: usize, start: u64, len: u64) -> Result<()> {
-        self.padding_until(file, start, len, true)
-    }
-
-    fn padding_until(&self, file: usize, start: u64, len: u64, keyed: bool) -> Result<()> {
+    /// Zero padding (as stored, or through the key when `keyed`) must run to the end of the
+    /// file; anything else is corruption.
+    fn check_padding(&self, file: usize, start: u64, len: u64, keyed: bool) -> Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = start;
         while offset < len {
