@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferret_benches::{DecodeStats, decode_all};
 use ferret_indexer::btc::{IndexOptions, index_btc};
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_schemas::Warehouse;
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt as _;
 

@@ -89,13 +89,13 @@ const SCAM_FLOW_VIEW: &str = "CREATE VIEW scam_flow AS
 pub async fn run(a: DemoArgs) -> Result<()> {
     let blocks_dir = a.dir.join("blocks");
     if !blocks_dir.join("blk00000.dat").exists() {
-        let cfg = ferret_indexer::synth::btc::SynthConfig {
+        let cfg = ferret_testkit::synth::btc::SynthConfig {
             blocks: a.blocks,
             seed: a.seed,
             txs_per_block: a.txs_per_block,
             ..Default::default()
         };
-        let s = ferret_indexer::synth::btc::generate(&cfg, &a.dir)
+        let s = ferret_testkit::synth::btc::generate(&cfg, &a.dir)
             .with_context(|| format!("generating a chain in {}", a.dir.display()))?;
         println!(
             "generated {} blocks, {} transactions, {} planted scam flows in {}",
@@ -144,7 +144,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     kernels(&a, &wh).await?;
     if a.no_eth {
         println!("-- Ethereum: skipped (--no-eth)\n");
-    } else if ferret_indexer::eth::anvil::find_anvil().is_none() {
+    } else if ferret_testkit::anvil::find_anvil().is_none() {
         println!(
             "-- Ethereum: skipped (anvil not found: scripts/test.sh installs it; or set FERRET_ANVIL)\n"
         );
@@ -167,15 +167,15 @@ async fn ethereum(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
     use ferret_kernels::account::job::{EthTaintJob, taint_eth, write_eth_taint};
 
     // A fixed genesis time: the same seed gives the same chain on every run.
-    let node = ferret_indexer::eth::anvil::Anvil::start(&["--timestamp", "1700000000"])
+    let node = ferret_testkit::anvil::Anvil::start(&["--timestamp", "1700000000"])
         .await
         .context("starting anvil")?;
     let dir = a.dir.join("eth");
-    let cfg = ferret_indexer::synth::eth::EthSynthConfig {
+    let cfg = ferret_testkit::synth::eth::EthSynthConfig {
         seed: a.seed,
         ..Default::default()
     };
-    let s = ferret_indexer::synth::eth::generate(node.url(), &cfg, &dir)
+    let s = ferret_testkit::synth::eth::generate(node.url(), &cfg, &dir)
         .await
         .context("driving anvil through the Ethereum scenario")?;
     println!(

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ferret_indexer::btc::{IndexOptions, index_btc};
+use ferret_indexer::btc::IndexOptions;
 use ferret_query::output::Format;
 use ferret_schemas::Warehouse;
 
@@ -146,6 +146,13 @@ struct IndexBtcArgs {
     /// chain); deeper is an error.
     #[arg(long, default_value_t = 1_000)]
     max_unwind: u64,
+    /// Keep indexing as the node appends blocks, until interrupted (Ctrl-C or SIGTERM
+    /// finishes the current commit).
+    #[arg(long, conflicts_with = "to_height")]
+    follow: bool,
+    /// Follow mode: seconds between looks at the blocks dir.
+    #[arg(long, default_value_t = 5.0)]
+    poll_secs: f64,
 }
 
 #[derive(Subcommand)]
@@ -480,8 +487,10 @@ async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
         }
         opts.read_threads = n;
     }
+    opts.follow = a.follow;
+    opts.poll = seconds(a.poll_secs, "--poll-secs")?;
     opts.progress = true;
-    let summary = index_btc(&wh, &opts)
+    let summary = ferret_indexer::btc::index_btc_until(&wh, &opts, Some(stop_on_signal()))
         .await
         .with_context(|| format!("indexing {} into {wh}", a.blocks_dir.display()))?;
     println!("{summary}");
@@ -493,6 +502,47 @@ fn seconds(v: f64, what: &str) -> Result<std::time::Duration> {
         .ok()
         .filter(|d| !d.is_zero())
         .with_context(|| format!("{what} must be a positive number of seconds, not {v}"))
+}
+
+/// A stop signal that turns true at Ctrl-C or SIGTERM (a container stop): an index run
+/// finishes its current commit, then exits.
+fn stop_on_signal() -> ferret_indexer::eth::Stop {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut signal = async || {
+            #[cfg(unix)]
+            let term = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term = std::future::pending::<()>();
+            let int = async {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = int => {}
+                _ = term => {}
+            }
+        };
+        signal().await;
+        tracing::info!("interrupted: finishing the current commit (again to stop at once)");
+        let _ = stop_tx.send(true);
+        // A second signal stops at once: nothing committed is touched, and the next run
+        // collects what was not committed.
+        signal().await;
+        std::process::exit(130);
+    });
+    stop_rx
 }
 
 async fn index_eth_cmd(a: IndexEthArgs) -> Result<()> {
@@ -515,33 +565,7 @@ async fn index_eth_cmd(a: IndexEthArgs) -> Result<()> {
     opts.retry.timeout = seconds(a.timeout_secs, "--timeout-secs")?;
     opts.retry.max_retries = a.retries;
     opts.progress = true;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        // Ctrl-C or SIGTERM (a container stop): finish the current commit, then exit.
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        let int = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            _ = int => {}
-            _ = term => {}
-        }
-        tracing::info!("interrupted: finishing the current commit");
-        let _ = stop_tx.send(true);
-    });
-    let summary = index_eth(&wh, &opts, Some(stop_rx))
+    let summary = index_eth(&wh, &opts, Some(stop_on_signal()))
         .await
         .with_context(|| format!("indexing {} into {wh}", a.rpc))?;
     println!("{summary}");
@@ -549,7 +573,7 @@ async fn index_eth_cmd(a: IndexEthArgs) -> Result<()> {
 }
 
 async fn synth_eth_cmd(a: SynthEthArgs) -> Result<()> {
-    use ferret_indexer::synth::eth::{EthSynthConfig, generate};
+    use ferret_testkit::synth::eth::{EthSynthConfig, generate};
     let cfg = EthSynthConfig {
         seed: a.seed,
         blocks: a.blocks,
@@ -576,14 +600,14 @@ async fn synth_eth_cmd(a: SynthEthArgs) -> Result<()> {
 }
 
 fn synth_btc_cmd(a: SynthBtcArgs) -> Result<()> {
-    let cfg = ferret_indexer::synth::btc::SynthConfig {
+    let cfg = ferret_testkit::synth::btc::SynthConfig {
         blocks: a.blocks,
         seed: a.seed,
         txs_per_block: a.txs_per_block,
         xor: a.xor,
         ..Default::default()
     };
-    let s = ferret_indexer::synth::btc::generate(&cfg, &a.out)
+    let s = ferret_testkit::synth::btc::generate(&cfg, &a.out)
         .with_context(|| format!("generating a chain in {}", a.out.display()))?;
     println!(
         "wrote {} blocks ({} stale), {} transactions, {} scam flows: {} blk files, {:.1} MB in {}",

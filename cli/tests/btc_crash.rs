@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferret_indexer::btc::{IndexOptions, index_btc};
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_schemas::{Chain, Warehouse};
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
 fn index_cmd(blocks: &str, wh: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferret"));

@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use ferret_indexer::btc::{IndexOptions, index_btc};
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_schemas::Warehouse;
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
-fn synth(dir: &std::path::Path, xor: bool) -> ferret_indexer::synth::btc::SynthSummary {
+fn synth(dir: &std::path::Path, xor: bool) -> ferret_testkit::synth::btc::SynthSummary {
     let cfg = SynthConfig {
         blocks: 160,
         seed: 11,
@@ -96,7 +96,7 @@ async fn generated_chain_round_trips() {
         "0"
     );
     let subsidies: u64 = (0..s.blocks as u32)
-        .map(|h| ferret_indexer::synth::btc::subsidy(h, bitcoin::Network::Regtest))
+        .map(|h| ferret_testkit::synth::btc::subsidy(h, bitcoin::Network::Regtest))
         .sum();
     assert_eq!(
         scalar(&wh, "SELECT (SELECT sum(output_value) FROM btc.transactions WHERE is_coinbase) - (SELECT sum(fee) FROM btc.transactions WHERE NOT is_coinbase)").await,

@@ -97,7 +97,7 @@ fn demo_finds_every_planted_cashout() {
 
     // The Ethereum part (where anvil is installed; CI requires it): every planted cash-out
     // found at its deposit address, at its hop, with its amount, in ETH and the stablecoin.
-    if ferret_indexer::eth::anvil::find_anvil().is_some() || common::require_all() {
+    if ferret_testkit::anvil::find_anvil().is_some() || common::require_all() {
         for unit in ["ETH", "fUSD"] {
             let section = stdout
                 .split(&format!("-- Planted {unit} cash-outs found"))

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, Bytes, U256};
 use alloy::sol_types::SolCall;
-use ferret_indexer::eth::anvil::Driver;
-use ferret_indexer::eth::contracts::{
-    IFerretNFT, IFerretUSD, ISplitter, ferret_nft, ferret_usd, splitter,
-};
 use ferret_indexer::eth::{EthOptions, TraceMode, index_eth};
 use ferret_schemas::{Chain, Warehouse};
+use ferret_testkit::anvil::Driver;
+use ferret_testkit::contracts::{
+    IFerretNFT, IFerretUSD, ISplitter, ferret_nft, ferret_usd, splitter,
+};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 
@@ -41,7 +41,7 @@ async fn run_scenario(d: &Driver) -> Scenario {
     let usd = d.deploy(a[0], ferret_usd()).await.expect("usd"); // block 1
     let split = d.deploy(a[0], splitter()).await.expect("splitter"); // 2
     let nft = d.deploy(a[0], ferret_nft()).await.expect("nft"); // 3
-    let ok = |s: ferret_indexer::eth::anvil::Sent| assert!(s.success, "{s:?}");
+    let ok = |s: ferret_testkit::anvil::Sent| assert!(s.success, "{s:?}");
     ok(d.exec(a[0], Some(a[1]), eth(1000), none.clone(), None)
         .await
         .expect("pay")); // 4

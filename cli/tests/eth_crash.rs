@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferret_indexer::eth::{EthOptions, index_eth};
-use ferret_indexer::synth::eth::{EthSynthConfig, generate};
 use ferret_schemas::{Chain, Warehouse};
+use ferret_testkit::synth::eth::{EthSynthConfig, generate};
 
 fn index_cmd(rpc: &str, wh: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferret"));

@@ -9,9 +9,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use ferret_indexer::eth::replay::{Fault, ReplayServer};
 use ferret_indexer::eth::{EthOptions, Source, TraceMode, index_eth};
 use ferret_schemas::{Chain, Warehouse};
+use ferret_testkit::replay::{Fault, ReplayServer};
 use serde_json::Value;
 
 const BLOCK: u64 = 0x76250; // 483,920: four transactions, two ERC-20 transfers

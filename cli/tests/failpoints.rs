@@ -12,8 +12,8 @@ use std::process::Command;
 
 use common::*;
 use ferret_indexer::btc::{IndexOptions, index_btc};
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_schemas::{Chain, Warehouse};
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
 fn index(blocks: &Path, wh: &str, failpoint: Option<&str>) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferret"));
@@ -167,4 +167,56 @@ async fn a_crashed_result_run_leaves_every_result_table_on_one_run() {
         assert_eq!(id != before, new_run, "{f}: run {id} (before {before})");
     }
     assert_ne!(first_run, runs(w).await.2);
+}
+
+/// A reorganisation's unwind crashed after it rewrote the files across the fork, and
+/// before its commit: the committed state stays the old branch, and the rerun unwinds and
+/// equals a fresh index of the new chain.
+#[tokio::test]
+async fn a_crash_during_a_reorg_unwind_then_rerun_equals_a_fresh_index() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fork = Fork::find(tmp.path());
+    let early = tmp.path().join("early");
+    write_blocks_dir(&early, &[fork.early.clone()]);
+    let late = tmp.path().join("late");
+    write_blocks_dir(&late, &[fork.all.clone()]);
+    let fresh = Warehouse::open("memory://failpoints-reorg-fresh").expect("open");
+    index_btc(&fresh, &IndexOptions::new(&late))
+        .await
+        .expect("fresh");
+    let want = dump(&fresh).await;
+    for (i, f) in ["unwind-files-written:1", "before-manifest-put:1"]
+        .iter()
+        .enumerate()
+    {
+        let dir = tmp.path().join(format!("reorg{i}"));
+        let wh = dir.to_str().expect("utf8");
+        let out = index(&early, wh, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let before = dump(&Warehouse::open(wh).expect("open")).await;
+        let out = index(&late, wh, Some(f));
+        assert!(!out.status.success(), "{f}: the failpoint did not fire");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint"));
+        assert_eq!(
+            dump(&Warehouse::open(wh).expect("open")).await,
+            before,
+            "{f}: the crashed unwind changed nothing committed"
+        );
+        let out = index(&late, wh, None);
+        assert!(
+            out.status.success(),
+            "{f}: rerun: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("unwound 2 committed blocks"),
+            "{f}"
+        );
+        assert_eq!(dump(&Warehouse::open(wh).expect("open")).await, want, "{f}");
+        assert_only_committed_files(&dir, Chain::Btc).await;
+    }
 }

@@ -31,13 +31,13 @@ fn python() -> Option<String> {
 async fn duckdb_and_pyarrow_read_what_ferret_sql_reads() {
     let Some(py) = python() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = ferret_indexer::synth::btc::SynthConfig {
+    let cfg = ferret_testkit::synth::btc::SynthConfig {
         blocks: 120,
         seed: 21,
         txs_per_block: 30,
         ..Default::default()
     };
-    ferret_indexer::synth::btc::generate(&cfg, tmp.path()).expect("generate");
+    ferret_testkit::synth::btc::generate(&cfg, tmp.path()).expect("generate");
     let wh_dir = tmp.path().join("wh");
     let wh = Warehouse::open(wh_dir.to_str().expect("utf8")).expect("open");
     let mut opts = IndexOptions::new(tmp.path().join("blocks"));

@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_schemas::{Chain, Warehouse};
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
 fn chain(dir: &Path) -> std::path::PathBuf {
     let cfg = SynthConfig {

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use bitcoin::Network;
-use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout, tables_of};
+use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::sink::ChunkSinks;
 use crate::source::bitcoin::{
-    BestChain, BlkDir, BlockFault, ChainBlock, ScriptKind, TxHashes, hash_and_verify_raw,
-    select_best_chain,
+    BestChain, BlkDir, BlockFault, ChainBlock, ScanCache, ScriptKind, TxHashes,
+    hash_and_verify_raw, select_best_chain,
 };
+pub use crate::stage::Stop;
+use crate::stage::{self, Next, Removed, Runner, Stage};
 use crate::transform::{BtcRows, Counts, PreparedBlock};
 use crate::utxo::{Utxo, UtxoStats, UtxoStore};
 use crate::{Error, Result};
@@ -47,6 +48,10 @@ pub struct IndexOptions {
     /// The deepest reorganisation unwound (blocks below the committed tip); deeper is an
     /// error.
     pub max_unwind: u64,
+    /// Keep following the blocks dir as the node appends to it, until stopped.
+    pub follow: bool,
+    /// Follow mode: the wait between looks at the blocks dir.
+    pub poll: Duration,
 }
 
 impl IndexOptions {
@@ -62,6 +67,8 @@ impl IndexOptions {
             progress: false,
             read_threads: default_read_threads(),
             max_unwind: 1_000,
+            follow: false,
+            poll: Duration::from_secs(5),
         }
     }
 }
@@ -260,114 +267,182 @@ fn plan_chunks(blocks: &[ChainBlock], commit_blocks: u64, commit_bytes: u64) -> 
 /// Holds the chain's writer lease throughout: an overlapping run is refused before it
 /// touches anything.
 pub async fn index_btc(wh: &Warehouse, opts: &IndexOptions) -> Result<IndexSummary> {
-    let lease = wh.writer_lease(Chain::Btc).await?;
-    let r = index_btc_leased(wh, opts, &lease).await;
-    if r.is_err() {
-        // A failed run's uncommitted files go now, not at the next run, so tools that
-        // glob the directories see them only briefly.
-        clean_after_failure(wh, Chain::Btc, &lease).await;
-    }
-    lease.release().await;
-    r
+    index_btc_until(wh, opts, None).await
 }
 
-/// Deletes what a failed run wrote and never committed (best effort: nothing when the
-/// manifest itself cannot be read, or the lease was lost).
-pub(crate) async fn clean_after_failure(
+/// [`index_btc`], ending cleanly after the current commit when `stop` turns true; with
+/// `opts.follow` it keeps following the blocks dir as the node appends to it until then.
+pub async fn index_btc_until(
     wh: &Warehouse,
-    chain: Chain,
-    lease: &ferret_schemas::WriterLease,
-) {
-    if let Ok(m) = wh.load_manifest(chain).await {
-        let m = m.unwrap_or_else(|| Manifest::empty(chain.as_str(), ""));
-        match wh.collect_garbage(chain, &m, lease).await {
-            Ok(n) if n > 0 => {
-                tracing::info!(deleted = n, "removed the failed run's uncommitted files")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not remove the failed run's files"),
-        }
-    }
+    opts: &IndexOptions,
+    stop: Option<Stop>,
+) -> Result<IndexSummary> {
+    let mut run = Runner::start(wh, Chain::Btc, "height").await?;
+    let r = index_btc_leased(&mut run, opts, &stop).await;
+    run.finish(r).await
 }
 
 async fn index_btc_leased(
-    wh: &Warehouse,
+    run: &mut Runner<'_>,
     opts: &IndexOptions,
-    lease: &ferret_schemas::WriterLease,
+    stop: &Option<Stop>,
 ) -> Result<IndexSummary> {
-    let started = Instant::now();
-    let blocks_dir = opts.blocks_dir.clone();
-    let net = opts.network;
-    let (dir, chain) = tokio::task::spawn_blocking(move || -> Result<(BlkDir, BestChain)> {
-        let dir = BlkDir::open(&blocks_dir, net)?;
-        let locs = dir.scan()?;
-        let chain = select_best_chain(&dir, locs)?;
-        Ok((dir, chain))
+    let mut stage = BtcStage::new(opts);
+    stage.rescan().await?;
+    let network = stage.summary.network.clone();
+    run.load(&network, |warehouse| Error::NetworkMismatch {
+        warehouse,
+        found: network.clone(),
     })
-    .await
-    .map_err(|e| Error::Internal {
-        what: format!("block scan task: {e}"),
-    })??;
-    let network = network_name(dir.network());
-    tracing::info!(
-        dir = %dir.dir().display(),
-        network,
-        files = dir.files().len(),
-        obfuscated = dir.is_obfuscated(),
-        best_chain = chain.blocks.len(),
-        start = ?chain.start_height(),
-        tip = ?chain.tip_height(),
-        stale = chain.stale,
-        "scanned blocks dir"
-    );
+    .await?;
+    stage.summary.tip = run.manifest.tip.clone();
+    stage.fresh_scan = true;
+    let follow = opts.follow.then_some(opts.poll);
+    stage::drive(&mut stage, run, follow, true, stop).await?;
+    stage.bar.finish_and_clear();
+    let mut summary = stage.summary;
+    summary.commits = run.commits;
+    summary.bytes_written = run.bytes_written;
+    summary.tip = run.manifest.tip.clone();
+    summary.utxo = stage.utxo.map(|u| u.stats.clone()).unwrap_or_default();
+    summary.elapsed = stage.started.elapsed();
+    Ok(summary)
+}
 
-    let mut manifest = match wh.load_manifest(Chain::Btc).await? {
-        Some(m) => {
-            if m.network != network {
-                return Err(Error::NetworkMismatch {
-                    warehouse: m.network,
-                    found: network,
-                });
-            }
-            m
+/// The Bitcoin pipeline as a [`Stage`]: a blocks directory's best chain, scanned again
+/// (only what can have changed) at every poll.
+struct BtcStage<'o> {
+    opts: &'o IndexOptions,
+    started: Instant,
+    cache: ScanCache,
+    /// The blocks dir and its best chain as last scanned.
+    dir: Option<(Arc<BlkDir>, BestChain)>,
+    /// Set when `dir` was scanned for the poll about to run (the first poll reuses the
+    /// scan that found the network).
+    fresh_scan: bool,
+    /// The spent-output store, built from the committed tables at the first execute and
+    /// again after an unwind.
+    utxo: Option<UtxoStore>,
+    rows: BtcRows,
+    summary: IndexSummary,
+    bar: ProgressBar,
+    first_done: Option<u64>,
+    /// A block at the end of the newest blk file that did not read back whole while
+    /// following, and how many polls in a row it failed.
+    tail_failure: Option<(u64, u32)>,
+    /// Set when the last execute stopped at such a block: wait a poll before retrying.
+    retry_tail: bool,
+}
+
+/// Whether the block at `height` lies in the newest blk file (the one a node appends to).
+fn tail_of_newest(dir: &BlkDir, chain: &BestChain, height: u64) -> bool {
+    chain
+        .at(height)
+        .is_some_and(|b| b.loc.file as usize + 1 == dir.files().len())
+}
+
+impl<'o> BtcStage<'o> {
+    fn new(opts: &'o IndexOptions) -> Self {
+        let bar = if opts.progress {
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .expect("static template"),
+        );
+        Self {
+            opts,
+            started: Instant::now(),
+            cache: ScanCache::default(),
+            dir: None,
+            fresh_scan: false,
+            utxo: None,
+            rows: BtcRows::new(),
+            summary: IndexSummary::default(),
+            bar,
+            first_done: None,
+            tail_failure: None,
+            retry_tail: false,
         }
-        None => Manifest::empty(Chain::Btc.as_str(), &network),
-    };
-    let garbage = wh.collect_garbage(Chain::Btc, &manifest, lease).await?;
-    if garbage > 0 {
-        tracing::info!(garbage, "removed objects of an interrupted run");
     }
 
-    let mut summary = IndexSummary {
-        network: network.clone(),
-        stale_blocks: chain.stale,
-        tip: manifest.tip.clone(),
-        ..Default::default()
-    };
-    let Some(chain_start) = chain.start_height() else {
-        summary.elapsed = started.elapsed();
-        return Ok(summary);
-    };
-    let start = match manifest.tip.clone() {
-        Some(tip) => {
-            let mut next = tip.height + 1;
-            match chain.at(tip.height) {
-                Some(b) if b.loc.hash.to_string() == tip.hash => {}
+    /// Scans the blocks dir again (only the files that can have changed since the last
+    /// scan) and picks its best chain.
+    async fn rescan(&mut self) -> Result<()> {
+        let blocks_dir = self.opts.blocks_dir.clone();
+        // After the first scan the network is known: a dir that changes network is refused.
+        let net = self
+            .opts
+            .network
+            .or(self.dir.as_ref().map(|(d, _)| d.network()));
+        let known = self.dir.as_ref().map(|(d, _)| d.network());
+        let mut cache = std::mem::take(&mut self.cache);
+        let (dir, chain, cache) =
+            tokio::task::spawn_blocking(move || -> Result<(BlkDir, BestChain, ScanCache)> {
+                let dir = BlkDir::open(&blocks_dir, net)?;
+                let locs = dir.scan_with(&mut cache)?;
+                let chain = select_best_chain(&dir, locs)?;
+                Ok((dir, chain, cache))
+            })
+            .await
+            .map_err(|e| Error::Internal {
+                what: format!("block scan task: {e}"),
+            })??;
+        self.cache = cache;
+        if known.is_none() {
+            tracing::info!(
+                dir = %dir.dir().display(),
+                network = %network_name(dir.network()),
+                files = dir.files().len(),
+                obfuscated = dir.is_obfuscated(),
+                best_chain = chain.blocks.len(),
+                start = ?chain.start_height(),
+                tip = ?chain.tip_height(),
+                stale = chain.stale,
+                "scanned blocks dir"
+            );
+        } else {
+            tracing::debug!(best_chain = chain.blocks.len(), tip = ?chain.tip_height(), "rescanned blocks dir");
+        }
+        self.summary.network = network_name(dir.network());
+        self.summary.stale_blocks = chain.stale;
+        self.dir = Some((Arc::new(dir), chain));
+        Ok(())
+    }
+}
+
+impl Stage for BtcStage<'_> {
+    async fn poll(&mut self, run: &Runner<'_>) -> Result<Next> {
+        if std::mem::take(&mut self.retry_tail) {
+            return Ok(Next::Idle);
+        }
+        if !std::mem::take(&mut self.fresh_scan) {
+            self.rescan().await?;
+        }
+        let (_, chain) = self.dir.as_ref().expect("scanned");
+        let Some(chain_start) = chain.start_height() else {
+            return Ok(Next::Idle);
+        };
+        let m = &run.manifest;
+        let next = match m.tip.clone() {
+            Some(tip) => match chain.at(tip.height) {
+                Some(b) if b.loc.hash.to_string() == tip.hash => tip.height + 1,
                 Some(_) => {
                     // A reorganisation below the committed tip: unwind to the newest
-                    // committed block still on the best chain, in one commit, then index
-                    // the new branch from there.
-                    let ancestor = btc_ancestor(wh, &manifest, &chain, opts.max_unwind).await?;
-                    let next_height = ancestor.as_ref().map_or(chain_start, |a| a.height + 1);
-                    let removed = unwind_btc(wh, &mut manifest, ancestor, lease).await?;
+                    // committed block still on the best chain, in one commit; the next
+                    // poll indexes the new branch from there.
+                    let ancestor =
+                        btc_ancestor(run.warehouse(), m, chain, self.opts.max_unwind).await?;
                     tracing::warn!(
                         committed_tip = tip.height,
-                        next_height,
-                        removed,
-                        "reorganisation: unwound the blocks no longer on the best chain"
+                        ancestor = ?ancestor.as_ref().map(|a| a.height),
+                        "reorganisation: unwinding the blocks no longer on the best chain"
                     );
-                    summary.unwound += removed;
-                    next = next_height;
+                    return Ok(Next::Unwind(ancestor));
                 }
                 None if chain_start > tip.height + 1 => {
                     return Err(Error::Gap {
@@ -384,189 +459,247 @@ async fn index_btc_leased(
                             hash: tip.hash.clone(),
                         });
                     }
+                    tip.height + 1
                 }
-                None => {
-                    // The blocks dir ends below the committed tip: nothing new.
-                    summary.elapsed = started.elapsed();
-                    return Ok(summary);
+                // The blocks dir ends below the committed tip: nothing new.
+                None => return Ok(Next::Idle),
+            },
+            None => chain_start,
+        };
+        if self.opts.to_height.is_some_and(|to| next > to) {
+            return Ok(Next::Done);
+        }
+        let end = chain
+            .tip_height()
+            .expect("non-empty chain")
+            .min(self.opts.to_height.unwrap_or(u64::MAX));
+        if next > end {
+            return Ok(Next::Idle);
+        }
+        Ok(Next::Execute {
+            from: next,
+            to: end,
+        })
+    }
+
+    async fn execute(
+        &mut self,
+        run: &mut Runner<'_>,
+        start: u64,
+        end: u64,
+        stop: &Option<Stop>,
+    ) -> Result<()> {
+        let opts = self.opts;
+        let (dir, chain) = self.dir.as_ref().expect("scanned");
+        let dir = Arc::clone(dir);
+        let todo: Vec<ChainBlock> = (start..=end)
+            .map(|h| chain.at(h).expect("within the chain").clone())
+            .collect();
+        let chunks = plan_chunks(&todo, opts.commit_blocks.max(1), opts.commit_bytes.max(1));
+        let total_bytes: u64 = todo.iter().map(|b| u64::from(b.loc.len) + 8).sum();
+        if self.utxo.is_none() {
+            let mut utxo = UtxoStore::new(opts.utxo_mem_bytes);
+            if !run.manifest.files.is_empty() {
+                rebuild_utxo(run.warehouse(), &run.manifest, &mut utxo).await?;
+                tracing::info!(
+                    entries = utxo.len(),
+                    "rebuilt spent-output store from committed tables"
+                );
+            }
+            self.utxo = Some(utxo);
+        }
+        let utxo = self.utxo.as_mut().expect("built above");
+
+        // Reader threads: read, decode, verify and prepare blocks in parallel; the
+        // transform takes them back in height order (block i comes from thread i mod n).
+        let network_kind = dir.network();
+        let threads = opts.read_threads.max(1).min(todo.len().max(1));
+        let todo = Arc::new(todo);
+        let read_ahead = Arc::new(ReadAhead::new(READ_AHEAD_BYTES));
+        let mut queues = Vec::with_capacity(threads);
+        let mut readers = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let (tx, rx) = mpsc::sync_channel::<Result<PreparedBlock>>(READ_AHEAD_BLOCKS);
+            let dir = Arc::clone(&dir);
+            let todo = Arc::clone(&todo);
+            let read_ahead = Arc::clone(&read_ahead);
+            let handle = std::thread::Builder::new()
+                .name(format!("ferret-blk-reader-{t}"))
+                .spawn(move || {
+                    let mut buf = Vec::new();
+                    for (i, b) in todo.iter().enumerate().skip(t).step_by(threads) {
+                        if !read_ahead.admit(i, u64::from(b.loc.len) + 8) {
+                            return;
+                        }
+                        let res = dir.read_block_with(&b.loc, &mut buf).and_then(|block| {
+                            let hashes = verify(&dir, b, &block, &buf)?;
+                            let len = u64::from(b.loc.len) + 8;
+                            Ok(PreparedBlock::new(
+                                block,
+                                &hashes,
+                                b.height,
+                                len,
+                                network_kind,
+                            ))
+                        });
+                        let failed = res.is_err();
+                        if tx.send(res).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("ferret-blk-reader thread", e))?;
+            queues.push(rx);
+            readers.push(handle);
+        }
+        let mut received = 0usize;
+        let closer = CloseOnDrop(Arc::clone(&read_ahead));
+        let mut next_block = move || -> Result<PreparedBlock> {
+            let q = &queues[received % threads];
+            received += 1;
+            let block = q.recv().map_err(|_| Error::Internal {
+                what: "a block reader stopped early".into(),
+            })??;
+            closer.0.release(block.record_len);
+            Ok(block)
+        };
+
+        let bar = &self.bar;
+        bar.set_length(bar.length().unwrap_or(0) + total_bytes);
+        let rows = &mut self.rows;
+        let summary = &mut self.summary;
+        let mut next_tx_index = run.manifest.next_tx_index;
+        'chunks: for chunk in chunks {
+            if stage::stopped(stop) {
+                break;
+            }
+            let mut sinks = run.open_chunk(chunk.first, chunk.last)?;
+            let mut first_hash = String::new();
+            let mut last_hash = String::new();
+            for expect_height in chunk.first..=chunk.last {
+                let prepared = match next_block() {
+                    Ok(p) => p,
+                    Err(e) if opts.follow && tail_of_newest(&dir, chain, expect_height) => {
+                        // Following a live node: the newest file's last records may be
+                        // caught mid-write. Scan everything again at the next poll; the
+                        // same block failing three polls in a row is damage.
+                        let tries = match self.tail_failure {
+                            Some((h, n)) if h == expect_height => n + 1,
+                            _ => 1,
+                        };
+                        if tries >= 3 {
+                            return Err(e);
+                        }
+                        tracing::warn!(
+                            height = expect_height,
+                            error = %e,
+                            "a block at the end of the newest blk file did not read back whole (the node may be writing it): trying again at the next poll"
+                        );
+                        self.tail_failure = Some((expect_height, tries));
+                        self.cache = ScanCache::default();
+                        self.retry_tail = true;
+                        drop(sinks);
+                        break 'chunks;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let (height, len) = (prepared.height, prepared.record_len);
+                if height != expect_height {
+                    return Err(Error::Internal {
+                        what: format!(
+                            "reader delivered height {height} where {expect_height} was due"
+                        ),
+                    });
+                }
+                let tx_count = prepared.block.txdata.len() as u64;
+                last_hash = prepared.hash_hex().to_string();
+                if height == chunk.first {
+                    first_hash = last_hash.clone();
+                }
+                rows.push_block(prepared, next_tx_index, utxo)?;
+                next_tx_index += tx_count;
+                summary.bytes_read += len;
+                bar.inc(len);
+                if height.is_multiple_of(64) || height == chunk.last {
+                    let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "height {height} {:.0} blocks/s",
+                        summary.counts.blocks as f64 / secs
+                    ));
+                }
+                if rows.buffered_rows() >= FLUSH_ROWS {
+                    sinks.send(rows.finish()?.into()).await?;
                 }
             }
-            next
+            sinks.send(rows.finish()?.into()).await?;
+            let c = std::mem::take(&mut rows.counts);
+            run.commit_chunk(
+                sinks,
+                Checkpoint {
+                    height: chunk.first,
+                    hash: first_hash,
+                },
+                Checkpoint {
+                    height: chunk.last,
+                    hash: last_hash,
+                },
+                |m| {
+                    m.totals.add(&c);
+                    m.next_tx_index = next_tx_index;
+                },
+            )
+            .await?;
+            summary.counts.add(&c);
+            self.tail_failure = None;
+            let first = *self.first_done.get_or_insert(chunk.first);
+            summary.heights = Some((first, chunk.last));
         }
-        None => chain_start,
-    };
-    let end = chain
-        .tip_height()
-        .expect("non-empty chain")
-        .min(opts.to_height.unwrap_or(u64::MAX));
-    if start > end {
-        summary.elapsed = started.elapsed();
-        return Ok(summary);
-    }
-    let todo: Vec<ChainBlock> = (start..=end)
-        .map(|h| chain.at(h).expect("within the chain").clone())
-        .collect();
-    drop(chain);
-    let chunks = plan_chunks(&todo, opts.commit_blocks.max(1), opts.commit_bytes.max(1));
-    let total_bytes: u64 = todo.iter().map(|b| u64::from(b.loc.len) + 8).sum();
-
-    let mut utxo = UtxoStore::new(opts.utxo_mem_bytes);
-    if !manifest.files.is_empty() {
-        rebuild_utxo(wh, &manifest, &mut utxo).await?;
-        tracing::info!(
-            entries = utxo.len(),
-            "rebuilt spent-output store from committed tables"
-        );
+        drop(next_block);
+        for r in readers {
+            let _ = r.join();
+        }
+        Ok(())
     }
 
-    // Reader threads: read, decode, verify and prepare blocks in parallel; the transform
-    // takes them back in height order (block i comes from thread i mod n).
-    let dir = Arc::new(dir);
-    let network_kind = dir.network();
-    let threads = opts.read_threads.max(1).min(todo.len().max(1));
-    let todo = Arc::new(todo);
-    let read_ahead = Arc::new(ReadAhead::new(READ_AHEAD_BYTES));
-    let mut queues = Vec::with_capacity(threads);
-    let mut readers = Vec::with_capacity(threads);
-    for t in 0..threads {
-        let (tx, rx) = mpsc::sync_channel::<Result<PreparedBlock>>(READ_AHEAD_BLOCKS);
-        let dir = Arc::clone(&dir);
-        let todo = Arc::clone(&todo);
-        let read_ahead = Arc::clone(&read_ahead);
-        let handle = std::thread::Builder::new()
-            .name(format!("ferret-blk-reader-{t}"))
-            .spawn(move || {
-                let mut buf = Vec::new();
-                for (i, b) in todo.iter().enumerate().skip(t).step_by(threads) {
-                    if !read_ahead.admit(i, u64::from(b.loc.len) + 8) {
-                        return;
-                    }
-                    let res = dir.read_block_with(&b.loc, &mut buf).and_then(|block| {
-                        let hashes = verify(&dir, b, &block, &buf)?;
-                        let len = u64::from(b.loc.len) + 8;
-                        Ok(PreparedBlock::new(
-                            block,
-                            &hashes,
-                            b.height,
-                            len,
-                            network_kind,
-                        ))
-                    });
-                    let failed = res.is_err();
-                    if tx.send(res).is_err() || failed {
-                        return;
-                    }
+    fn unwound(&mut self, m: &mut Manifest, removed: &Removed) {
+        use arrow::array::Array;
+        // Inputs whose spent output lies before the indexed range, among removed rows.
+        let unresolved: u64 = removed
+            .batches
+            .iter()
+            .filter(|(t, _)| t == "inputs")
+            .flat_map(|(_, b)| b)
+            .map(|b| {
+                match (
+                    b.column_by_name("spent_txid"),
+                    b.column_by_name("spent_height"),
+                ) {
+                    (Some(t), Some(h)) => (0..b.num_rows())
+                        .filter(|&r| t.is_valid(r) && h.is_null(r))
+                        .count() as u64,
+                    _ => 0,
                 }
             })
-            .map_err(|e| Error::io("ferret-blk-reader thread", e))?;
-        queues.push(rx);
-        readers.push(handle);
-    }
-    let mut received = 0usize;
-    let closer = CloseOnDrop(Arc::clone(&read_ahead));
-    let mut next_block = move || -> Result<PreparedBlock> {
-        let q = &queues[received % threads];
-        received += 1;
-        let block = q.recv().map_err(|_| Error::Internal {
-            what: "a block reader stopped early".into(),
-        })??;
-        closer.0.release(block.record_len);
-        Ok(block)
-    };
-
-    let bar = if opts.progress {
-        ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
-        )
-        .expect("static template"),
-    );
-
-    let mut rows = BtcRows::new();
-    let btc_tables: Vec<_> = tables_of(Chain::Btc).collect();
-    let mut next_tx_index = manifest.next_tx_index;
-    let mut blocks_done = 0u64;
-    let mut first_hash = None;
-    for chunk in chunks {
-        let mut sinks = ChunkSinks::open(
-            wh,
-            &btc_tables,
-            chunk.first,
-            chunk.last,
-            lease.attempt(),
-            manifest.seq + 1,
-        )?;
-        let mut last_hash = String::new();
-        for expect_height in chunk.first..=chunk.last {
-            let prepared = next_block()?;
-            let (height, len) = (prepared.height, prepared.record_len);
-            if height != expect_height {
-                return Err(Error::Internal {
-                    what: format!("reader delivered height {height} where {expect_height} was due"),
-                });
-            }
-            let tx_count = prepared.block.txdata.len() as u64;
-            last_hash = prepared.hash_hex().to_string();
-            rows.push_block(prepared, next_tx_index, &mut utxo)?;
-            next_tx_index += tx_count;
-            if first_hash.is_none() && manifest.first_hash.is_none() {
-                first_hash = Some(last_hash.clone());
-            }
-            summary.bytes_read += len;
-            blocks_done += 1;
-            bar.inc(len);
-            if blocks_done.is_multiple_of(64) || height == chunk.last {
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "height {height} {:.0} blocks/s",
-                    blocks_done as f64 / secs
-                ));
-            }
-            if rows.buffered_rows() >= FLUSH_ROWS {
-                sinks.send(rows.finish()?.into()).await?;
-            }
+            .sum();
+        let t = &mut m.totals;
+        let sub = |total: &mut u64, n: u64| *total -= n.min(*total);
+        sub(&mut t.blocks, removed.rows("blocks"));
+        sub(&mut t.transactions, removed.rows("transactions"));
+        sub(&mut t.inputs, removed.rows("inputs"));
+        sub(&mut t.outputs, removed.rows("outputs"));
+        sub(&mut t.unresolved_inputs, unresolved);
+        sub(&mut m.next_tx_index, removed.rows("transactions"));
+        if m.tip.is_none() {
+            m.next_tx_index = 0;
         }
-        sinks.send(rows.finish()?.into()).await?;
-        for entry in sinks.finish().await? {
-            summary.bytes_written += entry.bytes;
-            manifest.files.push(entry);
-        }
-        let c = std::mem::take(&mut rows.counts);
-        manifest.totals.add(&c);
-        summary.counts.add(&c);
-        if manifest.first_height.is_none() {
-            manifest.first_height = Some(chunk.first);
-            manifest.first_hash = first_hash.clone();
-        }
-        manifest.tip = Some(Checkpoint {
-            height: chunk.last,
-            hash: last_hash,
-        });
-        manifest.next_tx_index = next_tx_index;
-        wh.commit_manifest(Chain::Btc, &mut manifest, lease).await?;
-        summary.commits += 1;
-        tracing::debug!(
-            first = chunk.first,
-            last = chunk.last,
-            seq = manifest.seq,
-            transactions = c.transactions,
-            "committed"
-        );
+        self.summary.unwound += removed.rows("blocks");
+        // The spent-output store holds the unwound blocks' outputs and spends: rebuilt
+        // from the committed tables before the next block.
+        self.utxo = None;
+        let tip = m.tip.as_ref().map(|t| t.height);
+        self.first_done = self.first_done.filter(|&f| tip.is_some_and(|t| f <= t));
+        self.summary.heights = self.first_done.zip(tip);
     }
-    bar.finish_and_clear();
-    drop(next_block);
-    for r in readers {
-        let _ = r.join();
-    }
-    summary.heights = Some((start, end));
-    summary.tip = manifest.tip.clone();
-    summary.utxo = utxo.stats.clone();
-    summary.elapsed = started.elapsed();
-    Ok(summary)
 }
 
 fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block, raw: &[u8]) -> Result<TxHashes> {
@@ -827,96 +960,4 @@ async fn btc_ancestor(
         hash: tip.hash,
         kept: max_unwind as usize,
     })
-}
-
-/// Removes every committed row above `ancestor` (all rows for `None`) in one commit: files
-/// wholly above it leave the manifest, files across it are rewritten without those rows
-/// under new names; totals and the next `tx_index` follow. Returns the blocks removed.
-async fn unwind_btc(
-    wh: &Warehouse,
-    m: &mut Manifest,
-    ancestor: Option<Checkpoint>,
-    lease: &ferret_schemas::WriterLease,
-) -> Result<u64> {
-    let height = ancestor.as_ref().map(|a| a.height);
-    use arrow::array::Array;
-    let seq = m.seq + 1;
-    let mut kept = Vec::with_capacity(m.files.len());
-    let mut removed = ferret_schemas::manifest::Totals::default();
-    // Inputs whose spent output lies before the indexed range, among removed rows.
-    let unresolved = |batches: &[arrow::array::RecordBatch]| -> u64 {
-        batches
-            .iter()
-            .map(|b| {
-                match (
-                    b.column_by_name("spent_txid"),
-                    b.column_by_name("spent_height"),
-                ) {
-                    (Some(t), Some(h)) => (0..b.num_rows())
-                        .filter(|&r| t.is_valid(r) && h.is_null(r))
-                        .count() as u64,
-                    _ => 0,
-                }
-            })
-            .sum()
-    };
-    let mut count = |table: &str, batches: &[arrow::array::RecordBatch]| {
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        match table {
-            "blocks" => removed.blocks += rows,
-            "transactions" => removed.transactions += rows,
-            "inputs" => {
-                removed.inputs += rows;
-                removed.unresolved_inputs += unresolved(batches);
-            }
-            "outputs" => removed.outputs += rows,
-            _ => {}
-        }
-    };
-    let mut dropped_paths = Vec::new();
-    for f in std::mem::take(&mut m.files) {
-        match height {
-            Some(a) if f.last_height <= a => kept.push(f),
-            Some(a) if f.first_height <= a => {
-                let (entry, gone) = crate::sink::truncate_committed(
-                    wh,
-                    Chain::Btc,
-                    &f,
-                    "height",
-                    a,
-                    lease.attempt(),
-                    seq,
-                )
-                .await?;
-                count(&f.table, &gone);
-                kept.push(entry);
-                dropped_paths.push(f.path);
-            }
-            _ => {
-                let gone = wh.read_file(&f.path).await?;
-                count(&f.table, &gone);
-                dropped_paths.push(f.path);
-            }
-        }
-    }
-    m.files = kept;
-    let t = &mut m.totals;
-    t.blocks -= removed.blocks.min(t.blocks);
-    t.transactions -= removed.transactions.min(t.transactions);
-    t.inputs -= removed.inputs.min(t.inputs);
-    t.outputs -= removed.outputs.min(t.outputs);
-    t.unresolved_inputs -= removed.unresolved_inputs.min(t.unresolved_inputs);
-    m.next_tx_index -= removed.transactions.min(m.next_tx_index);
-    match ancestor {
-        Some(a) => m.tip = Some(a),
-        None => {
-            m.tip = None;
-            m.first_height = None;
-            m.first_hash = None;
-            m.next_tx_index = 0;
-        }
-    }
-    wh.commit_manifest(Chain::Btc, m, lease).await?;
-    crate::sink::delete_unwound(wh, dropped_paths).await?;
-    Ok(removed.blocks)
 }

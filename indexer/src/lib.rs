@@ -1,5 +1,7 @@
-//! Ferret's chain indexer: Bitcoin Core block files into Hive-partitioned Parquet on any
-//! object store, committed through a manifest; and the synthetic chain generator.
+//! Ferret's chain indexer: Bitcoin Core block files and Ethereum JSON-RPC into
+//! Hive-partitioned Parquet on any object store, committed through a manifest. Both
+//! chains write through one stage runner (`stage`). Test infrastructure (generators,
+//! replay server, anvil driver) lives in the unpublished `ferret-testkit` crate.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +18,7 @@ pub mod eth;
 pub mod labels;
 pub mod sink;
 pub mod source;
-pub mod synth;
+mod stage;
 pub mod transform;
 pub mod utxo;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bitcoin::consensus::deserialize;
 use bitcoin::hashes::Hash as _;
 use bitcoin::{Address, Block, BlockHash, Network, OutPoint, Transaction, TxOut, Txid};
-use ferret_indexer::synth::btc::{SynthConfig, SynthSummary, generate, subsidy};
+use ferret_testkit::synth::btc::{SynthConfig, SynthSummary, generate, subsidy};
 
 fn small(seed: u64) -> SynthConfig {
     SynthConfig {

@@ -11,12 +11,12 @@
 
 use ferret_indexer::btc::{IndexOptions, index_btc};
 use ferret_indexer::labels::import;
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_kernels::cluster::accuracy::{Accuracy, Truth, evaluate};
 use ferret_kernels::cluster::{ClusterOptions, cluster_btc};
 use ferret_kernels::coinjoin::Detectors;
 use ferret_kernels::device::{Backend, DeviceChoice, select};
 use ferret_schemas::Warehouse;
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
 async fn chain(seed: u64, tmp: &std::path::Path) -> (Warehouse, Truth) {
     let cfg = SynthConfig {

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use ferret_indexer::btc::{IndexOptions, index_btc};
 use ferret_indexer::labels::{Defaults, import};
-use ferret_indexer::synth::btc::{SynthConfig, generate};
 use ferret_kernels::device::{Backend, DeviceChoice, select};
 use ferret_kernels::taint::Policy;
 use ferret_kernels::taint::job::{TaintJob, TaintRun, taint_btc};
 use ferret_schemas::Warehouse;
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
 struct Cashout {
     exit: String,

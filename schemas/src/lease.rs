@@ -99,11 +99,100 @@ enum Inner {
         _file: std::fs::File,
     },
     Remote {
-        store: Arc<dyn ObjectStore>,
-        path: Path,
-        lost: Arc<AtomicBool>,
+        lease: Arc<Remote>,
         renew: tokio::task::JoinHandle<()>,
     },
+}
+
+/// An object-store lease as its holder knows it.
+#[derive(Debug)]
+struct Remote {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    attempt: String,
+    ttl: Duration,
+    /// Set once the lease is known to be someone else's.
+    lost: AtomicBool,
+    /// Renewals, by the background task or a writer whose lease time ran out, one at a time.
+    state: tokio::sync::Mutex<RenewState>,
+}
+
+#[derive(Debug)]
+struct RenewState {
+    /// The version of the lease object this writer last wrote.
+    version: Option<UpdateVersion>,
+    /// Until the store says it has no conditional update.
+    conditional: bool,
+    /// The expiry this writer last wrote (epoch milliseconds): by its own clock it may act
+    /// until then; after that another writer may have taken over.
+    valid_until_ms: u64,
+}
+
+impl Remote {
+    fn body(h: &Holder) -> PutPayload {
+        PutPayload::from(Bytes::from(serde_json::to_vec(h).expect("json")))
+    }
+
+    /// Writes the lease again with a later expiry, conditionally on it still being the
+    /// version this writer wrote last (or, without conditional updates, on it still naming
+    /// this writer). Returns whether this writer still holds it.
+    async fn renew(&self, st: &mut RenewState) -> bool {
+        for _ in 0..2 {
+            if self.lost.load(Ordering::SeqCst) {
+                return false;
+            }
+            let me = Holder::new(&self.attempt, Some(self.ttl));
+            let mode = match st.version.clone() {
+                Some(v) if st.conditional && (v.e_tag.is_some() || v.version.is_some()) => {
+                    PutMode::Update(v)
+                }
+                _ => {
+                    // No conditional update: overwrite only while it is still ours.
+                    let ours = match self.store.get(&self.path).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .ok()
+                            .and_then(|b| serde_json::from_slice::<Holder>(&b).ok()),
+                        Err(_) => None,
+                    }
+                    .is_some_and(|h| h.attempt == self.attempt);
+                    if !ours {
+                        self.lost.store(true, Ordering::SeqCst);
+                        return false;
+                    }
+                    PutMode::Overwrite
+                }
+            };
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self.store.put_opts(&self.path, Self::body(&me), opts).await {
+                Ok(r) => {
+                    st.version = Some(UpdateVersion {
+                        e_tag: r.e_tag,
+                        version: r.version,
+                    });
+                    st.valid_until_ms = me.expires_ms;
+                    return true;
+                }
+                Err(object_store::Error::Precondition { .. }) => {
+                    self.lost.store(true, Ordering::SeqCst);
+                    return false;
+                }
+                Err(
+                    object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. },
+                ) => st.conditional = false,
+                Err(e) => {
+                    tracing::warn!(lease = %self.path, error = %e, "could not renew the writer lease");
+                    return true;
+                }
+            }
+        }
+        true
+    }
 }
 
 impl WriterLease {
@@ -167,8 +256,9 @@ impl WriterLease {
         attempt: &str,
         ttl: Duration,
     ) -> Result<Self> {
-        let body = |h: &Holder| PutPayload::from(Bytes::from(serde_json::to_vec(h).expect("json")));
+        let body = Remote::body;
         let mut version: Option<UpdateVersion> = None;
+        let mut valid_until_ms = 0;
         let mut taken = false;
         for _ in 0..4 {
             let me = Holder::new(attempt, Some(ttl));
@@ -182,6 +272,7 @@ impl WriterLease {
                         e_tag: r.e_tag,
                         version: r.version,
                     });
+                    valid_until_ms = me.expires_ms;
                     taken = true;
                     break;
                 }
@@ -221,6 +312,7 @@ impl WriterLease {
                         e_tag: r.e_tag,
                         version: r.version,
                     });
+                    valid_until_ms = me.expires_ms;
                     taken = true;
                     break;
                 }
@@ -243,65 +335,26 @@ impl WriterLease {
                 holder: "writers racing for an expired lease".into(),
             });
         }
-        let lost = Arc::new(AtomicBool::new(false));
+        let lease = Arc::new(Remote {
+            store,
+            path,
+            attempt: attempt.to_string(),
+            ttl,
+            lost: AtomicBool::new(false),
+            state: tokio::sync::Mutex::new(RenewState {
+                version,
+                conditional: true,
+                valid_until_ms,
+            }),
+        });
         let renew = {
-            let (store, path, lost, attempt) = (
-                Arc::clone(&store),
-                path.clone(),
-                Arc::clone(&lost),
-                attempt.to_string(),
-            );
+            let lease = Arc::clone(&lease);
             tokio::spawn(async move {
-                let mut version = version;
-                // Until the store says it has no conditional update.
-                let mut conditional = true;
                 loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    let me = Holder::new(&attempt, Some(ttl));
-                    let mode = match version.clone() {
-                        Some(v) if conditional && (v.e_tag.is_some() || v.version.is_some()) => {
-                            PutMode::Update(v)
-                        }
-                        _ => {
-                            // No conditional update: overwrite only while it is still ours.
-                            let ours = match store.get(&path).await {
-                                Ok(r) => r
-                                    .bytes()
-                                    .await
-                                    .ok()
-                                    .and_then(|b| serde_json::from_slice::<Holder>(&b).ok()),
-                                Err(_) => None,
-                            }
-                            .is_some_and(|h| h.attempt == attempt);
-                            if !ours {
-                                lost.store(true, Ordering::SeqCst);
-                                return;
-                            }
-                            PutMode::Overwrite
-                        }
-                    };
-                    let opts = PutOptions {
-                        mode,
-                        ..Default::default()
-                    };
-                    match store.put_opts(&path, body(&me), opts).await {
-                        Ok(r) => {
-                            version = Some(UpdateVersion {
-                                e_tag: r.e_tag,
-                                version: r.version,
-                            })
-                        }
-                        Err(object_store::Error::Precondition { .. }) => {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        Err(
-                            object_store::Error::NotImplemented { .. }
-                            | object_store::Error::NotSupported { .. },
-                        ) => conditional = false,
-                        Err(e) => {
-                            tracing::warn!(lease = %path, error = %e, "could not renew the writer lease");
-                        }
+                    tokio::time::sleep(lease.ttl / 3).await;
+                    let mut st = lease.state.lock().await;
+                    if !lease.renew(&mut st).await {
+                        return;
                     }
                 }
             })
@@ -309,12 +362,7 @@ impl WriterLease {
         Ok(Self {
             scope: scope.to_string(),
             attempt: attempt.to_string(),
-            inner: Inner::Remote {
-                store,
-                path,
-                lost,
-                renew,
-            },
+            inner: Inner::Remote { lease, renew },
         })
     }
 
@@ -326,12 +374,10 @@ impl WriterLease {
     /// Fails when this writer no longer holds its lease (it was taken over after
     /// expiring); called before every commit.
     pub async fn check(&self) -> Result<()> {
-        let Inner::Remote {
-            store, path, lost, ..
-        } = &self.inner
-        else {
+        let Inner::Remote { lease, .. } = &self.inner else {
             return Ok(());
         };
+        let (store, path, lost) = (&lease.store, &lease.path, &lease.lost);
         let holder = match store.get(path).await {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(|e| Error::store(path, e))?;
@@ -350,13 +396,43 @@ impl WriterLease {
         }
     }
 
+    /// Fails unless this writer may still act by its own clock: its lease expires later
+    /// than a third of its time to live from now. When that time has run out (the process
+    /// was paused or frozen past its renewals), it renews first, conditionally on the
+    /// lease being unchanged since its own last write, and fails when another writer has
+    /// taken it over. Called, without a round trip in the common case, right before every
+    /// manifest PUT and every deletion of garbage, so a writer that wakes up stale does no
+    /// harm. (Clocks of writers must agree within a third of the time to live.)
+    pub async fn ensure_valid(&self) -> Result<()> {
+        let Inner::Remote { lease, .. } = &self.inner else {
+            return Ok(());
+        };
+        let margin = lease.ttl.as_millis() as u64 / 3;
+        let mut st = lease.state.lock().await;
+        let lapsed = now_ms() + margin >= st.valid_until_ms;
+        if lapsed && !(lease.renew(&mut st).await && now_ms() + margin < st.valid_until_ms) {
+            lease.lost.store(true, Ordering::SeqCst);
+        }
+        if lease.lost.load(Ordering::SeqCst) {
+            drop(st);
+            return Err(match self.check().await {
+                Err(e) => e,
+                Ok(()) => Error::LeaseLost {
+                    scope: self.scope.clone(),
+                    holder: "nobody it could confirm (its time ran out and renewing failed)".into(),
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// Gives the lease up.
     pub async fn release(self) {
-        if let Inner::Remote { store, path, .. } = &self.inner
+        if let Inner::Remote { lease, .. } = &self.inner
             && self.check().await.is_ok()
-            && let Err(e) = store.delete(path).await
+            && let Err(e) = lease.store.delete(&lease.path).await
         {
-            tracing::warn!(lease = %path, error = %e, "could not release the writer lease");
+            tracing::warn!(lease = %lease.path, error = %e, "could not release the writer lease");
         }
     }
 }
@@ -406,5 +482,33 @@ mod tests {
         b.check().await.expect("b still holds it");
         b.release().await;
         assert!(store.head(&path).await.is_err(), "released");
+    }
+
+    #[tokio::test]
+    async fn a_writer_paused_past_its_lease_acts_again_only_if_nobody_took_over() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = Path::from("btc/_state/lease.json");
+        let ttl = Duration::from_millis(600);
+        let a = WriterLease::remote_ttl("btc", Arc::clone(&store), path.clone(), "a", ttl)
+            .await
+            .expect("a");
+        a.ensure_valid().await.expect("fresh");
+        // Paused (no renewals) past its time: nobody took over, so it renews and acts.
+        let Inner::Remote { renew, .. } = &a.inner else {
+            panic!("remote");
+        };
+        renew.abort();
+        tokio::time::sleep(ttl * 2).await;
+        a.ensure_valid().await.expect("renewed after the pause");
+        // Paused again, and this time taken over meanwhile: it must not act.
+        tokio::time::sleep(ttl * 2).await;
+        let b = WriterLease::remote_ttl("btc", Arc::clone(&store), path.clone(), "b", ttl)
+            .await
+            .expect("taken over");
+        let err = a.ensure_valid().await.expect_err("stale");
+        assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+        assert!(err.to_string().contains("attempt b"), "{err}");
+        b.ensure_valid().await.expect("b may act");
+        b.check().await.expect("b still holds it");
     }
 }

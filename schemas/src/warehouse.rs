@@ -425,6 +425,7 @@ impl Warehouse {
     /// The `results/{job}/_latest.json` pointers older versions wrote.
     async fn legacy_latest_runs(&self) -> Result<BTreeMap<String, crate::results::LatestRun>> {
         let prefix = self.root.clone().join("results");
+        crate::failpoint::hit("gc-listing");
         let listed: Vec<_> = self
             .store
             .list(Some(&prefix))
@@ -846,6 +847,7 @@ impl Warehouse {
     ) -> Result<()> {
         lease.check().await?;
         crate::failpoint::hit("before-manifest-put");
+        lease.ensure_valid().await?;
         manifest.seq += 1;
         manifest.format = crate::manifest::MANIFEST_FORMAT;
         let dir = layout::state_dir(&self.root, chain);
@@ -919,6 +921,7 @@ impl Warehouse {
         if manifest.seq > 0 {
             keep.insert(state.clone().join(manifest_name(manifest.seq)).to_string());
         }
+        crate::failpoint::hit("gc-listing");
         let listed: Vec<_> = self
             .store
             .list(Some(&prefix))
@@ -936,6 +939,8 @@ impl Warehouse {
                 continue;
             }
             crate::failpoint::hit("gc-deleting");
+            // A writer paused past its lease (and perhaps taken over) deletes nothing.
+            lease.ensure_valid().await?;
             self.store
                 .delete(&meta.location)
                 .await

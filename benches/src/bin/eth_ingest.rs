@@ -22,10 +22,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ferret_benches::arg;
-use ferret_indexer::eth::anvil::Anvil;
 use ferret_indexer::eth::{EthOptions, Rpc, Source, TraceMode, index_eth};
-use ferret_indexer::synth::eth::{EthSynthConfig, generate};
 use ferret_schemas::Warehouse;
+use ferret_testkit::anvil::Anvil;
+use ferret_testkit::synth::eth::{EthSynthConfig, generate};
 
 #[tokio::main]
 async fn main() -> Result<()> {

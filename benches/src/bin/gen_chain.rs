@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ferret_indexer::synth::btc::{SynthConfig, generate};
+use ferret_testkit::synth::btc::{SynthConfig, generate};
 
 fn default_out() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);

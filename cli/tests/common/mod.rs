@@ -141,15 +141,15 @@ pub fn eth_rpc_fixtures() -> Option<PathBuf> {
 
 /// A fresh anvil node; None (the test skips) when anvil is not installed, a failure under
 /// FERRET_REQUIRE_ALL.
-pub async fn anvil(extra: &[&str]) -> Option<ferret_indexer::eth::anvil::Anvil> {
-    if ferret_indexer::eth::anvil::find_anvil().is_none() {
+pub async fn anvil(extra: &[&str]) -> Option<ferret_testkit::anvil::Anvil> {
+    if ferret_testkit::anvil::find_anvil().is_none() {
         let hint = "anvil not found: run scripts/test.sh (installs it) or set FERRET_ANVIL";
         assert!(!require_all(), "{hint}");
         eprintln!("skipping: {hint}");
         return None;
     }
     Some(
-        ferret_indexer::eth::anvil::Anvil::start(extra)
+        ferret_testkit::anvil::Anvil::start(extra)
             .await
             .expect("start anvil"),
     )
@@ -269,4 +269,129 @@ pub async fn sigkill_runs(
         kills >= 3,
         "the kills must land mid-run (full run {full:?})"
     );
+}
+
+/// The blocks of a synthetic blocks dir: records, parents, the best chain.
+pub struct Headers {
+    pub all: Vec<Vec<u8>>,
+    /// hash → (parent, record index)
+    pub parent: std::collections::HashMap<bitcoin::BlockHash, (bitcoin::BlockHash, usize)>,
+    pub best: Vec<bitcoin::BlockHash>,
+}
+
+impl Headers {
+    pub fn read(dir: &std::path::Path) -> Self {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("blk"))
+            })
+            .collect();
+        files.sort();
+        let all: Vec<Vec<u8>> = files
+            .iter()
+            .flat_map(|p| records(p))
+            // The file's preallocated zero tail is not a record.
+            .filter(|r| r[..4] != [0; 4])
+            .collect();
+        let mut parent = std::collections::HashMap::new();
+        for (i, r) in all.iter().enumerate() {
+            let b =
+                <bitcoin::Block as bitcoin::consensus::Decodable>::consensus_decode(&mut &r[8..])
+                    .expect("block");
+            parent.insert(b.block_hash(), (b.header.prev_blockhash, i));
+        }
+        let depth = |mut h: bitcoin::BlockHash| {
+            let mut d = 0;
+            while let Some(&(p, _)) = parent.get(&h) {
+                h = p;
+                d += 1;
+            }
+            d
+        };
+        let tip = *parent.keys().max_by_key(|h| depth(**h)).expect("blocks");
+        let mut best: Vec<bitcoin::BlockHash> = vec![tip];
+        while let Some(&(p, _)) = parent.get(best.last().expect("some")) {
+            if parent.contains_key(&p) {
+                best.push(p);
+            } else {
+                break;
+            }
+        }
+        best.reverse();
+        Self { all, parent, best }
+    }
+
+    /// A stale s1 → s2 pair forking off the best chain.
+    pub fn two_block_branch(&self) -> Option<(bitcoin::BlockHash, bitcoin::BlockHash)> {
+        let on_best: std::collections::HashSet<bitcoin::BlockHash> =
+            self.best.iter().copied().collect();
+        let mut pairs: Vec<(bitcoin::BlockHash, bitcoin::BlockHash)> = self
+            .parent
+            .iter()
+            .filter(|(h, _)| !on_best.contains(*h))
+            .filter_map(|(s2, &(s1, _))| {
+                (!on_best.contains(&s1) && self.parent.contains_key(&s1)).then_some((s1, *s2))
+            })
+            .collect();
+        pairs.sort();
+        pairs.into_iter().next()
+    }
+}
+
+/// A synthetic chain with a two-block stale branch s1 → s2 off the best chain, and the
+/// records as a node had them when the branch was its best chain.
+pub struct Fork {
+    /// Every record of the final chain, in the generator's order.
+    pub all: Vec<Vec<u8>>,
+    /// The best chain up to the fork's height, then s1 and s2 (more work than the single
+    /// best block at that height).
+    pub early: Vec<Vec<u8>>,
+    pub s2: bitcoin::BlockHash,
+    /// The final best chain's tip.
+    pub tip: bitcoin::BlockHash,
+}
+
+impl Fork {
+    /// The first seed whose chain has a two-block stale branch (one fork in four is).
+    pub fn find(tmp: &Path) -> Self {
+        use ferret_testkit::synth::btc::{SynthConfig, generate};
+        for seed in 21..60 {
+            let dir = tmp.join(format!("seed{seed}"));
+            let cfg = SynthConfig {
+                blocks: 160,
+                seed,
+                txs_per_block: 25,
+                ..Default::default()
+            };
+            generate(&cfg, &dir).expect("generate");
+            let chain = Headers::read(&dir.join("blocks"));
+            let Some((s1, s2)) = chain.two_block_branch() else {
+                continue;
+            };
+            let Headers { all, parent, best } = chain;
+            let fork_parent = parent[&s1].0;
+            let h = best
+                .iter()
+                .position(|b| *b == fork_parent)
+                .expect("forks off the best chain")
+                + 1;
+            let mut early: Vec<Vec<u8>> = best[..=h]
+                .iter()
+                .map(|b| all[parent[b].1].clone())
+                .collect();
+            early.push(all[parent[&s1].1].clone());
+            early.push(all[parent[&s2].1].clone());
+            let tip = *best.last().expect("blocks");
+            return Self {
+                all,
+                early,
+                s2,
+                tip,
+            };
+        }
+        panic!("no seed with a two-block branch")
+    }
 }

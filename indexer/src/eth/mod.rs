@@ -6,20 +6,17 @@
 //! the six tables' columns ([`transform`]) → Parquet files → the manifest PUT commits.
 //! Follow mode repeats this as the chain grows, `--confirmations` blocks behind the head.
 
-pub mod anvil;
-pub mod contracts;
-pub mod replay;
 pub mod rpc;
 pub mod source;
 pub mod transform;
 
 use std::time::{Duration, Instant};
 
-use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout, tables_of};
+use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::sink::ChunkSinks;
+use crate::stage::{self, Next, Removed, Runner, Stage};
 use crate::{Error, Result};
 pub use rpc::{RetryPolicy, Rpc};
 pub use source::{Source, TraceMode};
@@ -159,12 +156,7 @@ impl std::fmt::Display for EthSummary {
 /// Rows buffered (all tables together) before they go to the writers as batches.
 const FLUSH_ROWS: usize = 64 * 1024;
 
-/// A stop signal: indexing ends cleanly after the current commit when it turns true.
-pub type Stop = tokio::sync::watch::Receiver<bool>;
-
-fn stopped(stop: &Option<Stop>) -> bool {
-    stop.as_ref().is_some_and(|s| *s.borrow())
-}
+pub use crate::stage::Stop;
 
 /// Indexes blocks from the node at `opts.rpc` into `wh`, continuing from the last commit.
 /// With `opts.follow` it runs until `stop` turns true. Holds the chain's writer lease
@@ -174,20 +166,15 @@ pub async fn index_eth(
     opts: &EthOptions,
     stop: Option<Stop>,
 ) -> Result<EthSummary> {
-    let lease = wh.writer_lease(Chain::Eth).await?;
-    let r = index_eth_leased(wh, opts, stop, &lease).await;
-    if r.is_err() {
-        crate::btc::clean_after_failure(wh, Chain::Eth, &lease).await;
-    }
-    lease.release().await;
-    r
+    let mut run = Runner::start(wh, Chain::Eth, "block_number").await?;
+    let r = index_eth_leased(&mut run, opts, &stop).await;
+    run.finish(r).await
 }
 
 async fn index_eth_leased(
-    wh: &Warehouse,
+    run: &mut Runner<'_>,
     opts: &EthOptions,
-    stop: Option<Stop>,
-    lease: &ferret_schemas::WriterLease,
+    stop: &Option<Stop>,
 ) -> Result<EthSummary> {
     let started = Instant::now();
     if opts.follow && opts.to.is_some() {
@@ -196,7 +183,7 @@ async fn index_eth_leased(
         });
     }
     let rpc = Rpc::connect(&opts.rpc, opts.retry.clone()).await?;
-    let mut source = Source::new(rpc, opts.traces);
+    let source = Source::new(rpc, opts.traces);
     let chain_id = source.chain_id().await?;
     if let Some(want) = opts.chain_id
         && want != chain_id
@@ -207,23 +194,13 @@ async fn index_eth_leased(
             found: chain_id,
         });
     }
-    let network = chain_id.to_string();
-    let mut manifest = match wh.load_manifest(Chain::Eth).await? {
-        Some(m) if m.network != network => {
-            return Err(Error::ChainIdMismatch {
-                url: opts.rpc.clone(),
-                expected: m.network,
-                found: chain_id,
-            });
-        }
-        Some(m) => m,
-        None => Manifest::empty(Chain::Eth.as_str(), &network),
-    };
-    let garbage = wh.collect_garbage(Chain::Eth, &manifest, lease).await?;
-    if garbage > 0 {
-        tracing::info!(garbage, "removed objects of an interrupted run");
-    }
-    if let Some(next) = manifest.next_height()
+    run.load(&chain_id.to_string(), |expected| Error::ChainIdMismatch {
+        url: opts.rpc.clone(),
+        expected,
+        found: chain_id,
+    })
+    .await?;
+    if let Some(next) = run.manifest.next_height()
         && opts.from > next
     {
         return Err(Error::BadArguments {
@@ -234,12 +211,6 @@ async fn index_eth_leased(
             ),
         });
     }
-
-    let mut summary = EthSummary {
-        chain_id,
-        tip: manifest.tip.clone(),
-        ..Default::default()
-    };
     let bar = if opts.progress {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
     } else {
@@ -249,17 +220,49 @@ async fn index_eth_leased(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] block {pos} {per_sec} {msg}")
             .expect("static template"),
     );
-    let eth_tables: Vec<_> = tables_of(Chain::Eth).collect();
-    let mut resolved = false;
-    let mut moved_in_a_row = 0;
-    let mut reorgs_in_a_row = 0;
-    let mut first_done = None;
-    loop {
-        if stopped(&stop) {
-            break;
-        }
+    let mut stage = EthStage {
+        opts,
+        source,
+        bar,
+        summary: EthSummary {
+            chain_id,
+            tip: run.manifest.tip.clone(),
+            ..Default::default()
+        },
+        resolved: false,
+        moved_in_a_row: 0,
+        reorgs_in_a_row: 0,
+        first_done: None,
+    };
+    let follow = opts.follow.then_some(opts.poll);
+    stage::drive(&mut stage, run, follow, false, stop).await?;
+    stage.bar.finish_and_clear();
+    let mut summary = stage.summary;
+    summary.commits = run.commits;
+    summary.bytes_written = run.bytes_written;
+    summary.tip = run.manifest.tip.clone();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// The Ethereum pipeline as a [`Stage`]: a node's chain, `confirmations` behind its head.
+struct EthStage<'o> {
+    opts: &'o EthOptions,
+    source: Source,
+    bar: ProgressBar,
+    summary: EthSummary,
+    /// Whether the trace mode has been settled (at the first block read).
+    resolved: bool,
+    moved_in_a_row: u32,
+    reorgs_in_a_row: u32,
+    first_done: Option<u64>,
+}
+
+impl Stage for EthStage<'_> {
+    async fn poll(&mut self, run: &Runner<'_>) -> Result<Next> {
+        let (opts, source, m) = (self.opts, &self.source, &run.manifest);
         // The committed tip must still be on the node's chain.
-        if let Some(tip) = manifest.tip.clone() {
+        if let Some(tip) = m.tip.clone() {
             let node = source.header(tip.height).await?;
             if node.is_none() {
                 // No block at the tip's height: the chain got shorter (a reorganisation
@@ -277,8 +280,8 @@ async fn index_eth_leased(
                 }
             }
             if node.map(|h| hex_hash(&h.hash)).as_deref() != Some(tip.hash.as_str()) {
-                reorgs_in_a_row += 1;
-                if reorgs_in_a_row > 10 {
+                self.reorgs_in_a_row += 1;
+                if self.reorgs_in_a_row > 10 {
                     return Err(Error::RpcData {
                         url: opts.rpc.clone(),
                         block: tip.height,
@@ -286,111 +289,106 @@ async fn index_eth_leased(
                             .into(),
                     });
                 }
-                let ancestor = find_ancestor(&source, &manifest).await?;
-                let dropped = unwind(wh, &mut manifest, ancestor, lease).await?;
+                let ancestor = find_ancestor(source, m).await?;
                 tracing::warn!(
                     from = tip.height,
-                    ancestor = ?ancestor,
-                    dropped,
-                    "reorganisation: unwound the committed blocks that left the chain"
+                    ancestor = ?ancestor.as_ref().map(|a| a.height),
+                    "reorganisation: unwinding the committed blocks that left the chain"
                 );
-                summary.reorgs += 1;
-                summary.unwound_blocks += dropped;
-                summary.commits += 1;
-                continue;
+                return Ok(Next::Unwind(ancestor));
             }
         }
         let head = source.head().await?;
-        let next = manifest.next_height().unwrap_or(opts.from);
+        let next = m.next_height().unwrap_or(opts.from);
         if opts.to.is_some_and(|to| next > to) {
-            break;
+            return Ok(Next::Done);
         }
         let safe = head.checked_sub(opts.confirmations);
         let target = match (safe, opts.to) {
             (Some(s), Some(t)) => Some(s.min(t)),
             (s, _) => s,
         };
-        if target.is_none_or(|t| next > t) {
-            if !opts.follow {
-                if opts.to.is_some() {
+        match target {
+            Some(t) if next <= t => Ok(Next::Execute { from: next, to: t }),
+            _ => {
+                if !opts.follow && opts.to.is_some() {
                     tracing::warn!(
                         head,
                         confirmations = opts.confirmations,
                         "the node's chain ends before --to; indexed what it has"
                     );
                 }
-                break;
+                Ok(Next::Idle)
             }
-            let wait = tokio::time::sleep(opts.poll);
-            match stop.clone() {
-                Some(mut s) => {
-                    tokio::select! {
-                        _ = wait => {}
-                        _ = s.changed() => {}
-                    }
-                }
-                None => wait.await,
-            }
-            continue;
         }
-        let target = target.expect("checked above");
-        if !resolved {
-            summary.traces = Some(source.resolve(next).await?);
-            resolved = true;
+    }
+
+    /// One chunk: the committed tip is checked against the node again before the next.
+    async fn execute(
+        &mut self,
+        run: &mut Runner<'_>,
+        next: u64,
+        target: u64,
+        _stop: &Option<Stop>,
+    ) -> Result<()> {
+        let opts = self.opts;
+        if !self.resolved {
+            self.summary.traces = Some(self.source.resolve(next).await?);
+            self.resolved = true;
         }
         let last = target
             .min(next.saturating_add(opts.commit_blocks.max(1) - 1))
             .min(layout::partition_start(next) + layout::PARTITION_SPAN - 1);
-        match index_chunk(
-            wh,
-            lease,
-            &source,
+        if index_chunk(
+            run,
+            &self.source,
             opts,
-            &eth_tables,
-            &mut manifest,
             next,
             last,
-            &bar,
-            &mut summary,
+            &self.bar,
+            &mut self.summary,
         )
         .await?
         {
-            true => {
-                moved_in_a_row = 0;
-                reorgs_in_a_row = 0;
-                first_done.get_or_insert(next);
-                summary.heights = Some((first_done.expect("set"), last));
+            self.moved_in_a_row = 0;
+            self.reorgs_in_a_row = 0;
+            let first = *self.first_done.get_or_insert(next);
+            self.summary.heights = Some((first, last));
+        } else {
+            self.moved_in_a_row += 1;
+            if self.moved_in_a_row > 5 {
+                return Err(Error::RpcData {
+                    url: opts.rpc.clone(),
+                    block: next,
+                    what: "the node's chain kept changing while its blocks were read (5 tries)"
+                        .into(),
+                });
             }
-            false => {
-                moved_in_a_row += 1;
-                if moved_in_a_row > 5 {
-                    return Err(Error::RpcData {
-                        url: opts.rpc.clone(),
-                        block: next,
-                        what: "the node's chain kept changing while its blocks were read (5 tries)"
-                            .into(),
-                    });
-                }
-                tokio::time::sleep(opts.poll.min(Duration::from_secs(1))).await;
-            }
+            tokio::time::sleep(opts.poll.min(Duration::from_secs(1))).await;
         }
+        Ok(())
     }
-    bar.finish_and_clear();
-    summary.tip = manifest.tip.clone();
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+
+    fn unwound(&mut self, m: &mut Manifest, removed: &Removed) {
+        match m.tip.as_ref().map(|t| t.height) {
+            Some(a) => m.recent.retain(|c| c.height <= a),
+            None => m.recent.clear(),
+        }
+        m.totals = totals_of(m);
+        self.summary.reorgs += 1;
+        self.summary.unwound_blocks += removed.rows("blocks");
+        let tip = m.tip.as_ref().map(|t| t.height);
+        self.first_done = self.first_done.filter(|&f| tip.is_some_and(|t| f <= t));
+        self.summary.heights = self.first_done.zip(tip);
+    }
 }
 
 /// Reads, writes and commits blocks `first..=last`. Returns false, committing nothing,
 /// when the blocks read do not link up (the node's chain moved while they were read).
-#[allow(clippy::too_many_arguments)]
 async fn index_chunk(
-    wh: &Warehouse,
-    lease: &ferret_schemas::WriterLease,
+    run: &mut Runner<'_>,
     source: &Source,
     opts: &EthOptions,
-    tables: &[&'static ferret_schemas::TableDef],
-    manifest: &mut Manifest,
     first: u64,
     last: u64,
     bar: &ProgressBar,
@@ -404,9 +402,10 @@ async fn index_chunk(
     let mut groups = futures::stream::iter(batches)
         .map(|g| async move { source.blocks(&g).await })
         .buffered(opts.concurrency.max(1));
-    let mut sinks = ChunkSinks::open(wh, tables, first, last, lease.attempt(), manifest.seq + 1)?;
+    let mut sinks = run.open_chunk(first, last)?;
     let mut rows = EthRows::new();
-    let mut prev = manifest
+    let mut prev = run
+        .manifest
         .tip
         .as_ref()
         .filter(|t| t.height + 1 == first)
@@ -451,31 +450,24 @@ async fn index_chunk(
         }
     }
     sinks.send(rows.finish()?.into()).await?;
-    let entries = sinks.finish().await?;
-    for e in &entries {
-        summary.bytes_written += e.bytes;
-    }
-    manifest.files.extend(entries);
-    if manifest.first_height.is_none() {
-        manifest.first_height = Some(first);
-        manifest.first_hash = hashes.first().map(|c| c.hash.clone());
-    }
-    manifest.tip = hashes.last().cloned();
-    manifest.recent.extend(hashes);
-    let excess = manifest
-        .recent
-        .len()
-        .saturating_sub(opts.keep_hashes.max(1));
-    manifest.recent.drain(..excess);
-    manifest.totals = totals_of(manifest);
-    wh.commit_manifest(Chain::Eth, manifest, lease).await?;
-    summary.commits += 1;
+    let (Some(first_cp), Some(tip)) = (hashes.first().cloned(), hashes.last().cloned()) else {
+        return Err(Error::Internal {
+            what: format!("no blocks read for {first}..={last}"),
+        });
+    };
+    let keep = opts.keep_hashes.max(1);
+    run.commit_chunk(sinks, first_cp, tip, |m| {
+        m.recent.extend(hashes);
+        let excess = m.recent.len().saturating_sub(keep);
+        m.recent.drain(..excess);
+        m.totals = totals_of(m);
+    })
+    .await?;
     summary.counts.add(&rows.counts);
     bar.set_message(format!(
         "{} transactions, {} transfers",
         summary.counts.transactions, summary.counts.transfers
     ));
-    tracing::debug!(first, last, seq = manifest.seq, "committed");
     Ok(true)
 }
 
@@ -491,12 +483,12 @@ fn totals_of(m: &Manifest) -> ferret_schemas::manifest::Totals {
 /// The newest kept block that is still on the node's chain; `None` when none is and the
 /// kept hashes reach back to the first indexed block (the whole indexed chain was
 /// replaced).
-async fn find_ancestor(source: &Source, m: &Manifest) -> Result<Option<u64>> {
+async fn find_ancestor(source: &Source, m: &Manifest) -> Result<Option<Checkpoint>> {
     for c in m.recent.iter().rev() {
         if let Some(h) = source.header(c.height).await?
             && hex_hash(&h.hash) == c.hash
         {
-            return Ok(Some(c.height));
+            return Ok(Some(c.clone()));
         }
     }
     let tip = m.tip.clone().unwrap_or(Checkpoint {
@@ -511,56 +503,4 @@ async fn find_ancestor(source: &Source, m: &Manifest) -> Result<Option<u64>> {
             kept: m.recent.len(),
         }),
     }
-}
-
-/// Removes every committed row above `ancestor` (all rows for `None`) in one commit: files
-/// wholly above it leave the manifest, files across it are rewritten without those rows
-/// under new names. Returns the number of blocks removed.
-async fn unwind(
-    wh: &Warehouse,
-    m: &mut Manifest,
-    ancestor: Option<u64>,
-    lease: &ferret_schemas::WriterLease,
-) -> Result<u64> {
-    let seq = m.seq + 1;
-    let before = m.totals.blocks;
-    let mut kept = Vec::with_capacity(m.files.len());
-    let mut dropped = Vec::new();
-    for f in std::mem::take(&mut m.files) {
-        match ancestor {
-            Some(a) if f.last_height <= a => kept.push(f),
-            Some(a) if f.first_height <= a => {
-                let (entry, _) = crate::sink::truncate_committed(
-                    wh,
-                    Chain::Eth,
-                    &f,
-                    "block_number",
-                    a,
-                    lease.attempt(),
-                    seq,
-                )
-                .await?;
-                kept.push(entry);
-                dropped.push(f.path);
-            }
-            _ => dropped.push(f.path),
-        }
-    }
-    m.files = kept;
-    match ancestor {
-        Some(a) => {
-            m.recent.retain(|c| c.height <= a);
-            m.tip = m.recent.last().cloned();
-        }
-        None => {
-            m.recent.clear();
-            m.tip = None;
-            m.first_height = None;
-            m.first_hash = None;
-        }
-    }
-    m.totals = totals_of(m);
-    wh.commit_manifest(Chain::Eth, m, lease).await?;
-    crate::sink::delete_unwound(wh, dropped).await?;
-    Ok(before - m.totals.blocks)
 }

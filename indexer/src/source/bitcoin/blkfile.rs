@@ -5,6 +5,7 @@
 //! `key[offset % 8]` where the 8-byte key is in `xor.dat` (an all-zero key means none).
 //! Blocks are stored in arrival order, not height order, and stale blocks are kept.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,23 @@ pub struct BlockLocation {
     pub header: Header,
     /// The block hash.
     pub hash: BlockHash,
+}
+
+/// What earlier scans of a blocks directory found, for [`BlkDir::scan_with`]: following a
+/// node's growing directory rescans only what can have changed.
+#[derive(Debug, Default)]
+pub struct ScanCache {
+    files: HashMap<PathBuf, ScannedFile>,
+    /// The newest file of the last scan.
+    newest: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct ScannedFile {
+    len: u64,
+    /// Where the scan stopped: the end of the last whole record.
+    end: u64,
+    locs: Vec<BlockLocation>,
 }
 
 /// A Bitcoin Core blocks directory.
@@ -179,108 +197,153 @@ impl BlkDir {
     /// or its header not yet written): the scan stops before it, and the run indexes up to
     /// the last whole block; in any older file that is corruption.
     pub fn scan(&self) -> Result<Vec<BlockLocation>> {
-        let expected = self.network.magic().to_bytes();
         let mut out = Vec::new();
-        let newest = self.files.len().saturating_sub(1);
+        for file in 0..self.files.len() {
+            self.scan_file(file, 0, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// [`BlkDir::scan`] for a directory scanned before with the same `cache`: a file
+    /// older than the newest of the last scan whose length has not changed is not read
+    /// again (the node only appends to its newest file, inside space it preallocated, so
+    /// that one and any newer one are scanned again from where the last scan stopped). A
+    /// file that shrank below what was scanned is scanned again from its start.
+    pub fn scan_with(&self, cache: &mut ScanCache) -> Result<Vec<BlockLocation>> {
+        let mut out = Vec::new();
+        let mut next = HashMap::with_capacity(self.files.len());
         for file in 0..self.files.len() {
             let path = &self.files[file];
             let len = self.file_len(file)?;
-            let growing = file == newest;
-            let mut offset = 0u64;
-            while offset < len {
-                let available = len - offset;
-                let mut head = [0u8; 8];
-                let n = available.min(8) as usize;
-                self.read_raw_at(file, offset, &mut head[..n])?;
-                if head[..4.min(n)].iter().all(|&b| b == 0) {
-                    self.check_padding(file, offset, len, false)?;
-                    break;
-                }
-                for (i, b) in head[..n].iter_mut().enumerate() {
-                    *b ^= self.key[((offset + i as u64) % 8) as usize];
-                }
-                if head[..4.min(n)].iter().all(|&b| b == 0) {
-                    // Padding written through the key (not Core's way, but harmless).
-                    self.check_padding(file, offset, len, true)?;
-                    break;
-                }
-                if n < 8 {
-                    if growing {
-                        self.warn_partial(file, offset, available);
-                        break;
+            let index = u32::try_from(file).expect("fewer than 2^32 blk files");
+            let older = cache.newest.as_ref().is_some_and(|n| path < n);
+            let (start, mut locs) = match cache.files.remove(path) {
+                Some(c) if older && c.len == len => (None, c.locs),
+                Some(c) if len >= c.end => (Some(c.end), c.locs),
+                _ => (Some(0), Vec::new()),
+            };
+            for l in &mut locs {
+                l.file = index;
+            }
+            let end = match start {
+                // Unchanged: what the last scan found, and where it stopped.
+                None => locs.last().map_or(0, |l| l.offset + 8 + u64::from(l.len)),
+                Some(from) => {
+                    if from == 0 {
+                        locs.clear();
                     }
-                    return Err(Error::Truncated {
-                        file: path.clone(),
-                        offset,
-                        needed: 8,
-                        available,
-                    });
+                    self.scan_file(file, from, &mut locs)?
                 }
-                let magic: [u8; 4] = head[..4].try_into().expect("4 bytes");
-                if magic != expected {
-                    return Err(Error::BadMagic {
-                        file: path.clone(),
-                        offset,
-                        expected: hex4(expected),
-                        found: hex4(magic),
-                        hint: self.magic_hint(),
-                    });
-                }
-                let rec_len = u64::from(u32::from_le_bytes(head[4..].try_into().expect("4 bytes")));
-                if !(80..=MAX_BLOCK_SERIALIZED_SIZE).contains(&rec_len) {
-                    return Err(Error::BadLength {
-                        file: path.clone(),
-                        offset,
-                        len: rec_len,
-                        max: MAX_BLOCK_SERIALIZED_SIZE,
-                        hint: if self.is_obfuscated() {
-                            " (is xor.dat the key these files were written with?)"
-                        } else {
-                            ""
-                        },
-                    });
-                }
-                if rec_len > available - 8 {
-                    if growing {
-                        self.warn_partial(file, offset, available);
-                        break;
-                    }
-                    return Err(Error::Truncated {
-                        file: path.clone(),
-                        offset,
-                        needed: rec_len + 8,
-                        available,
-                    });
-                }
-                let mut raw_hdr = [0u8; 80];
-                self.read_raw_at(file, offset + 8, &mut raw_hdr)?;
-                if growing && raw_hdr.iter().all(|&b| b == 0) {
-                    // The record's length is written, its block not yet.
+            };
+            out.extend_from_slice(&locs);
+            next.insert(path.clone(), ScannedFile { len, end, locs });
+        }
+        cache.files = next;
+        cache.newest = self.files.last().cloned();
+        Ok(out)
+    }
+
+    /// Scans file `file` from `offset` (a record boundary), appending its records to
+    /// `out`; returns where the scan stopped (the end of the last whole record).
+    fn scan_file(&self, file: usize, mut offset: u64, out: &mut Vec<BlockLocation>) -> Result<u64> {
+        let expected = self.network.magic().to_bytes();
+        let newest = self.files.len().saturating_sub(1);
+        let path = &self.files[file];
+        let len = self.file_len(file)?;
+        let growing = file == newest;
+        while offset < len {
+            let available = len - offset;
+            let mut head = [0u8; 8];
+            let n = available.min(8) as usize;
+            self.read_raw_at(file, offset, &mut head[..n])?;
+            if head[..4.min(n)].iter().all(|&b| b == 0) {
+                self.check_padding(file, offset, len, false)?;
+                break;
+            }
+            for (i, b) in head[..n].iter_mut().enumerate() {
+                *b ^= self.key[((offset + i as u64) % 8) as usize];
+            }
+            if head[..4.min(n)].iter().all(|&b| b == 0) {
+                // Padding written through the key (not Core's way, but harmless).
+                self.check_padding(file, offset, len, true)?;
+                break;
+            }
+            if n < 8 {
+                if growing {
                     self.warn_partial(file, offset, available);
                     break;
                 }
-                let mut hdr = raw_hdr;
-                for (i, b) in hdr.iter_mut().enumerate() {
-                    *b ^= self.key[((offset + 8 + i as u64) % 8) as usize];
-                }
-                let header =
-                    Header::consensus_decode(&mut &hdr[..]).map_err(|source| Error::Decode {
-                        file: path.clone(),
-                        offset,
-                        what: "header".into(),
-                        source,
-                    })?;
-                out.push(BlockLocation {
-                    file: u32::try_from(file).expect("fewer than 2^32 blk files"),
+                return Err(Error::Truncated {
+                    file: path.clone(),
                     offset,
-                    len: u32::try_from(rec_len).expect("bounded by MAX_BLOCK_SERIALIZED_SIZE"),
-                    hash: header.block_hash(),
-                    header,
+                    needed: 8,
+                    available,
                 });
-                offset += 8 + rec_len;
             }
+            let magic: [u8; 4] = head[..4].try_into().expect("4 bytes");
+            if magic != expected {
+                return Err(Error::BadMagic {
+                    file: path.clone(),
+                    offset,
+                    expected: hex4(expected),
+                    found: hex4(magic),
+                    hint: self.magic_hint(),
+                });
+            }
+            let rec_len = u64::from(u32::from_le_bytes(head[4..].try_into().expect("4 bytes")));
+            if !(80..=MAX_BLOCK_SERIALIZED_SIZE).contains(&rec_len) {
+                return Err(Error::BadLength {
+                    file: path.clone(),
+                    offset,
+                    len: rec_len,
+                    max: MAX_BLOCK_SERIALIZED_SIZE,
+                    hint: if self.is_obfuscated() {
+                        " (is xor.dat the key these files were written with?)"
+                    } else {
+                        ""
+                    },
+                });
+            }
+            if rec_len > available - 8 {
+                if growing {
+                    self.warn_partial(file, offset, available);
+                    break;
+                }
+                return Err(Error::Truncated {
+                    file: path.clone(),
+                    offset,
+                    needed: rec_len + 8,
+                    available,
+                });
+            }
+            let mut raw_hdr = [0u8; 80];
+            self.read_raw_at(file, offset + 8, &mut raw_hdr)?;
+            if growing && raw_hdr.iter().all(|&b| b == 0) {
+                // The record's length is written, its block not yet.
+                self.warn_partial(file, offset, available);
+                break;
+            }
+            let mut hdr = raw_hdr;
+            for (i, b) in hdr.iter_mut().enumerate() {
+                *b ^= self.key[((offset + 8 + i as u64) % 8) as usize];
+            }
+            let header =
+                Header::consensus_decode(&mut &hdr[..]).map_err(|source| Error::Decode {
+                    file: path.clone(),
+                    offset,
+                    what: "header".into(),
+                    source,
+                })?;
+            out.push(BlockLocation {
+                file: u32::try_from(file).expect("fewer than 2^32 blk files"),
+                offset,
+                len: u32::try_from(rec_len).expect("bounded by MAX_BLOCK_SERIALIZED_SIZE"),
+                hash: header.block_hash(),
+                header,
+            });
+            offset += 8 + rec_len;
         }
-        Ok(out)
+        Ok(offset)
     }
 
     fn warn_partial(&self, file: usize, offset: u64, available: u64) {

@@ -187,13 +187,13 @@ mod tests {
     #[test]
     fn raw_bytes_hashing_equals_reserializing() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cfg = crate::synth::btc::SynthConfig {
+        let cfg = ferret_testkit::synth::btc::SynthConfig {
             blocks: 30,
             seed: 5,
             txs_per_block: 30,
             ..Default::default()
         };
-        crate::synth::btc::generate(&cfg, tmp.path()).expect("generate");
+        ferret_testkit::synth::btc::generate(&cfg, tmp.path()).expect("generate");
         let dir = super::super::BlkDir::open(&tmp.path().join("blocks"), None).expect("open");
         let mut buf = Vec::new();
         let (mut segwit, mut legacy) = (0, 0);

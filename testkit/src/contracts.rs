@@ -1,5 +1,5 @@
-//! The contracts of Ethereum scenarios and tests (source: `indexer/contracts/Ferret.sol`,
-//! compiled by `indexer/contracts/build.sh` with solc 0.8.37): an ERC-20 stablecoin, an
+//! The contracts of Ethereum scenarios and tests (source: `testkit/contracts/Ferret.sol`,
+//! compiled by `testkit/contracts/build.sh` with solc 0.8.37): an ERC-20 stablecoin, an
 //! ERC-721, and a splitter that moves ETH through internal calls.
 
 use alloy::primitives::Bytes;
@@ -35,17 +35,17 @@ fn code(hex: &str) -> Bytes {
 
 /// Creation bytecode of FerretUSD.
 pub fn ferret_usd() -> Bytes {
-    code(include_str!("../../contracts/FerretUSD.bin"))
+    code(include_str!("../contracts/FerretUSD.bin"))
 }
 
 /// Creation bytecode of FerretNFT.
 pub fn ferret_nft() -> Bytes {
-    code(include_str!("../../contracts/FerretNFT.bin"))
+    code(include_str!("../contracts/FerretNFT.bin"))
 }
 
 /// Creation bytecode of Splitter.
 pub fn splitter() -> Bytes {
-    code(include_str!("../../contracts/Splitter.bin"))
+    code(include_str!("../contracts/Splitter.bin"))
 }
 
 #[cfg(test)]

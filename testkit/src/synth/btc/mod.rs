@@ -28,7 +28,7 @@
 //! valid signatures.
 //!
 //! ```no_run
-//! use ferret_indexer::synth::btc::{generate, SynthConfig};
+//! use ferret_testkit::synth::btc::{generate, SynthConfig};
 //! let cfg = SynthConfig { blocks: 120, txs_per_block: 20, ..SynthConfig::default() };
 //! let summary = generate(&cfg, std::path::Path::new("/tmp/synth")).expect("generated");
 //! println!("{} blocks, {} transactions", summary.blocks, summary.transactions);

@@ -30,9 +30,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::eth::contracts::{IFerretUSD, ISplitter, ferret_usd, splitter};
-use crate::eth::rpc::{RetryPolicy, Rpc};
-use crate::{Error, Result};
+use crate::contracts::{IFerretUSD, ISplitter, ferret_usd, splitter};
+use ferret_indexer::eth::rpc::{RetryPolicy, Rpc};
+use ferret_indexer::{Error, Result};
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 /// One FerretUSD (6 decimals).

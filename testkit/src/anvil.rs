@@ -13,8 +13,8 @@ use alloy::primitives::{Address, B256, Bytes, U64, U256};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::rpc::{RetryPolicy, Rpc};
-use crate::{Error, Result};
+use ferret_indexer::eth::rpc::{RetryPolicy, Rpc};
+use ferret_indexer::{Error, Result};
 
 /// Where anvil is, if anywhere.
 pub fn find_anvil() -> Option<PathBuf> {

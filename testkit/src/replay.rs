@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Error, Result};
+use ferret_indexer::{Error, Result};
 
 /// One misbehaviour, applied to one HTTP request.
 #[derive(Clone, Debug)]
