@@ -1049,6 +1049,22 @@ async fn verify_cmd(a: VerifyArgs) -> Result<()> {
             }
         );
     }
+    let r = wh.verify_results().await?;
+    if r.files + r.unchecked > 0 {
+        println!(
+            "results: {} files ({:.1} MiB) of the current runs match their SHA-256{}",
+            r.files,
+            r.bytes as f64 / (1 << 20) as f64,
+            if r.unchecked > 0 {
+                format!(
+                    "; {} written before checksums were recorded (presence checked)",
+                    r.unchecked
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(())
 }
 

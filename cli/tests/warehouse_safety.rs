@@ -309,3 +309,69 @@ async fn flipped_bytes_are_caught_by_verify() {
     let err = fails_with(ferret(&["verify", "--warehouse", wh]), name);
     assert!(err.contains("SHA-256"), "{err}");
 }
+
+/// Result runs fail closed too: a deleted result file is an error naming it (never an
+/// empty `taint`), a resized one likewise, and a flipped byte is caught by verify.
+#[tokio::test]
+async fn damaged_result_runs_are_errors_never_empty_results() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let blocks = chain(tmp.path());
+    let dir = tmp.path().join("wh");
+    let wh = dir.to_str().expect("utf8");
+    index_btc_cli(&blocks, wh);
+    ok(ferret(&[
+        "labels",
+        "import",
+        "--warehouse",
+        wh,
+        tmp.path().join("truth/labels.csv").to_str().expect("utf8"),
+    ]));
+    ok(ferret(&[
+        "taint",
+        "btc",
+        "--warehouse",
+        wh,
+        "--seed-category",
+        "scam",
+        "--device",
+        "cpu",
+    ]));
+    let count = || sql(wh, "SELECT count(*) FROM taint");
+    let n: u64 = ok(count())
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a count");
+    assert!(n > 0, "the taint run found tainted outputs");
+    let out = ok(ferret(&["verify", "--warehouse", wh]));
+    assert!(
+        out.contains("results:") && out.contains("match their SHA-256"),
+        "{out}"
+    );
+    let file = data_files(&dir.join("results/taint"))
+        .into_iter()
+        .next()
+        .expect("the taint run's file");
+    let name = file
+        .file_name()
+        .expect("name")
+        .to_str()
+        .expect("utf8")
+        .to_string();
+    let bytes = std::fs::read(&file).expect("read");
+    // A flipped byte: same size, so reads go on; verify names the file.
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    std::fs::write(&file, &flipped).expect("write");
+    let err = fails_with(ferret(&["verify", "--warehouse", wh]), "results/taint");
+    assert!(err.contains("SHA-256") && err.contains(&name), "{err}");
+    // Cut short: a size mismatch, an error for every reader.
+    std::fs::write(&file, &bytes[..bytes.len() - 10]).expect("write");
+    let err = fails_with(count(), "results/taint");
+    assert!(err.contains("bytes"), "{err}");
+    // Gone: an error naming it, not zero rows.
+    std::fs::remove_file(&file).expect("rm");
+    let err = fails_with(count(), "is missing");
+    assert!(err.contains("results/taint"), "{err}");
+}

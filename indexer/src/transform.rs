@@ -2,14 +2,7 @@
 //! `btc.blocks`, `btc.transactions`, `btc.inputs`, `btc.outputs`, enriching each input from
 //! the output it spends.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, GenericByteBuilder,
-    Int32Builder, Int64Builder, ListBuilder, PrimitiveBuilder, RecordBatch, StringBuilder,
-    TimestampSecondBuilder,
-};
-use arrow::datatypes::{ArrowPrimitiveType, ByteArrayType, DataType, Field};
+use arrow::array::{ArrayBuilder, RecordBatch};
 use bitcoin::hashes::Hash;
 use bitcoin::{Block, Network};
 use ferret_schemas::btc;
@@ -145,116 +138,14 @@ impl PreparedBlock {
     }
 }
 
-/// Hands a builder's rows over as an array and leaves it sized for as many again (plus a
-/// quarter): the next batch fills it without growing (no re-allocation and copy of the
-/// value buffers along the way).
-trait Take {
-    fn take(&mut self) -> ArrayRef;
-}
-
-fn room(n: usize) -> usize {
-    n + n / 4
-}
-
-impl<T: ArrowPrimitiveType> Take for PrimitiveBuilder<T> {
-    fn take(&mut self) -> ArrayRef {
-        let a = self.finish();
-        *self =
-            PrimitiveBuilder::with_capacity(room(a.len())).with_data_type(a.data_type().clone());
-        Arc::new(a)
-    }
-}
-
-impl<T: ByteArrayType> Take for GenericByteBuilder<T> {
-    fn take(&mut self) -> ArrayRef {
-        let a = self.finish();
-        *self = GenericByteBuilder::with_capacity(room(a.len()), room(a.value_data().len()));
-        Arc::new(a)
-    }
-}
-
-impl Take for BooleanBuilder {
-    fn take(&mut self) -> ArrayRef {
-        let a = self.finish();
-        *self = BooleanBuilder::with_capacity(room(a.len()));
-        Arc::new(a)
-    }
-}
-
-impl Take for ListBuilder<BinaryBuilder> {
-    fn take(&mut self) -> ArrayRef {
-        let a = self.finish();
-        let (items, bytes) = a
-            .values()
-            .as_binary_opt::<i32>()
-            .map_or((0, 0), |v| (v.len(), v.value_data().len()));
-        let field = Arc::new(Field::new_list_field(DataType::Binary, false));
-        *self = ListBuilder::with_capacity(
-            BinaryBuilder::with_capacity(room(items), room(bytes)),
-            room(a.len()),
-        )
-        .with_field(field);
-        Arc::new(a)
-    }
-}
-
-/// Column builders of the four Bitcoin tables.
+/// Column builders of the four Bitcoin tables, one dataset each
+/// ([`ferret_schemas::btc`]): columns are filled by name, so they cannot drift from the
+/// schema.
 pub struct BtcRows {
-    // blocks
-    b_height: Int64Builder,
-    b_hash: StringBuilder,
-    b_prev: StringBuilder,
-    b_time: TimestampSecondBuilder,
-    b_version: Int32Builder,
-    b_merkle: StringBuilder,
-    b_bits: Int64Builder,
-    b_nonce: Int64Builder,
-    b_tx_count: Int64Builder,
-    b_size: Int64Builder,
-    b_stripped: Int64Builder,
-    b_weight: Int64Builder,
-    b_first_tx: Int64Builder,
-    // transactions
-    t_height: Int64Builder,
-    t_index: Int64Builder,
-    t_pos: Int32Builder,
-    t_txid: StringBuilder,
-    t_wtxid: StringBuilder,
-    t_version: Int32Builder,
-    t_locktime: Int64Builder,
-    t_coinbase: BooleanBuilder,
-    t_in_count: Int64Builder,
-    t_out_count: Int64Builder,
-    t_in_value: Int64Builder,
-    t_out_value: Int64Builder,
-    t_fee: Int64Builder,
-    t_size: Int64Builder,
-    t_vsize: Int64Builder,
-    t_weight: Int64Builder,
-    // inputs
-    i_height: Int64Builder,
-    i_tx_index: Int64Builder,
-    i_txid: StringBuilder,
-    i_vin: Int32Builder,
-    i_spent_txid: StringBuilder,
-    i_spent_vout: Int32Builder,
-    i_spent_tx_index: Int64Builder,
-    i_spent_height: Int64Builder,
-    i_value: Int64Builder,
-    i_script_type: StringBuilder,
-    i_address: StringBuilder,
-    i_sequence: Int64Builder,
-    i_script_sig: BinaryBuilder,
-    i_witness: ListBuilder<BinaryBuilder>,
-    // outputs
-    o_height: Int64Builder,
-    o_tx_index: Int64Builder,
-    o_txid: StringBuilder,
-    o_vout: Int32Builder,
-    o_value: Int64Builder,
-    o_script_type: StringBuilder,
-    o_address: StringBuilder,
-    o_script: BinaryBuilder,
+    blocks: btc::Blocks,
+    txs: btc::Transactions,
+    inputs: btc::Inputs,
+    outputs: btc::Outputs,
     /// What has been pushed since the last [`BtcRows::finish`].
     pub counts: Counts,
 }
@@ -282,67 +173,21 @@ impl Default for BtcRows {
 impl BtcRows {
     /// Empty builders.
     pub fn new() -> Self {
-        let witness = ListBuilder::new(BinaryBuilder::new())
-            .with_field(Arc::new(Field::new_list_field(DataType::Binary, false)));
         Self {
-            b_height: Int64Builder::new(),
-            b_hash: StringBuilder::new(),
-            b_prev: StringBuilder::new(),
-            b_time: TimestampSecondBuilder::new().with_timezone("UTC"),
-            b_version: Int32Builder::new(),
-            b_merkle: StringBuilder::new(),
-            b_bits: Int64Builder::new(),
-            b_nonce: Int64Builder::new(),
-            b_tx_count: Int64Builder::new(),
-            b_size: Int64Builder::new(),
-            b_stripped: Int64Builder::new(),
-            b_weight: Int64Builder::new(),
-            b_first_tx: Int64Builder::new(),
-            t_height: Int64Builder::new(),
-            t_index: Int64Builder::new(),
-            t_pos: Int32Builder::new(),
-            t_txid: StringBuilder::new(),
-            t_wtxid: StringBuilder::new(),
-            t_version: Int32Builder::new(),
-            t_locktime: Int64Builder::new(),
-            t_coinbase: BooleanBuilder::new(),
-            t_in_count: Int64Builder::new(),
-            t_out_count: Int64Builder::new(),
-            t_in_value: Int64Builder::new(),
-            t_out_value: Int64Builder::new(),
-            t_fee: Int64Builder::new(),
-            t_size: Int64Builder::new(),
-            t_vsize: Int64Builder::new(),
-            t_weight: Int64Builder::new(),
-            i_height: Int64Builder::new(),
-            i_tx_index: Int64Builder::new(),
-            i_txid: StringBuilder::new(),
-            i_vin: Int32Builder::new(),
-            i_spent_txid: StringBuilder::new(),
-            i_spent_vout: Int32Builder::new(),
-            i_spent_tx_index: Int64Builder::new(),
-            i_spent_height: Int64Builder::new(),
-            i_value: Int64Builder::new(),
-            i_script_type: StringBuilder::new(),
-            i_address: StringBuilder::new(),
-            i_sequence: Int64Builder::new(),
-            i_script_sig: BinaryBuilder::new(),
-            i_witness: witness,
-            o_height: Int64Builder::new(),
-            o_tx_index: Int64Builder::new(),
-            o_txid: StringBuilder::new(),
-            o_vout: Int32Builder::new(),
-            o_value: Int64Builder::new(),
-            o_script_type: StringBuilder::new(),
-            o_address: StringBuilder::new(),
-            o_script: BinaryBuilder::new(),
+            blocks: btc::Blocks::new(),
+            txs: btc::Transactions::new(),
+            inputs: btc::Inputs::new(),
+            outputs: btc::Outputs::new(),
             counts: Counts::default(),
         }
     }
 
     /// Rows buffered per table: blocks, transactions, inputs, outputs.
     pub fn buffered_rows(&self) -> usize {
-        self.b_height.len() + self.t_height.len() + self.i_height.len() + self.o_height.len()
+        self.blocks.height.len()
+            + self.txs.height.len()
+            + self.inputs.height.len()
+            + self.outputs.height.len()
     }
 
     /// Appends one prepared block whose first transaction has global index
@@ -358,24 +203,32 @@ impl BtcRows {
         let h = height_i64(p.height);
         let block = &p.block;
         let header = &block.header;
-        self.b_height.append_value(h);
-        self.b_hash.append_value(p.hash_hex());
-        self.b_prev
+        self.blocks.height.append_value(h);
+        self.blocks.hash.append_value(p.hash_hex());
+        self.blocks
+            .prev_hash
             .append_value(hex_str(&header.prev_blockhash.to_byte_array(), &mut hex));
-        self.b_time.append_value(i64::from(header.time));
-        self.b_version.append_value(header.version.to_consensus());
-        self.b_merkle
+        self.blocks.time.append_value(i64::from(header.time));
+        self.blocks
+            .version
+            .append_value(header.version.to_consensus());
+        self.blocks
+            .merkle_root
             .append_value(hex_str(&header.merkle_root.to_byte_array(), &mut hex));
-        self.b_bits
+        self.blocks
+            .bits
             .append_value(i64::from(header.bits.to_consensus()));
-        self.b_nonce.append_value(i64::from(header.nonce));
-        self.b_tx_count.append_value(int(block.txdata.len()));
-        self.b_size.append_value(int(p.size));
+        self.blocks.nonce.append_value(i64::from(header.nonce));
+        self.blocks.tx_count.append_value(int(block.txdata.len()));
+        self.blocks.size.append_value(int(p.size));
         // stripped size: weight = 3 * stripped + total.
-        self.b_stripped
+        self.blocks
+            .stripped_size
             .append_value(height_i64((p.weight - p.size as u64) / 3));
-        self.b_weight.append_value(height_i64(p.weight));
-        self.b_first_tx.append_value(height_i64(first_tx_index));
+        self.blocks.weight.append_value(height_i64(p.weight));
+        self.blocks
+            .first_tx_index
+            .append_value(height_i64(first_tx_index));
         self.counts.blocks += 1;
         let height32 = u32::try_from(p.height).unwrap_or(u32::MAX);
 
@@ -393,48 +246,57 @@ impl BtcRows {
                 let spent_hex = spent.next().ok_or_else(|| Error::Internal {
                     what: format!("prepared block {} lacks an input", p.height),
                 })?;
-                self.i_height.append_value(h);
-                self.i_tx_index.append_value(ti);
-                self.i_txid.append_value(txid_str);
-                self.i_vin
+                self.inputs.height.append_value(h);
+                self.inputs.tx_index.append_value(ti);
+                self.inputs.txid.append_value(txid_str);
+                self.inputs
+                    .vin
                     .append_value(i32::try_from(vin).unwrap_or(i32::MAX));
-                self.i_sequence.append_value(i64::from(input.sequence.0));
-                self.i_script_sig.append_value(input.script_sig.as_bytes());
+                self.inputs
+                    .sequence
+                    .append_value(i64::from(input.sequence.0));
+                self.inputs
+                    .script_sig
+                    .append_value(input.script_sig.as_bytes());
                 for item in input.witness.iter() {
-                    self.i_witness.values().append_value(item);
+                    self.inputs.witness.values().append_value(item);
                 }
-                self.i_witness.append(true);
+                self.inputs.witness.append(true);
                 self.counts.inputs += 1;
                 if is_coinbase {
-                    self.i_spent_txid.append_null();
-                    self.i_spent_vout.append_null();
-                    self.i_spent_tx_index.append_null();
-                    self.i_spent_height.append_null();
-                    self.i_value.append_null();
-                    self.i_script_type.append_null();
-                    self.i_address.append_null();
+                    self.inputs.spent_txid.append_null();
+                    self.inputs.spent_vout.append_null();
+                    self.inputs.spent_tx_index.append_null();
+                    self.inputs.spent_height.append_null();
+                    self.inputs.value.append_null();
+                    self.inputs.script_type.append_null();
+                    self.inputs.address.append_null();
                     continue;
                 }
                 let prev = input.previous_output;
-                self.i_spent_txid
+                self.inputs
+                    .spent_txid
                     .append_value(std::str::from_utf8(spent_hex).expect("ascii"));
-                self.i_spent_vout
+                self.inputs
+                    .spent_vout
                     .append_value(i32::try_from(prev.vout).unwrap_or(i32::MAX));
                 match utxo.spend(&(prev.txid.to_byte_array(), prev.vout))? {
                     Some(u) => {
-                        self.i_spent_tx_index.append_value(height_i64(u.tx_index));
-                        self.i_spent_height.append_value(i64::from(u.height));
-                        self.i_value.append_value(sats(u.value));
-                        self.i_script_type.append_value(u.kind.as_str());
-                        self.i_address.append_option(u.address.as_deref());
+                        self.inputs
+                            .spent_tx_index
+                            .append_value(height_i64(u.tx_index));
+                        self.inputs.spent_height.append_value(i64::from(u.height));
+                        self.inputs.value.append_value(sats(u.value));
+                        self.inputs.script_type.append_value(u.kind.as_str());
+                        self.inputs.address.append_option(u.address.as_deref());
                         input_value = input_value.map(|v| v + u.value);
                     }
                     None => {
-                        self.i_spent_tx_index.append_null();
-                        self.i_spent_height.append_null();
-                        self.i_value.append_null();
-                        self.i_script_type.append_null();
-                        self.i_address.append_null();
+                        self.inputs.spent_tx_index.append_null();
+                        self.inputs.spent_height.append_null();
+                        self.inputs.value.append_null();
+                        self.inputs.script_type.append_null();
+                        self.inputs.address.append_null();
                         input_value = None;
                         self.counts.unresolved_inputs += 1;
                     }
@@ -448,15 +310,18 @@ impl BtcRows {
                 let (kind, address) = outputs.next().ok_or_else(|| Error::Internal {
                     what: format!("prepared block {} lacks an output", p.height),
                 })?;
-                self.o_height.append_value(h);
-                self.o_tx_index.append_value(ti);
-                self.o_txid.append_value(txid_str);
-                self.o_vout
+                self.outputs.height.append_value(h);
+                self.outputs.tx_index.append_value(ti);
+                self.outputs.txid.append_value(txid_str);
+                self.outputs
+                    .vout
                     .append_value(i32::try_from(vout).unwrap_or(i32::MAX));
-                self.o_value.append_value(sats(value));
-                self.o_script_type.append_value(kind.as_str());
-                self.o_address.append_option(address.as_deref());
-                self.o_script.append_value(out.script_pubkey.as_bytes());
+                self.outputs.value.append_value(sats(value));
+                self.outputs.script_type.append_value(kind.as_str());
+                self.outputs.address.append_option(address.as_deref());
+                self.outputs
+                    .script
+                    .append_value(out.script_pubkey.as_bytes());
                 self.counts.outputs += 1;
                 if kind != ScriptKind::Nulldata {
                     let key = (txid, u32::try_from(vout).unwrap_or(u32::MAX));
@@ -474,30 +339,33 @@ impl BtcRows {
             }
 
             let input_value = if is_coinbase { Some(0) } else { input_value };
-            self.t_height.append_value(h);
-            self.t_index.append_value(ti);
-            self.t_pos
+            self.txs.height.append_value(h);
+            self.txs.tx_index.append_value(ti);
+            self.txs
+                .block_position
                 .append_value(i32::try_from(pos).unwrap_or(i32::MAX));
-            self.t_txid.append_value(txid_str);
-            self.t_wtxid
+            self.txs.txid.append_value(txid_str);
+            self.txs
+                .wtxid
                 .append_value(std::str::from_utf8(&facts.wtxid_hex).expect("ascii"));
-            self.t_version.append_value(tx.version.0);
-            self.t_locktime
+            self.txs.version.append_value(tx.version.0);
+            self.txs
+                .lock_time
                 .append_value(i64::from(tx.lock_time.to_consensus_u32()));
-            self.t_coinbase.append_value(is_coinbase);
-            self.t_in_count.append_value(int(tx.input.len()));
-            self.t_out_count.append_value(int(tx.output.len()));
-            self.t_in_value.append_option(input_value.map(sats));
-            self.t_out_value.append_value(sats(output_value));
+            self.txs.is_coinbase.append_value(is_coinbase);
+            self.txs.input_count.append_value(int(tx.input.len()));
+            self.txs.output_count.append_value(int(tx.output.len()));
+            self.txs.input_value.append_option(input_value.map(sats));
+            self.txs.output_value.append_value(sats(output_value));
             let fee = if is_coinbase {
                 Some(0)
             } else {
                 input_value.map(|i| i64::try_from(i as i128 - output_value as i128).unwrap_or(0))
             };
-            self.t_fee.append_option(fee);
-            self.t_size.append_value(int(facts.size));
-            self.t_vsize.append_value(int(facts.vsize));
-            self.t_weight.append_value(height_i64(facts.weight));
+            self.txs.fee.append_option(fee);
+            self.txs.size.append_value(int(facts.size));
+            self.txs.vsize.append_value(int(facts.vsize));
+            self.txs.weight.append_value(height_i64(facts.weight));
             self.counts.transactions += 1;
         }
         utxo.flush()
@@ -506,92 +374,16 @@ impl BtcRows {
     /// Takes the buffered rows as one batch per table, in registry order (blocks,
     /// transactions, inputs, outputs).
     pub fn finish(&mut self) -> Result<[RecordBatch; 4]> {
-        fn batch(
-            name: &str,
-            schema: arrow::datatypes::SchemaRef,
-            cols: Vec<ArrayRef>,
-        ) -> Result<RecordBatch> {
-            RecordBatch::try_new(schema, cols).map_err(|source| Error::Arrow {
-                table: name.to_string(),
-                source,
-            })
-        }
-        let blocks = batch(
-            "btc.blocks",
-            btc::blocks_schema(),
-            vec![
-                Arc::new(self.b_height.finish()),
-                Arc::new(self.b_hash.finish()),
-                Arc::new(self.b_prev.finish()),
-                Arc::new(self.b_time.finish()),
-                Arc::new(self.b_version.finish()),
-                Arc::new(self.b_merkle.finish()),
-                Arc::new(self.b_bits.finish()),
-                Arc::new(self.b_nonce.finish()),
-                Arc::new(self.b_tx_count.finish()),
-                Arc::new(self.b_size.finish()),
-                Arc::new(self.b_stripped.finish()),
-                Arc::new(self.b_weight.finish()),
-                Arc::new(self.b_first_tx.finish()),
-            ],
-        )?;
-        let txs = batch(
-            "btc.transactions",
-            btc::transactions_schema(),
-            vec![
-                self.t_height.take(),
-                self.t_index.take(),
-                self.t_pos.take(),
-                self.t_txid.take(),
-                self.t_wtxid.take(),
-                self.t_version.take(),
-                self.t_locktime.take(),
-                self.t_coinbase.take(),
-                self.t_in_count.take(),
-                self.t_out_count.take(),
-                self.t_in_value.take(),
-                self.t_out_value.take(),
-                self.t_fee.take(),
-                self.t_size.take(),
-                self.t_vsize.take(),
-                self.t_weight.take(),
-            ],
-        )?;
-        let inputs = batch(
-            "btc.inputs",
-            btc::inputs_schema(),
-            vec![
-                self.i_height.take(),
-                self.i_tx_index.take(),
-                self.i_txid.take(),
-                self.i_vin.take(),
-                self.i_spent_txid.take(),
-                self.i_spent_vout.take(),
-                self.i_spent_tx_index.take(),
-                self.i_spent_height.take(),
-                self.i_value.take(),
-                self.i_script_type.take(),
-                self.i_address.take(),
-                self.i_sequence.take(),
-                self.i_script_sig.take(),
-                self.i_witness.take(),
-            ],
-        )?;
-        let outputs = batch(
-            "btc.outputs",
-            btc::outputs_schema(),
-            vec![
-                self.o_height.take(),
-                self.o_tx_index.take(),
-                self.o_txid.take(),
-                self.o_vout.take(),
-                self.o_value.take(),
-                self.o_script_type.take(),
-                self.o_address.take(),
-                self.o_script.take(),
-            ],
-        )?;
-        Ok([blocks, txs, inputs, outputs])
+        let err = |table: &str| {
+            let table = table.to_string();
+            move |source| Error::Arrow { table, source }
+        };
+        Ok([
+            self.blocks.finish().map_err(err("btc.blocks"))?,
+            self.txs.finish().map_err(err("btc.transactions"))?,
+            self.inputs.finish().map_err(err("btc.inputs"))?,
+            self.outputs.finish().map_err(err("btc.outputs"))?,
+        ])
     }
 }
 

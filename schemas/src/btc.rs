@@ -10,108 +10,100 @@
 //! `p2pk` it is the P2PKH address of the public key (as explorers show it, so Satoshi-era
 //! coins can be followed), for `multisig`, `nulldata` and `nonstandard` it is null.
 
-use std::sync::{Arc, LazyLock};
+use arrow::datatypes::SchemaRef;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+crate::dataset! {
+    /// `btc.blocks`: one row per block of the best chain.
+    pub struct Blocks {
+        height: Int64,
+        hash: Utf8,
+        prev_hash: Utf8,
+        time: TimestampUtc,
+        version: Int32,
+        merkle_root: Utf8,
+        bits: Int64,
+        nonce: Int64,
+        tx_count: Int64,
+        size: Int64,
+        stripped_size: Int64,
+        weight: Int64,
+        first_tx_index: Int64,
+    }
+}
 
-use crate::fields::{i32, i64, utf8};
+crate::dataset! {
+    /// `btc.transactions`: one row per transaction.
+    pub struct Transactions {
+        height: Int64,
+        tx_index: Int64,
+        block_position: Int32,
+        txid: Utf8,
+        wtxid: Utf8,
+        version: Int32,
+        lock_time: Int64,
+        is_coinbase: Boolean,
+        input_count: Int64,
+        output_count: Int64,
+        /// Null when an input spends an output from before the indexed range.
+        input_value: Int64 (nullable),
+        output_value: Int64,
+        /// input_value - output_value; 0 for coinbases; null when input_value is unknown.
+        fee: Int64 (nullable),
+        size: Int64,
+        vsize: Int64,
+        weight: Int64,
+    }
+}
 
-static BLOCKS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("height", false),
-        utf8("hash", false),
-        utf8("prev_hash", false),
-        Field::new(
-            "time",
-            DataType::Timestamp(TimeUnit::Second, Some("UTC".into())),
-            false,
-        ),
-        i32("version", false),
-        utf8("merkle_root", false),
-        i64("bits", false),
-        i64("nonce", false),
-        i64("tx_count", false),
-        i64("size", false),
-        i64("stripped_size", false),
-        i64("weight", false),
-        i64("first_tx_index", false),
-    ]))
-});
+crate::dataset! {
+    /// `btc.outputs`: one row per transaction output.
+    pub struct Outputs {
+        height: Int64,
+        tx_index: Int64,
+        txid: Utf8,
+        vout: Int32,
+        value: Int64,
+        script_type: Utf8,
+        address: Utf8 (nullable),
+        script: Binary,
+    }
+}
 
-static TRANSACTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("height", false),
-        i64("tx_index", false),
-        i32("block_position", false),
-        utf8("txid", false),
-        utf8("wtxid", false),
-        i32("version", false),
-        i64("lock_time", false),
-        Field::new("is_coinbase", DataType::Boolean, false),
-        i64("input_count", false),
-        i64("output_count", false),
-        // Null when an input spends an output from before the indexed range.
-        i64("input_value", true),
-        i64("output_value", false),
-        // input_value - output_value; 0 for coinbases; null when input_value is unknown.
-        i64("fee", true),
-        i64("size", false),
-        i64("vsize", false),
-        i64("weight", false),
-    ]))
-});
-
-static OUTPUTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("height", false),
-        i64("tx_index", false),
-        utf8("txid", false),
-        i32("vout", false),
-        i64("value", false),
-        utf8("script_type", false),
-        utf8("address", true),
-        Field::new("script", DataType::Binary, false),
-    ]))
-});
-
-static INPUTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("height", false),
-        i64("tx_index", false),
-        utf8("txid", false),
-        i32("vin", false),
-        // The spent outpoint; null for the coinbase input.
-        utf8("spent_txid", true),
-        i32("spent_vout", true),
-        // Enrichment from the spent output; null when it lies before the indexed range.
-        i64("spent_tx_index", true),
-        i64("spent_height", true),
-        i64("value", true),
-        utf8("script_type", true),
-        utf8("address", true),
-        i64("sequence", false),
-        Field::new("script_sig", DataType::Binary, false),
-        Field::new(
-            "witness",
-            DataType::List(Arc::new(Field::new_list_field(DataType::Binary, false))),
-            false,
-        ),
-    ]))
-});
+crate::dataset! {
+    /// `btc.inputs`: one row per transaction input, enriched from the output it spends.
+    pub struct Inputs {
+        height: Int64,
+        tx_index: Int64,
+        txid: Utf8,
+        vin: Int32,
+        /// The spent outpoint; null for the coinbase input.
+        spent_txid: Utf8 (nullable),
+        spent_vout: Int32 (nullable),
+        /// Enrichment from the spent output; null when it lies before the indexed range.
+        spent_tx_index: Int64 (nullable),
+        spent_height: Int64 (nullable),
+        value: Int64 (nullable),
+        script_type: Utf8 (nullable),
+        address: Utf8 (nullable),
+        sequence: Int64,
+        script_sig: Binary,
+        witness: BinaryList,
+    }
+}
 
 /// Schema of `btc.blocks`.
 pub fn blocks_schema() -> SchemaRef {
-    BLOCKS.clone()
+    Blocks::schema()
 }
 /// Schema of `btc.transactions`.
 pub fn transactions_schema() -> SchemaRef {
-    TRANSACTIONS.clone()
+    Transactions::schema()
 }
 /// Schema of `btc.outputs`.
 pub fn outputs_schema() -> SchemaRef {
-    OUTPUTS.clone()
+    Outputs::schema()
 }
 /// Schema of `btc.inputs`.
 pub fn inputs_schema() -> SchemaRef {
-    INPUTS.clone()
+    Inputs::schema()
 }

@@ -12,18 +12,23 @@ use sha2::{Digest as _, Sha256};
 /// Passes bytes to `inner`, hashing them on the way.
 pub struct HashingWriter<W> {
     inner: W,
-    hash: Arc<Mutex<Sha256>>,
+    hash: Arc<Mutex<(Sha256, u64)>>,
 }
 
-/// The hash of what went through a [`HashingWriter`].
+/// The hash and length of what went through a [`HashingWriter`].
 #[derive(Clone)]
-pub struct Digest(Arc<Mutex<Sha256>>);
+pub struct Digest(Arc<Mutex<(Sha256, u64)>>);
 
 impl Digest {
     /// Lowercase hex of the SHA-256 so far.
     pub fn hex(&self) -> String {
-        let h = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
         hex(&h.finalize())
+    }
+
+    /// Bytes so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
@@ -39,7 +44,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl<W> HashingWriter<W> {
     pub fn new(inner: W) -> (Self, Digest) {
-        let hash = Arc::new(Mutex::new(Sha256::new()));
+        let hash = Arc::new(Mutex::new((Sha256::new(), 0)));
         (
             Self {
                 inner,
@@ -52,10 +57,11 @@ impl<W> HashingWriter<W> {
 
 impl<W: AsyncFileWriter> AsyncFileWriter for HashingWriter<W> {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        self.hash
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .update(&bs);
+        {
+            let mut h = self.hash.lock().unwrap_or_else(|p| p.into_inner());
+            h.0.update(&bs);
+            h.1 += bs.len() as u64;
+        }
         self.inner.write(bs)
     }
 

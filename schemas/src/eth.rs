@@ -6,179 +6,162 @@
 //! `value` is `Decimal256(76, 0)` — exact, and NULL only for the absurd amounts of 77 or
 //! 78 digits — and `value_string` holds every amount losslessly in decimal.
 
-use std::sync::{Arc, LazyLock};
+use arrow::datatypes::SchemaRef;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-
-use crate::fields::{i32, i64, utf8};
-
-/// Wei: Decimal128(38, 0).
-fn wei(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Decimal128(38, 0), nullable)
+crate::dataset! {
+    /// `eth.blocks`.
+    pub struct Blocks {
+        block_number: Int64,
+        block_hash: Utf8,
+        parent_hash: Utf8,
+        timestamp: TimestampUtc,
+        miner: Utf8,
+        gas_limit: Int64,
+        gas_used: Int64,
+        base_fee_per_gas: Wei (nullable),
+        transaction_count: Int64,
+        size: Int64 (nullable),
+        extra_data: Binary,
+        blob_gas_used: Int64 (nullable),
+        excess_blob_gas: Int64 (nullable),
+    }
 }
-/// A uint256 amount: Decimal256(76, 0), NULL past 76 digits (see `value_string`).
-fn u256(name: &str) -> Field {
-    Field::new(name, DataType::Decimal256(76, 0), true)
+
+crate::dataset! {
+    /// `eth.transactions`, with the receipt's fields.
+    pub struct Transactions {
+        block_number: Int64,
+        transaction_index: Int32,
+        transaction_hash: Utf8,
+        nonce: Int64,
+        from_address: Utf8,
+        /// NULL for contract creation.
+        to_address: Utf8 (nullable),
+        value: Wei,
+        input: Binary,
+        gas_limit: Int64,
+        /// 0 legacy, 1 access list, 2 EIP-1559, 3 blob, 4 set-code.
+        transaction_type: Int32,
+        chain_id: Int64 (nullable),
+        gas_price: Wei (nullable),
+        max_fee_per_gas: Wei (nullable),
+        max_priority_fee_per_gas: Wei (nullable),
+        max_fee_per_blob_gas: Wei (nullable),
+        blob_versioned_hashes: Utf8List (nullable),
+        /// From the receipt; NULL when the receipt predates EIP-658 (Byzantium, 2017) and
+        /// no trace tells.
+        success: Boolean (nullable),
+        gas_used: Int64,
+        cumulative_gas_used: Int64,
+        effective_gas_price: Wei,
+        contract_address: Utf8 (nullable),
+        blob_gas_used: Int64 (nullable),
+        blob_gas_price: Wei (nullable),
+    }
 }
-fn binary(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Binary, nullable)
+
+crate::dataset! {
+    /// `eth.logs`.
+    pub struct Logs {
+        block_number: Int64,
+        transaction_index: Int32,
+        log_index: Int32,
+        transaction_hash: Utf8,
+        address: Utf8,
+        topic0: Utf8 (nullable),
+        topic1: Utf8 (nullable),
+        topic2: Utf8 (nullable),
+        topic3: Utf8 (nullable),
+        data: Binary,
+    }
 }
 
-static BLOCKS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("block_number", false),
-        utf8("block_hash", false),
-        utf8("parent_hash", false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Second, Some("UTC".into())),
-            false,
-        ),
-        utf8("miner", false),
-        i64("gas_limit", false),
-        i64("gas_used", false),
-        wei("base_fee_per_gas", true),
-        i64("transaction_count", false),
-        i64("size", true),
-        binary("extra_data", false),
-        i64("blob_gas_used", true),
-        i64("excess_blob_gas", true),
-    ]))
-});
+crate::dataset! {
+    /// `eth.token_transfers`: ERC-20 and ERC-721 `Transfer` events.
+    pub struct TokenTransfers {
+        block_number: Int64,
+        transaction_index: Int32,
+        log_index: Int32,
+        transaction_hash: Utf8,
+        token_address: Utf8,
+        from_address: Utf8,
+        to_address: Utf8,
+        /// `erc20` (amount in `value`) or `erc721` (token id in `value`).
+        standard: Utf8,
+        value: U256 (nullable),
+        value_string: Utf8,
+    }
+}
 
-static TRANSACTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("block_number", false),
-        i32("transaction_index", false),
-        utf8("transaction_hash", false),
-        i64("nonce", false),
-        utf8("from_address", false),
-        // NULL for contract creation.
-        utf8("to_address", true),
-        wei("value", false),
-        binary("input", false),
-        i64("gas_limit", false),
-        // 0 legacy, 1 access list, 2 EIP-1559, 3 blob, 4 set-code.
-        i32("transaction_type", false),
-        i64("chain_id", true),
-        wei("gas_price", true),
-        wei("max_fee_per_gas", true),
-        wei("max_priority_fee_per_gas", true),
-        wei("max_fee_per_blob_gas", true),
-        Field::new(
-            "blob_versioned_hashes",
-            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, false))),
-            true,
-        ),
-        // From the receipt; NULL when the receipt predates EIP-658 (Byzantium, 2017) and no
-        // trace tells.
-        Field::new("success", DataType::Boolean, true),
-        i64("gas_used", false),
-        i64("cumulative_gas_used", false),
-        wei("effective_gas_price", false),
-        utf8("contract_address", true),
-        i64("blob_gas_used", true),
-        wei("blob_gas_price", true),
-    ]))
-});
+crate::dataset! {
+    /// `eth.traces`: internal calls.
+    pub struct Traces {
+        block_number: Int64,
+        transaction_index: Int32,
+        /// Position of the call in the transaction's call tree, depth first from 0.
+        trace_index: Int32,
+        transaction_hash: Utf8,
+        /// Position in the call tree: "" for the top call, "0", "0.1", ….
+        trace_address: Utf8,
+        /// call, delegatecall, staticcall, callcode, create, create2, selfdestruct.
+        call_type: Utf8,
+        from_address: Utf8,
+        to_address: Utf8 (nullable),
+        value: Wei,
+        gas: Int64 (nullable),
+        gas_used: Int64 (nullable),
+        input: Binary,
+        output: Binary (nullable),
+        error: Utf8 (nullable),
+        /// The call or one of its ancestors failed: its value did not move.
+        reverted: Boolean,
+    }
+}
 
-static LOGS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("block_number", false),
-        i32("transaction_index", false),
-        i32("log_index", false),
-        utf8("transaction_hash", false),
-        utf8("address", false),
-        utf8("topic0", true),
-        utf8("topic1", true),
-        utf8("topic2", true),
-        utf8("topic3", true),
-        binary("data", false),
-    ]))
-});
-
-static TOKEN_TRANSFERS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("block_number", false),
-        i32("transaction_index", false),
-        i32("log_index", false),
-        utf8("transaction_hash", false),
-        utf8("token_address", false),
-        utf8("from_address", false),
-        utf8("to_address", false),
-        // `erc20` (amount in `value`) or `erc721` (token id in `value`).
-        utf8("standard", false),
-        u256("value"),
-        utf8("value_string", false),
-    ]))
-});
-
-static TRACES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("block_number", false),
-        i32("transaction_index", false),
-        // Position of the call in the transaction's call tree, depth first from 0.
-        i32("trace_index", false),
-        utf8("transaction_hash", false),
-        // Position in the call tree: "" for the top call, "0", "0.1", ….
-        utf8("trace_address", false),
-        // call, delegatecall, staticcall, callcode, create, create2, selfdestruct.
-        utf8("call_type", false),
-        utf8("from_address", false),
-        utf8("to_address", true),
-        wei("value", false),
-        i64("gas", true),
-        i64("gas_used", true),
-        binary("input", false),
-        binary("output", true),
-        utf8("error", true),
-        // The call or one of its ancestors failed: its value did not move.
-        Field::new("reverted", DataType::Boolean, false),
-    ]))
-});
-
-static TRANSFERS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        i64("block_number", false),
-        i32("transaction_index", false),
-        // Order within the transaction: the top-level value first, then the internal
-        // transfers in call-tree order, then the token transfers in log order.
-        i32("ordinal", false),
-        utf8("transaction_hash", false),
-        // `transaction`, `internal` or `token`.
-        utf8("kind", false),
-        // `ETH` or the token contract's address (ERC-20 amounts; NFTs stay in
-        // token_transfers).
-        utf8("asset", false),
-        utf8("from_address", false),
-        utf8("to_address", false),
-        u256("value"),
-        utf8("value_string", false),
-    ]))
-});
+crate::dataset! {
+    /// `eth.transfers`: every value movement (native, internal, token) of successful
+    /// calls; what the account-model kernels read.
+    pub struct Transfers {
+        block_number: Int64,
+        transaction_index: Int32,
+        /// Order within the transaction: the top-level value first, then the internal
+        /// transfers in call-tree order, then the token transfers in log order.
+        ordinal: Int32,
+        transaction_hash: Utf8,
+        /// `transaction`, `internal` or `token`.
+        kind: Utf8,
+        /// `ETH` or the token contract's address (ERC-20 amounts; NFTs stay in
+        /// token_transfers).
+        asset: Utf8,
+        from_address: Utf8,
+        to_address: Utf8,
+        value: U256 (nullable),
+        value_string: Utf8,
+    }
+}
 
 /// Schema of `eth.blocks`.
 pub fn blocks_schema() -> SchemaRef {
-    BLOCKS.clone()
+    Blocks::schema()
 }
 /// Schema of `eth.transactions` (with the receipt's fields).
 pub fn transactions_schema() -> SchemaRef {
-    TRANSACTIONS.clone()
+    Transactions::schema()
 }
 /// Schema of `eth.logs`.
 pub fn logs_schema() -> SchemaRef {
-    LOGS.clone()
+    Logs::schema()
 }
 /// Schema of `eth.token_transfers` (ERC-20 and ERC-721 `Transfer` events).
 pub fn token_transfers_schema() -> SchemaRef {
-    TOKEN_TRANSFERS.clone()
+    TokenTransfers::schema()
 }
 /// Schema of `eth.traces` (internal calls).
 pub fn traces_schema() -> SchemaRef {
-    TRACES.clone()
+    Traces::schema()
 }
 /// Schema of `eth.transfers`: every value movement (native, internal, token) of
 /// successful calls; what the account-model kernels read.
 pub fn transfers_schema() -> SchemaRef {
-    TRANSFERS.clone()
+    Transfers::schema()
 }

@@ -13,10 +13,10 @@
 
 pub mod btc;
 pub mod checksum;
+pub mod dataset;
 mod error;
 pub mod eth;
 pub mod failpoint;
-mod fields;
 pub mod layout;
 pub mod lease;
 pub mod manifest;

@@ -216,6 +216,17 @@ pub struct LatestRun {
     /// What the run was asked (policy, seeds, options), for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Value>,
+    /// Size and SHA-256 of each file, in the order of `files` (empty for runs written
+    /// before they were recorded): readers check the sizes, `ferret verify` the hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<FileCheck>,
+}
+
+/// What a written file must still be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCheck {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 /// A fresh run id: milliseconds since the epoch, then a random suffix, so runs sort by

@@ -337,11 +337,76 @@ impl Warehouse {
     /// The run every job's plain table shows, from one results head: one consistent
     /// snapshot (a taint run's `taint` and `exits` are always the same run). Before the
     /// first head was written, the per-job `_latest.json` pointers of older versions.
+    /// Fails closed like a chain's manifest: a run's file that is missing, or whose size
+    /// differs from the recorded one, is an error naming it.
     pub async fn latest_runs(&self) -> Result<BTreeMap<String, crate::results::LatestRun>> {
-        match self.results_head().await? {
-            Some(h) => Ok(h.runs),
-            None => self.legacy_latest_runs().await,
+        let runs = match self.results_head().await? {
+            Some(h) => h.runs,
+            None => self.legacy_latest_runs().await?,
+        };
+        for (job, run) in &runs {
+            for (i, f) in run.files.iter().enumerate() {
+                let path = self.resolve(f)?;
+                let meta = match self.store.head(&path).await {
+                    Ok(m) => m,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(Error::Damaged {
+                            what: format!(
+                                "result file `{f}` of {job} run {} is missing",
+                                run.run_id
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(Error::store(&path, e)),
+                };
+                if let Some(c) = run.checks.get(i)
+                    && c.bytes != meta.size
+                {
+                    return Err(Error::Damaged {
+                        what: format!(
+                            "result file `{f}` of {job} run {} is {} bytes; the results head recorded {}",
+                            run.run_id, meta.size, c.bytes
+                        ),
+                    });
+                }
+            }
         }
+        Ok(runs)
+    }
+
+    /// Reads every file of every job's current run whole and checks it against its
+    /// recorded SHA-256 (runs written before hashes were recorded count as unchecked).
+    pub async fn verify_results(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for (job, run) in self.latest_runs().await? {
+            for (i, f) in run.files.iter().enumerate() {
+                let Some(want) = run.checks.get(i) else {
+                    report.unchecked += 1;
+                    continue;
+                };
+                let path = self.resolve(f)?;
+                let bytes = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| Error::store(&path, e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::store(&path, e))?;
+                let got = crate::checksum::sha256_hex(&bytes);
+                if got != want.sha256 {
+                    return Err(Error::Damaged {
+                        what: format!(
+                            "result file `{f}` of {job} run {} has SHA-256 {got}; the results head recorded {} (its bytes changed after it was written)",
+                            run.run_id, want.sha256
+                        ),
+                    });
+                }
+                report.files += 1;
+                report.bytes += bytes.len() as u64;
+            }
+        }
+        Ok(report)
     }
 
     /// The newest results head, if any (fail closed like manifests: listed but unreadable
@@ -525,7 +590,7 @@ impl Warehouse {
     ) -> Result<()> {
         let mut runs = Vec::with_capacity(parts.len());
         for (job, schema, batches) in parts {
-            let (file, rows) = self
+            let (file, rows, check) = self
                 .write_run_file(job, run_id, schema.clone(), batches)
                 .await?;
             runs.push((
@@ -535,20 +600,22 @@ impl Warehouse {
                     files: vec![file],
                     rows,
                     params: params.clone(),
+                    checks: vec![check],
                 },
             ));
         }
         self.commit_runs(runs).await
     }
 
-    /// One run's Parquet file of a job; returns its warehouse-relative path and rows.
+    /// One run's Parquet file of a job; returns its warehouse-relative path, rows, size
+    /// and SHA-256.
     async fn write_run_file(
         &self,
         job: &str,
         run_id: &str,
         schema: arrow::datatypes::SchemaRef,
         batches: &[arrow::array::RecordBatch],
-    ) -> Result<(String, u64)> {
+    ) -> Result<(String, u64, crate::results::FileCheck)> {
         use parquet::arrow::AsyncArrowWriter;
         let path = crate::results::job_dir(&self.root, job)
             .join(format!("run={run_id}"))
@@ -557,7 +624,9 @@ impl Warehouse {
             path: path.to_string(),
             reason: format!("writing: {e}"),
         };
-        let out = object_store::buffered::BufWriter::new(Arc::clone(&self.store), path.clone());
+        let (out, digest) = crate::checksum::HashingWriter::new(
+            object_store::buffered::BufWriter::new(Arc::clone(&self.store), path.clone()),
+        );
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
             .build();
@@ -569,7 +638,11 @@ impl Warehouse {
         }
         w.close().await.map_err(write_err)?;
         crate::failpoint::hit("run-file-written");
-        Ok((self.relative(&path), rows))
+        let check = crate::results::FileCheck {
+            bytes: digest.bytes(),
+            sha256: digest.hex(),
+        };
+        Ok((self.relative(&path), rows, check))
     }
 
     /// Reads every column of a job's latest run (empty when there is none).
@@ -1033,6 +1106,20 @@ mod tests {
             files: vec![format!("results/{job}/run={id}/part-0.parquet")],
             rows: 1,
             params: None,
+            checks: Vec::new(),
+        };
+        // Readers check that a run's files exist: write them.
+        let touch = |r: &crate::results::LatestRun| {
+            let (wh, files) = (wh.clone(), r.files.clone());
+            async move {
+                for f in files {
+                    let p = wh.resolve(&f).expect("p");
+                    wh.store()
+                        .put(&p, PutPayload::from_static(b"x"))
+                        .await
+                        .expect("put");
+                }
+            }
         };
         // A pointer of the older layout is read, and carried into the first head.
         let legacy = crate::results::latest_path(wh.root(), "labels");
@@ -1045,6 +1132,12 @@ mod tests {
             )
             .await
             .expect("put");
+        let missing = wh
+            .latest_run("labels")
+            .await
+            .expect_err("its file is missing");
+        assert!(missing.to_string().contains("is missing"), "{missing}");
+        touch(&run("5-aa", "labels")).await;
         let labels = wh
             .latest_run("labels")
             .await
@@ -1057,8 +1150,13 @@ mod tests {
             let wh = wh.clone();
             tasks.push(tokio::spawn(async move {
                 let job = format!("job{k}");
-                wh.commit_runs(vec![(job.clone(), run(&format!("{k}-x"), &job))])
+                let r = run(&format!("{k}-x"), &job);
+                let p = wh.resolve(&r.files[0]).expect("p");
+                wh.store()
+                    .put(&p, PutPayload::from_static(b"x"))
                     .await
+                    .expect("put");
+                wh.commit_runs(vec![(job.clone(), r)]).await
             }));
         }
         for t in tasks {
@@ -1068,6 +1166,8 @@ mod tests {
         assert_eq!(all.len(), 9, "{all:?}");
         assert_eq!(all["labels"].run_id, "5-aa");
         // Two jobs in one commit show the same run.
+        touch(&run("10-t", "taint")).await;
+        touch(&run("10-t", "exits")).await;
         wh.commit_runs(vec![
             ("taint".into(), run("10-t", "taint")),
             ("exits".into(), run("10-t", "exits")),
@@ -1103,7 +1203,8 @@ mod tests {
             .try_collect()
             .await
             .expect("list");
-        assert_eq!(left.len(), 5, "{left:?}");
+        // The current run's file and the newest five older runs' files.
+        assert_eq!(left.len(), 6, "{left:?}");
         assert!(
             left.iter()
                 .all(|m| !m.location.as_ref().contains("run=0-old"))

@@ -1,16 +1,11 @@
 //! Blocks read from a node into the columns of the six Ethereum tables.
 
-use std::sync::Arc;
-
 use alloy::consensus::Transaction as _;
 use alloy::eips::Typed2718;
 use alloy::network::TransactionResponse;
 use alloy::primitives::{Address, B256, U256};
-use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Decimal256Builder, Int32Builder,
-    Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampSecondBuilder,
-};
-use arrow::datatypes::{DataType, SchemaRef, i256};
+use arrow::array::{Decimal256Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::i256;
 use ferret_schemas::eth;
 
 use super::source::BlockData;
@@ -62,146 +57,26 @@ impl EthCounts {
     }
 }
 
-fn wei_builder() -> Decimal128Builder {
-    Decimal128Builder::new().with_data_type(DataType::Decimal128(38, 0))
-}
-fn u256_builder() -> Decimal256Builder {
-    Decimal256Builder::new().with_data_type(DataType::Decimal256(76, 0))
-}
-
-struct U256Col {
-    value: Decimal256Builder,
-    string: StringBuilder,
-}
-
-impl U256Col {
-    fn new() -> Self {
-        Self {
-            value: u256_builder(),
-            string: StringBuilder::new(),
-        }
+/// Appends a uint256 amount to its two columns: exact as `Decimal256(76, 0)` (NULL past
+/// 76 digits) and always as its decimal string.
+fn push_u256(value: &mut Decimal256Builder, string: &mut StringBuilder, v: U256) {
+    if v <= max_decimal76() {
+        value.append_value(i256::from_le_bytes(v.to_le_bytes::<32>()));
+    } else {
+        value.append_null();
     }
-    fn push(&mut self, v: U256) {
-        if v <= max_decimal76() {
-            self.value
-                .append_value(i256::from_le_bytes(v.to_le_bytes::<32>()));
-        } else {
-            self.value.append_null();
-        }
-        self.string.append_value(v.to_string());
-    }
-    fn finish(&mut self) -> [ArrayRef; 2] {
-        [
-            Arc::new(self.value.finish()),
-            Arc::new(self.string.finish()),
-        ]
-    }
+    string.append_value(v.to_string());
 }
 
-#[derive(Default)]
-struct Blocks {
-    number: Int64Builder,
-    hash: StringBuilder,
-    parent: StringBuilder,
-    time: TimestampSecondBuilder,
-    miner: StringBuilder,
-    gas_limit: Int64Builder,
-    gas_used: Int64Builder,
-    base_fee: Option<Decimal128Builder>,
-    tx_count: Int64Builder,
-    size: Int64Builder,
-    extra: BinaryBuilder,
-    blob_gas_used: Int64Builder,
-    excess_blob_gas: Int64Builder,
-}
-
-struct Txs {
-    number: Int64Builder,
-    index: Int32Builder,
-    hash: StringBuilder,
-    nonce: Int64Builder,
-    from: StringBuilder,
-    to: StringBuilder,
-    value: Decimal128Builder,
-    input: BinaryBuilder,
-    gas_limit: Int64Builder,
-    ty: Int32Builder,
-    chain_id: Int64Builder,
-    gas_price: Decimal128Builder,
-    max_fee: Decimal128Builder,
-    max_priority: Decimal128Builder,
-    max_blob_fee: Decimal128Builder,
-    blob_hashes: ListBuilder<StringBuilder>,
-    success: BooleanBuilder,
-    gas_used: Int64Builder,
-    cumulative: Int64Builder,
-    effective_price: Decimal128Builder,
-    contract: StringBuilder,
-    blob_gas_used: Int64Builder,
-    blob_gas_price: Decimal128Builder,
-}
-
-#[derive(Default)]
-struct Logs {
-    number: Int64Builder,
-    tx_index: Int32Builder,
-    log_index: Int32Builder,
-    tx_hash: StringBuilder,
-    address: StringBuilder,
-    topics: [StringBuilder; 4],
-    data: BinaryBuilder,
-}
-
-struct Tokens {
-    number: Int64Builder,
-    tx_index: Int32Builder,
-    log_index: Int32Builder,
-    tx_hash: StringBuilder,
-    token: StringBuilder,
-    from: StringBuilder,
-    to: StringBuilder,
-    standard: StringBuilder,
-    value: U256Col,
-}
-
-struct Traces {
-    number: Int64Builder,
-    tx_index: Int32Builder,
-    trace_index: Int32Builder,
-    tx_hash: StringBuilder,
-    address: StringBuilder,
-    call_type: StringBuilder,
-    from: StringBuilder,
-    to: StringBuilder,
-    value: Decimal128Builder,
-    gas: Int64Builder,
-    gas_used: Int64Builder,
-    input: BinaryBuilder,
-    output: BinaryBuilder,
-    error: StringBuilder,
-    reverted: BooleanBuilder,
-}
-
-struct Transfers {
-    number: Int64Builder,
-    tx_index: Int32Builder,
-    ordinal: Int32Builder,
-    tx_hash: StringBuilder,
-    kind: StringBuilder,
-    asset: StringBuilder,
-    from: StringBuilder,
-    to: StringBuilder,
-    value: U256Col,
-}
-
-/// Column builders of the six tables, filled block by block.
+/// Column builders of the six tables, one dataset each ([`ferret_schemas::eth`]), filled
+/// block by block and by column name.
 pub struct EthRows {
-    blocks: Blocks,
-    txs: Txs,
-    logs: Logs,
-    tokens: Tokens,
-    traces: Traces,
-    transfers: Transfers,
+    blocks: eth::Blocks,
+    txs: eth::Transactions,
+    logs: eth::Logs,
+    tokens: eth::TokenTransfers,
+    traces: eth::Traces,
+    transfers: eth::Transfers,
     buffered: usize,
     /// What the rows pushed since the last [`EthRows::take_counts`] hold.
     pub counts: EthCounts,
@@ -230,77 +105,12 @@ fn wei_of(v: U256, what: &str, block: u64) -> Result<i128> {
 impl EthRows {
     pub fn new() -> Self {
         Self {
-            blocks: Blocks {
-                base_fee: Some(wei_builder()),
-                ..Default::default()
-            },
-            txs: Txs {
-                number: Int64Builder::new(),
-                index: Int32Builder::new(),
-                hash: StringBuilder::new(),
-                nonce: Int64Builder::new(),
-                from: StringBuilder::new(),
-                to: StringBuilder::new(),
-                value: wei_builder(),
-                input: BinaryBuilder::new(),
-                gas_limit: Int64Builder::new(),
-                ty: Int32Builder::new(),
-                chain_id: Int64Builder::new(),
-                gas_price: wei_builder(),
-                max_fee: wei_builder(),
-                max_priority: wei_builder(),
-                max_blob_fee: wei_builder(),
-                blob_hashes: ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
-                    arrow::datatypes::Field::new_list_field(DataType::Utf8, false),
-                )),
-                success: BooleanBuilder::new(),
-                gas_used: Int64Builder::new(),
-                cumulative: Int64Builder::new(),
-                effective_price: wei_builder(),
-                contract: StringBuilder::new(),
-                blob_gas_used: Int64Builder::new(),
-                blob_gas_price: wei_builder(),
-            },
-            logs: Logs::default(),
-            tokens: Tokens {
-                number: Int64Builder::new(),
-                tx_index: Int32Builder::new(),
-                log_index: Int32Builder::new(),
-                tx_hash: StringBuilder::new(),
-                token: StringBuilder::new(),
-                from: StringBuilder::new(),
-                to: StringBuilder::new(),
-                standard: StringBuilder::new(),
-                value: U256Col::new(),
-            },
-            traces: Traces {
-                number: Int64Builder::new(),
-                tx_index: Int32Builder::new(),
-                trace_index: Int32Builder::new(),
-                tx_hash: StringBuilder::new(),
-                address: StringBuilder::new(),
-                call_type: StringBuilder::new(),
-                from: StringBuilder::new(),
-                to: StringBuilder::new(),
-                value: wei_builder(),
-                gas: Int64Builder::new(),
-                gas_used: Int64Builder::new(),
-                input: BinaryBuilder::new(),
-                output: BinaryBuilder::new(),
-                error: StringBuilder::new(),
-                reverted: BooleanBuilder::new(),
-            },
-            transfers: Transfers {
-                number: Int64Builder::new(),
-                tx_index: Int32Builder::new(),
-                ordinal: Int32Builder::new(),
-                tx_hash: StringBuilder::new(),
-                kind: StringBuilder::new(),
-                asset: StringBuilder::new(),
-                from: StringBuilder::new(),
-                to: StringBuilder::new(),
-                value: U256Col::new(),
-            },
+            blocks: eth::Blocks::new(),
+            txs: eth::Transactions::new(),
+            logs: eth::Logs::new(),
+            tokens: eth::TokenTransfers::new(),
+            traces: eth::Traces::new(),
+            transfers: eth::Transfers::new(),
             buffered: 0,
             counts: EthCounts::default(),
         }
@@ -317,25 +127,23 @@ impl EthRows {
         let nn = i64_of(n, "block number", n)?;
         let h = &d.block.header;
         let b = &mut self.blocks;
-        b.number.append_value(nn);
-        b.hash.append_value(hex_hash(&h.hash));
-        b.parent.append_value(hex_hash(&h.inner.parent_hash));
-        b.time
+        b.block_number.append_value(nn);
+        b.block_hash.append_value(hex_hash(&h.hash));
+        b.parent_hash.append_value(hex_hash(&h.inner.parent_hash));
+        b.timestamp
             .append_value(i64_of(h.inner.timestamp, "timestamp", n)?);
         b.miner.append_value(hex_addr(&h.inner.beneficiary));
         b.gas_limit
             .append_value(i64_of(h.inner.gas_limit, "gas limit", n)?);
         b.gas_used
             .append_value(i64_of(h.inner.gas_used, "gas used", n)?);
-        b.base_fee
-            .as_mut()
-            .expect("built")
+        b.base_fee_per_gas
             .append_option(h.inner.base_fee_per_gas.map(i128::from));
-        b.tx_count
+        b.transaction_count
             .append_value(i64_of(d.block.transactions.len() as u64, "tx count", n)?);
         b.size
             .append_option(h.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)));
-        b.extra.append_value(&h.inner.extra_data);
+        b.extra_data.append_value(&h.inner.extra_data);
         b.blob_gas_used
             .append_option(h.inner.blob_gas_used.map(|v| v as i64));
         b.excess_blob_gas
@@ -361,59 +169,62 @@ impl EthRows {
                 self.counts.unknown_status += 1;
             }
             let t = &mut self.txs;
-            t.number.append_value(nn);
-            t.index.append_value(pos32);
-            t.hash.append_value(&tx_hash);
+            t.block_number.append_value(nn);
+            t.transaction_index.append_value(pos32);
+            t.transaction_hash.append_value(&tx_hash);
             t.nonce.append_value(i64_of(tx.nonce(), "nonce", n)?);
-            t.from.append_value(hex_addr(&tx.from()));
-            t.to.append_option(tx.to().map(|a| hex_addr(&a)));
+            t.from_address.append_value(hex_addr(&tx.from()));
+            t.to_address.append_option(tx.to().map(|a| hex_addr(&a)));
             t.value.append_value(wei_of(tx.value(), "value", n)?);
             t.input.append_value(tx.input());
             t.gas_limit
                 .append_value(i64_of(tx.gas_limit(), "gas limit", n)?);
             let ty = tx.ty();
-            t.ty.append_value(i32::from(ty));
+            t.transaction_type.append_value(i32::from(ty));
             t.chain_id
                 .append_option(tx.chain_id().map(|c| i64::try_from(c).unwrap_or(-1)));
             t.gas_price
                 .append_option(alloy::consensus::Transaction::gas_price(tx).map(|p| p as i128));
             let dynamic = ty >= 2;
             if dynamic {
-                t.max_fee.append_value(wei_of(
+                t.max_fee_per_gas.append_value(wei_of(
                     U256::from(alloy::consensus::Transaction::max_fee_per_gas(tx)),
                     "max fee",
                     n,
                 )?);
-                t.max_priority
+                t.max_priority_fee_per_gas
                     .append_option(tx.max_priority_fee_per_gas().map(|p| p as i128));
             } else {
-                t.max_fee.append_null();
-                t.max_priority.append_null();
+                t.max_fee_per_gas.append_null();
+                t.max_priority_fee_per_gas.append_null();
             }
-            t.max_blob_fee
+            t.max_fee_per_blob_gas
                 .append_option(tx.max_fee_per_blob_gas().map(|p| p as i128));
             match tx.blob_versioned_hashes() {
                 Some(hs) => {
                     for bh in hs {
-                        t.blob_hashes.values().append_value(hex_hash(bh));
+                        t.blob_versioned_hashes.values().append_value(hex_hash(bh));
                     }
-                    t.blob_hashes.append(true);
+                    t.blob_versioned_hashes.append(true);
                 }
-                None => t.blob_hashes.append(false),
+                None => t.blob_versioned_hashes.append(false),
             }
             t.success.append_option(success);
             t.gas_used
                 .append_value(i64_of(r.gas_used.to(), "gas used", n)?);
-            t.cumulative
-                .append_value(i64_of(r.cumulative_gas_used.to(), "cumulative gas", n)?);
+            t.cumulative_gas_used.append_value(i64_of(
+                r.cumulative_gas_used.to(),
+                "cumulative gas",
+                n,
+            )?);
             // Old nodes leave the effective price out: before EIP-1559 it is the gas price.
             let effective = r
                 .effective_gas_price
                 .map(|p| p.to::<u128>())
                 .or(alloy::consensus::Transaction::gas_price(tx))
                 .unwrap_or_default();
-            t.effective_price.append_value(effective as i128);
-            t.contract
+            t.effective_gas_price.append_value(effective as i128);
+            t.contract_address
                 .append_option(r.contract_address.map(|a| hex_addr(&a)));
             t.blob_gas_used
                 .append_option(r.blob_gas_used.map(|v| v.to::<u64>() as i64));
@@ -482,15 +293,15 @@ impl EthRows {
         value: U256,
     ) {
         let t = &mut self.transfers;
-        t.number.append_value(n);
-        t.tx_index.append_value(pos);
+        t.block_number.append_value(n);
+        t.transaction_index.append_value(pos);
         t.ordinal.append_value(*ordinal);
-        t.tx_hash.append_value(tx_hash);
+        t.transaction_hash.append_value(tx_hash);
         t.kind.append_value(kind);
         t.asset.append_value(asset);
-        t.from.append_value(hex_addr(from));
-        t.to.append_value(hex_addr(to));
-        t.value.push(value);
+        t.from_address.append_value(hex_addr(from));
+        t.to_address.append_value(hex_addr(to));
+        push_u256(&mut t.value, &mut t.value_string, value);
         *ordinal += 1;
         self.counts.transfers += 1;
         self.buffered += 1;
@@ -506,16 +317,16 @@ impl EthRows {
         tx_failed: bool,
     ) -> Result<()> {
         let t = &mut self.traces;
-        t.number.append_value(n);
-        t.tx_index.append_value(pos);
+        t.block_number.append_value(n);
+        t.transaction_index.append_value(pos);
         t.trace_index
             .append_value(i32::try_from(index).unwrap_or(i32::MAX));
-        t.tx_hash.append_value(tx_hash);
+        t.transaction_hash.append_value(tx_hash);
         let addr: Vec<String> = tr.trace_address.iter().map(|i| i.to_string()).collect();
-        t.address.append_value(addr.join("."));
+        t.trace_address.append_value(addr.join("."));
         t.call_type.append_value(&tr.call_type);
-        t.from.append_value(hex_addr(&tr.from));
-        t.to.append_option(tr.to.map(|a| hex_addr(&a)));
+        t.from_address.append_value(hex_addr(&tr.from));
+        t.to_address.append_option(tr.to.map(|a| hex_addr(&a)));
         t.value
             .append_value(wei_of(tr.value, "trace value", n as u64)?);
         t.gas.append_option(tr.gas.map(|g| g as i64));
@@ -545,12 +356,15 @@ impl EthRows {
         let log_index = i32::try_from(log_index).unwrap_or(i32::MAX);
         let topics = log.topics();
         let l = &mut self.logs;
-        l.number.append_value(n);
-        l.tx_index.append_value(pos);
+        l.block_number.append_value(n);
+        l.transaction_index.append_value(pos);
         l.log_index.append_value(log_index);
-        l.tx_hash.append_value(tx_hash);
+        l.transaction_hash.append_value(tx_hash);
         l.address.append_value(hex_addr(&log.address()));
-        for (i, col) in l.topics.iter_mut().enumerate() {
+        for (i, col) in [&mut l.topic0, &mut l.topic1, &mut l.topic2, &mut l.topic3]
+            .into_iter()
+            .enumerate()
+        {
             col.append_option(topics.get(i).map(hex_hash));
         }
         l.data.append_value(&log.data().data);
@@ -582,15 +396,15 @@ impl EthRows {
         };
         let token = log.address();
         let k = &mut self.tokens;
-        k.number.append_value(n);
-        k.tx_index.append_value(pos);
+        k.block_number.append_value(n);
+        k.transaction_index.append_value(pos);
         k.log_index.append_value(log_index);
-        k.tx_hash.append_value(tx_hash);
-        k.token.append_value(hex_addr(&token));
-        k.from.append_value(hex_addr(&from));
-        k.to.append_value(hex_addr(&to));
+        k.transaction_hash.append_value(tx_hash);
+        k.token_address.append_value(hex_addr(&token));
+        k.from_address.append_value(hex_addr(&from));
+        k.to_address.append_value(hex_addr(&to));
         k.standard.append_value(standard);
-        k.value.push(value);
+        push_u256(&mut k.value, &mut k.value_string, value);
         self.counts.token_transfers += 1;
         self.buffered += 1;
         // Amounts only: an NFT's token id is not a quantity, and zero amounts move nothing.
@@ -614,141 +428,19 @@ impl EthRows {
     /// logs, token_transfers, traces, transfers); the builders start empty again.
     pub fn finish(&mut self) -> Result<[RecordBatch; 6]> {
         self.buffered = 0;
-        let b = &mut self.blocks;
-        let blocks = batch(
-            eth::blocks_schema(),
-            vec![
-                Arc::new(b.number.finish()),
-                Arc::new(b.hash.finish()),
-                Arc::new(b.parent.finish()),
-                Arc::new(b.time.finish().with_timezone("UTC")),
-                Arc::new(b.miner.finish()),
-                Arc::new(b.gas_limit.finish()),
-                Arc::new(b.gas_used.finish()),
-                Arc::new(b.base_fee.as_mut().expect("built").finish()),
-                Arc::new(b.tx_count.finish()),
-                Arc::new(b.size.finish()),
-                Arc::new(b.extra.finish()),
-                Arc::new(b.blob_gas_used.finish()),
-                Arc::new(b.excess_blob_gas.finish()),
-            ],
-            "eth.blocks",
-        )?;
-        let t = &mut self.txs;
-        let txs = batch(
-            eth::transactions_schema(),
-            vec![
-                Arc::new(t.number.finish()),
-                Arc::new(t.index.finish()),
-                Arc::new(t.hash.finish()),
-                Arc::new(t.nonce.finish()),
-                Arc::new(t.from.finish()),
-                Arc::new(t.to.finish()),
-                Arc::new(t.value.finish()),
-                Arc::new(t.input.finish()),
-                Arc::new(t.gas_limit.finish()),
-                Arc::new(t.ty.finish()),
-                Arc::new(t.chain_id.finish()),
-                Arc::new(t.gas_price.finish()),
-                Arc::new(t.max_fee.finish()),
-                Arc::new(t.max_priority.finish()),
-                Arc::new(t.max_blob_fee.finish()),
-                Arc::new(t.blob_hashes.finish()),
-                Arc::new(t.success.finish()),
-                Arc::new(t.gas_used.finish()),
-                Arc::new(t.cumulative.finish()),
-                Arc::new(t.effective_price.finish()),
-                Arc::new(t.contract.finish()),
-                Arc::new(t.blob_gas_used.finish()),
-                Arc::new(t.blob_gas_price.finish()),
-            ],
-            "eth.transactions",
-        )?;
-        let l = &mut self.logs;
-        let [t0, t1, t2, t3] = &mut l.topics;
-        let logs = batch(
-            eth::logs_schema(),
-            vec![
-                Arc::new(l.number.finish()),
-                Arc::new(l.tx_index.finish()),
-                Arc::new(l.log_index.finish()),
-                Arc::new(l.tx_hash.finish()),
-                Arc::new(l.address.finish()),
-                Arc::new(t0.finish()),
-                Arc::new(t1.finish()),
-                Arc::new(t2.finish()),
-                Arc::new(t3.finish()),
-                Arc::new(l.data.finish()),
-            ],
-            "eth.logs",
-        )?;
-        let k = &mut self.tokens;
-        let [kv, ks] = k.value.finish();
-        let tokens = batch(
-            eth::token_transfers_schema(),
-            vec![
-                Arc::new(k.number.finish()),
-                Arc::new(k.tx_index.finish()),
-                Arc::new(k.log_index.finish()),
-                Arc::new(k.tx_hash.finish()),
-                Arc::new(k.token.finish()),
-                Arc::new(k.from.finish()),
-                Arc::new(k.to.finish()),
-                Arc::new(k.standard.finish()),
-                kv,
-                ks,
-            ],
-            "eth.token_transfers",
-        )?;
-        let r = &mut self.traces;
-        let traces = batch(
-            eth::traces_schema(),
-            vec![
-                Arc::new(r.number.finish()),
-                Arc::new(r.tx_index.finish()),
-                Arc::new(r.trace_index.finish()),
-                Arc::new(r.tx_hash.finish()),
-                Arc::new(r.address.finish()),
-                Arc::new(r.call_type.finish()),
-                Arc::new(r.from.finish()),
-                Arc::new(r.to.finish()),
-                Arc::new(r.value.finish()),
-                Arc::new(r.gas.finish()),
-                Arc::new(r.gas_used.finish()),
-                Arc::new(r.input.finish()),
-                Arc::new(r.output.finish()),
-                Arc::new(r.error.finish()),
-                Arc::new(r.reverted.finish()),
-            ],
-            "eth.traces",
-        )?;
-        let x = &mut self.transfers;
-        let [xv, xs] = x.value.finish();
-        let transfers = batch(
-            eth::transfers_schema(),
-            vec![
-                Arc::new(x.number.finish()),
-                Arc::new(x.tx_index.finish()),
-                Arc::new(x.ordinal.finish()),
-                Arc::new(x.tx_hash.finish()),
-                Arc::new(x.kind.finish()),
-                Arc::new(x.asset.finish()),
-                Arc::new(x.from.finish()),
-                Arc::new(x.to.finish()),
-                xv,
-                xs,
-            ],
-            "eth.transfers",
-        )?;
-        Ok([blocks, txs, logs, tokens, traces, transfers])
+        let err = |table: &str| {
+            let table = table.to_string();
+            move |source| Error::Arrow { table, source }
+        };
+        Ok([
+            self.blocks.finish().map_err(err("eth.blocks"))?,
+            self.txs.finish().map_err(err("eth.transactions"))?,
+            self.logs.finish().map_err(err("eth.logs"))?,
+            self.tokens.finish().map_err(err("eth.token_transfers"))?,
+            self.traces.finish().map_err(err("eth.traces"))?,
+            self.transfers.finish().map_err(err("eth.transfers"))?,
+        ])
     }
-}
-
-fn batch(schema: SchemaRef, cols: Vec<ArrayRef>, table: &str) -> Result<RecordBatch> {
-    RecordBatch::try_new(schema, cols).map_err(|source| Error::Arrow {
-        table: table.to_string(),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -765,15 +457,12 @@ mod tests {
 
     #[test]
     fn u256_amounts_past_76_digits_keep_their_string() {
-        let mut c = U256Col::new();
-        c.push(U256::MAX);
-        c.push(max_decimal76());
-        let [v, s] = c.finish();
+        use arrow::array::Array;
+        let mut t = eth::Transfers::new();
+        push_u256(&mut t.value, &mut t.value_string, U256::MAX);
+        push_u256(&mut t.value, &mut t.value_string, max_decimal76());
+        let (v, s) = (t.value.finish(), t.value_string.finish());
         assert!(v.is_null(0) && !v.is_null(1));
-        let s = s
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .expect("strings");
         assert_eq!(s.value(0), U256::MAX.to_string());
         assert_eq!(s.value(1), "9".repeat(76));
     }
