@@ -149,15 +149,28 @@ async fn a_stale_writer_woken_after_a_takeover_does_no_harm_on_an_object_store()
         // Frozen after checking its lease, before listing garbage: woken while the new
         // holder has a chunk's files in flight, it must not delete them.
         ("gc-listing:1=stop", Some("data-file-written:3=stop")),
-        // Frozen just before its second manifest PUT: the new holder indexes everything;
-        // woken, the stale writer must not commit.
+        // Frozen as it deletes an earlier crash's garbage, the same.
+        ("gc-deleting:1=stop", Some("data-file-written:3=stop")),
+        // Frozen with a chunk's files half written: the new holder collects them as
+        // garbage and indexes everything; woken, the stale writer must not commit.
+        ("data-file-written:2=stop", None),
+        // Frozen just before its second manifest PUT, the same.
         ("before-manifest-put:2=stop", None),
+        // Frozen right after a commit: woken, it must not commit the next chunk.
+        ("after-manifest-put:1=stop", None),
     ];
     for (i, (first, second)) in cases.iter().enumerate() {
         let url = format!(
             "s3://{bucket}/interleaved-{i}-{}",
             ferret_schemas::results::new_run_id()
         );
+        if first.starts_with("gc-deleting") {
+            // Garbage for the first writer to collect: a run crashed mid-chunk.
+            let (ok, err) = finish(spawn_index(&blocks, &url, Some("data-file-written:2")));
+            assert!(!ok && err.contains("failpoint"), "{err}");
+            // Its lease expires.
+            std::thread::sleep(Duration::from_secs(TTL + 1));
+        }
         let mut a = spawn_index(&blocks, &url, Some(first));
         wait_stopped(&mut a, "the first writer");
         // Past the frozen writer's lease.
@@ -233,6 +246,7 @@ async fn a_frozen_local_writer_keeps_its_lock_and_finishes() {
     for (i, first) in [
         "gc-listing:1=stop",
         "data-file-written:5=stop",
+        "before-manifest-put:2=stop",
         "after-manifest-put:2=stop",
     ]
     .iter()
