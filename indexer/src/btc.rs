@@ -693,13 +693,109 @@ impl Stage for BtcStage<'_> {
             m.next_tx_index = 0;
         }
         self.summary.unwound += removed.rows("blocks");
-        // The spent-output store holds the unwound blocks' outputs and spends: rebuilt
-        // from the committed tables before the next block.
-        self.utxo = None;
+        // The spent-output store holds the unwound blocks' outputs and spends: undone from
+        // the removed rows (a follower stays within seconds of the node), or, should that
+        // fail, rebuilt from the committed tables before the next block.
         let tip = m.tip.as_ref().map(|t| t.height);
+        if let Some(utxo) = self.utxo.as_mut() {
+            match tip {
+                Some(t) => {
+                    if let Err(e) = undo_utxo(utxo, removed, t) {
+                        tracing::warn!(error = %e, "could not undo the unwound blocks in the spent-output store; rebuilding it");
+                        self.utxo = None;
+                    }
+                }
+                None => self.utxo = None,
+            }
+        }
         self.first_done = self.first_done.filter(|&f| tip.is_some_and(|t| f <= t));
         self.summary.heights = self.first_done.zip(tip);
     }
+}
+
+/// Takes unwound blocks (above `ancestor`) out of the spent-output store: the outputs
+/// they created leave it, and the outputs their inputs spent that were created at or below
+/// `ancestor` come back, rebuilt from the inputs' enrichment columns.
+fn undo_utxo(utxo: &mut UtxoStore, removed: &Removed, ancestor: u64) -> Result<()> {
+    let bad = |what: &str| Error::Internal {
+        what: format!("undoing an unwind: removed {what}"),
+    };
+    for (table, batches) in &removed.batches {
+        for b in batches {
+            let col = |name: &str| {
+                b.column_by_name(name)
+                    .ok_or_else(|| bad(&format!("{table} rows lack {name}")))
+            };
+            match table.as_str() {
+                "outputs" => {
+                    let txid = col("txid")?
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad("txid"))?;
+                    let vout = col("vout")?
+                        .as_primitive_opt::<Int32Type>()
+                        .ok_or_else(|| bad("vout"))?;
+                    for r in 0..b.num_rows() {
+                        let key = (
+                            parse_txid(txid.value(r)).ok_or_else(|| bad("txid"))?,
+                            u32::try_from(vout.value(r)).map_err(|_| bad("vout"))?,
+                        );
+                        // Absent when it was spent within the unwound blocks too.
+                        utxo.spend(&key)?;
+                    }
+                }
+                "inputs" => {
+                    let txid = col("spent_txid")?
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad("spent_txid"))?;
+                    let vout = col("spent_vout")?
+                        .as_primitive_opt::<Int32Type>()
+                        .ok_or_else(|| bad("spent_vout"))?;
+                    let tx_index = col("spent_tx_index")?
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("spent_tx_index"))?;
+                    let height = col("spent_height")?
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("spent_height"))?;
+                    let value = col("value")?
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("value"))?;
+                    let kind = col("script_type")?
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad("script_type"))?;
+                    let address = col("address")?
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad("address"))?;
+                    for r in 0..b.num_rows() {
+                        // Coinbase inputs and inputs spending outputs from before the
+                        // indexed range were never in the store.
+                        if txid.is_null(r) || height.is_null(r) {
+                            continue;
+                        }
+                        let h = u64::try_from(height.value(r)).map_err(|_| bad("spent_height"))?;
+                        if h > ancestor {
+                            continue;
+                        }
+                        let key = (
+                            parse_txid(txid.value(r)).ok_or_else(|| bad("spent_txid"))?,
+                            u32::try_from(vout.value(r)).map_err(|_| bad("spent_vout"))?,
+                        );
+                        let u = Utxo {
+                            value: u64::try_from(value.value(r)).map_err(|_| bad("value"))?,
+                            tx_index: u64::try_from(tx_index.value(r))
+                                .map_err(|_| bad("spent_tx_index"))?,
+                            height: u32::try_from(h).map_err(|_| bad("spent_height"))?,
+                            kind: ScriptKind::parse(kind.value(r))
+                                .ok_or_else(|| bad("script_type"))?,
+                            address: (!address.is_null(r)).then(|| address.value(r).into()),
+                        };
+                        utxo.insert(key, u)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    utxo.flush()
 }
 
 fn verify(dir: &BlkDir, b: &ChainBlock, block: &bitcoin::Block, raw: &[u8]) -> Result<TxHashes> {
