@@ -17,7 +17,7 @@ async fn a_reorg_with_transactions_is_unwound_and_equals_a_fresh_index() {
     let early_dir = tmp.path().join("early");
     write_blocks_dir(&early_dir, &[early]);
     let late_dir = tmp.path().join("late");
-    write_blocks_dir(&late_dir, &[all.clone()]);
+    write_blocks_dir(&late_dir, std::slice::from_ref(&all));
 
     let wh = Warehouse::open("memory://btc-reorg").expect("open");
     let mut opts = IndexOptions::new(&early_dir);

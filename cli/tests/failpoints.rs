@@ -177,9 +177,9 @@ async fn a_crash_during_a_reorg_unwind_then_rerun_equals_a_fresh_index() {
     let tmp = tempfile::tempdir().expect("tmp");
     let fork = Fork::find(tmp.path());
     let early = tmp.path().join("early");
-    write_blocks_dir(&early, &[fork.early.clone()]);
+    write_blocks_dir(&early, std::slice::from_ref(&fork.early));
     let late = tmp.path().join("late");
-    write_blocks_dir(&late, &[fork.all.clone()]);
+    write_blocks_dir(&late, std::slice::from_ref(&fork.all));
     let fresh = Warehouse::open("memory://failpoints-reorg-fresh").expect("open");
     index_btc(&fresh, &IndexOptions::new(&late))
         .await

@@ -937,6 +937,60 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
     Ok(())
 }
 
+/// The newest committed block still on the best chain, looking at most `max_unwind`
+/// blocks below the committed tip (from the committed `blocks` table); `None` when no
+/// committed block is (the whole indexed chain was replaced).
+async fn btc_ancestor(
+    wh: &Warehouse,
+    manifest: &Manifest,
+    chain: &BestChain,
+    max_unwind: u64,
+) -> Result<Option<Checkpoint>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let tip = manifest.tip.clone().expect("a committed tip");
+    let lowest = tip.height.saturating_sub(max_unwind);
+    let mut committed: std::collections::HashMap<u64, String> = Default::default();
+    for f in manifest
+        .files_of("blocks")
+        .filter(|f| f.last_height >= lowest)
+    {
+        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
+            let bad = || Error::CorruptCommitted {
+                path: f.path.clone(),
+                reason: "blocks: height and hash columns of the wrong type".into(),
+            };
+            let h = b
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(bad)?;
+            let x = b.column(1).as_string_opt::<i32>().ok_or_else(bad)?;
+            for r in 0..b.num_rows() {
+                committed.insert(h.value(r) as u64, x.value(r).to_string());
+            }
+        }
+    }
+    let first = manifest.first_height.unwrap_or(0);
+    for height in (lowest.max(first)..=tip.height).rev() {
+        if let (Some(c), Some(b)) = (committed.get(&height), chain.at(height))
+            && *c == b.loc.hash.to_string()
+        {
+            return Ok(Some(Checkpoint {
+                height,
+                hash: c.clone(),
+            }));
+        }
+    }
+    if lowest <= first {
+        return Ok(None);
+    }
+    Err(Error::DeepReorg {
+        height: tip.height,
+        hash: tip.hash,
+        kept: max_unwind as usize,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1002,58 +1056,4 @@ mod tests {
         );
         assert_eq!(parse_txid("zz"), None);
     }
-}
-
-/// The newest committed block still on the best chain, looking at most `max_unwind`
-/// blocks below the committed tip (from the committed `blocks` table); `None` when no
-/// committed block is (the whole indexed chain was replaced).
-async fn btc_ancestor(
-    wh: &Warehouse,
-    manifest: &Manifest,
-    chain: &BestChain,
-    max_unwind: u64,
-) -> Result<Option<Checkpoint>> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
-    let tip = manifest.tip.clone().expect("a committed tip");
-    let lowest = tip.height.saturating_sub(max_unwind);
-    let mut committed: std::collections::HashMap<u64, String> = Default::default();
-    for f in manifest
-        .files_of("blocks")
-        .filter(|f| f.last_height >= lowest)
-    {
-        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
-            let bad = || Error::CorruptCommitted {
-                path: f.path.clone(),
-                reason: "blocks: height and hash columns of the wrong type".into(),
-            };
-            let h = b
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(bad)?;
-            let x = b.column(1).as_string_opt::<i32>().ok_or_else(bad)?;
-            for r in 0..b.num_rows() {
-                committed.insert(h.value(r) as u64, x.value(r).to_string());
-            }
-        }
-    }
-    let first = manifest.first_height.unwrap_or(0);
-    for height in (lowest.max(first)..=tip.height).rev() {
-        if let (Some(c), Some(b)) = (committed.get(&height), chain.at(height))
-            && *c == b.loc.hash.to_string()
-        {
-            return Ok(Some(Checkpoint {
-                height,
-                hash: c.clone(),
-            }));
-        }
-    }
-    if lowest <= first {
-        return Ok(None);
-    }
-    Err(Error::DeepReorg {
-        height: tip.height,
-        hash: tip.hash,
-        kept: max_unwind as usize,
-    })
 }

@@ -15,8 +15,11 @@ use ferret_schemas::{Chain, Warehouse};
 use object_store::{ObjectStoreExt, PutPayload};
 use rand::{Rng, RngCore};
 
+/// A harness: any bytes in, no panic out.
+pub type Harness = fn(&[u8]);
+
 /// The harnesses by name (the names of the `fuzz/` targets).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("blk_scan", blk_scan),
     ("manifest_load", manifest_load),
     ("labels_parse", labels_parse),
