@@ -8,6 +8,7 @@
 #   RUNS=20000 scripts/fuzz.sh      # a smoke run
 #   scripts/fuzz.sh blk_scan        # one target
 #   MAX_TIME=600 scripts/fuzz.sh    # at most ten minutes each
+#   MAX_LEN=65536 scripts/fuzz.sh   # inputs up to 64 KiB
 #
 # Each run bounds memory (-rss_limit_mb) and time per input (-timeout): a crash, a hang or
 # an out-of-memory input fails the run and leaves the input in fuzz/artifacts/.
@@ -16,6 +17,9 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10000000}
 # Optional wall-clock bound per target, seconds (libFuzzer stops at whichever comes first).
 MAX_TIME=${MAX_TIME:-0}
+# Largest input, bytes (the fixtures' blocks and RPC answers are up to ~1 MB; smaller runs
+# many times faster on the parsers' structure).
+MAX_LEN=${MAX_LEN:-1200000}
 FX=${FERRET_FIXTURES:-../shared/fixtures}
 export CARGO_TARGET_DIR=${FERRET_FUZZ_TARGET:-$HOME/.cache/ferret/fuzz-target}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -76,5 +80,5 @@ for t in "${targets[@]}"; do
   echo "== $t: $RUNS executions"
   (cd fuzz && cargo +nightly fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
      -runs="$RUNS" -max_total_time="$MAX_TIME" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-     -max_len=1200000 -print_final_stats=1 2>&1 | tail -n 25)
+     -max_len="$MAX_LEN" -print_final_stats=1 2>&1 | tail -n 25)
 done

@@ -334,13 +334,6 @@ struct BtcStage<'o> {
     retry_tail: bool,
 }
 
-/// Whether the block at `height` lies in the newest blk file (the one a node appends to).
-fn tail_of_newest(dir: &BlkDir, chain: &BestChain, height: u64) -> bool {
-    chain
-        .at(height)
-        .is_some_and(|b| b.loc.file as usize + 1 == dir.files().len())
-}
-
 impl<'o> BtcStage<'o> {
     fn new(opts: &'o IndexOptions) -> Self {
         let bar = if opts.progress {
@@ -412,6 +405,60 @@ impl<'o> BtcStage<'o> {
         self.summary.stale_blocks = chain.stale;
         self.dir = Some((Arc::new(dir), chain));
         Ok(())
+    }
+}
+
+impl BtcStage<'_> {
+    /// Following a live node, the blocks of `todo` in the newest blk file may be caught
+    /// mid-write: they are read and verified before anything is indexed (nothing else is
+    /// touched, so a retry starts clean). Returns false when one did not read back whole:
+    /// everything is scanned again at the next poll, and the same block failing three
+    /// polls in a row is damage, an error.
+    async fn tail_readable(&mut self, dir: &Arc<BlkDir>, todo: &[ChainBlock]) -> Result<bool> {
+        let newest = u32::try_from(dir.files().len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let tail: Vec<ChainBlock> = todo
+            .iter()
+            .filter(|b| b.loc.file == newest)
+            .cloned()
+            .collect();
+        if tail.is_empty() {
+            return Ok(true);
+        }
+        let d = Arc::clone(dir);
+        let checked =
+            tokio::task::spawn_blocking(move || -> std::result::Result<(), (u64, Error)> {
+                let mut buf = Vec::new();
+                for b in &tail {
+                    d.read_block_with(&b.loc, &mut buf)
+                        .and_then(|block| verify(&d, b, &block, &buf))
+                        .map_err(|e| (b.height, e))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Internal {
+                what: format!("tail check task: {e}"),
+            })?;
+        let Err((height, e)) = checked else {
+            self.tail_failure = None;
+            return Ok(true);
+        };
+        let tries = match self.tail_failure {
+            Some((h, n)) if h == height => n + 1,
+            _ => 1,
+        };
+        if tries >= 3 {
+            return Err(e);
+        }
+        tracing::warn!(
+            height,
+            error = %e,
+            "a block at the end of the newest blk file did not read back whole (the node may be writing it): trying again at the next poll"
+        );
+        self.tail_failure = Some((height, tries));
+        self.cache = ScanCache::default();
+        self.retry_tail = true;
+        Ok(false)
     }
 }
 
@@ -495,6 +542,9 @@ impl Stage for BtcStage<'_> {
         let todo: Vec<ChainBlock> = (start..=end)
             .map(|h| chain.at(h).expect("within the chain").clone())
             .collect();
+        if opts.follow && !self.tail_readable(&dir, &todo).await? {
+            return Ok(());
+        }
         let chunks = plan_chunks(&todo, opts.commit_blocks.max(1), opts.commit_bytes.max(1));
         let total_bytes: u64 = todo.iter().map(|b| u64::from(b.loc.len) + 8).sum();
         if self.utxo.is_none() {
@@ -569,7 +619,7 @@ impl Stage for BtcStage<'_> {
         let rows = &mut self.rows;
         let summary = &mut self.summary;
         let mut next_tx_index = run.manifest.next_tx_index;
-        'chunks: for chunk in chunks {
+        for chunk in chunks {
             if stage::stopped(stop) {
                 break;
             }
@@ -577,32 +627,7 @@ impl Stage for BtcStage<'_> {
             let mut first_hash = String::new();
             let mut last_hash = String::new();
             for expect_height in chunk.first..=chunk.last {
-                let prepared = match next_block() {
-                    Ok(p) => p,
-                    Err(e) if opts.follow && tail_of_newest(&dir, chain, expect_height) => {
-                        // Following a live node: the newest file's last records may be
-                        // caught mid-write. Scan everything again at the next poll; the
-                        // same block failing three polls in a row is damage.
-                        let tries = match self.tail_failure {
-                            Some((h, n)) if h == expect_height => n + 1,
-                            _ => 1,
-                        };
-                        if tries >= 3 {
-                            return Err(e);
-                        }
-                        tracing::warn!(
-                            height = expect_height,
-                            error = %e,
-                            "a block at the end of the newest blk file did not read back whole (the node may be writing it): trying again at the next poll"
-                        );
-                        self.tail_failure = Some((expect_height, tries));
-                        self.cache = ScanCache::default();
-                        self.retry_tail = true;
-                        drop(sinks);
-                        break 'chunks;
-                    }
-                    Err(e) => return Err(e),
-                };
+                let prepared = next_block()?;
                 let (height, len) = (prepared.height, prepared.record_len);
                 if height != expect_height {
                     return Err(Error::Internal {
@@ -650,7 +675,6 @@ impl Stage for BtcStage<'_> {
             )
             .await?;
             summary.counts.add(&c);
-            self.tail_failure = None;
             let first = *self.first_done.get_or_insert(chunk.first);
             summary.heights = Some((first, chunk.last));
         }
