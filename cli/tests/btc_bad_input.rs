@@ -122,6 +122,51 @@ async fn truncated_last_record_of_the_newest_file() {
     assert_prefix_committed(&c, 254).await;
 }
 
+/// Bytes after the zero padding: in the newest file, the node writing its next block while
+/// we read (the run indexes what came before); in an older file, corruption naming where.
+#[tokio::test]
+async fn bytes_after_the_padding_newest_file_in_progress_older_file_corrupt() {
+    let Some(fx) = fixtures() else { return };
+    let recs = mainnet_0_255(&fx);
+    let pad_then_garbage = |b: &mut Vec<u8>| {
+        b.extend(std::iter::repeat_n(0u8, 4096));
+        b.extend_from_slice(b"not zero");
+    };
+    // Newest file: indexed up to its last whole block, with a warning.
+    let c = case(&recs);
+    mutate(&blk(&c), pad_then_garbage);
+    let out = ferret(&[
+        "index",
+        "btc",
+        "--blocks-dir",
+        c.blocks.to_str().expect("utf8"),
+        "--warehouse",
+        &c.wh,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("partial record"), "{stderr}");
+    assert_eq!(committed_tip(&c.wh).await, Some(255));
+    // Older file: an error naming the file and the first non-zero byte.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocks = tmp.path().join("blocks");
+    write_blocks_dir(&blocks, &[recs[..200].to_vec(), recs[200..].to_vec()]);
+    let c = Case {
+        blocks,
+        wh: tmp.path().join("wh").to_string_lossy().into_owned(),
+        _tmp: tmp,
+    };
+    mutate(&blk(&c), pad_then_garbage);
+    let off = offset_of(&recs, 200) + 4096;
+    let err = index_fails(&c);
+    assert!(
+        err.contains("blk00000.dat")
+            && err.contains(&format!("offset {off}"))
+            && err.contains("padding"),
+        "{err}"
+    );
+}
+
 /// A record cut short in a file that is not the newest is corruption.
 #[tokio::test]
 async fn truncated_record_in_an_older_file() {

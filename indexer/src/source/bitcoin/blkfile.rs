@@ -257,7 +257,7 @@ impl BlkDir {
             let n = available.min(8) as usize;
             self.read_raw_at(file, offset, &mut head[..n])?;
             if head[..4.min(n)].iter().all(|&b| b == 0) {
-                self.check_padding(file, offset, len, false)?;
+                self.padding_or_in_progress(file, offset, len, false, growing)?;
                 break;
             }
             for (i, b) in head[..n].iter_mut().enumerate() {
@@ -265,7 +265,7 @@ impl BlkDir {
             }
             if head[..4.min(n)].iter().all(|&b| b == 0) {
                 // Padding written through the key (not Core's way, but harmless).
-                self.check_padding(file, offset, len, true)?;
+                self.padding_or_in_progress(file, offset, len, true, growing)?;
                 break;
             }
             if n < 8 {
@@ -353,6 +353,27 @@ impl BlkDir {
             available,
             "the newest blk file ends in a partial record (the node is still writing it): indexing up to the last whole block"
         );
+    }
+
+    /// [`BlkDir::check_padding`], except that in the newest file (`growing`) bytes after the
+    /// zeros are the node writing its next block while we read (its record begins where
+    /// the zeros did): the scan stops there and the next one reads it. In any older file
+    /// they are corruption.
+    fn padding_or_in_progress(
+        &self,
+        file: usize,
+        start: u64,
+        len: u64,
+        keyed: bool,
+        growing: bool,
+    ) -> Result<()> {
+        match self.check_padding(file, start, len, keyed) {
+            Err(Error::GarbageAfterPadding { .. }) if growing => {
+                self.warn_partial(file, start, len - start);
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// Zero padding (as stored, or through the key when `keyed`) must run to the end of the
