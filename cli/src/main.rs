@@ -1030,41 +1030,28 @@ async fn labels_import_cmd(a: LabelsImportArgs) -> Result<()> {
 
 async fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let wh = Warehouse::open_existing(&a.warehouse)?;
-    for &chain in ferret_schemas::Chain::all() {
-        let r = wh.verify_checksums(chain).await?;
+    let report = |what: &str, r: ferret_schemas::warehouse::VerifyReport, before: &str| {
         if r.files + r.unchecked == 0 {
-            continue;
+            return;
         }
         println!(
-            "{chain}: {} files ({:.1} MiB) match their SHA-256{}",
+            "{what}: {} files ({:.1} MiB) match their SHA-256{}",
             r.files,
             r.bytes as f64 / (1 << 20) as f64,
             if r.unchecked > 0 {
                 format!(
-                    "; {} written before checksums were recorded (sizes checked)",
+                    "; {} written before checksums were recorded ({before} checked)",
                     r.unchecked
                 )
             } else {
                 String::new()
             }
         );
+    };
+    for &chain in ferret_schemas::Chain::all() {
+        report(chain.as_str(), wh.verify_checksums(chain).await?, "sizes");
     }
-    let r = wh.verify_results().await?;
-    if r.files + r.unchecked > 0 {
-        println!(
-            "results: {} files ({:.1} MiB) of the current runs match their SHA-256{}",
-            r.files,
-            r.bytes as f64 / (1 << 20) as f64,
-            if r.unchecked > 0 {
-                format!(
-                    "; {} written before checksums were recorded (presence checked)",
-                    r.unchecked
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
+    report("results", wh.verify_results().await?, "presence");
     Ok(())
 }
 

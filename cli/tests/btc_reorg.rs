@@ -38,24 +38,5 @@ async fn a_reorg_with_transactions_is_unwound_and_equals_a_fresh_index() {
     let summary = index_btc(&wh, &opts).await.expect("late");
     assert_eq!(summary.unwound, 2, "{summary}");
 
-    let fresh = Warehouse::open("memory://btc-reorg-fresh").expect("open");
-    index_btc(&fresh, &IndexOptions::new(&late_dir))
-        .await
-        .expect("fresh");
-    assert_eq!(dump(&wh).await, dump(&fresh).await);
-    let (a, b) = (
-        wh.load_manifest(Chain::Btc)
-            .await
-            .expect("m")
-            .expect("some"),
-        fresh
-            .load_manifest(Chain::Btc)
-            .await
-            .expect("m")
-            .expect("some"),
-    );
-    assert_eq!(
-        (a.tip, a.totals, a.next_tx_index),
-        (b.tip, b.totals, b.next_tx_index)
-    );
+    assert_equals_fresh_index(&wh, &late_dir).await;
 }

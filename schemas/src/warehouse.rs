@@ -384,16 +384,7 @@ impl Warehouse {
                     report.unchecked += 1;
                     continue;
                 };
-                let path = self.resolve(f)?;
-                let bytes = self
-                    .store
-                    .get(&path)
-                    .await
-                    .map_err(|e| Error::store(&path, e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::store(&path, e))?;
-                let got = crate::checksum::sha256_hex(&bytes);
+                let (got, len) = self.sha256_of(f).await?;
                 if got != want.sha256 {
                     return Err(Error::Damaged {
                         what: format!(
@@ -403,7 +394,7 @@ impl Warehouse {
                     });
                 }
                 report.files += 1;
-                report.bytes += bytes.len() as u64;
+                report.bytes += len;
             }
         }
         Ok(report)
@@ -825,16 +816,7 @@ impl Warehouse {
                 report.unchecked += 1;
                 continue;
             };
-            let path = self.resolve(&f.path)?;
-            let bytes = self
-                .store
-                .get(&path)
-                .await
-                .map_err(|e| Error::store(&path, e))?
-                .bytes()
-                .await
-                .map_err(|e| Error::store(&path, e))?;
-            let got = crate::checksum::sha256_hex(&bytes);
+            let (got, len) = self.sha256_of(&f.path).await?;
             if &got != want {
                 return Err(Error::Damaged {
                     what: format!(
@@ -844,9 +826,23 @@ impl Warehouse {
                 });
             }
             report.files += 1;
-            report.bytes += bytes.len() as u64;
+            report.bytes += len;
         }
         Ok(report)
+    }
+
+    /// SHA-256 (lowercase hex) and length of the warehouse-relative file `rel`, read whole.
+    async fn sha256_of(&self, rel: &str) -> Result<(String, u64)> {
+        let path = self.resolve(rel)?;
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| Error::store(&path, e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::store(&path, e))?;
+        Ok((crate::checksum::sha256_hex(&bytes), bytes.len() as u64))
     }
 
     /// Every file the manifest lists exists with its recorded size (one listing).

@@ -395,3 +395,26 @@ impl Fork {
         panic!("no seed with a two-block branch")
     }
 }
+
+/// Asserts that `wh` holds exactly what a fresh index of `blocks` holds: every table's
+/// rows, and the manifest's tip, totals and next `tx_index`.
+pub async fn assert_equals_fresh_index(wh: &Warehouse, blocks: &Path) {
+    let fresh = Warehouse::open(&format!(
+        "memory://fresh-{}",
+        ferret_schemas::results::new_run_id()
+    ))
+    .expect("open");
+    ferret_indexer::btc::index_btc(&fresh, &ferret_indexer::btc::IndexOptions::new(blocks))
+        .await
+        .expect("fresh index");
+    assert_eq!(dump(wh).await, dump(&fresh).await);
+    let manifest = |w: Warehouse| async move {
+        let m = w
+            .load_manifest(ferret_schemas::Chain::Btc)
+            .await
+            .expect("manifest")
+            .expect("committed");
+        (m.tip, m.totals, m.next_tx_index)
+    };
+    assert_eq!(manifest(wh.clone()).await, manifest(fresh).await);
+}
