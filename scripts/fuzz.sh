@@ -69,7 +69,7 @@ for p in glob.glob(os.path.join(rpc, "*eth_getBlockByNumber_*.json")):
 PY
 fi
 cat > fuzz/corpus/manifest_load/v2 <<'JSON'
-{"format":2,"schema_version":1,"chain":"btc","network":"regtest","seq":3,"first_height":0,"first_hash":"00","tip":{"height":1,"hash":"00"},"next_tx_index":2,"totals":{"blocks":2,"transactions":2,"inputs":2,"outputs":2,"unresolved_inputs":0},"files":[{"table":"blocks","path":"btc/blocks/p.parquet","first_height":0,"last_height":1,"rows":2,"bytes":10,"sha256":"ab"}]}
+{"format":2,"schema_version":2,"chain":"btc","network":"regtest","seq":3,"first_height":0,"first_hash":"00","tip":{"height":1,"hash":"00"},"next_tx_index":2,"next_output_id":2,"next_address_id":1,"totals":{"blocks":2,"transactions":2,"inputs":2,"outputs":2,"unresolved_inputs":0,"addresses":1},"files":[{"table":"blocks","path":"btc/blocks/p.parquet","first_height":0,"last_height":1,"rows":2,"bytes":10,"sha256":"ab"}]}
 JSON
 cat > fuzz/corpus/manifest_load/head <<'JSON'
 {"format":1,"seq":1,"runs":{"taint":{"run_id":"1-a","files":["results/taint/run=1-a/part-0.parquet"],"rows":1}}}

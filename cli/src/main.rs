@@ -130,6 +130,13 @@ struct IndexBtcArgs {
     /// Memory for the spent-output store before it spills to disk, in MiB.
     #[arg(long, default_value_t = 1024)]
     utxo_mem_mb: usize,
+    /// Memory for the address-id store (address → `address_id`) before it spills to disk,
+    /// in MiB.
+    #[arg(long, default_value_t = 512)]
+    address_mem_mb: usize,
+    /// The spend graph's blocks hold 2^N transactions (a new warehouse only; default 20).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=28))]
+    graph_block_bits: Option<u32>,
     /// Network (bitcoin, testnet, testnet4, signet, regtest) when the magic cannot tell.
     #[arg(long)]
     network: Option<String>,
@@ -473,10 +480,15 @@ async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
     if a.utxo_mem_mb == 0 {
         bail!("--utxo-mem-mb must be at least 1");
     }
+    if a.address_mem_mb == 0 {
+        bail!("--address-mem-mb must be at least 1");
+    }
     let wh = Warehouse::open(&a.warehouse)?;
     let mut opts = IndexOptions::new(&a.blocks_dir);
     opts.to_height = a.to_height;
     opts.utxo_mem_bytes = a.utxo_mem_mb << 20;
+    opts.address_mem_bytes = a.address_mem_mb << 20;
+    opts.graph_block_bits = a.graph_block_bits;
     opts.network = a.network.as_deref().map(parse_network).transpose()?;
     opts.commit_blocks = a.commit_blocks;
     opts.commit_bytes = a.commit_mb.max(1) << 20;

@@ -22,8 +22,9 @@ use crate::source::bitcoin::{
 };
 pub use crate::stage::Stop;
 use crate::stage::{self, Next, Removed, Runner, Stage};
-use crate::transform::{BtcRows, Counts, PreparedBlock};
-use crate::utxo::{Utxo, UtxoStats, UtxoStore};
+use crate::addrs::{AddressStats, AddressStore};
+use crate::transform::{BtcRows, ChainState, Counts, NextIds, PreparedBlock};
+use crate::utxo::{NO_ID, Utxo, UtxoStats, UtxoStore};
 use crate::{Error, Result};
 
 /// Options of a Bitcoin index run.
@@ -35,6 +36,11 @@ pub struct IndexOptions {
     pub to_height: Option<u64>,
     /// Memory budget of the spent-output store, in bytes.
     pub utxo_mem_bytes: usize,
+    /// Memory budget of the address-id store, in bytes.
+    pub address_mem_bytes: usize,
+    /// The spend graph's blocks: 2^this transactions (a new warehouse; default
+    /// [`ferret_schemas::btc::DEFAULT_GRAPH_BLOCK_BITS`]).
+    pub graph_block_bits: Option<u32>,
     /// Network, when the magic cannot tell (custom signets).
     pub network: Option<Network>,
     /// Commit at least every this many blocks.
@@ -61,6 +67,8 @@ impl IndexOptions {
             blocks_dir: blocks_dir.into(),
             to_height: None,
             utxo_mem_bytes: 1 << 30,
+            address_mem_bytes: 512 << 20,
+            graph_block_bits: None,
             network: None,
             commit_blocks: 10_000,
             commit_bytes: 512 << 20,
@@ -91,6 +99,7 @@ pub struct IndexSummary {
     pub bytes_written: u64,
     pub elapsed: Duration,
     pub utxo: UtxoStats,
+    pub addresses: AddressStats,
     /// Tip of the warehouse after the run.
     pub tip: Option<Checkpoint>,
     /// Committed blocks removed by unwinding a reorganisation.
@@ -114,8 +123,8 @@ impl std::fmt::Display for IndexSummary {
         }
         writeln!(
             f,
-            "blocks {}  transactions {}  inputs {}  outputs {}  unresolved inputs {}",
-            c.blocks, c.transactions, c.inputs, c.outputs, c.unresolved_inputs
+            "blocks {}  transactions {}  inputs {}  outputs {}  unresolved inputs {}  new addresses {}",
+            c.blocks, c.transactions, c.inputs, c.outputs, c.unresolved_inputs, c.addresses
         )?;
         writeln!(
             f,
@@ -277,7 +286,7 @@ pub async fn index_btc_until(
     opts: &IndexOptions,
     stop: Option<Stop>,
 ) -> Result<IndexSummary> {
-    let mut run = Runner::start(wh, Chain::Btc, "height").await?;
+    let mut run = Runner::start(wh, Chain::Btc).await?;
     let r = index_btc_leased(&mut run, opts, &stop).await;
     run.finish(r).await
 }
@@ -305,6 +314,7 @@ async fn index_btc_leased(
     summary.bytes_written = run.bytes_written;
     summary.tip = run.manifest.tip.clone();
     summary.utxo = stage.utxo.map(|u| u.stats.clone()).unwrap_or_default();
+    summary.addresses = stage.addrs.map(|a| a.stats.clone()).unwrap_or_default();
     summary.elapsed = stage.started.elapsed();
     Ok(summary)
 }
@@ -323,6 +333,8 @@ struct BtcStage<'o> {
     /// The spent-output store, built from the committed tables at the first execute and
     /// again after an unwind.
     utxo: Option<UtxoStore>,
+    /// The address-id store, built from the committed `addresses` table likewise.
+    addrs: Option<AddressStore>,
     rows: BtcRows,
     summary: IndexSummary,
     bar: ProgressBar,
@@ -354,6 +366,7 @@ impl<'o> BtcStage<'o> {
             dir: None,
             fresh_scan: false,
             utxo: None,
+            addrs: None,
             rows: BtcRows::new(),
             summary: IndexSummary::default(),
             bar,
@@ -558,7 +571,13 @@ impl Stage for BtcStage<'_> {
             }
             self.utxo = Some(utxo);
         }
+        if self.addrs.is_none() {
+            let mut addrs = AddressStore::new(opts.address_mem_bytes);
+            rebuild_addresses(run.warehouse(), &run.manifest, &mut addrs).await?;
+            self.addrs = Some(addrs);
+        }
         let utxo = self.utxo.as_mut().expect("built above");
+        let addrs = self.addrs.as_mut().expect("built above");
 
         // Reader threads: read, decode, verify and prepare blocks in parallel; the
         // transform takes them back in height order (block i comes from thread i mod n).
@@ -618,7 +637,11 @@ impl Stage for BtcStage<'_> {
         bar.set_length(bar.length().unwrap_or(0) + total_bytes);
         let rows = &mut self.rows;
         let summary = &mut self.summary;
-        let mut next_tx_index = run.manifest.next_tx_index;
+        let mut next = NextIds::of(&run.manifest);
+        let block_bits = graph_block_bits(&run.manifest, opts.graph_block_bits)?;
+        let spends_at = ferret_schemas::tables_of(Chain::Btc)
+            .position(|t| t.name == "spends")
+            .expect("btc.spends is registered");
         for chunk in chunks {
             if stage::stopped(stop) {
                 break;
@@ -636,13 +659,16 @@ impl Stage for BtcStage<'_> {
                         ),
                     });
                 }
-                let tx_count = prepared.block.txdata.len() as u64;
                 last_hash = prepared.hash_hex().to_string();
                 if height == chunk.first {
                     first_hash = last_hash.clone();
                 }
-                rows.push_block(prepared, next_tx_index, utxo)?;
-                next_tx_index += tx_count;
+                let mut st = ChainState {
+                    utxo: &mut *utxo,
+                    addresses: &mut *addrs,
+                    next: &mut next,
+                };
+                rows.push_block(prepared, &mut st)?;
                 summary.bytes_read += len;
                 bar.inc(len);
                 if height.is_multiple_of(64) || height == chunk.last {
@@ -657,6 +683,9 @@ impl Stage for BtcStage<'_> {
                 }
             }
             sinks.send(rows.finish()?.into()).await?;
+            sinks
+                .send_to(spends_at, rows.finish_spends(block_bits)?)
+                .await?;
             let c = std::mem::take(&mut rows.counts);
             run.commit_chunk(
                 sinks,
@@ -670,7 +699,8 @@ impl Stage for BtcStage<'_> {
                 },
                 |m| {
                     m.totals.add(&c);
-                    m.next_tx_index = next_tx_index;
+                    next.store(m);
+                    m.graph_block_bits = Some(block_bits);
                 },
             )
             .await?;
@@ -712,9 +742,19 @@ impl Stage for BtcStage<'_> {
         sub(&mut t.inputs, removed.rows("inputs"));
         sub(&mut t.outputs, removed.rows("outputs"));
         sub(&mut t.unresolved_inputs, unresolved);
+        sub(&mut t.addresses, removed.rows("addresses"));
         sub(&mut m.next_tx_index, removed.rows("transactions"));
+        sub(&mut m.next_output_id, removed.rows("outputs"));
+        sub(&mut m.next_address_id, removed.rows("addresses"));
         if m.tip.is_none() {
-            m.next_tx_index = 0;
+            NextIds::default().store(m);
+        }
+        // Addresses first seen in the unwound blocks lose their ids (they had the newest).
+        if let Some(a) = self.addrs.as_mut()
+            && let Err(e) = a.truncate(m.next_address_id)
+        {
+            tracing::warn!(error = %e, "could not unwind the address store; rebuilding it");
+            self.addrs = None;
         }
         self.summary.unwound += removed.rows("blocks");
         // The spent-output store holds the unwound blocks' outputs and spends: undone from
@@ -789,6 +829,12 @@ fn undo_utxo(utxo: &mut UtxoStore, removed: &Removed, ancestor: u64) -> Result<(
                     let address = col("address")?
                         .as_string_opt::<i32>()
                         .ok_or_else(|| bad("address"))?;
+                    let output_id = col("spent_output_id")?
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("spent_output_id"))?;
+                    let address_id = col("address_id")?
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("address_id"))?;
                     for r in 0..b.num_rows() {
                         // Coinbase inputs and inputs spending outputs from before the
                         // indexed range were never in the store.
@@ -811,6 +857,10 @@ fn undo_utxo(utxo: &mut UtxoStore, removed: &Removed, ancestor: u64) -> Result<(
                             kind: ScriptKind::parse(kind.value(r))
                                 .ok_or_else(|| bad("script_type"))?,
                             address: (!address.is_null(r)).then(|| address.value(r).into()),
+                            output_id: u64::try_from(output_id.value(r))
+                                .map_err(|_| bad("spent_output_id"))?,
+                            address_id: id_or_none(address_id, r)
+                                .ok_or_else(|| bad("address_id"))?,
                         };
                         utxo.insert(key, u)?;
                     }
@@ -861,6 +911,95 @@ fn parse_txid(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The spend graph's block bits: the committed ones, else those asked for, else the
+/// default; asking for others than the committed ones is an error (the graph would have to
+/// be rewritten).
+fn graph_block_bits(m: &Manifest, asked: Option<u32>) -> Result<u32> {
+    let bits = match (m.graph_block_bits, asked) {
+        (Some(c), Some(a)) if c != a => {
+            return Err(Error::Config(format!(
+                "the warehouse's spend graph has blocks of 2^{c} transactions; --graph-block-bits {a} would need it rewritten (index into a new warehouse)"
+            )));
+        }
+        (Some(c), _) => c,
+        (None, a) => a.unwrap_or(ferret_schemas::btc::DEFAULT_GRAPH_BLOCK_BITS),
+    };
+    if bits > ferret_schemas::btc::MAX_GRAPH_BLOCK_BITS {
+        return Err(Error::Config(format!(
+            "graph block bits {bits}: at most {} (a block's state must fit one GPU binding)",
+            ferret_schemas::btc::MAX_GRAPH_BLOCK_BITS
+        )));
+    }
+    Ok(bits)
+}
+
+/// A nullable id column's value: [`NO_ID`] for null, None for a negative id.
+fn id_or_none(col: &arrow::array::Int64Array, r: usize) -> Option<u64> {
+    use arrow::array::Array;
+    if col.is_null(r) {
+        Some(NO_ID)
+    } else {
+        u64::try_from(col.value(r)).ok()
+    }
+}
+
+/// Loads the committed `addresses` table into the address store, checking that the ids
+/// are dense and in order (0, 1, 2, … up to the manifest's next id): a gap, a repeat or a
+/// repeated address is damage, never an id given twice.
+async fn rebuild_addresses(
+    wh: &Warehouse,
+    manifest: &Manifest,
+    addrs: &mut AddressStore,
+) -> Result<()> {
+    let mut files: Vec<_> = manifest.files_of("addresses").collect();
+    files.sort_by_key(|f| f.first_height);
+    let mut next = 0u64;
+    for f in files {
+        let path = &f.path;
+        let corrupt = |reason: String| Error::CorruptCommitted {
+            path: path.clone(),
+            reason,
+        };
+        for batch in read_columns(wh, path, &["address", "address_id"]).await? {
+            let (Some(address), Some(id)) = (
+                batch.column(0).as_string_opt::<i32>(),
+                batch.column(1).as_primitive_opt::<Int64Type>(),
+            ) else {
+                return Err(corrupt("address or address_id has the wrong type".into()));
+            };
+            for r in 0..batch.num_rows() {
+                if u64::try_from(id.value(r)).ok() != Some(next) {
+                    return Err(corrupt(format!(
+                        "address_id {} where {next} was due",
+                        id.value(r)
+                    )));
+                }
+                if addrs.get(address.value(r))?.is_some() {
+                    return Err(corrupt(format!(
+                        "address {} has a second id",
+                        address.value(r)
+                    )));
+                }
+                addrs.insert(address.value(r), next)?;
+                next += 1;
+            }
+        }
+    }
+    if next != manifest.next_address_id {
+        return Err(Error::CorruptCommitted {
+            path: "btc/addresses".into(),
+            reason: format!(
+                "{next} addresses committed, the manifest's next id is {}",
+                manifest.next_address_id
+            ),
+        });
+    }
+    if next > 0 {
+        tracing::info!(addresses = next, "rebuilt the address store from committed tables");
+    }
+    Ok(())
+}
+
 /// Replays the committed outputs and inputs, range by range, into the spent-output store.
 async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore) -> Result<()> {
     let outputs: Vec<_> = manifest.files_of("outputs").collect();
@@ -882,6 +1021,8 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
                 "value",
                 "script_type",
                 "address",
+                "output_id",
+                "address_id",
             ],
         )
         .await?
@@ -909,6 +1050,8 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
             let value = i64_at(4, "value")?;
             let kind = str_at(5, "script_type")?;
             let address = str_at(6, "address")?;
+            let output_id = i64_at(7, "output_id")?;
+            let address_id = i64_at(8, "address_id")?;
             for r in 0..batch.num_rows() {
                 let kind =
                     ScriptKind::parse(kind.value(r)).ok_or_else(|| corrupt("bad script_type"))?;
@@ -926,6 +1069,9 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
                     height: u32::try_from(height.value(r)).map_err(|_| corrupt("bad height"))?,
                     kind,
                     address: (!address.is_null(r)).then(|| address.value(r).into()),
+                    output_id: u64::try_from(output_id.value(r))
+                        .map_err(|_| corrupt("bad output_id"))?,
+                    address_id: id_or_none(address_id, r).ok_or_else(|| corrupt("bad address_id"))?,
                 };
                 utxo.insert(key, u)?;
             }

@@ -173,8 +173,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("address-id store at {path}: {source}")]
+    Addresses {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("committed data in {path} is unreadable: {reason}")]
     CorruptCommitted { path: String, reason: String },
+    #[error("{0}")]
+    Config(String),
     #[error("internal error: {what}")]
     Internal { what: String },
 }

@@ -20,6 +20,7 @@ pub mod sink;
 pub mod source;
 mod stage;
 pub mod transform;
+pub mod addrs;
 pub mod utxo;
 
 pub use error::{Error, Result};

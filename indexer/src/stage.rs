@@ -88,8 +88,6 @@ pub(crate) struct Runner<'w> {
     chain: Chain,
     lease: WriterLease,
     tables: Vec<&'static TableDef>,
-    /// The column holding each row's block height, in every table of the chain.
-    height_column: &'static str,
     /// The committed manifest.
     pub manifest: Manifest,
     /// Commits made by this run (chunks and unwinds).
@@ -103,18 +101,13 @@ pub(crate) struct Runner<'w> {
 impl<'w> Runner<'w> {
     /// Takes the chain's writer lease: an overlapping run is refused before it touches
     /// anything.
-    pub async fn start(
-        wh: &'w Warehouse,
-        chain: Chain,
-        height_column: &'static str,
-    ) -> Result<Self> {
+    pub async fn start(wh: &'w Warehouse, chain: Chain) -> Result<Self> {
         let lease = wh.writer_lease(chain).await?;
         Ok(Self {
             wh,
             chain,
             lease,
             tables: tables_of(chain).collect(),
-            height_column,
             manifest: Manifest::empty(chain.as_str(), ""),
             commits: 0,
             bytes_written: 0,
@@ -222,7 +215,6 @@ impl<'w> Runner<'w> {
                         self.wh,
                         self.chain,
                         &f,
-                        self.height_column,
                         a,
                         self.lease.attempt(),
                         seq,

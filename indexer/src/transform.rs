@@ -7,8 +7,9 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Block, Network};
 use ferret_schemas::btc;
 
+use crate::addrs::AddressStore;
 use crate::source::bitcoin::{ScriptKind, TxHashes, classify};
-use crate::utxo::{Utxo, UtxoStore};
+use crate::utxo::{NO_ID, Utxo, UtxoStore};
 use crate::{Error, Result};
 
 /// Lowercase hex of a hash as Bitcoin displays it (byte-reversed).
@@ -138,7 +139,55 @@ impl PreparedBlock {
     }
 }
 
-/// Column builders of the four Bitcoin tables, one dataset each
+/// The next dense ids to hand out, in chain order: `tx_index`, `output_id` (a prefix sum
+/// of output counts) and `address_id` (first-seen order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextIds {
+    pub tx_index: u64,
+    pub output_id: u64,
+    pub address_id: u64,
+}
+
+impl NextIds {
+    /// The ids after what `m` committed.
+    pub fn of(m: &ferret_schemas::Manifest) -> Self {
+        Self {
+            tx_index: m.next_tx_index,
+            output_id: m.next_output_id,
+            address_id: m.next_address_id,
+        }
+    }
+
+    /// Records these ids in `m`.
+    pub fn store(&self, m: &mut ferret_schemas::Manifest) {
+        m.next_tx_index = self.tx_index;
+        m.next_output_id = self.output_id;
+        m.next_address_id = self.address_id;
+    }
+}
+
+/// The state the ordered part of the transform reads and changes: the spent-output store,
+/// the address ids and the next ids.
+pub struct ChainState<'a> {
+    pub utxo: &'a mut UtxoStore,
+    pub addresses: &'a mut AddressStore,
+    pub next: &'a mut NextIds,
+}
+
+/// One row of `btc.spends`.
+#[derive(Clone, Copy, Debug)]
+struct SpendEdge {
+    height: u64,
+    tx_index: u64,
+    vin: u32,
+    spent_tx_index: u64,
+    spent_output_id: u64,
+    value: u64,
+    input_total: u64,
+    address_id: u64,
+}
+
+/// Column builders of the Bitcoin tables, one dataset each
 /// ([`ferret_schemas::btc`]): columns are filled by name, so they cannot drift from the
 /// schema.
 pub struct BtcRows {
@@ -146,6 +195,10 @@ pub struct BtcRows {
     txs: btc::Transactions,
     inputs: btc::Inputs,
     outputs: btc::Outputs,
+    addresses: btc::Addresses,
+    /// Spend edges of the current commit chunk: written sorted, at its end
+    /// ([`BtcRows::finish_spends`]).
+    spends: Vec<SpendEdge>,
     /// What has been pushed since the last [`BtcRows::finish`].
     pub counts: Counts,
 }
@@ -178,27 +231,27 @@ impl BtcRows {
             txs: btc::Transactions::new(),
             inputs: btc::Inputs::new(),
             outputs: btc::Outputs::new(),
+            addresses: btc::Addresses::new(),
+            spends: Vec::new(),
             counts: Counts::default(),
         }
     }
 
-    /// Rows buffered per table: blocks, transactions, inputs, outputs.
+    /// Rows buffered, all tables together.
     pub fn buffered_rows(&self) -> usize {
         self.blocks.height.len()
             + self.txs.height.len()
             + self.inputs.height.len()
             + self.outputs.height.len()
+            + self.addresses.address_id.len()
     }
 
-    /// Appends one prepared block whose first transaction has global index
-    /// `first_tx_index`. Spends and creates outputs in `utxo` as it goes: this is the part
-    /// of the transform that must run in height order.
-    pub fn push_block(
-        &mut self,
-        p: PreparedBlock,
-        first_tx_index: u64,
-        utxo: &mut UtxoStore,
-    ) -> Result<()> {
+    /// Appends one prepared block, its transactions numbered from `st.next`. Spends and
+    /// creates outputs in the spent-output store and gives new addresses their ids as it
+    /// goes: this is the part of the transform that must run in height order.
+    pub fn push_block(&mut self, p: PreparedBlock, st: &mut ChainState<'_>) -> Result<()> {
+        let first_tx_index = st.next.tx_index;
+        let utxo = &mut *st.utxo;
         let mut hex = [0u8; 64];
         let h = height_i64(p.height);
         let block = &p.block;
@@ -236,12 +289,14 @@ impl BtcRows {
         let mut spent = p.spent_hex.iter();
         for (pos, (tx, facts)) in block.txdata.iter().zip(&p.txs).enumerate() {
             let tx_index = first_tx_index + pos as u64;
+            let first_output_id = st.next.output_id;
             let txid = facts.txid;
             let txid_str = std::str::from_utf8(&facts.txid_hex).expect("ascii");
             let is_coinbase = pos == 0 && tx.is_coinbase();
             let ti = height_i64(tx_index);
 
             let mut input_value: Option<u64> = Some(0);
+            let first_edge = self.spends.len();
             for (vin, input) in tx.input.iter().enumerate() {
                 let spent_hex = spent.next().ok_or_else(|| Error::Internal {
                     what: format!("prepared block {} lacks an input", p.height),
@@ -271,6 +326,8 @@ impl BtcRows {
                     self.inputs.value.append_null();
                     self.inputs.script_type.append_null();
                     self.inputs.address.append_null();
+                    self.inputs.spent_output_id.append_null();
+                    self.inputs.address_id.append_null();
                     continue;
                 }
                 let prev = input.previous_output;
@@ -289,6 +346,22 @@ impl BtcRows {
                         self.inputs.value.append_value(sats(u.value));
                         self.inputs.script_type.append_value(u.kind.as_str());
                         self.inputs.address.append_option(u.address.as_deref());
+                        self.inputs
+                            .spent_output_id
+                            .append_value(height_i64(u.output_id));
+                        self.inputs
+                            .address_id
+                            .append_option(u.address_id().map(height_i64));
+                        self.spends.push(SpendEdge {
+                            height: p.height,
+                            tx_index,
+                            vin: u32::try_from(vin).unwrap_or(u32::MAX),
+                            spent_tx_index: u.tx_index,
+                            spent_output_id: u.output_id,
+                            value: u.value,
+                            input_total: 0,
+                            address_id: u.address_id,
+                        });
                         input_value = input_value.map(|v| v + u.value);
                     }
                     None => {
@@ -297,10 +370,18 @@ impl BtcRows {
                         self.inputs.value.append_null();
                         self.inputs.script_type.append_null();
                         self.inputs.address.append_null();
+                        self.inputs.spent_output_id.append_null();
+                        self.inputs.address_id.append_null();
                         input_value = None;
                         self.counts.unresolved_inputs += 1;
                     }
                 }
+            }
+
+            let edges = &mut self.spends[first_edge..];
+            let input_total = edges.iter().map(|e| e.value).sum::<u64>();
+            for e in edges {
+                e.input_total = input_total;
             }
 
             let mut output_value = 0u64;
@@ -322,6 +403,29 @@ impl BtcRows {
                 self.outputs
                     .script
                     .append_value(out.script_pubkey.as_bytes());
+                let output_id = st.next.output_id;
+                st.next.output_id += 1;
+                self.outputs.output_id.append_value(height_i64(output_id));
+                let address_id = match address.as_deref() {
+                    Some(a) => {
+                        let (id, new) = st.addresses.get_or_assign(a, &mut st.next.address_id)?;
+                        if new {
+                            let r = &mut self.addresses;
+                            r.address.append_value(a);
+                            r.address_id.append_value(height_i64(id));
+                            r.first_seen_height.append_value(h);
+                            r.first_tx_index.append_value(ti);
+                            r.first_output_id.append_value(height_i64(output_id));
+                            r.script_type.append_value(kind.as_str());
+                            self.counts.addresses += 1;
+                        }
+                        id
+                    }
+                    None => NO_ID,
+                };
+                self.outputs
+                    .address_id
+                    .append_option((address_id != NO_ID).then(|| height_i64(address_id)));
                 self.counts.outputs += 1;
                 if kind != ScriptKind::Nulldata {
                     let key = (txid, u32::try_from(vout).unwrap_or(u32::MAX));
@@ -333,6 +437,8 @@ impl BtcRows {
                             height: height32,
                             kind,
                             address,
+                            output_id,
+                            address_id,
                         },
                     )?;
                 }
@@ -355,6 +461,9 @@ impl BtcRows {
             self.txs.is_coinbase.append_value(is_coinbase);
             self.txs.input_count.append_value(int(tx.input.len()));
             self.txs.output_count.append_value(int(tx.output.len()));
+            self.txs
+                .first_output_id
+                .append_value(height_i64(first_output_id));
             self.txs.input_value.append_option(input_value.map(sats));
             self.txs.output_value.append_value(sats(output_value));
             let fee = if is_coinbase {
@@ -368,12 +477,47 @@ impl BtcRows {
             self.txs.weight.append_value(height_i64(facts.weight));
             self.counts.transactions += 1;
         }
+        st.next.tx_index = first_tx_index + block.txdata.len() as u64;
         utxo.flush()
     }
 
+    /// Spend edges buffered (until [`BtcRows::finish_spends`]).
+    pub fn buffered_spends(&self) -> usize {
+        self.spends.len()
+    }
+
+    /// Takes the chunk's spend edges as `btc.spends` rows, sorted by (destination block,
+    /// source block, transaction, input) for blocks of 2^`block_bits` transactions.
+    pub fn finish_spends(&mut self, block_bits: u32) -> Result<RecordBatch> {
+        let block = |tx: u64| i32::try_from(tx >> block_bits).unwrap_or(i32::MAX);
+        let mut edges = std::mem::take(&mut self.spends);
+        edges.sort_unstable_by_key(|e| {
+            (block(e.tx_index), block(e.spent_tx_index), e.tx_index, e.vin)
+        });
+        let mut b = btc::Spends::new();
+        for e in &edges {
+            b.dst_block.append_value(block(e.tx_index));
+            b.src_block.append_value(block(e.spent_tx_index));
+            b.height.append_value(height_i64(e.height));
+            b.tx_index.append_value(height_i64(e.tx_index));
+            b.vin.append_value(i32::try_from(e.vin).unwrap_or(i32::MAX));
+            b.spent_tx_index.append_value(height_i64(e.spent_tx_index));
+            b.spent_output_id.append_value(height_i64(e.spent_output_id));
+            b.value.append_value(sats(e.value));
+            b.input_total.append_value(sats(e.input_total));
+            b.address_id
+                .append_option((e.address_id != NO_ID).then(|| height_i64(e.address_id)));
+        }
+        b.finish().map_err(|source| Error::Arrow {
+            table: "btc.spends".into(),
+            source,
+        })
+    }
+
     /// Takes the buffered rows as one batch per table, in registry order (blocks,
-    /// transactions, inputs, outputs).
-    pub fn finish(&mut self) -> Result<[RecordBatch; 4]> {
+    /// transactions, inputs, outputs, addresses); spend edges wait for
+    /// [`BtcRows::finish_spends`].
+    pub fn finish(&mut self) -> Result<[RecordBatch; 5]> {
         let err = |table: &str| {
             let table = table.to_string();
             move |source| Error::Arrow { table, source }
@@ -383,6 +527,7 @@ impl BtcRows {
             self.txs.finish().map_err(err("btc.transactions"))?,
             self.inputs.finish().map_err(err("btc.inputs"))?,
             self.outputs.finish().map_err(err("btc.outputs"))?,
+            self.addresses.finish().map_err(err("btc.addresses"))?,
         ])
     }
 }
@@ -396,16 +541,31 @@ mod tests {
         let block = bitcoin::constants::genesis_block(Network::Bitcoin);
         let mut rows = BtcRows::new();
         let mut utxo = UtxoStore::new(1 << 20);
+        let mut addresses = AddressStore::new(1 << 20);
+        let mut next = NextIds::default();
         let hashes = crate::source::bitcoin::hash_and_verify(&block).expect("valid");
         let size = block.total_size();
         let weight = block.weight().to_wu();
         let prepared = PreparedBlock::new(block, &hashes, 0, size as u64 + 8, Network::Bitcoin);
         assert_eq!((prepared.size, prepared.weight), (size, weight));
-        rows.push_block(prepared, 0, &mut utxo).expect("push");
-        let [b, t, i, o] = rows.finish().expect("finish");
+        let mut st = ChainState {
+            utxo: &mut utxo,
+            addresses: &mut addresses,
+            next: &mut next,
+        };
+        rows.push_block(prepared, &mut st).expect("push");
+        let [b, t, i, o, a] = rows.finish().expect("finish");
         assert_eq!(
-            (b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows()),
-            (1, 1, 1, 1)
+            (b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows(), a.num_rows()),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!(
+            next,
+            NextIds {
+                tx_index: 1,
+                output_id: 1,
+                address_id: 1
+            }
         );
         let hash = b
             .column(1)

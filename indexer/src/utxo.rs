@@ -29,6 +29,19 @@ pub struct Utxo {
     pub height: u32,
     pub kind: ScriptKind,
     pub address: Option<Box<str>>,
+    /// Dense ids (`btc.outputs.output_id`, `btc.addresses.address_id`; [`NO_ID`] for none).
+    pub output_id: u64,
+    pub address_id: u64,
+}
+
+/// "No address id" in [`Utxo::address_id`].
+pub const NO_ID: u64 = u64::MAX;
+
+impl Utxo {
+    /// The address id, if the output has an address.
+    pub fn address_id(&self) -> Option<u64> {
+        (self.address_id != NO_ID).then_some(self.address_id)
+    }
 }
 
 /// An outpoint: txid bytes (internal order) and output index.
@@ -77,8 +90,10 @@ fn heap_bytes(u: &Utxo) -> usize {
 /// base58 addresses are shorter.
 const MAX_ADDRESS: usize = 90;
 /// Bytes of a record's fixed part: key (36), value (8), tx_index (8), height (4), kind (1),
-/// address length or 0xff for none (1); the address follows.
-const HEADER: usize = 58;
+/// output id (8), address id (8), address length or 0xff for none (1); the address follows.
+const HEADER: usize = 74;
+/// Where the address length byte is.
+const LEN_AT: usize = HEADER - 1;
 /// Bytes of the longest record.
 const MAX_RECORD: usize = HEADER + MAX_ADDRESS;
 /// Every `STRIDE`th key of a run stays in memory; a look-up reads one stretch of
@@ -102,13 +117,15 @@ fn encode_record(k: &[u8; 36], u: &Utxo, out: &mut [u8; MAX_RECORD]) -> std::io:
     out[44..52].copy_from_slice(&u.tx_index.to_le_bytes());
     out[52..56].copy_from_slice(&u.height.to_le_bytes());
     out[56] = u.kind as u8;
+    out[57..65].copy_from_slice(&u.output_id.to_le_bytes());
+    out[65..73].copy_from_slice(&u.address_id.to_le_bytes());
     match u.address.as_deref() {
         None => {
-            out[57] = 0xff;
+            out[LEN_AT] = 0xff;
             Ok(HEADER)
         }
         Some(a) if a.len() <= MAX_ADDRESS => {
-            out[57] = a.len() as u8;
+            out[LEN_AT] = a.len() as u8;
             out[HEADER..HEADER + a.len()].copy_from_slice(a.as_bytes());
             Ok(HEADER + a.len())
         }
@@ -121,7 +138,7 @@ fn encode_record(k: &[u8; 36], u: &Utxo, out: &mut [u8; MAX_RECORD]) -> std::io:
 
 /// The length of the record whose fixed part starts `header`.
 fn record_len(header: &[u8]) -> usize {
-    match header[57] {
+    match header[LEN_AT] {
         0xff => HEADER,
         n => HEADER + usize::from(n),
     }
@@ -145,10 +162,12 @@ fn decode_record(v: &[u8]) -> Option<Utxo> {
     let tx_index = u64::from_le_bytes(v.get(44..52)?.try_into().ok()?);
     let height = u32::from_le_bytes(v.get(52..56)?.try_into().ok()?);
     let kind = *KINDS.get(usize::from(*v.get(56)?))?;
-    let address = match *v.get(57)? {
+    let output_id = u64::from_le_bytes(v.get(57..65)?.try_into().ok()?);
+    let address_id = u64::from_le_bytes(v.get(65..73)?.try_into().ok()?);
+    let address = match *v.get(LEN_AT)? {
         0xff => None,
         n => Some(
-            std::str::from_utf8(v.get(58..58 + usize::from(n))?)
+            std::str::from_utf8(v.get(HEADER..HEADER + usize::from(n))?)
                 .ok()?
                 .into(),
         ),
@@ -159,6 +178,8 @@ fn decode_record(v: &[u8]) -> Option<Utxo> {
         height,
         kind,
         address,
+        output_id,
+        address_id,
     })
 }
 
@@ -603,6 +624,8 @@ mod tests {
                 ScriptKind::P2wpkh
             },
             address: (!i.is_multiple_of(3)).then(|| format!("bcrt1q{i:038}").into()),
+            output_id: u64::from(i) * 3 + 1,
+            address_id: if i.is_multiple_of(3) { NO_ID } else { u64::from(i) / 2 },
         }
     }
 
@@ -671,6 +694,8 @@ mod tests {
                         1 => Some(longest.clone().into()),
                         _ => Some(format!("bcrt1p{:x}", r >> 4).into()),
                     },
+                    output_id: r >> 3,
+                    address_id: if r % 7 == 0 { NO_ID } else { r >> 5 },
                 };
                 s.insert(k, u.clone()).expect("insert");
                 model.insert(k, u);

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod account;
+pub mod blocked;
 pub mod cc;
 pub mod cluster;
 pub mod coinjoin;

@@ -44,6 +44,9 @@ crate::dataset! {
         is_coinbase: Boolean,
         input_count: Int64,
         output_count: Int64,
+        /// `output_id` of the transaction's first output: output ids are this plus vout
+        /// (a prefix sum of output counts over the chain).
+        first_output_id: Int64,
         /// Null when an input spends an output from before the indexed range.
         input_value: Int64 (nullable),
         output_value: Int64,
@@ -66,6 +69,10 @@ crate::dataset! {
         script_type: Utf8,
         address: Utf8 (nullable),
         script: Binary,
+        /// Dense id of the output, in chain order (transaction, then vout).
+        output_id: Int64,
+        /// `btc.addresses.address_id` of `address`; null when the output has none.
+        address_id: Int64 (nullable),
     }
 }
 
@@ -88,6 +95,56 @@ crate::dataset! {
         sequence: Int64,
         script_sig: Binary,
         witness: BinaryList,
+        /// `output_id` of the spent output; null when it lies before the indexed range.
+        spent_output_id: Int64 (nullable),
+        /// `address_id` of the spent output's address.
+        address_id: Int64 (nullable),
+    }
+}
+
+crate::dataset! {
+    /// `btc.addresses`: one row per distinct address, with its dense id. Ids are given in
+    /// chain order of the first output paying each address, so `address_id` order is
+    /// first-seen order; kernels and results name addresses by these ids.
+    pub struct Addresses {
+        address: Utf8,
+        address_id: Int64,
+        /// Height of the block holding the first output that pays it.
+        first_seen_height: Int64,
+        /// `tx_index` of that output's transaction.
+        first_tx_index: Int64,
+        /// `output_id` of that output.
+        first_output_id: Int64,
+        script_type: Utf8,
+    }
+}
+
+crate::dataset! {
+    /// `btc.spends`: the spend graph's edges, one row per input spending an output inside
+    /// the indexed range (coinbase inputs and inputs spending earlier outputs have none).
+    /// Transactions are the graph's nodes, cut into blocks of 2^k consecutive `tx_index`es
+    /// (k: the manifest's `graph_block_bits`); each file holds one row group per
+    /// (`dst_block`, `src_block`) pair, so a kernel reads only the edges out of the blocks
+    /// that carry taint.
+    pub struct Spends {
+        /// Block of the spending transaction: `tx_index >> k`.
+        dst_block: Int32,
+        /// Block of the spent output's transaction: `spent_tx_index >> k`.
+        src_block: Int32,
+        height: Int64,
+        /// The spending transaction.
+        tx_index: Int64,
+        vin: Int32,
+        /// The transaction that created the spent output.
+        spent_tx_index: Int64,
+        spent_output_id: Int64,
+        /// Value of the spent output, sats.
+        value: Int64,
+        /// Sum of the values of the spending transaction's inputs that have an edge (the
+        /// haircut's denominator).
+        input_total: Int64,
+        /// `address_id` of the spent output's address.
+        address_id: Int64 (nullable),
     }
 }
 
@@ -107,3 +164,17 @@ pub fn outputs_schema() -> SchemaRef {
 pub fn inputs_schema() -> SchemaRef {
     Inputs::schema()
 }
+/// Schema of `btc.addresses`.
+pub fn addresses_schema() -> SchemaRef {
+    Addresses::schema()
+}
+/// Schema of `btc.spends`.
+pub fn spends_schema() -> SchemaRef {
+    Spends::schema()
+}
+
+/// Default `graph_block_bits`: blocks of 2^20 transactions (4 MiB of `f32` state a block,
+/// within any adapter's binding; ~2.5 M edges into a block on mainnet).
+pub const DEFAULT_GRAPH_BLOCK_BITS: u32 = 20;
+/// Widest accepted `graph_block_bits`: a block's `f32` array stays below 2^31 − 4 bytes.
+pub const MAX_GRAPH_BLOCK_BITS: u32 = 28;

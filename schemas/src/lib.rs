@@ -31,4 +31,4 @@ pub use registry::{Chain, TableDef, table, tables, tables_of};
 pub use warehouse::Warehouse;
 
 /// Version of the table schemas; bumped on any incompatible change, recorded in manifests.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;

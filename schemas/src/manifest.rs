@@ -47,6 +47,9 @@ pub struct Totals {
     pub outputs: u64,
     /// Inputs whose spent output lies before the indexed range (their enrichment is null).
     pub unresolved_inputs: u64,
+    /// Distinct addresses (`btc.addresses` rows).
+    #[serde(default)]
+    pub addresses: u64,
 }
 
 impl Totals {
@@ -57,6 +60,7 @@ impl Totals {
         self.inputs += other.inputs;
         self.outputs += other.outputs;
         self.unresolved_inputs += other.unresolved_inputs;
+        self.addresses += other.addresses;
     }
 }
 
@@ -81,6 +85,16 @@ pub struct Manifest {
     pub tip: Option<Checkpoint>,
     /// `tx_index` of the next transaction to be indexed.
     pub next_tx_index: u64,
+    /// `output_id` of the next output to be indexed (Bitcoin).
+    #[serde(default)]
+    pub next_output_id: u64,
+    /// `address_id` the next new address gets (Bitcoin).
+    #[serde(default)]
+    pub next_address_id: u64,
+    /// Bitcoin: the spend graph's nodes (transactions) are cut into blocks of 2^this
+    /// (`btc.spends`); fixed at the first commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_block_bits: Option<u32>,
     /// Totals over the committed blocks.
     pub totals: Totals,
     /// Every committed data file, in commit order.
@@ -107,6 +121,9 @@ impl Manifest {
             first_hash: None,
             tip: None,
             next_tx_index: 0,
+            next_output_id: 0,
+            next_address_id: 0,
+            graph_block_bits: None,
             totals: Totals::default(),
             files: Vec::new(),
             recent: Vec::new(),

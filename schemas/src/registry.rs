@@ -46,6 +46,12 @@ pub struct TableDef {
     pub sort_key: &'static [&'static str],
     /// Columns that get a Parquet bloom filter (point look-ups by address or hash).
     pub bloom_columns: &'static [&'static str],
+    /// The column holding the block height a row belongs to (an unwind drops the rows
+    /// above the fork by it).
+    pub height_column: &'static str,
+    /// Int32 columns whose every change starts a new row group (empty: row groups cut by
+    /// size only), so that each row group's statistics name one value of each.
+    pub row_groups_by: &'static [&'static str],
 }
 
 impl TableDef {
@@ -68,6 +74,8 @@ static TABLES: &[TableDef] = &[
         schema: btc::blocks_schema,
         sort_key: &["height"],
         bloom_columns: &["hash"],
+        height_column: "height",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Btc,
@@ -75,6 +83,8 @@ static TABLES: &[TableDef] = &[
         schema: btc::transactions_schema,
         sort_key: &["height", "tx_index"],
         bloom_columns: &["txid"],
+        height_column: "height",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Btc,
@@ -82,6 +92,8 @@ static TABLES: &[TableDef] = &[
         schema: btc::inputs_schema,
         sort_key: &["height", "tx_index", "vin"],
         bloom_columns: &["txid", "spent_txid", "address"],
+        height_column: "height",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Btc,
@@ -89,6 +101,26 @@ static TABLES: &[TableDef] = &[
         schema: btc::outputs_schema,
         sort_key: &["height", "tx_index", "vout"],
         bloom_columns: &["txid", "address"],
+        height_column: "height",
+        row_groups_by: &[],
+    },
+    TableDef {
+        chain: Chain::Btc,
+        name: "addresses",
+        schema: btc::addresses_schema,
+        sort_key: &["first_seen_height", "address_id"],
+        bloom_columns: &["address"],
+        height_column: "first_seen_height",
+        row_groups_by: &[],
+    },
+    TableDef {
+        chain: Chain::Btc,
+        name: "spends",
+        schema: btc::spends_schema,
+        sort_key: &["dst_block", "src_block", "tx_index", "vin"],
+        bloom_columns: &[],
+        height_column: "height",
+        row_groups_by: &["dst_block", "src_block"],
     },
     TableDef {
         chain: Chain::Eth,
@@ -96,6 +128,8 @@ static TABLES: &[TableDef] = &[
         schema: eth::blocks_schema,
         sort_key: &["block_number"],
         bloom_columns: &["block_hash"],
+        height_column: "block_number",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Eth,
@@ -103,6 +137,8 @@ static TABLES: &[TableDef] = &[
         schema: eth::transactions_schema,
         sort_key: &["block_number", "transaction_index"],
         bloom_columns: &["transaction_hash", "from_address", "to_address"],
+        height_column: "block_number",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Eth,
@@ -110,6 +146,8 @@ static TABLES: &[TableDef] = &[
         schema: eth::logs_schema,
         sort_key: &["block_number", "log_index"],
         bloom_columns: &["transaction_hash", "address", "topic0"],
+        height_column: "block_number",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Eth,
@@ -117,6 +155,8 @@ static TABLES: &[TableDef] = &[
         schema: eth::token_transfers_schema,
         sort_key: &["block_number", "log_index"],
         bloom_columns: &["token_address", "from_address", "to_address"],
+        height_column: "block_number",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Eth,
@@ -124,6 +164,8 @@ static TABLES: &[TableDef] = &[
         schema: eth::traces_schema,
         sort_key: &["block_number", "transaction_index", "trace_index"],
         bloom_columns: &["transaction_hash", "from_address", "to_address"],
+        height_column: "block_number",
+        row_groups_by: &[],
     },
     TableDef {
         chain: Chain::Eth,
@@ -131,6 +173,8 @@ static TABLES: &[TableDef] = &[
         schema: eth::transfers_schema,
         sort_key: &["block_number", "transaction_index", "ordinal"],
         bloom_columns: &["from_address", "to_address", "asset"],
+        height_column: "block_number",
+        row_groups_by: &[],
     },
 ];
 
@@ -163,6 +207,23 @@ mod tests {
                     "{} lacks {c}",
                     t.qualified_name()
                 );
+            }
+            let height = schema.field_with_name(t.height_column);
+            assert!(
+                height.is_ok_and(|f| f.data_type() == &arrow::datatypes::DataType::Int64),
+                "{}: height column {} is not Int64",
+                t.qualified_name(),
+                t.height_column
+            );
+            for c in t.row_groups_by {
+                assert!(
+                    schema
+                        .field_with_name(c)
+                        .is_ok_and(|f| f.data_type() == &arrow::datatypes::DataType::Int32),
+                    "{}: row-group column {c} is not Int32",
+                    t.qualified_name()
+                );
+                assert!(t.sort_key.starts_with(&t.row_groups_by[..]), "{}", t.qualified_name());
             }
         }
     }

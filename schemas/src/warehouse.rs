@@ -268,26 +268,116 @@ impl Warehouse {
         self.read_parquet(path, None).await
     }
 
-    /// Reads one Parquet file: the named columns in the order given, or all of them.
-    async fn read_parquet(
+    /// The Parquet footer (row groups and their statistics) of a committed file.
+    pub async fn parquet_metadata(
         &self,
         path: &str,
-        columns: Option<&[&str]>,
+    ) -> Result<Arc<parquet::file::metadata::ParquetMetaData>> {
+        Ok(Arc::clone(self.parquet_builder(path).await?.metadata()))
+    }
+
+    /// The named columns of some row groups of a committed file, in the order given.
+    pub async fn read_row_groups(
+        &self,
+        path: &str,
+        columns: &[&str],
+        row_groups: Vec<usize>,
     ) -> Result<Vec<arrow::array::RecordBatch>> {
-        use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+        self.read_parquet_groups(path, Some(columns), Some(row_groups))
+            .await
+    }
+
+    /// The row groups among `row_groups` of a committed file whose Bloom filter on
+    /// `column` may hold one of `values` (all of them when the column has no filter).
+    pub async fn bloom_candidates(
+        &self,
+        path: &str,
+        column: &str,
+        row_groups: &[usize],
+        values: &[&str],
+    ) -> Result<Vec<usize>> {
+        let mut b = self.parquet_builder(path).await?;
         let corrupt = |reason: String| Error::CorruptFile {
             path: path.to_string(),
             reason,
         };
+        let col = b
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == column)
+            .ok_or_else(|| corrupt(format!("missing column {column}")))?;
+        let mut out = Vec::new();
+        for &rg in row_groups {
+            if rg >= b.metadata().num_row_groups() {
+                return Err(corrupt(format!("no row group {rg}")));
+            }
+            let keep = match b
+                .get_row_group_column_bloom_filter(rg, col)
+                .await
+                .map_err(|e| corrupt(e.to_string()))?
+            {
+                Some(f) => values.iter().any(|v| f.check(*v)),
+                None => true,
+            };
+            if keep {
+                out.push(rg);
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(deprecated)]
+    async fn parquet_builder(
+        &self,
+        path: &str,
+    ) -> Result<
+        parquet::arrow::ParquetRecordBatchStreamBuilder<
+            parquet::arrow::async_reader::ParquetObjectReader,
+        >,
+    > {
         // The object_store reader is deprecated upstream in favour of hand-written readers;
         // it is still the simplest correct way to stream a committed file.
         let object = self.resolve(path)?;
         #[allow(deprecated)]
         let reader =
             parquet::arrow::async_reader::ParquetObjectReader::new(Arc::clone(&self.store), object);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| corrupt(e.to_string()))?;
+            .map_err(|e| Error::CorruptFile {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Reads one Parquet file: the named columns in the order given, or all of them.
+    async fn read_parquet(
+        &self,
+        path: &str,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        self.read_parquet_groups(path, columns, None).await
+    }
+
+    async fn read_parquet_groups(
+        &self,
+        path: &str,
+        columns: Option<&[&str]>,
+        row_groups: Option<Vec<usize>>,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        use parquet::arrow::ProjectionMask;
+        let corrupt = |reason: String| Error::CorruptFile {
+            path: path.to_string(),
+            reason,
+        };
+        let mut builder = self.parquet_builder(path).await?;
+        if let Some(rgs) = row_groups {
+            let n = builder.metadata().num_row_groups();
+            if let Some(rg) = rgs.iter().find(|&&rg| rg >= n) {
+                return Err(corrupt(format!("no row group {rg} (the file has {n})")));
+            }
+            builder = builder.with_row_groups(rgs);
+        }
         let Some(columns) = columns else {
             return builder
                 .build()

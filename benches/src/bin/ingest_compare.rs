@@ -223,7 +223,8 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
     use ferret_indexer::source::bitcoin::{
         BlkDir, classify, hash_and_verify_raw, select_best_chain,
     };
-    use ferret_indexer::transform::{BtcRows, PreparedBlock};
+    use ferret_indexer::addrs::AddressStore;
+    use ferret_indexer::transform::{BtcRows, ChainState, NextIds, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};
     use parquet::arrow::ArrowWriter;
@@ -241,6 +242,7 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
     let network = dir.network();
     let mut rows = BtcRows::new();
     let mut utxo = UtxoStore::new(mb << 20);
+    let mut addresses = AddressStore::new(mb << 20);
     let mut writers = tables_of(Chain::Btc)
         .map(|t| {
             ArrowWriter::try_new(
@@ -251,7 +253,7 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut o = Outcome::default();
-    let mut next_tx_index = 0u64;
+    let mut next = NextIds::default();
     let mut sink = 0u64;
     let mut buf = Vec::new();
     let flush = |rows: &mut BtcRows,
@@ -302,9 +304,13 @@ fn run_ferret_stages(args: &Args) -> Result<Outcome> {
             PreparedBlock::new(block, &hashes, b.height, u64::from(b.loc.len) + 8, network);
         lap("4a prepare (reader threads)", t);
         let t = Instant::now();
-        rows.push_block(prepared, next_tx_index, &mut utxo)?;
-        lap("4 transform (push-block, UTXO; in order)", t);
-        next_tx_index += txs;
+        let mut state = ChainState {
+            utxo: &mut utxo,
+            addresses: &mut addresses,
+            next: &mut next,
+        };
+        rows.push_block(prepared, &mut state)?;
+        lap("4 transform (push-block, UTXO, address ids; in order)", t);
         o.blocks += 1;
         o.txs += txs;
         o.bytes += u64::from(b.loc.len) + 8;
@@ -402,7 +408,8 @@ fn run_floor(args: &Args) -> Result<Outcome> {
     use ferret_indexer::source::bitcoin::{
         BlkDir, TxSize, hash_and_verify_raw, raw_txid, select_best_chain,
     };
-    use ferret_indexer::transform::{BtcRows, PreparedBlock};
+    use ferret_indexer::addrs::AddressStore;
+    use ferret_indexer::transform::{BtcRows, ChainState, NextIds, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};
     use parquet::arrow::ArrowWriter;
@@ -446,15 +453,16 @@ fn run_floor(args: &Args) -> Result<Outcome> {
     // (B) untimed: the rows, built by Ferret's transform and cut to the contract.
     let mut rows = BtcRows::new();
     let mut utxo = UtxoStore::new(args.utxo_mem_mb[0] << 20);
+    let mut addresses = AddressStore::new(args.utxo_mem_mb[0] << 20);
     let tables: Vec<_> = tables_of(Chain::Btc).collect();
     let mut batches: Vec<Vec<arrow::array::RecordBatch>> = vec![Vec::new(); tables.len()];
-    let mut next_tx_index = 0u64;
+    let mut next = NextIds::default();
     let mut keep = |rows: &mut BtcRows| -> Result<()> {
         for (i, b) in rows.finish()?.into_iter().enumerate() {
-            let (_, cols) = CONTRACT
-                .iter()
-                .find(|(n, _)| *n == tables[i].name)
-                .context("every btc table has a contract")?;
+            // Tables the peers have no counterpart of (btc.addresses) are not compared.
+            let Some((_, cols)) = CONTRACT.iter().find(|(n, _)| *n == tables[i].name) else {
+                continue;
+            };
             let idx = cols
                 .iter()
                 .map(|c| b.schema().index_of(c))
@@ -467,10 +475,13 @@ fn run_floor(args: &Args) -> Result<Outcome> {
         let block = dir.read_block_with(&b.loc, &mut buf)?;
         let hashes = hash_and_verify_raw(&block, &buf)
             .map_err(|f| anyhow::anyhow!("block {} fails verification: {f:?}", b.height))?;
-        let txs = block.txdata.len() as u64;
         let prepared = PreparedBlock::new(block, &hashes, b.height, 0, dir.network());
-        rows.push_block(prepared, next_tx_index, &mut utxo)?;
-        next_tx_index += txs;
+        let mut state = ChainState {
+            utxo: &mut utxo,
+            addresses: &mut addresses,
+            next: &mut next,
+        };
+        rows.push_block(prepared, &mut state)?;
         if rows.buffered_rows() >= ferret_indexer::sink::ROW_GROUP_ROWS {
             keep(&mut rows)?;
         }

@@ -397,7 +397,7 @@ impl Fork {
 }
 
 /// Asserts that `wh` holds exactly what a fresh index of `blocks` holds: every table's
-/// rows, and the manifest's tip, totals and next `tx_index`.
+/// rows, and the manifest's tip, totals and next ids.
 pub async fn assert_equals_fresh_index(wh: &Warehouse, blocks: &Path) {
     let fresh = Warehouse::open(&format!(
         "memory://fresh-{}",
@@ -414,7 +414,7 @@ pub async fn assert_equals_fresh_index(wh: &Warehouse, blocks: &Path) {
             .await
             .expect("manifest")
             .expect("committed");
-        (m.tip, m.totals, m.next_tx_index)
+        (m.tip, m.totals, m.next_tx_index, m.next_output_id, m.next_address_id)
     };
     assert_eq!(manifest(wh.clone()).await, manifest(fresh).await);
 }

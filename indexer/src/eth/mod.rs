@@ -166,7 +166,7 @@ pub async fn index_eth(
     opts: &EthOptions,
     stop: Option<Stop>,
 ) -> Result<EthSummary> {
-    let mut run = Runner::start(wh, Chain::Eth, "block_number").await?;
+    let mut run = Runner::start(wh, Chain::Eth).await?;
     let r = index_eth_leased(&mut run, opts, &stop).await;
     run.finish(r).await
 }

@@ -99,6 +99,8 @@ pub struct TableWriter {
     rows: u64,
     first_height: u64,
     last_height: u64,
+    /// The `row_groups_by` values of the last row written.
+    group: Option<Vec<i32>>,
 }
 
 impl TableWriter {
@@ -127,11 +129,53 @@ impl TableWriter {
             rows: 0,
             first_height,
             last_height,
+            group: None,
         })
     }
 
-    /// Appends a batch.
+    /// Appends a batch (for a table with `row_groups_by`, a new row group starts wherever
+    /// those columns change, within the batch or from the last one).
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.table.row_groups_by.is_empty() {
+            return self.write_rows(batch).await;
+        }
+        let keys = self
+            .table
+            .row_groups_by
+            .iter()
+            .map(|c| {
+                batch
+                    .column_by_name(c)
+                    .and_then(|a| a.as_any().downcast_ref::<arrow::array::Int32Array>())
+                    .ok_or_else(|| Error::Internal {
+                        what: format!("{}: no Int32 column {c}", self.table.qualified_name()),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let key_at = |r: usize| keys.iter().map(|k| k.value(r)).collect::<Vec<i32>>();
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let key = key_at(start);
+            let mut end = start + 1;
+            while end < batch.num_rows() && keys.iter().zip(&key).all(|(k, &v)| k.value(end) == v)
+            {
+                end += 1;
+            }
+            if self.group.as_ref().is_some_and(|g| *g != key) && self.writer.in_progress_rows() > 0
+            {
+                self.writer.flush().await.map_err(|source| Error::Parquet {
+                    path: self.path.to_string(),
+                    source,
+                })?;
+            }
+            self.write_rows(&batch.slice(start, end - start)).await?;
+            self.group = Some(key);
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn write_rows(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         self.writer
             .write(batch)
@@ -215,6 +259,13 @@ impl ChunkSinks {
     }
 
     /// Hands one batch per table (in the order given to [`ChunkSinks::open`]) to the writers.
+    /// Sends `batch` to the file of table `i` (registry order).
+    pub async fn send_to(&mut self, i: usize, batch: RecordBatch) -> Result<()> {
+        let mut batches = vec![RecordBatch::new_empty(batch.schema()); i];
+        batches.push(batch);
+        self.send(batches).await
+    }
+
     pub async fn send(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
         for (i, batch) in batches.into_iter().enumerate() {
             if batch.num_rows() == 0 {
@@ -258,7 +309,7 @@ fn join(r: std::result::Result<Result<FileEntry>, tokio::task::JoinError>) -> Re
     })?
 }
 
-/// Rewrites a committed file keeping only rows whose `height_column` is at most
+/// Rewrites a committed file keeping only rows whose height (the table's height column) is at most
 /// `ancestor`, under a new name of this writer's attempt and commit `seq` (the old file
 /// stays for readers of the older manifest until garbage collection). Returns the new
 /// entry and the rows it dropped (a reorganisation's few blocks).
@@ -266,7 +317,6 @@ pub async fn truncate_committed(
     wh: &Warehouse,
     chain: ferret_schemas::Chain,
     f: &FileEntry,
-    height_column: &str,
     ancestor: u64,
     attempt: &str,
     seq: u64,
@@ -276,6 +326,7 @@ pub async fn truncate_committed(
         reason: format!("unknown table {}", f.table),
     })?;
     let schema = table.schema();
+    let height_column = table.height_column;
     let batches = wh.read_file(&f.path).await?;
     let path =
         ferret_schemas::layout::data_file(wh.root(), table, f.first_height, ancestor, attempt, seq);

@@ -23,6 +23,7 @@
 
 pub mod graph;
 pub mod job;
+pub mod stored;
 pub mod trace;
 
 use std::collections::HashSet;
@@ -184,7 +185,7 @@ struct Lowered {
     nodes: Nodes,
 }
 
-/// Rows grouped by destination, filled in any order (a counting sort; stable).
+/// Rows grouped by destination, filled in any order.
 struct Csr {
     dst: Vec<u32>,
     src: Vec<u32>,
@@ -220,12 +221,13 @@ impl Csr {
                 .ok_or_else(|| Error::TooLarge("more than 2^32 edges".into()))?;
         }
         let m = self.dst.len();
-        let mut next = row_ptr.clone();
+        // Each row by ascending source (seed outputs last), in push order among equals: the
+        // order every path sums a row in, the blocked one included (`blocked`).
+        let mut order: Vec<u32> = (0..m as u32).collect();
+        order.sort_by_key(|&e| (self.dst[e as usize], self.src[e as usize]));
         let (mut src, mut weight, mut gate) = (vec![0u32; m], vec![0f32; m], vec![0f32; m]);
-        for e in 0..m {
-            let d = self.dst[e] as usize;
-            let at = next[d] as usize;
-            next[d] += 1;
+        for (at, &e) in order.iter().enumerate() {
+            let e = e as usize;
             src[at] = self.src[e];
             weight[at] = self.weight[e];
             gate[at] = self.gate[e];

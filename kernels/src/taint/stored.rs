@@ -1,0 +1,773 @@
+//! UTXO taint out of core, on the committed spend graph (`btc.spends`): poison and
+//! haircut, forward and backward, within a memory budget, by the `blocked` engine.
+//!
+//! Nothing here holds the chain in memory. The graph is read a (destination block, source
+//! block) row group at a time and lowered to the same edges as the in-memory lowering
+//! ([`super::run`]): the same weights, gates, seeds, stops and blocked transactions, each
+//! row in ascending source order, so the results are the same bits. Seeds are outputs,
+//! found through the Bloom filters of `btc.outputs`; results are joined back to txids,
+//! vouts and addresses by reading only the row groups of `btc.outputs` that hold tainted
+//! outputs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type};
+use ferret_schemas::{Chain, Manifest, Warehouse};
+use parquet::file::statistics::Statistics;
+use tokio::runtime::Handle;
+
+use super::{Direction, Policy, decimal};
+use crate::blocked::{self, Budget, Chunk, ChunkSource, SEED_BLOCK};
+use crate::propagate::{Options, UNREACHED};
+use crate::{Error, Result};
+
+fn wh_err(e: ferret_schemas::Error) -> Error {
+    Error::Warehouse(Box::new(e))
+}
+
+fn bad(path: &str, what: impl std::fmt::Display) -> Error {
+    Error::BadGraph(format!("{path}: {what}"))
+}
+
+/// The row groups of a table's committed files with the range of one Int64 column (or
+/// the one value of Int32 columns) each holds, from the files' footers.
+#[derive(Clone, Debug, Default)]
+pub struct RowGroups {
+    pub files: Vec<String>,
+    /// (file, row group, min, max) of the column.
+    pub groups: Vec<(usize, usize, i64, i64)>,
+}
+
+fn stat_range(s: Option<&Statistics>) -> Option<(i64, i64)> {
+    match s? {
+        Statistics::Int64(v) => Some((*v.min_opt()?, *v.max_opt()?)),
+        Statistics::Int32(v) => Some((i64::from(*v.min_opt()?), i64::from(*v.max_opt()?))),
+        _ => None,
+    }
+}
+
+impl RowGroups {
+    /// Reads the footers of `table`'s committed files.
+    pub async fn open(wh: &Warehouse, m: &Manifest, table: &str, column: &str) -> Result<Self> {
+        let mut files: Vec<_> = m.files_of(table).collect();
+        files.sort_by_key(|f| f.first_height);
+        let mut out = Self::default();
+        for f in files {
+            let meta = wh.parquet_metadata(&f.path).await.map_err(wh_err)?;
+            let fi = out.files.len();
+            out.files.push(f.path.clone());
+            let col = meta
+                .file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.path().string() == column)
+                .ok_or_else(|| bad(&f.path, format!("no column {column}")))?;
+            for (ri, rg) in meta.row_groups().iter().enumerate() {
+                if rg.num_rows() == 0 {
+                    continue;
+                }
+                let (lo, hi) = stat_range(rg.column(col).statistics())
+                    .ok_or_else(|| bad(&f.path, format!("row group {ri} has no {column} range")))?;
+                out.groups.push((fi, ri, lo, hi));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `columns` of the row groups (by index into `groups`), file by file.
+    pub async fn read(
+        &self,
+        wh: &Warehouse,
+        which: &[usize],
+        columns: &[&str],
+    ) -> Result<Vec<RecordBatch>> {
+        let mut by_file: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &g in which {
+            let (f, rg, ..) = self.groups[g];
+            by_file.entry(f).or_default().push(rg);
+        }
+        let mut out = Vec::new();
+        for (f, rgs) in by_file {
+            out.extend(
+                wh.read_row_groups(&self.files[f], columns, rgs)
+                    .await
+                    .map_err(wh_err)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The committed spend graph's index: which row groups hold each (destination block,
+/// source block) pair.
+#[derive(Clone, Debug)]
+pub struct SpendEdges {
+    pub bits: u32,
+    /// Transactions (nodes) in the graph.
+    pub transactions: u64,
+    files: Vec<String>,
+    pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>>,
+}
+
+/// Columns a lowering reads from `btc.spends`.
+const EDGE_COLUMNS: &[&str] = &[
+    "tx_index",
+    "vin",
+    "spent_tx_index",
+    "spent_output_id",
+    "value",
+    "input_total",
+    "address_id",
+];
+
+impl SpendEdges {
+    pub async fn open(wh: &Warehouse, m: &Manifest) -> Result<Self> {
+        let bits = m.graph_block_bits.ok_or_else(|| {
+            Error::BadQuery(
+                "this warehouse has no spend graph (indexed before btc.spends existed): index it again into a new warehouse".into(),
+            )
+        })?;
+        let mut files: Vec<_> = m.files_of("spends").collect();
+        files.sort_by_key(|f| f.first_height);
+        let mut pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>> = BTreeMap::new();
+        let mut paths = Vec::new();
+        for f in files {
+            let meta = wh.parquet_metadata(&f.path).await.map_err(wh_err)?;
+            let schema = meta.file_metadata().schema_descr();
+            let col = |name: &str| {
+                schema
+                    .columns()
+                    .iter()
+                    .position(|c| c.path().string() == name)
+                    .ok_or_else(|| bad(&f.path, format!("no column {name}")))
+            };
+            let (dc, sc) = (col("dst_block")?, col("src_block")?);
+            let fi = paths.len();
+            paths.push(f.path.clone());
+            for (ri, rg) in meta.row_groups().iter().enumerate() {
+                if rg.num_rows() == 0 {
+                    continue;
+                }
+                let one = |c: usize| match stat_range(rg.column(c).statistics()) {
+                    Some((lo, hi)) if lo == hi => u32::try_from(lo).ok(),
+                    _ => None,
+                };
+                let (Some(d), Some(s)) = (one(dc), one(sc)) else {
+                    return Err(bad(
+                        &f.path,
+                        format!("row group {ri} does not hold one (dst_block, src_block) pair"),
+                    ));
+                };
+                pairs.entry((d, s)).or_default().push((fi, ri));
+            }
+        }
+        Ok(Self {
+            bits,
+            transactions: m.next_tx_index,
+            files: paths,
+            pairs,
+        })
+    }
+
+    /// Source blocks with edges into `d`, ascending.
+    pub fn sources_of(&self, d: u32) -> Vec<u32> {
+        self.pairs
+            .range((d, 0)..=(d, u32::MAX))
+            .map(|(&(_, s), _)| s)
+            .collect()
+    }
+
+    /// Destination blocks with edges out of `s`, ascending.
+    pub fn destinations_of(&self, s: u32) -> Vec<u32> {
+        self.pairs
+            .keys()
+            .filter(|&&(_, src)| src == s)
+            .map(|&(d, _)| d)
+            .collect()
+    }
+
+    /// The rows of the pair (`d`, `s`), in file order: by (tx_index, vin).
+    pub async fn read(&self, wh: &Warehouse, d: u32, s: u32) -> Result<Vec<RecordBatch>> {
+        let Some(groups) = self.pairs.get(&(d, s)) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < groups.len() {
+            let f = groups[i].0;
+            let mut rgs = Vec::new();
+            while i < groups.len() && groups[i].0 == f {
+                rgs.push(groups[i].1);
+                i += 1;
+            }
+            out.extend(
+                wh.read_row_groups(&self.files[f], EDGE_COLUMNS, rgs)
+                    .await
+                    .map_err(wh_err)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// One edge row of `btc.spends`.
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    tx: u64,
+    vin: i32,
+    spent_tx: u64,
+    spent_output: u64,
+    value: i64,
+    input_total: i64,
+    /// u64::MAX for none.
+    address: u64,
+}
+
+fn edges_of(batches: &[RecordBatch], path: &str) -> Result<Vec<Edge>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let i64c = |i: usize| {
+            b.column(i)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| bad(path, format!("column {} has the wrong type", EDGE_COLUMNS[i])))
+        };
+        let (tx, spent_tx, spent_out, value, total, addr) =
+            (i64c(0)?, i64c(2)?, i64c(3)?, i64c(4)?, i64c(5)?, i64c(6)?);
+        let vin = b
+            .column(1)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| bad(path, "column vin has the wrong type"))?;
+        let id = |a: &Int64Array, r: usize, what: &str| {
+            u64::try_from(a.value(r)).map_err(|_| bad(path, format!("negative {what}")))
+        };
+        for r in 0..b.num_rows() {
+            out.push(Edge {
+                tx: id(tx, r, "tx_index")?,
+                vin: vin.value(r),
+                spent_tx: id(spent_tx, r, "spent_tx_index")?,
+                spent_output: id(spent_out, r, "spent_output_id")?,
+                value: value.value(r).max(0),
+                input_total: total.value(r).max(0),
+                address: if addr.is_null(r) {
+                    u64::MAX
+                } else {
+                    id(addr, r, "address_id")?
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A seed output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeedOutput {
+    pub output_id: u64,
+    pub tx_index: u64,
+    pub value: i64,
+}
+
+/// A taint query on committed ids.
+#[derive(Clone, Debug)]
+pub struct StoredQuery {
+    pub policy: Policy,
+    pub direction: Direction,
+    pub max_hops: Option<u32>,
+    pub min_value: i64,
+    pub seeds: Vec<SeedOutput>,
+    /// `address_id`s whose outputs receive taint but pass none on.
+    pub stop_addresses: HashSet<u64>,
+    /// Transactions that pass no taint through.
+    pub blocked_txs: HashSet<u64>,
+}
+
+/// One tainted output, joined back to the chain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTainted {
+    pub output_id: u64,
+    pub txid: String,
+    pub vout: u32,
+    pub address: Option<String>,
+    pub value: i64,
+    pub hop: u32,
+    pub fraction: f32,
+    pub tainted_value: i64,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct StoredResult {
+    pub rows: Vec<StoredTainted>,
+    pub steps: u32,
+    pub stats: blocked::Stats,
+}
+
+fn share(poison: bool, v: i64, total: i64) -> f32 {
+    // As the in-memory lowering: in f64, then to f32.
+    (if poison {
+        1.0
+    } else if total > 0 {
+        v as f64 / total as f64
+    } else {
+        0.0
+    }) as f32
+}
+
+/// Sorts lowered edges (dst, src, tiebreak, weight, gate) into a chunk.
+fn chunk_of(mut e: Vec<(u32, u32, u64, f32, f32)>) -> Chunk {
+    e.sort_by_key(|x| (x.0, x.1, x.2));
+    Chunk {
+        dst: e.iter().map(|x| x.0).collect(),
+        src: e.iter().map(|x| x.1).collect(),
+        weight: e.iter().map(|x| x.3).collect(),
+        gate: e.iter().map(|x| x.4).collect(),
+    }
+}
+
+/// The lowering of one query onto the committed graph.
+struct Lowering<'a> {
+    wh: &'a Warehouse,
+    rt: Handle,
+    edges: &'a SpendEdges,
+    q: &'a StoredQuery,
+    seeds: HashSet<u64>,
+    seed_chunks: BTreeMap<u32, Chunk>,
+    /// Backward: `output_value` by transaction, for the blocks lowered last.
+    out_totals: Option<(u32, Vec<i64>)>,
+    tx_groups: Option<RowGroups>,
+}
+
+impl Lowering<'_> {
+    fn mask(&self) -> u64 {
+        (1u64 << self.edges.bits) - 1
+    }
+
+    fn block_of(&self, tx: u64) -> u32 {
+        u32::try_from(tx >> self.edges.bits).unwrap_or(u32::MAX)
+    }
+
+    fn read(&self, d: u32, s: u32) -> Result<Vec<Edge>> {
+        let batches = self.rt.block_on(self.edges.read(self.wh, d, s))?;
+        edges_of(&batches, "btc.spends")
+    }
+
+    /// Backward: every transaction's total output value in block `b`.
+    fn out_totals(&mut self, b: u32) -> Result<&[i64]> {
+        if self.out_totals.as_ref().is_none_or(|(ob, _)| *ob != b) {
+            if self.tx_groups.is_none() {
+                let m = self
+                    .rt
+                    .block_on(self.wh.load_manifest(Chain::Btc))
+                    .map_err(wh_err)?
+                    .ok_or(Error::NothingIndexed { chain: "btc" })?;
+                self.tx_groups = Some(self.rt.block_on(RowGroups::open(
+                    self.wh,
+                    &m,
+                    "transactions",
+                    "tx_index",
+                ))?);
+            }
+            let groups = self.tx_groups.as_ref().expect("opened above");
+            let lo = i64::from(b) << self.edges.bits;
+            let hi = lo + (1i64 << self.edges.bits) - 1;
+            let which: Vec<usize> = (0..groups.groups.len())
+                .filter(|&g| groups.groups[g].2 <= hi && groups.groups[g].3 >= lo)
+                .collect();
+            let batches = self.rt.block_on(groups.read(
+                self.wh,
+                &which,
+                &["tx_index", "output_value"],
+            ))?;
+            let mut totals = vec![-1i64; 1usize << self.edges.bits];
+            for batch in &batches {
+                let (Some(t), Some(v)) = (
+                    batch.column(0).as_primitive_opt::<Int64Type>(),
+                    batch.column(1).as_primitive_opt::<Int64Type>(),
+                ) else {
+                    return Err(Error::BadGraph(
+                        "btc.transactions: tx_index or output_value has the wrong type".into(),
+                    ));
+                };
+                for r in 0..batch.num_rows() {
+                    let tx = t.value(r);
+                    if (lo..=hi).contains(&tx) {
+                        totals[(tx - lo) as usize] = v.value(r).max(0);
+                    }
+                }
+            }
+            self.out_totals = Some((b, totals));
+        }
+        Ok(&self.out_totals.as_ref().expect("set above").1)
+    }
+
+    fn total_out(&mut self, tx: u64) -> Result<i64> {
+        let b = self.block_of(tx);
+        let local = (tx & self.mask()) as usize;
+        let t = self.out_totals(b)?[local];
+        if t < 0 {
+            return Err(Error::BadGraph(format!(
+                "transaction {tx} is in btc.spends but not in btc.transactions"
+            )));
+        }
+        Ok(t)
+    }
+
+    /// Forward: the seed edges (inputs spending seed outputs), by destination block.
+    /// Backward: an edge from a constant 1 into each seed's transaction.
+    fn build_seed_chunks(&mut self) -> Result<()> {
+        let poison = self.q.policy == Policy::Poison;
+        let mut by_block: BTreeMap<u32, Vec<(u32, u32, u64, f32, f32)>> = BTreeMap::new();
+        match self.q.direction {
+            Direction::Forward => {
+                let mut creators: Vec<u32> =
+                    self.q.seeds.iter().map(|s| self.block_of(s.tx_index)).collect();
+                creators.sort_unstable();
+                creators.dedup();
+                for s in creators {
+                    for d in self.edges.destinations_of(s) {
+                        for e in self.read(d, s)? {
+                            if !self.seeds.contains(&e.spent_output)
+                                || self.q.blocked_txs.contains(&e.tx)
+                            {
+                                continue;
+                            }
+                            by_block.entry(d).or_default().push((
+                                (e.tx & self.mask()) as u32,
+                                0,
+                                e.vin as u64,
+                                share(poison, e.value, e.input_total),
+                                e.value as f32,
+                            ));
+                        }
+                    }
+                }
+            }
+            Direction::Backward => {
+                let seeds = self.q.seeds.clone();
+                for s in seeds {
+                    if self.q.blocked_txs.contains(&s.tx_index) {
+                        continue;
+                    }
+                    let total = self.total_out(s.tx_index)?;
+                    let v = s.value.max(0);
+                    by_block.entry(self.block_of(s.tx_index)).or_default().push((
+                        (s.tx_index & self.mask()) as u32,
+                        0,
+                        s.output_id,
+                        share(poison, v, total),
+                        v as f32,
+                    ));
+                }
+            }
+        }
+        self.seed_chunks = by_block.into_iter().map(|(d, e)| (d, chunk_of(e))).collect();
+        Ok(())
+    }
+}
+
+impl ChunkSource for Lowering<'_> {
+    fn nodes(&self) -> u64 {
+        self.edges.transactions
+    }
+
+    fn bits(&self) -> u32 {
+        self.edges.bits
+    }
+
+    fn sources(&mut self, d: u32) -> Result<Vec<u32>> {
+        let mut s = match self.q.direction {
+            Direction::Forward => self.edges.sources_of(d),
+            Direction::Backward => self.edges.destinations_of(d),
+        };
+        if self.seed_chunks.contains_key(&d) {
+            s.push(SEED_BLOCK);
+        }
+        Ok(s)
+    }
+
+    fn load(&mut self, d: u32, s: u32) -> Result<Chunk> {
+        if s == SEED_BLOCK {
+            return Ok(self.seed_chunks.get(&d).cloned().unwrap_or_default());
+        }
+        let poison = self.q.policy == Policy::Poison;
+        let mask = self.mask();
+        let mut out = Vec::new();
+        match self.q.direction {
+            Direction::Forward => {
+                for e in self.read(d, s)? {
+                    if self.q.blocked_txs.contains(&e.tx)
+                        || self.seeds.contains(&e.spent_output)
+                        || self.q.stop_addresses.contains(&e.address)
+                    {
+                        continue;
+                    }
+                    out.push((
+                        (e.tx & mask) as u32,
+                        (e.spent_tx & mask) as u32,
+                        e.vin as u64,
+                        share(poison, e.value, e.input_total),
+                        e.value as f32,
+                    ));
+                }
+            }
+            Direction::Backward => {
+                // Destination: the creating transaction; source: the spending one.
+                for e in self.read(s, d)? {
+                    if self.q.blocked_txs.contains(&e.spent_tx)
+                        || self.seeds.contains(&e.spent_output)
+                        || self.q.stop_addresses.contains(&e.address)
+                    {
+                        continue;
+                    }
+                    let total = self.total_out(e.spent_tx)?;
+                    out.push((
+                        (e.spent_tx & mask) as u32,
+                        (e.tx & mask) as u32,
+                        e.spent_output,
+                        share(poison, e.value, total),
+                        e.value as f32,
+                    ));
+                }
+            }
+        }
+        Ok(chunk_of(out))
+    }
+
+    fn seeds(&mut self) -> Result<Vec<u64>> {
+        // Transaction nodes have no fixed seeds: seed outputs are edges from a constant 1.
+        Ok(Vec::new())
+    }
+}
+
+/// Runs `q` on the committed graph within `budget` (call from a blocking thread inside a
+/// tokio runtime: the graph is read through the runtime).
+pub fn run_stored(wh: &Warehouse, q: &StoredQuery, budget: &Budget) -> Result<StoredResult> {
+    if q.policy == Policy::Fifo {
+        return Err(Error::BadQuery(
+            "fifo runs on the in-memory graph only so far (drop --mem-mb)".into(),
+        ));
+    }
+    let rt = Handle::current();
+    let m = rt
+        .block_on(wh.load_manifest(Chain::Btc))
+        .map_err(wh_err)?
+        .ok_or(Error::NothingIndexed { chain: "btc" })?;
+    let edges = rt.block_on(SpendEdges::open(wh, &m))?;
+    let mut low = Lowering {
+        wh,
+        rt: rt.clone(),
+        edges: &edges,
+        q,
+        seeds: q.seeds.iter().map(|s| s.output_id).collect(),
+        seed_chunks: BTreeMap::new(),
+        out_totals: None,
+        tx_groups: None,
+    };
+    if let Some(s) = q.seeds.iter().find(|s| s.tx_index >= edges.transactions) {
+        return Err(Error::BadGraph(format!(
+            "seed output {} of transaction {} outside the graph",
+            s.output_id, s.tx_index
+        )));
+    }
+    low.build_seed_chunks()?;
+    let opts = Options {
+        max_hops: q.max_hops,
+        min_value: q.min_value.max(0) as f32,
+    };
+    let mut res = blocked::propagate(&mut low, &opts, budget)?;
+    drop(low);
+    let rows = report(wh, &rt, &m, &edges, q, &mut res)?;
+    Ok(StoredResult {
+        rows,
+        steps: res.stats.steps,
+        stats: res.stats.clone(),
+    })
+}
+
+/// The tainted outputs, joined to `btc.outputs`.
+fn report(
+    wh: &Warehouse,
+    rt: &Handle,
+    m: &Manifest,
+    edges: &SpendEdges,
+    q: &StoredQuery,
+    res: &mut blocked::Blocked,
+) -> Result<Vec<StoredTainted>> {
+    let poison = q.policy == Policy::Poison;
+    let bits = edges.bits;
+    // Output id → (hop, fraction) for backward; forward goes by the creating transaction.
+    let mut wanted: BTreeMap<u64, (u32, f32)> = BTreeMap::new();
+    let mut reached_blocks: HashMap<u32, std::sync::Arc<blocked::BlockState>> = HashMap::new();
+    for b in 0..res.blocks() {
+        let Some(st) = res.block(b)? else { continue };
+        if st.hop.iter().all(|&h| h == UNREACHED) {
+            continue;
+        }
+        if q.direction == Direction::Backward {
+            // The outputs a reached transaction spent.
+            for s in edges.sources_of(b) {
+                for e in edges_of(&rt.block_on(edges.read(wh, b, s))?, "btc.spends")? {
+                    let local = (e.tx - (u64::from(b) << bits)) as usize;
+                    let h = st.hop[local];
+                    if h != UNREACHED {
+                        let f = if poison { 1.0 } else { st.fraction[local] };
+                        wanted.insert(e.spent_output, (h, f));
+                    }
+                }
+            }
+        } else {
+            reached_blocks.insert(b, st);
+        }
+    }
+    for s in &q.seeds {
+        wanted.insert(s.output_id, (0, 1.0));
+    }
+    // The row groups of btc.outputs holding a wanted output or an output of a reached
+    // transaction.
+    let by_tx = rt.block_on(RowGroups::open(wh, m, "outputs", "tx_index"))?;
+    let by_id = rt.block_on(RowGroups::open(wh, m, "outputs", "output_id"))?;
+    let mut which = Vec::new();
+    for g in 0..by_id.groups.len() {
+        let (lo, hi) = (by_id.groups[g].2, by_id.groups[g].3);
+        let any_wanted = wanted
+            .range(u64::try_from(lo).unwrap_or(0)..=u64::try_from(hi).unwrap_or(0))
+            .next()
+            .is_some();
+        let (tlo, thi) = (by_tx.groups[g].2, by_tx.groups[g].3);
+        let any_reached = !reached_blocks.is_empty()
+            && (tlo >> bits..=thi >> bits).any(|b| {
+                reached_blocks.get(&(b as u32)).is_some_and(|st| {
+                    let start = b << bits;
+                    let from = (tlo.max(start) - start) as usize;
+                    let to = ((thi.min(start + (1 << bits) - 1) - start) as usize)
+                        .min(st.hop.len().saturating_sub(1));
+                    from <= to && st.hop[from..=to].iter().any(|&h| h != UNREACHED)
+                })
+            });
+        if any_wanted || any_reached {
+            which.push(g);
+        }
+    }
+    let batches = rt.block_on(by_id.read(
+        wh,
+        &which,
+        &["output_id", "tx_index", "txid", "vout", "address", "value"],
+    ))?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        let wrong = || Error::BadGraph("btc.outputs: a column has the wrong type".into());
+        let id = b.column(0).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+        let tx = b.column(1).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+        let txid = b.column(2).as_string_opt::<i32>().ok_or_else(wrong)?;
+        let vout = b.column(3).as_primitive_opt::<Int32Type>().ok_or_else(wrong)?;
+        let addr = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
+        let value = b.column(5).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+        for r in 0..b.num_rows() {
+            let o = u64::try_from(id.value(r)).map_err(|_| wrong())?;
+            let hit = match wanted.get(&o) {
+                Some(&hf) => Some(hf),
+                None => {
+                    let t = u64::try_from(tx.value(r)).map_err(|_| wrong())?;
+                    let blk = (t >> bits) as u32;
+                    reached_blocks.get(&blk).and_then(|st| {
+                        let local = (t - (u64::from(blk) << bits)) as usize;
+                        let h = *st.hop.get(local)?;
+                        (h != UNREACHED)
+                            .then(|| (h, if poison { 1.0 } else { st.fraction[local] }))
+                    })
+                }
+            };
+            let Some((hop, fraction)) = hit else { continue };
+            let v = value.value(r).max(0);
+            rows.push(StoredTainted {
+                output_id: o,
+                txid: txid.value(r).to_string(),
+                vout: u32::try_from(vout.value(r)).map_err(|_| wrong())?,
+                address: (!addr.is_null(r)).then(|| addr.value(r).to_string()),
+                value: v,
+                hop,
+                fraction,
+                tainted_value: (decimal(fraction) * v as f64).round() as i64,
+            });
+        }
+    }
+    rows.sort_by_key(|r| r.output_id);
+    Ok(rows)
+}
+
+/// The seed outputs: every output paying one of `addresses` and every output of one of
+/// `txids`, found through the Bloom filters of `btc.outputs` (only the row groups whose
+/// filter may hold one are read).
+pub async fn resolve_seeds(
+    wh: &Warehouse,
+    m: &Manifest,
+    addresses: &[String],
+    txids: &[String],
+) -> Result<Vec<SeedOutput>> {
+    let mut out = Vec::new();
+    if addresses.is_empty() && txids.is_empty() {
+        return Ok(out);
+    }
+    let addr_set: HashSet<&str> = addresses.iter().map(String::as_str).collect();
+    let txid_set: HashSet<&str> = txids.iter().map(String::as_str).collect();
+    let mut files: Vec<_> = m.files_of("outputs").collect();
+    files.sort_by_key(|f| f.first_height);
+    for f in files {
+        let meta = wh.parquet_metadata(&f.path).await.map_err(wh_err)?;
+        let all: Vec<usize> = (0..meta.num_row_groups()).collect();
+        let mut rgs = Vec::new();
+        if !addresses.is_empty() {
+            let a: Vec<&str> = addr_set.iter().copied().collect();
+            rgs.extend(
+                wh.bloom_candidates(&f.path, "address", &all, &a)
+                    .await
+                    .map_err(wh_err)?,
+            );
+        }
+        if !txids.is_empty() {
+            let t: Vec<&str> = txid_set.iter().copied().collect();
+            rgs.extend(
+                wh.bloom_candidates(&f.path, "txid", &all, &t)
+                    .await
+                    .map_err(wh_err)?,
+            );
+        }
+        rgs.sort_unstable();
+        rgs.dedup();
+        if rgs.is_empty() {
+            continue;
+        }
+        for b in wh
+            .read_row_groups(
+                &f.path,
+                &["output_id", "tx_index", "value", "address", "txid"],
+                rgs,
+            )
+            .await
+            .map_err(wh_err)?
+        {
+            let wrong = || bad(&f.path, "a column has the wrong type");
+            let id = b.column(0).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+            let tx = b.column(1).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+            let value = b.column(2).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+            let addr = b.column(3).as_string_opt::<i32>().ok_or_else(wrong)?;
+            let txid = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
+            for r in 0..b.num_rows() {
+                let hit = (!addr.is_null(r) && addr_set.contains(addr.value(r)))
+                    || txid_set.contains(txid.value(r));
+                if hit {
+                    out.push(SeedOutput {
+                        output_id: u64::try_from(id.value(r)).map_err(|_| wrong())?,
+                        tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
+                        value: value.value(r),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
