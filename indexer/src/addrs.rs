@@ -459,7 +459,8 @@ impl AddressStore {
                 let filtered = Run::write(
                     path.clone(),
                     run.len,
-                    run.records().filter(|r| r.as_ref().map_or(true, |(_, id)| *id < next_id)),
+                    run.records()
+                        .filter(|r| r.as_ref().map_or(true, |(_, id)| *id < next_id)),
                 )
                 .map_err(|e| Self::err(&path, e))?;
                 self.disk_entries += filtered.len as u64;
@@ -487,9 +488,9 @@ fn merge(older: &Run, newer: &Run, path: PathBuf) -> std::io::Result<Run> {
         (Some(Ok((ka, _))), Some(Ok((kb, _)))) => match ka.cmp(kb) {
             std::cmp::Ordering::Less => a.next(),
             std::cmp::Ordering::Greater => b.next(),
-            std::cmp::Ordering::Equal => Some(Err(std::io::Error::other(
-                "one address in two runs",
-            ))),
+            std::cmp::Ordering::Equal => {
+                Some(Err(std::io::Error::other("one address in two runs")))
+            }
         },
     });
     Run::write(path, older.len + newer.len, merged)
@@ -547,7 +548,11 @@ mod tests {
             }
             assert_eq!(store.len(), oracle.len() as u64, "round {round}");
         }
-        assert!(store.stats.spills > 5 && store.stats.merges > 0, "{:?}", store.stats);
+        assert!(
+            store.stats.spills > 5 && store.stats.merges > 0,
+            "{:?}",
+            store.stats
+        );
         for a in &order {
             assert_eq!(store.get(a).expect("get"), oracle.get(a).copied());
         }

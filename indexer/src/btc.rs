@@ -16,13 +16,13 @@ use bitcoin::Network;
 use ferret_schemas::{Chain, Checkpoint, Manifest, Warehouse, layout};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::addrs::{AddressStats, AddressStore};
 use crate::source::bitcoin::{
     BestChain, BlkDir, BlockFault, ChainBlock, ScanCache, ScriptKind, TxHashes,
     hash_and_verify_raw, select_best_chain,
 };
 pub use crate::stage::Stop;
 use crate::stage::{self, Next, Removed, Runner, Stage};
-use crate::addrs::{AddressStats, AddressStore};
 use crate::transform::{BtcRows, ChainState, Counts, NextIds, PreparedBlock};
 use crate::utxo::{NO_ID, Utxo, UtxoStats, UtxoStore};
 use crate::{Error, Result};
@@ -995,7 +995,10 @@ async fn rebuild_addresses(
         });
     }
     if next > 0 {
-        tracing::info!(addresses = next, "rebuilt the address store from committed tables");
+        tracing::info!(
+            addresses = next,
+            "rebuilt the address store from committed tables"
+        );
     }
     Ok(())
 }
@@ -1071,7 +1074,8 @@ async fn rebuild_utxo(wh: &Warehouse, manifest: &Manifest, utxo: &mut UtxoStore)
                     address: (!address.is_null(r)).then(|| address.value(r).into()),
                     output_id: u64::try_from(output_id.value(r))
                         .map_err(|_| corrupt("bad output_id"))?,
-                    address_id: id_or_none(address_id, r).ok_or_else(|| corrupt("bad address_id"))?,
+                    address_id: id_or_none(address_id, r)
+                        .ok_or_else(|| corrupt("bad address_id"))?,
                 };
                 utxo.insert(key, u)?;
             }

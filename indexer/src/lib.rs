@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod addrs;
 pub mod btc;
 mod error;
 pub mod eth;
@@ -20,7 +21,6 @@ pub mod sink;
 pub mod source;
 mod stage;
 pub mod transform;
-pub mod addrs;
 pub mod utxo;
 
 pub use error::{Error, Result};

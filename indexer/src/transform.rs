@@ -492,7 +492,12 @@ impl BtcRows {
         let block = |tx: u64| i32::try_from(tx >> block_bits).unwrap_or(i32::MAX);
         let mut edges = std::mem::take(&mut self.spends);
         edges.sort_unstable_by_key(|e| {
-            (block(e.tx_index), block(e.spent_tx_index), e.tx_index, e.vin)
+            (
+                block(e.tx_index),
+                block(e.spent_tx_index),
+                e.tx_index,
+                e.vin,
+            )
         });
         let mut b = btc::Spends::new();
         for e in &edges {
@@ -502,7 +507,8 @@ impl BtcRows {
             b.tx_index.append_value(height_i64(e.tx_index));
             b.vin.append_value(i32::try_from(e.vin).unwrap_or(i32::MAX));
             b.spent_tx_index.append_value(height_i64(e.spent_tx_index));
-            b.spent_output_id.append_value(height_i64(e.spent_output_id));
+            b.spent_output_id
+                .append_value(height_i64(e.spent_output_id));
             b.value.append_value(sats(e.value));
             b.input_total.append_value(sats(e.input_total));
             b.address_id
@@ -556,7 +562,13 @@ mod tests {
         rows.push_block(prepared, &mut st).expect("push");
         let [b, t, i, o, a] = rows.finish().expect("finish");
         assert_eq!(
-            (b.num_rows(), t.num_rows(), i.num_rows(), o.num_rows(), a.num_rows()),
+            (
+                b.num_rows(),
+                t.num_rows(),
+                i.num_rows(),
+                o.num_rows(),
+                a.num_rows()
+            ),
             (1, 1, 1, 1, 1)
         );
         assert_eq!(

@@ -625,7 +625,11 @@ mod tests {
             },
             address: (!i.is_multiple_of(3)).then(|| format!("bcrt1q{i:038}").into()),
             output_id: u64::from(i) * 3 + 1,
-            address_id: if i.is_multiple_of(3) { NO_ID } else { u64::from(i) / 2 },
+            address_id: if i.is_multiple_of(3) {
+                NO_ID
+            } else {
+                u64::from(i) / 2
+            },
         }
     }
 

@@ -223,7 +223,11 @@ mod tests {
                     "{}: row-group column {c} is not Int32",
                     t.qualified_name()
                 );
-                assert!(t.sort_key.starts_with(&t.row_groups_by[..]), "{}", t.qualified_name());
+                assert!(
+                    t.sort_key.starts_with(t.row_groups_by),
+                    "{}",
+                    t.qualified_name()
+                );
             }
         }
     }

@@ -283,7 +283,32 @@ impl Warehouse {
         columns: &[&str],
         row_groups: Vec<usize>,
     ) -> Result<Vec<arrow::array::RecordBatch>> {
-        self.read_parquet_groups(path, Some(columns), Some(row_groups))
+        self.read_parquet_groups(path, Some(columns), Some(row_groups), None)
+            .await
+    }
+
+    /// A committed file's footer, decoded once for many [`Warehouse::read_row_groups_with`].
+    pub async fn reader_metadata(
+        &self,
+        path: &str,
+    ) -> Result<parquet::arrow::arrow_reader::ArrowReaderMetadata> {
+        let meta = self.parquet_metadata(path).await?;
+        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(meta, Default::default())
+            .map_err(|e| Error::CorruptFile {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// [`Warehouse::read_row_groups`] with the file's footer already decoded.
+    pub async fn read_row_groups_with(
+        &self,
+        path: &str,
+        meta: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
+        columns: &[&str],
+        row_groups: Vec<usize>,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        self.read_parquet_groups(path, Some(columns), Some(row_groups), Some(meta))
             .await
     }
 
@@ -356,7 +381,7 @@ impl Warehouse {
         path: &str,
         columns: Option<&[&str]>,
     ) -> Result<Vec<arrow::array::RecordBatch>> {
-        self.read_parquet_groups(path, columns, None).await
+        self.read_parquet_groups(path, columns, None, None).await
     }
 
     async fn read_parquet_groups(
@@ -364,13 +389,28 @@ impl Warehouse {
         path: &str,
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
+        meta: Option<&parquet::arrow::arrow_reader::ArrowReaderMetadata>,
     ) -> Result<Vec<arrow::array::RecordBatch>> {
         use parquet::arrow::ProjectionMask;
         let corrupt = |reason: String| Error::CorruptFile {
             path: path.to_string(),
             reason,
         };
-        let mut builder = self.parquet_builder(path).await?;
+        let mut builder = match meta {
+            Some(m) => {
+                let object = self.resolve(path)?;
+                #[allow(deprecated)]
+                let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+                    Arc::clone(&self.store),
+                    object,
+                );
+                parquet::arrow::ParquetRecordBatchStreamBuilder::new_with_metadata(
+                    reader,
+                    m.clone(),
+                )
+            }
+            None => self.parquet_builder(path).await?,
+        };
         if let Some(rgs) = row_groups {
             let n = builder.metadata().num_row_groups();
             if let Some(rg) = rgs.iter().find(|&&rg| rg >= n) {

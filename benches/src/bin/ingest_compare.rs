@@ -220,10 +220,10 @@ fn run_ferret(args: &Args) -> Result<Outcome> {
 
 /// Ferret's stages, sequential on one thread, each timed.
 fn run_ferret_stages(args: &Args) -> Result<Outcome> {
+    use ferret_indexer::addrs::AddressStore;
     use ferret_indexer::source::bitcoin::{
         BlkDir, classify, hash_and_verify_raw, select_best_chain,
     };
-    use ferret_indexer::addrs::AddressStore;
     use ferret_indexer::transform::{BtcRows, ChainState, NextIds, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};
@@ -405,10 +405,10 @@ impl std::io::Write for CountingSink {
 /// UTXO look-ups), hex/address formatting and writing to storage are left out, so no real
 /// indexer can do less work; divided by the cores, it bounds the wall time from below.
 fn run_floor(args: &Args) -> Result<Outcome> {
+    use ferret_indexer::addrs::AddressStore;
     use ferret_indexer::source::bitcoin::{
         BlkDir, TxSize, hash_and_verify_raw, raw_txid, select_best_chain,
     };
-    use ferret_indexer::addrs::AddressStore;
     use ferret_indexer::transform::{BtcRows, ChainState, NextIds, PreparedBlock};
     use ferret_indexer::utxo::UtxoStore;
     use ferret_schemas::{Chain, tables_of};

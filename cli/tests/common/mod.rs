@@ -414,7 +414,13 @@ pub async fn assert_equals_fresh_index(wh: &Warehouse, blocks: &Path) {
             .await
             .expect("manifest")
             .expect("committed");
-        (m.tip, m.totals, m.next_tx_index, m.next_output_id, m.next_address_id)
+        (
+            m.tip,
+            m.totals,
+            m.next_tx_index,
+            m.next_output_id,
+            m.next_address_id,
+        )
     };
     assert_eq!(manifest(wh.clone()).await, manifest(fresh).await);
 }

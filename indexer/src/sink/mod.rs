@@ -157,8 +157,7 @@ impl TableWriter {
         while start < batch.num_rows() {
             let key = key_at(start);
             let mut end = start + 1;
-            while end < batch.num_rows() && keys.iter().zip(&key).all(|(k, &v)| k.value(end) == v)
-            {
+            while end < batch.num_rows() && keys.iter().zip(&key).all(|(k, &v)| k.value(end) == v) {
                 end += 1;
             }
             if self.group.as_ref().is_some_and(|g| *g != key) && self.writer.in_progress_rows() > 0

@@ -236,18 +236,16 @@ fn fault() -> u8 {
 }
 
 /// Runs the propagation over `source`'s chunks within `budget`.
-pub fn propagate(
-    source: &mut dyn ChunkSource,
-    opts: &Options,
-    budget: &Budget,
-) -> Result<Blocked> {
+pub fn propagate(source: &mut dyn ChunkSource, opts: &Options, budget: &Budget) -> Result<Blocked> {
     let (nodes, bits) = (source.nodes(), source.bits());
     if bits > 30 {
         return Err(Error::BadGraph(format!("blocks of 2^{bits} nodes")));
     }
     let nb = blocks_of(nodes, bits);
     if nb == SEED_BLOCK {
-        return Err(Error::TooLarge(format!("{nodes} nodes in blocks of 2^{bits}")));
+        return Err(Error::TooLarge(format!(
+            "{nodes} nodes in blocks of 2^{bits}"
+        )));
     }
     let block_nodes = |b: u32| -> usize {
         let start = u64::from(b) << bits;
@@ -344,7 +342,9 @@ pub fn propagate(
                 let src_state = if s == SEED_BLOCK {
                     None
                 } else if fault() == 2 && s + 1 < nb {
-                    state.get((generation, s + 1))?.filter(|b| b.fraction.len() == block_nodes(s))
+                    state
+                        .get((generation, s + 1))?
+                        .filter(|b| b.fraction.len() == block_nodes(s))
                 } else {
                     state.get((generation, s))?
                 };
@@ -352,8 +352,9 @@ pub fn propagate(
                     continue;
                 }
                 accumulate(&mut acc, &chunk, src_state.as_deref(), opts.min_value);
-                stats.peak_cached_bytes =
-                    stats.peak_cached_bytes.max(chunks.mem_bytes() + state.mem_bytes());
+                stats.peak_cached_bytes = stats
+                    .peak_cached_bytes
+                    .max(chunks.mem_bytes() + state.mem_bytes());
             }
             let mut st = match &old {
                 Some(o) => BlockState::clone(o),
@@ -401,48 +402,62 @@ fn accumulate(acc: &mut [f32], c: &Chunk, src: Option<&BlockState>, min_value: f
         None => 1.0f32,
         Some(s) => s.fraction[c.src[e] as usize],
     };
-    acc.par_chunks_mut(WINDOW)
-        .enumerate()
-        .for_each(|(w, rows)| {
-            let r0 = (w * WINDOW) as u32;
-            let lo = c.dst.partition_point(|&d| d < r0);
-            let hi = c.dst.partition_point(|&d| d < r0 + rows.len() as u32);
-            if min_value > 0.0 {
-                for e in lo..hi {
-                    let fs = value(e);
-                    if fs > 0.0 && fs * c.gate[e] >= min_value {
-                        rows[(c.dst[e] - r0) as usize] += c.weight[e] * fs;
-                    }
-                }
-            } else {
-                for e in lo..hi {
-                    rows[(c.dst[e] - r0) as usize] += c.weight[e] * value(e);
+    let window = |(w, rows): (usize, &mut [f32])| {
+        let r0 = (w * WINDOW) as u32;
+        let lo = c.dst.partition_point(|&d| d < r0);
+        let hi = c.dst.partition_point(|&d| d < r0 + rows.len() as u32);
+        if min_value > 0.0 {
+            for e in lo..hi {
+                let fs = value(e);
+                if fs > 0.0 && fs * c.gate[e] >= min_value {
+                    rows[(c.dst[e] - r0) as usize] += c.weight[e] * fs;
                 }
             }
-        });
+        } else {
+            for e in lo..hi {
+                rows[(c.dst[e] - r0) as usize] += c.weight[e] * value(e);
+            }
+        }
+    };
+    if acc.len() <= WINDOW {
+        window((0, acc));
+    } else {
+        acc.par_chunks_mut(WINDOW).enumerate().for_each(window);
+    }
 }
 
 /// Turns row sums into the block's new fractions and hops (as the in-memory step does);
 /// returns whether any fraction changed.
 fn finish_rows(st: &mut BlockState, acc: &[f32], f_old: Option<&[f32]>, iter: u32) -> bool {
+    let row = |(v, ((out, h), &a)): (usize, ((&mut f32, &mut u32), &f32))| {
+        if *h == 0 {
+            *out = 1.0;
+            return false;
+        }
+        let f = if a < 1e-30 { 0.0 } else { a.min(1.0) };
+        *out = f;
+        if f > 0.0 && *h == UNREACHED {
+            *h = iter;
+        }
+        f != f_old.map_or(0.0, |o| o[v])
+    };
+    if acc.len() <= WINDOW {
+        return st
+            .fraction
+            .iter_mut()
+            .zip(st.hop.iter_mut())
+            .zip(acc)
+            .enumerate()
+            .map(row)
+            .fold(false, |a, b| a | b);
+    }
     st.fraction
         .par_iter_mut()
         .zip(st.hop.par_iter_mut())
         .zip(acc.par_iter())
         .enumerate()
         .with_min_len(WINDOW)
-        .map(|(v, ((out, h), &a))| {
-            if *h == 0 {
-                *out = 1.0;
-                return false;
-            }
-            let f = if a < 1e-30 { 0.0 } else { a.min(1.0) };
-            *out = f;
-            if f > 0.0 && *h == UNREACHED {
-                *h = iter;
-            }
-            f != f_old.map_or(0.0, |o| o[v])
-        })
+        .map(row)
         .reduce(|| false, |a, b| a | b)
 }
 
@@ -461,7 +476,10 @@ impl MemSource {
         let mut chunks: std::collections::BTreeMap<(u32, u32), Chunk> = Default::default();
         let mask = (1u32 << bits).wrapping_sub(1);
         for v in 0..g.nodes() {
-            let (lo, hi) = (g.row_ptr[v as usize] as usize, g.row_ptr[v as usize + 1] as usize);
+            let (lo, hi) = (
+                g.row_ptr[v as usize] as usize,
+                g.row_ptr[v as usize + 1] as usize,
+            );
             for e in lo..hi {
                 let s = g.src[e];
                 let (sb, sl) = if s == crate::propagate::SEED_SOURCE {

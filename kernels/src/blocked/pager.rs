@@ -1,7 +1,7 @@
 //! A keyed cache of immutable values within a byte budget: the least recently used values
 //! beyond it go to files in a scratch directory and come back on the next `get`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub(crate) struct Pager<T> {
     dir: PathBuf,
     budget: usize,
     entries: HashMap<Key, Entry<T>>,
+    /// In-memory entries by last use, oldest first.
+    lru: BTreeMap<u64, Key>,
     bytes: usize,
     clock: u64,
     pub spilled: u64,
@@ -48,6 +50,7 @@ impl<T: Spill> Pager<T> {
             dir,
             budget,
             entries: HashMap::new(),
+            lru: BTreeMap::new(),
             bytes: 0,
             clock: 0,
             spilled: 0,
@@ -75,10 +78,13 @@ impl<T: Spill> Pager<T> {
         let Some(e) = self.entries.get_mut(&k) else {
             return Ok(None);
         };
-        e.used = clock;
         if let Some(v) = &e.value {
+            self.lru.remove(&e.used);
+            self.lru.insert(clock, k);
+            e.used = clock;
             return Ok(Some(Arc::clone(v)));
         }
+        e.used = clock;
         let path = self.path(k);
         let f = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
         let v = T::read_from(&mut std::io::BufReader::with_capacity(1 << 20, f))
@@ -89,6 +95,7 @@ impl<T: Spill> Pager<T> {
         if let Some(e) = self.entries.get_mut(&k) {
             e.value = Some(Arc::clone(&v));
         }
+        self.lru.insert(clock, k);
         self.evict()?;
         Ok(Some(v))
     }
@@ -105,6 +112,7 @@ impl<T: Spill> Pager<T> {
                 used: self.clock,
             },
         );
+        self.lru.insert(self.clock, k);
         self.evict()
     }
 
@@ -112,6 +120,7 @@ impl<T: Spill> Pager<T> {
         if let Some(e) = self.entries.remove(&k) {
             if let Some(v) = e.value {
                 self.bytes -= v.mem_bytes();
+                self.lru.remove(&e.used);
             }
             if e.on_disk {
                 let _ = std::fs::remove_file(self.path(k));
@@ -124,17 +133,22 @@ impl<T: Spill> Pager<T> {
         if self.bytes <= self.budget {
             return Ok(());
         }
-        let mut order: Vec<(u64, Key)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.value.as_ref().is_some_and(|v| Arc::strong_count(v) == 1))
-            .map(|(k, e)| (e.used, *k))
-            .collect();
-        order.sort_unstable();
-        for (_, k) in order {
-            if self.bytes <= self.budget {
+        // Oldest first, past the values someone holds (those stay until released).
+        let mut out = Vec::new();
+        let mut freed = 0usize;
+        for (&used, &k) in &self.lru {
+            if self.bytes - freed <= self.budget {
                 break;
             }
+            let e = &self.entries[&k];
+            let v = e.value.as_ref().expect("the lru lists values in memory");
+            if Arc::strong_count(v) == 1 {
+                freed += v.mem_bytes();
+                out.push((used, k));
+            }
+        }
+        for (used, k) in out {
+            self.lru.remove(&used);
             let path = self.path(k);
             let e = self.entries.get_mut(&k).expect("listed above");
             let v = e.value.take().expect("listed above");

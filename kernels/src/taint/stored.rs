@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use ferret_schemas::{Chain, Manifest, Warehouse};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::file::statistics::Statistics;
+use std::sync::Arc;
 use tokio::runtime::Handle;
 
 use super::{Direction, Policy, decimal};
@@ -35,6 +37,7 @@ fn bad(path: &str, what: impl std::fmt::Display) -> Error {
 #[derive(Clone, Debug, Default)]
 pub struct RowGroups {
     pub files: Vec<String>,
+    metas: Vec<ArrowReaderMetadata>,
     /// (file, row group, min, max) of the column.
     pub groups: Vec<(usize, usize, i64, i64)>,
 }
@@ -54,9 +57,11 @@ impl RowGroups {
         files.sort_by_key(|f| f.first_height);
         let mut out = Self::default();
         for f in files {
-            let meta = wh.parquet_metadata(&f.path).await.map_err(wh_err)?;
+            let reader_meta = wh.reader_metadata(&f.path).await.map_err(wh_err)?;
+            let meta = Arc::clone(reader_meta.metadata());
             let fi = out.files.len();
             out.files.push(f.path.clone());
+            out.metas.push(reader_meta);
             let col = meta
                 .file_metadata()
                 .schema_descr()
@@ -91,7 +96,7 @@ impl RowGroups {
         let mut out = Vec::new();
         for (f, rgs) in by_file {
             out.extend(
-                wh.read_row_groups(&self.files[f], columns, rgs)
+                wh.read_row_groups_with(&self.files[f], &self.metas[f], columns, rgs)
                     .await
                     .map_err(wh_err)?,
             );
@@ -108,6 +113,7 @@ pub struct SpendEdges {
     /// Transactions (nodes) in the graph.
     pub transactions: u64,
     files: Vec<String>,
+    metas: Vec<ArrowReaderMetadata>,
     pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>>,
 }
 
@@ -133,8 +139,11 @@ impl SpendEdges {
         files.sort_by_key(|f| f.first_height);
         let mut pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>> = BTreeMap::new();
         let mut paths = Vec::new();
+        let mut metas = Vec::new();
         for f in files {
-            let meta = wh.parquet_metadata(&f.path).await.map_err(wh_err)?;
+            let reader_meta = wh.reader_metadata(&f.path).await.map_err(wh_err)?;
+            let meta = Arc::clone(reader_meta.metadata());
+            metas.push(reader_meta);
             let schema = meta.file_metadata().schema_descr();
             let col = |name: &str| {
                 schema
@@ -167,6 +176,7 @@ impl SpendEdges {
             bits,
             transactions: m.next_tx_index,
             files: paths,
+            metas,
             pairs,
         })
     }
@@ -203,7 +213,7 @@ impl SpendEdges {
                 i += 1;
             }
             out.extend(
-                wh.read_row_groups(&self.files[f], EDGE_COLUMNS, rgs)
+                wh.read_row_groups_with(&self.files[f], &self.metas[f], EDGE_COLUMNS, rgs)
                     .await
                     .map_err(wh_err)?,
             );
@@ -229,9 +239,12 @@ fn edges_of(batches: &[RecordBatch], path: &str) -> Result<Vec<Edge>> {
     let mut out = Vec::new();
     for b in batches {
         let i64c = |i: usize| {
-            b.column(i)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| bad(path, format!("column {} has the wrong type", EDGE_COLUMNS[i])))
+            b.column(i).as_primitive_opt::<Int64Type>().ok_or_else(|| {
+                bad(
+                    path,
+                    format!("column {} has the wrong type", EDGE_COLUMNS[i]),
+                )
+            })
         };
         let (tx, spent_tx, spent_out, value, total, addr) =
             (i64c(0)?, i64c(2)?, i64c(3)?, i64c(4)?, i64c(5)?, i64c(6)?);
@@ -315,8 +328,12 @@ fn share(poison: bool, v: i64, total: i64) -> f32 {
     }) as f32
 }
 
-/// Sorts lowered edges (dst, src, tiebreak, weight, gate) into a chunk.
-fn chunk_of(mut e: Vec<(u32, u32, u64, f32, f32)>) -> Chunk {
+/// A lowered edge: destination and source (local to their blocks), the tiebreak among
+/// equal sources (the in-memory lowering's push order), weight and gate.
+type Lowered = (u32, u32, u64, f32, f32);
+
+/// Sorts lowered edges into a chunk.
+fn chunk_of(mut e: Vec<Lowered>) -> Chunk {
     e.sort_by_key(|x| (x.0, x.1, x.2));
     Chunk {
         dst: e.iter().map(|x| x.0).collect(),
@@ -375,11 +392,9 @@ impl Lowering<'_> {
             let which: Vec<usize> = (0..groups.groups.len())
                 .filter(|&g| groups.groups[g].2 <= hi && groups.groups[g].3 >= lo)
                 .collect();
-            let batches = self.rt.block_on(groups.read(
-                self.wh,
-                &which,
-                &["tx_index", "output_value"],
-            ))?;
+            let batches =
+                self.rt
+                    .block_on(groups.read(self.wh, &which, &["tx_index", "output_value"]))?;
             let mut totals = vec![-1i64; 1usize << self.edges.bits];
             for batch in &batches {
                 let (Some(t), Some(v)) = (
@@ -418,11 +433,15 @@ impl Lowering<'_> {
     /// Backward: an edge from a constant 1 into each seed's transaction.
     fn build_seed_chunks(&mut self) -> Result<()> {
         let poison = self.q.policy == Policy::Poison;
-        let mut by_block: BTreeMap<u32, Vec<(u32, u32, u64, f32, f32)>> = BTreeMap::new();
+        let mut by_block: BTreeMap<u32, Vec<Lowered>> = BTreeMap::new();
         match self.q.direction {
             Direction::Forward => {
-                let mut creators: Vec<u32> =
-                    self.q.seeds.iter().map(|s| self.block_of(s.tx_index)).collect();
+                let mut creators: Vec<u32> = self
+                    .q
+                    .seeds
+                    .iter()
+                    .map(|s| self.block_of(s.tx_index))
+                    .collect();
                 creators.sort_unstable();
                 creators.dedup();
                 for s in creators {
@@ -452,17 +471,23 @@ impl Lowering<'_> {
                     }
                     let total = self.total_out(s.tx_index)?;
                     let v = s.value.max(0);
-                    by_block.entry(self.block_of(s.tx_index)).or_default().push((
-                        (s.tx_index & self.mask()) as u32,
-                        0,
-                        s.output_id,
-                        share(poison, v, total),
-                        v as f32,
-                    ));
+                    by_block
+                        .entry(self.block_of(s.tx_index))
+                        .or_default()
+                        .push((
+                            (s.tx_index & self.mask()) as u32,
+                            0,
+                            s.output_id,
+                            share(poison, v, total),
+                            v as f32,
+                        ));
                 }
             }
         }
-        self.seed_chunks = by_block.into_iter().map(|(d, e)| (d, chunk_of(e))).collect();
+        self.seed_chunks = by_block
+            .into_iter()
+            .map(|(d, e)| (d, chunk_of(e)))
+            .collect();
         Ok(())
     }
 }
@@ -658,12 +683,24 @@ fn report(
     let mut rows = Vec::new();
     for b in &batches {
         let wrong = || Error::BadGraph("btc.outputs: a column has the wrong type".into());
-        let id = b.column(0).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
-        let tx = b.column(1).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+        let id = b
+            .column(0)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(wrong)?;
+        let tx = b
+            .column(1)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(wrong)?;
         let txid = b.column(2).as_string_opt::<i32>().ok_or_else(wrong)?;
-        let vout = b.column(3).as_primitive_opt::<Int32Type>().ok_or_else(wrong)?;
+        let vout = b
+            .column(3)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(wrong)?;
         let addr = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
-        let value = b.column(5).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+        let value = b
+            .column(5)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(wrong)?;
         for r in 0..b.num_rows() {
             let o = u64::try_from(id.value(r)).map_err(|_| wrong())?;
             let hit = match wanted.get(&o) {
@@ -674,8 +711,7 @@ fn report(
                     reached_blocks.get(&blk).and_then(|st| {
                         let local = (t - (u64::from(blk) << bits)) as usize;
                         let h = *st.hop.get(local)?;
-                        (h != UNREACHED)
-                            .then(|| (h, if poison { 1.0 } else { st.fraction[local] }))
+                        (h != UNREACHED).then(|| (h, if poison { 1.0 } else { st.fraction[local] }))
                     })
                 }
             };
@@ -749,9 +785,18 @@ pub async fn resolve_seeds(
             .map_err(wh_err)?
         {
             let wrong = || bad(&f.path, "a column has the wrong type");
-            let id = b.column(0).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
-            let tx = b.column(1).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
-            let value = b.column(2).as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+            let id = b
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(wrong)?;
+            let tx = b
+                .column(1)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(wrong)?;
+            let value = b
+                .column(2)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(wrong)?;
             let addr = b.column(3).as_string_opt::<i32>().ok_or_else(wrong)?;
             let txid = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
             for r in 0..b.num_rows() {
