@@ -675,13 +675,30 @@ fn report(
             which.push(g);
         }
     }
-    let batches = rt.block_on(by_id.read(
-        wh,
-        &which,
-        &["output_id", "tx_index", "txid", "vout", "address", "value"],
-    ))?;
     let mut rows = Vec::new();
-    for b in &batches {
+    // One row group at a time: what is held is the results and one group's columns.
+    for g in which {
+        let batches = rt.block_on(by_id.read(
+            wh,
+            &[g],
+            &["output_id", "tx_index", "txid", "vout", "address", "value"],
+        ))?;
+        collect_rows(&batches, &wanted, &reached_blocks, bits, poison, &mut rows)?;
+    }
+    rows.sort_by_key(|r| r.output_id);
+    Ok(rows)
+}
+
+/// The tainted outputs among `batches` of `btc.outputs`.
+fn collect_rows(
+    batches: &[RecordBatch],
+    wanted: &BTreeMap<u64, (u32, f32)>,
+    reached_blocks: &HashMap<u32, std::sync::Arc<blocked::BlockState>>,
+    bits: u32,
+    poison: bool,
+    rows: &mut Vec<StoredTainted>,
+) -> Result<()> {
+    for b in batches {
         let wrong = || Error::BadGraph("btc.outputs: a column has the wrong type".into());
         let id = b
             .column(0)
@@ -729,8 +746,7 @@ fn report(
             });
         }
     }
-    rows.sort_by_key(|r| r.output_id);
-    Ok(rows)
+    Ok(())
 }
 
 /// The seed outputs: every output paying one of `addresses` and every output of one of
