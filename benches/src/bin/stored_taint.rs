@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use ferret_benches::{arg, peak_rss_bytes};
 use ferret_kernels::blocked::Budget;
 use ferret_kernels::device::Backend;
-use ferret_kernels::taint::stored::{StoredQuery, resolve_seeds, run_stored};
+use ferret_kernels::taint::stored::{StoredQuery, resolve_seeds, run_stored_with};
 use ferret_kernels::taint::{Direction, Policy, Query, SpendGraph, run, seed_outputs};
 use ferret_schemas::{Chain, Warehouse};
 
@@ -94,12 +94,21 @@ async fn main() -> Result<()> {
                 mem_bytes: mem_mb << 20,
                 scratch: scratch.path().to_path_buf(),
             };
-            let r = tokio::task::spawn_blocking(move || run_stored(&wh, &q, &budget)).await??;
-            let sum: i64 = r.rows.iter().map(|x| x.tainted_value).sum();
-            let s = &r.stats;
+            // The rows are counted and summed as they come, never all held.
+            let (steps, stats, rows, sum) = tokio::task::spawn_blocking(move || {
+                let (mut rows, mut sum) = (0usize, 0i64);
+                let (steps, stats) = run_stored_with(&wh, &q, &budget, &mut |r| {
+                    rows += r.len();
+                    sum += r.iter().map(|x| x.tainted_value).sum::<i64>();
+                    Ok(())
+                })?;
+                anyhow::Ok((steps, stats, rows, sum))
+            })
+            .await??;
+            let s = &stats;
             (
-                r.steps,
-                r.rows.len(),
+                steps,
+                rows,
                 sum,
                 serde_json::json!({
                     "chunk_loads": s.chunk_loads,

@@ -9,7 +9,7 @@
 //! vouts and addresses by reading only the row groups of `btc.outputs` that hold tainted
 //! outputs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
@@ -235,8 +235,21 @@ struct Edge {
     address: u64,
 }
 
-fn edges_of(batches: &[RecordBatch], path: &str) -> Result<Vec<Edge>> {
+fn edges_of(batches: Vec<RecordBatch>, path: &str) -> Result<Vec<Edge>> {
     let mut out = Vec::new();
+    for_each_edge(batches, path, |e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` on every edge row of `batches`, dropping each batch once read.
+fn for_each_edge(
+    batches: Vec<RecordBatch>,
+    path: &str,
+    mut f: impl FnMut(Edge) -> Result<()>,
+) -> Result<()> {
     for b in batches {
         let i64c = |i: usize| {
             b.column(i).as_primitive_opt::<Int64Type>().ok_or_else(|| {
@@ -256,7 +269,7 @@ fn edges_of(batches: &[RecordBatch], path: &str) -> Result<Vec<Edge>> {
             u64::try_from(a.value(r)).map_err(|_| bad(path, format!("negative {what}")))
         };
         for r in 0..b.num_rows() {
-            out.push(Edge {
+            f(Edge {
                 tx: id(tx, r, "tx_index")?,
                 vin: vin.value(r),
                 spent_tx: id(spent_tx, r, "spent_tx_index")?,
@@ -268,10 +281,10 @@ fn edges_of(batches: &[RecordBatch], path: &str) -> Result<Vec<Edge>> {
                 } else {
                     id(addr, r, "address_id")?
                 },
-            });
+            })?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A seed output.
@@ -365,9 +378,10 @@ impl Lowering<'_> {
         u32::try_from(tx >> self.edges.bits).unwrap_or(u32::MAX)
     }
 
-    fn read(&self, d: u32, s: u32) -> Result<Vec<Edge>> {
+    /// Calls `f` on every edge of the stored pair (`d`, `s`), in file order.
+    fn each(&self, d: u32, s: u32, f: impl FnMut(Edge) -> Result<()>) -> Result<()> {
         let batches = self.rt.block_on(self.edges.read(self.wh, d, s))?;
-        edges_of(&batches, "btc.spends")
+        for_each_edge(batches, "btc.spends", f)
     }
 
     /// Backward: every transaction's total output value in block `b`.
@@ -444,24 +458,27 @@ impl Lowering<'_> {
                     .collect();
                 creators.sort_unstable();
                 creators.dedup();
+                let mask = self.mask();
                 for s in creators {
                     for d in self.edges.destinations_of(s) {
-                        for e in self.read(d, s)? {
-                            if !self.seeds.contains(&e.spent_output)
-                                || self.q.blocked_txs.contains(&e.tx)
+                        let into = by_block.entry(d).or_default();
+                        self.each(d, s, |e| {
+                            if self.seeds.contains(&e.spent_output)
+                                && !self.q.blocked_txs.contains(&e.tx)
                             {
-                                continue;
+                                into.push((
+                                    (e.tx & mask) as u32,
+                                    0,
+                                    e.vin as u64,
+                                    share(poison, e.value, e.input_total),
+                                    e.value as f32,
+                                ));
                             }
-                            by_block.entry(d).or_default().push((
-                                (e.tx & self.mask()) as u32,
-                                0,
-                                e.vin as u64,
-                                share(poison, e.value, e.input_total),
-                                e.value as f32,
-                            ));
-                        }
+                            Ok(())
+                        })?;
                     }
                 }
+                by_block.retain(|_, e| !e.is_empty());
             }
             Direction::Backward => {
                 let seeds = self.q.seeds.clone();
@@ -521,31 +538,41 @@ impl ChunkSource for Lowering<'_> {
         let mut out = Vec::new();
         match self.q.direction {
             Direction::Forward => {
-                for e in self.read(d, s)? {
-                    if self.q.blocked_txs.contains(&e.tx)
-                        || self.seeds.contains(&e.spent_output)
-                        || self.q.stop_addresses.contains(&e.address)
+                let q = self.q;
+                let seeds = &self.seeds;
+                self.each(d, s, |e| {
+                    if !(q.blocked_txs.contains(&e.tx)
+                        || seeds.contains(&e.spent_output)
+                        || q.stop_addresses.contains(&e.address))
                     {
-                        continue;
+                        out.push((
+                            (e.tx & mask) as u32,
+                            (e.spent_tx & mask) as u32,
+                            e.vin as u64,
+                            share(poison, e.value, e.input_total),
+                            e.value as f32,
+                        ));
                     }
-                    out.push((
-                        (e.tx & mask) as u32,
-                        (e.spent_tx & mask) as u32,
-                        e.vin as u64,
-                        share(poison, e.value, e.input_total),
-                        e.value as f32,
-                    ));
-                }
+                    Ok(())
+                })?;
             }
             Direction::Backward => {
                 // Destination: the creating transaction; source: the spending one.
-                for e in self.read(s, d)? {
-                    if self.q.blocked_txs.contains(&e.spent_tx)
-                        || self.seeds.contains(&e.spent_output)
-                        || self.q.stop_addresses.contains(&e.address)
-                    {
-                        continue;
-                    }
+                let mut kept = Vec::new();
+                {
+                    let q = self.q;
+                    let seeds = &self.seeds;
+                    self.each(s, d, |e| {
+                        if !(q.blocked_txs.contains(&e.spent_tx)
+                            || seeds.contains(&e.spent_output)
+                            || q.stop_addresses.contains(&e.address))
+                        {
+                            kept.push(e);
+                        }
+                        Ok(())
+                    })?;
+                }
+                for e in kept {
                     let total = self.total_out(e.spent_tx)?;
                     out.push((
                         (e.spent_tx & mask) as u32,
@@ -566,12 +593,31 @@ impl ChunkSource for Lowering<'_> {
     }
 }
 
-/// Runs `q` on the committed graph within `budget` (call from a blocking thread inside a
-/// tokio runtime: the graph is read through the runtime).
+/// Runs `q` on the committed graph within `budget` and returns the tainted outputs
+/// (call from a blocking thread inside a tokio runtime: the graph is read through the
+/// runtime). [`run_stored_with`] hands them over a row group at a time instead.
 pub fn run_stored(wh: &Warehouse, q: &StoredQuery, budget: &Budget) -> Result<StoredResult> {
+    let mut rows = Vec::new();
+    let (steps, stats) = run_stored_with(wh, q, budget, &mut |r| {
+        rows.extend(r);
+        Ok(())
+    })?;
+    Ok(StoredResult { rows, steps, stats })
+}
+
+/// [`run_stored`], giving the tainted outputs to `on_rows` as they are joined, in
+/// `output_id` order, one row group of `btc.outputs` at a time: what the run holds is its
+/// budget, one block's working set and one row group, whatever the number of results
+/// (backward runs also hold the ids of the tainted outputs, 24 bytes each).
+pub fn run_stored_with(
+    wh: &Warehouse,
+    q: &StoredQuery,
+    budget: &Budget,
+    on_rows: &mut dyn FnMut(Vec<StoredTainted>) -> Result<()>,
+) -> Result<(u32, blocked::Stats)> {
     if q.policy == Policy::Fifo {
         return Err(Error::BadQuery(
-            "fifo runs on the in-memory graph only so far (drop --mem-mb)".into(),
+            "fifo runs on the in-memory graph only so far".into(),
         ));
     }
     let rt = Handle::current();
@@ -603,12 +649,8 @@ pub fn run_stored(wh: &Warehouse, q: &StoredQuery, budget: &Budget) -> Result<St
     };
     let mut res = blocked::propagate(&mut low, &opts, budget)?;
     drop(low);
-    let rows = report(wh, &rt, &m, &edges, q, &mut res)?;
-    Ok(StoredResult {
-        rows,
-        steps: res.stats.steps,
-        stats: res.stats.clone(),
-    })
+    report(wh, &rt, &m, &edges, q, &mut res, on_rows)?;
+    Ok((res.stats.steps, res.stats.clone()))
 }
 
 /// The tainted outputs, joined to `btc.outputs`.
@@ -619,21 +661,24 @@ fn report(
     edges: &SpendEdges,
     q: &StoredQuery,
     res: &mut blocked::Blocked,
-) -> Result<Vec<StoredTainted>> {
+    on_rows: &mut dyn FnMut(Vec<StoredTainted>) -> Result<()>,
+) -> Result<()> {
     let poison = q.policy == Policy::Poison;
     let bits = edges.bits;
-    // Output id → (hop, fraction) for backward; forward goes by the creating transaction.
+    // Backward: output id → (hop, fraction) of the outputs reached transactions spent.
+    // Forward: an output takes its creating transaction's state, read block by block
+    // through the pager; here only which blocks have any reached node.
     let mut wanted: BTreeMap<u64, (u32, f32)> = BTreeMap::new();
-    let mut reached_blocks: HashMap<u32, std::sync::Arc<blocked::BlockState>> = HashMap::new();
+    let mut reached = vec![false; res.blocks() as usize];
     for b in 0..res.blocks() {
         let Some(st) = res.block(b)? else { continue };
         if st.hop.iter().all(|&h| h == UNREACHED) {
             continue;
         }
+        reached[b as usize] = true;
         if q.direction == Direction::Backward {
-            // The outputs a reached transaction spent.
             for s in edges.sources_of(b) {
-                for e in edges_of(&rt.block_on(edges.read(wh, b, s))?, "btc.spends")? {
+                for e in edges_of(rt.block_on(edges.read(wh, b, s))?, "btc.spends")? {
                     let local = (e.tx - (u64::from(b) << bits)) as usize;
                     let h = st.hop[local];
                     if h != UNREACHED {
@@ -642,18 +687,21 @@ fn report(
                     }
                 }
             }
-        } else {
-            reached_blocks.insert(b, st);
         }
     }
+    let forward = q.direction == Direction::Forward;
     for s in &q.seeds {
         wanted.insert(s.output_id, (0, 1.0));
     }
-    // The row groups of btc.outputs holding a wanted output or an output of a reached
-    // transaction.
+    // The row groups of btc.outputs holding a wanted output or, forward, an output of a
+    // transaction in a reached block.
     let by_tx = rt.block_on(RowGroups::open(wh, m, "outputs", "tx_index"))?;
     let by_id = rt.block_on(RowGroups::open(wh, m, "outputs", "output_id"))?;
-    let mut which = Vec::new();
+    if by_tx.groups.len() != by_id.groups.len() {
+        return Err(Error::BadGraph(
+            "btc.outputs: row groups without tx_index or output_id statistics".into(),
+        ));
+    }
     for g in 0..by_id.groups.len() {
         let (lo, hi) = (by_id.groups[g].2, by_id.groups[g].3);
         let any_wanted = wanted
@@ -661,43 +709,37 @@ fn report(
             .next()
             .is_some();
         let (tlo, thi) = (by_tx.groups[g].2, by_tx.groups[g].3);
-        let any_reached = !reached_blocks.is_empty()
-            && (tlo >> bits..=thi >> bits).any(|b| {
-                reached_blocks.get(&(b as u32)).is_some_and(|st| {
-                    let start = b << bits;
-                    let from = (tlo.max(start) - start) as usize;
-                    let to = ((thi.min(start + (1 << bits) - 1) - start) as usize)
-                        .min(st.hop.len().saturating_sub(1));
-                    from <= to && st.hop[from..=to].iter().any(|&h| h != UNREACHED)
-                })
-            });
-        if any_wanted || any_reached {
-            which.push(g);
+        let any_reached = forward
+            && (tlo >> bits..=thi >> bits)
+                .any(|b| reached.get(b as usize).copied().unwrap_or(false));
+        if !any_wanted && !any_reached {
+            continue;
         }
-    }
-    let mut rows = Vec::new();
-    // One row group at a time: what is held is the results and one group's columns.
-    for g in which {
         let batches = rt.block_on(by_id.read(
             wh,
             &[g],
             &["output_id", "tx_index", "txid", "vout", "address", "value"],
         ))?;
-        collect_rows(&batches, &wanted, &reached_blocks, bits, poison, &mut rows)?;
+        let rows = collect_rows(&batches, &wanted, forward, res, bits, poison)?;
+        if !rows.is_empty() {
+            on_rows(rows)?;
+        }
     }
-    rows.sort_by_key(|r| r.output_id);
-    Ok(rows)
+    Ok(())
 }
 
 /// The tainted outputs among `batches` of `btc.outputs`.
 fn collect_rows(
     batches: &[RecordBatch],
     wanted: &BTreeMap<u64, (u32, f32)>,
-    reached_blocks: &HashMap<u32, std::sync::Arc<blocked::BlockState>>,
+    forward: bool,
+    res: &mut blocked::Blocked,
     bits: u32,
     poison: bool,
-    rows: &mut Vec<StoredTainted>,
-) -> Result<()> {
+) -> Result<Vec<StoredTainted>> {
+    let mut rows = Vec::new();
+    // The state of the block last looked at (rows come in transaction order).
+    let mut current: Option<(u32, Option<Arc<blocked::BlockState>>)> = None;
     for b in batches {
         let wrong = || Error::BadGraph("btc.outputs: a column has the wrong type".into());
         let id = b
@@ -722,15 +764,20 @@ fn collect_rows(
             let o = u64::try_from(id.value(r)).map_err(|_| wrong())?;
             let hit = match wanted.get(&o) {
                 Some(&hf) => Some(hf),
-                None => {
+                None if forward => {
                     let t = u64::try_from(tx.value(r)).map_err(|_| wrong())?;
-                    let blk = (t >> bits) as u32;
-                    reached_blocks.get(&blk).and_then(|st| {
+                    let blk = u32::try_from(t >> bits).map_err(|_| wrong())?;
+                    if current.as_ref().is_none_or(|c| c.0 != blk) {
+                        current = Some((blk, res.block(blk)?));
+                    }
+                    current.as_ref().and_then(|(_, st)| {
+                        let st = st.as_ref()?;
                         let local = (t - (u64::from(blk) << bits)) as usize;
                         let h = *st.hop.get(local)?;
                         (h != UNREACHED).then(|| (h, if poison { 1.0 } else { st.fraction[local] }))
                     })
                 }
+                None => None,
             };
             let Some((hop, fraction)) = hit else { continue };
             let v = value.value(r).max(0);
@@ -746,7 +793,7 @@ fn collect_rows(
             });
         }
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// The seed outputs: every output paying one of `addresses` and every output of one of
@@ -791,39 +838,44 @@ pub async fn resolve_seeds(
         if rgs.is_empty() {
             continue;
         }
-        for b in wh
-            .read_row_groups(
-                &f.path,
-                &["output_id", "tx_index", "value", "address", "txid"],
-                rgs,
-            )
-            .await
-            .map_err(wh_err)?
-        {
-            let wrong = || bad(&f.path, "a column has the wrong type");
-            let id = b
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let tx = b
-                .column(1)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let value = b
-                .column(2)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let addr = b.column(3).as_string_opt::<i32>().ok_or_else(wrong)?;
-            let txid = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
-            for r in 0..b.num_rows() {
-                let hit = (!addr.is_null(r) && addr_set.contains(addr.value(r)))
-                    || txid_set.contains(txid.value(r));
-                if hit {
-                    out.push(SeedOutput {
-                        output_id: u64::try_from(id.value(r)).map_err(|_| wrong())?,
-                        tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
-                        value: value.value(r),
-                    });
+        // One row group at a time: a file of a large commit holds millions of outputs.
+        let meta = wh.reader_metadata(&f.path).await.map_err(wh_err)?;
+        for rg in rgs {
+            for b in wh
+                .read_row_groups_with(
+                    &f.path,
+                    &meta,
+                    &["output_id", "tx_index", "value", "address", "txid"],
+                    vec![rg],
+                )
+                .await
+                .map_err(wh_err)?
+            {
+                let wrong = || bad(&f.path, "a column has the wrong type");
+                let id = b
+                    .column(0)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(wrong)?;
+                let tx = b
+                    .column(1)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(wrong)?;
+                let value = b
+                    .column(2)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(wrong)?;
+                let addr = b.column(3).as_string_opt::<i32>().ok_or_else(wrong)?;
+                let txid = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
+                for r in 0..b.num_rows() {
+                    let hit = (!addr.is_null(r) && addr_set.contains(addr.value(r)))
+                        || txid_set.contains(txid.value(r));
+                    if hit {
+                        out.push(SeedOutput {
+                            output_id: u64::try_from(id.value(r)).map_err(|_| wrong())?,
+                            tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
+                            value: value.value(r),
+                        });
+                    }
                 }
             }
         }
