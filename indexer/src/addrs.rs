@@ -307,14 +307,8 @@ impl AddressStore {
         self.heap_bytes + self.map.capacity() * SLOT_BYTES
     }
 
-    /// What the map may take: the budget less the runs' indexes, never under half the
-    /// budget or 1 MiB (spilling a small map would only make small runs).
     fn map_budget(&self) -> usize {
-        let runs: usize = self.runs.iter().map(Run::mem_bytes).sum();
-        self.budget
-            .saturating_sub(runs)
-            .max(self.budget / 2)
-            .max(1 << 20)
+        crate::utxo::map_budget(self.budget, self.runs.iter().map(Run::mem_bytes).sum())
     }
 
     fn err(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> Error {

@@ -183,6 +183,16 @@ fn decode_record(v: &[u8]) -> Option<Utxo> {
     })
 }
 
+/// What the in-memory map of a spilling store may take: `budget` less what its runs'
+/// indexes hold, never under half the budget or 1 MiB (spilling a small map would only
+/// make small runs). Shared with the address store.
+pub(crate) fn map_budget(budget: usize, run_index_bytes: usize) -> usize {
+    budget
+        .saturating_sub(run_index_bytes)
+        .max(budget / 2)
+        .max(1 << 20)
+}
+
 /// One immutable sorted file of spilled entries.
 struct Run {
     path: PathBuf,
@@ -374,11 +384,7 @@ impl UtxoStore {
     /// half the budget (or 1 MiB): spilling a small map would only make small runs. The
     /// indexes take under a byte per spilled entry.
     fn map_budget(&self) -> usize {
-        let runs: usize = self.runs.iter().map(Run::mem_bytes).sum();
-        self.budget
-            .saturating_sub(runs)
-            .max(self.budget / 2)
-            .max(1 << 20)
+        map_budget(self.budget, self.runs.iter().map(Run::mem_bytes).sum())
     }
 
     fn dir_path(&self) -> PathBuf {

@@ -32,14 +32,16 @@ fn bad(path: &str, what: impl std::fmt::Display) -> Error {
     Error::BadGraph(format!("{path}: {what}"))
 }
 
-/// The row groups of a table's committed files with the range of one Int64 column (or
-/// the one value of Int32 columns) each holds, from the files' footers.
+/// One row group: (file, row group, (min, max) of each column asked for).
+pub type RowGroupRanges = (usize, usize, Vec<(i64, i64)>);
+
+/// The row groups of a table's committed files with the range each holds of some Int64
+/// (or Int32) columns, from the files' footers (each read once).
 #[derive(Clone, Debug, Default)]
 pub struct RowGroups {
     pub files: Vec<String>,
     metas: Vec<ArrowReaderMetadata>,
-    /// (file, row group, min, max) of the column.
-    pub groups: Vec<(usize, usize, i64, i64)>,
+    pub groups: Vec<RowGroupRanges>,
 }
 
 fn stat_range(s: Option<&Statistics>) -> Option<(i64, i64)> {
@@ -52,7 +54,7 @@ fn stat_range(s: Option<&Statistics>) -> Option<(i64, i64)> {
 
 impl RowGroups {
     /// Reads the footers of `table`'s committed files.
-    pub async fn open(wh: &Warehouse, m: &Manifest, table: &str, column: &str) -> Result<Self> {
+    pub async fn open(wh: &Warehouse, m: &Manifest, table: &str, columns: &[&str]) -> Result<Self> {
         let mut files: Vec<_> = m.files_of(table).collect();
         files.sort_by_key(|f| f.first_height);
         let mut out = Self::default();
@@ -62,20 +64,31 @@ impl RowGroups {
             let fi = out.files.len();
             out.files.push(f.path.clone());
             out.metas.push(reader_meta);
-            let col = meta
-                .file_metadata()
-                .schema_descr()
-                .columns()
+            let schema = meta.file_metadata().schema_descr();
+            let cols = columns
                 .iter()
-                .position(|c| c.path().string() == column)
-                .ok_or_else(|| bad(&f.path, format!("no column {column}")))?;
+                .map(|c| {
+                    schema
+                        .columns()
+                        .iter()
+                        .position(|col| col.path().string() == *c)
+                        .ok_or_else(|| bad(&f.path, format!("no column {c}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
             for (ri, rg) in meta.row_groups().iter().enumerate() {
                 if rg.num_rows() == 0 {
                     continue;
                 }
-                let (lo, hi) = stat_range(rg.column(col).statistics())
-                    .ok_or_else(|| bad(&f.path, format!("row group {ri} has no {column} range")))?;
-                out.groups.push((fi, ri, lo, hi));
+                let ranges = cols
+                    .iter()
+                    .zip(columns)
+                    .map(|(&c, name)| {
+                        stat_range(rg.column(c).statistics()).ok_or_else(|| {
+                            bad(&f.path, format!("row group {ri} has no {name} range"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                out.groups.push((fi, ri, ranges));
             }
         }
         Ok(out)
@@ -88,9 +101,22 @@ impl RowGroups {
         which: &[usize],
         columns: &[&str],
     ) -> Result<Vec<RecordBatch>> {
+        let at: Vec<(usize, usize)> = which
+            .iter()
+            .map(|&g| (self.groups[g].0, self.groups[g].1))
+            .collect();
+        self.read_at(wh, &at, columns).await
+    }
+
+    /// Reads `columns` of the given (file, row group)s, file by file.
+    async fn read_at(
+        &self,
+        wh: &Warehouse,
+        at: &[(usize, usize)],
+        columns: &[&str],
+    ) -> Result<Vec<RecordBatch>> {
         let mut by_file: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for &g in which {
-            let (f, rg, ..) = self.groups[g];
+        for &(f, rg) in at {
             by_file.entry(f).or_default().push(rg);
         }
         let mut out = Vec::new();
@@ -112,8 +138,7 @@ pub struct SpendEdges {
     pub bits: u32,
     /// Transactions (nodes) in the graph.
     pub transactions: u64,
-    files: Vec<String>,
-    metas: Vec<ArrowReaderMetadata>,
+    groups: RowGroups,
     pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>>,
 }
 
@@ -135,48 +160,22 @@ impl SpendEdges {
                 "this warehouse has no spend graph (indexed before btc.spends existed): index it again into a new warehouse".into(),
             )
         })?;
-        let mut files: Vec<_> = m.files_of("spends").collect();
-        files.sort_by_key(|f| f.first_height);
+        let groups = RowGroups::open(wh, m, "spends", &["dst_block", "src_block"]).await?;
         let mut pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>> = BTreeMap::new();
-        let mut paths = Vec::new();
-        let mut metas = Vec::new();
-        for f in files {
-            let reader_meta = wh.reader_metadata(&f.path).await.map_err(wh_err)?;
-            let meta = Arc::clone(reader_meta.metadata());
-            metas.push(reader_meta);
-            let schema = meta.file_metadata().schema_descr();
-            let col = |name: &str| {
-                schema
-                    .columns()
-                    .iter()
-                    .position(|c| c.path().string() == name)
-                    .ok_or_else(|| bad(&f.path, format!("no column {name}")))
+        for (fi, ri, ranges) in &groups.groups {
+            let one = |(lo, hi): (i64, i64)| (lo == hi).then(|| u32::try_from(lo).ok()).flatten();
+            let (Some(d), Some(s)) = (one(ranges[0]), one(ranges[1])) else {
+                return Err(bad(
+                    &groups.files[*fi],
+                    format!("row group {ri} does not hold one (dst_block, src_block) pair"),
+                ));
             };
-            let (dc, sc) = (col("dst_block")?, col("src_block")?);
-            let fi = paths.len();
-            paths.push(f.path.clone());
-            for (ri, rg) in meta.row_groups().iter().enumerate() {
-                if rg.num_rows() == 0 {
-                    continue;
-                }
-                let one = |c: usize| match stat_range(rg.column(c).statistics()) {
-                    Some((lo, hi)) if lo == hi => u32::try_from(lo).ok(),
-                    _ => None,
-                };
-                let (Some(d), Some(s)) = (one(dc), one(sc)) else {
-                    return Err(bad(
-                        &f.path,
-                        format!("row group {ri} does not hold one (dst_block, src_block) pair"),
-                    ));
-                };
-                pairs.entry((d, s)).or_default().push((fi, ri));
-            }
+            pairs.entry((d, s)).or_default().push((*fi, *ri));
         }
         Ok(Self {
             bits,
             transactions: m.next_tx_index,
-            files: paths,
-            metas,
+            groups,
             pairs,
         })
     }
@@ -203,22 +202,7 @@ impl SpendEdges {
         let Some(groups) = self.pairs.get(&(d, s)) else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < groups.len() {
-            let f = groups[i].0;
-            let mut rgs = Vec::new();
-            while i < groups.len() && groups[i].0 == f {
-                rgs.push(groups[i].1);
-                i += 1;
-            }
-            out.extend(
-                wh.read_row_groups_with(&self.files[f], &self.metas[f], EDGE_COLUMNS, rgs)
-                    .await
-                    .map_err(wh_err)?,
-            );
-        }
-        Ok(out)
+        self.groups.read_at(wh, groups, EDGE_COLUMNS).await
     }
 }
 
@@ -356,9 +340,21 @@ fn chunk_of(mut e: Vec<Lowered>) -> Chunk {
     }
 }
 
+/// A forward edge from `src` (local; 0 for a seed output) into the spender of `e`.
+fn forward_edge(e: &Edge, src: u32, mask: u64, poison: bool) -> Lowered {
+    (
+        (e.tx & mask) as u32,
+        src,
+        e.vin as u64,
+        share(poison, e.value, e.input_total),
+        e.value as f32,
+    )
+}
+
 /// The lowering of one query onto the committed graph.
 struct Lowering<'a> {
     wh: &'a Warehouse,
+    manifest: &'a Manifest,
     rt: Handle,
     edges: &'a SpendEdges,
     q: &'a StoredQuery,
@@ -388,23 +384,18 @@ impl Lowering<'_> {
     fn out_totals(&mut self, b: u32) -> Result<&[i64]> {
         if self.out_totals.as_ref().is_none_or(|(ob, _)| *ob != b) {
             if self.tx_groups.is_none() {
-                let m = self
-                    .rt
-                    .block_on(self.wh.load_manifest(Chain::Btc))
-                    .map_err(wh_err)?
-                    .ok_or(Error::NothingIndexed { chain: "btc" })?;
                 self.tx_groups = Some(self.rt.block_on(RowGroups::open(
                     self.wh,
-                    &m,
+                    self.manifest,
                     "transactions",
-                    "tx_index",
+                    &["tx_index"],
                 ))?);
             }
             let groups = self.tx_groups.as_ref().expect("opened above");
             let lo = i64::from(b) << self.edges.bits;
             let hi = lo + (1i64 << self.edges.bits) - 1;
             let which: Vec<usize> = (0..groups.groups.len())
-                .filter(|&g| groups.groups[g].2 <= hi && groups.groups[g].3 >= lo)
+                .filter(|&g| groups.groups[g].2[0].0 <= hi && groups.groups[g].2[0].1 >= lo)
                 .collect();
             let batches =
                 self.rt
@@ -466,13 +457,7 @@ impl Lowering<'_> {
                             if self.seeds.contains(&e.spent_output)
                                 && !self.q.blocked_txs.contains(&e.tx)
                             {
-                                into.push((
-                                    (e.tx & mask) as u32,
-                                    0,
-                                    e.vin as u64,
-                                    share(poison, e.value, e.input_total),
-                                    e.value as f32,
-                                ));
+                                into.push(forward_edge(&e, 0, mask, poison));
                             }
                             Ok(())
                         })?;
@@ -545,13 +530,7 @@ impl ChunkSource for Lowering<'_> {
                         || seeds.contains(&e.spent_output)
                         || q.stop_addresses.contains(&e.address))
                     {
-                        out.push((
-                            (e.tx & mask) as u32,
-                            (e.spent_tx & mask) as u32,
-                            e.vin as u64,
-                            share(poison, e.value, e.input_total),
-                            e.value as f32,
-                        ));
+                        out.push(forward_edge(&e, (e.spent_tx & mask) as u32, mask, poison));
                     }
                     Ok(())
                 })?;
@@ -628,6 +607,7 @@ pub fn run_stored_with(
     let edges = rt.block_on(SpendEdges::open(wh, &m))?;
     let mut low = Lowering {
         wh,
+        manifest: &m,
         rt: rt.clone(),
         edges: &edges,
         q,
@@ -695,20 +675,18 @@ fn report(
     }
     // The row groups of btc.outputs holding a wanted output or, forward, an output of a
     // transaction in a reached block.
-    let by_tx = rt.block_on(RowGroups::open(wh, m, "outputs", "tx_index"))?;
-    let by_id = rt.block_on(RowGroups::open(wh, m, "outputs", "output_id"))?;
-    if by_tx.groups.len() != by_id.groups.len() {
-        return Err(Error::BadGraph(
-            "btc.outputs: row groups without tx_index or output_id statistics".into(),
-        ));
-    }
+    let by_id = rt.block_on(RowGroups::open(
+        wh,
+        m,
+        "outputs",
+        &["output_id", "tx_index"],
+    ))?;
     for g in 0..by_id.groups.len() {
-        let (lo, hi) = (by_id.groups[g].2, by_id.groups[g].3);
+        let ((lo, hi), (tlo, thi)) = (by_id.groups[g].2[0], by_id.groups[g].2[1]);
         let any_wanted = wanted
             .range(u64::try_from(lo).unwrap_or(0)..=u64::try_from(hi).unwrap_or(0))
             .next()
             .is_some();
-        let (tlo, thi) = (by_tx.groups[g].2, by_tx.groups[g].3);
         let any_reached = forward
             && (tlo >> bits..=thi >> bits)
                 .any(|b| reached.get(b as usize).copied().unwrap_or(false));
