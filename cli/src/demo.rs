@@ -313,7 +313,12 @@ async fn kernels(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
     let taint = taint_btc(wh, &backend, &job).await.context("taint")?;
     let run_id = write_taint(wh, &taint).await?;
     println!("-- Taint (haircut) from every `scam` address, stopping at `exchange` addresses");
-    crate::print_taint_report(&taint, &run_id, 10);
+    crate::print_taint_report(
+        &taint,
+        &ferret_kernels::taint::stored_job::TaintTotals::of(&taint),
+        &run_id,
+        10,
+    );
     println!();
     let line = crate::write_trace(wh, &taint, &a.dir.join("trace"), 60).await?;
     println!("-- The picture: {line}\n");

@@ -299,6 +299,48 @@ struct TaintBtcArgs {
     /// Rows of the exits report to print.
     #[arg(long, default_value_t = 20)]
     top: usize,
+    #[command(flatten)]
+    budget: BudgetArgs,
+}
+
+/// Out-of-core runs on the committed graph.
+#[derive(Args)]
+struct BudgetArgs {
+    /// Run out of core on the committed graph within this many MiB for node state and
+    /// cached graph chunks (plus a fixed overhead; see docs/kernels.md), spilling the rest
+    /// to --scratch. Without it the graph is built in memory.
+    #[arg(long)]
+    mem_mb: Option<usize>,
+    /// Where an out-of-core run spills (a temporary directory is made inside it).
+    #[arg(long, env = "FERRET_SCRATCH")]
+    scratch: Option<PathBuf>,
+}
+
+impl BudgetArgs {
+    /// The budget, when an out-of-core run was asked for.
+    fn budget(&self) -> Result<Option<(ferret_kernels::blocked::Budget, tempfile::TempDir)>> {
+        let Some(mb) = self.mem_mb else {
+            if self.scratch.is_some() {
+                bail!("--scratch is for out-of-core runs: give --mem-mb too");
+            }
+            return Ok(None);
+        };
+        if mb == 0 {
+            bail!("--mem-mb must be at least 1");
+        }
+        let base = self.scratch.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("ferret-scratch-")
+            .tempdir_in(&base)
+            .with_context(|| format!("making a scratch directory in {}", base.display()))?;
+        Ok(Some((
+            ferret_kernels::blocked::Budget {
+                mem_bytes: mb << 20,
+                scratch: dir.path().to_path_buf(),
+            },
+            dir,
+        )))
+    }
 }
 
 #[derive(Subcommand)]
@@ -726,9 +768,9 @@ async fn cluster_why_cmd(a: ClusterWhyArgs) -> Result<()> {
 
 use ferret_kernels::taint::trace::btc;
 
-/// Runs the taint job the arguments describe.
-async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::job::TaintRun)> {
-    use ferret_kernels::taint::job::{TaintJob, taint_btc};
+/// The taint job the arguments describe.
+fn taint_job(a: &TaintArgs) -> Result<ferret_kernels::taint::job::TaintJob> {
+    use ferret_kernels::taint::job::TaintJob;
     if a.seed.is_empty() && a.seed_category.is_empty() {
         bail!("give seeds: --seed ADDRESS|TXID (repeatable) or --seed-category CATEGORY");
     }
@@ -749,6 +791,13 @@ async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::j
         seed_categories: a.seed_category.clone(),
         stop_categories: a.stop_at.clone(),
     };
+    Ok(job)
+}
+
+/// Runs the taint job the arguments describe.
+async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::job::TaintRun)> {
+    use ferret_kernels::taint::job::taint_btc;
+    let job = taint_job(a)?;
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let run = taint_btc(&wh, &backend, &job)
@@ -862,32 +911,42 @@ async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
 
 async fn taint_btc_cmd(a: TaintBtcArgs) -> Result<()> {
     use ferret_kernels::taint::job::write_taint;
+    use ferret_kernels::taint::stored_job::{TaintTotals, taint_btc_stored};
+    if let Some((budget, _dir)) = a.budget.budget()? {
+        if a.taint.device == ferret_kernels::device::DeviceChoice::Gpu {
+            bail!("--mem-mb runs on the CPU so far: drop --device gpu");
+        }
+        let job = taint_job(&a.taint)?;
+        let wh = Warehouse::open_existing(&a.taint.warehouse)?;
+        let r = tokio::task::spawn_blocking(move || taint_btc_stored(&wh, &job, &budget))
+            .await
+            .context("the out-of-core taint run stopped")?
+            .context("tracing btc taint out of core")?;
+        print_taint_report(&r.run, &r.totals, &r.run_id, a.top);
+        return Ok(());
+    }
     let (wh, run) = taint_run(&a.taint).await?;
     let run_id = write_taint(&wh, &run).await?;
-    print_taint_report(&run, &run_id, a.top);
+    print_taint_report(&run, &TaintTotals::of(&run), &run_id, a.top);
     Ok(())
 }
 
 /// The summary line and the exits report of a taint run.
 pub(crate) fn print_taint_report(
     run: &ferret_kernels::taint::job::TaintRun,
+    totals: &ferret_kernels::taint::stored_job::TaintTotals,
     run_id: &str,
     top: usize,
 ) {
     let job = &run.job;
-    let tainted: i64 = run
-        .outputs
-        .iter()
-        .filter(|o| o.hop > 0)
-        .map(|o| o.tainted_value)
-        .sum();
-    let max_hop = run.outputs.iter().map(|o| o.hop).max().unwrap_or(0);
+    let tainted = totals.tainted_beyond_seeds;
+    let max_hop = totals.max_hop;
     println!(
         "{} {} from {} seed outputs: {} tainted outputs up to hop {max_hop}, {} BTC tainted beyond the seeds; {} steps over {} nodes / {} edges on {}; run {run_id}",
         job.policy.as_str(),
         job.direction.as_str(),
         run.seed_outputs,
-        run.outputs.len(),
+        totals.outputs,
         btc(tainted),
         run.steps,
         run.nodes,

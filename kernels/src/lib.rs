@@ -19,6 +19,7 @@ mod error;
 mod progress;
 pub mod propagate;
 pub mod taint;
+pub mod txstream;
 
 pub use error::{Error, Result};
 

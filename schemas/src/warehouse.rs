@@ -737,33 +737,66 @@ impl Warehouse {
         schema: arrow::datatypes::SchemaRef,
         batches: &[arrow::array::RecordBatch],
     ) -> Result<(String, u64, crate::results::FileCheck)> {
-        use parquet::arrow::AsyncArrowWriter;
+        let mut w = self.run_writer(job, run_id, schema)?;
+        for b in batches {
+            w.write(b).await?;
+        }
+        w.finish().await
+    }
+
+    /// A streaming writer of one run's file of `job`: rows are written as they come (a
+    /// run whose results outgrow memory), and nothing is visible until
+    /// [`Warehouse::commit_run_files`] points the job at the finished file.
+    pub fn run_writer(
+        &self,
+        job: &str,
+        run_id: &str,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<RunWriter> {
         let path = crate::results::job_dir(&self.root, job)
             .join(format!("run={run_id}"))
             .join("part-0.parquet");
-        let write_err = |e: parquet::errors::ParquetError| Error::CorruptFile {
-            path: path.to_string(),
-            reason: format!("writing: {e}"),
-        };
         let (out, digest) = crate::checksum::HashingWriter::new(
             object_store::buffered::BufWriter::new(Arc::clone(&self.store), path.clone()),
         );
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
             .build();
-        let mut w = AsyncArrowWriter::try_new(out, schema, Some(props)).map_err(write_err)?;
-        let mut rows = 0u64;
-        for b in batches {
-            rows += b.num_rows() as u64;
-            w.write(b).await.map_err(write_err)?;
-        }
-        w.close().await.map_err(write_err)?;
-        crate::failpoint::hit("run-file-written");
-        let check = crate::results::FileCheck {
-            bytes: digest.bytes(),
-            sha256: digest.hex(),
-        };
-        Ok((self.relative(&path), rows, check))
+        let w = parquet::arrow::AsyncArrowWriter::try_new(out, schema, Some(props))
+            .map_err(|e| run_write_err(&path, e))?;
+        Ok(RunWriter {
+            relative: self.relative(&path),
+            path,
+            writer: w,
+            digest,
+            rows: 0,
+        })
+    }
+
+    /// Commits streamed run files (from [`Warehouse::run_writer`]), one per job, as one
+    /// run: every job's plain table moves to it in one commit.
+    pub async fn commit_run_files(
+        &self,
+        run_id: &str,
+        files: Vec<(String, WrittenRunFile)>,
+        params: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let runs = files
+            .into_iter()
+            .map(|(job, f)| {
+                (
+                    job,
+                    crate::results::LatestRun {
+                        run_id: run_id.to_string(),
+                        files: vec![f.0],
+                        rows: f.1,
+                        params: params.clone(),
+                        checks: vec![f.2],
+                    },
+                )
+            })
+            .collect();
+        self.commit_runs(runs).await
     }
 
     /// Reads every column of a job's latest run (empty when there is none).
@@ -1405,5 +1438,56 @@ mod tests {
             err.to_string().contains("unsupported scheme `ftp`"),
             "{err}"
         );
+    }
+}
+
+fn run_write_err(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    Error::CorruptFile {
+        path: path.to_string(),
+        reason: format!("writing: {e}"),
+    }
+}
+
+/// A finished run file: warehouse-relative path, rows, size and SHA-256.
+pub type WrittenRunFile = (String, u64, crate::results::FileCheck);
+
+/// One run file being written (see [`Warehouse::run_writer`]).
+pub struct RunWriter {
+    path: Path,
+    relative: String,
+    writer: parquet::arrow::AsyncArrowWriter<
+        crate::checksum::HashingWriter<object_store::buffered::BufWriter>,
+    >,
+    digest: crate::checksum::Digest,
+    rows: u64,
+}
+
+impl RunWriter {
+    /// Appends rows.
+    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| run_write_err(&self.path, e))
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes the file (still invisible to readers until committed).
+    pub async fn finish(self) -> Result<WrittenRunFile> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| run_write_err(&self.path, e))?;
+        crate::failpoint::hit("run-file-written");
+        let check = crate::results::FileCheck {
+            bytes: self.digest.bytes(),
+            sha256: self.digest.hex(),
+        };
+        Ok((self.relative, self.rows, check))
     }
 }

@@ -518,13 +518,18 @@ fn exits(
             }
         })
         .collect();
+    sort_exits(&mut v);
+    v
+}
+
+/// Exits by tainted amount, largest first (then every path's amount, then address).
+pub(crate) fn sort_exits(v: &mut [Exit]) {
     v.sort_by(|a, b| {
         b.tainted_value
             .cmp(&a.tainted_value)
             .then_with(|| b.all_paths_value.cmp(&a.all_paths_value))
             .then_with(|| a.address.cmp(&b.address))
     });
-    v
 }
 
 /// The CoinJoin mixes among the graph's transactions (transaction id → protocol), by the
@@ -622,7 +627,11 @@ fn repeat(s: &str, n: usize) -> Arc<StringArray> {
 
 /// A run's tainted outputs as rows of the `taint` table.
 pub fn taint_batch(run: &TaintRun, run_id: &str) -> Result<RecordBatch> {
-    let o = &run.outputs;
+    taint_rows_batch(&run.outputs, run_id)
+}
+
+/// Tainted outputs as rows of the `taint` table.
+pub fn taint_rows_batch(o: &[TaintedOutput], run_id: &str) -> Result<RecordBatch> {
     let n = o.len();
     RecordBatch::try_new(
         taint_schema(),

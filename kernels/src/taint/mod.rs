@@ -24,6 +24,7 @@
 pub mod graph;
 pub mod job;
 pub mod stored;
+pub mod stored_job;
 pub mod trace;
 
 use std::collections::HashSet;

@@ -297,6 +297,8 @@ pub struct StoredQuery {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredTainted {
     pub output_id: u64,
+    /// The transaction that created it.
+    pub tx_index: u64,
     pub txid: String,
     pub vout: u32,
     pub address: Option<String>,
@@ -761,6 +763,7 @@ fn collect_rows(
             let v = value.value(r).max(0);
             rows.push(StoredTainted {
                 output_id: o,
+                tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
                 txid: txid.value(r).to_string(),
                 vout: u32::try_from(vout.value(r)).map_err(|_| wrong())?,
                 address: (!addr.is_null(r)).then(|| addr.value(r).to_string()),
@@ -783,9 +786,20 @@ pub async fn resolve_seeds(
     addresses: &[String],
     txids: &[String],
 ) -> Result<Vec<SeedOutput>> {
+    Ok(resolve_seeds_found(wh, m, addresses, txids).await?.0)
+}
+
+/// [`resolve_seeds`], also giving the txids found (to report the others).
+pub async fn resolve_seeds_found(
+    wh: &Warehouse,
+    m: &Manifest,
+    addresses: &[String],
+    txids: &[String],
+) -> Result<(Vec<SeedOutput>, HashSet<String>)> {
     let mut out = Vec::new();
+    let mut found = HashSet::new();
     if addresses.is_empty() && txids.is_empty() {
-        return Ok(out);
+        return Ok((out, found));
     }
     let addr_set: HashSet<&str> = addresses.iter().map(String::as_str).collect();
     let txid_set: HashSet<&str> = txids.iter().map(String::as_str).collect();
@@ -845,9 +859,11 @@ pub async fn resolve_seeds(
                 let addr = b.column(3).as_string_opt::<i32>().ok_or_else(wrong)?;
                 let txid = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
                 for r in 0..b.num_rows() {
-                    let hit = (!addr.is_null(r) && addr_set.contains(addr.value(r)))
-                        || txid_set.contains(txid.value(r));
-                    if hit {
+                    let by_txid = txid_set.contains(txid.value(r));
+                    if by_txid {
+                        found.insert(txid.value(r).to_string());
+                    }
+                    if by_txid || (!addr.is_null(r) && addr_set.contains(addr.value(r))) {
                         out.push(SeedOutput {
                             output_id: u64::try_from(id.value(r)).map_err(|_| wrong())?,
                             tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
@@ -860,5 +876,53 @@ pub async fn resolve_seeds(
     }
     out.sort_unstable();
     out.dedup();
+    Ok((out, found))
+}
+
+/// The `address_id`s of `addresses` (those on the chain), found through the Bloom
+/// filters of `btc.addresses`: no map of every address.
+pub async fn lookup_address_ids(
+    wh: &Warehouse,
+    m: &Manifest,
+    addresses: &[&str],
+) -> Result<std::collections::HashMap<String, u64>> {
+    let mut out = std::collections::HashMap::new();
+    if addresses.is_empty() {
+        return Ok(out);
+    }
+    let wanted: HashSet<&str> = addresses.iter().copied().collect();
+    let list: Vec<&str> = wanted.iter().copied().collect();
+    for f in m.files_of("addresses") {
+        let meta = wh.parquet_metadata(&f.path).await.map_err(wh_err)?;
+        let all: Vec<usize> = (0..meta.num_row_groups()).collect();
+        let rgs = wh
+            .bloom_candidates(&f.path, "address", &all, &list)
+            .await
+            .map_err(wh_err)?;
+        if rgs.is_empty() {
+            continue;
+        }
+        let meta = wh.reader_metadata(&f.path).await.map_err(wh_err)?;
+        for rg in rgs {
+            for b in wh
+                .read_row_groups_with(&f.path, &meta, &["address", "address_id"], vec![rg])
+                .await
+                .map_err(wh_err)?
+            {
+                let wrong = || bad(&f.path, "a column has the wrong type");
+                let a = b.column(0).as_string_opt::<i32>().ok_or_else(wrong)?;
+                let id = b
+                    .column(1)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(wrong)?;
+                for r in 0..b.num_rows() {
+                    if wanted.contains(a.value(r)) {
+                        let id = u64::try_from(id.value(r)).map_err(|_| wrong())?;
+                        out.insert(a.value(r).to_string(), id);
+                    }
+                }
+            }
+        }
+    }
     Ok(out)
 }
