@@ -242,6 +242,70 @@ fn taint_and_trace_from_the_scam_labels() {
         "taint moved through the generator's CoinJoins"
     );
     assert!(out.contains("arrived only through CoinJoins"), "{out}");
+    // Out of core on the committed graph (--mem-mb): the same tables and report.
+    let tables = || {
+        (
+            sql(
+                "SELECT txid, vout, address, value, hop, fraction, tainted_value, coinjoin FROM taint ORDER BY txid, vout",
+            ),
+            sql(
+                "SELECT address, label, category, tainted_value, outputs, min_hop, all_paths_value, coinjoin_value FROM exits ORDER BY address",
+            ),
+        )
+    };
+    let in_memory = tables();
+    let report = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| l.split("; run ").next().unwrap_or(l).to_string())
+            .map(|l| l.split(" steps over ").next().unwrap_or(&l).to_string())
+            .collect()
+    };
+    let scratch = tempfile::tempdir().expect("scratch");
+    let (ok, stored_out, err) = run(&[
+        "taint",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--seed-category",
+        "scam",
+        "--stop-at",
+        "exchange",
+        "--policy",
+        "haircut",
+        "--hops",
+        "2",
+        "--mem-mb",
+        "4",
+        "--scratch",
+        scratch.path().to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        tables(),
+        in_memory,
+        "--mem-mb writes the in-memory run's tables"
+    );
+    assert_eq!(report(&stored_out), report(&out));
+    assert!(
+        stored_out.contains("out of core within 4 MiB"),
+        "{stored_out}"
+    );
+    // Its scratch directory is gone afterwards; bad budgets are refused.
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).expect("scratch").count(),
+        0
+    );
+    let (ok, _, err) = run(&[
+        "taint",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--seed-category",
+        "scam",
+        "--mem-mb",
+        "0",
+    ]);
+    assert!(!ok && err.contains("--mem-mb"), "{err}");
     for txid in marked.lines().skip(1) {
         assert!(
             truth.contains(txid),

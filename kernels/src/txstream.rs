@@ -157,7 +157,14 @@ pub async fn for_each_tx(
     what: &'static str,
     mut f: impl FnMut(&TxRows) -> Result<()>,
 ) -> Result<u64> {
-    let mut out_cols = vec!["tx_index", "output_id", "value", "address_id", "script_type", "height"];
+    let mut out_cols = vec![
+        "tx_index",
+        "output_id",
+        "value",
+        "address_id",
+        "script_type",
+        "height",
+    ];
     if txids {
         out_cols.push("txid");
     }

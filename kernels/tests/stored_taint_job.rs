@@ -159,5 +159,8 @@ async fn the_stored_taint_job_writes_what_the_in_memory_job_writes() {
             mixed += 1;
         }
     }
-    assert!(mixed > 0, "no case moved taint through a CoinJoin to an exit");
+    assert!(
+        mixed > 0,
+        "no case moved taint through a CoinJoin to an exit"
+    );
 }

@@ -21,7 +21,9 @@ use ferret_schemas::{Chain, Warehouse};
 use tokio::runtime::Handle;
 
 use super::job::{Exit, TaintJob, TaintRun, TaintedOutput, exits_batch, taint_rows_batch};
-use super::stored::{StoredQuery, StoredTainted, lookup_address_ids, resolve_seeds_found, run_stored_with};
+use super::stored::{
+    StoredQuery, StoredTainted, lookup_address_ids, resolve_seeds_found, run_stored_with,
+};
 use super::{Direction, decimal};
 use crate::blocked::{Budget, Stats};
 use crate::coinjoin::{Detectors, Protocol, TxShape};
@@ -135,17 +137,23 @@ fn find_mixes(tx: &TxRows, detectors: &Detectors, backward: bool, m: &mut Mixes)
 /// Per exit address: (value, outputs, min hop) in each of the three runs.
 type ExitSums = BTreeMap<String, [(i64, u64, u32); 3]>;
 
-fn add_exit(sums: &mut ExitSums, k: usize, r: &StoredTainted, labelled: &HashMap<String, (String, String)>, seeds: &HashSet<String>) {
+fn add_exit(
+    sums: &mut ExitSums,
+    k: usize,
+    r: &StoredTainted,
+    labelled: &HashMap<String, (String, String)>,
+    seeds: &HashSet<String>,
+) {
     if r.hop == 0 {
         return;
     }
-    let Some(a) = r.address.as_deref() else { return };
+    let Some(a) = r.address.as_deref() else {
+        return;
+    };
     if seeds.contains(a) || !labelled.contains_key(a) {
         return;
     }
-    let slot = &mut sums
-        .entry(a.to_string())
-        .or_insert([(0, 0, u32::MAX); 3])[k];
+    let slot = &mut sums.entry(a.to_string()).or_insert([(0, 0, u32::MAX); 3])[k];
     slot.0 += r.tainted_value;
     slot.1 += 1;
     slot.2 = slot.2.min(r.hop);
@@ -178,7 +186,11 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
     look.extend(
         labels
             .iter()
-            .filter(|l| seed_cats.contains(l.2.as_str()) || stop_cats.contains(l.2.as_str()) || stop_cats.is_empty())
+            .filter(|l| {
+                seed_cats.contains(l.2.as_str())
+                    || stop_cats.contains(l.2.as_str())
+                    || stop_cats.is_empty()
+            })
             .map(|l| l.0.as_str()),
     );
     let ids = rt.block_on(lookup_address_ids(wh, &m, &look))?;
@@ -273,7 +285,9 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
         }
     };
     let run_id = ferret_schemas::results::new_run_id();
-    let mut writer = wh.run_writer("taint", &run_id, taint_schema()).map_err(wh_err)?;
+    let mut writer = wh
+        .run_writer("taint", &run_id, taint_schema())
+        .map_err(wh_err)?;
     let mut totals = TaintTotals::default();
     let mut sums: ExitSums = BTreeMap::new();
     let mut passed: HashSet<u64> = HashSet::new();
@@ -283,7 +297,11 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
         for r in &rows {
             add_exit(&mut sums, 0, r, &labelled, &seed_set);
             let mix = if r.hop > 0 { mover(r) } else { None };
-            if unlimited_is_first && r.hop > 0 && r.tainted_value > 0 && let Some((t, _)) = mix {
+            if unlimited_is_first
+                && r.hop > 0
+                && r.tainted_value > 0
+                && let Some((t, _)) = mix
+            {
                 passed.insert(t);
             }
             let o = TaintedOutput {
@@ -311,7 +329,10 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
         run_stored_with(wh, &unlimited, budget, &mut |rows| {
             for r in &rows {
                 add_exit(&mut sums, 1, r, &labelled, &seed_set);
-                if r.hop > 0 && r.tainted_value > 0 && let Some((t, _)) = mover(r) {
+                if r.hop > 0
+                    && r.tainted_value > 0
+                    && let Some((t, _)) = mover(r)
+                {
                     passed.insert(t);
                 }
             }
@@ -370,7 +391,9 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
         device: format!("cpu, out of core within {} MiB", budget.mem_bytes >> 20),
     };
     let taint_file = rt.block_on(writer.finish()).map_err(wh_err)?;
-    let mut exits_writer = wh.run_writer("exits", &run_id, exits_schema()).map_err(wh_err)?;
+    let mut exits_writer = wh
+        .run_writer("exits", &run_id, exits_schema())
+        .map_err(wh_err)?;
     let batch = exits_batch(&run, &run_id)?;
     rt.block_on(exits_writer.write(&batch)).map_err(wh_err)?;
     let exits_file = rt.block_on(exits_writer.finish()).map_err(wh_err)?;
