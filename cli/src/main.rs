@@ -214,6 +214,8 @@ struct ClusterBtcArgs {
     /// addresses (cluster collapse); 0 turns the guard off.
     #[arg(long, default_value_t = 1000)]
     collapse_min_size: u32,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 #[derive(Args)]
@@ -715,14 +717,37 @@ async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
         ..Default::default()
     };
     opts.detectors.enabled = !a.no_coinjoin_rule;
-    let run = cluster_btc(&wh, &backend, &opts)
-        .await
-        .context("clustering btc")?;
     let params = serde_json::json!({
         "coinjoin_detectors": opts.detectors.enabled,
         "label_guard": opts.label_guard,
         "collapse_min_size": opts.collapse_min_size,
     });
+    if let Some((budget, _dir)) = a.budget.budget()? {
+        if a.device == ferret_kernels::device::DeviceChoice::Gpu {
+            bail!("--mem-mb runs on the CPU so far: drop --device gpu");
+        }
+        let mem = budget.mem_bytes >> 20;
+        let c = tokio::task::spawn_blocking(move || {
+            ferret_kernels::cluster::stored::cluster_btc_stored(&wh, &opts, &budget, params)
+        })
+        .await
+        .context("the out-of-core clustering stopped")?
+        .context("clustering btc out of core")?;
+        println!(
+            "{} addresses in {} clusters (largest {}); {} transactions linked, {} CoinJoins skipped; run {} on cpu, out of core within {mem} MiB",
+            c.addresses,
+            c.clusters,
+            c.largest,
+            c.linked_transactions,
+            c.coinjoins_skipped,
+            c.run_id
+        );
+        print!("{}", c.summary);
+        return Ok(());
+    }
+    let run = cluster_btc(&wh, &backend, &opts)
+        .await
+        .context("clustering btc")?;
     let id = write_btc_clusters(&wh, &run, params).await?;
     let c = &run.clusters;
     println!(

@@ -62,7 +62,7 @@ pub struct Guarded {
 }
 
 #[derive(Clone, Debug, Default)]
-struct LabelSet {
+pub(crate) struct LabelSet {
     /// Interned owner names (lowercase labels), sorted.
     names: Vec<u32>,
     exchange: bool,
@@ -94,6 +94,33 @@ impl LabelSet {
     }
 }
 
+/// The union-find the guards run on: in memory ([`UnionFind`]) or paged through scratch
+/// files (the out-of-core clustering). Both run the same operations in the same order,
+/// so their trees, and the holds, are the same.
+pub(crate) trait Forest {
+    fn parent(&mut self, x: u32) -> crate::Result<u32>;
+    fn set_parent(&mut self, x: u32, p: u32) -> crate::Result<()>;
+    fn size(&mut self, x: u32) -> crate::Result<u32>;
+    fn set_size(&mut self, x: u32, s: u32) -> crate::Result<()>;
+    /// Called when `small`'s tree joins `big`'s.
+    fn joined(&mut self, _big: u32, _small: u32) -> crate::Result<()> {
+        Ok(())
+    }
+
+    /// The root of `x`, halving the path.
+    fn find(&mut self, mut x: u32) -> crate::Result<u32> {
+        loop {
+            let p = self.parent(x)?;
+            if p == x {
+                return Ok(x);
+            }
+            let gp = self.parent(p)?;
+            self.set_parent(x, gp)?;
+            x = p;
+        }
+    }
+}
+
 struct UnionFind {
     parent: Vec<u32>,
     size: Vec<u32>,
@@ -106,14 +133,164 @@ impl UnionFind {
             size: vec![1; n],
         }
     }
+}
 
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let p = self.parent[x as usize];
-            self.parent[x as usize] = self.parent[p as usize];
-            x = p;
+impl Forest for UnionFind {
+    fn parent(&mut self, x: u32) -> crate::Result<u32> {
+        Ok(self.parent[x as usize])
+    }
+    fn set_parent(&mut self, x: u32, p: u32) -> crate::Result<()> {
+        self.parent[x as usize] = p;
+        Ok(())
+    }
+    fn size(&mut self, x: u32) -> crate::Result<u32> {
+        Ok(self.size[x as usize])
+    }
+    fn set_size(&mut self, x: u32, s: u32) -> crate::Result<()> {
+        self.size[x as usize] = s;
+        Ok(())
+    }
+}
+
+/// The label sets of labelled addresses: `labels` are (address, label, category) rows,
+/// `id_of` gives an address's id (None: not on the chain).
+pub(crate) fn label_sets(
+    labels: &[(String, String, String)],
+    mut id_of: impl FnMut(&str) -> Option<u32>,
+) -> HashMap<u32, LabelSet> {
+    let mut by_address: HashMap<&str, Vec<&(String, String, String)>> = HashMap::new();
+    for l in labels {
+        by_address.entry(l.0.as_str()).or_default().push(l);
+    }
+    let mut with_ids: Vec<(u32, &Vec<&(String, String, String)>)> = by_address
+        .iter()
+        .filter_map(|(a, ls)| id_of(a).map(|id| (id, ls)))
+        .collect();
+    with_ids.sort_unstable_by_key(|x| x.0);
+    let mut names: HashMap<String, u32> = HashMap::new();
+    let mut sets = HashMap::new();
+    for (id, ls) in with_ids {
+        let mut set = LabelSet::default();
+        for (_, label, category) in ls {
+            let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
+            set.names
+                .push(*names.entry(label.to_lowercase()).or_insert(next));
+            set.exchange |= category == "exchange";
+            set.scam |= category == "scam";
+            set.shown.push(format!("{label} ({category})"));
         }
-        x
+        set.names.sort_unstable();
+        set.names.dedup();
+        sets.insert(id, set);
+    }
+    sets
+}
+
+/// What the guards make of one multi-address transaction.
+pub(crate) enum Verdict {
+    /// Its addresses were one cluster already, or it merged clusters: admitted.
+    Admit,
+    /// Held back (its `tx` field left for the caller).
+    Hold(Hold),
+}
+
+/// The guards' state: a union-find over address ids and the label sets of its roots.
+pub(crate) struct Guard<F: Forest> {
+    pub(crate) uf: F,
+    sets: HashMap<u32, LabelSet>,
+    label_guard: bool,
+    collapse_min_size: u32,
+    roots: Vec<u32>,
+}
+
+impl<F: Forest> Guard<F> {
+    pub(crate) fn new(uf: F, sets: HashMap<u32, LabelSet>, opts: &ClusterOptions) -> Self {
+        Self {
+            uf,
+            sets: if opts.label_guard {
+                sets
+            } else {
+                HashMap::new()
+            },
+            label_guard: opts.label_guard,
+            collapse_min_size: opts.collapse_min_size,
+            roots: Vec::new(),
+        }
+    }
+
+    /// Takes a transaction's distinct member address ids (sorted), in chain order.
+    pub(crate) fn offer(&mut self, members: &[u32]) -> crate::Result<Verdict> {
+        let mut roots = std::mem::take(&mut self.roots);
+        roots.clear();
+        for &m in members {
+            roots.push(self.uf.find(m)?);
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        let v = self.decide(&roots);
+        self.roots = roots;
+        v
+    }
+
+    fn decide(&mut self, roots: &[u32]) -> crate::Result<Verdict> {
+        let mut hold: Option<(HoldReason, String)> = None;
+        if roots.len() > 1 {
+            // Labels: fold the labelled sides; the first conflict holds the transaction.
+            if self.label_guard {
+                let mut acc: Option<LabelSet> = None;
+                for r in roots {
+                    let Some(s) = self.sets.get(r) else { continue };
+                    match &mut acc {
+                        None => acc = Some(s.clone()),
+                        Some(a) if a.compatible(s) => a.absorb(s.clone()),
+                        Some(a) => {
+                            let shown = format!("{} | {}", a.shown.join(", "), s.shown.join(", "));
+                            hold = Some((HoldReason::LabelConflict, shown));
+                            break;
+                        }
+                    }
+                }
+            }
+            if hold.is_none() && self.collapse_min_size > 0 {
+                let mut sizes = Vec::with_capacity(roots.len());
+                for &r in roots {
+                    sizes.push(self.uf.size(r)?);
+                }
+                sizes.sort_unstable_by(|a, b| b.cmp(a));
+                if sizes[1] >= self.collapse_min_size {
+                    hold = Some((HoldReason::Collapse, String::new()));
+                }
+            }
+        }
+        if let Some((reason, labels)) = hold {
+            let mut sizes = Vec::with_capacity(roots.len());
+            for &r in roots {
+                sizes.push(u64::from(self.uf.size(r)?));
+            }
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            return Ok(Verdict::Hold(Hold {
+                tx: 0,
+                reason,
+                clusters: u32::try_from(roots.len()).unwrap_or(u32::MAX),
+                largest: sizes[0],
+                second: sizes.get(1).copied().unwrap_or(0),
+                labels,
+            }));
+        }
+        // Admit: union by size, the labels move to the new root.
+        let mut root = roots[0];
+        for &r in &roots[1..] {
+            let (sr, s) = (self.uf.size(root)?, self.uf.size(r)?);
+            let (big, small) = if sr >= s { (root, r) } else { (r, root) };
+            self.uf.set_parent(small, big)?;
+            self.uf.set_size(big, sr + s)?;
+            self.uf.joined(big, small)?;
+            if let Some(s) = self.sets.remove(&small) {
+                self.sets.entry(big).or_default().absorb(s);
+            }
+            root = big;
+        }
+        Ok(Verdict::Admit)
     }
 }
 
@@ -123,110 +300,41 @@ pub fn guard_links(
     g: &CioGraph,
     labels: &[(String, String, String)],
     opts: &ClusterOptions,
-) -> Guarded {
-    let mut sets: HashMap<u32, LabelSet> = HashMap::new();
-    if opts.label_guard && !labels.is_empty() {
-        let mut by_address: HashMap<&str, Vec<&(String, String, String)>> = HashMap::new();
-        for l in labels {
-            by_address.entry(l.0.as_str()).or_default().push(l);
-        }
-        let mut names: HashMap<String, u32> = HashMap::new();
-        for (id, a) in g.addresses.iter().enumerate() {
-            let Some(ls) = by_address.get(a.as_str()) else {
-                continue;
-            };
-            let mut set = LabelSet::default();
-            for (_, label, category) in ls {
-                let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
-                set.names
-                    .push(*names.entry(label.to_lowercase()).or_insert(next));
-                set.exchange |= category == "exchange";
-                set.scam |= category == "scam";
-                set.shown.push(format!("{label} ({category})"));
-            }
-            set.names.sort_unstable();
-            set.names.dedup();
-            let id = u32::try_from(id).unwrap_or(u32::MAX);
-            sets.insert(id, set);
-        }
-    }
-
-    let mut uf = UnionFind::new(g.addresses.len());
+) -> crate::Result<Guarded> {
+    let sets = if opts.label_guard && !labels.is_empty() {
+        let by_name: HashMap<&str, u32> = g
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.as_str(), i as u32))
+            .collect();
+        label_sets(labels, |a| by_name.get(a).copied())
+    } else {
+        HashMap::new()
+    };
+    let mut guard = Guard::new(UnionFind::new(g.addresses.len()), sets, opts);
     let mut out = Guarded::default();
-    let mut roots: Vec<u32> = Vec::new();
     for (ti, t) in g.txs.iter().enumerate() {
         if t.mix {
             continue;
         }
         let members = g.members_of(t);
-        roots.clear();
-        roots.extend(members.iter().map(|&m| uf.find(m)));
-        roots.sort_unstable();
-        roots.dedup();
-
-        let mut hold: Option<(HoldReason, String)> = None;
-        if roots.len() > 1 {
-            // Labels: fold the labelled sides; the first conflict holds the transaction.
-            let mut acc: Option<LabelSet> = None;
-            for r in &roots {
-                let Some(s) = sets.get(r) else { continue };
-                match &mut acc {
-                    None => acc = Some(s.clone()),
-                    Some(a) if a.compatible(s) => a.absorb(s.clone()),
-                    Some(a) => {
-                        let shown = format!("{} | {}", a.shown.join(", "), s.shown.join(", "));
-                        hold = Some((HoldReason::LabelConflict, shown));
-                        break;
-                    }
+        match guard.offer(members)? {
+            Verdict::Hold(mut h) => {
+                h.tx = ti;
+                out.holds.push(h);
+            }
+            Verdict::Admit => {
+                out.linked_transactions += 1;
+                let ti32 = u32::try_from(ti).unwrap_or(u32::MAX);
+                for &m in &members[1..] {
+                    out.edges.push((members[0], m));
+                    out.edge_tx.push(ti32);
                 }
             }
-            if hold.is_none() && opts.collapse_min_size > 0 {
-                let mut sizes: Vec<u32> = roots.iter().map(|&r| uf.size[r as usize]).collect();
-                sizes.sort_unstable_by(|a, b| b.cmp(a));
-                if sizes[1] >= opts.collapse_min_size {
-                    hold = Some((HoldReason::Collapse, String::new()));
-                }
-            }
-        }
-        if let Some((reason, labels)) = hold {
-            let mut sizes: Vec<u64> = roots
-                .iter()
-                .map(|&r| u64::from(uf.size[r as usize]))
-                .collect();
-            sizes.sort_unstable_by(|a, b| b.cmp(a));
-            out.holds.push(Hold {
-                tx: ti,
-                reason,
-                clusters: u32::try_from(roots.len()).unwrap_or(u32::MAX),
-                largest: sizes[0],
-                second: sizes.get(1).copied().unwrap_or(0),
-                labels,
-            });
-            continue;
-        }
-        // Admit: union by size, the labels move to the new root.
-        let mut root = roots[0];
-        for &r in &roots[1..] {
-            let (big, small) = if uf.size[root as usize] >= uf.size[r as usize] {
-                (root, r)
-            } else {
-                (r, root)
-            };
-            uf.parent[small as usize] = big;
-            uf.size[big as usize] += uf.size[small as usize];
-            if let Some(s) = sets.remove(&small) {
-                sets.entry(big).or_default().absorb(s);
-            }
-            root = big;
-        }
-        out.linked_transactions += 1;
-        let ti32 = u32::try_from(ti).unwrap_or(u32::MAX);
-        for &m in &members[1..] {
-            out.edges.push((members[0], m));
-            out.edge_tx.push(ti32);
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -283,7 +391,7 @@ mod tests {
                 &[8, 0],
             ],
         );
-        let r = guard_links(&g, &labels, &ClusterOptions::default());
+        let r = guard_links(&g, &labels, &ClusterOptions::default()).expect("guards");
         let held: Vec<(usize, HoldReason)> = r.holds.iter().map(|h| (h.tx, h.reason)).collect();
         // tx 2 joins {a0,a1} and {a2,a3}: one owner name in common → merged.
         // tx 4 joins exchange-1 with scam-op-1 → held; tx 6 exchange-1 with exchange-2 → held.
@@ -307,7 +415,12 @@ mod tests {
             label_guard: false,
             ..Default::default()
         };
-        assert!(guard_links(&g, &labels, &off).holds.is_empty());
+        assert!(
+            guard_links(&g, &labels, &off)
+                .expect("guards")
+                .holds
+                .is_empty()
+        );
     }
 
     #[test]
@@ -331,7 +444,7 @@ mod tests {
             collapse_min_size: 4,
             ..Default::default()
         };
-        let r = guard_links(&g, &[], &opts);
+        let r = guard_links(&g, &[], &opts).expect("guards");
         assert_eq!(r.holds.len(), 1);
         let h = &r.holds[0];
         assert_eq!(
@@ -344,6 +457,11 @@ mod tests {
             collapse_min_size: 5,
             ..Default::default()
         };
-        assert!(guard_links(&g, &[], &loose).holds.is_empty());
+        assert!(
+            guard_links(&g, &[], &loose)
+                .expect("guards")
+                .holds
+                .is_empty()
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::device::Backend;
 
 pub mod accuracy;
 mod guard;
+pub mod stored;
 use crate::{Error, Result};
 pub use guard::{Guarded, Hold, HoldReason, guard_links};
 
@@ -322,7 +323,7 @@ pub fn cluster_graph(
     backend: &Backend,
     opts: &ClusterOptions,
 ) -> Result<BtcClusters> {
-    let guarded = guard_links(&g, labels, opts);
+    let guarded = guard_links(&g, labels, opts)?;
     let n = u32::try_from(g.addresses.len())
         .map_err(|_| Error::TooLarge("address ids beyond u32".into()))?;
     let cluster_id = cc::connected_components(backend, n, &guarded.edges)?;
@@ -460,37 +461,42 @@ pub async fn write_clusters(wh: &Warehouse, c: &Clusters) -> Result<String> {
     Ok(run_id)
 }
 
-/// The `coinjoins`, `cluster_links` and `cluster_holds` rows of a run.
-pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::RecordBatch; 3]> {
-    use std::sync::Arc;
+/// One `cluster_links` row: address, linked address, txid, height, cluster id.
+pub type LinkRow<'a> = (&'a str, &'a str, String, i64, i64);
 
-    use arrow::array::{
-        BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    };
-    use ferret_schemas::results::{cluster_holds_schema, cluster_links_schema, coinjoins_schema};
+/// One `cluster_holds` row: the held transaction's txid and height, and the hold.
+pub type HoldRow<'a> = (String, i64, &'a Hold);
 
-    use crate::taint::graph::hex_encode;
-
-    let err = |what: &str, e: arrow::error::ArrowError| Error::Write {
+fn batch_err(what: &str, e: arrow::error::ArrowError) -> Error {
+    Error::Write {
         path: what.into(),
         reason: e.to_string(),
-    };
-    let chain = |n: usize| Arc::new(StringArray::from_iter_values(std::iter::repeat_n("btc", n)));
-    let run = |n: usize| {
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-            run_id, n,
-        )))
-    };
-    fn i32s(v: impl Iterator<Item = u32>) -> Int32Array {
-        Int32Array::from_iter_values(v.map(|x| i32::try_from(x).unwrap_or(i32::MAX)))
     }
+}
 
-    let cj = &c.coinjoins;
+fn repeat_str(s: &str, n: usize) -> std::sync::Arc<arrow::array::StringArray> {
+    std::sync::Arc::new(arrow::array::StringArray::from_iter_values(
+        std::iter::repeat_n(s, n),
+    ))
+}
+
+fn i32s(v: impl Iterator<Item = u32>) -> arrow::array::Int32Array {
+    arrow::array::Int32Array::from_iter_values(v.map(|x| i32::try_from(x).unwrap_or(i32::MAX)))
+}
+
+/// Rows of the `coinjoins` table.
+pub fn coinjoins_batch(cj: &[CoinJoinRow], run_id: &str) -> Result<arrow::array::RecordBatch> {
+    use std::sync::Arc;
+
+    use arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+    use ferret_schemas::results::coinjoins_schema;
+
+    use crate::taint::graph::hex_encode;
     let n = cj.len();
-    let coinjoins = RecordBatch::try_new(
+    RecordBatch::try_new(
         coinjoins_schema(),
         vec![
-            chain(n),
+            repeat_str("btc", n),
             Arc::new(StringArray::from_iter_values(
                 cj.iter().map(|r| hex_encode(&r.txid)),
             )),
@@ -512,73 +518,101 @@ pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::
             Arc::new(i32s(cj.iter().map(|r| r.detection.participants))),
             Arc::new(i32s(cj.iter().map(|r| r.inputs))),
             Arc::new(i32s(cj.iter().map(|r| r.outputs))),
-            run(n),
+            repeat_str(run_id, n),
         ],
     )
-    .map_err(|e| err("coinjoins", e))?;
+    .map_err(|e| batch_err("coinjoins", e))
+}
 
-    let g = &c.guarded;
-    let addr = |id: u32| c.clusters.addresses[id as usize].as_str();
-    let n = g.edges.len();
-    let links = RecordBatch::try_new(
+/// Rows of the `cluster_links` table.
+pub fn links_batch(rows: &[LinkRow<'_>], run_id: &str) -> Result<arrow::array::RecordBatch> {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use ferret_schemas::results::cluster_links_schema;
+    let n = rows.len();
+    RecordBatch::try_new(
         cluster_links_schema(),
         vec![
-            chain(n),
+            repeat_str("btc", n),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
             Arc::new(StringArray::from_iter_values(
-                g.edges.iter().map(|e| addr(e.0)),
+                rows.iter().map(|r| r.2.as_str()),
             )),
-            Arc::new(StringArray::from_iter_values(
-                g.edges.iter().map(|e| addr(e.1)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                g.edge_tx
-                    .iter()
-                    .map(|&t| hex_encode(&c.txs[t as usize].txid)),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                g.edge_tx.iter().map(|&t| c.txs[t as usize].height),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                g.edges
-                    .iter()
-                    .map(|e| i64::from(c.clusters.cluster_id[e.0 as usize])),
-            )),
-            run(n),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.4))),
+            repeat_str(run_id, n),
         ],
     )
-    .map_err(|e| err("cluster_links", e))?;
+    .map_err(|e| batch_err("cluster_links", e))
+}
 
-    let h = &g.holds;
+/// Rows of the `cluster_holds` table.
+pub fn holds_batch(h: &[HoldRow<'_>], run_id: &str) -> Result<arrow::array::RecordBatch> {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use ferret_schemas::results::cluster_holds_schema;
     let n = h.len();
-    let holds = RecordBatch::try_new(
+    RecordBatch::try_new(
         cluster_holds_schema(),
         vec![
-            chain(n),
+            repeat_str("btc", n),
             Arc::new(StringArray::from_iter_values(
-                h.iter().map(|x| hex_encode(&c.txs[x.tx].txid)),
+                h.iter().map(|x| x.0.as_str()),
             )),
-            Arc::new(Int64Array::from_iter_values(
-                h.iter().map(|x| c.txs[x.tx].height),
-            )),
+            Arc::new(Int64Array::from_iter_values(h.iter().map(|x| x.1))),
             Arc::new(StringArray::from_iter_values(
-                h.iter().map(|x| x.reason.name()),
+                h.iter().map(|x| x.2.reason.name()),
             )),
-            Arc::new(i32s(h.iter().map(|x| x.clusters))),
+            Arc::new(i32s(h.iter().map(|x| x.2.clusters))),
             Arc::new(Int64Array::from_iter_values(
                 h.iter()
-                    .map(|x| i64::try_from(x.largest).unwrap_or(i64::MAX)),
+                    .map(|x| i64::try_from(x.2.largest).unwrap_or(i64::MAX)),
             )),
             Arc::new(Int64Array::from_iter_values(
                 h.iter()
-                    .map(|x| i64::try_from(x.second).unwrap_or(i64::MAX)),
+                    .map(|x| i64::try_from(x.2.second).unwrap_or(i64::MAX)),
             )),
             Arc::new(StringArray::from_iter_values(
-                h.iter().map(|x| x.labels.as_str()),
+                h.iter().map(|x| x.2.labels.as_str()),
             )),
-            run(n),
+            repeat_str(run_id, n),
         ],
     )
-    .map_err(|e| err("cluster_holds", e))?;
+    .map_err(|e| batch_err("cluster_holds", e))
+}
+
+/// The `coinjoins`, `cluster_links` and `cluster_holds` rows of a run.
+pub fn evidence_batches(c: &BtcClusters, run_id: &str) -> Result<[arrow::array::RecordBatch; 3]> {
+    use crate::taint::graph::hex_encode;
+
+    let coinjoins = coinjoins_batch(&c.coinjoins, run_id)?;
+    let g = &c.guarded;
+    let addr = |id: u32| c.clusters.addresses[id as usize].as_str();
+    let rows: Vec<LinkRow<'_>> = g
+        .edges
+        .iter()
+        .zip(&g.edge_tx)
+        .map(|(e, &t)| {
+            let tx = &c.txs[t as usize];
+            (
+                addr(e.0),
+                addr(e.1),
+                hex_encode(&tx.txid),
+                tx.height,
+                i64::from(c.clusters.cluster_id[e.0 as usize]),
+            )
+        })
+        .collect();
+    let links = links_batch(&rows, run_id)?;
+    let holds: Vec<HoldRow<'_>> = g
+        .holds
+        .iter()
+        .map(|x| (hex_encode(&c.txs[x.tx].txid), c.txs[x.tx].height, x))
+        .collect();
+    let holds = holds_batch(&holds, run_id)?;
     Ok([coinjoins, links, holds])
 }
 
@@ -685,9 +719,19 @@ pub async fn cluster_path(
 /// What a clustering run found beside the clusters: CoinJoins per protocol and held
 /// merges, one line each.
 pub fn summary(c: &BtcClusters) -> String {
+    let held = |r: HoldReason| c.guarded.holds.iter().filter(|h| h.reason == r).count();
+    summary_of(
+        &c.coinjoins,
+        held(HoldReason::LabelConflict),
+        held(HoldReason::Collapse),
+    )
+}
+
+/// [`summary`] from its parts: the CoinJoins and the counts of held merges.
+pub fn summary_of(coinjoins: &[CoinJoinRow], label_conflicts: usize, collapses: usize) -> String {
     use std::fmt::Write;
     let mut per: std::collections::BTreeMap<&str, u64> = Default::default();
-    for r in &c.coinjoins {
+    for r in coinjoins {
         *per.entry(r.detection.protocol.name()).or_default() += 1;
     }
     let mut out = String::new();
@@ -695,19 +739,16 @@ pub fn summary(c: &BtcClusters) -> String {
     let _ = writeln!(
         out,
         "CoinJoins detected: {} ({}); table coinjoins",
-        c.coinjoins.len(),
+        coinjoins.len(),
         if list.is_empty() {
             "none".to_string()
         } else {
             list.join(", ")
         }
     );
-    let held = |r: HoldReason| c.guarded.holds.iter().filter(|h| h.reason == r).count();
     let _ = writeln!(
         out,
-        "merges held for review: {} label conflicts, {} cluster collapses; table cluster_holds",
-        held(HoldReason::LabelConflict),
-        held(HoldReason::Collapse)
+        "merges held for review: {label_conflicts} label conflicts, {collapses} cluster collapses; table cluster_holds"
     );
     out
 }
