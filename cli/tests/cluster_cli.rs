@@ -138,6 +138,58 @@ fn cluster_command_writes_the_clusters_table() {
         "bad\n0\n"
     );
 
+    // Out of core (--mem-mb): the same four tables and the same report but its device.
+    let evidence = || {
+        [
+            sql(
+                "SELECT address, address_id, cluster_id, cluster_size FROM clusters ORDER BY address_id",
+            ),
+            sql(
+                "SELECT address, linked_address, txid, height, cluster_id FROM cluster_links ORDER BY txid, address, linked_address",
+            ),
+            sql(
+                "SELECT txid, height, reason, clusters, largest_cluster, second_cluster, labels FROM cluster_holds ORDER BY txid",
+            ),
+            sql(
+                "SELECT txid, height, tx_index, protocol, confidence, is_mix, equal_output_value, equal_outputs, participants, inputs, outputs FROM coinjoins ORDER BY tx_index",
+            ),
+        ]
+    };
+    let in_memory = evidence();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let out = ferret(&[
+        "cluster",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--mem-mb",
+        "1",
+        "--scratch",
+        scratch.path().to_str().expect("utf-8"),
+    ]);
+    let stored = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        evidence(),
+        in_memory,
+        "--mem-mb writes the in-memory run's tables"
+    );
+    let strip = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.split("; run ").next().unwrap_or(l).to_string())
+            .collect()
+    };
+    assert_eq!(strip(&stored), strip(&stdout));
+    assert!(stored.contains("out of core within 1 MiB"), "{stored}");
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).expect("scratch").count(),
+        0
+    );
+
     let out = ferret(&["cluster", "btc", "--warehouse", &wh, "--device", "gpu"]);
     if out.status.success() {
         assert_eq!(
