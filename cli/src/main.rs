@@ -311,9 +311,10 @@ struct BudgetArgs {
     /// Run out of core on the committed graph within this many MiB for node state and
     /// cached graph chunks (plus a fixed overhead; see docs/kernels.md), spilling the rest
     /// to --scratch. Without it the graph is built in memory.
-    #[arg(long)]
+    #[arg(long, env = "FERRET_MEM_MB")]
     mem_mb: Option<usize>,
-    /// Where an out-of-core run spills (a temporary directory is made inside it).
+    /// Where an out-of-core run spills (a temporary directory is made inside it, and
+    /// removed after); the system's temporary directory by default.
     #[arg(long, env = "FERRET_SCRATCH")]
     scratch: Option<PathBuf>,
 }
@@ -321,10 +322,8 @@ struct BudgetArgs {
 impl BudgetArgs {
     /// The budget, when an out-of-core run was asked for.
     fn budget(&self) -> Result<Option<(ferret_kernels::blocked::Budget, tempfile::TempDir)>> {
+        // --scratch (FERRET_SCRATCH) alone changes nothing: in-memory runs spill nothing.
         let Some(mb) = self.mem_mb else {
-            if self.scratch.is_some() {
-                bail!("--scratch is for out-of-core runs: give --mem-mb too");
-            }
             return Ok(None);
         };
         if mb == 0 {
@@ -506,6 +505,9 @@ struct SqlArgs {
     file: Option<PathBuf>,
     /// The SQL; read from stdin when neither it nor --file is given.
     sql: Option<String>,
+    /// The kernel functions (taint, clusters) run out of core within this budget.
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 fn parse_network(s: &str) -> Result<ferret_indexer::source::bitcoin::Network> {
@@ -1166,7 +1168,14 @@ async fn sql_cmd(a: SqlArgs) -> Result<()> {
         }
     };
     let wh = Warehouse::open_existing(&a.warehouse)?;
-    let ctx = ferret_query::session(&wh).await?;
+    if a.budget.mem_mb == Some(0) {
+        bail!("--mem-mb must be at least 1");
+    }
+    let kernels = ferret_query::KernelOptions {
+        mem_mb: a.budget.mem_mb,
+        scratch: a.budget.scratch.clone(),
+    };
+    let ctx = ferret_query::session_with(&wh, kernels).await?;
     let results = ferret_query::run_sql(&ctx, &sql).await?;
     let mut out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(

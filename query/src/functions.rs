@@ -18,6 +18,11 @@
 //!   (its latest run), NULL when the address is not in it.
 //!
 //! The kernels run where `FERRET_DEVICE` says (`auto`, the default; `gpu`; `cpu`).
+//! With a memory budget ([`KernelOptions::mem_mb`]: `ferret sql --mem-mb N`, or
+//! `FERRET_MEM_MB`) `taint` and `clusters` run out of core on the committed graph, as
+//! `ferret taint btc --mem-mb` and `ferret cluster btc --mem-mb` do, and stream their
+//! rows to the query as they are made (spilling to `FERRET_SCRATCH` or the temporary
+//! directory); a scan of such a table runs the kernel each time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +42,36 @@ use ferret_kernels::device::{Backend, DeviceChoice, select};
 use ferret_kernels::taint::job::{TaintJob, taint_btc};
 use ferret_schemas::Warehouse;
 use ferret_schemas::results::{clusters_schema, taint_schema};
+
+/// How the kernel functions run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelOptions {
+    /// Out of core within this many MiB (None: in memory).
+    pub mem_mb: Option<usize>,
+    /// Where out-of-core runs spill (None: the temporary directory).
+    pub scratch: Option<std::path::PathBuf>,
+}
+
+impl KernelOptions {
+    /// From `FERRET_MEM_MB` and `FERRET_SCRATCH`.
+    pub fn from_env() -> Result<Self> {
+        let mem_mb = match std::env::var("FERRET_MEM_MB") {
+            Err(_) => None,
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(DataFusionError::Configuration(format!(
+                        "FERRET_MEM_MB: `{v}` is not a number of MiB ≥ 1"
+                    )));
+                }
+            },
+        };
+        Ok(Self {
+            mem_mb,
+            scratch: std::env::var_os("FERRET_SCRATCH").map(Into::into),
+        })
+    }
+}
 
 fn kernel_err(e: ferret_kernels::Error) -> DataFusionError {
     DataFusionError::Execution(e.to_string())
@@ -118,6 +153,7 @@ fn split(list: &str) -> impl Iterator<Item = String> + '_ {
 #[derive(Debug)]
 struct TaintFunction {
     wh: Warehouse,
+    opts: KernelOptions,
 }
 
 impl TableFunctionImpl for TaintFunction {
@@ -165,11 +201,9 @@ impl TableFunctionImpl for TaintFunction {
             }
             job.min_value = m;
         }
-        Ok(Arc::new(KernelTable::new(
-            &self.wh,
-            taint_schema(),
-            Kind::Taint(job),
-        )))
+        Ok(Arc::new(
+            KernelTable::new(&self.wh, taint_schema(), Kind::Taint(job)).out_of_core(&self.opts),
+        ))
     }
 }
 
@@ -237,6 +271,7 @@ impl TableFunctionImpl for EthTaintFunction {
 #[derive(Debug)]
 struct ClustersFunction {
     wh: Warehouse,
+    opts: KernelOptions,
 }
 
 impl TableFunctionImpl for ClustersFunction {
@@ -250,11 +285,10 @@ impl TableFunctionImpl for ClustersFunction {
                 );
             }
         };
-        Ok(Arc::new(KernelTable::new(
-            &self.wh,
-            clusters_schema(),
-            Kind::Clusters(enabled),
-        )))
+        Ok(Arc::new(
+            KernelTable::new(&self.wh, clusters_schema(), Kind::Clusters(enabled))
+                .out_of_core(&self.opts),
+        ))
     }
 }
 
@@ -274,6 +308,8 @@ struct KernelTable {
     schema: SchemaRef,
     kind: Kind,
     rows: tokio::sync::OnceCell<RecordBatch>,
+    /// Out of core: (MiB, scratch base).
+    budget: Option<(usize, std::path::PathBuf)>,
 }
 
 impl KernelTable {
@@ -283,7 +319,15 @@ impl KernelTable {
             schema,
             kind,
             rows: tokio::sync::OnceCell::new(),
+            budget: None,
         }
+    }
+
+    fn out_of_core(mut self, o: &KernelOptions) -> Self {
+        self.budget = o
+            .mem_mb
+            .map(|mb| (mb, o.scratch.clone().unwrap_or_else(std::env::temp_dir)));
+        self
     }
 
     async fn compute(&self) -> Result<RecordBatch> {
@@ -332,9 +376,94 @@ impl TableProvider for KernelTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some((mb, scratch)) = &self.budget {
+            let part = StoredStream {
+                wh: self.wh.clone(),
+                schema: self.schema.clone(),
+                kind: self.kind.clone(),
+                mem_mb: *mb,
+                scratch: scratch.clone(),
+            };
+            let table = datafusion::catalog::streaming::StreamingTable::try_new(
+                self.schema.clone(),
+                vec![Arc::new(part)],
+            )?;
+            return table.scan(state, projection, filters, limit).await;
+        }
         let batch = self.rows.get_or_try_init(|| self.compute()).await?.clone();
         let mem = MemTable::try_new(self.schema.clone(), vec![vec![batch]])?;
         mem.scan(state, projection, filters, limit).await
+    }
+}
+
+/// An out-of-core kernel run streaming its rows: the run starts when the scan is
+/// executed, on a blocking thread, and stops when the query stops reading.
+#[derive(Debug)]
+struct StoredStream {
+    wh: Warehouse,
+    schema: SchemaRef,
+    kind: Kind,
+    mem_mb: usize,
+    scratch: std::path::PathBuf,
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for StoredStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::execution::SendableRecordBatchStream {
+        use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+        let mut b = RecordBatchReceiverStream::builder(self.schema.clone(), 2);
+        let tx = b.tx();
+        let (wh, kind, mb, scratch) = (
+            self.wh.clone(),
+            self.kind.clone(),
+            self.mem_mb,
+            self.scratch.clone(),
+        );
+        b.spawn_blocking(move || {
+            let dir = tempfile::Builder::new()
+                .prefix("ferret-scratch-")
+                .tempdir_in(&scratch)
+                .map_err(|e| {
+                    DataFusionError::Execution(format!(
+                        "making a scratch directory in {}: {e}",
+                        scratch.display()
+                    ))
+                })?;
+            let budget = ferret_kernels::blocked::Budget {
+                mem_bytes: mb << 20,
+                scratch: dir.path().to_path_buf(),
+            };
+            let mut send = |batch: RecordBatch| -> ferret_kernels::Result<()> {
+                tx.blocking_send(Ok(batch)).map_err(|_| {
+                    ferret_kernels::Error::BadQuery("the query stopped reading".into())
+                })
+            };
+            match kind {
+                Kind::Taint(job) => ferret_kernels::taint::stored_job::stored_taint_rows(
+                    &wh, &job, &budget, "sql", &mut send,
+                )
+                .map(|_| ()),
+                Kind::Clusters(enabled) => {
+                    let mut opts = ferret_kernels::cluster::ClusterOptions::default();
+                    opts.detectors.enabled = enabled;
+                    ferret_kernels::cluster::stored::stored_cluster_rows(
+                        &wh, &opts, &budget, &mut send,
+                    )
+                    .map(|_| ())
+                }
+                Kind::EthTaint(_) => Err(ferret_kernels::Error::BadQuery(
+                    "eth_taint runs in memory only so far: unset FERRET_MEM_MB".into(),
+                )),
+            }
+            .map_err(kernel_err)
+        });
+        b.build()
     }
 }
 
@@ -447,10 +576,32 @@ async fn cluster_ids(wh: &Warehouse) -> Result<HashMap<String, i64>> {
 }
 
 /// Registers `taint`, `eth_taint`, `clusters` (table functions) and `cluster_of` in `ctx`.
+/// The kernels run as [`KernelOptions::from_env`] says.
 pub async fn register_functions(ctx: &SessionContext, wh: &Warehouse) -> Result<()> {
-    ctx.register_udtf("taint", Arc::new(TaintFunction { wh: wh.clone() }));
+    register_functions_with(ctx, wh, KernelOptions::from_env()?).await
+}
+
+/// [`register_functions`] with the kernels' options given.
+pub async fn register_functions_with(
+    ctx: &SessionContext,
+    wh: &Warehouse,
+    opts: KernelOptions,
+) -> Result<()> {
+    ctx.register_udtf(
+        "taint",
+        Arc::new(TaintFunction {
+            wh: wh.clone(),
+            opts: opts.clone(),
+        }),
+    );
     ctx.register_udtf("eth_taint", Arc::new(EthTaintFunction { wh: wh.clone() }));
-    ctx.register_udtf("clusters", Arc::new(ClustersFunction { wh: wh.clone() }));
+    ctx.register_udtf(
+        "clusters",
+        Arc::new(ClustersFunction {
+            wh: wh.clone(),
+            opts,
+        }),
+    );
     ctx.register_udf(ScalarUDF::new_from_impl(ClusterOf {
         signature: Signature::string(1, Volatility::Stable),
         wh: wh.clone(),

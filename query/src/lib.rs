@@ -27,11 +27,17 @@ use datafusion::sql::parser::DFParser;
 use ferret_schemas::Warehouse;
 
 pub use datafusion::prelude::CsvReadOptions;
-pub use functions::register_functions;
+pub use functions::{KernelOptions, register_functions, register_functions_with};
 pub use provider::register_warehouse;
 
-/// A DataFusion session over `wh`, with every committed table registered.
+/// A DataFusion session over `wh`, with every committed table registered (the kernel
+/// functions run as the environment says: [`KernelOptions::from_env`]).
 pub async fn session(wh: &Warehouse) -> Result<SessionContext> {
+    session_with(wh, KernelOptions::from_env()?).await
+}
+
+/// [`session`] with the kernel functions' options given.
+pub async fn session_with(wh: &Warehouse, kernels: KernelOptions) -> Result<SessionContext> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema("ferret", "public")
@@ -45,7 +51,7 @@ pub async fn session(wh: &Warehouse) -> Result<SessionContext> {
         .build();
     let ctx = SessionContext::new_with_state(state);
     register_warehouse(&ctx, wh).await?;
-    functions::register_functions(&ctx, wh).await?;
+    functions::register_functions_with(&ctx, wh, kernels).await?;
     Ok(ctx)
 }
 

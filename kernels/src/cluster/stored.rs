@@ -259,6 +259,34 @@ pub fn cluster_btc_stored(
     budget: &Budget,
     params: serde_json::Value,
 ) -> Result<StoredClusters> {
+    run(wh, opts, budget, Target::Run(params))
+}
+
+/// The `clusters` rows of a stored clustering (`run_id` `sql`), given to `on_batch` as
+/// they are made, nothing written: what the SQL function `clusters()` streams.
+pub fn stored_cluster_rows(
+    wh: &Warehouse,
+    opts: &ClusterOptions,
+    budget: &Budget,
+    on_batch: &mut dyn FnMut(RecordBatch) -> Result<()>,
+) -> Result<StoredClusters> {
+    run(wh, opts, budget, Target::Rows(on_batch))
+}
+
+/// Where a stored clustering goes.
+enum Target<'a> {
+    /// A run of the four tables, with these parameters.
+    Run(serde_json::Value),
+    /// Only the `clusters` rows, to a caller.
+    Rows(&'a mut dyn FnMut(RecordBatch) -> Result<()>),
+}
+
+fn run(
+    wh: &Warehouse,
+    opts: &ClusterOptions,
+    budget: &Budget,
+    mut target: Target<'_>,
+) -> Result<StoredClusters> {
     let rt = Handle::current();
     let m = rt
         .block_on(wh.load_manifest(Chain::Btc))
@@ -375,7 +403,11 @@ pub fn cluster_btc_stored(
     drop(links);
     let mut forest = guard.uf;
 
-    let run_id = ferret_schemas::results::new_run_id();
+    let run_id = match target {
+        Target::Run(_) => ferret_schemas::results::new_run_id(),
+        Target::Rows(_) => "sql".to_string(),
+    };
+    let evidence = matches!(target, Target::Run(_));
     // 2. The clusters, address by address in id order, and the id → address dictionary.
     let dict_idx = scratch.path().join("addresses.idx");
     let dict_blob = scratch.path().join("addresses.blob");
@@ -384,16 +416,21 @@ pub fn cluster_btc_stored(
     let mut blob =
         BufWriter::new(File::create(&dict_blob).map_err(|e| io_err("creating", &dict_blob, e))?);
     let mut blob_len = 0u64;
-    let mut clusters_w = wh
-        .run_writer("clusters", &run_id, clusters_schema())
-        .map_err(wh_err)?;
+    let mut clusters_w = match target {
+        Target::Run(_) => Some(
+            wh.run_writer("clusters", &run_id, clusters_schema())
+                .map_err(wh_err)?,
+        ),
+        Target::Rows(_) => None,
+    };
     let groups = rt.block_on(RowGroups::open(wh, &m, "addresses", &["address_id"]))?;
     let mut order: Vec<usize> = (0..groups.groups.len()).collect();
     order.sort_by_key(|&g| groups.groups[g].2[0].0);
     let (mut next, mut count, mut largest) = (0u32, 0u64, 0u64);
     let mut pending: (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
     let flush = |p: &mut (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>),
-                 w: &mut ferret_schemas::warehouse::RunWriter|
+                 w: &mut Option<ferret_schemas::warehouse::RunWriter>,
+                 t: &mut Target<'_>|
      -> Result<()> {
         if p.0.is_empty() {
             return Ok(());
@@ -418,7 +455,11 @@ pub fn cluster_btc_stored(
             reason: e.to_string(),
         })?;
         p.0.clear();
-        Handle::current().block_on(w.write(&batch)).map_err(wh_err)
+        match (w, t) {
+            (Some(w), _) => Handle::current().block_on(w.write(&batch)).map_err(wh_err),
+            (None, Target::Rows(f)) => f(batch),
+            (None, Target::Run(_)) => unreachable!("a run has its writer"),
+        }
     };
     for g in order {
         for b in rt.block_on(groups.read(wh, &[g], &["address", "address_id"]))? {
@@ -441,23 +482,25 @@ pub fn cluster_btc_stored(
                 }
                 largest = largest.max(u64::from(size));
                 let s = a.value(r);
-                blob.write_all(s.as_bytes())
-                    .map_err(|e| io_err("writing", &dict_blob, e))?;
-                blob_len += s.len() as u64;
-                idx.write_all(&blob_len.to_le_bytes())
-                    .map_err(|e| io_err("writing", &dict_idx, e))?;
+                if evidence {
+                    blob.write_all(s.as_bytes())
+                        .map_err(|e| io_err("writing", &dict_blob, e))?;
+                    blob_len += s.len() as u64;
+                    idx.write_all(&blob_len.to_le_bytes())
+                        .map_err(|e| io_err("writing", &dict_idx, e))?;
+                }
                 pending.0.push(s.to_string());
                 pending.1.push(i64::from(next));
                 pending.2.push(i64::from(c));
                 pending.3.push(i64::from(size));
                 if pending.0.len() >= BATCH {
-                    flush(&mut pending, &mut clusters_w)?;
+                    flush(&mut pending, &mut clusters_w, &mut target)?;
                 }
                 next += 1;
             }
         }
     }
-    flush(&mut pending, &mut clusters_w)?;
+    flush(&mut pending, &mut clusters_w, &mut target)?;
     if next != n {
         return Err(Error::BadGraph(format!(
             "btc.addresses holds {next} addresses, the manifest {n}"
@@ -466,6 +509,26 @@ pub fn cluster_btc_stored(
     idx.flush().map_err(|e| io_err("writing", &dict_idx, e))?;
     blob.flush().map_err(|e| io_err("writing", &dict_blob, e))?;
     drop((idx, blob));
+    let held = |r: HoldReason| holds.iter().filter(|h| h.2.reason == r).count();
+    let mut out = StoredClusters {
+        run_id: run_id.clone(),
+        addresses: u64::from(n),
+        clusters: count,
+        largest,
+        linked_transactions: linked,
+        coinjoins_skipped: skipped,
+        links: link_count,
+        summary: super::summary_of(
+            &coinjoins,
+            held(HoldReason::LabelConflict),
+            held(HoldReason::Collapse),
+        ),
+        pages_spilled: forest.spilled,
+        pages_reloaded: forest.reloaded,
+    };
+    let (Some(clusters_w), Target::Run(params)) = (clusters_w, target) else {
+        return Ok(out);
+    };
     let clusters_file = rt.block_on(clusters_w.finish()).map_err(wh_err)?;
 
     // 3. The links, with both addresses and the final cluster.
@@ -571,23 +634,8 @@ pub fn cluster_btc_stored(
         Some(params),
     ))
     .map_err(wh_err)?;
-    let held = |r: HoldReason| holds.iter().filter(|h| h.2.reason == r).count();
-    let out = StoredClusters {
-        run_id,
-        addresses: u64::from(n),
-        clusters: count,
-        largest,
-        linked_transactions: linked,
-        coinjoins_skipped: skipped,
-        links: link_count,
-        summary: super::summary_of(
-            &coinjoins,
-            held(HoldReason::LabelConflict),
-            held(HoldReason::Collapse),
-        ),
-        pages_spilled: forest.spilled,
-        pages_reloaded: forest.reloaded,
-    };
+    out.pages_spilled = forest.spilled;
+    out.pages_reloaded = forest.reloaded;
     tracing::info!(
         addresses = out.addresses,
         clusters = out.clusters,

@@ -163,6 +163,46 @@ fn add_exit(
 /// tables as one run, and returns it. Call from a blocking thread inside a tokio runtime.
 pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Result<StoredTaintRun> {
     let rt = Handle::current();
+    let run_id = ferret_schemas::results::new_run_id();
+    let mut writer = wh
+        .run_writer("taint", &run_id, taint_schema())
+        .map_err(wh_err)?;
+    let (run, totals, stats) = stored_taint_rows(wh, job, budget, &run_id, &mut |batch| {
+        rt.block_on(writer.write(&batch)).map_err(wh_err)
+    })?;
+    let taint_file = rt.block_on(writer.finish()).map_err(wh_err)?;
+    let mut exits_writer = wh
+        .run_writer("exits", &run_id, exits_schema())
+        .map_err(wh_err)?;
+    let batch = exits_batch(&run, &run_id)?;
+    rt.block_on(exits_writer.write(&batch)).map_err(wh_err)?;
+    let exits_file = rt.block_on(exits_writer.finish()).map_err(wh_err)?;
+    // One commit for both tables, as the in-memory job.
+    rt.block_on(wh.commit_run_files(
+        &run_id,
+        vec![("exits".into(), exits_file), ("taint".into(), taint_file)],
+        Some(job.params()),
+    ))
+    .map_err(wh_err)?;
+    Ok(StoredTaintRun {
+        run,
+        totals,
+        run_id,
+        stats,
+    })
+}
+
+/// The work of [`taint_btc_stored`] without the writing: the `taint` rows (carrying
+/// `run_id`) go to `on_batch` as they are joined, a row group of `btc.outputs` at a time
+/// (the SQL function streams them); the run (its exits computed, no rows) is returned.
+pub fn stored_taint_rows(
+    wh: &Warehouse,
+    job: &TaintJob,
+    budget: &Budget,
+    run_id: &str,
+    on_batch: &mut dyn FnMut(arrow::array::RecordBatch) -> Result<()>,
+) -> Result<(TaintRun, TaintTotals, Stats)> {
+    let rt = Handle::current();
     let m = rt
         .block_on(wh.load_manifest(Chain::Btc))
         .map_err(wh_err)?
@@ -284,10 +324,6 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
             mixes.by_tx.get(&r.tx_index).map(|&p| (r.tx_index, p))
         }
     };
-    let run_id = ferret_schemas::results::new_run_id();
-    let mut writer = wh
-        .run_writer("taint", &run_id, taint_schema())
-        .map_err(wh_err)?;
     let mut totals = TaintTotals::default();
     let mut sums: ExitSums = BTreeMap::new();
     let mut passed: HashSet<u64> = HashSet::new();
@@ -317,8 +353,7 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
             totals.add(&o);
             out.push(o);
         }
-        let batch = taint_rows_batch(&out, &run_id)?;
-        rt.block_on(writer.write(&batch)).map_err(wh_err)
+        on_batch(taint_rows_batch(&out, run_id)?)
     })?;
     // Every path, when the first run had a hop limit.
     let unlimited = StoredQuery {
@@ -390,20 +425,6 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
         edges: usize::try_from(stats.edges_swept).unwrap_or(usize::MAX),
         device: format!("cpu, out of core within {} MiB", budget.mem_bytes >> 20),
     };
-    let taint_file = rt.block_on(writer.finish()).map_err(wh_err)?;
-    let mut exits_writer = wh
-        .run_writer("exits", &run_id, exits_schema())
-        .map_err(wh_err)?;
-    let batch = exits_batch(&run, &run_id)?;
-    rt.block_on(exits_writer.write(&batch)).map_err(wh_err)?;
-    let exits_file = rt.block_on(exits_writer.finish()).map_err(wh_err)?;
-    // One commit for both tables, as the in-memory job.
-    rt.block_on(wh.commit_run_files(
-        &run_id,
-        vec![("exits".into(), exits_file), ("taint".into(), taint_file)],
-        Some(job.params()),
-    ))
-    .map_err(wh_err)?;
     tracing::info!(
         policy = job.policy.as_str(),
         direction = job.direction.as_str(),
@@ -415,10 +436,5 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
         chunks_skipped = stats.chunks_skipped,
         "stored taint"
     );
-    Ok(StoredTaintRun {
-        run,
-        totals,
-        run_id,
-        stats,
-    })
+    Ok((run, totals, stats))
 }
