@@ -216,6 +216,10 @@ struct ClusterBtcArgs {
     collapse_min_size: u32,
     #[command(flatten)]
     budget: BudgetArgs,
+    /// With --mem-mb: cluster from the first block even when the last stored run could
+    /// be continued (by default only the transactions after it are read).
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Args)]
@@ -729,8 +733,9 @@ async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
             bail!("--mem-mb runs on the CPU so far: drop --device gpu");
         }
         let mem = budget.mem_bytes >> 20;
+        let full = a.full;
         let c = tokio::task::spawn_blocking(move || {
-            ferret_kernels::cluster::stored::cluster_btc_stored(&wh, &opts, &budget, params)
+            ferret_kernels::cluster::stored::cluster_btc_stored(&wh, &opts, &budget, params, !full)
         })
         .await
         .context("the out-of-core clustering stopped")?
@@ -744,8 +749,19 @@ async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
             c.coinjoins_skipped,
             c.run_id
         );
+        match c.continued_from {
+            Some(t) => println!(
+                "continued the last run from transaction {t}: only the transactions after it were read"
+            ),
+            None => println!("clustered from the first block"),
+        }
         print!("{}", c.summary);
         return Ok(());
+    }
+    if a.full {
+        bail!(
+            "--full is for out-of-core runs (--mem-mb); an in-memory run always starts from the first block"
+        );
     }
     let run = cluster_btc(&wh, &backend, &opts)
         .await

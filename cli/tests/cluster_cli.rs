@@ -180,6 +180,7 @@ fn cluster_command_writes_the_clusters_table() {
     );
     let strip = |s: &str| -> Vec<String> {
         s.lines()
+            .filter(|l| !l.starts_with("clustered from the first block"))
             .map(|l| l.split("; run ").next().unwrap_or(l).to_string())
             .collect()
     };
@@ -246,5 +247,128 @@ fn mainnet_0_to_255_has_only_singleton_clusters() {
         String::from_utf8_lossy(&none.stdout),
         "tx_index\n",
         "an empty CSV result keeps its header"
+    );
+}
+
+/// `ferret cluster btc --mem-mb` continues its last run as blocks arrive, and starts from
+/// the first block when a reorganisation replaced the block the last run ended on: each
+/// run equals the in-memory clustering of the same chain.
+#[test]
+fn stored_clustering_continues_and_a_reorg_below_its_tip_restarts_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Fork { all, early, .. } = Fork::find(tmp.path());
+    let early_dir = tmp.path().join("early");
+    write_blocks_dir(&early_dir, &[early]);
+    let late_dir = tmp.path().join("late");
+    write_blocks_dir(&late_dir, std::slice::from_ref(&all));
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let sql = |q: &str| {
+        let out = ferret(&["sql", "--warehouse", &wh, "--format", "csv", q]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tables = || {
+        [
+            sql(
+                "SELECT address, address_id, cluster_id, cluster_size FROM clusters ORDER BY address_id",
+            ),
+            sql(
+                "SELECT address, linked_address, txid, height, cluster_id FROM cluster_links ORDER BY txid, address, linked_address",
+            ),
+            sql(
+                "SELECT txid, height, reason, clusters, largest_cluster, second_cluster, labels FROM cluster_holds ORDER BY txid",
+            ),
+            sql("SELECT txid, height, protocol, is_mix FROM coinjoins ORDER BY tx_index"),
+        ]
+    };
+    let stored = || {
+        let out = ferret(&[
+            "cluster",
+            "btc",
+            "--warehouse",
+            &wh,
+            "--mem-mb",
+            "1",
+            "--collapse-min-size",
+            "10",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let in_memory = || {
+        let out = ferret(&[
+            "cluster",
+            "btc",
+            "--warehouse",
+            &wh,
+            "--device",
+            "cpu",
+            "--collapse-min-size",
+            "10",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let index = |dir: &std::path::Path, to: Option<&str>| {
+        let mut args = vec![
+            "index",
+            "btc",
+            "--blocks-dir",
+            dir.to_str().expect("utf-8"),
+            "--warehouse",
+            &wh,
+        ];
+        if let Some(t) = to {
+            args.extend(["--to-height", t]);
+        }
+        let out = ferret(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The early chain in two steps: the second run continues the first.
+    index(&early_dir, Some("60"));
+    assert!(stored().contains("clustered from the first block"));
+    index(&early_dir, None);
+    let out = stored();
+    assert!(
+        out.contains("continued the last run from transaction"),
+        "{out}"
+    );
+    let continued = tables();
+    in_memory();
+    assert_eq!(
+        continued,
+        tables(),
+        "continued run against the in-memory run"
+    );
+    // Run once more out of core (the in-memory run replaced the stored one), then the
+    // reorganisation: the late chain replaces the branch the last run ended on.
+    assert!(stored().contains("clustered from the first block"));
+    index(&late_dir, None);
+    let out = stored();
+    assert!(
+        out.contains("clustered from the first block"),
+        "a reorg below the tip must restart: {out}"
+    );
+    let after = tables();
+    in_memory();
+    assert_eq!(
+        after,
+        tables(),
+        "after the reorg, against the in-memory run"
     );
 }

@@ -59,9 +59,13 @@ impl Cursor {
         m: &Manifest,
         table: &'static str,
         columns: Vec<&'static str>,
+        from_tx: u64,
     ) -> Result<Self> {
         let mut groups = RowGroups::open(wh, m, table, &["tx_index"]).await?;
-        // Chain order, whatever order the files were listed in.
+        // Chain order, whatever order the files were listed in; none wholly before from_tx.
+        groups
+            .groups
+            .retain(|g| u64::try_from(g.2[0].1).unwrap_or(0) >= from_tx);
         groups.groups.sort_by_key(|g| g.2[0].0);
         Ok(Self {
             groups,
@@ -155,6 +159,19 @@ pub async fn for_each_tx(
     m: &Manifest,
     txids: bool,
     what: &'static str,
+    f: impl FnMut(&TxRows) -> Result<()>,
+) -> Result<u64> {
+    for_each_tx_from(wh, m, 0, txids, what, f).await
+}
+
+/// [`for_each_tx`] from transaction `from_tx` on (only the row groups holding those are
+/// read).
+pub async fn for_each_tx_from(
+    wh: &Warehouse,
+    m: &Manifest,
+    from_tx: u64,
+    txids: bool,
+    what: &'static str,
     mut f: impl FnMut(&TxRows) -> Result<()>,
 ) -> Result<u64> {
     let mut out_cols = vec![
@@ -168,14 +185,22 @@ pub async fn for_each_tx(
     if txids {
         out_cols.push("txid");
     }
-    let mut outs = Cursor::open(wh, m, "outputs", out_cols).await?;
+    let mut outs = Cursor::open(wh, m, "outputs", out_cols, from_tx).await?;
     let mut ins = Cursor::open(
         wh,
         m,
         "inputs",
         vec!["tx_index", "spent_output_id", "value", "address_id"],
+        from_tx,
     )
     .await?;
+    // Rows before from_tx in the first row groups.
+    while outs.fill(wh).await? && outs.tx()? < from_tx {
+        outs.row += 1;
+    }
+    while ins.fill(wh).await? && ins.tx()? < from_tx {
+        ins.row += 1;
+    }
     let bar = crate::progress::bar(Some(row_groups(&outs.groups)), what);
     let mut tx = TxRows::default();
     let mut count = 0u64;

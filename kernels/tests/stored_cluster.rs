@@ -106,11 +106,12 @@ async fn stored_clustering_writes_what_the_in_memory_run_writes() {
             scratch: scratch.path().to_path_buf(),
         };
         let (wh2, o2) = (wh.clone(), o.clone());
-        let got =
-            tokio::task::spawn_blocking(move || cluster_btc_stored(&wh2, &o2, &budget, params))
-                .await
-                .expect("join")
-                .expect("stored clustering");
+        let got = tokio::task::spawn_blocking(move || {
+            cluster_btc_stored(&wh2, &o2, &budget, params, false)
+        })
+        .await
+        .expect("join")
+        .expect("stored clustering");
         for (t, want_rows) in tables.iter().zip(&expected) {
             same_rows(&rows(&wh, t).await, want_rows, &format!("{t}, case {i}"));
         }
@@ -137,4 +138,129 @@ async fn stored_clustering_writes_what_the_in_memory_run_writes() {
         "no case held a merge: the guards were not exercised"
     );
     assert!(spilled > 0, "the forest never paged");
+}
+
+/// Clustering as blocks arrive: a stored run over the first blocks, then runs after each
+/// further batch of blocks continue from where the last stopped, and each equals the
+/// in-memory run over the same chain row for row; new labels, other options or
+/// `incremental: false` start from the first block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_clustering_equals_a_run_from_the_first_block() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = SynthConfig {
+        blocks: 200,
+        seed: 8,
+        txs_per_block: 50,
+        ..Default::default()
+    };
+    generate(&cfg, tmp.path()).expect("generate");
+    let wh = Warehouse::open("memory://incremental-cluster").expect("open");
+    import(
+        &wh,
+        &[tmp.path().join("truth/labels.csv")],
+        &Default::default(),
+        false,
+    )
+    .await
+    .expect("labels");
+    let o = ClusterOptions {
+        collapse_min_size: 15,
+        ..Default::default()
+    };
+    let tables = ["clusters", "cluster_links", "cluster_holds", "coinjoins"];
+    let stored = |incremental: bool, o: ClusterOptions| {
+        let wh = wh.clone();
+        async move {
+            let scratch = tempfile::tempdir().expect("scratch");
+            let budget = Budget {
+                mem_bytes: 0,
+                scratch: scratch.path().to_path_buf(),
+            };
+            tokio::task::spawn_blocking(move || {
+                cluster_btc_stored(&wh, &o, &budget, serde_json::json!({}), incremental)
+            })
+            .await
+            .expect("join")
+            .expect("stored clustering")
+        }
+    };
+    let mut continued = 0;
+    for (step, to) in [Some(90u64), Some(91), Some(150), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut opts = IndexOptions::new(tmp.path().join("blocks"));
+        opts.to_height = to;
+        opts.commit_blocks = 23;
+        index_btc(&wh, &opts).await.expect("index");
+        let got = stored(true, o.clone()).await;
+        assert_eq!(got.continued_from.is_some(), step > 0, "step {step}");
+        if got.continued_from.is_some() {
+            continued += 1;
+        }
+        let mut got_rows = Vec::new();
+        for t in tables {
+            got_rows.push(rows(&wh, t).await);
+        }
+        let want = cluster_btc(&wh, &Backend::Cpu, &o)
+            .await
+            .expect("in memory");
+        write_btc_clusters(&wh, &want, serde_json::json!({}))
+            .await
+            .expect("write");
+        for (t, g) in tables.iter().zip(&got_rows) {
+            same_rows(
+                g,
+                &rows(&wh, t).await,
+                &format!("{t}, step {step} (to {to:?})"),
+            );
+        }
+        assert_eq!(
+            got.summary,
+            ferret_kernels::cluster::summary(&want),
+            "step {step}"
+        );
+        assert_eq!(got.linked_transactions, want.clusters.linked_transactions);
+        assert_eq!(got.coinjoins_skipped, want.clusters.coinjoins_skipped);
+        // The in-memory run wrote over the stored one: the next stored run must find a
+        // stored run of its own to continue, so run it again (from the first block).
+        let again = stored(true, o.clone()).await;
+        assert_eq!(again.continued_from, None, "the last run was in memory");
+    }
+    assert_eq!(continued, 3);
+    // Other options, or asked not to: from the first block.
+    let other = ClusterOptions {
+        collapse_min_size: 16,
+        ..o.clone()
+    };
+    assert_eq!(stored(true, other).await.continued_from, None);
+    assert!(
+        stored(true, o.clone()).await.continued_from.is_none(),
+        "options changed back"
+    );
+    assert!(
+        stored(true, o.clone()).await.continued_from.is_some(),
+        "same options"
+    );
+    assert_eq!(stored(false, o.clone()).await.continued_from, None);
+    // New labels: from the first block.
+    let extra = tmp.path().join("extra.csv");
+    let some_address = rows(&wh, "clusters").await[0]
+        .split('|')
+        .nth(1)
+        .expect("address")
+        .to_string();
+    std::fs::write(
+        &extra,
+        format!("address,label,category\n{some_address},watched,scam\n"),
+    )
+    .expect("csv");
+    import(&wh, &[extra], &Default::default(), false)
+        .await
+        .expect("labels");
+    assert_eq!(
+        stored(true, o.clone()).await.continued_from,
+        None,
+        "labels changed"
+    );
 }

@@ -12,7 +12,11 @@
 //! The admitted links are what the connected-components kernel (GPU or CPU) then labels;
 //! its partition equals the union-find's. Order matters only for what is held: the
 //! earliest transactions build the clusters, the later ones are checked against them,
-//! so the result is deterministic.
+//! so the result is deterministic. Every decision is a function of the clusters built so
+//! far (their members, sizes and labels: the labelled sides are folded in order of each
+//! cluster's smallest address id, label lists are kept sorted), never of which member
+//! the union-find made a root; so a run continued from a stored partition (the
+//! incremental clustering) decides exactly as a run from the first block.
 
 use std::collections::HashMap;
 
@@ -80,17 +84,16 @@ impl LabelSet {
         common && !(self.exchange && other.scam) && !(self.scam && other.exchange)
     }
 
-    fn absorb(&mut self, other: LabelSet) {
+    pub(crate) fn absorb(&mut self, other: LabelSet) {
         self.names.extend(other.names);
         self.names.sort_unstable();
         self.names.dedup();
         self.exchange |= other.exchange;
         self.scam |= other.scam;
-        for s in other.shown {
-            if !self.shown.contains(&s) {
-                self.shown.push(s);
-            }
-        }
+        // Sorted, so a set depends on its members only, never on the order of merges.
+        self.shown.extend(other.shown);
+        self.shown.sort_unstable();
+        self.shown.dedup();
     }
 }
 
@@ -102,10 +105,10 @@ pub(crate) trait Forest {
     fn set_parent(&mut self, x: u32, p: u32) -> crate::Result<()>;
     fn size(&mut self, x: u32) -> crate::Result<u32>;
     fn set_size(&mut self, x: u32, s: u32) -> crate::Result<()>;
-    /// Called when `small`'s tree joins `big`'s.
-    fn joined(&mut self, _big: u32, _small: u32) -> crate::Result<()> {
-        Ok(())
-    }
+    /// The smallest address id of root `x`'s tree (its cluster id).
+    fn min(&mut self, x: u32) -> crate::Result<u32>;
+    /// Called when `small`'s tree joins `big`'s (to carry the smallest id over).
+    fn joined(&mut self, big: u32, small: u32) -> crate::Result<()>;
 
     /// The root of `x`, halving the path.
     fn find(&mut self, mut x: u32) -> crate::Result<u32> {
@@ -124,6 +127,7 @@ pub(crate) trait Forest {
 struct UnionFind {
     parent: Vec<u32>,
     size: Vec<u32>,
+    min: Vec<u32>,
 }
 
 impl UnionFind {
@@ -131,6 +135,7 @@ impl UnionFind {
         Self {
             parent: (0..n as u32).collect(),
             size: vec![1; n],
+            min: (0..n as u32).collect(),
         }
     }
 }
@@ -148,6 +153,13 @@ impl Forest for UnionFind {
     }
     fn set_size(&mut self, x: u32, s: u32) -> crate::Result<()> {
         self.size[x as usize] = s;
+        Ok(())
+    }
+    fn min(&mut self, x: u32) -> crate::Result<u32> {
+        Ok(self.min[x as usize])
+    }
+    fn joined(&mut self, big: u32, small: u32) -> crate::Result<()> {
+        self.min[big as usize] = self.min[big as usize].min(self.min[small as usize]);
         Ok(())
     }
 }
@@ -181,6 +193,8 @@ pub(crate) fn label_sets(
         }
         set.names.sort_unstable();
         set.names.dedup();
+        set.shown.sort_unstable();
+        set.shown.dedup();
         sets.insert(id, set);
     }
     sets
@@ -236,9 +250,18 @@ impl<F: Forest> Guard<F> {
         let mut hold: Option<(HoldReason, String)> = None;
         if roots.len() > 1 {
             // Labels: fold the labelled sides; the first conflict holds the transaction.
+            // In order of each cluster's smallest address id: a decision depends on the
+            // clusters alone, never on which member the union-find made the root.
             if self.label_guard {
+                let mut by_min = Vec::with_capacity(roots.len());
+                for &r in roots {
+                    if self.sets.contains_key(&r) {
+                        by_min.push((self.uf.min(r)?, r));
+                    }
+                }
+                by_min.sort_unstable();
                 let mut acc: Option<LabelSet> = None;
-                for r in roots {
+                for (_, r) in &by_min {
                     let Some(s) = self.sets.get(r) else { continue };
                     match &mut acc {
                         None => acc = Some(s.clone()),

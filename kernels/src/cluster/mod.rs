@@ -19,6 +19,7 @@ use crate::device::Backend;
 
 pub mod accuracy;
 mod guard;
+pub mod incremental;
 pub mod stored;
 use crate::{Error, Result};
 pub use guard::{Guarded, Hold, HoldReason, guard_links};
@@ -729,17 +730,27 @@ pub fn summary(c: &BtcClusters) -> String {
 
 /// [`summary`] from its parts: the CoinJoins and the counts of held merges.
 pub fn summary_of(coinjoins: &[CoinJoinRow], label_conflicts: usize, collapses: usize) -> String {
-    use std::fmt::Write;
-    let mut per: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut per: std::collections::BTreeMap<String, u64> = Default::default();
     for r in coinjoins {
-        *per.entry(r.detection.protocol.name()).or_default() += 1;
+        *per.entry(r.detection.protocol.name().to_string())
+            .or_default() += 1;
     }
+    summary_counts(&per, label_conflicts, collapses)
+}
+
+/// [`summary`] from counts: CoinJoins per protocol, held merges per reason.
+pub fn summary_counts(
+    per: &std::collections::BTreeMap<String, u64>,
+    label_conflicts: usize,
+    collapses: usize,
+) -> String {
+    use std::fmt::Write;
+    let total: u64 = per.values().sum();
     let mut out = String::new();
     let list: Vec<String> = per.iter().map(|(p, n)| format!("{p} {n}")).collect();
     let _ = writeln!(
         out,
-        "CoinJoins detected: {} ({}); table coinjoins",
-        coinjoins.len(),
+        "CoinJoins detected: {total} ({}); table coinjoins",
         if list.is_empty() {
             "none".to_string()
         } else {

@@ -36,7 +36,7 @@ use crate::blocked::Budget;
 use crate::coinjoin::TxShape;
 use crate::taint::graph::hex_decode;
 use crate::taint::stored::{RowGroups, lookup_address_ids};
-use crate::txstream::for_each_tx;
+use crate::txstream::for_each_tx_from;
 use crate::{Error, Result};
 
 fn wh_err(e: ferret_schemas::Error) -> Error {
@@ -182,6 +182,10 @@ impl PagedForest {
         Ok(())
     }
 
+    fn set(&mut self, x: u32, v: [u32; 3]) -> Result<()> {
+        self.update(x, |e| *e = v)
+    }
+
     fn get(&mut self, x: u32) -> Result<[u32; 3]> {
         Ok(*self.page(x)?)
     }
@@ -216,6 +220,9 @@ impl Forest for PagedForest {
     fn set_size(&mut self, x: u32, s: u32) -> Result<()> {
         self.update(x, |e| e[1] = s)
     }
+    fn min(&mut self, x: u32) -> Result<u32> {
+        Ok(self.get(x)?[2])
+    }
     fn joined(&mut self, big: u32, small: u32) -> Result<()> {
         let m = self.get(small)?[2];
         self.update(big, |e| e[2] = e[2].min(m))
@@ -234,6 +241,8 @@ pub struct StoredClusters {
     pub links: u64,
     /// The run's summary lines (CoinJoins per protocol, held merges).
     pub summary: String,
+    /// The run continued the last one from this transaction (None: from the first).
+    pub continued_from: Option<u64>,
     /// Forest pages written to scratch and read back.
     pub pages_spilled: u64,
     pub pages_reloaded: u64,
@@ -245,6 +254,27 @@ const LINK: usize = 4 + 4 + 8 + 32;
 /// Rows per batch written to a run file.
 const BATCH: usize = 64 * 1024;
 
+/// The caller's parameters with the run's incremental state beside them.
+fn params_with_state(
+    params: serde_json::Value,
+    state: super::incremental::State,
+) -> serde_json::Value {
+    let mut obj = match params {
+        serde_json::Value::Object(o) => o,
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => {
+            let mut o = serde_json::Map::new();
+            o.insert("params".into(), other);
+            o
+        }
+    };
+    obj.insert(
+        super::incremental::KEY.into(),
+        serde_json::to_value(state).unwrap_or(serde_json::Value::Null),
+    );
+    serde_json::Value::Object(obj)
+}
+
 fn to_u32(v: u64, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::TooLarge(format!("{what} {v} beyond u32")))
 }
@@ -253,13 +283,17 @@ fn to_u32(v: u64, what: &str) -> Result<u32> {
 /// `cluster_links`, `cluster_holds` and `clusters` tables as one run (what
 /// [`super::write_btc_clusters`] writes for the in-memory run). Call from a blocking
 /// thread inside a tokio runtime.
+///
+/// With `incremental`, a run continues the last stored run where it stopped when that
+/// is exact (see [`super::incremental`]): only the new transactions are read.
 pub fn cluster_btc_stored(
     wh: &Warehouse,
     opts: &ClusterOptions,
     budget: &Budget,
     params: serde_json::Value,
+    incremental: bool,
 ) -> Result<StoredClusters> {
-    run(wh, opts, budget, Target::Run(params))
+    run(wh, opts, budget, Target::Run(params), incremental)
 }
 
 /// The `clusters` rows of a stored clustering (`run_id` `sql`), given to `on_batch` as
@@ -270,7 +304,7 @@ pub fn stored_cluster_rows(
     budget: &Budget,
     on_batch: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<StoredClusters> {
-    run(wh, opts, budget, Target::Rows(on_batch))
+    run(wh, opts, budget, Target::Rows(on_batch), false)
 }
 
 /// Where a stored clustering goes.
@@ -286,6 +320,7 @@ fn run(
     opts: &ClusterOptions,
     budget: &Budget,
     mut target: Target<'_>,
+    incremental: bool,
 ) -> Result<StoredClusters> {
     let rt = Handle::current();
     let m = rt
@@ -294,106 +329,175 @@ fn run(
         .ok_or(Error::NothingIndexed { chain: "btc" })?;
     let n = to_u32(m.next_address_id, "address count")?;
     let labels = rt.block_on(crate::taint::job::btc_labels(wh))?;
-    let sets = if opts.label_guard && !labels.is_empty() {
-        let names: Vec<&str> = labels.iter().map(|l| l.0.as_str()).collect();
-        let ids = rt.block_on(lookup_address_ids(wh, &m, &names))?;
-        label_sets(&labels, |a| ids.get(a).and_then(|&i| u32::try_from(i).ok()))
+    let labels_run = rt
+        .block_on(wh.latest_run("labels"))
+        .map_err(wh_err)?
+        .map(|r| r.run_id);
+    let options = format!("{opts:?}");
+    let prior = if incremental {
+        rt.block_on(super::incremental::previous(wh, &m, &labels_run, &options))?
     } else {
-        HashMap::new()
+        None
     };
     let scratch = tempfile::Builder::new()
         .prefix("cluster-")
         .tempdir_in(&budget.scratch)
         .map_err(|e| io_err("making a scratch directory", &budget.scratch, e))?;
-    let mut guard = Guard::new(
-        PagedForest::new(n, budget.mem_bytes, scratch.path())?,
-        sets,
-        opts,
-    );
+    let mut forest = PagedForest::new(n, budget.mem_bytes, scratch.path())?;
+    // Continuing: the stored partition is the forest (each address's cluster id its root).
+    if let Some((state, runs)) = &prior {
+        let mut next = 0u64;
+        super::incremental::each_row_group(
+            wh,
+            &runs[0],
+            &["address_id", "cluster_id", "cluster_size"],
+            |b| {
+                let wrong = || Error::BadGraph("clusters: a column has the wrong type".into());
+                let (id, c, size) = (
+                    b.column(0)
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(wrong)?,
+                    b.column(1)
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(wrong)?,
+                    b.column(2)
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(wrong)?,
+                );
+                for r in 0..b.num_rows() {
+                    if id.value(r) != next as i64 || c.value(r) > id.value(r) {
+                        return Err(Error::BadGraph(format!(
+                            "the stored clusters run is not dense at address {next}"
+                        )));
+                    }
+                    let x = to_u32(next, "address id")?;
+                    let root = to_u32(c.value(r) as u64, "cluster id")?;
+                    let size = to_u32(size.value(r).max(1) as u64, "cluster size")?;
+                    forest.set(x, [root, size, root])?;
+                    next += 1;
+                }
+                Ok(())
+            },
+        )?;
+        if next != state.next_address_id {
+            return Err(Error::BadGraph(format!(
+                "the stored clusters run holds {next} addresses, its state says {}",
+                state.next_address_id
+            )));
+        }
+    }
+    let sets = if opts.label_guard && !labels.is_empty() {
+        let names: Vec<&str> = labels.iter().map(|l| l.0.as_str()).collect();
+        let ids = rt.block_on(lookup_address_ids(wh, &m, &names))?;
+        let per_address = label_sets(&labels, |a| ids.get(a).and_then(|&i| u32::try_from(i).ok()));
+        // Each cluster's labels on its root.
+        let mut by_id: Vec<_> = per_address.into_iter().collect();
+        by_id.sort_unstable_by_key(|x| x.0);
+        let mut sets: HashMap<u32, super::guard::LabelSet> = HashMap::new();
+        for (id, set) in by_id {
+            let root = forest.find(id)?;
+            sets.entry(root).or_default().absorb(set);
+        }
+        sets
+    } else {
+        HashMap::new()
+    };
+    let mut guard = Guard::new(forest, sets, opts);
+    let from_tx = prior.as_ref().map_or(0, |p| p.0.next_tx_index);
     let links_path = scratch.path().join("links.bin");
     let mut links =
         BufWriter::new(File::create(&links_path).map_err(|e| io_err("creating", &links_path, e))?);
     let mut link_count = 0u64;
     let mut coinjoins: Vec<CoinJoinRow> = Vec::new();
     let mut holds: Vec<(String, i64, Hold)> = Vec::new();
-    let (mut linked, mut skipped) = (0u64, 0u64);
+    let (mut linked, mut skipped) = prior
+        .as_ref()
+        .map_or((0, 0), |p| (p.0.linked_transactions, p.0.coinjoins_skipped));
     let mut members: Vec<u32> = Vec::new();
     let (mut values, mut out_values, mut nulldata) = (Vec::new(), Vec::new(), Vec::new());
     let mut link_err: Option<Error> = None;
-    rt.block_on(for_each_tx(wh, &m, true, "clustering", |tx| {
-        // Transactions without inputs (coinbases) link nothing and are no CoinJoin.
-        if tx.inputs.is_empty() {
-            return Ok(());
-        }
-        members.clear();
-        values.clear();
-        let mut addressless = 0;
-        for i in &tx.inputs {
-            values.push(i.value);
-            match i.address_id {
-                Some(a) => members.push(to_u32(a, "address id")?),
-                None => addressless += 1,
+    rt.block_on(for_each_tx_from(
+        wh,
+        &m,
+        from_tx,
+        true,
+        "clustering",
+        |tx| {
+            // Transactions without inputs (coinbases) link nothing and are no CoinJoin.
+            if tx.inputs.is_empty() {
+                return Ok(());
             }
-        }
-        members.sort_unstable();
-        members.dedup();
-        out_values.clear();
-        out_values.extend(tx.outputs.iter().map(|o| o.value));
-        nulldata.clear();
-        nulldata.extend(tx.outputs.iter().map(|o| o.nulldata));
-        let shape = TxShape {
-            input_values: &values,
-            distinct_input_addresses: members.len() + addressless,
-            output_values: &out_values,
-            output_nulldata: &nulldata,
-        };
-        let txid_hex = tx.txid.as_deref().ok_or_else(|| {
-            Error::BadGraph(format!("transaction {} without a txid", tx.tx_index))
-        })?;
-        let mut txid = [0u8; 32];
-        hex_decode(txid_hex, &mut txid)
-            .map_err(|e| Error::BadGraph(format!("btc.outputs: tx_index {}: {e}", tx.tx_index)))?;
-        let tx_index = i64::try_from(tx.tx_index).unwrap_or(i64::MAX);
-        let mut mix = false;
-        if out_values.len() >= 2
-            && let Some(d) = opts.detectors.detect(&shape)
-        {
-            mix = d.protocol.is_mix();
-            coinjoins.push(CoinJoinRow {
-                txid,
-                height: tx.height,
-                tx_index,
-                inputs: u32::try_from(values.len()).unwrap_or(u32::MAX),
-                outputs: u32::try_from(out_values.len()).unwrap_or(u32::MAX),
-                detection: d,
-            });
-        }
-        if members.len() < 2 {
-            return Ok(());
-        }
-        if mix {
-            skipped += 1;
-            return Ok(());
-        }
-        match guard.offer(&members)? {
-            Verdict::Hold(h) => holds.push((txid_hex.to_string(), tx.height, h)),
-            Verdict::Admit => {
-                linked += 1;
-                for &b in &members[1..] {
-                    let mut rec = [0u8; LINK];
-                    rec[0..4].copy_from_slice(&members[0].to_le_bytes());
-                    rec[4..8].copy_from_slice(&b.to_le_bytes());
-                    rec[8..16].copy_from_slice(&tx.height.to_le_bytes());
-                    rec[16..48].copy_from_slice(&txid);
-                    if let Err(e) = links.write_all(&rec) {
-                        link_err.get_or_insert(io_err("writing", &links_path, e));
-                    }
-                    link_count += 1;
+            members.clear();
+            values.clear();
+            let mut addressless = 0;
+            for i in &tx.inputs {
+                values.push(i.value);
+                match i.address_id {
+                    Some(a) => members.push(to_u32(a, "address id")?),
+                    None => addressless += 1,
                 }
             }
-        }
-        Ok(())
-    }))?;
+            members.sort_unstable();
+            members.dedup();
+            out_values.clear();
+            out_values.extend(tx.outputs.iter().map(|o| o.value));
+            nulldata.clear();
+            nulldata.extend(tx.outputs.iter().map(|o| o.nulldata));
+            let shape = TxShape {
+                input_values: &values,
+                distinct_input_addresses: members.len() + addressless,
+                output_values: &out_values,
+                output_nulldata: &nulldata,
+            };
+            let txid_hex = tx.txid.as_deref().ok_or_else(|| {
+                Error::BadGraph(format!("transaction {} without a txid", tx.tx_index))
+            })?;
+            let mut txid = [0u8; 32];
+            hex_decode(txid_hex, &mut txid).map_err(|e| {
+                Error::BadGraph(format!("btc.outputs: tx_index {}: {e}", tx.tx_index))
+            })?;
+            let tx_index = i64::try_from(tx.tx_index).unwrap_or(i64::MAX);
+            let mut mix = false;
+            if out_values.len() >= 2
+                && let Some(d) = opts.detectors.detect(&shape)
+            {
+                mix = d.protocol.is_mix();
+                coinjoins.push(CoinJoinRow {
+                    txid,
+                    height: tx.height,
+                    tx_index,
+                    inputs: u32::try_from(values.len()).unwrap_or(u32::MAX),
+                    outputs: u32::try_from(out_values.len()).unwrap_or(u32::MAX),
+                    detection: d,
+                });
+            }
+            if members.len() < 2 {
+                return Ok(());
+            }
+            if mix {
+                skipped += 1;
+                return Ok(());
+            }
+            match guard.offer(&members)? {
+                Verdict::Hold(h) => holds.push((txid_hex.to_string(), tx.height, h)),
+                Verdict::Admit => {
+                    linked += 1;
+                    for &b in &members[1..] {
+                        let mut rec = [0u8; LINK];
+                        rec[0..4].copy_from_slice(&members[0].to_le_bytes());
+                        rec[4..8].copy_from_slice(&b.to_le_bytes());
+                        rec[8..16].copy_from_slice(&tx.height.to_le_bytes());
+                        rec[16..48].copy_from_slice(&txid);
+                        if let Err(e) = links.write_all(&rec) {
+                            link_err.get_or_insert(io_err("writing", &links_path, e));
+                        }
+                        link_count += 1;
+                    }
+                }
+            }
+            Ok(())
+        },
+    ))?;
     if let Some(e) = link_err {
         return Err(e);
     }
@@ -517,7 +621,8 @@ fn run(
         largest,
         linked_transactions: linked,
         coinjoins_skipped: skipped,
-        links: link_count,
+        links: prior.as_ref().map_or(0, |p| p.0.links) + link_count,
+        continued_from: prior.as_ref().map(|p| p.0.next_tx_index),
         summary: super::summary_of(
             &coinjoins,
             held(HoldReason::LabelConflict),
@@ -530,6 +635,17 @@ fn run(
         return Ok(out);
     };
     let clusters_file = rt.block_on(clusters_w.finish()).map_err(wh_err)?;
+    let state = super::incremental::State {
+        next_tx_index: m.next_tx_index,
+        next_address_id: m.next_address_id,
+        tip_height: m.tip.as_ref().map_or(0, |t| t.height),
+        tip_hash: m.tip.as_ref().map_or_else(String::new, |t| t.hash.clone()),
+        labels_run,
+        options,
+        linked_transactions: linked,
+        coinjoins_skipped: skipped,
+        links: out.links,
+    };
 
     // 3. The links, with both addresses and the final cluster.
     let idx = File::open(&dict_idx).map_err(|e| io_err("opening", &dict_idx, e))?;
@@ -577,6 +693,27 @@ fn run(
         rows.clear();
         Handle::current().block_on(w.write(&batch)).map_err(wh_err)
     };
+    // The last run's links first (they came first in the chain), with today's clusters:
+    // a link row's cluster id is one of its cluster's addresses.
+    if let Some((_, runs)) = &prior {
+        let cols: Vec<String> = cluster_links_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+        super::incremental::each_row_group(wh, &runs[2], &cols, |b| {
+            let mut remap = |c: i64| -> Result<i64> {
+                Ok(i64::from(
+                    forest.cluster_of(to_u32(c.max(0) as u64, "cluster id")?)?.0,
+                ))
+            };
+            let b = super::incremental::rewrite(&b, &run_id, Some(&mut remap))?;
+            Handle::current()
+                .block_on(links_w.write(&b))
+                .map_err(wh_err)
+        })?;
+    }
     let mut rec = [0u8; LINK];
     for _ in 0..link_count {
         reader
@@ -601,10 +738,62 @@ fn run(
     write_links(&mut rows, &mut links_w)?;
     let links_file = rt.block_on(links_w.finish()).map_err(wh_err)?;
 
-    // The CoinJoins and holds (one row each, held in memory).
+    // The CoinJoins and holds (one row each, held in memory), the last run's first.
     let mut cj_w = wh
         .run_writer("coinjoins", &run_id, coinjoins_schema())
         .map_err(wh_err)?;
+    let mut holds_w = wh
+        .run_writer("cluster_holds", &run_id, cluster_holds_schema())
+        .map_err(wh_err)?;
+    let mut per: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut conflicts, mut collapses) = (0usize, 0usize);
+    if let Some((_, runs)) = &prior {
+        for (run, w, schema) in [
+            (&runs[1], &mut cj_w, coinjoins_schema()),
+            (&runs[3], &mut holds_w, cluster_holds_schema()),
+        ] {
+            let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+            super::incremental::each_row_group(wh, run, &cols, |b| {
+                let text = |name: &str| {
+                    b.column_by_name(name)
+                        .and_then(|c| c.as_string_opt::<i32>())
+                        .map(|c| {
+                            (0..b.num_rows())
+                                .map(|i| c.value(i).to_string())
+                                .collect::<Vec<_>>()
+                        })
+                };
+                if let Some(p) = text("protocol") {
+                    for x in p {
+                        *per.entry(x).or_default() += 1;
+                    }
+                }
+                if let Some(r) = text("reason") {
+                    for x in r {
+                        match x.as_str() {
+                            "label_conflict" => conflicts += 1,
+                            "collapse" => collapses += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                let b = super::incremental::rewrite(&b, &run_id, None)?;
+                Handle::current().block_on(w.write(&b)).map_err(wh_err)
+            })?;
+        }
+    }
+    for c in &coinjoins {
+        *per.entry(c.detection.protocol.name().to_string())
+            .or_default() += 1;
+    }
+    for h in &holds {
+        match h.2.reason {
+            HoldReason::LabelConflict => conflicts += 1,
+            HoldReason::Collapse => collapses += 1,
+        }
+    }
+    out.summary = super::summary_counts(&per, conflicts, collapses);
     for chunk in coinjoins.chunks(BATCH) {
         let batch = super::coinjoins_batch(chunk, &run_id)?;
         rt.block_on(cj_w.write(&batch)).map_err(wh_err)?;
@@ -615,9 +804,6 @@ fn run(
     }
     let cj_file = rt.block_on(cj_w.finish()).map_err(wh_err)?;
     let hold_rows: Vec<HoldRow<'_>> = holds.iter().map(|(t, h, x)| (t.clone(), *h, x)).collect();
-    let mut holds_w = wh
-        .run_writer("cluster_holds", &run_id, cluster_holds_schema())
-        .map_err(wh_err)?;
     let batch = super::holds_batch(&hold_rows, &run_id)?;
     rt.block_on(holds_w.write(&batch)).map_err(wh_err)?;
     let holds_file = rt.block_on(holds_w.finish()).map_err(wh_err)?;
@@ -631,7 +817,7 @@ fn run(
             ("cluster_holds".into(), holds_file),
             ("clusters".into(), clusters_file),
         ],
-        Some(params),
+        Some(params_with_state(params, state)),
     ))
     .map_err(wh_err)?;
     out.pages_spilled = forest.spilled;
