@@ -197,6 +197,16 @@ impl SpendEdges {
             .collect()
     }
 
+    /// The row groups holding the pair (`d`, `s`), in file order.
+    pub fn groups_of(&self, d: u32, s: u32) -> &[(usize, usize)] {
+        self.pairs.get(&(d, s)).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The rows of one of the pair's row groups ([`SpendEdges::groups_of`]).
+    pub async fn read_group(&self, wh: &Warehouse, at: (usize, usize)) -> Result<Vec<RecordBatch>> {
+        self.groups.read_at(wh, &[at], EDGE_COLUMNS).await
+    }
+
     /// The rows of the pair (`d`, `s`), in file order: by (tx_index, vin).
     pub async fn read(&self, wh: &Warehouse, d: u32, s: u32) -> Result<Vec<RecordBatch>> {
         let Some(groups) = self.pairs.get(&(d, s)) else {
@@ -204,6 +214,22 @@ impl SpendEdges {
         };
         self.groups.read_at(wh, groups, EDGE_COLUMNS).await
     }
+}
+
+/// Calls `f` on every edge of the pair (`d`, `s`), a row group at a time.
+fn each_edge(
+    wh: &Warehouse,
+    rt: &Handle,
+    edges: &SpendEdges,
+    d: u32,
+    s: u32,
+    f: &mut dyn FnMut(Edge) -> Result<()>,
+) -> Result<()> {
+    for &at in edges.groups_of(d, s) {
+        let batches = rt.block_on(edges.read_group(wh, at))?;
+        for_each_edge(batches, "btc.spends", &mut *f)?;
+    }
+    Ok(())
 }
 
 /// One edge row of `btc.spends`.
@@ -217,15 +243,6 @@ struct Edge {
     input_total: i64,
     /// u64::MAX for none.
     address: u64,
-}
-
-fn edges_of(batches: Vec<RecordBatch>, path: &str) -> Result<Vec<Edge>> {
-    let mut out = Vec::new();
-    for_each_edge(batches, path, |e| {
-        out.push(e);
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 /// Calls `f` on every edge row of `batches`, dropping each batch once read.
@@ -376,10 +393,10 @@ impl Lowering<'_> {
         u32::try_from(tx >> self.edges.bits).unwrap_or(u32::MAX)
     }
 
-    /// Calls `f` on every edge of the stored pair (`d`, `s`), in file order.
-    fn each(&self, d: u32, s: u32, f: impl FnMut(Edge) -> Result<()>) -> Result<()> {
-        let batches = self.rt.block_on(self.edges.read(self.wh, d, s))?;
-        for_each_edge(batches, "btc.spends", f)
+    /// Calls `f` on every edge of the stored pair (`d`, `s`), in file order, reading a
+    /// row group at a time (a pair spans a row group per commit file).
+    fn each(&self, d: u32, s: u32, mut f: impl FnMut(Edge) -> Result<()>) -> Result<()> {
+        each_edge(self.wh, &self.rt, self.edges, d, s, &mut f)
     }
 
     /// Backward: every transaction's total output value in block `b`.
@@ -660,14 +677,15 @@ fn report(
         reached[b as usize] = true;
         if q.direction == Direction::Backward {
             for s in edges.sources_of(b) {
-                for e in edges_of(rt.block_on(edges.read(wh, b, s))?, "btc.spends")? {
+                each_edge(wh, rt, edges, b, s, &mut |e| {
                     let local = (e.tx - (u64::from(b) << bits)) as usize;
                     let h = st.hop[local];
                     if h != UNREACHED {
                         let f = if poison { 1.0 } else { st.fraction[local] };
                         wanted.insert(e.spent_output, (h, f));
                     }
-                }
+                    Ok(())
+                })?;
             }
         }
     }
