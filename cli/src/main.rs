@@ -730,7 +730,9 @@ async fn cluster_btc_cmd(a: ClusterBtcArgs) -> Result<()> {
     });
     if let Some((budget, _dir)) = a.budget.budget()? {
         if a.device == ferret_kernels::device::DeviceChoice::Gpu {
-            bail!("--mem-mb runs on the CPU so far: drop --device gpu");
+            bail!(
+                "--mem-mb clusters on the CPU (its guards take the transactions one by one in chain order): drop --device gpu"
+            );
         }
         let mem = budget.mem_bytes >> 20;
         let full = a.full;
@@ -956,12 +958,10 @@ async fn taint_btc_cmd(a: TaintBtcArgs) -> Result<()> {
     use ferret_kernels::taint::job::write_taint;
     use ferret_kernels::taint::stored_job::{TaintTotals, taint_btc_stored};
     if let Some((budget, _dir)) = a.budget.budget()? {
-        if a.taint.device == ferret_kernels::device::DeviceChoice::Gpu {
-            bail!("--mem-mb runs on the CPU so far: drop --device gpu");
-        }
         let job = taint_job(&a.taint)?;
         let wh = Warehouse::open_existing(&a.taint.warehouse)?;
-        let r = tokio::task::spawn_blocking(move || taint_btc_stored(&wh, &job, &budget))
+        let backend = ferret_kernels::device::select(a.taint.device)?;
+        let r = tokio::task::spawn_blocking(move || taint_btc_stored(&backend, &wh, &job, &budget))
             .await
             .context("the out-of-core taint run stopped")?
             .context("tracing btc taint out of core")?;

@@ -136,10 +136,12 @@ async fn the_stored_taint_job_writes_what_the_in_memory_job_writes() {
             scratch: scratch.path().to_path_buf(),
         };
         let (wh2, job2) = (wh.clone(), job.clone());
-        let got = tokio::task::spawn_blocking(move || taint_btc_stored(&wh2, &job2, &budget))
-            .await
-            .expect("join")
-            .expect("stored job");
+        let got = tokio::task::spawn_blocking(move || {
+            taint_btc_stored(&Backend::Cpu, &wh2, &job2, &budget)
+        })
+        .await
+        .expect("join")
+        .expect("stored job");
         let (got_taint, got_exits) = (rows(&wh, "taint").await, rows(&wh, "exits").await);
         let what = format!("case {i}: {job:?}");
         assert!(!want_taint.is_empty() && !want_exits.is_empty(), "{what}");
@@ -163,4 +165,82 @@ async fn the_stored_taint_job_writes_what_the_in_memory_job_writes() {
         mixed > 0,
         "no case moved taint through a CoinJoin to an exit"
     );
+}
+
+/// The stored job with its row sums on the GPU (lavapipe in CI) writes the CPU's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_taint_job_on_the_gpu_writes_the_cpu_rows() {
+    let gpu = match ferret_kernels::device::select(ferret_kernels::device::DeviceChoice::Gpu) {
+        Ok(Backend::Gpu(g)) => g,
+        Ok(Backend::Cpu) => unreachable!("--device gpu never falls back"),
+        Err(e) => {
+            let required = std::env::var("FERRET_REQUIRE_ALL").is_ok_and(|v| v == "1");
+            assert!(!required, "a GPU adapter is required here: {e}");
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = SynthConfig {
+        blocks: 80,
+        seed: 3,
+        txs_per_block: 30,
+        ..Default::default()
+    };
+    generate(&cfg, tmp.path()).expect("generate");
+    let wh = Warehouse::open("memory://stored-taint-job-gpu").expect("open");
+    let mut opts = IndexOptions::new(tmp.path().join("blocks"));
+    opts.graph_block_bits = Some(8);
+    index_btc(&wh, &opts).await.expect("index");
+    import(
+        &wh,
+        &[tmp.path().join("truth/labels.csv")],
+        &Default::default(),
+        false,
+    )
+    .await
+    .expect("labels");
+    for job in [
+        TaintJob {
+            policy: Policy::Haircut,
+            direction: Direction::Forward,
+            max_hops: Some(3),
+            seed_categories: vec!["scam".into()],
+            stop_categories: vec!["exchange".into()],
+            ..Default::default()
+        },
+        TaintJob {
+            policy: Policy::Poison,
+            direction: Direction::Backward,
+            max_hops: Some(3),
+            seed_categories: vec!["exchange".into()],
+            ..Default::default()
+        },
+    ] {
+        let mut tables = Vec::new();
+        for backend in [Backend::Cpu, Backend::Gpu(gpu.clone())] {
+            let scratch = tempfile::tempdir().expect("scratch");
+            let budget = Budget {
+                mem_bytes: 1 << 20,
+                scratch: scratch.path().to_path_buf(),
+            };
+            let (wh2, job2) = (wh.clone(), job.clone());
+            tokio::task::spawn_blocking(move || taint_btc_stored(&backend, &wh2, &job2, &budget))
+                .await
+                .expect("join")
+                .expect("stored job");
+            tables.push((rows(&wh, "taint").await, rows(&wh, "exits").await));
+        }
+        assert!(!tables[0].0.is_empty(), "{job:?}");
+        same_rows(
+            &tables[1].0,
+            &tables[0].0,
+            &format!("taint on the GPU, {job:?}"),
+        );
+        same_rows(
+            &tables[1].1,
+            &tables[0].1,
+            &format!("exits on the GPU, {job:?}"),
+        );
+    }
 }

@@ -446,7 +446,12 @@ impl datafusion::physical_plan::streaming::PartitionStream for StoredStream {
             };
             match kind {
                 Kind::Taint(job) => ferret_kernels::taint::stored_job::stored_taint_rows(
-                    &wh, &job, &budget, "sql", &mut send,
+                    &backend()?,
+                    &wh,
+                    &job,
+                    &budget,
+                    "sql",
+                    &mut send,
                 )
                 .map(|_| ()),
                 Kind::Clusters(enabled) => {

@@ -20,6 +20,7 @@
 //! at once (its state, the source block being read, one chunk, the row sums) is the
 //! fixed overhead on top of the budget.
 
+mod gpu;
 mod pager;
 #[cfg(test)]
 mod tests;
@@ -235,8 +236,42 @@ fn fault() -> u8 {
     0
 }
 
-/// Runs the propagation over `source`'s chunks within `budget`.
+/// Runs the propagation over `source`'s chunks within `budget`, on the CPU.
 pub fn propagate(source: &mut dyn ChunkSource, opts: &Options, budget: &Budget) -> Result<Blocked> {
+    propagate_on(&crate::device::Backend::Cpu, source, opts, budget)
+}
+
+/// [`propagate`] with the row sums on `backend`: on a GPU each destination block's sums
+/// live on the device and each chunk it reads is streamed there, in dispatches that fit
+/// the adapter's binding limit; the result is the CPU's, bit for bit.
+pub fn propagate_on(
+    backend: &crate::device::Backend,
+    source: &mut dyn ChunkSource,
+    opts: &Options,
+    budget: &Budget,
+) -> Result<Blocked> {
+    propagate_with(backend, source, opts, budget, None)
+}
+
+/// [`propagate_on`]; `gpu_max_edges` caps the edges per GPU dispatch (tests force it
+/// small so that chunks are split).
+pub(crate) fn propagate_with(
+    backend: &crate::device::Backend,
+    source: &mut dyn ChunkSource,
+    opts: &Options,
+    budget: &Budget,
+    gpu_max_edges: Option<usize>,
+) -> Result<Blocked> {
+    let gpu = match backend {
+        crate::device::Backend::Cpu => None,
+        crate::device::Backend::Gpu(g) => {
+            let mut k = gpu::GpuAccumulate::new(g)?;
+            if let Some(m) = gpu_max_edges {
+                k.max_edges = k.max_edges.min(m.max(1));
+            }
+            Some((g, k))
+        }
+    };
     let (nodes, bits) = (source.nodes(), source.bits());
     if bits > 30 {
         return Err(Error::BadGraph(format!("blocks of 2^{bits} nodes")));
@@ -315,7 +350,14 @@ pub fn propagate(source: &mut dyn ChunkSource, opts: &Options, budget: &Budget) 
                 continue;
             }
             let n = block_nodes(d);
-            let mut acc = vec![0f32; n];
+            let mut acc = match gpu {
+                None => vec![0f32; n],
+                Some(_) => Vec::new(),
+            };
+            let sums = match &gpu {
+                Some((g, k)) => Some(k.start(g, n)?),
+                None => None,
+            };
             for &s in &used {
                 if fault() == 1 && s != SEED_BLOCK && s + 1 == d {
                     continue;
@@ -351,10 +393,18 @@ pub fn propagate(source: &mut dyn ChunkSource, opts: &Options, budget: &Budget) 
                 if s != SEED_BLOCK && src_state.is_none() {
                     continue;
                 }
-                accumulate(&mut acc, &chunk, src_state.as_deref(), opts.min_value);
+                match (&gpu, &sums) {
+                    (Some((g, k)), Some(sums)) => {
+                        k.add(g, sums, &chunk, src_state.as_deref(), opts.min_value)?
+                    }
+                    _ => accumulate(&mut acc, &chunk, src_state.as_deref(), opts.min_value),
+                }
                 stats.peak_cached_bytes = stats
                     .peak_cached_bytes
                     .max(chunks.mem_bytes() + state.mem_bytes());
+            }
+            if let (Some((g, k)), Some(sums)) = (&gpu, sums) {
+                acc = k.finish(g, sums)?;
             }
             let mut st = match &old {
                 Some(o) => BlockState::clone(o),

@@ -198,3 +198,59 @@ fn a_malformed_chunk_is_an_error() {
         "{e}"
     );
 }
+
+/// On a GPU (lavapipe in CI) the blocked engine gives the CPU's bits: fractions, hops and
+/// steps, with tiny blocks so that every run crosses many chunks, and with dispatches
+/// capped at a few edges so that every chunk is split into row ranges. A broken sweep
+/// (fault 1) fails the comparison on the GPU too.
+#[test]
+fn the_gpu_sums_equal_the_cpu_sums() {
+    let Some(g) = crate::testing::gpu() else {
+        return;
+    };
+    let backend = crate::device::Backend::Gpu(g);
+    let run_on = |p: &Propagation, bits: u32, opts: &Options, cap: Option<usize>| {
+        let mut src = MemSource::from_propagation(p, bits).expect("cut");
+        let scratch = tempfile::tempdir().expect("scratch");
+        let budget = Budget {
+            mem_bytes: 1 << 20,
+            scratch: scratch.path().to_path_buf(),
+        };
+        let mut r = propagate_with(&backend, &mut src, opts, &budget, cap).expect("gpu run");
+        let (f, h) = r.to_vecs().expect("read back");
+        (f, h, r.stats.steps)
+    };
+    let mut runs = 0;
+    for seed in 0..6u64 {
+        let n = [7u32, 300, 1000, 2500][seed as usize % 4];
+        let p = random(seed, n, n as usize * 3, true, seed % 3 == 0);
+        for opts in options() {
+            let want = propagate_jacobi_cpu(&p, &opts);
+            for (bits, cap) in [(3u32, Some(5usize)), (6, Some(64)), (8, None)] {
+                // Five-edge dispatches over thousands of rows only make the test slow.
+                if n > 300 && cap == Some(5) {
+                    runs += 1;
+                    continue;
+                }
+                let (f, h, steps) = run_on(&p, bits, &opts, cap);
+                let what = format!("seed {seed}, n {n}, bits {bits}, cap {cap:?}, {opts:?}");
+                assert_eq!(h, want.hop, "hops: {what}");
+                let fb: Vec<u32> = f.iter().map(|x| x.to_bits()).collect();
+                let wb: Vec<u32> = want.fraction.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(fb, wb, "fractions: {what}");
+                assert_eq!(steps, want.steps, "steps: {what}");
+                runs += 1;
+            }
+        }
+    }
+    assert_eq!(runs, 72);
+    let p = random(1, 2000, 6000, true, false);
+    let want = propagate_jacobi_cpu(&p, &Options::default());
+    FAULT.with(|f| f.set(1));
+    let (f, h, _) = run_on(&p, 4, &Options::default(), Some(256));
+    FAULT.with(|f| f.set(0));
+    assert!(
+        h != want.hop || f != want.fraction,
+        "a skipped chunk went unnoticed on the GPU"
+    );
+}

@@ -613,6 +613,17 @@ pub fn run_stored_with(
     budget: &Budget,
     on_rows: &mut dyn FnMut(Vec<StoredTainted>) -> Result<()>,
 ) -> Result<(u32, blocked::Stats)> {
+    run_stored_on(&crate::device::Backend::Cpu, wh, q, budget, on_rows)
+}
+
+/// [`run_stored_with`] with the row sums on `backend` (see [`blocked::propagate_on`]).
+pub fn run_stored_on(
+    backend: &crate::device::Backend,
+    wh: &Warehouse,
+    q: &StoredQuery,
+    budget: &Budget,
+    on_rows: &mut dyn FnMut(Vec<StoredTainted>) -> Result<()>,
+) -> Result<(u32, blocked::Stats)> {
     if q.policy == Policy::Fifo {
         return Err(Error::BadQuery(
             "fifo runs on the in-memory graph only so far".into(),
@@ -646,7 +657,7 @@ pub fn run_stored_with(
         max_hops: q.max_hops,
         min_value: q.min_value.max(0) as f32,
     };
-    let mut res = blocked::propagate(&mut low, &opts, budget)?;
+    let mut res = blocked::propagate_on(backend, &mut low, &opts, budget)?;
     drop(low);
     report(wh, &rt, &m, &edges, q, &mut res, on_rows)?;
     Ok((res.stats.steps, res.stats.clone()))

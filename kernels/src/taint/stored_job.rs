@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 
 use super::job::{Exit, TaintJob, TaintRun, TaintedOutput, exits_batch, taint_rows_batch};
 use super::stored::{
-    StoredQuery, StoredTainted, lookup_address_ids, resolve_seeds_found, run_stored_with,
+    StoredQuery, StoredTainted, lookup_address_ids, resolve_seeds_found, run_stored_on,
 };
 use super::{Direction, decimal};
 use crate::blocked::{Budget, Stats};
@@ -161,15 +161,21 @@ fn add_exit(
 
 /// Runs `job` on the committed graph within `budget`, writes its `taint` and `exits`
 /// tables as one run, and returns it. Call from a blocking thread inside a tokio runtime.
-pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Result<StoredTaintRun> {
+pub fn taint_btc_stored(
+    backend: &crate::device::Backend,
+    wh: &Warehouse,
+    job: &TaintJob,
+    budget: &Budget,
+) -> Result<StoredTaintRun> {
     let rt = Handle::current();
     let run_id = ferret_schemas::results::new_run_id();
     let mut writer = wh
         .run_writer("taint", &run_id, taint_schema())
         .map_err(wh_err)?;
-    let (run, totals, stats) = stored_taint_rows(wh, job, budget, &run_id, &mut |batch| {
-        rt.block_on(writer.write(&batch)).map_err(wh_err)
-    })?;
+    let (run, totals, stats) =
+        stored_taint_rows(backend, wh, job, budget, &run_id, &mut |batch| {
+            rt.block_on(writer.write(&batch)).map_err(wh_err)
+        })?;
     let taint_file = rt.block_on(writer.finish()).map_err(wh_err)?;
     let mut exits_writer = wh
         .run_writer("exits", &run_id, exits_schema())
@@ -196,6 +202,7 @@ pub fn taint_btc_stored(wh: &Warehouse, job: &TaintJob, budget: &Budget) -> Resu
 /// `run_id`) go to `on_batch` as they are joined, a row group of `btc.outputs` at a time
 /// (the SQL function streams them); the run (its exits computed, no rows) is returned.
 pub fn stored_taint_rows(
+    backend: &crate::device::Backend,
     wh: &Warehouse,
     job: &TaintJob,
     budget: &Budget,
@@ -328,7 +335,7 @@ pub fn stored_taint_rows(
     let mut sums: ExitSums = BTreeMap::new();
     let mut passed: HashSet<u64> = HashSet::new();
     let unlimited_is_first = job.max_hops.is_none();
-    let (steps, stats) = run_stored_with(wh, &q, budget, &mut |rows| {
+    let (steps, stats) = run_stored_on(backend, wh, &q, budget, &mut |rows| {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             add_exit(&mut sums, 0, r, &labelled, &seed_set);
@@ -361,7 +368,7 @@ pub fn stored_taint_rows(
         ..q.clone()
     };
     if !unlimited_is_first {
-        run_stored_with(wh, &unlimited, budget, &mut |rows| {
+        run_stored_on(backend, wh, &unlimited, budget, &mut |rows| {
             for r in &rows {
                 add_exit(&mut sums, 1, r, &labelled, &seed_set);
                 if r.hop > 0
@@ -380,7 +387,7 @@ pub fn stored_taint_rows(
             blocked_txs: mixes.by_tx.keys().copied().collect(),
             ..unlimited
         };
-        run_stored_with(wh, &closed, budget, &mut |rows| {
+        run_stored_on(backend, wh, &closed, budget, &mut |rows| {
             for r in &rows {
                 add_exit(&mut sums, 2, r, &labelled, &seed_set);
             }
@@ -423,7 +430,11 @@ pub fn stored_taint_rows(
         steps,
         nodes: u32::try_from(m.next_tx_index).unwrap_or(u32::MAX),
         edges: usize::try_from(stats.edges_swept).unwrap_or(usize::MAX),
-        device: format!("cpu, out of core within {} MiB", budget.mem_bytes >> 20),
+        device: format!(
+            "{}, out of core within {} MiB",
+            backend.describe(),
+            budget.mem_bytes >> 20
+        ),
     };
     tracing::info!(
         policy = job.policy.as_str(),
