@@ -58,6 +58,11 @@ pub struct IndexOptions {
     pub follow: bool,
     /// Follow mode: the wait between looks at the blocks dir.
     pub poll: Duration,
+    /// Writes no `btc.spends` (benchmarks measuring what the graph costs). Only into a
+    /// new warehouse: one indexed so can never gain a graph, and out-of-core runs on it
+    /// are refused.
+    #[doc(hidden)]
+    pub without_spend_graph: bool,
 }
 
 impl IndexOptions {
@@ -77,6 +82,7 @@ impl IndexOptions {
             max_unwind: 1_000,
             follow: false,
             poll: Duration::from_secs(5),
+            without_spend_graph: false,
         }
     }
 }
@@ -359,6 +365,11 @@ impl<'o> BtcStage<'o> {
             )
             .expect("static template"),
         );
+        let rows = if opts.without_spend_graph {
+            BtcRows::new().without_spends()
+        } else {
+            BtcRows::new()
+        };
         Self {
             opts,
             started: Instant::now(),
@@ -367,7 +378,7 @@ impl<'o> BtcStage<'o> {
             fresh_scan: false,
             utxo: None,
             addrs: None,
-            rows: BtcRows::new(),
+            rows,
             summary: IndexSummary::default(),
             bar,
             first_done: None,
@@ -639,6 +650,20 @@ impl Stage for BtcStage<'_> {
         let summary = &mut self.summary;
         let mut next = NextIds::of(&run.manifest);
         let block_bits = graph_block_bits(&run.manifest, opts.graph_block_bits)?;
+        let with_graph = !opts.without_spend_graph;
+        // A graph starts with the first commit or never: one begun later would lack the
+        // earlier spends.
+        if run.manifest.graph_block_bits.is_none() && run.manifest.next_tx_index > 0 && with_graph {
+            return Err(Error::Config(
+                "this warehouse was indexed without the spend graph (btc.spends): index into a new warehouse".into(),
+            ));
+        }
+        if run.manifest.graph_block_bits.is_some() && !with_graph {
+            return Err(Error::Config(
+                "this warehouse has a spend graph; indexing without one would leave it incomplete"
+                    .into(),
+            ));
+        }
         let spends_at = ferret_schemas::tables_of(Chain::Btc)
             .position(|t| t.name == "spends")
             .expect("btc.spends is registered");
@@ -683,9 +708,11 @@ impl Stage for BtcStage<'_> {
                 }
             }
             sinks.send(rows.finish()?.into()).await?;
-            sinks
-                .send_to(spends_at, rows.finish_spends(block_bits)?)
-                .await?;
+            if with_graph {
+                sinks
+                    .send_to(spends_at, rows.finish_spends(block_bits)?)
+                    .await?;
+            }
             let c = std::mem::take(&mut rows.counts);
             run.commit_chunk(
                 sinks,
@@ -700,7 +727,9 @@ impl Stage for BtcStage<'_> {
                 |m| {
                     m.totals.add(&c);
                     next.store(m);
-                    m.graph_block_bits = Some(block_bits);
+                    if with_graph {
+                        m.graph_block_bits = Some(block_bits);
+                    }
                 },
             )
             .await?;

@@ -199,6 +199,7 @@ pub struct BtcRows {
     /// Spend edges of the current commit chunk: written sorted, at its end
     /// ([`BtcRows::finish_spends`]).
     spends: Vec<SpendEdge>,
+    collect_spends: bool,
     /// What has been pushed since the last [`BtcRows::finish`].
     pub counts: Counts,
 }
@@ -233,8 +234,16 @@ impl BtcRows {
             outputs: btc::Outputs::new(),
             addresses: btc::Addresses::new(),
             spends: Vec::new(),
+            collect_spends: true,
             counts: Counts::default(),
         }
+    }
+
+    /// Collects no spend edges (benchmarks measuring what the graph costs).
+    #[doc(hidden)]
+    pub fn without_spends(mut self) -> Self {
+        self.collect_spends = false;
+        self
     }
 
     /// Rows buffered, all tables together.
@@ -352,16 +361,18 @@ impl BtcRows {
                         self.inputs
                             .address_id
                             .append_option(u.address_id().map(height_i64));
-                        self.spends.push(SpendEdge {
-                            height: p.height,
-                            tx_index,
-                            vin: u32::try_from(vin).unwrap_or(u32::MAX),
-                            spent_tx_index: u.tx_index,
-                            spent_output_id: u.output_id,
-                            value: u.value,
-                            input_total: 0,
-                            address_id: u.address_id,
-                        });
+                        if self.collect_spends {
+                            self.spends.push(SpendEdge {
+                                height: p.height,
+                                tx_index,
+                                vin: u32::try_from(vin).unwrap_or(u32::MAX),
+                                spent_tx_index: u.tx_index,
+                                spent_output_id: u.output_id,
+                                value: u.value,
+                                input_total: 0,
+                                address_id: u.address_id,
+                            });
+                        }
                         input_value = input_value.map(|v| v + u.value);
                     }
                     None => {

@@ -15,6 +15,7 @@ use ferret_kernels::taint::stored_job::{TaintTotals, taint_btc_stored};
 use ferret_kernels::taint::{Direction, Policy};
 use ferret_schemas::Warehouse;
 use ferret_testkit::synth::btc::{SynthConfig, generate};
+use tokio::runtime::Handle;
 
 /// Every row of a stored table's latest run as text, the run id column left out.
 async fn rows(wh: &Warehouse, job: &str) -> Vec<String> {
@@ -243,4 +244,51 @@ async fn the_stored_taint_job_on_the_gpu_writes_the_cpu_rows() {
             &format!("exits on the GPU, {job:?}"),
         );
     }
+}
+
+/// A warehouse indexed without the spend graph (the benchmarks' `ferret-nograph`) can never
+/// gain one half-way, and out-of-core runs on it are refused, never answered from a
+/// partial graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_without_the_spend_graph_refuses_to_gain_one_later() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = SynthConfig {
+        blocks: 40,
+        seed: 2,
+        txs_per_block: 10,
+        ..Default::default()
+    };
+    generate(&cfg, tmp.path()).expect("generate");
+    let wh = Warehouse::open("memory://no-graph").expect("open");
+    let mut opts = IndexOptions::new(tmp.path().join("blocks"));
+    opts.to_height = Some(20);
+    opts.without_spend_graph = true;
+    index_btc(&wh, &opts)
+        .await
+        .expect("index without the graph");
+    let m = wh
+        .load_manifest(ferret_schemas::Chain::Btc)
+        .await
+        .expect("manifest")
+        .expect("committed");
+    assert_eq!(m.graph_block_bits, None);
+    assert!(m.files_of("spends").all(|f| f.rows == 0), "no spend rows");
+    let mut opts = IndexOptions::new(tmp.path().join("blocks"));
+    opts.to_height = None;
+    let e = index_btc(&wh, &opts)
+        .await
+        .expect_err("a graph cannot start later");
+    assert!(e.to_string().contains("without the spend graph"), "{e}");
+    let wh2 = wh.clone();
+    let e = tokio::task::spawn_blocking(move || {
+        let m = Handle::current()
+            .block_on(wh2.load_manifest(ferret_schemas::Chain::Btc))
+            .expect("manifest")
+            .expect("committed");
+        Handle::current().block_on(ferret_kernels::taint::stored::SpendEdges::open(&wh2, &m))
+    })
+    .await
+    .expect("join")
+    .expect_err("no graph");
+    assert!(e.to_string().contains("no spend graph"), "{e}");
 }

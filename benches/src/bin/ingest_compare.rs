@@ -18,6 +18,8 @@
 //!   chain with prevouts; the consumer sums each block's fee from the prevouts.
 //! - `ferret`: `ferret_indexer::btc::index_btc` writing enriched Parquet (zstd, page index,
 //!   bloom filters) to a fresh local warehouse, once per `--utxo-mem-mb` value.
+//! - `ferret-nograph`: the same without the spend graph (`btc.spends`): what the graph
+//!   adds to index time is the difference.
 //! - `ferret-stages`: Ferret's stages run one after another on one thread, each timed
 //!   (scan, read+decode, hashing+verify, transform, Arrow batches, Parquet encoding to a null
 //!   sink), with side measurements of the size and script-classification work inside the
@@ -129,7 +131,8 @@ fn child(args: &Args, name: &str) -> Result<()> {
             }
         }
         "blocks_iterator" => run_blocks_iterator(dir)?,
-        "ferret" => run_ferret(args)?,
+        "ferret" => run_ferret(args, false)?,
+        "ferret-nograph" => run_ferret(args, true)?,
         "ferret-stages" => run_ferret_stages(args)?,
         "floor" => run_floor(args)?,
         other => bail!("unknown contender {other}"),
@@ -184,7 +187,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run_ferret(args: &Args) -> Result<Outcome> {
+/// `ferret` (`without_graph`: `ferret-nograph`, the same without `btc.spends`, to measure
+/// what the spend graph adds).
+fn run_ferret(args: &Args, without_graph: bool) -> Result<Outcome> {
     let wh_dir = args
         .warehouse
         .as_ref()
@@ -194,6 +199,7 @@ fn run_ferret(args: &Args) -> Result<Outcome> {
     let wh = ferret_schemas::Warehouse::open(&wh_dir.to_string_lossy())?;
     let mut opts = ferret_indexer::btc::IndexOptions::new(&args.blocks_dir);
     opts.utxo_mem_bytes = mb << 20;
+    opts.without_spend_graph = without_graph;
     let t = Instant::now();
     let s = rt.block_on(ferret_indexer::btc::index_btc(&wh, &opts))?;
     let secs = t.elapsed().as_secs_f64();
@@ -609,7 +615,7 @@ fn parent(args: &Args) -> Result<()> {
     let mut rows = Vec::new();
     for c in &args.contenders {
         match c.as_str() {
-            "ferret" => {
+            "ferret" | "ferret-nograph" => {
                 for &mb in &args.utxo_mem_mb {
                     let wh = tempfile::Builder::new()
                         .prefix("bench-warehouse-")
@@ -719,6 +725,25 @@ fn parent(args: &Args) -> Result<()> {
             num(m, "utxo-peak-mem") / (1u64 << 20) as f64,
             m.get("spills").map_or("?", String::as_str)
         );
+    }
+    // What the spend graph (btc.spends) adds to index time: ferret against ferret-nograph
+    // at the same utxo budget, the best round of each.
+    let with = get("ferret");
+    let without = get("ferret-nograph");
+    let best = |v: &[(String, &BTreeMap<String, String>)], mb: f64| {
+        v.iter()
+            .filter(|(_, m)| num(m, "utxo-mb") == mb)
+            .map(|(_, m)| num(m, "secs"))
+            .fold(f64::INFINITY, f64::min)
+    };
+    for &mb in &args.utxo_mem_mb {
+        let (a, b) = (best(&with, mb as f64), best(&without, mb as f64));
+        if a.is_finite() && b.is_finite() {
+            println!(
+                "spend graph at utxo {mb} MiB: {a:.2} s with, {b:.2} s without: +{:.1} % (aim <= 15 %)",
+                (a / b - 1.0) * 100.0
+            );
+        }
     }
     Ok(())
 }
