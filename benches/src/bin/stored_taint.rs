@@ -45,6 +45,8 @@ async fn main() -> Result<()> {
     let hops: u32 = arg(&args, "--hops", 0)?;
     let mem_mb: usize = arg(&args, "--mem-mb", 256)?;
     let path: String = arg(&args, "--path", "stored".to_string())?;
+    // Only the first N seed addresses (0: all), for runs that touch a small share.
+    let first_seeds: usize = arg(&args, "--seeds", 0)?;
     let seeds: Vec<String> = std::fs::read_to_string(&labels)
         .with_context(|| labels.clone())?
         .lines()
@@ -54,6 +56,11 @@ async fn main() -> Result<()> {
             (f.get(2) == Some(&category.as_str())).then(|| f[0].to_string())
         })
         .collect();
+    let seeds: Vec<String> = if first_seeds > 0 {
+        seeds.into_iter().take(first_seeds).collect()
+    } else {
+        seeds
+    };
     let wh = Warehouse::open(&wh_url)?;
     let max_hops = (hops > 0).then_some(hops);
     let t = Instant::now();
@@ -118,6 +125,10 @@ async fn main() -> Result<()> {
                     "blocks_spilled": s.blocks_spilled,
                     "blocks_reloaded": s.blocks_reloaded,
                     "peak_cached_mb": s.peak_cached_bytes as f64 / 1048576.0,
+                    "load_secs": s.load_secs,
+                    "sum_secs": s.sum_secs,
+                    "edges_per_sec_summing": s.edges_swept as f64 / s.sum_secs.max(1e-9),
+                    "edges_per_step": s.edges_swept as f64 / f64::from(steps.max(1)),
                 }),
             )
         }

@@ -156,7 +156,7 @@ pub struct Budget {
 }
 
 /// Counters of a run, for summaries and benchmarks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     pub steps: u32,
     /// Chunk reads from the source (misses of the cache).
@@ -172,6 +172,10 @@ pub struct Stats {
     pub blocks_reloaded: u64,
     /// The most bytes the caches held at once.
     pub peak_cached_bytes: usize,
+    /// Time spent getting chunks from the source (lowering), and summing rows (the
+    /// sweep proper: edges_swept / sum_secs is the engine's throughput).
+    pub load_secs: f64,
+    pub sum_secs: f64,
 }
 
 /// The result: per-block state, paged.
@@ -365,7 +369,9 @@ pub(crate) fn propagate_with(
                 let chunk = match chunks.get((d, s))? {
                     Some(c) => c,
                     None => {
+                        let t0 = std::time::Instant::now();
                         let c = source.load(d, s)?;
+                        stats.load_secs += t0.elapsed().as_secs_f64();
                         let src_nodes = if s == SEED_BLOCK { 0 } else { block_nodes(s) };
                         if s != SEED_BLOCK && s >= nb {
                             return Err(Error::BadGraph(format!(
@@ -393,16 +399,19 @@ pub(crate) fn propagate_with(
                 if s != SEED_BLOCK && src_state.is_none() {
                     continue;
                 }
+                let t0 = std::time::Instant::now();
                 match (&gpu, &sums) {
                     (Some((g, k)), Some(sums)) => {
                         k.add(g, sums, &chunk, src_state.as_deref(), opts.min_value)?
                     }
                     _ => accumulate(&mut acc, &chunk, src_state.as_deref(), opts.min_value),
                 }
+                stats.sum_secs += t0.elapsed().as_secs_f64();
                 stats.peak_cached_bytes = stats
                     .peak_cached_bytes
                     .max(chunks.mem_bytes() + state.mem_bytes());
             }
+            let t0 = std::time::Instant::now();
             if let (Some((g, k)), Some(sums)) = (&gpu, sums) {
                 acc = k.finish(g, sums)?;
             }
@@ -412,6 +421,7 @@ pub(crate) fn propagate_with(
             };
             let f_old = old.as_ref().map(|o| o.fraction.as_slice());
             let block_changed = finish_rows(&mut st, &acc, f_old, k);
+            stats.sum_secs += t0.elapsed().as_secs_f64();
             changed |= block_changed;
             if st.is_blank() {
                 continue;
