@@ -308,6 +308,8 @@ async fn kernels(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
     let job = TaintJob {
         seed_categories: vec!["scam".into()],
         stop_categories: vec!["exchange".into()],
+        // The trace below draws the flows.
+        with_flows: true,
         ..Default::default()
     };
     let taint = taint_btc(wh, &backend, &job).await.context("taint")?;

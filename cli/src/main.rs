@@ -835,14 +835,24 @@ fn taint_job(a: &TaintArgs) -> Result<ferret_kernels::taint::job::TaintJob> {
         seed_txids: txids.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
         seed_categories: a.seed_category.clone(),
         stop_categories: a.stop_at.clone(),
+        with_flows: false,
     };
     Ok(job)
 }
 
 /// Runs the taint job the arguments describe.
 async fn taint_run(a: &TaintArgs) -> Result<(Warehouse, ferret_kernels::taint::job::TaintRun)> {
+    taint_run_with(a, false).await
+}
+
+/// [`taint_run`], with the address-to-address flows when `flows` (a trace draws them).
+async fn taint_run_with(
+    a: &TaintArgs,
+    flows: bool,
+) -> Result<(Warehouse, ferret_kernels::taint::job::TaintRun)> {
     use ferret_kernels::taint::job::taint_btc;
-    let job = taint_job(a)?;
+    let mut job = taint_job(a)?;
+    job.with_flows = flows;
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let run = taint_btc(&wh, &backend, &job)
@@ -1063,7 +1073,7 @@ pub(crate) fn print_taint_report(
 }
 
 async fn trace_btc_cmd(a: TraceBtcArgs) -> Result<()> {
-    let (wh, run) = taint_run(&a.taint).await?;
+    let (wh, run) = taint_run_with(&a.taint, true).await?;
     let line = write_trace(&wh, &run, &a.out, a.max_nodes).await?;
     println!("{line}");
     Ok(())

@@ -759,8 +759,11 @@ impl Warehouse {
         let (out, digest) = crate::checksum::HashingWriter::new(
             object_store::buffered::BufWriter::new(Arc::clone(&self.store), path.clone()),
         );
+        // Row groups of 64 Ki rows: the writer buffers one, so a streamed run's memory
+        // stays small whatever its size (and readers can skip by statistics).
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .set_max_row_group_row_count(Some(64 * 1024))
             .build();
         let w = parquet::arrow::AsyncArrowWriter::try_new(out, schema, Some(props))
             .map_err(|e| run_write_err(&path, e))?;

@@ -27,6 +27,9 @@ pub struct TaintJob {
     pub seed_categories: Vec<String>,
     /// Labelled addresses of these categories receive taint but pass none on.
     pub stop_categories: Vec<String>,
+    /// Work out the address-to-address flows too (`ferret trace` draws them; they cost
+    /// memory per tainted output, so runs that only write tables leave them out).
+    pub with_flows: bool,
 }
 
 /// One tainted output, as the `taint` table has it.
@@ -315,7 +318,11 @@ pub fn run_on_graph(
         &seed_addrs,
         [&r.rows, &all_rows, &no_mix_rows],
     );
-    let flows = flows(g, &q, &r.rows, &mixes);
+    let flows = if job.with_flows {
+        flows(g, &q, &r.rows, &mixes)
+    } else {
+        Vec::new()
+    };
     let seed_addresses = seed_addrs
         .iter()
         .map(|&a| g.addresses[a as usize].clone())
@@ -594,6 +601,7 @@ impl Default for TaintJob {
             seed_txids: Vec::new(),
             seed_categories: Vec::new(),
             stop_categories: Vec::new(),
+            with_flows: false,
         }
     }
 }

@@ -798,6 +798,7 @@ fn exits_report_every_path_and_the_coinjoin_share() {
     )];
     let job = |hops: Option<u32>| job::TaintJob {
         max_hops: hops,
+        with_flows: true,
         seed_addresses: vec!["scam_premix".into(), "scam_main".into()],
         ..Default::default()
     };
