@@ -42,6 +42,8 @@ pub struct RowGroups {
     pub files: Vec<String>,
     metas: Vec<ArrowReaderMetadata>,
     pub groups: Vec<RowGroupRanges>,
+    /// Rows of each of `groups`.
+    pub rows: Vec<u64>,
 }
 
 fn stat_range(s: Option<&Statistics>) -> Option<(i64, i64)> {
@@ -89,6 +91,7 @@ impl RowGroups {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 out.groups.push((fi, ri, ranges));
+                out.rows.push(u64::try_from(rg.num_rows()).unwrap_or(0));
             }
         }
         Ok(out)
@@ -140,6 +143,8 @@ pub struct SpendEdges {
     pub transactions: u64,
     groups: RowGroups,
     pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>>,
+    /// Edges of each pair.
+    pair_rows: BTreeMap<(u32, u32), u64>,
 }
 
 /// Columns a lowering reads from `btc.spends`.
@@ -162,7 +167,8 @@ impl SpendEdges {
         })?;
         let groups = RowGroups::open(wh, m, "spends", &["dst_block", "src_block"]).await?;
         let mut pairs: BTreeMap<(u32, u32), Vec<(usize, usize)>> = BTreeMap::new();
-        for (fi, ri, ranges) in &groups.groups {
+        let mut pair_rows: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        for (gi, (fi, ri, ranges)) in groups.groups.iter().enumerate() {
             let one = |(lo, hi): (i64, i64)| (lo == hi).then(|| u32::try_from(lo).ok()).flatten();
             let (Some(d), Some(s)) = (one(ranges[0]), one(ranges[1])) else {
                 return Err(bad(
@@ -171,13 +177,20 @@ impl SpendEdges {
                 ));
             };
             pairs.entry((d, s)).or_default().push((*fi, *ri));
+            *pair_rows.entry((d, s)).or_default() += groups.rows[gi];
         }
         Ok(Self {
             bits,
             transactions: m.next_tx_index,
             groups,
             pairs,
+            pair_rows,
         })
+    }
+
+    /// Edges of the pair (`d`, `s`), from the footers.
+    pub fn edges_of(&self, d: u32, s: u32) -> u64 {
+        self.pair_rows.get(&(d, s)).copied().unwrap_or(0)
     }
 
     /// Source blocks with edges into `d`, ascending.
@@ -350,7 +363,9 @@ type Lowered = (u32, u32, u64, f32, f32);
 
 /// Sorts lowered edges into a chunk.
 fn chunk_of(mut e: Vec<Lowered>) -> Chunk {
-    e.sort_by_key(|x| (x.0, x.1, x.2));
+    // The keys are unique (the tiebreak is a vin or an output id), so an unstable sort
+    // gives the one order, without a merge buffer.
+    e.sort_unstable_by_key(|x| (x.0, x.1, x.2));
     Chunk {
         dst: e.iter().map(|x| x.0).collect(),
         src: e.iter().map(|x| x.1).collect(),
@@ -539,7 +554,12 @@ impl ChunkSource for Lowering<'_> {
         }
         let poison = self.q.policy == Policy::Poison;
         let mask = self.mask();
-        let mut out = Vec::new();
+        // Sized from the footers: no doubling of the largest buffer a lowering holds.
+        let stored = match self.q.direction {
+            Direction::Forward => self.edges.edges_of(d, s),
+            Direction::Backward => self.edges.edges_of(s, d),
+        };
+        let mut out = Vec::with_capacity(usize::try_from(stored).unwrap_or(0));
         match self.q.direction {
             Direction::Forward => {
                 let q = self.q;
@@ -555,31 +575,38 @@ impl ChunkSource for Lowering<'_> {
                 })?;
             }
             Direction::Backward => {
-                // Destination: the creating transaction; source: the spending one.
-                let mut kept = Vec::new();
-                {
-                    let q = self.q;
-                    let seeds = &self.seeds;
-                    self.each(s, d, |e| {
-                        if !(q.blocked_txs.contains(&e.spent_tx)
-                            || seeds.contains(&e.spent_output)
-                            || q.stop_addresses.contains(&e.address))
-                        {
-                            kept.push(e);
+                // Destination: the creating transaction (all in block d, whose output
+                // totals are read first); source: the spending one.
+                let totals = self.out_totals(d)?.to_vec();
+                let q = self.q;
+                let seeds = &self.seeds;
+                let bits = self.edges.bits;
+                self.each(s, d, |e| {
+                    if q.blocked_txs.contains(&e.spent_tx)
+                        || seeds.contains(&e.spent_output)
+                        || q.stop_addresses.contains(&e.address)
+                    {
+                        return Ok(());
+                    }
+                    let local = (e.spent_tx & mask) as usize;
+                    let total = match totals.get(local) {
+                        Some(&t) if t >= 0 && (e.spent_tx >> bits) == u64::from(d) => t,
+                        _ => {
+                            return Err(Error::BadGraph(format!(
+                                "transaction {} is in btc.spends but not in btc.transactions",
+                                e.spent_tx
+                            )));
                         }
-                        Ok(())
-                    })?;
-                }
-                for e in kept {
-                    let total = self.total_out(e.spent_tx)?;
+                    };
                     out.push((
-                        (e.spent_tx & mask) as u32,
+                        local as u32,
                         (e.tx & mask) as u32,
                         e.spent_output,
                         share(poison, e.value, total),
                         e.value as f32,
                     ));
-                }
+                    Ok(())
+                })?;
             }
         }
         Ok(chunk_of(out))
