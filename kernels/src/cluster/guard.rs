@@ -446,6 +446,25 @@ mod tests {
         );
     }
 
+    /// The labelled sides are folded in order of each cluster's smallest address id, not of
+    /// the union-find's roots: a continued run (roots = smallest ids) must decide as a run
+    /// from the first block. Here cluster {1, 5, 6} has root 5 (union by size) and
+    /// smallest id 1; folding by root would meet {3: y} right after {0: x} (no name in
+    /// common: held), folding by smallest id meets {1: x, y} first and admits.
+    #[test]
+    fn labels_fold_in_order_of_each_clusters_smallest_address() {
+        let labels = [
+            label("a0", "x", "service"),
+            label("a1", "x", "service"),
+            label("a1", "y", "service"),
+            label("a3", "y", "service"),
+        ];
+        let g = graph(7, &[&[5, 6], &[1, 5], &[0, 1, 3]]);
+        let r = guard_links(&g, &labels, &ClusterOptions::default()).expect("guards");
+        assert!(r.holds.is_empty(), "{:?}", r.holds);
+        assert_eq!(r.linked_transactions, 3);
+    }
+
     #[test]
     fn a_transaction_joining_two_large_clusters_is_held() {
         // Two chains of 4 addresses each, then one transaction joining them, then a small

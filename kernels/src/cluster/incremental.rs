@@ -22,9 +22,16 @@ fn wh_err(e: ferret_schemas::Error) -> Error {
     Error::Warehouse(Box::new(e))
 }
 
+/// The clustering's rules (detectors, guards, their order): a run continues only one made
+/// under the same rules. Bump on any change to what a run decides.
+pub const RULES: u32 = 1;
+
 /// Where a stored clustering stopped: kept in its run's parameters (`incremental`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// [`RULES`] of the run (0: before it was recorded).
+    #[serde(default)]
+    pub rules: u32,
     /// Transactions taken: ids below this.
     pub next_tx_index: u64,
     /// Addresses clustered: ids below this.
@@ -102,7 +109,9 @@ pub(crate) async fn previous(
     else {
         return Ok(None);
     };
-    let why = if state.options != options {
+    let why = if state.rules != RULES {
+        Some("the clustering rules changed since")
+    } else if state.options != options {
         Some("other options")
     } else if &state.labels_run != labels_run {
         Some("the labels changed")

@@ -636,6 +636,7 @@ fn run(
     };
     let clusters_file = rt.block_on(clusters_w.finish()).map_err(wh_err)?;
     let state = super::incremental::State {
+        rules: super::incremental::RULES,
         next_tx_index: m.next_tx_index,
         next_address_id: m.next_address_id,
         tip_height: m.tip.as_ref().map_or(0, |t| t.height),
