@@ -97,7 +97,7 @@ async fn stored_taint_equals_the_in_memory_path() {
             .collect();
 
         let mut cases = 0;
-        for policy in [Policy::Poison, Policy::Haircut] {
+        for policy in [Policy::Poison, Policy::Haircut, Policy::Fifo] {
             for direction in [Direction::Forward, Direction::Backward] {
                 for (max_hops, min_value, stop, block) in [
                     (None, 0, false, false),
@@ -191,7 +191,7 @@ async fn stored_taint_equals_the_in_memory_path() {
                 }
             }
         }
-        assert_eq!(cases, 16);
+        assert_eq!(cases, 24);
     }
-    assert_eq!(runs, 24);
+    assert_eq!(runs, 36);
 }

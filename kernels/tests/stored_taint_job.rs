@@ -3,7 +3,7 @@
 //! exchanges and scam operations, indexed with small graph blocks: the same `taint` rows
 //! (CoinJoin column included), the same `exits` rows (hop-limited, every-path and
 //! CoinJoin amounts), the same seeds found and not found, for seeds by address, txid and
-//! category, stops, hop limits and minimum values, both directions.
+//! category, stops, hop limits and minimum values, both directions, for each policy.
 
 use arrow::array::{Array, RecordBatch};
 use ferret_indexer::btc::{IndexOptions, index_btc};
@@ -123,6 +123,29 @@ async fn the_stored_taint_job_writes_what_the_in_memory_job_writes() {
             seed_categories: vec!["exchange".into()],
             ..Default::default()
         },
+        TaintJob {
+            policy: Policy::Fifo,
+            direction: Direction::Forward,
+            max_hops: Some(6),
+            seed_categories: vec!["scam".into()],
+            stop_categories: vec!["exchange".into()],
+            ..Default::default()
+        },
+        TaintJob {
+            policy: Policy::Fifo,
+            direction: Direction::Forward,
+            min_value: 10_000,
+            seed_addresses: vec![scams[0].clone()],
+            ..Default::default()
+        },
+        TaintJob {
+            policy: Policy::Fifo,
+            direction: Direction::Backward,
+            max_hops: Some(5),
+            seed_categories: vec!["exchange".into()],
+            stop_categories: vec!["scam".into()],
+            ..Default::default()
+        },
     ];
     let mut mixed = 0;
     for (i, job) in cases.iter().enumerate() {
@@ -133,7 +156,11 @@ async fn the_stored_taint_job_writes_what_the_in_memory_job_writes() {
         let scratch = tempfile::tempdir().expect("scratch");
         // A budget far below the graph's size: every block pages through scratch.
         let budget = Budget {
-            mem_bytes: if i % 2 == 0 { 0 } else { 1 << 20 },
+            mem_bytes: match i {
+                0 | 2 => 0,
+                4 => 4 << 20,
+                _ => 1 << 20,
+            },
             scratch: scratch.path().to_path_buf(),
         };
         let (wh2, job2) = (wh.clone(), job.clone());

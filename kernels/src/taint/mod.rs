@@ -24,6 +24,7 @@
 pub mod graph;
 pub mod job;
 pub mod stored;
+mod stored_fifo;
 pub mod stored_job;
 pub mod trace;
 

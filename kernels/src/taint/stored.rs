@@ -230,7 +230,7 @@ impl SpendEdges {
 }
 
 /// Calls `f` on every edge of the pair (`d`, `s`), a row group at a time.
-fn each_edge(
+pub(super) fn each_edge(
     wh: &Warehouse,
     rt: &Handle,
     edges: &SpendEdges,
@@ -247,15 +247,15 @@ fn each_edge(
 
 /// One edge row of `btc.spends`.
 #[derive(Clone, Copy, Debug)]
-struct Edge {
-    tx: u64,
-    vin: i32,
-    spent_tx: u64,
-    spent_output: u64,
-    value: i64,
-    input_total: i64,
+pub(super) struct Edge {
+    pub(super) tx: u64,
+    pub(super) vin: i32,
+    pub(super) spent_tx: u64,
+    pub(super) spent_output: u64,
+    pub(super) value: i64,
+    pub(super) input_total: i64,
     /// u64::MAX for none.
-    address: u64,
+    pub(super) address: u64,
 }
 
 /// Calls `f` on every edge row of `batches`, dropping each batch once read.
@@ -359,10 +359,10 @@ fn share(poison: bool, v: i64, total: i64) -> f32 {
 
 /// A lowered edge: destination and source (local to their blocks), the tiebreak among
 /// equal sources (the in-memory lowering's push order), weight and gate.
-type Lowered = (u32, u32, u64, f32, f32);
+pub(super) type Lowered = (u32, u32, u64, f32, f32);
 
 /// Sorts lowered edges into a chunk.
-fn chunk_of(mut e: Vec<Lowered>) -> Chunk {
+pub(super) fn chunk_of(mut e: Vec<Lowered>) -> Chunk {
     // The keys are unique (the tiebreak is a vin or an output id), so an unstable sort
     // gives the one order, without a merge buffer.
     e.sort_unstable_by_key(|x| (x.0, x.1, x.2));
@@ -652,9 +652,7 @@ pub fn run_stored_on(
     on_rows: &mut dyn FnMut(Vec<StoredTainted>) -> Result<()>,
 ) -> Result<(u32, blocked::Stats)> {
     if q.policy == Policy::Fifo {
-        return Err(Error::BadQuery(
-            "fifo runs on the in-memory graph only so far".into(),
-        ));
+        return super::stored_fifo::run_fifo(backend, wh, q, budget, on_rows);
     }
     let rt = Handle::current();
     let m = rt
