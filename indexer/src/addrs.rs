@@ -101,6 +101,10 @@ struct Run {
     bloom: Bloom,
     min_id: u64,
     max_id: u64,
+    /// Bytes of the in-memory index, counted once: the run never changes, and the store
+    /// asks on every insert (summing the fences each time made indexing quadratic in the
+    /// number of addresses on disk).
+    mem: usize,
 }
 
 fn encode(addr: &[u8], id: u64, w: &mut impl Write) -> std::io::Result<usize> {
@@ -161,6 +165,9 @@ impl Run {
                 bloom.insert(&r?.0);
             }
         }
+        let mem = fences.iter().map(|f| f.len() + 16).sum::<usize>()
+            + offsets.capacity() * 8
+            + bloom.bits.capacity() * 8;
         Ok(Self {
             path,
             file,
@@ -170,13 +177,12 @@ impl Run {
             bloom,
             min_id,
             max_id,
+            mem,
         })
     }
 
     fn mem_bytes(&self) -> usize {
-        self.fences.iter().map(|f| f.len() + 16).sum::<usize>()
-            + self.offsets.capacity() * 8
-            + self.bloom.bits.capacity() * 8
+        self.mem
     }
 
     /// The id of `addr`, if this run holds it.
