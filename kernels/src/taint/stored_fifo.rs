@@ -302,7 +302,9 @@ impl FifoLowering<'_> {
             dir,
             buffers: BTreeMap::new(),
             buffered: 0,
-            cap: cap.max(64 << 10),
+            // Buffers grow by doubling: half the budget in records keeps their capacity
+            // within it.
+            cap: (cap / 2).max(64 << 10),
         };
         let bits = self.bits();
         let mask = (1u64 << bits) - 1;
