@@ -306,6 +306,43 @@ fn taint_and_trace_from_the_scam_labels() {
         "0",
     ]);
     assert!(!ok && err.contains("--mem-mb"), "{err}");
+    // Fifo out of core, both directions: the in-memory run's tables and report.
+    for direction in ["forward", "backward"] {
+        let fifo = |budget: Option<&str>| {
+            let mut args = vec![
+                "taint",
+                "btc",
+                "--warehouse",
+                &wh,
+                "--seed-category",
+                "scam",
+                "--stop-at",
+                "exchange",
+                "--policy",
+                "fifo",
+                "--direction",
+                direction,
+                "--hops",
+                "4",
+                "--device",
+                "cpu",
+            ];
+            if let Some(mb) = budget {
+                args.extend(["--mem-mb", mb, "--scratch"]);
+                args.push(scratch.path().to_str().expect("utf-8"));
+            }
+            let (ok, out, err) = run(&args);
+            assert!(ok, "fifo {direction} {budget:?}: {err}");
+            (tables(), report(&out))
+        };
+        let want = fifo(None);
+        assert!(want.0.0.lines().count() > 10, "fifo {direction} taints");
+        assert_eq!(fifo(Some("1")), want, "fifo {direction} out of core");
+        assert_eq!(
+            std::fs::read_dir(scratch.path()).expect("scratch").count(),
+            0
+        );
+    }
     for txid in marked.lines().skip(1) {
         assert!(
             truth.contains(txid),
