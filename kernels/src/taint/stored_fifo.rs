@@ -330,6 +330,15 @@ impl FifoLowering<'_> {
                 fifo_overlaps(&in_values, &out_values, |i, j, sats| {
                     let (e, oj) = (&spent[i], outs[j]);
                     let oi = e.spent_output;
+                    // An id outside the manifest's outputs is damage, not an edge to drop.
+                    if oi >= self.nodes || oj.id >= self.nodes {
+                        failed.get_or_insert(Error::BadGraph(format!(
+                            "transaction {t}: output {} outside the {} committed outputs",
+                            oi.max(oj.id),
+                            self.nodes
+                        )));
+                        return;
+                    }
                     // (from, to, the from side's address, share of the to side's value)
                     let (from, to, from_address, to_value) = if forward {
                         (oi, oj.id, e.address, oj.value)
