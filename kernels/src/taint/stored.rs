@@ -24,7 +24,7 @@ use crate::blocked::{self, Budget, Chunk, ChunkSource, SEED_BLOCK};
 use crate::propagate::{Options, UNREACHED};
 use crate::{Error, Result};
 
-fn wh_err(e: ferret_schemas::Error) -> Error {
+pub(super) fn wh_err(e: ferret_schemas::Error) -> Error {
     Error::Warehouse(Box::new(e))
 }
 
@@ -771,53 +771,80 @@ fn collect_rows(
     bits: u32,
     poison: bool,
 ) -> Result<Vec<StoredTainted>> {
+    let mut states = BlockStates::default();
+    tainted_rows(batches, |o, t| match wanted.get(&o) {
+        Some(&hf) => Ok(Some(hf)),
+        None if forward => Ok(states
+            .get(res, bits, t)?
+            .map(|(h, f)| (h, if poison { 1.0 } else { f }))),
+        None => Ok(None),
+    })
+}
+
+/// Reads nodes' states through a run's pager, keeping the block last looked at (rows
+/// come in chain order, so mostly one block after another).
+#[derive(Default)]
+pub(super) struct BlockStates {
+    current: Option<(u32, Option<Arc<blocked::BlockState>>)>,
+}
+
+impl BlockStates {
+    /// (hop, fraction) of `node`, if it was reached.
+    pub(super) fn get(
+        &mut self,
+        res: &mut blocked::Blocked,
+        bits: u32,
+        node: u64,
+    ) -> Result<Option<(u32, f32)>> {
+        let blk = u32::try_from(node >> bits)
+            .map_err(|_| Error::BadGraph(format!("node {node} outside the graph")))?;
+        if self.current.as_ref().is_none_or(|c| c.0 != blk) {
+            self.current = Some((blk, res.block(blk)?));
+        }
+        let Some((_, Some(st))) = self.current.as_ref() else {
+            return Ok(None);
+        };
+        let local = (node - (u64::from(blk) << bits)) as usize;
+        Ok(st
+            .hop
+            .get(local)
+            .filter(|&&h| h != UNREACHED)
+            .map(|&h| (h, st.fraction[local])))
+    }
+}
+
+/// The rows of `batches` of `btc.outputs` (columns `output_id`, `tx_index`, `txid`,
+/// `vout`, `address`, `value`) that `hit` (given the output id and its transaction)
+/// finds tainted, with their hop and fraction.
+pub(super) fn tainted_rows(
+    batches: &[RecordBatch],
+    mut hit: impl FnMut(u64, u64) -> Result<Option<(u32, f32)>>,
+) -> Result<Vec<StoredTainted>> {
+    let wrong = || Error::BadGraph("btc.outputs: a column has the wrong type".into());
     let mut rows = Vec::new();
-    // The state of the block last looked at (rows come in transaction order).
-    let mut current: Option<(u32, Option<Arc<blocked::BlockState>>)> = None;
     for b in batches {
-        let wrong = || Error::BadGraph("btc.outputs: a column has the wrong type".into());
-        let id = b
-            .column(0)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(wrong)?;
-        let tx = b
-            .column(1)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(wrong)?;
+        let i64c = |i: usize| {
+            b.column(i)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(wrong)
+        };
+        let (id, tx, value) = (i64c(0)?, i64c(1)?, i64c(5)?);
         let txid = b.column(2).as_string_opt::<i32>().ok_or_else(wrong)?;
         let vout = b
             .column(3)
             .as_primitive_opt::<Int32Type>()
             .ok_or_else(wrong)?;
         let addr = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
-        let value = b
-            .column(5)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(wrong)?;
         for r in 0..b.num_rows() {
             let o = u64::try_from(id.value(r)).map_err(|_| wrong())?;
-            let hit = match wanted.get(&o) {
-                Some(&hf) => Some(hf),
-                None if forward => {
-                    let t = u64::try_from(tx.value(r)).map_err(|_| wrong())?;
-                    let blk = u32::try_from(t >> bits).map_err(|_| wrong())?;
-                    if current.as_ref().is_none_or(|c| c.0 != blk) {
-                        current = Some((blk, res.block(blk)?));
-                    }
-                    current.as_ref().and_then(|(_, st)| {
-                        let st = st.as_ref()?;
-                        let local = (t - (u64::from(blk) << bits)) as usize;
-                        let h = *st.hop.get(local)?;
-                        (h != UNREACHED).then(|| (h, if poison { 1.0 } else { st.fraction[local] }))
-                    })
-                }
-                None => None,
+            let t = u64::try_from(tx.value(r)).map_err(|_| wrong())?;
+            let Some((hop, fraction)) = hit(o, t)? else {
+                continue;
             };
-            let Some((hop, fraction)) = hit else { continue };
             let v = value.value(r).max(0);
             rows.push(StoredTainted {
                 output_id: o,
-                tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
+                tx_index: t,
                 txid: txid.value(r).to_string(),
                 vout: u32::try_from(vout.value(r)).map_err(|_| wrong())?,
                 address: (!addr.is_null(r)).then(|| addr.value(r).to_string()),

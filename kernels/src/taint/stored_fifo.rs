@@ -23,21 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Int32Type, Int64Type};
+use arrow::datatypes::Int64Type;
 use ferret_schemas::{Chain, Manifest, Warehouse};
 use tokio::runtime::Handle;
 
 use super::stored::{
-    Edge, Lowered, RowGroups, SpendEdges, StoredQuery, StoredTainted, chunk_of, each_edge,
+    BlockStates, Edge, Lowered, RowGroups, SpendEdges, StoredQuery, StoredTainted, chunk_of,
+    each_edge, tainted_rows, wh_err,
 };
-use super::{Direction, decimal, fifo_overlaps};
+use super::{Direction, fifo_overlaps};
 use crate::blocked::{self, Budget, Chunk, ChunkSource, SEED_BLOCK};
 use crate::propagate::{Options, UNREACHED};
 use crate::{Error, Result};
-
-fn wh_err(e: ferret_schemas::Error) -> Error {
-    Error::Warehouse(Box::new(e))
-}
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Write {
@@ -194,7 +191,7 @@ struct FifoLowering<'a> {
     edges: &'a SpendEdges,
     q: &'a StoredQuery,
     seeds: HashSet<u64>,
-    outputs: RowGroups,
+    outputs: &'a RowGroups,
     nodes: u64,
     /// Every edge, by destination block, once lowered.
     spill: Option<Spill>,
@@ -233,22 +230,12 @@ impl FifoLowering<'_> {
             &groups,
             &["output_id", "tx_index", "value", "address_id"],
         ))? {
-            let id = b
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let tx = b
-                .column(1)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let v = b
-                .column(2)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let a = b
-                .column(3)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
+            let i64c = |i: usize| {
+                b.column(i)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(wrong)
+            };
+            let (id, tx, v, a) = (i64c(0)?, i64c(1)?, i64c(2)?, i64c(3)?);
             for r in 0..b.num_rows() {
                 outs.push(Out {
                     tx: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
@@ -476,7 +463,7 @@ pub(super) fn run_fifo(
         edges: &edges,
         q,
         seeds: q.seeds.iter().map(|s| s.output_id).collect(),
-        outputs: outputs.clone(),
+        outputs: &outputs,
         nodes: m.next_output_id,
         spill: None,
         lowered: None,
@@ -498,6 +485,7 @@ pub(super) fn run_fifo(
             reached[b as usize] = st.hop.iter().any(|&h| h != UNREACHED);
         }
     }
+    let mut states = BlockStates::default();
     for g in 0..outputs.groups.len() {
         let (lo, hi) = outputs.groups[g].2[0];
         let any = ((lo as u64) >> bits..=(hi as u64) >> bits)
@@ -510,58 +498,7 @@ pub(super) fn run_fifo(
             &[g],
             &["output_id", "tx_index", "txid", "vout", "address", "value"],
         ))?;
-        let mut rows = Vec::new();
-        let mut current: Option<(u32, Option<Arc<blocked::BlockState>>)> = None;
-        for b in &batches {
-            let id = b
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let tx = b
-                .column(1)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            let txid = b.column(2).as_string_opt::<i32>().ok_or_else(wrong)?;
-            let vout = b
-                .column(3)
-                .as_primitive_opt::<Int32Type>()
-                .ok_or_else(wrong)?;
-            let addr = b.column(4).as_string_opt::<i32>().ok_or_else(wrong)?;
-            let value = b
-                .column(5)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(wrong)?;
-            for r in 0..b.num_rows() {
-                let o = u64::try_from(id.value(r)).map_err(|_| wrong())?;
-                let blk = u32::try_from(o >> bits).map_err(|_| wrong())?;
-                if current.as_ref().is_none_or(|c| c.0 != blk) {
-                    current = Some((blk, res.block(blk)?));
-                }
-                let Some((_, Some(st))) = current.as_ref() else {
-                    continue;
-                };
-                let local = (o - (u64::from(blk) << bits)) as usize;
-                let Some(&hop) = st.hop.get(local) else {
-                    continue;
-                };
-                if hop == UNREACHED {
-                    continue;
-                }
-                let fraction = st.fraction[local];
-                let v = value.value(r).max(0);
-                rows.push(StoredTainted {
-                    output_id: o,
-                    tx_index: u64::try_from(tx.value(r)).map_err(|_| wrong())?,
-                    txid: txid.value(r).to_string(),
-                    vout: u32::try_from(vout.value(r)).map_err(|_| wrong())?,
-                    address: (!addr.is_null(r)).then(|| addr.value(r).to_string()),
-                    value: v,
-                    hop,
-                    fraction,
-                    tainted_value: (decimal(fraction) * v as f64).round() as i64,
-                });
-            }
-        }
+        let rows = tainted_rows(&batches, |o, _| states.get(&mut res, bits, o))?;
         if !rows.is_empty() {
             on_rows(rows)?;
         }
