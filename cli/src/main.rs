@@ -284,6 +284,8 @@ struct TaintEthArgs {
     /// Rows of the exits report to print.
     #[arg(long, default_value_t = 20)]
     top: usize,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 #[derive(Args)]
@@ -861,18 +863,15 @@ async fn taint_run_with(
     Ok((wh, run))
 }
 
-/// Runs the Ethereum taint job the arguments describe.
-async fn eth_taint_run(
-    a: &EthTaintArgs,
-) -> Result<(Warehouse, ferret_kernels::account::job::EthTaintRun)> {
-    use ferret_kernels::account::job::{EthTaintJob, taint_eth};
+/// The Ethereum taint job the arguments describe.
+fn eth_taint_job(a: &EthTaintArgs) -> Result<ferret_kernels::account::job::EthTaintJob> {
     if a.seed.is_empty() && a.seed_category.is_empty() {
         bail!("give seeds: --seed ADDRESS (repeatable) or --seed-category CATEGORY");
     }
     if !(a.min_value >= 0.0 && a.min_value.is_finite()) {
         bail!("--min-value must be a number ≥ 0");
     }
-    let job = EthTaintJob {
+    Ok(ferret_kernels::account::job::EthTaintJob {
         policy: a.policy,
         direction: a.direction,
         asset: if a.asset == "*" || a.asset.eq_ignore_ascii_case("eth") {
@@ -885,7 +884,15 @@ async fn eth_taint_run(
         seed_addresses: a.seed.iter().map(|s| s.to_ascii_lowercase()).collect(),
         seed_categories: a.seed_category.clone(),
         stop_categories: a.stop_at.clone(),
-    };
+    })
+}
+
+/// Runs the Ethereum taint job the arguments describe.
+async fn eth_taint_run(
+    a: &EthTaintArgs,
+) -> Result<(Warehouse, ferret_kernels::account::job::EthTaintRun)> {
+    use ferret_kernels::account::job::taint_eth;
+    let job = eth_taint_job(a)?;
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let run = taint_eth(&wh, &backend, &job)
@@ -903,53 +910,113 @@ async fn trace_eth_cmd(a: TraceEthArgs) -> Result<()> {
 
 async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
     use ferret_kernels::account::job::write_eth_taint;
+    if let Some((budget, _dir)) = a.budget.budget()? {
+        use ferret_kernels::account::stored::taint_eth_stored;
+        if a.taint.device == ferret_kernels::device::DeviceChoice::Gpu {
+            bail!(
+                "--mem-mb runs eth taint on the CPU (its steps stream sorted files): drop --device gpu"
+            );
+        }
+        let job = eth_taint_job(&a.taint)?;
+        let wh = Warehouse::open_existing(&a.taint.warehouse)?;
+        let (r, run_id) = tokio::task::spawn_blocking(move || taint_eth_stored(&wh, &job, &budget))
+            .await
+            .context("the out-of-core taint run stopped")?
+            .context("tracing eth taint out of core")?;
+        let device = format!(
+            "the CPU, out of core ({} partitions, {} partition walks)",
+            r.stats.partitions, r.stats.walks
+        );
+        let summary = EthSummary {
+            job: &r.job,
+            transfers: r.transfers,
+            reached: r.reached,
+            max_hop: r.max_hop,
+            beyond: r.beyond,
+            steps: r.steps,
+            device: &device,
+            unknown_seeds: &r.unknown_seeds,
+            exits: &r.exits,
+        };
+        print_eth_report(&summary, &run_id, a.top);
+        return Ok(());
+    }
     let (wh, run) = eth_taint_run(&a.taint).await?;
-    let job = &run.job;
     let run_id = write_eth_taint(&wh, &run).await?;
-    let unit = if job.asset == "ETH" { 1e18 } else { 1.0 };
-    let unit_name = if job.asset == "ETH" {
-        "ETH".to_string()
-    } else {
-        format!("units of {}", job.asset)
-    };
     let beyond: f64 = run
         .addresses
         .iter()
         .filter(|x| x.hop > 0)
         .map(|x| x.tainted_value)
         .sum();
+    let summary = EthSummary {
+        job: &run.job,
+        transfers: run.transfers.graph.src.len() as u64,
+        reached: run.addresses.len() as u64,
+        max_hop: run.addresses.iter().map(|x| x.hop).max().unwrap_or(0),
+        beyond,
+        steps: run.steps,
+        device: &run.device,
+        unknown_seeds: &run.unknown_seeds,
+        exits: &run.exits,
+    };
+    print_eth_report(&summary, &run_id, a.top);
+    Ok(())
+}
+
+/// What the Ethereum taint report prints, from either path.
+struct EthSummary<'a> {
+    job: &'a ferret_kernels::account::job::EthTaintJob,
+    transfers: u64,
+    reached: u64,
+    max_hop: u32,
+    beyond: f64,
+    steps: u32,
+    device: &'a str,
+    unknown_seeds: &'a [String],
+    exits: &'a [ferret_kernels::account::job::EthExit],
+}
+
+fn print_eth_report(s: &EthSummary<'_>, run_id: &str, top: usize) {
+    let job = s.job;
+    let unit = if job.asset == "ETH" { 1e18 } else { 1.0 };
+    let unit_name = if job.asset == "ETH" {
+        "ETH".to_string()
+    } else {
+        format!("units of {}", job.asset)
+    };
     println!(
         "{} {} over {} transfers of {}: {} addresses reached up to hop {}, {:.6} {unit_name} tainted beyond the seeds; {} steps on {}; run {run_id}",
         job.policy.as_str(),
         job.direction.as_str(),
-        run.transfers.graph.src.len(),
+        s.transfers,
         job.asset,
-        run.addresses.len(),
-        run.addresses.iter().map(|x| x.hop).max().unwrap_or(0),
-        beyond / unit,
-        run.steps,
-        run.device,
+        s.reached,
+        s.max_hop,
+        s.beyond / unit,
+        s.steps,
+        s.device,
     );
-    if !run.unknown_seeds.is_empty() {
+    if !s.unknown_seeds.is_empty() {
         println!(
             "without transfers of {}: {}",
             job.asset,
-            run.unknown_seeds.join(", ")
+            s.unknown_seeds.join(", ")
         );
     }
-    if run.exits.is_empty() {
+    if s.exits.is_empty() {
         println!("no labelled exit received taint");
     } else {
         println!(
             "\n{} exits received taint (table `eth_exits`; top {}):",
-            run.exits.len(),
-            a.top.min(run.exits.len())
+            s.exits.len(),
+            top.min(s.exits.len())
         );
         println!(
             "{:<44} {:<18} {:<10} {:>22} {:>9} {:>7}",
             "address", "label", "category", unit_name, "transfers", "min hop"
         );
-        for e in run.exits.iter().take(a.top) {
+        for e in s.exits.iter().take(top) {
             println!(
                 "{:<44} {:<18} {:<10} {:>22.6} {:>9} {:>7}",
                 e.address,
@@ -961,7 +1028,6 @@ async fn taint_eth_cmd(a: TaintEthArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 async fn taint_btc_cmd(a: TaintBtcArgs) -> Result<()> {

@@ -19,8 +19,9 @@
 //!
 //! The kernels run where `FERRET_DEVICE` says (`auto`, the default; `gpu`; `cpu`).
 //! With a memory budget ([`KernelOptions::mem_mb`]: `ferret sql --mem-mb N`, or
-//! `FERRET_MEM_MB`) `taint` and `clusters` run out of core on the committed graph, as
-//! `ferret taint btc --mem-mb` and `ferret cluster btc --mem-mb` do, and stream their
+//! `FERRET_MEM_MB`) `taint`, `eth_taint` and `clusters` run out of core (on the committed
+//! graph; `eth_taint` on partitions of `eth.transfers`), as `ferret taint btc|eth --mem-mb`
+//! and `ferret cluster btc --mem-mb` do, and stream their
 //! rows to the query as they are made (spilling to `FERRET_SCRATCH` or the temporary
 //! directory); a scan of such a table runs the kernel each time.
 
@@ -462,9 +463,10 @@ impl datafusion::physical_plan::streaming::PartitionStream for StoredStream {
                     )
                     .map(|_| ())
                 }
-                Kind::EthTaint(_) => Err(ferret_kernels::Error::BadQuery(
-                    "eth_taint runs in memory only so far: unset FERRET_MEM_MB".into(),
-                )),
+                Kind::EthTaint(job) => ferret_kernels::account::stored::stored_eth_taint_rows(
+                    &wh, &job, &budget, None, "sql", &mut send,
+                )
+                .map(|_| ()),
             }
             .map_err(kernel_err)
         });

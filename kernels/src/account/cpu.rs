@@ -133,52 +133,14 @@ pub fn pool(g: &TransferGraph, flags: &[u32], opts: &PoolOptions) -> PoolShares 
             .into_par_iter()
             .with_min_len(1024)
             .map(|v| {
-                let seed = flags[v] & SEED != 0;
-                let stop = flags[v] & STOP != 0;
-                let mut b = U256_ZERO;
-                let mut f = ZERO;
+                let mut walk = PoolWalk::new(flags[v], opts.min_value);
                 let mut changed = false;
                 for &w in &ev[ptr[v] as usize..ptr[v + 1] as usize] {
                     let e = (w & !OUT) as usize;
-                    let a = &units[e];
                     if w & OUT == 0 {
-                        let s = frac::add(&b, a);
-                        if seed {
-                            f = ONE;
-                        } else if !frac::is_zero(&s) {
-                            let phi = x_old[e];
-                            if phi != f {
-                                let fs = frac::of(&s);
-                                f = min_one(plus(
-                                    mul(f, div(frac::of(&b), fs)),
-                                    mul(phi, div(frac::of(a), fs)),
-                                ));
-                            }
-                        }
-                        b = s;
+                        walk.arrive(&units[e], x_old[e]);
                     } else {
-                        if frac::lt(&b, a) {
-                            if !seed {
-                                f = mul(f, div(frac::of(&b), frac::of(a)));
-                            }
-                            b = *a;
-                        }
-                        let mut phi = if seed {
-                            ONE
-                        } else if stop {
-                            ZERO
-                        } else {
-                            f
-                        };
-                        if frac::is_zero(a) {
-                            phi = ZERO;
-                        }
-                        if !phi.is_zero()
-                            && !opts.min_value.is_zero()
-                            && less(mul(frac::of(a), phi), opts.min_value)
-                        {
-                            phi = ZERO;
-                        }
+                        let phi = walk.depart(&units[e]);
                         x_new[e].store(pack(phi), Ordering::Relaxed);
                         if !phi.is_zero() {
                             hop[g.dst[e] as usize].fetch_min(k, Ordering::Relaxed);
@@ -186,16 +148,6 @@ pub fn pool(g: &TransferGraph, flags: &[u32], opts: &PoolOptions) -> PoolShares 
                         if phi != x_old[e] {
                             changed = true;
                         }
-                        let nb = frac::sub(&b, a);
-                        if !seed {
-                            if frac::is_zero(&nb) {
-                                f = ZERO;
-                            } else if phi.is_zero() && !f.is_zero() && !stop {
-                                // Held back by the minimum: the pool keeps that taint.
-                                f = min_one(mul(f, div(frac::of(&b), frac::of(&nb))));
-                            }
-                        }
-                        b = nb;
                     }
                 }
                 changed
@@ -214,5 +166,80 @@ pub fn pool(g: &TransferGraph, flags: &[u32], opts: &PoolOptions) -> PoolShares 
         share: x_old,
         hop: hop.into_iter().map(AtomicU32::into_inner).collect(),
         steps,
+    }
+}
+
+/// One address's walk over its transfers in chain order at one pool step, in
+/// `pool.wgsl`'s arithmetic: an exact balance and a tainted share. Shared by the
+/// in-memory step ([`pool`]) and the out-of-core one (`stored.rs`), so both compute the
+/// same bits.
+pub(super) struct PoolWalk {
+    b: frac::U256,
+    f: Frac,
+    seed: bool,
+    stop: bool,
+    min: Frac,
+}
+
+impl PoolWalk {
+    /// For an address with node `flags` ([`SEED`], [`STOP`]).
+    pub(super) fn new(flags: u32, min: Frac) -> Self {
+        Self {
+            b: U256_ZERO,
+            f: ZERO,
+            seed: flags & SEED != 0,
+            stop: flags & STOP != 0,
+            min,
+        }
+    }
+
+    /// A transfer of `a` in, carrying the tainted share `phi` (the last step's).
+    pub(super) fn arrive(&mut self, a: &frac::U256, phi: Frac) {
+        let s = frac::add(&self.b, a);
+        if self.seed {
+            self.f = ONE;
+        } else if !frac::is_zero(&s) && phi != self.f {
+            let fs = frac::of(&s);
+            self.f = min_one(plus(
+                mul(self.f, div(frac::of(&self.b), fs)),
+                mul(phi, div(frac::of(a), fs)),
+            ));
+        }
+        self.b = s;
+    }
+
+    /// A transfer of `a` out: the tainted share it carries.
+    pub(super) fn depart(&mut self, a: &frac::U256) -> Frac {
+        let (seed, stop) = (self.seed, self.stop);
+        if frac::lt(&self.b, a) {
+            if !seed {
+                self.f = mul(self.f, div(frac::of(&self.b), frac::of(a)));
+            }
+            self.b = *a;
+        }
+        let mut phi = if seed {
+            ONE
+        } else if stop {
+            ZERO
+        } else {
+            self.f
+        };
+        if frac::is_zero(a) {
+            phi = ZERO;
+        }
+        if !phi.is_zero() && !self.min.is_zero() && less(mul(frac::of(a), phi), self.min) {
+            phi = ZERO;
+        }
+        let nb = frac::sub(&self.b, a);
+        if !seed {
+            if frac::is_zero(&nb) {
+                self.f = ZERO;
+            } else if phi.is_zero() && !self.f.is_zero() && !stop {
+                // Held back by the minimum: the pool keeps that taint.
+                self.f = min_one(mul(self.f, div(frac::of(&self.b), frac::of(&nb))));
+            }
+        }
+        self.b = nb;
+        phi
     }
 }

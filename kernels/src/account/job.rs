@@ -445,10 +445,44 @@ pub fn run_on_transfers(
     })
 }
 
+/// One `eth_taint` row: an address a run reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EthTaintRow {
+    pub address: String,
+    pub hop: u32,
+    /// The transfer that first brought taint (block, transaction index, transaction
+    /// hash); None for seeds.
+    pub first: Option<(i64, i32, String)>,
+    pub tainted_value: f64,
+    pub tainted_transfers: u64,
+}
+
 /// The `eth_taint` rows of a run.
 pub fn eth_taint_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
-    let a = &run.addresses;
     let t = &run.transfers;
+    let rows: Vec<EthTaintRow> = run
+        .addresses
+        .iter()
+        .map(|x| EthTaintRow {
+            address: x.address.clone(),
+            hop: x.hop,
+            first: x
+                .first
+                .map(|o| (t.block[o], t.tx_index[o], t.tx_hash[o].clone())),
+            tainted_value: x.tainted_value,
+            tainted_transfers: x.tainted_transfers,
+        })
+        .collect();
+    eth_taint_rows_batch(&rows, &run.job.asset, run_id)
+}
+
+/// `eth_taint` rows as a batch of its schema.
+pub fn eth_taint_rows_batch(
+    rows: &[EthTaintRow],
+    asset: &str,
+    run_id: &str,
+) -> Result<RecordBatch> {
+    let a = rows;
     let n = a.len();
     let str_col = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as Arc<dyn Array>;
     RecordBatch::try_new(
@@ -456,21 +490,21 @@ pub fn eth_taint_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
         vec![
             str_col(vec![Some("eth".into()); n]),
             str_col(a.iter().map(|x| Some(x.address.clone())).collect()),
-            str_col(vec![Some(run.job.asset.clone()); n]),
+            str_col(vec![Some(asset.to_string()); n]),
             Arc::new(Int32Array::from_iter_values(a.iter().map(|x| x.hop as i32))),
             Arc::new(Int64Array::from(
                 a.iter()
-                    .map(|x| x.first.map(|o| t.block[o]))
+                    .map(|x| x.first.as_ref().map(|f| f.0))
                     .collect::<Vec<_>>(),
             )),
             Arc::new(Int32Array::from(
                 a.iter()
-                    .map(|x| x.first.map(|o| t.tx_index[o]))
+                    .map(|x| x.first.as_ref().map(|f| f.1))
                     .collect::<Vec<_>>(),
             )),
             str_col(
                 a.iter()
-                    .map(|x| x.first.map(|o| t.tx_hash[o].clone()))
+                    .map(|x| x.first.as_ref().map(|f| f.2.clone()))
                     .collect(),
             ),
             Arc::new(Float64Array::from_iter_values(
@@ -487,7 +521,11 @@ pub fn eth_taint_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
 
 /// The `eth_exits` rows of a run.
 pub fn eth_exits_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
-    let x = &run.exits;
+    eth_exits_rows_batch(&run.exits, &run.job.asset, run_id)
+}
+
+/// Exits as a batch of `eth_exits`'s schema.
+pub fn eth_exits_rows_batch(x: &[EthExit], asset: &str, run_id: &str) -> Result<RecordBatch> {
     let n = x.len();
     let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as Arc<dyn Array>;
     RecordBatch::try_new(
@@ -497,7 +535,7 @@ pub fn eth_exits_batch(run: &EthTaintRun, run_id: &str) -> Result<RecordBatch> {
             s(x.iter().map(|e| e.address.clone()).collect()),
             s(x.iter().map(|e| e.label.clone()).collect()),
             s(x.iter().map(|e| e.category.clone()).collect()),
-            s(vec![run.job.asset.clone(); n]),
+            s(vec![asset.to_string(); n]),
             Arc::new(Float64Array::from_iter_values(
                 x.iter().map(|e| e.tainted_value),
             )),

@@ -29,6 +29,8 @@ mod cpu;
 pub mod deposit;
 pub mod frac;
 pub mod job;
+mod records;
+pub mod stored;
 
 use wgpu::util::DeviceExt;
 

@@ -5,5 +5,6 @@
 //! the ground truth an investigation should recover. [`eth`] drives a local Ethereum node
 //! (anvil) through a scenario of the same kind.
 
+pub mod account;
 pub mod btc;
 pub mod eth;
