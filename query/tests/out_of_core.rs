@@ -84,3 +84,51 @@ async fn kernel_functions_out_of_core_return_the_in_memory_rows() {
     let few = rows(&stored, "SELECT address FROM clusters() LIMIT 3").await;
     assert_eq!(few.len(), 3);
 }
+
+/// `eth_taint(...)` out of core: the in-memory rows, streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eth_taint_out_of_core_returns_the_in_memory_rows() {
+    use ferret_testkit::synth::account::{TOKEN, addr, chain, warehouse};
+    let (transfers, labels) = chain(21, 250, false);
+    let wh = warehouse("memory://sql-eth-out-of-core", &transfers, &labels, 50).await;
+    let memory = session_with(&wh, KernelOptions::default())
+        .await
+        .expect("session");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let stored = session_with(
+        &wh,
+        KernelOptions {
+            mem_mb: Some(1),
+            scratch: Some(scratch.path().to_path_buf()),
+        },
+    )
+    .await
+    .expect("session");
+    let plain = addr(77);
+    let queries = [
+        "SELECT * FROM eth_taint('category:scam') ORDER BY address".to_string(),
+        format!("SELECT * FROM eth_taint('category:scam,{plain}', 'poison', 'ETH', 3, 'forward', 'exchange') ORDER BY address"),
+        "SELECT * FROM eth_taint('category:exchange', 'haircut', 'ETH', 2, 'backward') ORDER BY address".to_string(),
+        format!("SELECT * FROM eth_taint('category:scam', 'haircut', '{TOKEN}', NULL, 'forward', 'exchange', 1000) ORDER BY address"),
+        "SELECT * FROM eth_taint('category:scam', 'poison', '*') ORDER BY address".to_string(),
+    ];
+    for q in &queries {
+        let want = rows(&memory, q).await;
+        let got = rows(&stored, q).await;
+        assert!(want.len() > 3, "{q}: {} rows", want.len());
+        if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
+            panic!("{q}: row {i}\n  got  {}\n  want {}", got[i], want[i]);
+        }
+        assert_eq!(got.len(), want.len(), "{q}");
+    }
+    let few = rows(
+        &stored,
+        "SELECT address FROM eth_taint('category:scam', 'poison') LIMIT 2",
+    )
+    .await;
+    assert_eq!(few.len(), 2);
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).expect("scratch").count(),
+        0
+    );
+}
