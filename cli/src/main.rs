@@ -192,6 +192,8 @@ struct ClusterEthArgs {
     /// Where the kernel runs: auto, gpu, cpu.
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 #[derive(Args)]
@@ -693,12 +695,29 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
         bail!("--max-delay-blocks must be ≥ 0");
     }
     let wh = Warehouse::open_existing(&a.warehouse)?;
-    let backend = ferret_kernels::device::select(a.device)?;
     let rule = DepositRule {
         exchange_category: a.exchange_category,
         max_delay_blocks: a.max_delay_blocks,
         max_senders: a.max_senders,
     };
+    if let Some((budget, _dir)) = a.budget.budget()? {
+        use ferret_kernels::account::stored_deposit::cluster_eth_stored;
+        if a.device == ferret_kernels::device::DeviceChoice::Gpu {
+            bail!(
+                "--mem-mb clusters eth on the CPU (its walks stream sorted files): drop --device gpu"
+            );
+        }
+        let c = tokio::task::spawn_blocking(move || cluster_eth_stored(&wh, &rule, &budget, None))
+            .await
+            .context("the out-of-core clustering stopped")?
+            .context("clustering eth by deposit addresses out of core")?;
+        println!(
+            "{} deposit addresses; {} linked addresses in {} clusters (largest {}); run {} on the CPU, out of core ({} partitions)",
+            c.deposit_addresses, c.addresses, c.clusters, c.largest, c.run_id, c.partitions
+        );
+        return Ok(());
+    }
+    let backend = ferret_kernels::device::select(a.device)?;
     let d = cluster_eth(&wh, &backend, &rule)
         .await
         .context("clustering eth by deposit addresses")?;

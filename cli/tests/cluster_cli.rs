@@ -372,3 +372,53 @@ fn stored_clustering_continues_and_a_reorg_below_its_tip_restarts_it() {
         "after the reorg, against the in-memory run"
     );
 }
+
+/// `ferret cluster eth --mem-mb`: the in-memory run's `eth_clusters` table and summary
+/// (deposit addresses, linked addresses, clusters, largest), scratch left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_eth_out_of_core_writes_the_in_memory_table() {
+    use ferret_testkit::synth::account::{chain, warehouse};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("wh");
+    let (rows, labels) = chain(31, 300, false);
+    let whs = dir.to_str().expect("utf-8").to_string();
+    let wh = warehouse(&whs, &rows, &labels, 64).await;
+    let table = || async {
+        query(
+            &wh,
+            "SELECT address, address_id, cluster_id, cluster_size FROM eth_clusters ORDER BY address_id",
+        )
+        .await
+    };
+    let summary = |out: &str| out.split("; run ").next().unwrap_or("").to_string();
+    let scratch = tempfile::tempdir().expect("scratch");
+    for extra in [
+        &[][..],
+        &["--max-senders", "2", "--max-delay-blocks", "3"][..],
+    ] {
+        let mut args = vec!["cluster", "eth", "--warehouse", &whs, "--device", "cpu"];
+        args.extend_from_slice(extra);
+        let out = ok(ferret(&args));
+        let in_memory = table().await;
+        assert!(
+            in_memory.len() > 20,
+            "{extra:?}: {} linked",
+            in_memory.len()
+        );
+        let mut stored = args.clone();
+        stored.extend([
+            "--mem-mb",
+            "1",
+            "--scratch",
+            scratch.path().to_str().expect("utf-8"),
+        ]);
+        let stored_out = ok(ferret(&stored));
+        assert_eq!(table().await, in_memory, "{extra:?}: --mem-mb table");
+        assert_eq!(summary(&stored_out), summary(&out), "{extra:?}");
+        assert!(stored_out.contains("out of core"), "{stored_out}");
+        assert_eq!(
+            std::fs::read_dir(scratch.path()).expect("scratch").count(),
+            0
+        );
+    }
+}

@@ -283,3 +283,107 @@ async fn bad_transfers_are_errors_naming_the_file() {
         .collect();
     assert!(left.is_empty(), "scratch left behind: {left:?}");
 }
+
+/// `eth_clusters` rows: address, address id, cluster id, size.
+fn cluster_rows(batches: &[RecordBatch]) -> Vec<(String, i64, i64, i64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b.column(1).as_string::<i32>();
+        let i = |c: usize| b.column(c).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            out.push((
+                a.value(r).to_string(),
+                i(2).value(r),
+                i(3).value(r),
+                i(4).value(r),
+            ));
+        }
+    }
+    out.sort_by_key(|r| r.1);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_deposit_clustering_equals_the_in_memory_one() {
+    use ferret_kernels::account::deposit::{DepositRule, cluster_eth};
+    use ferret_kernels::account::stored_deposit::cluster_eth_stored;
+    let mut biggest = 0;
+    for (seed, blocks) in [(5u64, 400), (6, 250)] {
+        let (rows, labels) = chain(seed, blocks, false);
+        let wh = warehouse(
+            &format!("memory://stored-eth-cluster-{seed}"),
+            &rows,
+            &labels,
+            60,
+        )
+        .await;
+        let rules = [
+            DepositRule::default(),
+            DepositRule {
+                max_delay_blocks: 2,
+                ..Default::default()
+            },
+            DepositRule {
+                max_senders: 12,
+                ..Default::default()
+            },
+            DepositRule {
+                max_senders: 1,
+                ..Default::default()
+            },
+        ];
+        for (i, rule) in rules.iter().enumerate() {
+            let want = cluster_eth(&wh, &Backend::Cpu, rule)
+                .await
+                .expect("in memory");
+            let want_rows =
+                cluster_rows(&[
+                    ferret_kernels::cluster::clusters_batch(&want.clusters, "r").expect("batch")
+                ]);
+            for (parts, mem) in [(1usize, 1usize), (5, 64 << 20), (64, 1)] {
+                let what = format!("chain {seed}, rule {i}, {parts} partitions, mem {mem}");
+                let scratch = tempfile::tempdir().expect("scratch");
+                let budget = Budget {
+                    mem_bytes: mem,
+                    scratch: scratch.path().to_path_buf(),
+                };
+                let (wh2, rule2) = (wh.clone(), rule.clone());
+                let got = tokio::task::spawn_blocking(move || {
+                    cluster_eth_stored(&wh2, &rule2, &budget, Some(parts))
+                })
+                .await
+                .expect("join")
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let got_rows = cluster_rows(&wh.read_latest("eth_clusters").await.expect("read"));
+                assert_eq!(got_rows.len(), want_rows.len(), "{what}: rows");
+                for (g, w) in got_rows.iter().zip(&want_rows) {
+                    assert_eq!(g, w, "{what}");
+                }
+                assert_eq!(
+                    got.deposit_addresses as usize,
+                    want.deposit_addresses.len(),
+                    "{what}: deposits"
+                );
+                assert_eq!(
+                    got.clusters as usize,
+                    want.clusters.count(),
+                    "{what}: clusters"
+                );
+                assert_eq!(
+                    std::fs::read_dir(scratch.path()).expect("scratch").count(),
+                    0,
+                    "{what}: scratch"
+                );
+                biggest = biggest.max(want_rows.iter().map(|r| r.3).max().unwrap_or(0));
+            }
+            if i == 0 {
+                assert!(
+                    want_rows.len() > 50,
+                    "chain {seed}: {} linked addresses",
+                    want_rows.len()
+                );
+            }
+        }
+    }
+    assert!(biggest >= 4, "largest cluster {biggest}");
+}

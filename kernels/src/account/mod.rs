@@ -31,6 +31,7 @@ pub mod frac;
 pub mod job;
 mod records;
 pub mod stored;
+pub mod stored_deposit;
 
 use wgpu::util::DeviceExt;
 

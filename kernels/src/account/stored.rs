@@ -48,13 +48,13 @@ use crate::taint::Direction;
 use crate::taint::job::{chain_labels, check_categories};
 use crate::{Error, Result};
 
-type Addr = [u8; 20];
+pub(super) type Addr = [u8; 20];
 
 /// An event: address, edge (big-endian, the run's order), kind, peer, exact amount,
 /// block, transaction index, transaction hash.
-const EV: usize = 128;
-const DEPART: u8 = 0;
-const ARRIVE: u8 = 1;
+pub(super) const EV: usize = 128;
+pub(super) const DEPART: u8 = 0;
+pub(super) const ARRIVE: u8 = 1;
 /// An inbox record: receiver, edge (big-endian), share (mantissa, exponent).
 const IN: usize = 36;
 /// A hop record: address, hop.
@@ -64,20 +64,20 @@ const HOP: usize = 24;
 const PART_EVENT_BYTES: u64 = 8 << 20;
 const MAX_PARTS: usize = 4096;
 
-fn wh_err(e: ferret_schemas::Error) -> Error {
+pub(super) fn wh_err(e: ferret_schemas::Error) -> Error {
     Error::Warehouse(Box::new(e))
 }
 
-fn addr_of(r: &[u8]) -> Addr {
+pub(super) fn addr_of(r: &[u8]) -> Addr {
     r[..20].try_into().expect("20 bytes")
 }
 
-fn edge_of(r: &[u8]) -> u64 {
+pub(super) fn edge_of(r: &[u8]) -> u64 {
     u64::from_be_bytes(r[20..28].try_into().expect("8 bytes"))
 }
 
 /// `0x` and `N` bytes in lower-case hex, the way `ferret index eth` writes them.
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(super) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let h = s.strip_prefix("0x")?.as_bytes();
     if h.len() != 2 * N {
         return None;
@@ -94,7 +94,7 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     let mut s = String::with_capacity(2 + 2 * b.len());
     s.push_str("0x");
     for x in b {
@@ -104,7 +104,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// The partition of an address (FNV-1a over its bytes).
-fn part_of(a: &Addr, parts: usize) -> usize {
+pub(super) fn part_of(a: &Addr, parts: usize) -> usize {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for &b in a {
         h ^= u64::from(b);
@@ -144,6 +144,10 @@ fn ev_units(r: &[u8; EV]) -> U256 {
         *l = u32::from_le_bytes(r[49 + 4 * i..53 + 4 * i].try_into().expect("4 bytes"));
     }
     u
+}
+
+pub(super) fn ev_block(r: &[u8; EV]) -> i64 {
+    i64::from_le_bytes(r[81..89].try_into().expect("8 bytes"))
 }
 
 fn ev_first(r: &[u8; EV]) -> (i64, i32, String) {
@@ -506,28 +510,28 @@ pub fn stored_eth_taint_rows(
 }
 
 /// Where a run's files are and how much memory each piece of work may hold.
-struct Ctx {
-    dir: PathBuf,
-    parts: usize,
-    mem: usize,
-    backward: bool,
+pub(super) struct Ctx {
+    pub(super) dir: PathBuf,
+    pub(super) parts: usize,
+    pub(super) mem: usize,
+    pub(super) backward: bool,
 }
 
-struct Built {
-    transfers: u64,
-    seen: HashSet<Addr>,
-    max: f64,
-    event_bytes: u64,
+pub(super) struct Built {
+    pub(super) transfers: u64,
+    pub(super) seen: HashSet<Addr>,
+    pub(super) max: f64,
+    pub(super) event_bytes: u64,
 }
 
 impl Ctx {
-    fn events(&self, q: usize) -> PathBuf {
+    pub(super) fn events(&self, q: usize) -> PathBuf {
         self.dir.join(format!("ev-{q}"))
     }
-    fn raw(&self, tag: &str, q: usize) -> PathBuf {
+    pub(super) fn raw(&self, tag: &str, q: usize) -> PathBuf {
         self.dir.join(format!("{tag}-{q}.raw"))
     }
-    fn sorted(&self, tag: &str, q: usize) -> PathBuf {
+    pub(super) fn sorted(&self, tag: &str, q: usize) -> PathBuf {
         self.dir.join(format!("{tag}-{q}"))
     }
     fn inbox(&self, k: u32, q: usize) -> PathBuf {
@@ -538,20 +542,20 @@ impl Ctx {
     }
 
     /// Records a sort may hold, per worker (half the budget over the threads).
-    fn sort_mem(&self) -> usize {
+    pub(super) fn sort_mem(&self) -> usize {
         self.mem / 2 / rayon::current_num_threads().max(1)
     }
 
     /// Append buffers for the raw files `tag`: a quarter of the budget over the
     /// partitions, 4 KiB to 1 MiB each.
-    fn spill(&self, tag: &str) -> Spill {
+    pub(super) fn spill(&self, tag: &str) -> Spill {
         let cap = (self.mem / 4 / self.parts).clamp(4 << 10, 1 << 20);
         Spill::new((0..self.parts).map(|q| self.raw(tag, q)).collect(), cap)
     }
 
     /// Numbers the asset's transfers in chain order and writes their events, sorted
     /// per partition.
-    fn build(
+    pub(super) fn build(
         &self,
         wh: &Warehouse,
         rt: &Handle,

@@ -18,7 +18,7 @@ use crate::coinjoin::{Detection, Detectors, TxShape};
 use crate::device::Backend;
 
 pub mod accuracy;
-mod guard;
+pub(crate) mod guard;
 pub mod incremental;
 pub mod stored;
 use crate::{Error, Result};

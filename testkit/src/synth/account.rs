@@ -39,10 +39,13 @@ pub struct T {
 }
 
 /// Transfers of `blocks` blocks (`seed` fixes them) and labels (address, label,
-/// category): exchanges (`exchange`), scams (`scam`). A chain of `blocks` blocks: hubs (exchanges) that many pay into and that pay out
-/// to many, scam addresses collecting from victims and peeling to fresh addresses,
-/// self-transfers, zero values, token transfers beside ETH, and (with `huge`) values
-/// near 2^256 so the poison amounts are scaled.
+/// category): exchanges (`exchange`), scams (`scam`). Hubs (exchanges) that many pay
+/// into and that pay out to many, scam addresses collecting from victims and peeling to
+/// fresh addresses, self-transfers, zero values, token transfers beside ETH, and (with
+/// `huge`) values near 2^256 so the poison amounts are scaled. Beside them, exchange
+/// deposit addresses (accounts 400 to 549): one to three customers pay one in, and it
+/// sweeps into a hub one to four blocks later; some are paid by ten payers (collection,
+/// not a customer), some also pay someone else, some are reused by later customers.
 pub fn chain(seed: u64, blocks: i64, huge: bool) -> (Vec<T>, Vec<(String, String, String)>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = 400usize;
@@ -50,8 +53,50 @@ pub fn chain(seed: u64, blocks: i64, huge: bool) -> (Vec<T>, Vec<(String, String
     let scams: Vec<usize> = (6..10).collect();
     let mut out = Vec::new();
     let mut fresh = 10usize;
+    let mut pending: Vec<(i64, usize)> = Vec::new();
+    let mut deposits = 0usize;
     for block in 1..=blocks {
         let txs = rng.random_range(1..6);
+        let wei = |rng: &mut ChaCha8Rng| {
+            (rng.random_range(1u128..10_000) * 100_000_000_000_000).to_string()
+        };
+        let mut extra: Vec<(usize, usize, String)> = Vec::new();
+        if rng.random_range(0..3) == 0 {
+            let d = 400 + deposits % 150;
+            deposits += 1;
+            let payers = if rng.random_range(0..10) == 0 {
+                10
+            } else {
+                rng.random_range(1..4)
+            };
+            for _ in 0..payers {
+                extra.push((rng.random_range(10..n), d, wei(&mut rng)));
+            }
+            pending.push((block + rng.random_range(1..5), d));
+        }
+        let due: Vec<usize> = pending
+            .iter()
+            .filter(|p| p.0 == block)
+            .map(|p| p.1)
+            .collect();
+        pending.retain(|p| p.0 != block);
+        for d in due {
+            extra.push((d, hubs[rng.random_range(0..hubs.len())], wei(&mut rng)));
+            if rng.random_range(0..10) == 0 {
+                extra.push((d, rng.random_range(10..n), wei(&mut rng)));
+            }
+        }
+        for (i, (from, to, value)) in extra.into_iter().enumerate() {
+            out.push(T {
+                block,
+                txi: 100 + i as i32,
+                ord: 0,
+                asset: "ETH".to_string(),
+                from: addr(from),
+                to: addr(to),
+                value,
+            });
+        }
         for txi in 0..txs {
             let k = rng.random_range(1..4);
             for ord in 0..k {
