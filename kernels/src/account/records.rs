@@ -106,6 +106,10 @@ impl Spill {
 
     pub(super) fn push(&self, part: usize, rec: &[u8]) -> Result<()> {
         let mut b = self.bufs[part].lock().unwrap_or_else(|p| p.into_inner());
+        if b.capacity() == 0 {
+            // At most `cap` plus one record, allocated once.
+            b.reserve_exact(self.cap + rec.len());
+        }
         b.extend_from_slice(rec);
         if b.len() >= self.cap {
             append(&self.paths[part], &b)?;
@@ -200,7 +204,12 @@ pub(super) fn sort_file<const N: usize>(
     let chunk = (mem / N).max(1024);
     let mut reader = Records::<N>::open(input)?;
     let mut runs: Vec<PathBuf> = Vec::new();
-    let mut buf: Vec<[u8; N]> = Vec::new();
+    // Sized once (never past the input), so growing by doubling never overshoots.
+    let len = match std::fs::metadata(input) {
+        Ok(m) => m.len() / N as u64,
+        Err(_) => 0,
+    };
+    let mut buf: Vec<[u8; N]> = Vec::with_capacity(chunk.min(len as usize));
     loop {
         buf.clear();
         while buf.len() < chunk {
