@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn external_sort_equals_an_in_memory_sort() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let input = dir.path().join("in");
         let output = dir.path().join("out");
         // 20 000 records of 8 bytes, sorted with room for 1 024 at a time (20 runs) and
@@ -352,9 +352,9 @@ mod tests {
             (0, Some(1)),
             (1 << 30, Some(1)),
         ] {
-            std::fs::write(&input, &bytes).unwrap();
-            let n = sort_file::<8>(&input, &output, dedup, mem, &|_| {}).unwrap();
-            let got = std::fs::read(&output).unwrap();
+            std::fs::write(&input, &bytes).expect("write");
+            let n = sort_file::<8>(&input, &output, dedup, mem, &|_| {}).expect("sort");
+            let got = std::fs::read(&output).expect("read");
             let mut want = recs.clone();
             want.sort_unstable();
             if dedup.is_some() {
@@ -364,12 +364,12 @@ mod tests {
             assert_eq!(n as usize * 8, want.len());
             assert!(got == want, "mem {mem} dedup {dedup:?}");
             assert!(!input.exists());
-            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
             assert_eq!(left.len(), 1, "runs left behind: {left:?}");
         }
         // A torn record is an error, never a shorter file.
-        std::fs::write(&input, [1u8; 12]).unwrap();
-        let e = sort_file::<8>(&input, &output, None, 0, &|_| {}).unwrap_err();
+        std::fs::write(&input, [1u8; 12]).expect("write");
+        let e = sort_file::<8>(&input, &output, None, 0, &|_| {}).expect_err("torn");
         assert!(e.to_string().contains("ends inside a record"), "{e}");
     }
 }

@@ -50,6 +50,9 @@ use crate::{Error, Result};
 
 pub(super) type Addr = [u8; 20];
 
+/// A transfer being numbered: block, position, ordinal, hash, from, to, amount.
+type Row = (i64, i32, i32, [u8; 32], Addr, Addr, U256);
+
 /// An event: address, edge (big-endian, the run's order), kind, peer, exact amount,
 /// block, transaction index, transaction hash.
 pub(super) const EV: usize = 128;
@@ -461,9 +464,9 @@ pub fn stored_eth_taint_rows(
         stats: EthStoredStats::default(),
     };
     let bar = crate::progress::bar(Some(parts as u64), "eth taint rows");
-    for q in 0..parts {
+    for (q, &has_seed) in seed_parts.iter().enumerate() {
         bar.inc(1);
-        if !seed_parts[q] && !ctx.hops(q).exists() {
+        if !has_seed && !ctx.hops(q).exists() {
             continue;
         }
         let (rows, firsts) = walker.rows(q, &ctx.inbox(steps, q), &ctx.sorted(carried_tag, q))?;
@@ -589,7 +592,7 @@ impl Ctx {
                 .map_err(wh_err)?;
             let bad =
                 |c: &str| Error::BadGraph(format!("{}: column {c} has the wrong type", f.path));
-            let mut rows: Vec<(i64, i32, i32, [u8; 32], Addr, Addr, U256)> = Vec::new();
+            let mut rows: Vec<Row> = Vec::new();
             for b in &batches {
                 let block = b
                     .column(0)
@@ -754,7 +757,6 @@ impl Ctx {
                 (Some(_), None) => unreachable!("handled by the arm above"),
             }
         }
-        drop(put);
         {
             use std::io::Write;
             w.flush().map_err(|e| io_err(&tmp, e))?;
@@ -981,7 +983,7 @@ mod tests {
     #[test]
     fn hex_round_trips_and_refuses_other_spellings() {
         let a = "0x00112233445566778899aabbccddeeff00112233";
-        assert_eq!(hex(&parse_hex::<20>(a).unwrap()), a);
+        assert_eq!(hex(&parse_hex::<20>(a).expect("parses")), a);
         assert!(parse_hex::<20>("0x00112233445566778899AABBCCDDEEFF00112233").is_none());
         assert!(parse_hex::<20>("00112233445566778899aabbccddeeff00112233").is_none());
         assert!(parse_hex::<20>("0x0011").is_none());

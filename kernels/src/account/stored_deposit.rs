@@ -247,7 +247,6 @@ pub fn cluster_eth_stored(
         i += 1;
     }
     flush(&mut batch)?;
-    drop(flush);
     let file = rt.block_on(out.finish()).map_err(wh_err)?;
     rt.block_on(wh.commit_run_files(
         &run_id,

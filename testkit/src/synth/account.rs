@@ -298,9 +298,7 @@ async fn commit(
         .expect("commit");
     let schema = ferret_schemas::results::labels_schema();
     let col = |f: &dyn Fn(&(String, String, String)) -> String| {
-        Arc::new(StringArray::from(
-            labels.iter().map(|l| f(l)).collect::<Vec<_>>(),
-        )) as Arc<dyn Array>
+        Arc::new(StringArray::from(labels.iter().map(f).collect::<Vec<_>>())) as Arc<dyn Array>
     };
     let batch = RecordBatch::try_new(
         schema.clone(),
