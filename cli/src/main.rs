@@ -337,6 +337,7 @@ impl BudgetArgs {
         if mb == 0 {
             bail!("--mem-mb must be at least 1");
         }
+        let mem_bytes = mib(mb, "--mem-mb")?;
         let base = self.scratch.clone().unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("ferret-scratch-")
@@ -344,7 +345,7 @@ impl BudgetArgs {
             .with_context(|| format!("making a scratch directory in {}", base.display()))?;
         Ok(Some((
             ferret_kernels::blocked::Budget {
-                mem_bytes: mb << 20,
+                mem_bytes,
                 scratch: dir.path().to_path_buf(),
             },
             dir,
@@ -530,6 +531,12 @@ fn parse_network(s: &str) -> Result<ferret_indexer::source::bitcoin::Network> {
     })
 }
 
+/// `v` MiB in bytes; an error (never an overflow) past what a `usize` holds.
+fn mib(v: usize, flag: &str) -> Result<usize> {
+    v.checked_mul(1 << 20)
+        .ok_or_else(|| anyhow::anyhow!("{flag} {v}: more MiB than this machine can address"))
+}
+
 async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
     if a.utxo_mem_mb == 0 {
         bail!("--utxo-mem-mb must be at least 1");
@@ -540,12 +547,16 @@ async fn index_btc_cmd(a: IndexBtcArgs) -> Result<()> {
     let wh = Warehouse::open(&a.warehouse)?;
     let mut opts = IndexOptions::new(&a.blocks_dir);
     opts.to_height = a.to_height;
-    opts.utxo_mem_bytes = a.utxo_mem_mb << 20;
-    opts.address_mem_bytes = a.address_mem_mb << 20;
+    opts.utxo_mem_bytes = mib(a.utxo_mem_mb, "--utxo-mem-mb")?;
+    opts.address_mem_bytes = mib(a.address_mem_mb, "--address-mem-mb")?;
     opts.graph_block_bits = a.graph_block_bits;
     opts.network = a.network.as_deref().map(parse_network).transpose()?;
     opts.commit_blocks = a.commit_blocks;
-    opts.commit_bytes = a.commit_mb.max(1) << 20;
+    opts.commit_bytes = a
+        .commit_mb
+        .max(1)
+        .checked_mul(1 << 20)
+        .ok_or_else(|| anyhow::anyhow!("--commit-mb {}: too large", a.commit_mb))?;
     opts.max_unwind = a.max_unwind;
     if let Some(n) = a.read_threads {
         if n == 0 {
@@ -1281,6 +1292,9 @@ async fn sql_cmd(a: SqlArgs) -> Result<()> {
     let wh = Warehouse::open_existing(&a.warehouse)?;
     if a.budget.mem_mb == Some(0) {
         bail!("--mem-mb must be at least 1");
+    }
+    if let Some(mb) = a.budget.mem_mb {
+        mib(mb, "--mem-mb")?;
     }
     let kernels = ferret_query::KernelOptions {
         mem_mb: a.budget.mem_mb,

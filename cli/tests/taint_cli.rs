@@ -528,4 +528,27 @@ async fn eth_taint_out_of_core_writes_the_in_memory_tables() {
         "gpu",
     ]);
     assert!(!ok && err.contains("--mem-mb"), "{err}");
+    // A budget past what the machine can address is an error, never an overflow.
+    let huge = usize::MAX.to_string();
+    for (chain, seed) in [
+        ("eth", seed.as_str()),
+        ("btc", "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"),
+    ] {
+        let (ok, _, err) = run(&[
+            "taint",
+            chain,
+            "--warehouse",
+            &whs,
+            "--seed",
+            seed,
+            "--mem-mb",
+            &huge,
+        ]);
+        assert!(
+            !ok && err.contains("--mem-mb") && err.contains("address"),
+            "{err}"
+        );
+    }
+    let (ok, _, err) = run(&["sql", "--warehouse", &whs, "--mem-mb", &huge, "SELECT 1"]);
+    assert!(!ok && err.contains("--mem-mb"), "{err}");
 }

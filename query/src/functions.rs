@@ -59,10 +59,10 @@ impl KernelOptions {
         let mem_mb = match std::env::var("FERRET_MEM_MB") {
             Err(_) => None,
             Ok(v) => match v.trim().parse::<usize>() {
-                Ok(n) if n >= 1 => Some(n),
+                Ok(n) if n >= 1 && n.checked_mul(1 << 20).is_some() => Some(n),
                 _ => {
                     return Err(DataFusionError::Configuration(format!(
-                        "FERRET_MEM_MB: `{v}` is not a number of MiB ≥ 1"
+                        "FERRET_MEM_MB: `{v}` is not a number of MiB from 1 to what this machine can address"
                     )));
                 }
             },
@@ -437,7 +437,7 @@ impl datafusion::physical_plan::streaming::PartitionStream for StoredStream {
                     ))
                 })?;
             let budget = ferret_kernels::blocked::Budget {
-                mem_bytes: mb << 20,
+                mem_bytes: mb.saturating_mul(1 << 20),
                 scratch: dir.path().to_path_buf(),
             };
             let mut send = |batch: RecordBatch| -> ferret_kernels::Result<()> {
