@@ -122,71 +122,24 @@ impl EthTransfers {
         };
         let mut files: Vec<_> = manifest.files_of("transfers").collect();
         files.sort_by_key(|f| f.first_height);
-        let want = asset.to_ascii_lowercase();
         let mut rows: Vec<(i64, i32, i32, String, String, String, super::frac::U256)> = Vec::new();
         for f in files {
             let batches = wh
-                .read_columns(
-                    &f.path,
-                    &[
-                        "block_number",
-                        "transaction_index",
-                        "ordinal",
-                        "transaction_hash",
-                        "asset",
-                        "from_address",
-                        "to_address",
-                        "value_string",
-                    ],
-                )
+                .read_columns(&f.path, &TRANSFER_COLUMNS)
                 .await
                 .map_err(wh_err)?;
-            let bad =
-                |c: &str| Error::BadGraph(format!("{}: column {c} has the wrong type", f.path));
-            for b in batches {
-                let block = b
-                    .column(0)
-                    .as_primitive_opt::<Int64Type>()
-                    .ok_or_else(|| bad("block_number"))?;
-                let txi = b
-                    .column(1)
-                    .as_primitive_opt::<Int32Type>()
-                    .ok_or_else(|| bad("transaction_index"))?;
-                let ord = b
-                    .column(2)
-                    .as_primitive_opt::<Int32Type>()
-                    .ok_or_else(|| bad("ordinal"))?;
-                let s =
-                    |i: usize, c: &str| b.column(i).as_string_opt::<i32>().ok_or_else(|| bad(c));
-                let (hash, a, from, to, value) = (
-                    s(3, "transaction_hash")?,
-                    s(4, "asset")?,
-                    s(5, "from_address")?,
-                    s(6, "to_address")?,
-                    s(7, "value_string")?,
-                );
-                for r in 0..b.num_rows() {
-                    if want != "*" && a.value(r).to_ascii_lowercase() != want {
-                        continue;
-                    }
-                    let v = super::frac::parse_decimal(value.value(r)).ok_or_else(|| {
-                        Error::BadGraph(format!(
-                            "{}: value_string `{}` is not an integer from 0 to 2^256 − 1",
-                            f.path,
-                            value.value(r)
-                        ))
-                    })?;
-                    rows.push((
-                        block.value(r),
-                        txi.value(r),
-                        ord.value(r),
-                        hash.value(r).to_string(),
-                        from.value(r).to_string(),
-                        to.value(r).to_string(),
-                        v,
-                    ));
-                }
-            }
+            for_each_transfer(&batches, &f.path, asset, &mut |t| {
+                rows.push((
+                    t.block,
+                    t.txi,
+                    t.ordinal,
+                    t.hash.to_string(),
+                    t.from.to_string(),
+                    t.to.to_string(),
+                    t.value,
+                ));
+                Ok(())
+            })?;
         }
         rows.sort_by_key(|r| (r.0, r.1, r.2));
         let max = rows
@@ -235,6 +188,86 @@ impl EthTransfers {
             .map(|(i, a)| (a.as_str(), i as u32))
             .collect()
     }
+}
+
+/// The columns of `eth.transfers` the account kernels read, in [`for_each_transfer`]'s
+/// order.
+pub(crate) const TRANSFER_COLUMNS: [&str; 8] = [
+    "block_number",
+    "transaction_index",
+    "ordinal",
+    "transaction_hash",
+    "asset",
+    "from_address",
+    "to_address",
+    "value_string",
+];
+
+/// One row of `eth.transfers` as read.
+pub(crate) struct TransferRow<'a> {
+    pub block: i64,
+    pub txi: i32,
+    pub ordinal: i32,
+    pub hash: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub value: super::frac::U256,
+}
+
+/// Calls `f` on each row of `asset` (`*`: all) in `batches` (read from `path` with
+/// [`TRANSFER_COLUMNS`]), in file order; a column of the wrong type or an amount that is
+/// not a `uint256` is an error naming the file.
+pub(crate) fn for_each_transfer(
+    batches: &[RecordBatch],
+    path: &str,
+    asset: &str,
+    f: &mut dyn FnMut(TransferRow<'_>) -> Result<()>,
+) -> Result<()> {
+    let want = asset.to_ascii_lowercase();
+    let bad = |c: &str| Error::BadGraph(format!("{path}: column {c} has the wrong type"));
+    for b in batches {
+        let block = b
+            .column(0)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("block_number"))?;
+        let txi = b
+            .column(1)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| bad("transaction_index"))?;
+        let ord = b
+            .column(2)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| bad("ordinal"))?;
+        let s = |i: usize, c: &str| b.column(i).as_string_opt::<i32>().ok_or_else(|| bad(c));
+        let (hash, a, from, to, value) = (
+            s(3, "transaction_hash")?,
+            s(4, "asset")?,
+            s(5, "from_address")?,
+            s(6, "to_address")?,
+            s(7, "value_string")?,
+        );
+        for r in 0..b.num_rows() {
+            if want != "*" && a.value(r).to_ascii_lowercase() != want {
+                continue;
+            }
+            let v = super::frac::parse_decimal(value.value(r)).ok_or_else(|| {
+                Error::BadGraph(format!(
+                    "{path}: value_string `{}` is not an integer from 0 to 2^256 − 1",
+                    value.value(r)
+                ))
+            })?;
+            f(TransferRow {
+                block: block.value(r),
+                txi: txi.value(r),
+                ordinal: ord.value(r),
+                hash: hash.value(r),
+                from: from.value(r),
+                to: to.value(r),
+                value: v,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// One address a run reached.

@@ -32,15 +32,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Int32Type, Int64Type};
 use ferret_schemas::results::{eth_exits_schema, eth_taint_schema};
 use ferret_schemas::{Chain, Warehouse};
 use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::frac::{self, Frac, ONE, U256, ZERO};
-use super::job::{AccountPolicy, EthExit, EthTaintJob, EthTaintRow};
+use super::job::{
+    AccountPolicy, EthExit, EthTaintJob, EthTaintRow, TRANSFER_COLUMNS, for_each_transfer,
+};
 use super::records::{Records, Spill, io_err, remove, same_files, sort_file};
 use super::{SEED, STOP, UNREACHED, cpu::PoolWalk, step_limit_of};
 use crate::blocked::Budget;
@@ -263,24 +263,11 @@ pub fn stored_eth_taint_rows(
             "asset `*` mixes units: only poison runs over every asset; name one (`ETH` or a token contract)".into(),
         ));
     }
-    let manifest = rt
-        .block_on(wh.load_manifest(Chain::Eth))
-        .map_err(wh_err)?
-        .ok_or_else(|| {
-            Error::BadQuery(
-                "the warehouse holds no Ethereum data: run `ferret index eth` first".into(),
-            )
-        })?;
+    let (files, parts) = transfer_files(wh, &rt, parts)?;
     let dir = tempfile::Builder::new()
         .prefix("ferret-eth-taint-")
         .tempdir_in(&budget.scratch)
         .map_err(|e| io_err(&budget.scratch, e))?;
-    let mut files: Vec<_> = manifest.files_of("transfers").cloned().collect();
-    files.sort_by_key(|f| (f.first_height, f.last_height));
-    let rows_bound: u64 = files.iter().map(|f| f.rows).sum();
-    let parts = parts
-        .unwrap_or_else(|| (rows_bound * 2 * EV as u64).div_ceil(PART_EVENT_BYTES) as usize)
-        .clamp(1, MAX_PARTS);
 
     // Seeds and stops by their bytes; an address that is not `0x` and 40 hex digits can
     // be on no transfer.
@@ -512,6 +499,30 @@ pub fn stored_eth_taint_rows(
     Ok(run)
 }
 
+/// The committed `eth.transfers` files in chain order, and the number of partitions
+/// (`parts`, or about 8 MiB of events each).
+pub(super) fn transfer_files(
+    wh: &Warehouse,
+    rt: &Handle,
+    parts: Option<usize>,
+) -> Result<(Vec<ferret_schemas::FileEntry>, usize)> {
+    let manifest = rt
+        .block_on(wh.load_manifest(Chain::Eth))
+        .map_err(wh_err)?
+        .ok_or_else(|| {
+            Error::BadQuery(
+                "the warehouse holds no Ethereum data: run `ferret index eth` first".into(),
+            )
+        })?;
+    let mut files: Vec<_> = manifest.files_of("transfers").cloned().collect();
+    files.sort_by_key(|f| (f.first_height, f.last_height));
+    let rows_bound: u64 = files.iter().map(|f| f.rows).sum();
+    let parts = parts
+        .unwrap_or_else(|| (rows_bound * 2 * EV as u64).div_ceil(PART_EVENT_BYTES) as usize)
+        .clamp(1, MAX_PARTS);
+    Ok((files, parts))
+}
+
 /// Where a run's files are and how much memory each piece of work may hold.
 pub(super) struct Ctx {
     pub(super) dir: PathBuf,
@@ -566,7 +577,6 @@ impl Ctx {
         asset: &str,
         candidates: &HashSet<Addr>,
     ) -> Result<Built> {
-        let want = asset.to_ascii_lowercase();
         let spill = self.spill("ev");
         let mut seen = HashSet::new();
         let mut max = 0.0f64;
@@ -576,77 +586,27 @@ impl Ctx {
         for f in files {
             bar.inc(1);
             let batches = rt
-                .block_on(wh.read_columns(
-                    &f.path,
-                    &[
-                        "block_number",
-                        "transaction_index",
-                        "ordinal",
-                        "transaction_hash",
-                        "asset",
-                        "from_address",
-                        "to_address",
-                        "value_string",
-                    ],
-                ))
+                .block_on(wh.read_columns(&f.path, &TRANSFER_COLUMNS))
                 .map_err(wh_err)?;
-            let bad =
-                |c: &str| Error::BadGraph(format!("{}: column {c} has the wrong type", f.path));
             let mut rows: Vec<Row> = Vec::new();
-            for b in &batches {
-                let block = b
-                    .column(0)
-                    .as_primitive_opt::<Int64Type>()
-                    .ok_or_else(|| bad("block_number"))?;
-                let txi = b
-                    .column(1)
-                    .as_primitive_opt::<Int32Type>()
-                    .ok_or_else(|| bad("transaction_index"))?;
-                let ord = b
-                    .column(2)
-                    .as_primitive_opt::<Int32Type>()
-                    .ok_or_else(|| bad("ordinal"))?;
-                let s =
-                    |i: usize, c: &str| b.column(i).as_string_opt::<i32>().ok_or_else(|| bad(c));
-                let (hash, a, from, to, value) = (
-                    s(3, "transaction_hash")?,
-                    s(4, "asset")?,
-                    s(5, "from_address")?,
-                    s(6, "to_address")?,
-                    s(7, "value_string")?,
-                );
-                for r in 0..b.num_rows() {
-                    if want != "*" && a.value(r).to_ascii_lowercase() != want {
-                        continue;
-                    }
-                    let v = frac::parse_decimal(value.value(r)).ok_or_else(|| {
-                        Error::BadGraph(format!(
-                            "{}: value_string `{}` is not an integer from 0 to 2^256 − 1",
-                            f.path,
-                            value.value(r)
-                        ))
-                    })?;
-                    let hex_field = |col: &arrow::array::StringArray, c: &str| {
-                        Error::BadGraph(format!(
-                            "{}: block {}: {c} `{}` is not 0x and lower-case hex digits",
-                            f.path,
-                            block.value(r),
-                            col.value(r)
-                        ))
-                    };
-                    rows.push((
-                        block.value(r),
-                        txi.value(r),
-                        ord.value(r),
-                        parse_hex::<32>(hash.value(r))
-                            .ok_or_else(|| hex_field(hash, "transaction_hash"))?,
-                        parse_hex::<20>(from.value(r))
-                            .ok_or_else(|| hex_field(from, "from_address"))?,
-                        parse_hex::<20>(to.value(r)).ok_or_else(|| hex_field(to, "to_address"))?,
-                        v,
-                    ));
-                }
-            }
+            for_each_transfer(&batches, &f.path, asset, &mut |t| {
+                let field = |v: &str, c: &str| {
+                    Error::BadGraph(format!(
+                        "{}: block {}: {c} `{v}` is not 0x and lower-case hex digits",
+                        f.path, t.block
+                    ))
+                };
+                rows.push((
+                    t.block,
+                    t.txi,
+                    t.ordinal,
+                    parse_hex::<32>(t.hash).ok_or_else(|| field(t.hash, "transaction_hash"))?,
+                    parse_hex::<20>(t.from).ok_or_else(|| field(t.from, "from_address"))?,
+                    parse_hex::<20>(t.to).ok_or_else(|| field(t.to, "to_address"))?,
+                    t.value,
+                ));
+                Ok(())
+            })?;
             drop(batches);
             rows.sort_by_key(|r| (r.0, r.1, r.2));
             // Edges are numbered in chain order across files: the files' rows must not

@@ -21,15 +21,16 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
+use ferret_schemas::Warehouse;
 use ferret_schemas::results::clusters_schema;
-use ferret_schemas::{Chain, Warehouse};
 use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::deposit::DepositRule;
 use super::records::{Records, Spill, io_err, sort_file};
 use super::stored::{
-    ARRIVE, Addr, Ctx, DEPART, EV, addr_of, edge_of, ev_block, hex, parse_hex, part_of, wh_err,
+    ARRIVE, Addr, Ctx, DEPART, EV, addr_of, edge_of, ev_block, hex, parse_hex, part_of,
+    transfer_files, wh_err,
 };
 use crate::blocked::Budget;
 use crate::cluster::guard::Forest;
@@ -72,14 +73,7 @@ pub fn cluster_eth_stored(
     let rt = Handle::current();
     let labels = rt.block_on(chain_labels(wh, "eth"))?;
     check_categories(&labels, std::iter::once(&rule.exchange_category))?;
-    let manifest = rt
-        .block_on(wh.load_manifest(Chain::Eth))
-        .map_err(wh_err)?
-        .ok_or_else(|| {
-            Error::BadQuery(
-                "the warehouse holds no Ethereum data: run `ferret index eth` first".into(),
-            )
-        })?;
+    let (files, parts) = transfer_files(wh, &rt, parts)?;
     let hot: HashSet<Addr> = labels
         .iter()
         .filter(|l| l.2 == rule.exchange_category)
@@ -93,12 +87,6 @@ pub fn cluster_eth_stored(
         .prefix("ferret-eth-cluster-")
         .tempdir_in(&budget.scratch)
         .map_err(|e| io_err(&budget.scratch, e))?;
-    let mut files: Vec<_> = manifest.files_of("transfers").cloned().collect();
-    files.sort_by_key(|f| (f.first_height, f.last_height));
-    let rows_bound: u64 = files.iter().map(|f| f.rows).sum();
-    let parts = parts
-        .unwrap_or_else(|| (rows_bound * 2 * EV as u64).div_ceil(8 << 20) as usize)
-        .clamp(1, 4096);
     let ctx = Ctx {
         dir: dir.path().to_path_buf(),
         parts,
