@@ -43,3 +43,11 @@ pub enum Error {
 
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A scratch or local file operation on `path` that failed.
+pub(crate) fn io_err(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}

@@ -26,6 +26,44 @@ async fn rows(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<Strin
     out
 }
 
+/// A session in memory and one with a 1 MiB budget spilling to `scratch`.
+async fn sessions(
+    wh: &Warehouse,
+    scratch: &std::path::Path,
+) -> (
+    datafusion::prelude::SessionContext,
+    datafusion::prelude::SessionContext,
+) {
+    let memory = session_with(wh, KernelOptions::default())
+        .await
+        .expect("session");
+    let stored = session_with(
+        wh,
+        KernelOptions {
+            mem_mb: Some(1),
+            scratch: Some(scratch.to_path_buf()),
+        },
+    )
+    .await
+    .expect("session");
+    (memory, stored)
+}
+
+/// `q` returns the same rows (more than three) from both sessions.
+async fn same_rows(
+    memory: &datafusion::prelude::SessionContext,
+    stored: &datafusion::prelude::SessionContext,
+    q: &str,
+) {
+    let want = rows(memory, q).await;
+    let got = rows(stored, q).await;
+    assert!(want.len() > 3, "{q}: {} rows", want.len());
+    if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
+        panic!("{q}: row {i}\n  got  {}\n  want {}", got[i], want[i]);
+    }
+    assert_eq!(got.len(), want.len(), "{q}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_functions_out_of_core_return_the_in_memory_rows() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -48,19 +86,8 @@ async fn kernel_functions_out_of_core_return_the_in_memory_rows() {
     )
     .await
     .expect("labels");
-    let memory = session_with(&wh, KernelOptions::default())
-        .await
-        .expect("session");
     let scratch = tempfile::tempdir().expect("scratch");
-    let stored = session_with(
-        &wh,
-        KernelOptions {
-            mem_mb: Some(1),
-            scratch: Some(scratch.path().to_path_buf()),
-        },
-    )
-    .await
-    .expect("session");
+    let (memory, stored) = sessions(&wh, scratch.path()).await;
     let queries = [
         "SELECT * FROM taint('category:scam', 'haircut', 4, 'forward', 'exchange') ORDER BY txid, vout",
         "SELECT txid, vout, hop, tainted_value, coinjoin FROM taint('category:scam', 'poison', NULL, 'forward', NULL, 50000) ORDER BY txid, vout",
@@ -72,13 +99,7 @@ async fn kernel_functions_out_of_core_return_the_in_memory_rows() {
         "SELECT cluster_size, count(*) AS n FROM clusters() GROUP BY cluster_size ORDER BY cluster_size",
     ];
     for q in queries {
-        let want = rows(&memory, q).await;
-        let got = rows(&stored, q).await;
-        assert!(want.len() > 3, "{q}: {} rows", want.len());
-        if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
-            panic!("{q}: row {i}\n  got  {}\n  want {}", got[i], want[i]);
-        }
-        assert_eq!(got.len(), want.len(), "{q}");
+        same_rows(&memory, &stored, q).await;
     }
     // A query that reads a few rows and stops.
     let few = rows(&stored, "SELECT address FROM clusters() LIMIT 3").await;
@@ -91,19 +112,8 @@ async fn eth_taint_out_of_core_returns_the_in_memory_rows() {
     use ferret_testkit::synth::account::{TOKEN, addr, chain, warehouse};
     let (transfers, labels) = chain(21, 250, false);
     let wh = warehouse("memory://sql-eth-out-of-core", &transfers, &labels, 50).await;
-    let memory = session_with(&wh, KernelOptions::default())
-        .await
-        .expect("session");
     let scratch = tempfile::tempdir().expect("scratch");
-    let stored = session_with(
-        &wh,
-        KernelOptions {
-            mem_mb: Some(1),
-            scratch: Some(scratch.path().to_path_buf()),
-        },
-    )
-    .await
-    .expect("session");
+    let (memory, stored) = sessions(&wh, scratch.path()).await;
     let plain = addr(77);
     let queries = [
         "SELECT * FROM eth_taint('category:scam') ORDER BY address".to_string(),
@@ -113,13 +123,7 @@ async fn eth_taint_out_of_core_returns_the_in_memory_rows() {
         "SELECT * FROM eth_taint('category:scam', 'poison', '*') ORDER BY address".to_string(),
     ];
     for q in &queries {
-        let want = rows(&memory, q).await;
-        let got = rows(&stored, q).await;
-        assert!(want.len() > 3, "{q}: {} rows", want.len());
-        if let Some(i) = (0..want.len().min(got.len())).find(|&i| want[i] != got[i]) {
-            panic!("{q}: row {i}\n  got  {}\n  want {}", got[i], want[i]);
-        }
-        assert_eq!(got.len(), want.len(), "{q}");
+        same_rows(&memory, &stored, q).await;
     }
     let few = rows(
         &stored,

@@ -147,11 +147,7 @@ impl EthTransfers {
             .map(|r| super::frac::to_f64(&r.6))
             .fold(0.0f64, f64::max);
         // Amounts into f32's range with room for sums: the largest at most 2^100.
-        let scale = if max > 2f64.powi(100) {
-            2f64.powi(100) / max
-        } else {
-            1.0
-        };
+        let scale = amount_scale(max);
         let mut ids: HashMap<String, u32> = HashMap::new();
         let mut t = EthTransfers {
             scale,
@@ -270,6 +266,37 @@ pub(crate) fn for_each_transfer(
     Ok(())
 }
 
+/// The factor that brings amounts into f32's range with room for sums (poison compares
+/// them as f32): the largest at most 2^100.
+pub(crate) fn amount_scale(max: f64) -> f64 {
+    if max > 2f64.powi(100) {
+        2f64.powi(100) / max
+    } else {
+        1.0
+    }
+}
+
+/// The error of a run none of whose seeds has a transfer of `asset`.
+pub(crate) fn no_seeds(asset: &str, unknown: &[String]) -> Error {
+    Error::BadQuery(format!(
+        "no seed has a transfer of asset {asset}{}",
+        if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(" (unknown: {})", unknown.join(", "))
+        }
+    ))
+}
+
+/// Exits in report order: by tainted value, largest first, then by address.
+pub(crate) fn sort_exits(exits: &mut [EthExit]) {
+    exits.sort_by(|a, b| {
+        b.tainted_value
+            .total_cmp(&a.tainted_value)
+            .then_with(|| a.address.cmp(&b.address))
+    });
+}
+
 /// One address a run reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaintedAddress {
@@ -359,15 +386,7 @@ pub fn run_on_transfers(
     seeds.sort_unstable();
     seeds.dedup();
     if seeds.is_empty() {
-        return Err(Error::BadQuery(format!(
-            "no seed has a transfer of asset {}{}",
-            job.asset,
-            if unknown.is_empty() {
-                String::new()
-            } else {
-                format!(" (unknown: {})", unknown.join(", "))
-            }
-        )));
+        return Err(no_seeds(&job.asset, &unknown));
     }
     let stops: Vec<u32> = stop_labels.keys().copied().collect();
     let node_flags = flags(t.graph.nodes, &seeds, &stops)?;
@@ -461,11 +480,7 @@ pub fn run_on_transfers(
             }
         })
         .collect();
-    exits.sort_by(|a, b| {
-        b.tainted_value
-            .total_cmp(&a.tainted_value)
-            .then_with(|| a.address.cmp(&b.address))
-    });
+    sort_exits(&mut exits);
     Ok(EthTaintRun {
         job: job.clone(),
         transfers: t,

@@ -15,12 +15,7 @@ use crate::{Error, Result};
 /// Buffer of one open reader or writer.
 const IO_BUF: usize = 64 << 10;
 
-pub(super) fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Write {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
+pub(super) use crate::error::io_err;
 
 /// Reads records of `N` bytes in order; a missing file reads as empty.
 pub(super) struct Records<const N: usize> {

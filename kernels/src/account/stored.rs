@@ -39,7 +39,8 @@ use tokio::runtime::Handle;
 
 use super::frac::{self, Frac, ONE, U256, ZERO};
 use super::job::{
-    AccountPolicy, EthExit, EthTaintJob, EthTaintRow, TRANSFER_COLUMNS, for_each_transfer,
+    AccountPolicy, EthExit, EthTaintJob, EthTaintRow, TRANSFER_COLUMNS, amount_scale,
+    for_each_transfer, no_seeds, sort_exits,
 };
 use super::records::{Records, Spill, io_err, remove, same_files, sort_file};
 use super::{SEED, STOP, UNREACHED, cpu::PoolWalk, step_limit_of};
@@ -310,21 +311,9 @@ pub fn stored_eth_taint_rows(
         .map(|(s, _)| s.clone())
         .collect();
     if seeds.is_empty() {
-        return Err(Error::BadQuery(format!(
-            "no seed has a transfer of asset {}{}",
-            job.asset,
-            if unknown.is_empty() {
-                String::new()
-            } else {
-                format!(" (unknown: {})", unknown.join(", "))
-            }
-        )));
+        return Err(no_seeds(&job.asset, &unknown));
     }
-    let scale = if built.max > 2f64.powi(100) {
-        2f64.powi(100) / built.max
-    } else {
-        1.0
-    };
+    let scale = amount_scale(built.max);
     let walker = Walker {
         ctx: &ctx,
         poison: job.policy == AccountPolicy::Poison,
@@ -482,11 +471,7 @@ pub fn stored_eth_taint_rows(
         }
     }
     bar.finish_and_clear();
-    run.exits.sort_by(|a, b| {
-        b.tainted_value
-            .total_cmp(&a.tainted_value)
-            .then_with(|| a.address.cmp(&b.address))
-    });
+    sort_exits(&mut run.exits);
     run.stats = stats;
     tracing::info!(
         transfers = m,

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// A value the pager can write out and read back.
 pub(crate) trait Spill: Sized {
@@ -36,12 +36,7 @@ pub(crate) struct Pager<T> {
     _keep: Option<tempfile::TempDir>,
 }
 
-fn io_err(path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::Write {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
+use crate::error::io_err;
 
 impl<T: Spill> Pager<T> {
     pub(crate) fn new(dir: PathBuf, budget: usize) -> Result<Self> {

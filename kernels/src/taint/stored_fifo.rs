@@ -36,12 +36,7 @@ use crate::blocked::{self, Budget, Chunk, ChunkSource, SEED_BLOCK};
 use crate::propagate::{Options, UNREACHED};
 use crate::{Error, Result};
 
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Write {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
+use crate::error::io_err;
 
 fn wrong() -> Error {
     Error::BadGraph("btc.outputs: a column has the wrong type or a negative id".into())
