@@ -21,6 +21,7 @@
 //! fixed overhead on top of the budget.
 
 mod gpu;
+mod order;
 mod pager;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,7 @@ use rayon::prelude::*;
 
 use crate::propagate::{Options, UNREACHED};
 use crate::{Error, Result};
+pub use order::{fixpoint, run_on};
 use pager::Pager;
 
 /// The source block of edges from a constant 1 (seed outputs).

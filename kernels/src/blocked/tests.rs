@@ -2,7 +2,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::propagate::{Propagation, SEED_SOURCE, propagate_jacobi_cpu};
+use crate::propagate::{ChainOrder, Propagation, SEED_SOURCE, propagate_jacobi_cpu};
 
 /// A random problem whose rows list their edges by ascending source (seed outputs last),
 /// the order the taint lowering gives every row.
@@ -253,4 +253,249 @@ fn the_gpu_sums_equal_the_cpu_sums() {
         h != want.hop || f != want.fraction,
         "a skipped chunk went unnoticed on the GPU"
     );
+}
+
+/// The node ids reversed: an ascending DAG becomes a descending one (backward taint's
+/// shape), each row still by ascending source, seeds last.
+fn reversed(p: &Propagation) -> Propagation {
+    let n = p.nodes();
+    let flip = |v: u32| if v == SEED_SOURCE { v } else { n - 1 - v };
+    let mut r = Propagation {
+        row_ptr: vec![0],
+        seeds: p.seeds.iter().map(|&s| flip(s)).collect(),
+        ..Default::default()
+    };
+    r.seeds.sort_unstable();
+    for v in (0..n).rev() {
+        let (lo, hi) = (
+            p.row_ptr[v as usize] as usize,
+            p.row_ptr[v as usize + 1] as usize,
+        );
+        let mut row: Vec<(u32, f32, f32)> = (lo..hi)
+            .map(|e| (flip(p.src[e]), p.weight[e], p.gate[e]))
+            .collect();
+        row.sort_by_key(|e| e.0);
+        for (s, w, g) in row {
+            r.src.push(s);
+            r.weight.push(w);
+            r.gate.push(g);
+        }
+        r.row_ptr.push(r.src.len() as u32);
+    }
+    r
+}
+
+fn run_fixpoint(
+    p: &Propagation,
+    bits: u32,
+    min_value: f32,
+    mem: usize,
+    order: ChainOrder,
+) -> Result<(Vec<f32>, Vec<u32>, Stats)> {
+    let mut src = MemSource::from_propagation(p, bits)?;
+    let scratch = tempfile::tempdir().expect("scratch");
+    let budget = Budget {
+        mem_bytes: mem,
+        scratch: scratch.path().to_path_buf(),
+    };
+    let mut r = fixpoint(&mut src, min_value, &budget, order)?;
+    let (f, h) = r.to_vecs()?;
+    Ok((f, h, r.stats.clone()))
+}
+
+/// An independent reading of the pass's hops: relaxed until nothing changes, in no
+/// particular order, from the final fractions: a seed is at 0, a tainted node at 1 + the
+/// smallest hop among the sources whose edge carries taint into it (a product above zero
+/// that passes the gate).
+fn hops_oracle(p: &Propagation, f: &[f32], min_value: f32) -> Vec<u32> {
+    let n = p.nodes() as usize;
+    let mut h = vec![UNREACHED; n];
+    for &s in &p.seeds {
+        h[s as usize] = 0;
+    }
+    loop {
+        let mut changed = false;
+        for v in 0..n {
+            if h[v] == 0 || f[v] == 0.0 {
+                continue;
+            }
+            let mut best = UNREACHED;
+            for e in p.row_ptr[v] as usize..p.row_ptr[v + 1] as usize {
+                let (fs, hs) = match p.src[e] {
+                    SEED_SOURCE => (1.0, 0),
+                    s => (f[s as usize], h[s as usize]),
+                };
+                let passes = min_value <= 0.0 || (fs > 0.0 && fs * p.gate[e] >= min_value);
+                if passes && p.weight[e] * fs > 0.0 && hs != UNREACHED {
+                    best = best.min(hs + 1);
+                }
+            }
+            if best != h[v] {
+                h[v] = best;
+                changed = true;
+            }
+        }
+        if !changed {
+            return h;
+        }
+    }
+}
+
+/// Without a hop limit the one pass in chain order gives the Jacobi fixpoint's fractions
+/// bit for bit, in memory and blocked (every block size, budgets that page every block),
+/// forward and backward; its hops are Jacobi's without a minimum value and, with one,
+/// the independent oracle's (never more than Jacobi's).
+#[test]
+fn the_pass_in_chain_order_gives_the_jacobi_fixpoint() {
+    use crate::propagate::fixpoint_in_order;
+    let (mut differed, mut reached, mut spilled) = (0usize, 0usize, 0u64);
+    for seed in 0..10u64 {
+        let n = [0u32, 1, 7, 300, 1000, 3000][seed as usize % 6];
+        let up = random(seed, n, n as usize * 3, true, seed % 3 == 0);
+        for (p, order) in [
+            (up.clone(), ChainOrder::Ascending),
+            (reversed(&up), ChainOrder::Descending),
+        ] {
+            for min_value in [0.0f32, 5_000.0, 20_000.0] {
+                let opts = Options {
+                    max_hops: None,
+                    min_value,
+                };
+                let jacobi = propagate_jacobi_cpu(&p, &opts);
+                let pass = fixpoint_in_order(&p, min_value, order).expect("pass");
+                let what = format!("seed {seed}, n {n}, {order:?}, min {min_value}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&pass.fraction), bits(&jacobi.fraction), "{what}");
+                assert_eq!(pass.steps, 1);
+                if min_value == 0.0 {
+                    assert_eq!(pass.hop, jacobi.hop, "{what}");
+                } else {
+                    assert_eq!(
+                        pass.hop,
+                        hops_oracle(&p, &pass.fraction, min_value),
+                        "{what}"
+                    );
+                    assert!(
+                        pass.hop.iter().zip(&jacobi.hop).all(|(a, b)| a <= b),
+                        "{what}"
+                    );
+                    differed += pass
+                        .hop
+                        .iter()
+                        .zip(&jacobi.hop)
+                        .filter(|(a, b)| a != b)
+                        .count();
+                }
+                reached += pass
+                    .hop
+                    .iter()
+                    .filter(|&&h| h != 0 && h != UNREACHED)
+                    .count();
+                for bits_ in [0u32, 2, 5, 8, 12] {
+                    if n >= 1000 && bits_ < 2 {
+                        continue;
+                    }
+                    for mem in [8usize << 10, 64 << 20] {
+                        if mem < 1 << 20 && n > 300 && bits_ < 5 {
+                            continue;
+                        }
+                        let (f, h, stats) =
+                            run_fixpoint(&p, bits_, min_value, mem, order).expect("blocked pass");
+                        let what = format!("{what}, bits {bits_}, mem {mem}");
+                        assert_eq!(h, pass.hop, "hops: {what}");
+                        assert_eq!(bits(&f), bits(&pass.fraction), "fractions: {what}");
+                        assert_eq!(stats.steps, 1, "{what}");
+                        spilled += stats.blocks_spilled;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        reached > 5_000,
+        "the runs must reach well beyond their seeds: {reached}"
+    );
+    assert!(
+        differed > 0,
+        "some run must show the gate read at the final fraction"
+    );
+    assert!(spilled > 0, "the small budget must page blocks out");
+}
+
+/// The blocked pass fails the comparison when its sweep is broken (a skipped chunk, a
+/// source read one block off), and reads no chunk out of a block no taint reached.
+#[test]
+fn a_broken_pass_is_caught_and_untainted_blocks_are_skipped() {
+    use crate::propagate::fixpoint_in_order;
+    for fault in [1u8, 2] {
+        let mut caught = false;
+        for seed in 0..6u64 {
+            let p = random(seed, 2000, 6000, true, seed % 2 == 0);
+            let want = fixpoint_in_order(&p, 0.0, ChainOrder::Ascending).expect("pass");
+            FAULT.with(|f| f.set(fault));
+            let got = run_fixpoint(&p, 4, 0.0, 64 << 20, ChainOrder::Ascending);
+            FAULT.with(|f| f.set(0));
+            let (f, h, _) = got.expect("a broken pass still runs");
+            if h != want.hop || f != want.fraction {
+                caught = true;
+                break;
+            }
+        }
+        assert!(caught, "fault {fault} went unnoticed");
+    }
+    // A line of 4096 nodes, one seed near the end: only the last blocks are read.
+    let n = 4096u32;
+    let mut p = Propagation {
+        row_ptr: vec![0, 0],
+        seeds: vec![4000],
+        ..Default::default()
+    };
+    for v in 1..n {
+        p.src.push(v - 1);
+        p.weight.push(0.5);
+        p.gate.push(1.0);
+        p.row_ptr.push(v);
+    }
+    let (_, h, stats) = run_fixpoint(&p, 6, 0.0, 64 << 20, ChainOrder::Ascending).expect("pass");
+    assert_eq!(h[4095], 95);
+    assert_eq!(h[3999], UNREACHED);
+    assert!(stats.chunk_loads <= 4, "{stats:?}");
+}
+
+/// An edge against the chain order (a cycle, damaged ids) is an error in both passes,
+/// never an answer read from a source that was not final.
+#[test]
+fn an_edge_against_the_chain_order_is_an_error() {
+    use crate::propagate::fixpoint_in_order;
+    let up = random(5, 300, 900, true, false);
+    // Read the wrong way round, every edge runs against the order.
+    let e = fixpoint_in_order(&up, 0.0, ChainOrder::Descending).expect_err("refused");
+    assert!(e.to_string().contains("against the chain order"), "{e}");
+    for bits in [3u32, 12] {
+        let e = run_fixpoint(&up, bits, 0.0, 1 << 20, ChainOrder::Descending)
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().contains("against the chain order"),
+            "bits {bits}: {e}"
+        );
+    }
+    // One edge pointing forward in an otherwise ascending graph: a cycle.
+    let mut cyc = up.clone();
+    let v = (0..cyc.nodes())
+        .find(|&v| cyc.row_ptr[v as usize + 1] > cyc.row_ptr[v as usize] && v < 100)
+        .expect("a row");
+    let e0 = cyc.row_ptr[v as usize] as usize;
+    cyc.src[e0] = 250;
+    cyc.weight[e0] = 0.5;
+    let e = fixpoint_in_order(&cyc, 0.0, ChainOrder::Ascending).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains(&format!("from node 250 into node {v}")),
+        "{e}"
+    );
+    let e = run_fixpoint(&cyc, 12, 0.0, 1 << 20, ChainOrder::Ascending)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("against the chain order"), "{e}");
 }

@@ -18,6 +18,10 @@
 //! binding, all resident on the device. `docs/kernels.md` plans the full chain.
 
 mod cpu;
+mod order;
+
+pub use order::{ChainOrder, fixpoint_in_order};
+pub(crate) use order::{RowSum, against};
 
 use wgpu::util::DeviceExt;
 

@@ -84,6 +84,15 @@ impl std::str::FromStr for Direction {
 }
 
 impl Direction {
+    /// Which way the edges of this direction's problems run along node ids (transactions
+    /// and outputs are numbered in chain order).
+    pub fn order(self) -> propagate::ChainOrder {
+        match self {
+            Self::Forward => propagate::ChainOrder::Ascending,
+            Self::Backward => propagate::ChainOrder::Descending,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Forward => "forward",
@@ -165,7 +174,15 @@ pub fn run(backend: &Backend, g: &SpendGraph, q: &Query) -> Result<TaintResult> 
         // compared as the kernels compare them.
         min_value: q.min_value.max(0) as f32,
     };
-    let p = propagate::propagate(backend, &lowered.problem, &opts)?;
+    // Without a hop limit: the fixpoint in one pass in chain order (on the CPU whatever
+    // the backend: one pass reads each edge once, where Jacobi steps would read them as
+    // many times as the longest tainted path).
+    let p = match q.max_hops {
+        Some(_) => propagate::propagate(backend, &lowered.problem, &opts)?,
+        None => {
+            propagate::fixpoint_in_order(&lowered.problem, opts.min_value, q.direction.order())?
+        }
+    };
     let rows = lowered.report(g, q, &p.fraction, &p.hop);
     Ok(TaintResult {
         rows,

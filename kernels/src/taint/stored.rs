@@ -643,7 +643,8 @@ pub fn run_stored_with(
     run_stored_on(&crate::device::Backend::Cpu, wh, q, budget, on_rows)
 }
 
-/// [`run_stored_with`] with the row sums on `backend` (see [`blocked::propagate_on`]).
+/// [`run_stored_with`] with the row sums on `backend` (see [`blocked::run_on`]: without a
+/// hop limit, one pass in chain order on the CPU).
 pub fn run_stored_on(
     backend: &crate::device::Backend,
     wh: &Warehouse,
@@ -682,7 +683,7 @@ pub fn run_stored_on(
         max_hops: q.max_hops,
         min_value: q.min_value.max(0) as f32,
     };
-    let mut res = blocked::propagate_on(backend, &mut low, &opts, budget)?;
+    let mut res = blocked::run_on(backend, &mut low, &opts, budget, q.direction.order())?;
     drop(low);
     report(wh, &rt, &m, &edges, q, &mut res, on_rows)?;
     Ok((res.stats.steps, res.stats.clone()))

@@ -470,7 +470,7 @@ pub(super) fn run_fifo(
         max_hops: q.max_hops,
         min_value: q.min_value.max(0) as f32,
     };
-    let mut res = blocked::propagate_on(backend, &mut low, &opts, budget)?;
+    let mut res = blocked::run_on(backend, &mut low, &opts, budget, q.direction.order())?;
     drop(low);
     // The reached outputs, joined to btc.outputs a row group at a time.
     let bits = edges.bits;
