@@ -1090,17 +1090,25 @@ pub(crate) fn print_taint_report(
     let job = &run.job;
     let tainted = totals.tainted_beyond_seeds;
     let max_hop = totals.max_hop;
+    // Without a hop limit the fixpoint is one pass in chain order, on the CPU.
+    let how = match job.max_hops {
+        Some(_) => format!("{} steps over", run.steps),
+        None => "the fixpoint in one pass in chain order over".to_string(),
+    };
+    let device = if job.max_hops.is_none() && run.device.starts_with("gpu") {
+        "the CPU (the pass does not use the GPU)".to_string()
+    } else {
+        run.device.clone()
+    };
     println!(
-        "{} {} from {} seed outputs: {} tainted outputs up to hop {max_hop}, {} BTC tainted beyond the seeds; {} steps over {} nodes / {} edges on {}; run {run_id}",
+        "{} {} from {} seed outputs: {} tainted outputs up to hop {max_hop}, {} BTC tainted beyond the seeds; {how} {} nodes / {} edges on {device}; run {run_id}",
         job.policy.as_str(),
         job.direction.as_str(),
         run.seed_outputs,
         totals.outputs,
         btc(tainted),
-        run.steps,
         run.nodes,
         run.edges,
-        run.device,
     );
     if !run.unknown_seeds.is_empty() {
         println!("not on the indexed chain: {}", run.unknown_seeds.join(", "));

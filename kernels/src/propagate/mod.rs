@@ -7,7 +7,9 @@
 //! nodes stay at 1, and a source of [`SEED_SOURCE`] is a constant 1. `hop(v)` is the first
 //! step at which `f(v) > 0` (0 for seeds). With a hop limit H exactly H steps run, so only
 //! paths of at most H edges contribute; without one, steps run until nothing changes
-//! (spend graphs are acyclic, so that is at most the longest path plus one).
+//! (spend graphs are acyclic, so that is at most the longest path plus one). Taint runs
+//! without a hop limit take [`fixpoint_in_order`] instead: the same fractions in one pass
+//! over graphs whose edges all run one way along the node ids.
 //!
 //! Poison is this with every weight 1 (values stay exactly 0 or 1); haircut and fifo
 //! differ only in their nodes and weights (see `taint`).

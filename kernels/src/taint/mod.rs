@@ -106,7 +106,8 @@ impl Direction {
 pub struct Query {
     pub policy: Policy,
     pub direction: Direction,
-    /// Keep hops ≤ H; `None` follows taint as far as it goes.
+    /// Keep hops ≤ H; `None` follows taint as far as it goes (the fixpoint, in one pass in
+    /// chain order: see `propagate::fixpoint_in_order`).
     pub max_hops: Option<u32>,
     /// Outputs whose tainted value is below this (sats) pass nothing on.
     pub min_value: i64,
