@@ -56,7 +56,10 @@ struct Out {
 /// indexed outputs by (tx, vin).
 #[derive(Default)]
 struct Txs {
-    outs: Vec<Out>,
+    /// The rows read from `btc.outputs` (shared with the cache, not copied) and the
+    /// range of them that belongs to these transactions.
+    rows: Arc<Vec<Out>>,
+    range: std::ops::Range<usize>,
     ins: Vec<Edge>,
 }
 
@@ -64,16 +67,17 @@ impl Txs {
     /// Calls `f` with each transaction's outputs and inputs, in chain order; transactions
     /// without inputs from the graph are left out (they carry no taint either way).
     fn each(&self, mut f: impl FnMut(u64, &[Out], &[Edge])) {
+        let outs = &self.rows[self.range.clone()];
         let (mut i, mut o) = (0usize, 0usize);
-        while o < self.outs.len() {
-            let t = self.outs[o].tx;
-            let o_end = o + self.outs[o..].partition_point(|x| x.tx == t);
+        while o < outs.len() {
+            let t = outs[o].tx;
+            let o_end = o + outs[o..].partition_point(|x| x.tx == t);
             while i < self.ins.len() && self.ins[i].tx < t {
                 i += 1;
             }
             let i_end = i + self.ins[i..].partition_point(|x| x.tx == t);
             if i_end > i {
-                f(t, &self.outs[o..o_end], &self.ins[i..i_end]);
+                f(t, &outs[o..o_end], &self.ins[i..i_end]);
             }
             o = o_end;
             i = i_end;
@@ -219,6 +223,8 @@ impl FifoLowering<'_> {
         {
             return Ok(Arc::clone(rows));
         }
+        // The previous rows go before the next are read: one set in memory at a time.
+        *self.cache.borrow_mut() = None;
         let mut outs = Vec::new();
         for b in self.rt.block_on(self.outputs.read(
             self.wh,
@@ -257,7 +263,8 @@ impl FifoLowering<'_> {
         let outs = self.output_rows(self.groups_of(1, t_lo, t_hi))?;
         let a = outs.partition_point(|o| o.tx < t_lo);
         let b = outs.partition_point(|o| o.tx <= t_hi);
-        txs.outs.extend_from_slice(&outs[a..b]);
+        txs.range = a..b;
+        txs.rows = outs;
         for tb in (t_lo >> bits)..=(t_hi >> bits) {
             let tb = u32::try_from(tb).map_err(|_| Error::TooLarge("graph blocks".into()))?;
             for s in self.edges.sources_of(tb) {
@@ -284,9 +291,10 @@ impl FifoLowering<'_> {
             dir,
             buffers: BTreeMap::new(),
             buffered: 0,
-            // Buffers grow by doubling: half the budget in records keeps their capacity
-            // within it.
-            cap: (cap / 2).max(64 << 10),
+            // Buffers grow by doubling, up to twice what they hold: a quarter of the
+            // budget in records keeps their capacity within half of it (the graph block
+            // being lowered is beside them).
+            cap: (cap / 4).max(64 << 10),
         };
         let bits = self.bits();
         let mask = (1u64 << bits) - 1;
