@@ -552,3 +552,72 @@ async fn eth_taint_out_of_core_writes_the_in_memory_tables() {
     let (ok, _, err) = run(&["sql", "--warehouse", &whs, "--mem-mb", &huge, "SELECT 1"]);
     assert!(!ok && err.contains("--mem-mb"), "{err}");
 }
+
+/// A run given a memory budget returns freed memory to the system after 100 ms instead
+/// of the allocator's default second (it starts itself again with the option set; see
+/// `allocator_options` in main.rs); a value the user set is kept, and runs without a
+/// budget keep the default. Read from the allocator's own report of its options.
+#[test]
+fn a_budgeted_run_asks_the_allocator_to_purge_sooner() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("wh");
+    std::fs::create_dir_all(&wh).expect("warehouse dir");
+    let wh = wh.to_str().expect("utf-8");
+    let purge_delay = |args: &[&str], env: &[(&str, &str)]| -> (bool, Vec<String>) {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ferret"));
+        c.args(args)
+            .env("MIMALLOC_VERBOSE", "1")
+            .env_remove("MIMALLOC_PURGE_DELAY");
+        c.env_remove("FERRET_MEM_MB");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("ferret runs");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let delays = err
+            .lines()
+            .filter(|l| l.contains("option 'purge_delay'"))
+            .map(|l| l.trim().to_string())
+            .collect();
+        (out.status.success(), delays)
+    };
+    let sql = ["sql", "--warehouse", wh, "SELECT 1 AS one"];
+    let budgeted = [
+        "sql",
+        "--warehouse",
+        wh,
+        "--mem-mb",
+        "64",
+        "SELECT 1 AS one",
+    ];
+    // The allocator reports its options at start: once per process.
+    let (ok, d) = purge_delay(&budgeted, &[]);
+    assert!(ok);
+    assert_eq!(
+        d.last().map(String::as_str),
+        Some("option 'purge_delay': 100"),
+        "{d:?}"
+    );
+    assert_eq!(d.len(), 2, "started again once: {d:?}");
+    let (ok, d) = purge_delay(&sql, &[("FERRET_MEM_MB", "64")]);
+    assert!(ok);
+    assert_eq!(
+        d.last().map(String::as_str),
+        Some("option 'purge_delay': 100"),
+        "{d:?}"
+    );
+    let (ok, d) = purge_delay(&budgeted, &[("MIMALLOC_PURGE_DELAY", "7")]);
+    assert!(ok);
+    assert_eq!(
+        d,
+        vec!["option 'purge_delay': 7"],
+        "the user's value, one process"
+    );
+    let (ok, d) = purge_delay(&sql, &[]);
+    assert!(ok);
+    assert_eq!(
+        d,
+        vec!["option 'purge_delay': 1000"],
+        "no budget: the default, one process"
+    );
+}
