@@ -110,36 +110,53 @@ pub async fn btc_labels(wh: &Warehouse) -> Result<Vec<(String, String, String)>>
 
 /// The rows of the `labels` table for one chain (`btc`, `eth`): (address, label,
 /// category).
+/// Reads the latest run a file at a time and only the four columns it needs: what it
+/// holds beyond the rows is one file's columns.
 pub async fn chain_labels(wh: &Warehouse, chain: &str) -> Result<Vec<(String, String, String)>> {
     let mut out = Vec::new();
-    for b in wh
-        .read_latest("labels")
-        .await
-        .map_err(|e| Error::Warehouse(Box::new(e)))?
-    {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| Error::BadGraph(format!("labels: no text column `{name}`")))
-        };
-        let wanted = chain;
-        let (chain, address, label, category) = (
-            col("chain")?,
-            col("address")?,
-            col("label")?,
-            col("category")?,
-        );
-        for r in 0..b.num_rows() {
-            if chain.value(r) == wanted {
-                out.push((
-                    address.value(r).to_string(),
-                    label.value(r).to_string(),
-                    category.value(r).to_string(),
-                ));
-            }
+    let wh_err = |e| Error::Warehouse(Box::new(e));
+    let Some(run) = wh.latest_run("labels").await.map_err(wh_err)? else {
+        return Ok(out);
+    };
+    for f in &run.files {
+        let batches = wh
+            .read_columns(f, &["chain", "address", "label", "category"])
+            .await
+            .map_err(wh_err)?;
+        for b in &batches {
+            labels_of(b, chain, &mut out)?;
         }
     }
     Ok(out)
+}
+
+/// Appends the rows of one `labels` batch on `wanted`'s chain to `out`.
+fn labels_of(
+    b: &arrow::array::RecordBatch,
+    wanted: &str,
+    out: &mut Vec<(String, String, String)>,
+) -> Result<()> {
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| Error::BadGraph(format!("labels: no text column `{name}`")))
+    };
+    let (chain, address, label, category) = (
+        col("chain")?,
+        col("address")?,
+        col("label")?,
+        col("category")?,
+    );
+    for r in 0..b.num_rows() {
+        if chain.value(r) == wanted {
+            out.push((
+                address.value(r).to_string(),
+                label.value(r).to_string(),
+                category.value(r).to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the graph and runs `job` on `backend`.

@@ -141,7 +141,7 @@ fn add_exit(
     sums: &mut ExitSums,
     k: usize,
     r: &StoredTainted,
-    labelled: &HashMap<String, (String, String)>,
+    labelled: &HashMap<&str, usize>,
     seeds: &HashSet<String>,
 ) {
     if r.hop == 0 {
@@ -292,17 +292,22 @@ pub fn stored_taint_rows(
         .filter_map(|l| ids.get(&l.0).copied())
         .collect();
     // One label per exit address: a stop category's when there are any, the smallest
-    // (label, category) otherwise; only addresses on the chain.
-    let mut labelled: HashMap<String, (String, String)> = HashMap::new();
-    for (a, l, c) in &labels {
+    // (label, category) otherwise; only addresses on the chain. Held as an index into
+    // `labels`, keyed by the address it borrows from there: no copy of any label.
+    let mut labelled: HashMap<&str, usize> = HashMap::new();
+    for (i, (a, l, c)) in labels.iter().enumerate() {
         if (!stop_cats.is_empty() && !stop_cats.contains(c.as_str())) || !ids.contains_key(a) {
             continue;
         }
-        let e = labelled.entry(a.clone()).or_insert((l.clone(), c.clone()));
-        if (l.as_str(), c.as_str()) < (e.0.as_str(), e.1.as_str()) {
-            *e = (l.clone(), c.clone());
+        let e = labelled.entry(a.as_str()).or_insert(i);
+        let (el, ec) = (&labels[*e].1, &labels[*e].2);
+        if (l.as_str(), c.as_str()) < (el.as_str(), ec.as_str()) {
+            *e = i;
         }
     }
+    // The ids were for the seeds, the stops and the filter above.
+    drop(ids);
+    drop(look);
     let seed_set: HashSet<String> = seed_names.iter().cloned().collect();
 
     let backward = job.direction == Direction::Backward;
@@ -404,7 +409,8 @@ pub fn stored_taint_rows(
                 runs[2] = runs[1];
             }
             let [limited, all, open] = runs;
-            let (label, category) = labelled[&address].clone();
+            let (_, label, category) = &labels[labelled[address.as_str()]];
+            let (label, category) = (label.clone(), category.clone());
             Exit {
                 address,
                 label,
