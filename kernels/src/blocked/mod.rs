@@ -224,6 +224,48 @@ fn blocks_of(nodes: u64, bits: u32) -> u32 {
     u32::try_from(nodes.div_ceil(1u64 << bits)).unwrap_or(u32::MAX)
 }
 
+/// The nodes of block `b` (the last one may be short).
+fn block_len(nodes: u64, bits: u32, b: u32) -> usize {
+    let start = u64::from(b) << bits;
+    (nodes - start).min(1u64 << bits) as usize
+}
+
+/// A problem's size in blocks, checked, and the scratch directory of its run.
+struct Layout {
+    nodes: u64,
+    bits: u32,
+    nb: u32,
+    dir: tempfile::TempDir,
+}
+
+impl Layout {
+    fn of(source: &dyn ChunkSource, budget: &Budget) -> Result<Self> {
+        let (nodes, bits) = (source.nodes(), source.bits());
+        if bits > 30 {
+            return Err(Error::BadGraph(format!("blocks of 2^{bits} nodes")));
+        }
+        let nb = blocks_of(nodes, bits);
+        if nb == SEED_BLOCK {
+            return Err(Error::TooLarge(format!(
+                "{nodes} nodes in blocks of 2^{bits}"
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ferret-blocked-")
+            .tempdir_in(&budget.scratch)
+            .map_err(|e| Error::Write {
+                path: budget.scratch.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            nodes,
+            bits,
+            nb,
+            dir,
+        })
+    }
+}
+
 /// Rows per parallel window.
 const WINDOW: usize = 4096;
 
@@ -278,27 +320,13 @@ pub(crate) fn propagate_with(
             Some((g, k))
         }
     };
-    let (nodes, bits) = (source.nodes(), source.bits());
-    if bits > 30 {
-        return Err(Error::BadGraph(format!("blocks of 2^{bits} nodes")));
-    }
-    let nb = blocks_of(nodes, bits);
-    if nb == SEED_BLOCK {
-        return Err(Error::TooLarge(format!(
-            "{nodes} nodes in blocks of 2^{bits}"
-        )));
-    }
-    let block_nodes = |b: u32| -> usize {
-        let start = u64::from(b) << bits;
-        (nodes - start).min(1u64 << bits) as usize
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ferret-blocked-")
-        .tempdir_in(&budget.scratch)
-        .map_err(|e| Error::Write {
-            path: budget.scratch.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let Layout {
+        nodes,
+        bits,
+        nb,
+        dir,
+    } = Layout::of(source, budget)?;
+    let block_nodes = |b: u32| block_len(nodes, bits, b);
     // Half the budget for node state, half for chunks.
     let mut state: Pager<BlockState> = Pager::new(dir.path().join("state"), budget.mem_bytes / 2)?;
     let mut chunks: Pager<Chunk> = Pager::new(dir.path().join("chunks"), budget.mem_bytes / 2)?;

@@ -21,7 +21,9 @@
 use std::sync::Arc;
 
 use super::pager::Pager;
-use super::{BlockState, Blocked, Budget, Chunk, ChunkSource, SEED_BLOCK, Stats, blocks_of, fault};
+use super::{
+    BlockState, Blocked, Budget, Chunk, ChunkSource, Layout, SEED_BLOCK, Stats, block_len, fault,
+};
 use crate::propagate::{ChainOrder, RowSum, against};
 use crate::{Error, Result};
 
@@ -77,27 +79,13 @@ pub fn fixpoint(
     budget: &Budget,
     order: ChainOrder,
 ) -> Result<Blocked> {
-    let (nodes, bits) = (source.nodes(), source.bits());
-    if bits > 30 {
-        return Err(Error::BadGraph(format!("blocks of 2^{bits} nodes")));
-    }
-    let nb = blocks_of(nodes, bits);
-    if nb == SEED_BLOCK {
-        return Err(Error::TooLarge(format!(
-            "{nodes} nodes in blocks of 2^{bits}"
-        )));
-    }
-    let block_nodes = |b: u32| -> usize {
-        let start = u64::from(b) << bits;
-        (nodes - start).min(1u64 << bits) as usize
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ferret-blocked-")
-        .tempdir_in(&budget.scratch)
-        .map_err(|e| Error::Write {
-            path: budget.scratch.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let Layout {
+        nodes,
+        bits,
+        nb,
+        dir,
+    } = Layout::of(source, budget)?;
+    let block_nodes = |b: u32| block_len(nodes, bits, b);
     let mut state: Pager<BlockState> = Pager::new(dir.path().join("state"), budget.mem_bytes)?;
     let mut stats = Stats::default();
     let seeds = source.seeds()?;
