@@ -27,18 +27,9 @@ mkdir -p "$OUT"
 : > "$OUT/runs.tsv"
 : > "$OUT/stored.jsonl"
 
-run() {
-  local what=$1
-  shift
-  local rc=0
-  /usr/bin/time -v -o "$OUT/time.txt" "$@" > "$OUT/last.out" 2> "$OUT/last.err" || rc=$?
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed/ {print $2}' "$OUT/time.txt")
-  rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$OUT/time.txt")
-  printf '%s\t%s\t%s\t%s\n' "$what" "$wall" "$rss" "$rc" | tee -a "$OUT/runs.tsv"
-  tail -n 3 "$OUT/last.out"
-  if [ "$rc" != 0 ]; then tail -n 5 "$OUT/last.err"; fi
-}
+SHOW=tail
+# shellcheck source=runs.sh
+. "$(dirname "$0")/runs.sh"
 
 # Labels once (re-importing adds nothing).
 "$FERRET" labels import --warehouse "$WH" "$LABELS" > /dev/null

@@ -28,24 +28,10 @@ mkdir -p "$OUT"
   --deposits "${DEPOSITS:-200000}"
 WH=$CHAIN/warehouse
 
-run() {
-  local what=$1
-  shift
-  local rc=0
-  /usr/bin/time -v -o "$OUT/time.txt" "$@" > "$OUT/last.out" 2> "$OUT/last.err" || rc=$?
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed/ {print $2}' "$OUT/time.txt")
-  rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$OUT/time.txt")
-  printf '%s\t%s\t%s\t%s\n' "$what" "$wall" "$rss" "$rc" | tee -a "$OUT/runs.tsv"
-  head -n 1 "$OUT/last.out"
-  if [ "$rc" != 0 ]; then tail -n 5 "$OUT/last.err"; fi
-}
+# shellcheck source=runs.sh
+. "$(dirname "$0")/runs.sh"
 
 # A digest of a stored table, for comparing runs.
-digest() {
-  "$FERRET" sql --warehouse "$WH" "$1" | sha256sum | cut -c1-16
-}
-
 TAINT="SELECT address, hop, first_block, first_transaction_index, first_transaction_hash, tainted_value, tainted_transfers FROM eth_taint ORDER BY address"
 EXITS="SELECT address, label, tainted_value, tainted_transfers, min_hop, first_block FROM eth_exits ORDER BY address"
 CLUSTERS="SELECT address, address_id, cluster_id, cluster_size FROM eth_clusters ORDER BY address_id"

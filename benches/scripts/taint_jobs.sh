@@ -18,22 +18,8 @@ HOPS=${HOPS:-10}
 mkdir -p "$OUT"
 : > "$OUT/runs.tsv"
 
-run() {
-  local what=$1
-  shift
-  local rc=0
-  /usr/bin/time -v -o "$OUT/time.txt" "$@" > "$OUT/last.out" 2> "$OUT/last.err" || rc=$?
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed/ {print $2}' "$OUT/time.txt")
-  rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$OUT/time.txt")
-  printf '%s\t%s\t%s\t%s\n' "$what" "$wall" "$rss" "$rc" | tee -a "$OUT/runs.tsv"
-  head -n 1 "$OUT/last.out"
-  if [ "$rc" != 0 ]; then tail -n 5 "$OUT/last.err"; fi
-}
-
-digest() {
-  "$FERRET" sql --warehouse "$WH" "$1" | sha256sum | cut -c1-16
-}
+# shellcheck source=runs.sh
+. "$(dirname "$0")/runs.sh"
 
 TAINT="SELECT txid, vout, hop, fraction, tainted_value, coinjoin FROM taint ORDER BY txid, vout"
 EXITS="SELECT address, tainted_value, outputs, min_hop, all_paths_value, coinjoin_value FROM exits ORDER BY address"

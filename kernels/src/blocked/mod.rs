@@ -190,6 +190,29 @@ pub struct Blocked {
 }
 
 impl Blocked {
+    /// The result of a run whose final state is `state`'s `generation`: the pager's
+    /// counters go into `stats`, and the scratch dir lives as long as the result, so the
+    /// state stays readable.
+    fn finish(
+        nodes: u64,
+        bits: u32,
+        mut state: Pager<BlockState>,
+        dir: tempfile::TempDir,
+        generation: u32,
+        mut stats: Stats,
+    ) -> Self {
+        stats.blocks_spilled = state.spilled;
+        stats.blocks_reloaded = state.reloaded;
+        state.keep_dir(dir);
+        Self {
+            nodes,
+            bits,
+            state,
+            generation,
+            stats,
+        }
+    }
+
     pub fn blocks(&self) -> u32 {
         blocks_of(self.nodes, self.bits)
     }
@@ -230,16 +253,19 @@ fn block_len(nodes: u64, bits: u32, b: u32) -> usize {
     (nodes - start).min(1u64 << bits) as usize
 }
 
-/// A problem's size in blocks, checked, and the scratch directory of its run.
+/// A problem's size in blocks and its seeds, checked, and the scratch directory of its
+/// run.
 struct Layout {
     nodes: u64,
     bits: u32,
     nb: u32,
+    /// Nodes tainted at hop 0, ascending.
+    seeds: Vec<u64>,
     dir: tempfile::TempDir,
 }
 
 impl Layout {
-    fn of(source: &dyn ChunkSource, budget: &Budget) -> Result<Self> {
+    fn of(source: &mut dyn ChunkSource, budget: &Budget) -> Result<Self> {
         let (nodes, bits) = (source.nodes(), source.bits());
         if bits > 30 {
             return Err(Error::BadGraph(format!("blocks of 2^{bits} nodes")));
@@ -249,6 +275,10 @@ impl Layout {
             return Err(Error::TooLarge(format!(
                 "{nodes} nodes in blocks of 2^{bits}"
             )));
+        }
+        let seeds = source.seeds()?;
+        if let Some(&s) = seeds.iter().find(|&&s| s >= nodes) {
+            return Err(Error::BadGraph(format!("seed {s} outside 0..{nodes}")));
         }
         let dir = tempfile::Builder::new()
             .prefix("ferret-blocked-")
@@ -261,6 +291,7 @@ impl Layout {
             nodes,
             bits,
             nb,
+            seeds,
             dir,
         })
     }
@@ -324,6 +355,7 @@ pub(crate) fn propagate_with(
         nodes,
         bits,
         nb,
+        seeds,
         dir,
     } = Layout::of(source, budget)?;
     let block_nodes = |b: u32| block_len(nodes, bits, b);
@@ -335,10 +367,6 @@ pub(crate) fn propagate_with(
     // Generation 0: the seeds.
     let mut generation = 0u32;
     let mut live = vec![false; nb as usize];
-    let seeds = source.seeds()?;
-    if let Some(&s) = seeds.iter().find(|&&s| s >= nodes) {
-        return Err(Error::BadGraph(format!("seed {s} outside 0..{nodes}")));
-    }
     let mut i = 0;
     while i < seeds.len() {
         let b = (seeds[i] >> bits) as u32;
@@ -471,18 +499,8 @@ pub(crate) fn propagate_with(
         }
     }
     bar.finish_and_clear();
-    stats.blocks_spilled = state.spilled;
-    stats.blocks_reloaded = state.reloaded;
     tracing::debug!(?stats, nodes, bits, "blocked propagation");
-    // The state stays readable: keep the scratch dir alive with the pager.
-    state.keep_dir(dir);
-    Ok(Blocked {
-        nodes,
-        bits,
-        state,
-        generation,
-        stats,
-    })
+    Ok(Blocked::finish(nodes, bits, state, dir, generation, stats))
 }
 
 /// Adds one chunk's contributions to the row sums, rows in parallel windows; each row's

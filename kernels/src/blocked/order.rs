@@ -83,15 +83,15 @@ pub fn fixpoint(
         nodes,
         bits,
         nb,
+        seeds,
         dir,
     } = Layout::of(source, budget)?;
     let block_nodes = |b: u32| block_len(nodes, bits, b);
     let mut state: Pager<BlockState> = Pager::new(dir.path().join("state"), budget.mem_bytes)?;
     let mut stats = Stats::default();
-    let seeds = source.seeds()?;
-    if let Some(&s) = seeds.iter().find(|&&s| s >= nodes) {
-        return Err(Error::BadGraph(format!("seed {s} outside 0..{nodes}")));
-    }
+    // Whether each finished block carries taint: known when it is stored, so deciding
+    // which chunks to read needs no state read back.
+    let mut carries_taint = vec![false; nb as usize];
     let order_of_blocks: Box<dyn Iterator<Item = u32>> = match order {
         ChainOrder::Ascending => Box::new(0..nb),
         ChainOrder::Descending => Box::new((0..nb).rev()),
@@ -131,7 +131,7 @@ pub fn fixpoint(
             } else if fault() == 1 && (s + 1 == d || d + 1 == s) {
                 false
             } else {
-                state.get((0, s))?.is_some_and(|b| b.any_taint())
+                carries_taint[s as usize]
             };
             live.push(carries);
         }
@@ -192,22 +192,14 @@ pub fn fixpoint(
         stats.peak_cached_bytes = stats.peak_cached_bytes.max(state.mem_bytes() + extra);
         drop(parts);
         if !st.is_blank() {
+            carries_taint[d as usize] = st.any_taint();
             state.put((0, d), Arc::new(st))?;
         }
     }
     bar.finish_and_clear();
     stats.steps = 1;
-    stats.blocks_spilled = state.spilled;
-    stats.blocks_reloaded = state.reloaded;
     tracing::debug!(?stats, nodes, bits, "blocked fixpoint");
-    state.keep_dir(dir);
-    Ok(Blocked {
-        nodes,
-        bits,
-        state,
-        generation: 0,
-        stats,
-    })
+    Ok(Blocked::finish(nodes, bits, state, dir, 0, stats))
 }
 
 /// Computes the block's rows in `order`, each summing its parts' edges in part order.

@@ -33,9 +33,16 @@ fn random(seed: u64, n: u32, m: usize, dag: bool, unit: bool) -> Propagation {
         };
         rows[d as usize].push((s, w, rng.random_range(0..100_000u32) as f32));
     }
+    let seeds = (0..n).filter(|_| rng.random_ratio(1, 40)).collect();
+    from_rows(rows, seeds)
+}
+
+/// A problem from its rows of (source, weight, gate), each row sorted by source (seed
+/// outputs last).
+fn from_rows(rows: Vec<Vec<(u32, f32, f32)>>, seeds: Vec<u32>) -> Propagation {
     let mut p = Propagation {
         row_ptr: vec![0],
-        seeds: (0..n).filter(|_| rng.random_ratio(1, 40)).collect(),
+        seeds,
         ..Default::default()
     };
     for mut row in rows {
@@ -260,29 +267,21 @@ fn the_gpu_sums_equal_the_cpu_sums() {
 fn reversed(p: &Propagation) -> Propagation {
     let n = p.nodes();
     let flip = |v: u32| if v == SEED_SOURCE { v } else { n - 1 - v };
-    let mut r = Propagation {
-        row_ptr: vec![0],
-        seeds: p.seeds.iter().map(|&s| flip(s)).collect(),
-        ..Default::default()
-    };
-    r.seeds.sort_unstable();
-    for v in (0..n).rev() {
-        let (lo, hi) = (
-            p.row_ptr[v as usize] as usize,
-            p.row_ptr[v as usize + 1] as usize,
-        );
-        let mut row: Vec<(u32, f32, f32)> = (lo..hi)
-            .map(|e| (flip(p.src[e]), p.weight[e], p.gate[e]))
-            .collect();
-        row.sort_by_key(|e| e.0);
-        for (s, w, g) in row {
-            r.src.push(s);
-            r.weight.push(w);
-            r.gate.push(g);
-        }
-        r.row_ptr.push(r.src.len() as u32);
-    }
-    r
+    let rows = (0..n)
+        .rev()
+        .map(|v| {
+            let (lo, hi) = (
+                p.row_ptr[v as usize] as usize,
+                p.row_ptr[v as usize + 1] as usize,
+            );
+            (lo..hi)
+                .map(|e| (flip(p.src[e]), p.weight[e], p.gate[e]))
+                .collect()
+        })
+        .collect();
+    let mut seeds: Vec<u32> = p.seeds.iter().map(|&s| flip(s)).collect();
+    seeds.sort_unstable();
+    from_rows(rows, seeds)
 }
 
 fn run_fixpoint(
