@@ -131,23 +131,28 @@ fn equals_the_in_memory_path_for_every_block_size_and_budget() {
     assert!(spilled > 0, "the zero budget must page blocks out");
 }
 
+/// `n` nodes in a line, each spending the one before with `weight`; one seed.
+fn line(n: u32, seed: u32, weight: f32) -> Propagation {
+    from_rows(
+        (0..n)
+            .map(|v| {
+                if v == 0 {
+                    vec![]
+                } else {
+                    vec![(v - 1, weight, 1.0)]
+                }
+            })
+            .collect(),
+        vec![seed],
+    )
+}
+
 /// A step reads only the chunks out of blocks that carry taint: a seed at the end of a
 /// long chain of blocks leaves the earlier ones unread.
 #[test]
 fn chunks_from_untainted_blocks_are_skipped() {
     // 4096 nodes in a line, each spending the one before; one seed near the end.
-    let n = 4096u32;
-    let mut p = Propagation {
-        row_ptr: vec![0, 0],
-        seeds: vec![4000],
-        ..Default::default()
-    };
-    for v in 1..n {
-        p.src.push(v - 1);
-        p.weight.push(1.0);
-        p.gate.push(1.0);
-        p.row_ptr.push(v);
-    }
+    let p = line(4096, 4000, 1.0);
     let opts = Options::default();
     let (_, h, stats) = run_blocked(&p, 6, &opts, 64 << 20);
     assert_eq!(h, propagate_jacobi_cpu(&p, &opts).hop);
@@ -443,18 +448,7 @@ fn a_broken_pass_is_caught_and_untainted_blocks_are_skipped() {
         assert!(caught, "fault {fault} went unnoticed");
     }
     // A line of 4096 nodes, one seed near the end: only the last blocks are read.
-    let n = 4096u32;
-    let mut p = Propagation {
-        row_ptr: vec![0, 0],
-        seeds: vec![4000],
-        ..Default::default()
-    };
-    for v in 1..n {
-        p.src.push(v - 1);
-        p.weight.push(0.5);
-        p.gate.push(1.0);
-        p.row_ptr.push(v);
-    }
+    let p = line(4096, 4000, 0.5);
     let (_, h, stats) = run_fixpoint(&p, 6, 0.0, 64 << 20, ChainOrder::Ascending).expect("pass");
     assert_eq!(h[4095], 95);
     assert_eq!(h[3999], UNREACHED);
