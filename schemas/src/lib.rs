@@ -28,7 +28,7 @@ pub use error::{Error, Result};
 pub use lease::WriterLease;
 pub use manifest::{Checkpoint, FileEntry, Manifest};
 pub use registry::{Chain, TableDef, table, tables, tables_of};
-pub use warehouse::Warehouse;
+pub use warehouse::{Heads, Warehouse};
 
 /// Version of the table schemas; bumped on any incompatible change, recorded in manifests.
 pub const SCHEMA_VERSION: u32 = 2;

@@ -550,6 +550,28 @@ impl Warehouse {
             .map_err(|source| Error::CorruptManifest { path, source })
     }
 
+    /// What a reader would see now, cheaply: the newest manifest sequence of each chain
+    /// and of the results head (listings only, nothing read). Two calls that return the
+    /// same value name the same committed snapshot, because commits are create-only
+    /// objects with increasing sequence numbers; a server compares it before each
+    /// statement and reloads the catalog only when it changed.
+    pub async fn heads(&self) -> Result<Heads> {
+        let mut chains = Vec::with_capacity(Chain::all().len());
+        for &chain in Chain::all() {
+            let dir = layout::state_dir(&self.root, chain);
+            chains.push(
+                self.seqs_in(&dir, parse_manifest_name)
+                    .await?
+                    .last()
+                    .copied(),
+            );
+        }
+        Ok(Heads {
+            chains,
+            results: self.head_seqs().await?.last().copied(),
+        })
+    }
+
     async fn head_seqs(&self) -> Result<Vec<u64>> {
         self.seqs_in(
             &crate::results::head_dir(&self.root),
@@ -1188,6 +1210,15 @@ impl Warehouse {
         }
         Ok(deleted)
     }
+}
+
+/// The committed heads of a warehouse ([`Warehouse::heads`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heads {
+    /// The newest manifest sequence of each chain, in [`Chain::all`] order.
+    pub chains: Vec<Option<u64>>,
+    /// The newest results head.
+    pub results: Option<u64>,
 }
 
 /// What [`Warehouse::verify_checksums`] checked.

@@ -424,3 +424,23 @@ pub async fn assert_equals_fresh_index(wh: &Warehouse, blocks: &Path) {
     };
     assert_eq!(manifest(wh.clone()).await, manifest(fresh).await);
 }
+
+/// `FERRET_PYTHON` (python3 by default) when it imports `modules` (comma-separated) and
+/// each of `tools` (a command and its arguments) runs; otherwise None, a skip, or a
+/// failure under `FERRET_REQUIRE_ALL`.
+pub fn python_with(modules: &str, tools: &[&[&str]]) -> Option<String> {
+    let py = std::env::var("FERRET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let runs = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    let ok = runs(Command::new(&py).args(["-c", &format!("import {modules}")]))
+        && tools.iter().all(|t| runs(Command::new(t[0]).args(&t[1..])));
+    if ok {
+        return Some(py);
+    }
+    let missing: Vec<&str> = tools.iter().map(|t| t[0]).collect();
+    let hint = format!(
+        "{py} lacks one of {modules}, or one of {missing:?} is missing: run scripts/test.sh, which installs them"
+    );
+    assert!(!require_all(), "{hint}");
+    eprintln!("skipping: {hint}");
+    None
+}
