@@ -64,6 +64,9 @@ def main():
     ap.add_argument("--light", action="store_true",
                     help="leave the whole-chain aggregate out of the mix (look-ups and the taint client only)")
     ap.add_argument("--no-taint", action="store_true", help="no taint client (on chains where one run takes minutes)")
+    ap.add_argument("--reconnect-every", type=int, default=0,
+                    help="each light client reconnects after this many queries (0: one connection each), as BI tools and notebooks do")
+    ap.add_argument("--no-single", action="store_true", help="skip the one-at-a-time comparison (long RSS runs)")
     a = ap.parse_args()
     host, port = a.pg.rsplit(":", 1)
     dsn = f"host={host} port={port} dbname=ferret user={a.user} password={a.password}"
@@ -89,24 +92,32 @@ def main():
 
     weights = [(k, w) for k, w in WEIGHTS if not (a.light and k == "top_receivers")]
 
+    connects = [0]
+
     def light(i):
         r = random.Random(i)
         kinds = [k for k, w in weights for _ in range(w)]
-        try:
-            with psycopg.connect(dsn, autocommit=True) as c:
-                while time.monotonic() < stop:
-                    kind = r.choice(kinds)
-                    t0 = time.monotonic()
-                    try:
-                        c.execute(Q[kind], args_for(kind, r)).fetchall()
-                        with lock:
-                            lat[kind].append(time.monotonic() - t0)
-                    except Exception as e:  # noqa: BLE001
-                        with lock:
-                            errors.append(f"{kind}: {e}")
-        except Exception as e:  # noqa: BLE001
-            with lock:
-                errors.append(f"connect: {e}")
+        while time.monotonic() < stop:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as c:
+                    with lock:
+                        connects[0] += 1
+                    n = 0
+                    while time.monotonic() < stop and (a.reconnect_every == 0 or n < a.reconnect_every):
+                        kind = r.choice(kinds)
+                        t0 = time.monotonic()
+                        n += 1
+                        try:
+                            c.execute(Q[kind], args_for(kind, r)).fetchall()
+                            with lock:
+                                lat[kind].append(time.monotonic() - t0)
+                        except Exception as e:  # noqa: BLE001
+                            with lock:
+                                errors.append(f"{kind}: {e}")
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    errors.append(f"connect: {e}")
+                time.sleep(0.1)
 
     def heavy():
         r = random.Random(99)
@@ -154,6 +165,19 @@ def main():
         "last_third_max_mb": round(max(rss_vals[-third:])) if rss_vals else None,
         "max_mb": round(max(rss_vals)) if rss_vals else None,
     }
+    # The highest RSS in each minute: flat means these stop rising after the warm-up.
+    per_minute = {}
+    for t, m in rss:
+        if m is not None:
+            per_minute[int(t // 60)] = max(per_minute.get(int(t // 60), 0), m)
+    rss_summary["max_per_minute_mb"] = [round(per_minute[k]) for k in sorted(per_minute)]
+    if a.no_single:
+        print(json.dumps({
+            "clients": a.clients, "seconds": round(wall, 1), "errors": len(errors),
+            "connections": connects[0], "first_errors": errors[:5], "load": load,
+            "rss": rss_summary, "rss_samples": rss[:: max(1, len(rss) // 40)],
+        }, indent=1))
+        return
 
     # One at a time: the server, `ferret sql`, DuckDB over the same files.
     r = random.Random(11)
@@ -191,7 +215,7 @@ def main():
 
     print(json.dumps({
         "clients": a.clients, "seconds": round(wall, 1), "errors": len(errors),
-        "first_errors": errors[:5], "load": load, "rss": rss_summary,
+        "connections": connects[0], "first_errors": errors[:5], "load": load, "rss": rss_summary,
         "rss_samples": rss[:: max(1, len(rss) // 20)], "single_median_ms": single,
     }, indent=1))
 

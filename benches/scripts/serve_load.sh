@@ -5,6 +5,7 @@
 # time through the server, `ferret sql` and DuckDB) and stops the server.
 #
 #   benches/scripts/serve_load.sh WH [CLIENTS] [SECONDS]     # LIGHT=1: no whole-chain aggregate; NO_TAINT=1: no taint client
+#   RECONNECT=N: each client reconnects every N queries; NO_SINGLE=1: no one-at-a-time part
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WH=${1:?warehouse}
@@ -24,4 +25,5 @@ PID=$!
 for _ in $(seq 100); do grep -q "pg listening" "$OUT/serve.out" 2>/dev/null && break; sleep 0.2; done
 PG=$(sed -n 's/^pg listening on //p' "$OUT/serve.out")
 "$PY" benches/scripts/serve_load.py --pg "$PG" --user bench --password load-pw --pid "$PID" \
-  --warehouse "$WH" --ferret "$FERRET" --clients "$CLIENTS" --seconds "$SECONDS_" ${LIGHT:+--light} ${NO_TAINT:+--no-taint}
+  --warehouse "$WH" --ferret "$FERRET" --clients "$CLIENTS" --seconds "$SECONDS_" ${LIGHT:+--light} ${NO_TAINT:+--no-taint} \
+  ${RECONNECT:+--reconnect-every "$RECONNECT"} ${NO_SINGLE:+--no-single}

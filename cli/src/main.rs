@@ -145,6 +145,9 @@ struct ServeArgs {
     /// Queries running at once; more wait within their statement timeout.
     #[arg(long, default_value_t = 8)]
     max_concurrent_queries: usize,
+    /// Reload the users file when it changes, checked this often (0: only on SIGHUP).
+    #[arg(long, default_value_t = 10)]
+    users_reload_secs: u64,
     /// The kernel table functions run out of core within this budget.
     #[command(flatten)]
     budget: BudgetArgs,
@@ -1518,6 +1521,29 @@ async fn serve_cmd(a: ServeArgs) -> Result<()> {
         println!("flight listening on {f}");
     }
     std::io::stdout().flush().ok();
+    #[cfg(unix)]
+    {
+        // SIGHUP reloads the users file, and so does a change to it (a mounted Secret);
+        // a file that does not load is logged and the old users kept.
+        let handle = running.users_handle();
+        if a.users_reload_secs > 0 {
+            handle.watch(
+                a.users.clone(),
+                std::time::Duration::from_secs(a.users_reload_secs),
+            );
+        }
+        let path = a.users.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if let Err(e) = handle.reload_from(&path) {
+                        tracing::error!(error = %e, file = %path.display(), "users not reloaded: keeping the old ones");
+                    }
+                }
+            });
+        }
+    }
     let stop = running.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;

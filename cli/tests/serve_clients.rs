@@ -145,6 +145,9 @@ fn psql_python_bi_and_adbc_clients_over_tls() {
             key.to_str().unwrap(),
             "--statement-timeout-ms",
             "60000",
+            // Only SIGHUP reloads the users file here (the SIGHUP check below).
+            "--users-reload-secs",
+            "0",
         ])
         .env("FERRET_LOG", "info")
         .stdout(Stdio::piped())
@@ -196,6 +199,39 @@ fn psql_python_bi_and_adbc_clients_over_tls() {
         .env("FERRET_BI_QUERIES", BI_QUERIES.join("\n;;\n"))
         .output()
         .expect("run python");
+
+    // SIGHUP reloads the users file: a user added while the server runs logs in.
+    let psql_as = |user: &str, password: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={pg} dbname=ferret user={user} sslmode=require"
+            ))
+            .args(["-XAtc", "SELECT count(*) FROM btc.blocks"])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    assert!(!psql_as("late", "late-pw").status.success());
+    users_add(&users, "late", "reader", "late-pw");
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut reloaded = None;
+    for _ in 0..50 {
+        let o = psql_as("late", "late-pw");
+        if o.status.success() {
+            reloaded = Some(String::from_utf8_lossy(&o.stdout).trim().to_string());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        reloaded.as_deref(),
+        Some("81"),
+        "a user added before SIGHUP logs in"
+    );
     drop(server);
     let log = log.join().unwrap();
     assert!(

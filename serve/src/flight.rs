@@ -60,6 +60,9 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 struct Session {
     user: String,
     role: Role,
+    /// The stored credential it authenticated with (a reload that changes it ends the
+    /// session).
+    salted: Vec<u8>,
     expires: Instant,
 }
 
@@ -159,7 +162,18 @@ impl Flight {
             .lock()
             .map_err(|_| Status::internal("token table poisoned"))?;
         match tokens.get(token.trim()) {
-            Some(s) if s.expires > Instant::now() => Ok(s.clone()),
+            Some(s) if s.expires > Instant::now() => {
+                if self.shared.still_valid(&s.user, &s.salted, s.role) {
+                    Ok(s.clone())
+                } else {
+                    let user = s.user.clone();
+                    tokens.remove(token.trim());
+                    tracing::warn!(peer = %Self::peer(request), %user, "refused (flight): the user was removed or its password or role changed");
+                    Err(Status::unauthenticated(
+                        "the user was removed or its password or role changed: authenticate again",
+                    ))
+                }
+            }
             Some(_) => {
                 tokens.remove(token.trim());
                 Err(Status::unauthenticated(
@@ -173,7 +187,7 @@ impl Flight {
         }
     }
 
-    fn issue(&self, user: &str, role: Role) -> Result<String, Status> {
+    fn issue(&self, user: &str, role: Role, salted: Vec<u8>) -> Result<String, Status> {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
@@ -195,6 +209,7 @@ impl Flight {
             Session {
                 user: user.to_string(),
                 role,
+                salted,
                 expires: Instant::now() + TOKEN_TTL,
             },
         );
@@ -481,16 +496,20 @@ impl FlightSqlService for Flight {
         let (user, password) = decoded.split_once(':').ok_or_else(|| {
             Status::unauthenticated("the basic credentials are not user:password")
         })?;
-        let users = Arc::clone(&self.shared.users);
+        let users = self.shared.users();
         let (u, p) = (user.to_string(), password.to_string());
-        let role = tokio::task::spawn_blocking(move || users.check(&u, &p))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let Some(role) = role else {
+        let checked = tokio::task::spawn_blocking(move || {
+            users
+                .check(&u, &p)
+                .and_then(|role| users.get(&u).map(|s| (role, s.salted.clone())))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let Some((role, salted)) = checked else {
             tracing::warn!(%peer, %user, "authentication failed (flight)");
             return Err(Status::unauthenticated("authentication failed"));
         };
-        let token = self.issue(user, role)?;
+        let token = self.issue(user, role, salted)?;
         tracing::info!(%peer, %user, %role, "authenticated (flight)");
         let out = HandshakeResponse {
             protocol_version: 0,

@@ -103,7 +103,7 @@ impl Default for Config {
 pub(crate) struct Shared {
     base: SessionContext,
     live: Arc<catalog::Live>,
-    users: Arc<Users>,
+    users: std::sync::RwLock<Arc<Users>>,
     limits: Limits,
     queries: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -112,6 +112,26 @@ pub(crate) struct Shared {
     tls: Option<tls::Tls>,
     pg_params: Arc<DefaultServerParameterProvider>,
     secret: [u8; 32],
+    /// Cancelled when the server stops.
+    stop: CancellationToken,
+}
+
+impl Shared {
+    /// The users as they are now (replaced by [`Running::reload_users`]).
+    pub(crate) fn users(&self) -> Arc<Users> {
+        match self.users.read() {
+            Ok(u) => Arc::clone(&u),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Whether `name` still holds the credential and role it authenticated with: a user
+    /// removed, or given a new password or role, loses the sessions it had.
+    pub(crate) fn still_valid(&self, name: &str, salted: &[u8], role: Role) -> bool {
+        self.users()
+            .get(name)
+            .is_some_and(|u| u.role == role && users::constant_time_eq(&u.salted, salted))
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -257,6 +277,77 @@ pub async fn base_context(wh: &Warehouse, kernels: KernelOptions) -> Result<Sess
     Ok(ctx)
 }
 
+/// Replaces a running server's users (`ferret serve` does on SIGHUP).
+#[derive(Clone, Debug)]
+pub struct UsersHandle {
+    shared: Arc<Shared>,
+}
+
+impl UsersHandle {
+    /// Replaces the users. New logins use them at once; a session whose user was removed,
+    /// or whose password or role changed, is refused at its next statement (pg: FATAL
+    /// 28000, and the connection closes; Flight: UNAUTHENTICATED, authenticate again).
+    /// An empty set is refused and the old one kept.
+    pub fn replace(&self, users: Users) -> Result<()> {
+        if users.is_empty() {
+            return Err(Error::Users(
+                "the new users file has no users: keeping the old one".into(),
+            ));
+        }
+        let n = users.len();
+        match self.shared.users.write() {
+            Ok(mut u) => *u = Arc::new(users),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(users),
+        }
+        tracing::info!(users = n, "users replaced");
+        Ok(())
+    }
+
+    /// Loads `path` and replaces the users with it; on any error the old users are kept.
+    pub fn reload_from(&self, path: &std::path::Path) -> Result<()> {
+        let users = Users::load(path)?;
+        self.replace(users)
+    }
+
+    /// Reloads `path` whenever it changes (its modification time, size or inode), checked
+    /// every `every`: a Kubernetes Secret mounted as a directory is updated in place, and
+    /// nothing sends the server a signal. Errors are logged and the old users kept.
+    pub fn watch(&self, path: std::path::PathBuf, every: std::time::Duration) {
+        fn stamp(p: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)> {
+            // Follows links: a Secret volume swaps a `..data` link under the file.
+            let m = std::fs::metadata(p).ok()?;
+            #[cfg(unix)]
+            let ino = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let ino = 0;
+            Some((m.modified().ok()?, m.len(), ino))
+        }
+        let handle = self.clone();
+        let stop = self.shared.stop.clone();
+        tokio::spawn(async move {
+            let mut last = stamp(&path);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let now = stamp(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    match handle.reload_from(&path) {
+                        Ok(()) => {
+                            tracing::info!(file = %path.display(), "users file changed: reloaded")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, file = %path.display(), "users file changed but not reloaded: keeping the old users")
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// A running server.
 pub struct Running {
     /// Where the Postgres side listens.
@@ -265,9 +356,17 @@ pub struct Running {
     pub flight_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
+    shared: Arc<Shared>,
 }
 
 impl Running {
+    /// A handle that replaces the users while the server runs.
+    pub fn users_handle(&self) -> UsersHandle {
+        UsersHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Stops accepting, closes connections and waits for both sides.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
@@ -334,10 +433,11 @@ pub async fn start(wh: Warehouse, users: Users, config: Config) -> Result<Runnin
     let mut secret = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
     let limits = config.limits.clone();
+    let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         base,
         live,
-        users: Arc::new(users),
+        users: std::sync::RwLock::new(Arc::new(users)),
         queries: Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1))),
         connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
         limits,
@@ -346,8 +446,8 @@ pub async fn start(wh: Warehouse, users: Users, config: Config) -> Result<Runnin
         tls,
         pg_params: Arc::new(params),
         secret,
+        stop: shutdown.clone(),
     });
-    let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut pg_addr = None;
     if let Some(addr) = config.pg_listen {
@@ -387,6 +487,7 @@ pub async fn start(wh: Warehouse, users: Users, config: Config) -> Result<Runnin
         flight_addr,
         shutdown,
         tasks,
+        shared,
     })
 }
 

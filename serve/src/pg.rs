@@ -54,6 +54,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::guard::{self, KERNEL_FUNCTIONS, Refusal};
+use crate::users::Role;
 
 /// How long past its deadline a statement may stay stuck in a socket before the
 /// connection is closed.
@@ -121,6 +122,10 @@ fn map_error(e: PgWireError) -> PgWireError {
 #[derive(Clone, Debug)]
 struct Authenticated {
     user: String,
+    role: Role,
+    /// The stored credential it logged in with (a reload that changes it ends the
+    /// connection).
+    salted: Vec<u8>,
 }
 
 /// A cancel key in one form whatever the protocol version wrote it as.
@@ -191,9 +196,26 @@ impl Drop for Conn {
 
 impl Conn {
     fn authenticated(&self) -> PgWireResult<&Authenticated> {
-        self.user
+        let a = self
+            .user
             .get()
-            .ok_or_else(|| error("FATAL", "28000", "not authenticated"))
+            .ok_or_else(|| error("FATAL", "28000", "not authenticated"))?;
+        if !self.shared.still_valid(&a.user, &a.salted, a.role) {
+            tracing::warn!(peer = %self.peer, user = %a.user, "closing: the user was removed or its password or role changed");
+            // FATAL closes the connection after the error is sent; the kill is for a
+            // client that keeps the socket open regardless.
+            let kill = self.kill.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                kill.cancel();
+            });
+            return Err(error(
+                "FATAL",
+                "28000",
+                "the user was removed or its password or role changed: connect again",
+            ));
+        }
+        Ok(a)
     }
 
     /// A fresh cancel token for the next statement.
@@ -270,42 +292,6 @@ impl Guard {
             .ok_or_else(|| error("FATAL", "08006", "connection closed"))
     }
 
-    async fn plan(&self, statement: &Statement, ctx: &SessionContext) -> PgWireResult<LogicalPlan> {
-        let state = ctx.state();
-        let mut planned = state
-            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
-            .await;
-        // Catalog queries are optimized here too, where an unsupported correlated
-        // subquery shows (user queries meet that error at execution, unchanged).
-        if let Ok(p) = &planned
-            && crate::compat::is_catalog_query(statement)
-            && let Err(e) = state.optimize(p)
-        {
-            planned = Err(e);
-        }
-        let plan = match planned {
-            Ok(p) => p,
-            Err(e)
-                if e.to_string()
-                    .contains("Correlated scalar subquery must be aggregated") =>
-            {
-                // BI tools' catalog queries (SQLAlchemy's get_columns) use correlated
-                // scalar subqueries DataFusion plans only when aggregated.
-                let mut rewritten = statement.clone();
-                if !crate::compat::aggregate_scalar_subqueries(&mut rewritten) {
-                    return Err(df_error(e));
-                }
-                ctx.state()
-                    .statement_to_plan(DfStatement::Statement(Box::new(rewritten)))
-                    .await
-                    .map_err(df_error)?
-            }
-            Err(e) => return Err(df_error(e)),
-        };
-        guard::check_plan(&plan).map_err(refused)?;
-        Ok(plan)
-    }
-
     async fn admit(&self, statement: &Statement) -> PgWireResult<Arc<Conn>> {
         let conn = self.conn()?;
         let user = conn.authenticated()?;
@@ -315,6 +301,43 @@ impl Guard {
         }
         Ok(conn)
     }
+}
+
+/// Plans a query against the context's pinned snapshot, and checks the plan.
+async fn plan_statement(statement: &Statement, ctx: &SessionContext) -> PgWireResult<LogicalPlan> {
+    let state = ctx.state();
+    let mut planned = state
+        .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+        .await;
+    // Catalog queries are optimized here too, where an unsupported correlated
+    // subquery shows (user queries meet that error at execution, unchanged).
+    if let Ok(p) = &planned
+        && crate::compat::is_catalog_query(statement)
+        && let Err(e) = state.optimize(p)
+    {
+        planned = Err(e);
+    }
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e)
+            if e.to_string()
+                .contains("Correlated scalar subquery must be aggregated") =>
+        {
+            // BI tools' catalog queries (SQLAlchemy's get_columns) use correlated
+            // scalar subqueries DataFusion plans only when aggregated.
+            let mut rewritten = statement.clone();
+            if !crate::compat::aggregate_scalar_subqueries(&mut rewritten) {
+                return Err(df_error(e));
+            }
+            ctx.state()
+                .statement_to_plan(DfStatement::Statement(Box::new(rewritten)))
+                .await
+                .map_err(df_error)?
+        }
+        Err(e) => return Err(df_error(e)),
+    };
+    guard::check_plan(&plan).map_err(refused)?;
+    Ok(plan)
 }
 
 fn truncate(s: &str) -> String {
@@ -379,7 +402,7 @@ impl QueryHook for Guard {
         }
         // Plan and check here, then run the checked plan (not the text again).
         let result = async {
-            let plan = self.plan(statement, ctx).await?;
+            let plan = plan_statement(statement, ctx).await?;
             let df = ctx.execute_logical_plan(plan).await.map_err(df_error)?;
             let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
             let resp = crate::pgtypes::encode(df, &Format::UnifiedText, Some(options))
@@ -408,11 +431,12 @@ impl QueryHook for Guard {
         if !is_query(statement) {
             return None;
         }
-        // A prepared statement reads the snapshot of the moment it was prepared.
+        // Planned here for Describe (parameter and result types); planned again at each
+        // Execute against the snapshot current then.
         if let Err(e) = conn.pin().await {
             return Some(Err(e));
         }
-        Some(self.plan(statement, ctx).await)
+        Some(plan_statement(statement, ctx).await)
     }
 
     async fn handle_extended_query(
@@ -563,22 +587,34 @@ impl ExtendedQueryHandler for Queries {
             .map_err(stopped)?;
         conn.watch(&bounds);
         let resp = match &portal.statement.statement {
-            (_, Some((statement, plan))) if is_query(statement) => {
-                // Checked at Parse; checked again, then run and encoded here (exact
-                // decimals), with the client's result formats.
-                guard::check_plan(plan).map_err(refused)?;
-                let types = parameter_types(plan)?;
-                let refs: Vec<Option<&arrow::datatypes::DataType>> =
-                    types.iter().map(Option::as_ref).collect();
-                let params = deserialize_parameters(portal, &refs)?;
-                let plan = plan
-                    .clone()
-                    .replace_params_with_values(&params)
-                    .map_err(df_error)?;
+            (_, Some((statement, prepared))) if is_query(statement) => {
+                // Planned again against the snapshot current now (a statement prepared
+                // before a commit sees the commit, like a simple query), checked, then
+                // run and encoded here (exact decimals), with the client's result
+                // formats.
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 let format = &portal.result_column_format;
                 bounds
                     .run(async {
+                        conn.pin().await?;
+                        let plan = plan_statement(statement, &conn.ctx).await?;
+                        let types_of = |p: &LogicalPlan| -> Vec<arrow::datatypes::DataType> {
+                            p.schema().fields().iter().map(|f| f.data_type().clone()).collect()
+                        };
+                        if types_of(&plan) != types_of(prepared) {
+                            return Err(error(
+                                "ERROR",
+                                "0A000",
+                                "cached plan must not change result type: the warehouse's tables changed since this statement was prepared; prepare it again",
+                            ));
+                        }
+                        let types = parameter_types(&plan)?;
+                        let refs: Vec<Option<&arrow::datatypes::DataType>> =
+                            types.iter().map(Option::as_ref).collect();
+                        let params = deserialize_parameters(portal, &refs)?;
+                        let plan = plan
+                            .replace_params_with_values(&params)
+                            .map_err(df_error)?;
                         let df = conn
                             .ctx
                             .execute_logical_plan(plan)
@@ -741,7 +777,7 @@ impl AuthSource for Source {
     #[allow(elided_lifetimes_in_paths)]
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let name = login.user().unwrap_or_default();
-        if let Some(u) = self.shared.users.get(name) {
+        if let Some(u) = self.shared.users().get(name) {
             return Ok(Password::new(Some(u.salt.clone()), u.salted.clone()));
         }
         use sha2::Digest;
@@ -817,7 +853,8 @@ impl StartupHandler for Startup {
         }
         if !was_ready && matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
             let name = client.metadata().get("user").cloned().unwrap_or_default();
-            let Some(user) = conn.shared.users.get(&name) else {
+            let users = conn.shared.users();
+            let Some(user) = users.get(&name) else {
                 return Err(error("FATAL", "28P01", "authentication failed"));
             };
             if user.role.runs_kernels() {
@@ -836,7 +873,11 @@ impl StartupHandler for Startup {
                 *k = Some(key);
             }
             tracing::info!(peer = %conn.peer, user = %name, role = %user.role, "authenticated (pg)");
-            let _ = conn.user.set(Authenticated { user: name });
+            let _ = conn.user.set(Authenticated {
+                user: name,
+                role: user.role,
+                salted: user.salted.clone(),
+            });
         }
         Ok(())
     }
@@ -941,7 +982,7 @@ fn handlers(
     let mut scram = ScramAuth::new(Arc::new(Source {
         shared: Arc::clone(shared),
     }));
-    scram.set_iterations(shared.users.iterations());
+    scram.set_iterations(shared.users().iterations());
     if let Some(tls) = &shared.tls {
         // SCRAM-SHA-256-PLUS (channel binding) where the certificate allows it.
         let _ = scram.configure_certificate(&tls.cert_pem);

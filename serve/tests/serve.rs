@@ -727,6 +727,13 @@ async fn commits_appear_without_a_restart_and_do_not_disturb_a_running_query() {
     f.handshake(ANA.0, ANA.1).await.unwrap();
     let count = "SELECT count(*) FROM btc.outputs";
     let before: i64 = c.query_one(count, &[]).await.unwrap().get(0);
+    // Statements prepared before the commit, executed after it (pg and Flight).
+    let prepared = c.prepare(count).await.unwrap();
+    let by_height = c
+        .prepare("SELECT count(*) FROM btc.blocks WHERE height >= $1")
+        .await
+        .unwrap();
+    let mut fp = f.prepare(count.to_string(), None).await.unwrap();
 
     // A statement started before the commit reads the snapshot it started with.
     let stream = c
@@ -750,6 +757,12 @@ async fn commits_appear_without_a_restart_and_do_not_disturb_a_running_query() {
     let want = sql_rows(&chain.wh(), count).await;
     assert_eq!(want[0][0], after.to_string());
     assert_eq!(flight_query(&mut f, count).await.unwrap(), want);
+    let re: i64 = c.query_one(&prepared, &[]).await.unwrap().get(0);
+    assert_eq!(re, after, "a statement prepared before the commit sees it");
+    let new_blocks: i64 = c.query_one(&by_height, &[&31i64]).await.unwrap().get(0);
+    assert_eq!(new_blocks, 30, "blocks 31..=60, committed after Parse");
+    let info = fp.execute().await.unwrap();
+    assert_eq!(flight_rows(&mut f, info).await.unwrap(), want);
     let blocks: i64 = c
         .query_one("SELECT max(height) FROM btc.blocks", &[])
         .await
@@ -807,5 +820,141 @@ async fn a_client_that_stops_reading_costs_its_connection_not_the_place() {
         ended.is_some(),
         "the stuck statement ended without an error"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_users_take_effect_without_a_restart() {
+    let chain = Chain::new(37, Some(10)).await;
+    let base = users();
+    let config = Config {
+        pg_listen: Some("127.0.0.1:0".parse().unwrap()),
+        flight_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    let server = ferret_serve::start(chain.wh(), base.clone(), config)
+        .await
+        .unwrap();
+    let (pg_addr, flight_addr) = (server.pg_addr.unwrap(), server.flight_addr.unwrap());
+    let q = "SELECT count(*) FROM btc.blocks";
+    let bob = pg(pg_addr, BOB).await.unwrap();
+    let ana = pg(pg_addr, ANA).await.unwrap();
+    bob.simple_query(q).await.unwrap();
+    let mut bob_f = flight(flight_addr).await;
+    bob_f.handshake(BOB.0, BOB.1).await.unwrap();
+    let mut ana_f = flight(flight_addr).await;
+    ana_f.handshake(ANA.0, ANA.1).await.unwrap();
+    flight_query(&mut bob_f, q).await.unwrap();
+
+    // bob gets a new password; carol is added; ana is unchanged.
+    let mut next = base.clone();
+    next.add(
+        BOB.0,
+        User::new(Role::Reader, "bob's new pw").unwrap(),
+        true,
+    )
+    .unwrap();
+    next.add("carol", User::new(Role::Reader, "carol-pw").unwrap(), false)
+        .unwrap();
+    let handle = server.users_handle();
+    assert!(
+        handle.replace(Users::default()).is_err(),
+        "an empty set is refused"
+    );
+    bob.simple_query(q)
+        .await
+        .expect("the old set is kept after a refused replace");
+    handle.replace(next).unwrap();
+
+    // bob's sessions end at their next statement, on both protocols.
+    let e = bob.simple_query(q).await.unwrap_err();
+    assert_eq!(code(&e), "28000", "{e}");
+    let e = flight_query(&mut bob_f, q).await.unwrap_err();
+    assert!(e.contains("password or role changed"), "{e}");
+    // The old password no longer logs in; the new one and the new user do.
+    let e = pg(pg_addr, BOB).await.unwrap_err();
+    assert_eq!(code(&e), "28P01", "{e}");
+    assert!(
+        flight(flight_addr)
+            .await
+            .handshake(BOB.0, BOB.1)
+            .await
+            .is_err()
+    );
+    pg(pg_addr, (BOB.0, "bob's new pw"))
+        .await
+        .unwrap()
+        .simple_query(q)
+        .await
+        .unwrap();
+    pg(pg_addr, ("carol", "carol-pw"))
+        .await
+        .unwrap()
+        .simple_query(q)
+        .await
+        .unwrap();
+    let mut carol_f = flight(flight_addr).await;
+    carol_f.handshake("carol", "carol-pw").await.unwrap();
+    flight_query(&mut carol_f, q).await.unwrap();
+    // ana's sessions go on.
+    ana.simple_query(q)
+        .await
+        .expect("an unchanged user keeps its session");
+    flight_query(&mut ana_f, q).await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_users_file_is_reloaded_and_a_broken_one_keeps_the_old_users() {
+    let chain = Chain::new(38, Some(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users");
+    users().save(&path).unwrap();
+    let config = Config {
+        pg_listen: Some("127.0.0.1:0".parse().unwrap()),
+        flight_listen: None,
+        ..Default::default()
+    };
+    let server = ferret_serve::start(chain.wh(), Users::load(&path).unwrap(), config)
+        .await
+        .unwrap();
+    let addr = server.pg_addr.unwrap();
+    server
+        .users_handle()
+        .watch(path.clone(), Duration::from_millis(50));
+    let logs_in = |who: (&'static str, &'static str)| async move {
+        match pg(addr, who).await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    assert!(logs_in(BOB).await);
+    assert!(!logs_in(("dave", "dave-pw")).await);
+    // A broken file: logged, the old users kept.
+    std::fs::write(&path, "dave:reader:not-a-hash\n").unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&path, perms).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        logs_in(BOB).await,
+        "a broken users file keeps the old users"
+    );
+    // A good one, written as `ferret users add` does: dave in, bob out.
+    let mut next = users();
+    next.remove(BOB.0);
+    next.add("dave", User::new(Role::Reader, "dave-pw").unwrap(), false)
+        .unwrap();
+    next.save(&path).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if logs_in(("dave", "dave-pw")).await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the changed file was reloaded");
+    assert!(!logs_in(BOB).await, "a removed user no longer logs in");
     server.shutdown().await;
 }
