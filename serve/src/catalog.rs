@@ -231,19 +231,44 @@ pub fn pinned_catalogs(
         .map(|c| c.as_str())
         .chain(["public"])
         .collect();
-    let mut fixed = BTreeMap::new();
-    if let Some(cat) = base.catalog(CATALOG) {
-        for name in cat.schema_names() {
-            if !warehouse.contains(&name.as_str())
-                && let Some(s) = cat.schema(&name)
-            {
-                fixed.insert(name, s);
+    let settings: Vec<(String, Option<String>, String)> = base
+        .state()
+        .config()
+        .options()
+        .entries()
+        .into_iter()
+        .map(|e| (e.key, e.value, e.description.to_string()))
+        .collect();
+    let catalog = Arc::new_cyclic(|me: &std::sync::Weak<PinnedCatalog>| {
+        let mut fixed: BTreeMap<String, Arc<dyn SchemaProvider>> = BTreeMap::new();
+        if let Some(cat) = base.catalog(CATALOG) {
+            for name in cat.schema_names() {
+                if !warehouse.contains(&name.as_str())
+                    && let Some(s) = cat.schema(&name)
+                {
+                    let s: Arc<dyn SchemaProvider> = if name == "pg_catalog" {
+                        // Over this connection's snapshot, so pg_class and the rest list
+                        // the tables of the pinned snapshot (a result table that first
+                        // appears after the start included), not those of the start.
+                        let inner = crate::pginfo::pg_catalog_over(me.clone()).unwrap_or(s);
+                        Arc::new(crate::pginfo::PgCatalog(inner))
+                    } else {
+                        s
+                    };
+                    fixed.insert(name, s);
+                }
             }
         }
-    }
-    let catalog = Arc::new(PinnedCatalog {
-        fixed,
-        pinned: RwLock::new(snapshot),
+        // PostgreSQL's information_schema, not DataFusion's (which is off in the
+        // statement contexts).
+        fixed.insert(
+            crate::pginfo::INFORMATION_SCHEMA.to_string(),
+            Arc::new(crate::pginfo::InformationSchema::new(me.clone(), settings)),
+        );
+        PinnedCatalog {
+            fixed,
+            pinned: RwLock::new(snapshot),
+        }
     });
     let list = MemoryCatalogProviderList::new();
     list.register_catalog(

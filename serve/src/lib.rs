@@ -24,6 +24,7 @@ pub mod flight;
 pub mod guard;
 pub mod limits;
 mod pg;
+pub mod pginfo;
 pub mod pgtypes;
 pub mod tls;
 pub mod users;
@@ -269,6 +270,9 @@ pub async fn base_context(wh: &Warehouse, kernels: KernelOptions) -> Result<Sess
         .map_err(|e| Error::Warehouse(format!("pg_catalog: {e}")))?;
     ctx.register_udf(version_udf());
     ctx.register_udf(to_regtype_udf());
+    for f in compat::udfs() {
+        ctx.register_udf(f);
+    }
     for f in compat_udfs() {
         if datafusion::execution::FunctionRegistry::udf(&ctx, f.name()).is_err() {
             ctx.register_udf(f);

@@ -265,7 +265,12 @@ pub fn statement_context(
         .with_memory_pool(pool)
         .build_arc()?;
     let (catalogs, pinned) = pinned_catalogs(base, snapshot);
+    // PostgreSQL's information_schema comes from the pinned catalog
+    // ([`crate::pginfo`]); DataFusion's would shadow it.
+    let mut config = base.state().config().clone();
+    config.options_mut().catalog.information_schema = false;
     let state = SessionStateBuilder::new_from_existing(base.state())
+        .with_config(config)
         .with_catalog_list(catalogs)
         .with_runtime_env(runtime)
         .build();

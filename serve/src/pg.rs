@@ -305,6 +305,15 @@ impl Guard {
 
 /// Plans a query against the context's pinned snapshot, and checks the plan.
 async fn plan_statement(statement: &Statement, ctx: &SessionContext) -> PgWireResult<LogicalPlan> {
+    let rewritten;
+    let statement = if crate::compat::is_catalog_query(statement) {
+        let mut s = statement.clone();
+        crate::compat::rewrite_catalog_query(&mut s);
+        rewritten = s;
+        &rewritten
+    } else {
+        statement
+    };
     let state = ctx.state();
     let mut planned = state
         .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))

@@ -147,7 +147,7 @@ print("sqlalchemy+pandas: ok")
 
 # --- BI tools' connect and catalog queries ---------------------------------------------
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bi_queries import BI_QUERIES  # noqa: E402
+from bi_queries import BI_PREPARED, BI_QUERIES  # noqa: E402
 
 BI = [s for s in os.environ.get("FERRET_BI_QUERIES", "").split("\n;;\n") if s.strip()] + BI_QUERIES
 with psycopg.connect(DSN + f" password='{PASSWORD}' sslrootcert={CA}", autocommit=True) as conn:
@@ -158,7 +158,30 @@ with psycopg.connect(DSN + f" password='{PASSWORD}' sslrootcert={CA}", autocommi
                 cur.fetchall()
         except Exception as e:  # noqa: BLE001
             fail(f"BI query failed: {q[:200]!r}: {e}")
-print(f"BI queries: {len(BI)} ok")
+    # The statements drivers prepare, with their parameters bound (extended protocol).
+    outputs_columns = [d.name for d in conn.execute("SELECT * FROM btc.outputs LIMIT 0").description]
+    for label, sql, params, expect in BI_PREPARED:
+        try:
+            cur = psycopg.RawCursor(conn)
+            cur.execute(sql, params)
+            rows = [list(r) for r in cur.fetchall()]
+        except Exception as e:  # noqa: BLE001
+            fail(f"{label} failed: {e}")
+        if expect == "some":
+            if not rows:
+                fail(f"{label}: no rows")
+        elif expect == "outputs_columns":
+            names = [r[0] for r in rows]
+            if names != outputs_columns:
+                fail(f"{label}: columns {names}, want {outputs_columns}")
+            if any(r[5] for r in rows):
+                fail(f"{label}: a column marked as a key: {rows}")
+            types = dict((r[0], r[1]) for r in rows)
+            if types.get("value") != "int8" or types.get("txid") != "text":
+                fail(f"{label}: types {types}")
+        elif rows != expect:
+            fail(f"{label}: {rows}, want {expect}")
+print(f"BI queries: {len(BI)} + {len(BI_PREPARED)} prepared ok")
 
 # --- ADBC Flight SQL into pyarrow and polars ------------------------------------------
 import adbc_driver_flightsql.dbapi as flight  # noqa: E402
