@@ -481,6 +481,18 @@ impl SnapshotInfo {
     fn catalog(&self, name: &str) -> Option<Arc<PinnedCatalog>> {
         (name == CATALOG).then(|| self.0.upgrade()).flatten()
     }
+
+    async fn table(
+        &self,
+        catalog: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        match self.catalog(catalog).and_then(|c| c.schema(schema)) {
+            Some(s) => s.table(table).await,
+            None => Ok(None),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -506,10 +518,10 @@ impl CatalogInfo for SnapshotInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<SchemaRef>> {
-        match self.catalog(catalog).and_then(|c| c.schema(schema)) {
-            Some(s) => Ok(s.table(table).await?.map(|t| t.schema())),
-            None => Ok(None),
-        }
+        Ok(self
+            .table(catalog, schema, table)
+            .await?
+            .map(|t| t.schema()))
     }
 
     async fn table_type(
@@ -518,10 +530,10 @@ impl CatalogInfo for SnapshotInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<TableType>> {
-        match self.catalog(catalog).and_then(|c| c.schema(schema)) {
-            Some(s) => Ok(s.table(table).await?.map(|t| t.table_type())),
-            None => Ok(None),
-        }
+        Ok(self
+            .table(catalog, schema, table)
+            .await?
+            .map(|t| t.table_type()))
     }
 }
 
@@ -638,18 +650,6 @@ impl SchemaProvider for PgCatalog {
             return Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![]])?)));
         }
         self.0.table(name).await
-    }
-
-    fn register_table(
-        &self,
-        name: String,
-        _table: Arc<dyn TableProvider>,
-    ) -> Result<Option<Arc<dyn TableProvider>>> {
-        datafusion::common::exec_err!("cannot create table {name}: this server is read-only")
-    }
-
-    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        datafusion::common::exec_err!("cannot drop table {name}: this server is read-only")
     }
 
     fn table_exist(&self, name: &str) -> bool {
