@@ -125,8 +125,7 @@ def main():
             while time.monotonic() < stop:
                 t0 = time.monotonic()
                 try:
-                    seed = args_for("taint", r)[0].replace("'", "''")
-                    c.execute(Q["taint"].replace("%s", f"'{seed}'")).fetchall()
+                    c.execute(Q["taint"], args_for("taint", r)).fetchall()
                     with lock:
                         lat["taint"].append(time.monotonic() - t0)
                 except Exception as e:  # noqa: BLE001

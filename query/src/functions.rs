@@ -118,6 +118,51 @@ fn int_arg(f: &str, args: &[Expr], i: usize, name: &str) -> Result<Option<i64>> 
     }
 }
 
+/// When an argument is a parameter (`$1`) not yet bound, a table with the function's
+/// columns that refuses to run: a client may prepare the statement (and learn its
+/// columns) before binding; `ferret serve` puts the bound values in as literals before it
+/// runs the statement.
+fn unbound(f: &str, args: &[Expr], schema: SchemaRef) -> Option<Arc<dyn TableProvider>> {
+    let p = args.iter().find_map(|a| match a {
+        Expr::Placeholder(p) => Some(p.id.clone()),
+        _ => None,
+    })?;
+    Some(Arc::new(Unbound {
+        schema,
+        message: format!(
+            "{f}: its argument {p} is a parameter that was not bound to a value: table functions take literals, or parameters bound by a client of `ferret serve`"
+        ),
+    }))
+}
+
+/// See [`unbound`].
+#[derive(Debug)]
+struct Unbound {
+    schema: SchemaRef,
+    message: String,
+}
+
+#[async_trait]
+impl TableProvider for Unbound {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan_err!("{}", self.message)
+    }
+}
+
 /// A hop limit argument: NULL for none.
 fn hops_arg(f: &str, args: &[Expr], i: usize) -> Result<Option<u32>> {
     int_arg(f, args, i, "hops")?
@@ -162,6 +207,9 @@ impl TableFunctionImpl for TaintFunction {
         const F: &str = "taint(seeds, policy, hops, direction, stop_at, min_value)";
         if args.is_empty() || args.len() > 6 {
             return plan_err!("{F} takes 1 to 6 arguments, got {}", args.len());
+        }
+        if let Some(t) = unbound(F, args, taint_schema()) {
+            return Ok(t);
         }
         let Some(seeds) = text_arg(F, args, 0, "seeds")? else {
             return plan_err!("{F}: seeds must not be NULL");
@@ -221,6 +269,9 @@ impl TableFunctionImpl for EthTaintFunction {
         if args.is_empty() || args.len() > 7 {
             return plan_err!("{F} takes 1 to 7 arguments, got {}", args.len());
         }
+        if let Some(t) = unbound(F, args, ferret_schemas::results::eth_taint_schema()) {
+            return Ok(t);
+        }
         let Some(seeds) = text_arg(F, args, 0, "seeds")? else {
             return plan_err!("{F}: seeds must not be NULL");
         };
@@ -277,6 +328,9 @@ struct ClustersFunction {
 
 impl TableFunctionImpl for ClustersFunction {
     fn call(&self, args: &[Expr]) -> Result<Arc<dyn TableProvider>> {
+        if let Some(t) = unbound("clusters([coinjoin_rule])", args, clusters_schema()) {
+            return Ok(t);
+        }
         let enabled = match args {
             [] => true,
             [Expr::Literal(ScalarValue::Boolean(Some(b)), _)] => *b,

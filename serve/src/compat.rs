@@ -420,3 +420,125 @@ mod format_tests {
         assert!(pg_format("%I", &[None]).is_err());
     }
 }
+
+/// Puts bound parameter values into the arguments of table functions (`taint($1, …)`) as
+/// literals: table functions read their arguments when the statement is planned, where
+/// a parameter has no value yet. `value(n)` gives the literal for `$n` (1-based), None
+/// when it has none. Other parameters are left to the planner. Returns whether anything
+/// changed.
+pub fn bind_table_function_args(
+    statement: &mut Statement,
+    value: &dyn Fn(usize) -> Option<Expr>,
+) -> bool {
+    use datafusion::sql::sqlparser::ast::{
+        FunctionArg, FunctionArgExpr, TableFactor, Value, VisitMut, VisitorMut,
+    };
+    struct Binder<'a> {
+        value: &'a dyn Fn(usize) -> Option<Expr>,
+        changed: bool,
+    }
+    impl Binder<'_> {
+        fn bind(&mut self, args: &mut [FunctionArg]) {
+            for a in args {
+                let e = match a {
+                    FunctionArg::Named { arg, .. }
+                    | FunctionArg::ExprNamed { arg, .. }
+                    | FunctionArg::Unnamed(arg) => arg,
+                };
+                if let FunctionArgExpr::Expr(x) = e
+                    && let Expr::Value(v) = x
+                    && let Value::Placeholder(p) = &v.value
+                    && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+                    && let Some(lit) = (self.value)(n)
+                {
+                    *x = lit;
+                    self.changed = true;
+                }
+            }
+        }
+    }
+    impl VisitorMut for Binder<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
+            match t {
+                TableFactor::Table {
+                    args: Some(args), ..
+                } => self.bind(&mut args.args),
+                TableFactor::Function { args, .. } => self.bind(args),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut b = Binder {
+        value,
+        changed: false,
+    };
+    let _ = statement.visit(&mut b);
+    b.changed
+}
+
+/// The highest `$n` (or the number of `?`) in `sql`, None when it does not parse.
+pub fn placeholder_count(sql: &str) -> Option<usize> {
+    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+    use datafusion::sql::sqlparser::ast::{Value, visit_expressions};
+    let mut statements = DFParser::parse_sql(sql).ok()?;
+    let DfStatement::Statement(mut s) = statements.pop_front()? else {
+        return None;
+    };
+    number_placeholders(&mut s);
+    let mut max = 0;
+    let _ = visit_expressions(s.as_ref(), |e: &Expr| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+        {
+            max = max.max(n);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Some(max)
+}
+
+/// A bound value as an SQL literal for [`bind_table_function_args`].
+pub fn literal(v: &datafusion::common::ScalarValue) -> Expr {
+    use datafusion::common::ScalarValue;
+    use datafusion::sql::sqlparser::ast::Value;
+    let value = match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Value::SingleQuotedString(s.clone()),
+        ScalarValue::Boolean(Some(b)) => Value::Boolean(*b),
+        v if v.is_null() => Value::Null,
+        v if v.data_type().is_numeric() => Value::Number(v.to_string(), false),
+        v => Value::SingleQuotedString(v.to_string()),
+    };
+    Expr::Value(value.with_empty_span())
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[test]
+    fn parameters_of_table_functions_become_literals() {
+        let mut s = Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT * FROM taint($2, 'poison', $3) t WHERE t.value > $1",
+        )
+        .unwrap()
+        .remove(0);
+        let vals = [
+            datafusion::common::ScalarValue::Int64(Some(5)),
+            datafusion::common::ScalarValue::Utf8(Some("bc1q'x".into())),
+            datafusion::common::ScalarValue::Int64(Some(2)),
+        ];
+        assert!(bind_table_function_args(&mut s, &|n| vals
+            .get(n - 1)
+            .map(literal)));
+        assert_eq!(
+            s.to_string(),
+            "SELECT * FROM taint('bc1q''x', 'poison', 2) t WHERE t.value > $1"
+        );
+    }
+}

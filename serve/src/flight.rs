@@ -239,6 +239,17 @@ impl Flight {
 
     /// Parses, checks and plans one read-only statement.
     async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status> {
+        self.plan_bound(ctx, sql, None).await
+    }
+
+    /// Plans `sql`; bound parameter values go into table functions' arguments as
+    /// literals first (table functions read their arguments at planning).
+    async fn plan_bound(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        params: Option<&ParamValues>,
+    ) -> Result<LogicalPlan, Status> {
         if sql.len() > MAX_SQL_BYTES {
             return Err(Status::invalid_argument(format!(
                 "the statement is {} bytes; at most {MAX_SQL_BYTES}",
@@ -256,6 +267,13 @@ impl Flight {
         let mut statement = statements.pop_front().expect("one statement");
         if let DfStatement::Statement(s) = &mut statement {
             crate::compat::number_placeholders(s);
+            if let Some(ParamValues::List(values)) = params {
+                crate::compat::bind_table_function_args(s, &|n| {
+                    values
+                        .get(n.checked_sub(1)?)
+                        .map(|v| crate::compat::literal(v.value()))
+                });
+            }
         }
         match &statement {
             DfStatement::Statement(s) => guard::check_statement(s).map_err(refused)?,
@@ -566,21 +584,25 @@ impl FlightSqlService for Flight {
         let ctx = self.context(&session).await?;
         let plan = self.plan(&ctx, &query.query).await?;
         let dataset_schema = Self::schema_bytes(plan.schema().as_arrow())?;
-        let params = plan.get_parameter_types().map_err(df_status)?;
-        let mut ids: Vec<_> = params.into_iter().collect();
-        ids.sort_by_key(|(id, _)| {
-            id.trim_start_matches('$')
-                .parse::<usize>()
-                .unwrap_or(usize::MAX)
-        });
-        let fields: Vec<arrow::datatypes::Field> = ids
-            .into_iter()
-            .map(|(id, t)| {
-                arrow::datatypes::Field::new(
-                    id,
-                    t.unwrap_or(arrow::datatypes::DataType::Null),
-                    true,
-                )
+        // Every parameter by position: the plan's type, or text for one it does not type
+        // (a table function's argument, bound as a literal at execution).
+        let typed = plan.get_parameter_types().map_err(df_status)?;
+        let index = |id: &str| id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+        let count = typed
+            .keys()
+            .filter_map(|id| index(id))
+            .chain(crate::compat::placeholder_count(&query.query))
+            .max()
+            .unwrap_or(0);
+        let fields: Vec<arrow::datatypes::Field> = (1..=count)
+            .map(|n| {
+                let id = format!("${n}");
+                let t = typed
+                    .get(&id)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or(arrow::datatypes::DataType::Utf8);
+                arrow::datatypes::Field::new(id, t, true)
             })
             .collect();
         let parameter_schema = Self::schema_bytes(&Schema::new(fields))?;
@@ -661,9 +683,10 @@ impl FlightSqlService for Flight {
         let session = self.session(&request)?;
         let (sql, params) = decode_handle(&cmd.prepared_statement_handle)?;
         let ctx = self.context(&session).await?;
-        let mut plan = self.plan(&ctx, &sql).await?;
+        let params = params.map(params_of).transpose()?;
+        let mut plan = self.plan_bound(&ctx, &sql, params.as_ref()).await?;
         if let Some(p) = params {
-            plan = plan.with_param_values(params_of(p)?).map_err(df_status)?;
+            plan = plan.with_param_values(p).map_err(df_status)?;
         }
         self.execute(ctx, plan, &session).await
     }

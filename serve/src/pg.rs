@@ -530,8 +530,19 @@ impl QueryParser for FerretParser {
         self.inner.parse_sql(client, sql, types).await
     }
 
+    /// Every parameter, by position: the plan's type, or text for one the plan does not
+    /// type (a table function's argument, bound as a literal at execution).
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<pgwire::api::Type>> {
-        self.inner.get_parameter_types(stmt)
+        match stmt {
+            (_, Some((statement, plan))) => parameter_types(statement, plan)?
+                .iter()
+                .map(|t| match t {
+                    Some(t) => datafusion_postgres::arrow_pg::datatypes::into_pg_type(t),
+                    None => Ok(pgwire::api::Type::TEXT),
+                })
+                .collect(),
+            _ => self.inner.get_parameter_types(stmt),
+        }
     }
 
     fn get_result_schema(
@@ -553,18 +564,34 @@ impl QueryParser for FerretParser {
 }
 
 /// The `$n` parameters of a plan, in order.
-fn parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<arrow::datatypes::DataType>>> {
-    let mut types: Vec<_> = plan
-        .get_parameter_types()
-        .map_err(df_error)?
-        .into_iter()
-        .collect();
-    types.sort_by_key(|(id, _)| {
-        id.trim_start_matches('$')
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
+/// The types of `$1`, `$2`, … by position, for every parameter of `statement` (a
+/// parameter the plan does not type, such as a table function's argument, is None).
+fn parameter_types(
+    statement: &Statement,
+    plan: &LogicalPlan,
+) -> PgWireResult<Vec<Option<arrow::datatypes::DataType>>> {
+    let index = |id: &str| id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+    let mut count = 0usize;
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(statement, |e| {
+        if let datafusion::sql::sqlparser::ast::Expr::Value(v) = e
+            && let datafusion::sql::sqlparser::ast::Value::Placeholder(p) = &v.value
+            && let Some(n) = index(p)
+        {
+            count = count.max(n);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
     });
-    Ok(types.into_iter().map(|(_, t)| t).collect())
+    let typed = plan.get_parameter_types().map_err(df_error)?;
+    for id in typed.keys() {
+        count = count.max(index(id).unwrap_or(0));
+    }
+    let mut types = vec![None; count];
+    for (id, t) in typed {
+        if let Some(n) = index(&id).filter(|n| *n >= 1) {
+            types[n - 1] = t;
+        }
+    }
+    Ok(types)
 }
 
 #[async_trait]
@@ -606,7 +633,21 @@ impl ExtendedQueryHandler for Queries {
                 bounds
                     .run(async {
                         conn.pin().await?;
-                        let plan = plan_statement(statement, &conn.ctx).await?;
+                        // Table functions read their arguments at planning: bound values
+                        // go in as literals first.
+                        let known = parameter_types(statement, prepared)?;
+                        let refs: Vec<Option<&arrow::datatypes::DataType>> =
+                            known.iter().map(Option::as_ref).collect();
+                        let params = deserialize_parameters(portal, &refs)?;
+                        let mut bound = statement.clone();
+                        if let datafusion::common::ParamValues::List(values) = &params {
+                            crate::compat::bind_table_function_args(&mut bound, &|n| {
+                                values
+                                    .get(n.checked_sub(1)?)
+                                    .map(|v| crate::compat::literal(v.value()))
+                            });
+                        }
+                        let plan = plan_statement(&bound, &conn.ctx).await?;
                         let types_of = |p: &LogicalPlan| -> Vec<arrow::datatypes::DataType> {
                             p.schema().fields().iter().map(|f| f.data_type().clone()).collect()
                         };
@@ -617,10 +658,6 @@ impl ExtendedQueryHandler for Queries {
                                 "cached plan must not change result type: the warehouse's tables changed since this statement was prepared; prepare it again",
                             ));
                         }
-                        let types = parameter_types(&plan)?;
-                        let refs: Vec<Option<&arrow::datatypes::DataType>> =
-                            types.iter().map(Option::as_ref).collect();
-                        let params = deserialize_parameters(portal, &refs)?;
                         let plan = plan
                             .replace_params_with_values(&params)
                             .map_err(df_error)?;

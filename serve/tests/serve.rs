@@ -315,6 +315,37 @@ async fn authenticated_clients_get_what_ferret_sql_gets() {
     assert!(db_message(&e).contains("analyst"), "{}", db_message(&e));
     let n = c.query_one(seed_sql.as_str(), &[]).await.unwrap();
     assert!(n.get::<_, i64>(0) >= 1);
+    // Table functions take bound parameters too: prepared before, bound at execution,
+    // the same answer as with literals; and a reader is refused the same way.
+    let literal = format!("SELECT count(*), sum(value) FROM taint('{addr}', 'poison', 2)");
+    let by_literal = c.query_one(literal.as_str(), &[]).await.unwrap();
+    let prepared = c
+        .prepare("SELECT count(*), sum(value) FROM taint($1, 'poison', $2)")
+        .await
+        .unwrap();
+    assert_eq!(prepared.params().len(), 2, "both parameters described");
+    let got = c
+        .query_one(&prepared, &[&addr.as_str(), &"2"])
+        .await
+        .unwrap();
+    assert_eq!(got.get::<_, i64>(0), by_literal.get::<_, i64>(0));
+    assert_eq!(
+        got.get::<_, Option<i64>>(1),
+        by_literal.get::<_, Option<i64>>(1)
+    );
+    let other = c
+        .query_one(&prepared, &[&addr.as_str(), &"0"])
+        .await
+        .unwrap();
+    assert!(
+        other.get::<_, i64>(0) <= got.get::<_, i64>(0),
+        "hops bound per execution"
+    );
+    let e = bob
+        .query_one("SELECT count(*) FROM taint($1)", &[&addr.as_str()])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e:?}");
 
     // Wrong password and unknown user: refused alike; another database: refused.
     let wrong = pg(pg_addr, (ANA.0, "nope")).await.unwrap_err();
@@ -367,6 +398,36 @@ async fn authenticated_clients_get_what_ferret_sql_gets() {
         flight_rows(&mut f, info).await.unwrap(),
         vec![vec![want[0][1].clone()]]
     );
+    // A table function's arguments as `?` parameters (ADBC style), bound per execution.
+    let mut tp = f
+        .prepare(
+            "SELECT count(*), sum(value) FROM taint(?, 'poison', ?)".to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tp.parameter_schema().unwrap().fields().len(), 2);
+    let params = arrow::array::RecordBatch::try_from_iter([
+        (
+            "$1",
+            Arc::new(arrow::array::StringArray::from(vec![addr.as_str()]))
+                as arrow::array::ArrayRef,
+        ),
+        (
+            "$2",
+            Arc::new(arrow::array::Int64Array::from(vec![2])) as arrow::array::ArrayRef,
+        ),
+    ])
+    .unwrap();
+    tp.set_parameters(params).unwrap();
+    let info = tp.execute().await.unwrap();
+    let literal_rows = flight_query(
+        &mut f,
+        &format!("SELECT count(*), sum(value) FROM taint('{addr}', 'poison', 2)"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(flight_rows(&mut f, info).await.unwrap(), literal_rows);
     // The catalog calls BI tools and ADBC make.
     let info = f
         .get_tables(arrow_flight::sql::CommandGetTables {
