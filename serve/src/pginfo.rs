@@ -518,6 +518,12 @@ impl CatalogInfo for SnapshotInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<SchemaRef>> {
+        // information_schema's columns are fixed: no need to compute its rows (which
+        // would read every other table) for pg_attribute.
+        if schema == INFORMATION_SCHEMA && catalog == CATALOG {
+            let t = table.to_ascii_lowercase();
+            return Ok(TABLES.contains(&t.as_str()).then(|| schema_of(&t)));
+        }
         Ok(self
             .table(catalog, schema, table)
             .await?
@@ -530,6 +536,10 @@ impl CatalogInfo for SnapshotInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<TableType>> {
+        if schema == INFORMATION_SCHEMA && catalog == CATALOG {
+            let t = table.to_ascii_lowercase();
+            return Ok(TABLES.contains(&t.as_str()).then_some(TableType::View));
+        }
         Ok(self
             .table(catalog, schema, table)
             .await?
