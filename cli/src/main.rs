@@ -501,6 +501,40 @@ enum LabelsCmd {
     /// Import CSV (address,label,category[,source,confidence]), TagPack YAML or plain
     /// address lists; re-importing adds nothing.
     Import(LabelsImportArgs),
+    /// Export labels to share: CSV, GraphSense TagPack, a MISP event or a STIX 2.1
+    /// bundle, each entry with its source and confidence, the file with its TLP marking.
+    Export(LabelsExportArgs),
+}
+
+#[derive(Args)]
+struct LabelsExportArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// csv, tagpack, misp or stix.
+    #[arg(long)]
+    format: ferret_indexer::label_export::Format,
+    /// The file to write (written whole, then renamed into place).
+    #[arg(long)]
+    out: PathBuf,
+    /// Only these chains (btc, eth); repeatable.
+    #[arg(long)]
+    chain: Vec<String>,
+    /// Only these categories; repeatable.
+    #[arg(long)]
+    category: Vec<String>,
+    /// Only these sources; repeatable.
+    #[arg(long)]
+    source: Vec<String>,
+    /// Traffic Light Protocol marking: clear, green, amber or red.
+    #[arg(long, default_value = "amber")]
+    tlp: ferret_indexer::label_export::Tlp,
+    /// Title (TagPack title, MISP event info).
+    #[arg(long, default_value = "Ferret labels")]
+    title: String,
+    /// Who shares it (TagPack creator, MISP organisation, STIX identity).
+    #[arg(long, default_value = "Ferret")]
+    creator: String,
 }
 
 #[derive(Args)]
@@ -1347,6 +1381,31 @@ async fn labels_import_cmd(a: LabelsImportArgs) -> Result<()> {
     Ok(())
 }
 
+async fn labels_export_cmd(a: LabelsExportArgs) -> Result<()> {
+    use ferret_indexer::label_export::{Options, filter, render};
+    let wh = Warehouse::open_existing(&a.warehouse)?;
+    let mut labels = ferret_indexer::labels::load_labels(&wh).await?;
+    labels.sort();
+    let labels = filter(labels, &a.chain, &a.category, &a.source);
+    let created = ferret_indexer::label_export::rfc3339(std::time::SystemTime::now());
+    let text = render(
+        &labels,
+        a.format,
+        &Options {
+            title: a.title,
+            creator: a.creator,
+            tlp: a.tlp,
+            created,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("rendering {:?}: {e}", a.format))?;
+    let tmp = a.out.with_extension("ferret-tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("renaming into {}", a.out.display()))?;
+    println!("exported {} labels to {}", labels.len(), a.out.display());
+    Ok(())
+}
+
 async fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let report = |what: &str, r: ferret_schemas::warehouse::VerifyReport, before: &str| {
@@ -1654,6 +1713,7 @@ fn main() -> ExitCode {
             Command::Trace(TraceCmd::Btc(a)) => trace_btc_cmd(a).await,
             Command::Trace(TraceCmd::Eth(a)) => trace_eth_cmd(a).await,
             Command::Labels(LabelsCmd::Import(a)) => labels_import_cmd(a).await,
+            Command::Labels(LabelsCmd::Export(a)) => labels_export_cmd(a).await,
             Command::Sql(a) => sql_cmd(a).await,
             Command::Verify(a) => verify_cmd(a).await,
             Command::Demo(a) => demo::run(a).await,

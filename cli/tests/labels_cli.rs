@@ -310,3 +310,113 @@ fn hostile_label_files_are_refused_with_bounded_memory() {
         );
     }
 }
+
+/// `ferret labels export` in every format, read back by `ferret labels import` into a
+/// fresh warehouse: the same `labels` rows. Filters and the TLP marking as asked.
+#[test]
+fn labels_export_round_trips_through_every_format() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let csv = tmp.path().join("mixed.csv");
+    std::fs::write(
+        &csv,
+        "address,label,category,source,confidence\n\
+         1Q2TWHE3GMdB6BZKafqwxXtWAWgFt5Jvm3,\"hal, \"\"the\"\" first\",person,bitcointalk,90\n\
+         bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq,example ✓,exchange,,\n\
+         0xd90e2f925da726b50c4ed8d0fb90ad053324f31b,tornado,mixer,OFAC SDN,authority\n\
+         3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy,compound wallet,scam,case-7,0.8\n",
+    )
+    .expect("write");
+    let (ok, _, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &wh,
+        csv.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let rows = "SELECT chain, address, label, category, source, coalesce(confidence, '-') FROM labels ORDER BY 1, 2, 3";
+    let want = sql(&wh, rows);
+    assert_eq!(want.lines().count(), 5, "{want}");
+    for (format, ext) in [
+        ("csv", "csv"),
+        ("tagpack", "yaml"),
+        ("misp", "misp.json"),
+        ("stix", "stix.json"),
+    ] {
+        let out = tmp.path().join(format!("export.{ext}"));
+        let (ok, stdout, err) = run(&[
+            "labels",
+            "export",
+            "--warehouse",
+            &wh,
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+            "--tlp",
+            "green",
+        ]);
+        assert!(ok, "{format}: {err}");
+        assert!(stdout.contains("exported 4 labels"), "{stdout}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        if format == "misp" {
+            assert!(text.contains("tlp:green"), "{text}");
+        }
+        if format == "stix" {
+            assert!(text.contains("marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da"));
+        }
+        let back = tmp
+            .path()
+            .join(format!("wh-{format}"))
+            .to_string_lossy()
+            .into_owned();
+        let (ok, _, err) = run(&[
+            "labels",
+            "import",
+            "--warehouse",
+            &back,
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{format}: {err}");
+        assert_eq!(sql(&back, rows), want, "{format} round trip");
+    }
+    // Filters: one category, one chain.
+    let out = tmp.path().join("scam.csv");
+    let (ok, stdout, err) = run(&[
+        "labels",
+        "export",
+        "--warehouse",
+        &wh,
+        "--format",
+        "csv",
+        "--out",
+        out.to_str().unwrap(),
+        "--category",
+        "scam",
+        "--category",
+        "mixer",
+        "--chain",
+        "btc",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("exported 1 labels"), "{stdout}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy") && !text.contains("0xd90e"),
+        "{text}"
+    );
+    // Bad arguments: a clear error, nothing written.
+    let (ok, _, err) = run(&[
+        "labels",
+        "export",
+        "--warehouse",
+        &wh,
+        "--format",
+        "pdf",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("unknown format"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+}

@@ -142,6 +142,7 @@ fn format_of(path: &Path) -> &'static str {
     {
         Some("csv") => "csv",
         Some("yaml" | "yml") => "tagpack",
+        Some("json") => "json",
         _ => "list",
     }
 }
@@ -389,8 +390,138 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
                     label,
                     category,
                     source,
-                    inherit("confidence"),
+                    inherit("confidence").filter(|c| c != crate::label_export::UNKNOWN_CONFIDENCE),
                 );
+            }
+        }
+        "json" => {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(e.line(), format!("not JSON: {e}")))?;
+            let text_of = |v: &serde_json::Value| v.as_str().map(str::to_string);
+            if v["type"] == "bundle" {
+                // STIX 2.1: cryptocurrency-wallet objects.
+                let objects = v["objects"]
+                    .as_array()
+                    .ok_or_else(|| bad(1, "a STIX bundle needs an `objects` list".into()))?;
+                for (i, o) in objects.iter().enumerate() {
+                    if o["type"] != "cryptocurrency-wallet" {
+                        continue;
+                    }
+                    let at = i + 1;
+                    let address = text_of(&o["address"]).ok_or_else(|| {
+                        bad(
+                            at,
+                            format!("object {at}: a cryptocurrency-wallet without an address"),
+                        )
+                    })?;
+                    let x_chain = text_of(&o["x_ferret_chain"]);
+                    let chain = chain.or(x_chain.as_deref());
+                    sink.push(
+                        at,
+                        chain,
+                        &address,
+                        text_of(&o["x_ferret_label"])
+                            .or_else(|| d.label.clone())
+                            .unwrap_or_else(|| stem.clone()),
+                        text_of(&o["x_ferret_category"])
+                            .or_else(|| d.category.clone())
+                            .unwrap_or_else(|| "unknown".into()),
+                        text_of(&o["x_ferret_source"])
+                            .or_else(|| d.source.clone())
+                            .unwrap_or_else(|| file_name.clone()),
+                        text_of(&o["x_ferret_confidence"]),
+                    );
+                }
+            } else if v.get("Event").is_some() || v.get("response").is_some() {
+                // MISP: one event, or a search response of events.
+                let events: Vec<&serde_json::Value> = match v.get("response") {
+                    Some(r) => r
+                        .as_array()
+                        .map(|a| a.iter().map(|e| &e["Event"]).collect())
+                        .unwrap_or_default(),
+                    None => vec![&v["Event"]],
+                };
+                let mut at = 0usize;
+                for ev in events {
+                    let org = text_of(&ev["Orgc"]["name"]);
+                    let info = text_of(&ev["info"]);
+                    for o in ev["Object"].as_array().into_iter().flatten() {
+                        if o["name"] != "coin-address" {
+                            continue;
+                        }
+                        at += 1;
+                        let attrs = o["Attribute"].as_array().cloned().unwrap_or_default();
+                        let rel = |r: &str| {
+                            attrs
+                                .iter()
+                                .find(|a| a["object_relation"] == r)
+                                .and_then(|a| text_of(&a["value"]))
+                        };
+                        let Some(address) = rel("address") else {
+                            return Err(bad(
+                                at,
+                                format!("coin-address object {at} has no address"),
+                            ));
+                        };
+                        // ferret:key="value" machine tags on the address or the object.
+                        let mut tags = std::collections::HashMap::new();
+                        let addr_tags = attrs
+                            .iter()
+                            .find(|a| a["object_relation"] == "address")
+                            .map(|a| a["Tag"].clone());
+                        for t in addr_tags
+                            .iter()
+                            .chain(std::iter::once(&o["Tag"]))
+                            .filter_map(|t| t.as_array())
+                            .flatten()
+                        {
+                            if let Some(name) = t["name"].as_str()
+                                && let Some(rest) = name.strip_prefix("ferret:")
+                                && let Some((k, val)) = rest.split_once('=')
+                                && let Ok(val) = serde_json::from_str::<String>(val)
+                            {
+                                tags.insert(k.to_string(), val);
+                            }
+                        }
+                        let tag_chain = match (chain, rel("symbol")) {
+                            (Some(c), _) => Some(c),
+                            (None, Some(sym)) => {
+                                Some(chain_of_currency(&sym).ok_or_else(|| {
+                                    bad(
+                                        at,
+                                        format!(
+                                            "coin-address object {at}: unsupported symbol `{sym}`"
+                                        ),
+                                    )
+                                })?)
+                            }
+                            (None, None) => None,
+                        };
+                        sink.push(
+                            at,
+                            tag_chain,
+                            &address,
+                            rel("text")
+                                .or_else(|| text_of(&o["comment"]).filter(|c| !c.is_empty()))
+                                .or_else(|| d.label.clone())
+                                .or_else(|| info.clone())
+                                .unwrap_or_else(|| stem.clone()),
+                            tags.remove("category")
+                                .or_else(|| d.category.clone())
+                                .unwrap_or_else(|| "unknown".into()),
+                            tags.remove("source")
+                                .or_else(|| d.source.clone())
+                                .or_else(|| org.clone())
+                                .unwrap_or_else(|| file_name.clone()),
+                            tags.remove("confidence"),
+                        );
+                    }
+                }
+            } else {
+                return Err(bad(
+                    1,
+                    "JSON that is neither a MISP event (`Event`, `response`) nor a STIX bundle (`\"type\": \"bundle\"`)".into(),
+                ));
             }
         }
         _ => {

@@ -16,6 +16,7 @@ pub mod addrs;
 pub mod btc;
 mod error;
 pub mod eth;
+pub mod label_export;
 pub mod labels;
 pub mod sink;
 pub mod source;
