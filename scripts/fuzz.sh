@@ -46,11 +46,18 @@ for p in glob.glob(os.path.join(fx, "btc", "*.blk")):
         put("blk_scan", f"{os.path.basename(p)}-{i}", b"\x00" + data[o:o + 8 + n])
         o += 8 + n
         i += 1
-# labels: the first byte picks the format (0 csv, 1 yaml, 2 list).
+# labels: the first byte picks the format (0 csv, 1 yaml, 2 list, 3 MISP/STIX json, 4 SDN xml).
 for p in glob.glob(os.path.join(fx, "labels", "tagpacks", "*.yaml")):
     put("labels_parse", os.path.basename(p), b"\x01" + open(p, "rb").read())
 for p in glob.glob(os.path.join(fx, "labels", "*.txt")):
     put("labels_parse", os.path.basename(p), b"\x02" + open(p, "rb").read()[:1 << 16])
+put("labels_parse", "sdn", b"\x04<sdnList><sdnEntry><uid>1</uid><lastName>A &amp; B</lastName>"
+    b"<idList><id><idType>Digital Currency Address - XBT</idType>"
+    b"<idNumber>1BoatSLRHtKNngkdXEeobR76b53LETtpyT</idNumber></id></idList></sdnEntry></sdnList>")
+put("labels_parse", "stix", b'\x03{"type":"bundle","objects":[{"type":"cryptocurrency-wallet",'
+    b'"address":"1BoatSLRHtKNngkdXEeobR76b53LETtpyT","x_ferret_label":"x"}]}')
+put("labels_parse", "misp", b'\x03{"Event":{"info":"i","Object":[{"name":"coin-address","Attribute":'
+    b'[{"object_relation":"address","value":"1BoatSLRHtKNngkdXEeobR76b53LETtpyT"}]}]}}')
 put("labels_parse", "csv", b"\x00address,label,category,source,confidence\n"
     b"1BoatSLRHtKNngkdXEeobR76b53LETtpyT,x,scam,s,50\n")
 # eth: a block's result, NUL, its receipts' results.

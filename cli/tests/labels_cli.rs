@@ -420,3 +420,122 @@ fn labels_export_round_trips_through_every_format() {
     assert!(!ok && err.contains("unknown format"), "{err}");
     assert!(!tmp.path().join("x").exists());
 }
+
+/// OFAC's SDN list in its XML form: the real sanctioned addresses of the fixtures spread
+/// over SDN entries as OFAC publishes them (several addresses per entry, other id types
+/// beside them, USDT on Ethereum and on TRON, Monero), imported as the plain lists are.
+#[test]
+fn labels_import_ofac_sdn_xml() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let read = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(fx.join("labels").join(f))
+            .expect("fixture")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    let (xbt, eth) = (
+        read("ofac-sanctioned-XBT.txt"),
+        read("ofac-sanctioned-ETH.txt"),
+    );
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" standalone=\"yes\"?>\n<sdnList xmlns=\"http://tempuri.org/sdnList.xsd\">\n\
+         <publshInformation><Publish_Date>12/01/2026</Publish_Date></publshInformation>\n",
+    );
+    let mut ids = xbt
+        .iter()
+        .map(|a| ("XBT", a.clone()))
+        .chain(
+            eth.iter()
+                .enumerate()
+                .map(|(i, a)| (if i % 3 == 0 { "USDT" } else { "ETH" }, a.clone())),
+        )
+        .collect::<Vec<_>>();
+    ids.push(("USDT", "TXbTLwsyBAbSrLo5jo4RZEjRrqW5iZyQWd".into()));
+    ids.push(("XMR", "46hy5zUxWLWb1U6BfR1Cq1BwXw6n1W1XyK3n".into()));
+    for (n, chunk) in ids.chunks(3).enumerate() {
+        xml.push_str(&format!(
+            "<sdnEntry><uid>{}</uid><lastName>ENTITY {n} &amp; PARTNERS</lastName><sdnType>Entity</sdnType>\
+             <programList><program>CYBER2</program></programList><idList>\
+             <id><uid>1</uid><idType>Registration Number</idType><idNumber>R-{n}</idNumber></id>",
+            30000 + n
+        ));
+        for (k, (asset, a)) in chunk.iter().enumerate() {
+            xml.push_str(&format!(
+                "<id><uid>{}</uid><idType>Digital Currency Address - {asset}</idType><idNumber>{a}</idNumber></id>",
+                k + 2
+            ));
+        }
+        xml.push_str("</idList></sdnEntry>\n");
+    }
+    xml.push_str("</sdnList>\n");
+    let sdn = tmp.path().join("sdn.xml");
+    std::fs::write(&sdn, &xml).unwrap();
+
+    // The plain lists give the valid addresses; the XML must give the same ones.
+    let lists = tmp.path().join("lists").to_string_lossy().into_owned();
+    for f in ["ofac-sanctioned-XBT.txt", "ofac-sanctioned-ETH.txt"] {
+        let p = fx.join("labels").join(f);
+        let (ok, _, err) = run(&[
+            "labels",
+            "import",
+            "--warehouse",
+            &lists,
+            "--category",
+            "sanctioned",
+            "--skip-invalid",
+            p.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+    }
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let (ok, out, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &wh,
+        "--skip-invalid",
+        sdn.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("new"), "{out}");
+    let addrs = "SELECT chain, address FROM labels ORDER BY 1, 2";
+    assert_eq!(
+        sql(&wh, addrs),
+        sql(&lists, addrs),
+        "the same sanctioned addresses"
+    );
+    let meta = sql(
+        &wh,
+        "SELECT DISTINCT category, label, source FROM labels WHERE label = 'ENTITY 0 & PARTNERS'",
+    );
+    assert!(
+        meta.contains("sanctioned,ENTITY 0 & PARTNERS,OFAC SDN 30000 (CYBER2)"),
+        "{meta}"
+    );
+    assert_eq!(
+        sql(
+            &wh,
+            "SELECT count(*) FROM labels WHERE address LIKE 'T%' OR address LIKE '46hy%'"
+        )
+        .trim(),
+        "count(*)\n0",
+        "TRON and Monero are left out"
+    );
+
+    // A truncated list is an error naming the file and line; nothing is written.
+    let cut = tmp.path().join("cut.xml");
+    std::fs::write(&cut, &xml[..xml.len() * 2 / 3]).unwrap();
+    let fresh = tmp.path().join("wh2").to_string_lossy().into_owned();
+    let (ok, _, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &fresh,
+        cut.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("cut.xml:"), "{err}");
+}

@@ -143,6 +143,7 @@ fn format_of(path: &Path) -> &'static str {
         Some("csv") => "csv",
         Some("yaml" | "yml") => "tagpack",
         Some("json") => "json",
+        Some("xml") => "ofac",
         _ => "list",
     }
 }
@@ -522,6 +523,32 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
                     1,
                     "JSON that is neither a MISP event (`Event`, `response`) nor a STIX bundle (`\"type\": \"bundle\"`)".into(),
                 ));
+            }
+        }
+        "ofac" => {
+            // OFAC's SDN list: each digital currency address, its chain from the asset
+            // code (and, for stablecoins, the address's shape).
+            let found = crate::ofac::parse_sdn_xml(&text).map_err(|(line, r)| bad(line, r))?;
+            let mut ignored = 0usize;
+            for (i, a) in found.iter().enumerate() {
+                let Some(c) = crate::ofac::chain_of(&a.asset, &a.address) else {
+                    ignored += 1;
+                    continue;
+                };
+                sink.push(
+                    i + 1,
+                    chain.or(Some(c)),
+                    &a.address,
+                    d.label.clone().unwrap_or_else(|| a.name.clone()),
+                    d.category.clone().unwrap_or_else(|| "sanctioned".into()),
+                    d.source.clone().unwrap_or_else(|| {
+                        format!("OFAC SDN {} ({})", a.uid, a.programs.join(", "))
+                    }),
+                    None,
+                );
+            }
+            if ignored > 0 {
+                tracing::info!(file = %path.display(), ignored, "OFAC addresses on chains Ferret does not index (XMR, TRON, …) left out");
             }
         }
         _ => {

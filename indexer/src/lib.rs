@@ -18,6 +18,7 @@ mod error;
 pub mod eth;
 pub mod label_export;
 pub mod labels;
+pub mod ofac;
 pub mod sink;
 pub mod source;
 mod stage;

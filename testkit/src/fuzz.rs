@@ -105,7 +105,8 @@ pub fn labels_parse(data: &[u8]) {
     let Some((kind, rest)) = data.split_first() else {
         return;
     };
-    let ext = ["csv", "yaml", "txt"][usize::from(*kind) % 3];
+    // 0 CSV, 1 TagPack, 2 list, 3 MISP or STIX JSON, 4 OFAC SDN XML.
+    let ext = ["csv", "yaml", "txt", "json", "xml"][usize::from(*kind) % 5];
     let path = scratch().join(format!("labels.{ext}"));
     std::fs::write(&path, rest).expect("write");
     let d = Defaults {
@@ -212,6 +213,36 @@ pub fn seeds(target: &str, fixtures: &Path) -> Vec<Vec<u8>> {
             out.push(with(
                 0,
                 b"address,label,category,source,confidence\n1BoatSLRHtKNngkdXEeobR76b53LETtpyT,x,scam,s,50\n",
+            ));
+            // MISP and STIX as `labels export` writes them, and an SDN list.
+            use ferret_indexer::label_export::{Format, Options, Tlp, render};
+            use ferret_indexer::labels::Label;
+            let labels = [
+                ("btc", "1BoatSLRHtKNngkdXEeobR76b53LETtpyT", Some("50")),
+                ("eth", "0xd90e2f925da726b50c4ed8d0fb90ad053324f31b", None),
+            ]
+            .map(|(chain, address, confidence)| Label {
+                chain: chain.into(),
+                address: address.into(),
+                label: "x \"y\"".into(),
+                category: "scam".into(),
+                source: "s".into(),
+                confidence: confidence.map(str::to_string),
+            });
+            let o = Options {
+                title: "t".into(),
+                creator: "c".into(),
+                tlp: Tlp::Amber,
+                created: "2026-12-07T00:00:00Z".into(),
+            };
+            for f in [Format::Misp, Format::Stix] {
+                if let Ok(text) = render(&labels, f, &o) {
+                    out.push(with(3, text.as_bytes()));
+                }
+            }
+            out.push(with(
+                4,
+                br#"<sdnList><sdnEntry><uid>1</uid><lastName>A &amp; B</lastName><programList><program>CYBER2</program></programList><idList><id><idType>Digital Currency Address - XBT</idType><idNumber>1BoatSLRHtKNngkdXEeobR76b53LETtpyT</idNumber></id><id><idType>Digital Currency Address - USDT</idType><idNumber>0xd90e2f925da726b50c4ed8d0fb90ad053324f31b</idNumber></id></idList></sdnEntry></sdnList>"#,
             ));
         }
         "manifest_load" => {
