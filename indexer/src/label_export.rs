@@ -611,6 +611,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("x.json") && e.contains("not JSON"), "{e}");
+        // A wide array of many values is refused before it is built.
+        let wide = format!(
+            "{{\"type\": \"bundle\", \"objects\": [{}0]}}",
+            "0,".repeat(5_000_001)
+        );
+        std::fs::write(&other, wide).unwrap();
+        let e = parse_file(&other, &Defaults::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 5000000 values"), "{e}");
         std::fs::write(
             &other,
             format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)),

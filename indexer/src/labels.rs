@@ -281,6 +281,41 @@ fn check_yaml_expansion(text: &str, max: u64) -> Result<(), (usize, String)> {
     }
 }
 
+/// Counts the values a JSON text holds (objects, arrays and their members, outside
+/// strings) and refuses more than `max`, before anything is built from it: a 1 GiB file of
+/// `[0,0,0,…]` would otherwise become many GiB of values.
+fn check_json_size(text: &str, max: u64) -> Result<(), (usize, String)> {
+    let (mut n, mut line, mut in_str, mut esc) = (0u64, 1usize, false, false);
+    for b in text.bytes() {
+        if b == b'\n' {
+            line += 1;
+        }
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' | b',' | b':' => {
+                n += 1;
+                if n > max {
+                    return Err((
+                        line,
+                        format!("the JSON holds more than {max} values: refused"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses one file.
 pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
     let text = read_capped(path, max_input_bytes())?;
@@ -396,6 +431,7 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
             }
         }
         "json" => {
+            check_json_size(&text, MAX_YAML_NODES).map_err(|(line, r)| bad(line, r))?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| bad(e.line(), format!("not JSON: {e}")))?;
             let text_of = |v: &serde_json::Value| v.as_str().map(str::to_string);

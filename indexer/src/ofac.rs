@@ -22,6 +22,8 @@ pub struct SdnAddress {
 
 const PREFIX: &str = "Digital Currency Address - ";
 const MAX_DEPTH: usize = 64;
+/// The most addresses one list may give (OFAC's whole list has about a thousand).
+pub const MAX_ADDRESSES: usize = 5_000_000;
 
 fn line_at(text: &str, pos: u64) -> usize {
     let pos = usize::try_from(pos).unwrap_or(usize::MAX).min(text.len());
@@ -46,7 +48,7 @@ pub fn parse_sdn_xml(text: &str) -> Result<Vec<SdnAddress>, (usize, String)> {
         String::new(),
         Vec::<String>::new(),
     );
-    let mut entry_ids: Vec<(String, String, usize)> = Vec::new();
+    let mut entry_ids: Vec<(String, String)> = Vec::new();
     let (mut id_type, mut id_number) = (String::new(), String::new());
     let mut text_buf = String::new();
     loop {
@@ -150,11 +152,15 @@ pub fn parse_sdn_xml(text: &str) -> Result<Vec<SdnAddress>, (usize, String)> {
                                     format!("a `{id_type}` id without its idNumber"),
                                 ));
                             }
-                            entry_ids.push((
-                                asset.trim().to_string(),
-                                id_number.clone(),
-                                line_at(text, pos),
-                            ));
+                            if entry_ids.len() >= MAX_ADDRESSES {
+                                return Err((
+                                    line_at(text, pos),
+                                    format!(
+                                        "more than {MAX_ADDRESSES} addresses in one entry: refused"
+                                    ),
+                                ));
+                            }
+                            entry_ids.push((asset.trim().to_string(), id_number.clone()));
                         }
                     }
                     (_, "sdnEntry") => {
@@ -163,7 +169,13 @@ pub fn parse_sdn_xml(text: &str) -> Result<Vec<SdnAddress>, (usize, String)> {
                             (false, true) => first.clone(),
                             (false, false) => format!("{first} {last}"),
                         };
-                        for (asset, address, _) in entry_ids.drain(..) {
+                        if out.len() + entry_ids.len() > MAX_ADDRESSES {
+                            return Err((
+                                line_at(text, pos),
+                                format!("more than {MAX_ADDRESSES} addresses: refused"),
+                            ));
+                        }
+                        for (asset, address) in entry_ids.drain(..) {
                             out.push(SdnAddress {
                                 asset,
                                 address,
