@@ -696,7 +696,7 @@ impl FlightSqlService for Flight {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.meta_info(&schema, &query, request)
     }
 
@@ -775,7 +775,7 @@ impl FlightSqlService for Flight {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.meta_info(&schema, &query, request)
     }
 

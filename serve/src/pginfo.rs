@@ -289,6 +289,9 @@ impl Rows {
     }
 }
 
+/// A table as listed: its schema, its name and (when opened) its provider.
+type Listed = (String, String, Option<Arc<dyn TableProvider>>);
+
 /// PostgreSQL's `information_schema` over one connection's pinned catalog.
 #[derive(Debug)]
 pub struct InformationSchema {
@@ -310,7 +313,7 @@ impl InformationSchema {
         let o = |s: &str| Some(s.to_string());
         let catalog = self.catalog.upgrade();
         // Every (schema, table, provider) the statement can read, in name order.
-        let mut all: Vec<(String, String, Option<Arc<dyn TableProvider>>)> = Vec::new();
+        let mut all: Vec<Listed> = Vec::new();
         if let Some(cat) = &catalog
             && matches!(table, "tables" | "columns" | "views")
         {

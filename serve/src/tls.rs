@@ -1,6 +1,6 @@
 //! TLS from a certificate chain and key in PEM files (rustls with ring).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
@@ -46,7 +46,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 
 impl Tls {
     /// Loads `cert` (a PEM chain, leaf first) and `key` (PKCS#8, PKCS#1 or SEC1 PEM).
-    pub fn load(cert: &PathBuf, key: &PathBuf) -> Result<Self> {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self> {
         install_provider();
         let cert_pem = read(cert, "certificate")?;
         let key_pem = read(key, "key")?;
