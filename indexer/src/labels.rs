@@ -72,6 +72,16 @@ pub struct Defaults {
     pub source: Option<String>,
 }
 
+impl Defaults {
+    /// The file's category for a label, else `--category`, else `unknown` (TagPack, MISP
+    /// and STIX entries need not say).
+    fn category_or_unknown(&self, found: Option<String>) -> String {
+        found
+            .or_else(|| self.category.clone())
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
 /// An address that was not imported, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -404,9 +414,7 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
                 let label = inherit("label")
                     .or_else(|| d.label.clone())
                     .ok_or_else(|| bad(at, format!("tag {at} ({address}) has no label")))?;
-                let category = inherit("category")
-                    .or_else(|| d.category.clone())
-                    .unwrap_or_else(|| "unknown".into());
+                let category = d.category_or_unknown(inherit("category"));
                 let source = inherit("source")
                     .or_else(|| d.source.clone())
                     .unwrap_or_else(|| file_name.clone());
@@ -460,9 +468,7 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
                         text_of(&o["x_ferret_label"])
                             .or_else(|| d.label.clone())
                             .unwrap_or_else(|| stem.clone()),
-                        text_of(&o["x_ferret_category"])
-                            .or_else(|| d.category.clone())
-                            .unwrap_or_else(|| "unknown".into()),
+                        d.category_or_unknown(text_of(&o["x_ferret_category"])),
                         text_of(&o["x_ferret_source"])
                             .or_else(|| d.source.clone())
                             .unwrap_or_else(|| file_name.clone()),
@@ -543,9 +549,7 @@ pub fn parse_file(path: &Path, d: &Defaults) -> Result<Parsed, LabelError> {
                                 .or_else(|| d.label.clone())
                                 .or_else(|| info.clone())
                                 .unwrap_or_else(|| stem.clone()),
-                            tags.remove("category")
-                                .or_else(|| d.category.clone())
-                                .unwrap_or_else(|| "unknown".into()),
+                            d.category_or_unknown(tags.remove("category")),
                             tags.remove("source")
                                 .or_else(|| d.source.clone())
                                 .or_else(|| org.clone())

@@ -161,6 +161,11 @@ impl PinnedCatalog {
         }
     }
 
+    /// Whether a warehouse snapshot was pinned yet (a new connection holds none).
+    pub fn has_snapshot(&self) -> bool {
+        !self.snapshot().schemas.is_empty()
+    }
+
     fn snapshot(&self) -> Arc<Snapshot> {
         match self.pinned.read() {
             Ok(p) => Arc::clone(&p),

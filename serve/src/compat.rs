@@ -421,20 +421,72 @@ mod format_tests {
     }
 }
 
+/// The position (1-based) of a `$n` placeholder.
+pub fn placeholder_index(id: &str) -> Option<usize> {
+    id.strip_prefix('$')?.parse().ok().filter(|n| *n >= 1)
+}
+
+/// The highest `$n` in `statement` (0 when it has none).
+pub fn max_placeholder(statement: &Statement) -> usize {
+    use datafusion::sql::sqlparser::ast::{Value, visit_expressions};
+    let mut max = 0;
+    let _ = visit_expressions(statement, |e: &Expr| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Some(n) = placeholder_index(p)
+        {
+            max = max.max(n);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    max
+}
+
+/// The highest `$n` (or the number of `?`) in `sql`, None when it does not parse.
+pub fn placeholder_count(sql: &str) -> Option<usize> {
+    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+    let mut statements = DFParser::parse_sql(sql).ok()?;
+    let DfStatement::Statement(mut s) = statements.pop_front()? else {
+        return None;
+    };
+    number_placeholders(&mut s);
+    Some(max_placeholder(&s))
+}
+
+/// The type of each parameter `$1` … `$count` (or up to the plan's highest, if more), by
+/// position: None for one the plan does not type, such as a table function's argument.
+pub fn parameter_slots(
+    count: usize,
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> datafusion::common::Result<Vec<Option<arrow::datatypes::DataType>>> {
+    let typed = plan.get_parameter_types()?;
+    let count = typed
+        .keys()
+        .filter_map(|id| placeholder_index(id))
+        .fold(count, usize::max);
+    let mut slots = vec![None; count];
+    for (id, t) in typed {
+        if let Some(n) = placeholder_index(&id) {
+            slots[n - 1] = t;
+        }
+    }
+    Ok(slots)
+}
+
 /// Puts bound parameter values into the arguments of table functions (`taint($1, …)`) as
 /// literals: table functions read their arguments when the statement is planned, where
-/// a parameter has no value yet. `value(n)` gives the literal for `$n` (1-based), None
-/// when it has none. Other parameters are left to the planner. Returns whether anything
-/// changed.
+/// a parameter has no value yet. Other parameters are left to the planner. Returns
+/// whether anything changed.
 pub fn bind_table_function_args(
     statement: &mut Statement,
-    value: &dyn Fn(usize) -> Option<Expr>,
+    params: &datafusion::common::ParamValues,
 ) -> bool {
+    use datafusion::common::ParamValues;
     use datafusion::sql::sqlparser::ast::{
         FunctionArg, FunctionArgExpr, TableFactor, Value, VisitMut, VisitorMut,
     };
     struct Binder<'a> {
-        value: &'a dyn Fn(usize) -> Option<Expr>,
+        values: &'a [datafusion::common::metadata::ScalarAndMetadata],
         changed: bool,
     }
     impl Binder<'_> {
@@ -448,10 +500,10 @@ pub fn bind_table_function_args(
                 if let FunctionArgExpr::Expr(x) = e
                     && let Expr::Value(v) = x
                     && let Value::Placeholder(p) = &v.value
-                    && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
-                    && let Some(lit) = (self.value)(n)
+                    && let Some(n) = placeholder_index(p)
+                    && let Some(value) = self.values.get(n - 1)
                 {
-                    *x = lit;
+                    *x = literal(value.value());
                     self.changed = true;
                 }
             }
@@ -470,38 +522,19 @@ pub fn bind_table_function_args(
             ControlFlow::Continue(())
         }
     }
+    let ParamValues::List(values) = params else {
+        return false;
+    };
     let mut b = Binder {
-        value,
+        values,
         changed: false,
     };
     let _ = statement.visit(&mut b);
     b.changed
 }
 
-/// The highest `$n` (or the number of `?`) in `sql`, None when it does not parse.
-pub fn placeholder_count(sql: &str) -> Option<usize> {
-    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-    use datafusion::sql::sqlparser::ast::{Value, visit_expressions};
-    let mut statements = DFParser::parse_sql(sql).ok()?;
-    let DfStatement::Statement(mut s) = statements.pop_front()? else {
-        return None;
-    };
-    number_placeholders(&mut s);
-    let mut max = 0;
-    let _ = visit_expressions(s.as_ref(), |e: &Expr| {
-        if let Expr::Value(v) = e
-            && let Value::Placeholder(p) = &v.value
-            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
-        {
-            max = max.max(n);
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    Some(max)
-}
-
 /// A bound value as an SQL literal for [`bind_table_function_args`].
-pub fn literal(v: &datafusion::common::ScalarValue) -> Expr {
+fn literal(v: &datafusion::common::ScalarValue) -> Expr {
     use datafusion::common::ScalarValue;
     use datafusion::sql::sqlparser::ast::Value;
     let value = match v {
@@ -533,9 +566,9 @@ mod bind_tests {
             datafusion::common::ScalarValue::Utf8(Some("bc1q'x".into())),
             datafusion::common::ScalarValue::Int64(Some(2)),
         ];
-        assert!(bind_table_function_args(&mut s, &|n| vals
-            .get(n - 1)
-            .map(literal)));
+        let params =
+            datafusion::common::ParamValues::List(vals.into_iter().map(Into::into).collect());
+        assert!(bind_table_function_args(&mut s, &params));
         assert_eq!(
             s.to_string(),
             "SELECT * FROM taint('bc1q''x', 'poison', 2) t WHERE t.value > $1"

@@ -267,12 +267,8 @@ impl Flight {
         let mut statement = statements.pop_front().expect("one statement");
         if let DfStatement::Statement(s) = &mut statement {
             crate::compat::number_placeholders(s);
-            if let Some(ParamValues::List(values)) = params {
-                crate::compat::bind_table_function_args(s, &|n| {
-                    values
-                        .get(n.checked_sub(1)?)
-                        .map(|v| crate::compat::literal(v.value()))
-                });
+            if let Some(params) = params {
+                crate::compat::bind_table_function_args(s, params);
             }
         }
         match &statement {
@@ -586,23 +582,17 @@ impl FlightSqlService for Flight {
         let dataset_schema = Self::schema_bytes(plan.schema().as_arrow())?;
         // Every parameter by position: the plan's type, or text for one it does not type
         // (a table function's argument, bound as a literal at execution).
-        let typed = plan.get_parameter_types().map_err(df_status)?;
-        let index = |id: &str| id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
-        let count = typed
-            .keys()
-            .filter_map(|id| index(id))
-            .chain(crate::compat::placeholder_count(&query.query))
-            .max()
-            .unwrap_or(0);
-        let fields: Vec<arrow::datatypes::Field> = (1..=count)
-            .map(|n| {
-                let id = format!("${n}");
-                let t = typed
-                    .get(&id)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or(arrow::datatypes::DataType::Utf8);
-                arrow::datatypes::Field::new(id, t, true)
+        let slots = crate::compat::parameter_slots(
+            crate::compat::placeholder_count(&query.query).unwrap_or(0),
+            &plan,
+        )
+        .map_err(df_status)?;
+        let fields: Vec<arrow::datatypes::Field> = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let t = t.unwrap_or(arrow::datatypes::DataType::Utf8);
+                arrow::datatypes::Field::new(format!("${}", i + 1), t, true)
             })
             .collect();
         let parameter_schema = Self::schema_bytes(&Schema::new(fields))?;

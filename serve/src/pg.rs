@@ -440,9 +440,12 @@ impl QueryHook for Guard {
         if !is_query(statement) {
             return None;
         }
-        // Planned here for Describe (parameter and result types); planned again at each
-        // Execute against the snapshot current then.
-        if let Err(e) = conn.pin().await {
+        // Planned here for Describe (parameter and result types), against the snapshot
+        // the connection already holds (no listing of the warehouse on this path); planned
+        // again at each Execute against the snapshot current then.
+        if !conn.pinned.has_snapshot()
+            && let Err(e) = conn.pin().await
+        {
             return Some(Err(e));
         }
         Some(plan_statement(statement, ctx).await)
@@ -563,35 +566,14 @@ impl QueryParser for FerretParser {
     }
 }
 
-/// The `$n` parameters of a plan, in order.
 /// The types of `$1`, `$2`, … by position, for every parameter of `statement` (a
 /// parameter the plan does not type, such as a table function's argument, is None).
 fn parameter_types(
     statement: &Statement,
     plan: &LogicalPlan,
 ) -> PgWireResult<Vec<Option<arrow::datatypes::DataType>>> {
-    let index = |id: &str| id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
-    let mut count = 0usize;
-    let _ = datafusion::sql::sqlparser::ast::visit_expressions(statement, |e| {
-        if let datafusion::sql::sqlparser::ast::Expr::Value(v) = e
-            && let datafusion::sql::sqlparser::ast::Value::Placeholder(p) = &v.value
-            && let Some(n) = index(p)
-        {
-            count = count.max(n);
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    let typed = plan.get_parameter_types().map_err(df_error)?;
-    for id in typed.keys() {
-        count = count.max(index(id).unwrap_or(0));
-    }
-    let mut types = vec![None; count];
-    for (id, t) in typed {
-        if let Some(n) = index(&id).filter(|n| *n >= 1) {
-            types[n - 1] = t;
-        }
-    }
-    Ok(types)
+    crate::compat::parameter_slots(crate::compat::max_placeholder(statement), plan)
+        .map_err(df_error)
 }
 
 #[async_trait]
@@ -640,13 +622,7 @@ impl ExtendedQueryHandler for Queries {
                             known.iter().map(Option::as_ref).collect();
                         let params = deserialize_parameters(portal, &refs)?;
                         let mut bound = statement.clone();
-                        if let datafusion::common::ParamValues::List(values) = &params {
-                            crate::compat::bind_table_function_args(&mut bound, &|n| {
-                                values
-                                    .get(n.checked_sub(1)?)
-                                    .map(|v| crate::compat::literal(v.value()))
-                            });
-                        }
+                        crate::compat::bind_table_function_args(&mut bound, &params);
                         let plan = plan_statement(&bound, &conn.ctx).await?;
                         let types_of = |p: &LogicalPlan| -> Vec<arrow::datatypes::DataType> {
                             p.schema().fields().iter().map(|f| f.data_type().clone()).collect()

@@ -521,11 +521,8 @@ impl CatalogInfo for SnapshotInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<SchemaRef>> {
-        // information_schema's columns are fixed: no need to compute its rows (which
-        // would read every other table) for pg_attribute.
-        if schema == INFORMATION_SCHEMA && catalog == CATALOG {
-            let t = table.to_ascii_lowercase();
-            return Ok(TABLES.contains(&t.as_str()).then(|| schema_of(&t)));
+        if let Some(own) = own_table(catalog, schema, table) {
+            return Ok(own.map(|t| schema_of(&t)));
         }
         Ok(self
             .table(catalog, schema, table)
@@ -539,15 +536,24 @@ impl CatalogInfo for SnapshotInfo {
         schema: &str,
         table: &str,
     ) -> Result<Option<TableType>> {
-        if schema == INFORMATION_SCHEMA && catalog == CATALOG {
-            let t = table.to_ascii_lowercase();
-            return Ok(TABLES.contains(&t.as_str()).then_some(TableType::View));
+        if let Some(own) = own_table(catalog, schema, table) {
+            return Ok(own.map(|_| TableType::View));
         }
         Ok(self
             .table(catalog, schema, table)
             .await?
             .map(|t| t.table_type()))
     }
+}
+
+/// For a table in information_schema: its name when it is one of ours (its columns are
+/// fixed, so they are known without computing its rows, which would read every other
+/// table); None for a table in any other schema.
+fn own_table(catalog: &str, schema: &str, table: &str) -> Option<Option<String>> {
+    (schema == INFORMATION_SCHEMA && catalog == CATALOG).then(|| {
+        let t = table.to_ascii_lowercase();
+        TABLES.contains(&t.as_str()).then_some(t)
+    })
 }
 
 /// datafusion-pg-catalog's tables read once (PostgreSQL's own catalog rows).
