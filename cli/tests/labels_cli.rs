@@ -503,11 +503,11 @@ fn labels_import_ofac_sdn_xml() {
     assert!(ok, "{err}");
     assert!(out.contains("new"), "{out}");
     let addrs = "SELECT chain, address FROM labels ORDER BY 1, 2";
-    assert_eq!(
-        sql(&wh, addrs),
-        sql(&lists, addrs),
-        "the same sanctioned addresses"
-    );
+    let want = sql(&lists, addrs);
+    // Not two empty sets: most of the fixtures' 587 addresses are valid.
+    assert!(want.lines().count() > 500, "{want}");
+    assert!(want.contains("btc,") && want.contains("eth,"), "{want}");
+    assert_eq!(sql(&wh, addrs), want, "the same sanctioned addresses");
     let meta = sql(
         &wh,
         "SELECT DISTINCT category, label, source FROM labels WHERE label = 'ENTITY 0 & PARTNERS'",
