@@ -75,5 +75,101 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
         let provider = table_over(wh, files, schema, &[])?;
         public.register_table(job.into(), provider)?;
     }
+    register_cases(wh, public.as_ref(), &runs)?;
     Ok(())
+}
+
+/// The case tables over every case (`case_runs`, `case_taint`, …: each the union of
+/// every run of every case, from the same results head as the rest) and `cases`, one row
+/// per case from its latest run's record.
+fn register_cases(
+    wh: &Warehouse,
+    public: &dyn SchemaProvider,
+    runs: &std::collections::BTreeMap<String, ferret_schemas::results::LatestRun>,
+) -> Result<()> {
+    use ferret_schemas::cases::{case_tables, parse_case_job};
+    for (table, schema) in case_tables() {
+        let files = runs
+            .iter()
+            .filter(|(job, _)| parse_case_job(job).is_some_and(|(_, t)| t == table))
+            .flat_map(|(_, r)| r.files.iter().map(String::as_str));
+        let provider = table_over(wh, files, schema, &[])?;
+        public.register_table(format!("case_{table}"), provider)?;
+    }
+    public.register_table("cases".into(), Arc::new(cases_table(runs)?))?;
+    Ok(())
+}
+
+/// Schema of `cases`.
+pub fn cases_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("case", DataType::Utf8, false),
+        Field::new("runs", DataType::Int64, false),
+        Field::new("latest_run", DataType::Utf8, false),
+        Field::new("chains", DataType::Utf8, true),
+        Field::new("description", DataType::Utf8, true),
+        Field::new("schedule", DataType::Utf8, true),
+        Field::new("started_at", DataType::Utf8, true),
+        Field::new("finished_at", DataType::Utf8, true),
+        Field::new("exits", DataType::Int64, true),
+        Field::new("alerts", DataType::Int64, true),
+    ]))
+}
+
+/// `cases` from the results head: each case's `runs` job counts its runs, and its params
+/// hold the latest run's record.
+fn cases_table(
+    runs: &std::collections::BTreeMap<String, ferret_schemas::results::LatestRun>,
+) -> Result<MemTable> {
+    use arrow::array::{Int64Array, StringArray};
+    let mut rows: Vec<(&str, &ferret_schemas::results::LatestRun)> = Vec::new();
+    for (job, run) in runs {
+        if let Some((case, "runs")) = ferret_schemas::cases::parse_case_job(job) {
+            rows.push((case, run));
+        }
+    }
+    let text = |key: &str| -> StringArray {
+        rows.iter()
+            .map(|(_, r)| {
+                let v = r.params.as_ref().and_then(|p| p.get(key))?;
+                Some(match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    serde_json::Value::Null => return None,
+                    other => other.to_string(),
+                })
+            })
+            .collect()
+    };
+    let int = |key: &str| -> Int64Array {
+        rows.iter()
+            .map(|(_, r)| r.params.as_ref().and_then(|p| p.get(key)?.as_i64()))
+            .collect()
+    };
+    let batch = arrow::array::RecordBatch::try_new(
+        cases_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(c, _)| *c))),
+            // One row (and one file) per run.
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, r)| r.files.len() as i64),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, r)| r.run_id.as_str()),
+            )),
+            Arc::new(text("chains")),
+            Arc::new(text("description")),
+            Arc::new(text("schedule")),
+            Arc::new(text("started_at")),
+            Arc::new(text("finished_at")),
+            Arc::new(int("exits")),
+            Arc::new(int("alerts")),
+        ],
+    )?;
+    MemTable::try_new(cases_schema(), vec![vec![batch]])
 }

@@ -70,7 +70,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn store(path: impl ToString, source: object_store::Error) -> Self {
+    /// An object store error at `path`.
+    pub fn store(path: impl ToString, source: object_store::Error) -> Self {
         Self::Store {
             path: path.to_string(),
             source,

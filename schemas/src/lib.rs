@@ -12,6 +12,7 @@
 //! ```
 
 pub mod btc;
+pub mod cases;
 pub mod checksum;
 pub mod dataset;
 mod error;

@@ -251,9 +251,19 @@ fn rand_suffix(seed: u32) -> u32 {
     x
 }
 
-/// Directory of a job's results.
+/// Directory of a job's results. A job named with slashes (`cases/{case}/taint`) is a
+/// nested directory.
 pub fn job_dir(root: &Path, job: &str) -> Path {
-    root.clone().join("results").join(job)
+    job.split('/')
+        .filter(|p| !p.is_empty())
+        .fold(root.clone().join("results"), |dir, part| dir.join(part))
+}
+
+/// Jobs that keep every run (a case's tables: its runs are the record of an
+/// investigation, and alerts diff against them): each commit adds the run's file to the
+/// job's list instead of replacing it, and retention never deletes them.
+pub fn keeps_history(job: &str) -> bool {
+    job.starts_with("cases/")
 }
 
 /// Directory of the results heads.

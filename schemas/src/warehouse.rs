@@ -233,6 +233,30 @@ impl Warehouse {
         }
     }
 
+    /// Takes the lease of one case (`results/cases/{case}/_state`): two runs of a case
+    /// never overlap (a scheduled run and a manual one, two schedulers).
+    pub async fn case_lease(&self, case: &str) -> Result<WriterLease> {
+        let attempt = crate::results::new_run_id();
+        let scope = format!("cases/{case}");
+        let state = crate::results::job_dir(&self.root, &scope).join("_state");
+        match &self.local_dir {
+            Some(dir) => WriterLease::local(
+                &scope,
+                &dir.join("results").join("cases").join(case).join("_state"),
+                &attempt,
+            ),
+            None => {
+                WriterLease::remote(
+                    &scope,
+                    Arc::clone(&self.store),
+                    state.join(LEASE_OBJECT),
+                    &attempt,
+                )
+                .await
+            }
+        }
+    }
+
     /// The object store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -841,6 +865,19 @@ impl Warehouse {
     /// head when another writer committed first, so concurrent jobs never lose each
     /// other's runs). Then older heads and runs beyond retention are removed.
     pub async fn commit_runs(&self, runs: Vec<(String, crate::results::LatestRun)>) -> Result<()> {
+        self.commit_runs_expecting(runs, &[]).await
+    }
+
+    /// [`Warehouse::commit_runs`], only while each job of `expect` still points at the
+    /// given run (`None`: no run yet): a writer that built on a job's current run (a
+    /// case appending to its history) never overwrites a run committed meanwhile by
+    /// another (a run that outlived its lease). Fails with [`Error::CommitConflict`]
+    /// naming the job otherwise, committing nothing.
+    pub async fn commit_runs_expecting(
+        &self,
+        runs: Vec<(String, crate::results::LatestRun)>,
+        expect: &[(String, Option<String>)],
+    ) -> Result<()> {
         crate::failpoint::hit("before-results-commit");
         let dir = crate::results::head_dir(&self.root);
         for _ in 0..32 {
@@ -848,6 +885,14 @@ impl Warehouse {
                 Some(h) => (h.seq, h.runs),
                 None => (0, self.legacy_latest_runs().await?),
             };
+            for (job, want) in expect {
+                let have = all.get(job).map(|r| &r.run_id);
+                if have != want.as_ref() {
+                    return Err(Error::CommitConflict {
+                        path: crate::results::job_dir(&self.root, job),
+                    });
+                }
+            }
             for (job, run) in &runs {
                 all.insert(job.clone(), run.clone());
             }
@@ -900,6 +945,9 @@ impl Warehouse {
             .unwrap_or_default()
             .as_millis() as u64;
         for (job, current) in &head.runs {
+            if crate::results::keeps_history(job) {
+                continue;
+            }
             let prefix = crate::results::job_dir(&self.root, job);
             let Ok(listed) = self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
                 continue;

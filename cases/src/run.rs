@@ -1,0 +1,1047 @@
+//! One run of a case: the taint of each of its chains, the clusters of its seeds, and
+//! what is new against the previous run (alerts), committed as one run of the case's
+//! tables with the record of what it read. Runs of one case never overlap (a lease), and
+//! a run commits only on top of the run it diffed against.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{Float64Type, Int64Type};
+use chrono::{DateTime, Utc};
+use ferret_kernels::device::Backend;
+use ferret_schemas::cases::{case_job, case_table_schema};
+use ferret_schemas::results::{LatestRun, new_run_id};
+use ferret_schemas::{Chain, Warehouse};
+use sha2::{Digest, Sha256};
+
+use crate::file::Case;
+use crate::{Error, Result};
+
+/// One alert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub alert_id: String,
+    pub seq: i64,
+    /// `new_exit`, `exit_increase`, `new_member`, `watchlist`.
+    pub kind: &'static str,
+    pub chain: String,
+    pub address: String,
+    pub amount: Option<f64>,
+    pub asset: Option<String>,
+    pub txid: Option<String>,
+    pub height: Option<i64>,
+    pub detail: String,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub case: String,
+    pub run_id: String,
+    pub previous_run: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Per chain: tip height and hash read.
+    pub tips: BTreeMap<String, (Option<u64>, Option<String>)>,
+    pub taint_rows: u64,
+    pub exits: u64,
+    pub members: u64,
+    pub alerts: Vec<Alert>,
+    /// Seeds the chains do not have.
+    pub unknown_seeds: Vec<String>,
+}
+
+/// An exit as the diff sees it.
+#[derive(Clone, Debug, PartialEq)]
+struct ExitRow {
+    chain: String,
+    address: String,
+    asset: String,
+    label: String,
+    category: String,
+    value: f64,
+    min_hop: i64,
+}
+
+/// A member of a seed's cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Member {
+    chain: String,
+    address: String,
+    cluster_id: Option<i64>,
+    seed: String,
+}
+
+/// What one chain's part of a run produced.
+#[derive(Default)]
+struct ChainPart {
+    taint: Option<RecordBatch>,
+    exits_batch: Option<RecordBatch>,
+    exits: Vec<ExitRow>,
+    members: Vec<Member>,
+    unknown_seeds: Vec<String>,
+    tip: (Option<u64>, Option<String>),
+    seq: Option<u64>,
+    clusters_run: Option<String>,
+}
+
+fn chain_of(name: &str) -> Result<Chain> {
+    Chain::all()
+        .iter()
+        .copied()
+        .find(|c| c.as_str() == name)
+        .ok_or_else(|| Error::Query(format!("unknown chain `{name}`")))
+}
+
+/// The manifest sequence of each of the case's chains (what a run read, to check nothing
+/// moved under it).
+async fn manifest_seqs(wh: &Warehouse, case: &Case) -> Result<Vec<Option<u64>>> {
+    let heads = wh.heads().await?;
+    Ok(case
+        .chains
+        .iter()
+        .map(|c| {
+            Chain::all()
+                .iter()
+                .position(|x| x.as_str() == c)
+                .and_then(|i| heads.chains.get(i).copied().flatten())
+        })
+        .collect())
+}
+
+/// Runs `case` once and commits the run; returns what it did. Refused while another run
+/// of the case holds its lease.
+pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<RunReport> {
+    let lease = wh.case_lease(&case.name).await?;
+    let started_at = Utc::now();
+    let run_id = new_run_id();
+    let runs_job = case_job(&case.name, "runs");
+    let heads = wh.latest_runs().await?;
+    let previous = heads.get(&runs_job).map(|r| r.run_id.clone());
+    let labels_run = heads.get("labels").map(|r| r.run_id.clone());
+
+    // The chains must not move under the run: their manifests before and after match,
+    // else the run is done again on the newer ones.
+    let mut parts = BTreeMap::new();
+    let mut attempts = 0;
+    loop {
+        let before = manifest_seqs(wh, case).await?;
+        parts.clear();
+        for chain in &case.chains {
+            let part = match chain.as_str() {
+                "btc" => btc_part(wh, case, backend, &run_id).await?,
+                _ => eth_part(wh, case, backend, &run_id).await?,
+            };
+            parts.insert(chain.clone(), part);
+        }
+        let after = manifest_seqs(wh, case).await?;
+        if before == after {
+            break;
+        }
+        attempts += 1;
+        if attempts >= 3 {
+            return Err(Error::Refused {
+                case: case.name.clone(),
+                reason: "the chains moved during three runs in a row (an indexer is committing): try again".into(),
+            });
+        }
+        tracing::info!(case = %case.name, "a chain moved during the run; running again on it");
+    }
+
+    // The previous run's exits and members, and every watchlist alert so far.
+    let prev = match &previous {
+        Some(p) => Some(Previous::load(wh, &heads, &case.name, p).await?),
+        None => None,
+    };
+    let mut alerts = Vec::new();
+    let exits: Vec<&ExitRow> = parts.values().flat_map(|p| &p.exits).collect();
+    diff_exits(case, prev.as_ref(), &exits, &mut alerts);
+    let members: Vec<&Member> = parts.values().flat_map(|p| &p.members).collect();
+    diff_members(prev.as_ref(), &members, &mut alerts);
+    watchlist(wh, case, prev.as_ref(), &parts, &mut alerts).await?;
+    for (i, a) in alerts.iter_mut().enumerate() {
+        a.seq = i as i64;
+        a.alert_id = alert_id(&case.name, &run_id, a);
+    }
+    let finished_at = Utc::now();
+
+    let tips: BTreeMap<String, (Option<u64>, Option<String>)> = parts
+        .iter()
+        .map(|(c, p)| (c.clone(), p.tip.clone()))
+        .collect();
+    let report = RunReport {
+        case: case.name.clone(),
+        run_id: run_id.clone(),
+        previous_run: previous.clone(),
+        started_at,
+        finished_at,
+        tips,
+        taint_rows: parts
+            .values()
+            .filter_map(|p| p.taint.as_ref())
+            .map(|b| b.num_rows() as u64)
+            .sum(),
+        exits: exits.len() as u64,
+        members: members.len() as u64,
+        alerts,
+        unknown_seeds: parts
+            .values()
+            .flat_map(|p| p.unknown_seeds.iter().cloned())
+            .collect(),
+    };
+
+    // The run's tables: one file each, appended to the case's history in one commit.
+    let mut tables: Vec<(&str, RecordBatch)> = Vec::new();
+    if let Some(p) = parts.get("btc") {
+        tables.push(("taint", with_case(&case.name, "taint", p.taint.as_ref())?));
+        tables.push((
+            "exits",
+            with_case(&case.name, "exits", p.exits_batch.as_ref())?,
+        ));
+    }
+    if let Some(p) = parts.get("eth") {
+        tables.push((
+            "eth_taint",
+            with_case(&case.name, "eth_taint", p.taint.as_ref())?,
+        ));
+        tables.push((
+            "eth_exits",
+            with_case(&case.name, "eth_exits", p.exits_batch.as_ref())?,
+        ));
+    }
+    tables.push(("members", members_batch(&case.name, &run_id, &members)?));
+    tables.push((
+        "alerts",
+        alerts_batch(&case.name, &run_id, &report.alerts, finished_at)?,
+    ));
+    let record = record(case, &report, &parts, labels_run.as_deref());
+    tables.push((
+        "runs",
+        runs_batch(case, &report, &parts, labels_run.as_deref())?,
+    ));
+
+    let mut commit = Vec::new();
+    for (table, batch) in &tables {
+        let job = case_job(&case.name, table);
+        let schema = case_table_schema(table)
+            .ok_or_else(|| Error::Query(format!("no case table {table}")))?;
+        let mut w = wh.run_writer(&job, &run_id, schema)?;
+        w.write(batch).await?;
+        let (file, rows, check) = w.finish().await?;
+        let mut entry = match heads.get(&job) {
+            Some(old) => {
+                if old.checks.len() != old.files.len() {
+                    return Err(Error::Damaged {
+                        case: case.name.clone(),
+                        reason: format!(
+                            "{job} lists {} files and {} checks",
+                            old.files.len(),
+                            old.checks.len()
+                        ),
+                    });
+                }
+                old.clone()
+            }
+            None => LatestRun {
+                run_id: String::new(),
+                files: Vec::new(),
+                rows: 0,
+                params: None,
+                checks: Vec::new(),
+            },
+        };
+        entry.run_id = run_id.clone();
+        entry.files.push(file);
+        entry.checks.push(check);
+        entry.rows += rows;
+        entry.params = (*table == "runs").then(|| record.clone());
+        commit.push((job, entry));
+    }
+    // Still this run's lease, and still on top of the run it diffed against.
+    lease.check().await?;
+    wh.commit_runs_expecting(commit, &[(runs_job, previous)])
+        .await
+        .map_err(|e| match e {
+            ferret_schemas::Error::CommitConflict { .. } => Error::Refused {
+                case: case.name.clone(),
+                reason: "another run of the case committed first (its lease had expired under this one): nothing was committed; run again".into(),
+            },
+            other => Error::Warehouse(other),
+        })?;
+    lease.release().await;
+    Ok(report)
+}
+
+/// The run's record, kept as the `runs` job's params (what `cases` shows).
+fn record(
+    case: &Case,
+    r: &RunReport,
+    parts: &BTreeMap<String, ChainPart>,
+    labels_run: Option<&str>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": r.run_id,
+        "chains": case.chains,
+        "description": case.description,
+        "schedule": case.schedule.as_ref().map(ToString::to_string),
+        "started_at": r.started_at.to_rfc3339(),
+        "finished_at": r.finished_at.to_rfc3339(),
+        "previous_run": r.previous_run,
+        "tips": parts.iter().map(|(c, p)| (c.clone(), serde_json::json!({"height": p.tip.0, "hash": p.tip.1, "manifest_seq": p.seq}))).collect::<serde_json::Map<_, _>>(),
+        "labels_run": labels_run,
+        "case_sha256": case.sha256,
+        "ferret_version": env!("CARGO_PKG_VERSION"),
+        "taint_rows": r.taint_rows,
+        "exits": r.exits,
+        "members": r.members,
+        "alerts": r.alerts.len(),
+    })
+}
+
+/// The deterministic id of an alert: a receiver that saw it discards it.
+fn alert_id(case: &str, run_id: &str, a: &Alert) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        case,
+        run_id,
+        a.kind,
+        &a.chain,
+        a.asset.as_deref().unwrap_or(""),
+        &a.address,
+        a.txid.as_deref().unwrap_or(""),
+        &a.detail,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A kernel batch with the case column in front (an empty one when `batch` is None).
+fn with_case(case: &str, table: &str, batch: Option<&RecordBatch>) -> Result<RecordBatch> {
+    let schema =
+        case_table_schema(table).ok_or_else(|| Error::Query(format!("no case table {table}")))?;
+    let Some(b) = batch else {
+        return Ok(RecordBatch::new_empty(schema));
+    };
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(case, b.num_rows()),
+    ))];
+    cols.extend(b.columns().iter().cloned());
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+fn members_batch(case: &str, run_id: &str, m: &[&Member]) -> Result<RecordBatch> {
+    let n = m.len();
+    Ok(RecordBatch::try_new(
+        ferret_schemas::cases::case_members_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(case, n))),
+            Arc::new(StringArray::from_iter_values(
+                m.iter().map(|x| x.chain.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                m.iter().map(|x| x.address.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter(m.iter().map(|x| x.cluster_id))),
+            Arc::new(StringArray::from_iter_values(
+                m.iter().map(|x| x.seed.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                run_id, n,
+            ))),
+        ],
+    )?)
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn alerts_batch(case: &str, run_id: &str, a: &[Alert], at: DateTime<Utc>) -> Result<RecordBatch> {
+    let n = a.len();
+    Ok(RecordBatch::try_new(
+        ferret_schemas::cases::case_alerts_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(case, n))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                run_id, n,
+            ))),
+            Arc::new(StringArray::from_iter_values(
+                a.iter().map(|x| x.alert_id.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(a.iter().map(|x| x.seq))),
+            Arc::new(StringArray::from_iter_values(a.iter().map(|x| x.kind))),
+            Arc::new(StringArray::from_iter_values(
+                a.iter().map(|x| x.chain.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                a.iter().map(|x| x.address.as_str()),
+            )),
+            Arc::new(Float64Array::from_iter(a.iter().map(|x| x.amount))),
+            Arc::new(StringArray::from_iter(a.iter().map(|x| x.asset.as_deref()))),
+            Arc::new(StringArray::from_iter(a.iter().map(|x| x.txid.as_deref()))),
+            Arc::new(Int64Array::from_iter(a.iter().map(|x| x.height))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(micros(at), n))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                a.iter().map(|x| x.detail.as_str()),
+            )),
+        ],
+    )?)
+}
+
+fn runs_batch(
+    case: &Case,
+    r: &RunReport,
+    parts: &BTreeMap<String, ChainPart>,
+    labels_run: Option<&str>,
+) -> Result<RecordBatch> {
+    let tip = |c: &str| parts.get(c).map(|p| &p.tip);
+    let one_str = |v: Option<&str>| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+    let one_int = |v: Option<i64>| Arc::new(Int64Array::from(vec![v])) as ArrayRef;
+    let ts = |t: DateTime<Utc>| {
+        Arc::new(TimestampMicrosecondArray::from(vec![micros(t)]).with_timezone("UTC")) as ArrayRef
+    };
+    let params = serde_json::to_string(&case.params()).unwrap_or_default();
+    Ok(RecordBatch::try_new(
+        ferret_schemas::cases::case_runs_schema(),
+        vec![
+            one_str(Some(&case.name)),
+            one_str(Some(&r.run_id)),
+            ts(r.started_at),
+            ts(r.finished_at),
+            one_str(Some(&case.chains.join(","))),
+            one_int(tip("btc").and_then(|t| t.0).map(|h| h as i64)),
+            one_str(tip("btc").and_then(|t| t.1.as_deref())),
+            one_int(parts.get("btc").and_then(|p| p.seq).map(|s| s as i64)),
+            one_int(tip("eth").and_then(|t| t.0).map(|h| h as i64)),
+            one_str(tip("eth").and_then(|t| t.1.as_deref())),
+            one_int(parts.get("eth").and_then(|p| p.seq).map(|s| s as i64)),
+            one_str(labels_run),
+            one_str(parts.get("btc").and_then(|p| p.clusters_run.as_deref())),
+            one_str(parts.get("eth").and_then(|p| p.clusters_run.as_deref())),
+            one_str(Some(&case.sha256)),
+            one_str(Some(&params)),
+            one_str(Some(env!("CARGO_PKG_VERSION"))),
+            one_str(r.previous_run.as_deref()),
+            one_int(Some(r.taint_rows as i64)),
+            one_int(Some(r.exits as i64)),
+            one_int(Some(r.members as i64)),
+            one_int(Some(r.alerts.len() as i64)),
+        ],
+    )?)
+}
+
+/// The chain's tip and manifest sequence, or an error when it was never indexed.
+async fn tip(
+    wh: &Warehouse,
+    case: &Case,
+    chain: &str,
+) -> Result<((Option<u64>, Option<String>), Option<u64>)> {
+    let m = wh
+        .load_manifest(chain_of(chain)?)
+        .await?
+        .ok_or_else(|| Error::Refused {
+            case: case.name.clone(),
+            reason: format!(
+                "the warehouse has no {chain} chain: index it first (`ferret index {chain}`)"
+            ),
+        })?;
+    Ok((
+        (
+            m.tip.as_ref().map(|t| t.height),
+            m.tip.as_ref().map(|t| t.hash.clone()),
+        ),
+        Some(m.seq),
+    ))
+}
+
+/// The categories of `wanted` that some label of the chain has; an error when one is on
+/// none of the case's chains is raised by the caller.
+fn present(labels: &[(String, String, String)], wanted: &[String]) -> Vec<String> {
+    let have: HashSet<&str> = labels.iter().map(|l| l.2.as_str()).collect();
+    wanted
+        .iter()
+        .filter(|c| have.contains(c.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Every seed category must be on at least one of the case's chains (a typo would seed
+/// nothing).
+async fn check_seed_categories(wh: &Warehouse, case: &Case) -> Result<()> {
+    let mut have = HashSet::new();
+    for chain in &case.chains {
+        for l in ferret_kernels::taint::job::chain_labels(wh, chain).await? {
+            have.insert(l.2);
+        }
+    }
+    for c in &case.seeds.categories {
+        if !have.contains(c) {
+            return Err(Error::Refused {
+                case: case.name.clone(),
+                reason: format!(
+                    "no address on {} is labelled with category `{c}`: import labels first (`ferret labels import`)",
+                    case.chains.join(" or ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn btc_part(
+    wh: &Warehouse,
+    case: &Case,
+    backend: &Backend,
+    run_id: &str,
+) -> Result<ChainPart> {
+    use ferret_kernels::taint::job::{TaintJob, chain_labels, exits_batch, taint_batch, taint_btc};
+    check_seed_categories(wh, case).await?;
+    let (tip, seq) = tip(wh, case, "btc").await?;
+    let labels = chain_labels(wh, "btc").await?;
+    let t = &case.taint;
+    let job = TaintJob {
+        policy: t.btc_policy,
+        direction: t.direction,
+        max_hops: t.hops,
+        min_value: t.min_value as i64,
+        seed_addresses: case.seeds.btc_addresses.clone(),
+        seed_txids: case.seeds.txids.clone(),
+        seed_categories: present(&labels, &case.seeds.categories),
+        stop_categories: present(&labels, &t.stop_at),
+        with_flows: false,
+    };
+    let mut part = ChainPart {
+        tip,
+        seq,
+        ..Default::default()
+    };
+    let seeds = seed_addresses(&case.seeds.btc_addresses, &labels, &job.seed_categories);
+    if job.seed_addresses.is_empty() && job.seed_txids.is_empty() && job.seed_categories.is_empty()
+    {
+        tracing::info!(case = %case.name, "no Bitcoin seeds: nothing to trace on btc");
+    } else {
+        let run = taint_btc(wh, backend, &job).await?;
+        part.taint = Some(taint_batch(&run, run_id)?);
+        part.exits_batch = Some(exits_batch(&run, run_id)?);
+        part.exits = run
+            .exits
+            .iter()
+            .map(|e| ExitRow {
+                chain: "btc".into(),
+                address: e.address.clone(),
+                asset: "BTC".into(),
+                label: e.label.clone(),
+                category: e.category.clone(),
+                value: e.tainted_value as f64,
+                min_hop: i64::from(e.min_hop),
+            })
+            .collect();
+        part.unknown_seeds = run.unknown_seeds.clone();
+    }
+    let (members, clusters_run) = members(wh, "btc", "clusters", &seeds).await?;
+    part.members = members;
+    part.clusters_run = clusters_run;
+    Ok(part)
+}
+
+async fn eth_part(
+    wh: &Warehouse,
+    case: &Case,
+    backend: &Backend,
+    run_id: &str,
+) -> Result<ChainPart> {
+    use ferret_kernels::account::job::{EthTaintJob, eth_exits_batch, eth_taint_batch, taint_eth};
+    use ferret_kernels::taint::job::chain_labels;
+    check_seed_categories(wh, case).await?;
+    let (tip, seq) = tip(wh, case, "eth").await?;
+    let labels = chain_labels(wh, "eth").await?;
+    let t = &case.taint;
+    let job = EthTaintJob {
+        policy: t.eth_policy,
+        direction: t.direction,
+        asset: t.asset.clone(),
+        max_hops: t.hops,
+        min_value: t.min_value,
+        seed_addresses: case.seeds.eth_addresses.clone(),
+        seed_categories: present(&labels, &case.seeds.categories),
+        stop_categories: present(&labels, &t.stop_at),
+    };
+    let mut part = ChainPart {
+        tip,
+        seq,
+        ..Default::default()
+    };
+    let seeds = seed_addresses(&case.seeds.eth_addresses, &labels, &job.seed_categories);
+    if job.seed_addresses.is_empty() && job.seed_categories.is_empty() {
+        tracing::info!(case = %case.name, "no Ethereum seeds: nothing to trace on eth");
+    } else {
+        let run = taint_eth(wh, backend, &job).await?;
+        part.taint = Some(eth_taint_batch(&run, run_id)?);
+        part.exits_batch = Some(eth_exits_batch(&run, run_id)?);
+        part.exits = run
+            .exits
+            .iter()
+            .map(|e| ExitRow {
+                chain: "eth".into(),
+                address: e.address.clone(),
+                asset: job.asset.clone(),
+                label: e.label.clone(),
+                category: e.category.clone(),
+                value: e.tainted_value,
+                min_hop: i64::from(e.min_hop),
+            })
+            .collect();
+        part.unknown_seeds = run.unknown_seeds.clone();
+    }
+    let (members, clusters_run) = members(wh, "eth", "eth_clusters", &seeds).await?;
+    part.members = members;
+    part.clusters_run = clusters_run;
+    Ok(part)
+}
+
+/// The seed addresses: named ones and those labelled with a seed category.
+fn seed_addresses(
+    named: &[String],
+    labels: &[(String, String, String)],
+    categories: &[String],
+) -> BTreeSet<String> {
+    let cats: HashSet<&str> = categories.iter().map(String::as_str).collect();
+    named
+        .iter()
+        .cloned()
+        .chain(
+            labels
+                .iter()
+                .filter(|l| cats.contains(l.2.as_str()))
+                .map(|l| l.0.clone()),
+        )
+        .collect()
+}
+
+/// The addresses in the seeds' clusters (from the chain's latest clustering; each seed
+/// is a member of its own cluster) and the clustering run read.
+async fn members(
+    wh: &Warehouse,
+    chain: &str,
+    job: &str,
+    seeds: &BTreeSet<String>,
+) -> Result<(Vec<Member>, Option<String>)> {
+    let run = wh.latest_run(job).await?;
+    // Seed → cluster, then every address of those clusters, a file at a time.
+    let mut cluster_of: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut out = Vec::new();
+    if let Some(run) = &run {
+        for f in &run.files {
+            for b in wh.read_columns(f, &["address", "cluster_id"]).await? {
+                let (addr, cid) = address_cluster(&b)?;
+                for i in 0..b.num_rows() {
+                    if let Some(s) = seeds.get(addr.value(i)) {
+                        cluster_of.insert(s.as_str(), cid.value(i));
+                    }
+                }
+            }
+        }
+        let mut seed_of: HashMap<i64, &str> = HashMap::new();
+        for (s, c) in &cluster_of {
+            seed_of.entry(*c).or_insert(s);
+        }
+        if !seed_of.is_empty() {
+            for f in &run.files {
+                for b in wh.read_columns(f, &["address", "cluster_id"]).await? {
+                    let (addr, cid) = address_cluster(&b)?;
+                    for i in 0..b.num_rows() {
+                        let c = cid.value(i);
+                        if let Some(s) = seed_of.get(&c) {
+                            let a = addr.value(i);
+                            // A seed is its own seed, whichever seed named the cluster.
+                            let seed = if seeds.contains(a) { a } else { s };
+                            out.push(Member {
+                                chain: chain.into(),
+                                address: a.to_string(),
+                                cluster_id: Some(c),
+                                seed: seed.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for s in seeds {
+        if !cluster_of.contains_key(s.as_str()) {
+            out.push(Member {
+                chain: chain.into(),
+                address: s.clone(),
+                cluster_id: None,
+                seed: s.clone(),
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok((out, run.map(|r| r.run_id)))
+}
+
+fn address_cluster(
+    b: &RecordBatch,
+) -> Result<(&StringArray, &arrow::array::PrimitiveArray<Int64Type>)> {
+    let bad = || Error::Query("clusters: unexpected column types".into());
+    let addr = b.column(0).as_string_opt::<i32>().ok_or_else(bad)?;
+    let cid = b
+        .column(1)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(bad)?;
+    Ok((addr, cid))
+}
+
+/// What the previous run found, and every watchlist alert of the case so far.
+struct Previous {
+    exits: HashMap<(String, String, String), f64>,
+    members: HashSet<(String, String)>,
+    watched: HashSet<(String, String, String, String)>,
+    tips: HashMap<String, (i64, String)>,
+}
+
+impl Previous {
+    async fn load(
+        wh: &Warehouse,
+        heads: &BTreeMap<String, LatestRun>,
+        case: &str,
+        run_id: &str,
+    ) -> Result<Self> {
+        let marker = format!("/run={run_id}/");
+        let files = |table: &str| -> Vec<String> {
+            heads
+                .get(&case_job(case, table))
+                .map(|r| {
+                    r.files
+                        .iter()
+                        .filter(|f| f.contains(&marker))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut p = Previous {
+            exits: HashMap::new(),
+            members: HashSet::new(),
+            watched: HashSet::new(),
+            tips: HashMap::new(),
+        };
+        for f in files("exits") {
+            for b in wh.read_columns(&f, &["address", "tainted_value"]).await? {
+                let a = b.column(0).as_string::<i32>();
+                let v = b.column(1).as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    p.exits.insert(
+                        ("btc".into(), a.value(i).into(), "BTC".into()),
+                        v.value(i) as f64,
+                    );
+                }
+            }
+        }
+        for f in files("eth_exits") {
+            for b in wh
+                .read_columns(&f, &["address", "asset", "tainted_value"])
+                .await?
+            {
+                let a = b.column(0).as_string::<i32>();
+                let s = b.column(1).as_string::<i32>();
+                let v = b.column(2).as_primitive::<Float64Type>();
+                for i in 0..b.num_rows() {
+                    p.exits.insert(
+                        ("eth".into(), a.value(i).into(), s.value(i).into()),
+                        v.value(i),
+                    );
+                }
+            }
+        }
+        for f in files("members") {
+            for b in wh.read_columns(&f, &["chain", "address"]).await? {
+                let c = b.column(0).as_string::<i32>();
+                let a = b.column(1).as_string::<i32>();
+                for i in 0..b.num_rows() {
+                    p.members.insert((c.value(i).into(), a.value(i).into()));
+                }
+            }
+        }
+        for f in files("runs") {
+            for b in wh
+                .read_columns(
+                    &f,
+                    &[
+                        "btc_tip_height",
+                        "btc_tip_hash",
+                        "eth_tip_height",
+                        "eth_tip_hash",
+                    ],
+                )
+                .await?
+            {
+                for (chain, h, x) in [("btc", 0, 1), ("eth", 2, 3)] {
+                    let hs = b.column(h).as_primitive::<Int64Type>();
+                    let xs = b.column(x).as_string::<i32>();
+                    if b.num_rows() > 0 && hs.is_valid(0) && xs.is_valid(0) {
+                        p.tips
+                            .insert(chain.into(), (hs.value(0), xs.value(0).into()));
+                    }
+                }
+            }
+        }
+        // Watchlist alerts of every run: a transaction is reported once.
+        if let Some(r) = heads.get(&case_job(case, "alerts")) {
+            for f in &r.files {
+                for b in wh
+                    .read_columns(f, &["kind", "chain", "address", "txid", "detail"])
+                    .await?
+                {
+                    let k = b.column(0).as_string::<i32>();
+                    let c = b.column(1).as_string::<i32>();
+                    let a = b.column(2).as_string::<i32>();
+                    let t = b.column(3).as_string::<i32>();
+                    let d = b.column(4).as_string::<i32>();
+                    for i in 0..b.num_rows() {
+                        if k.value(i) == "watchlist" {
+                            p.watched.insert((
+                                c.value(i).into(),
+                                a.value(i).into(),
+                                t.value(i).into(),
+                                d.value(i).into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn diff_exits(case: &Case, prev: Option<&Previous>, exits: &[&ExitRow], out: &mut Vec<Alert>) {
+    for e in exits {
+        let key = (e.chain.clone(), e.address.clone(), e.asset.clone());
+        let before = prev.and_then(|p| p.exits.get(&key)).copied();
+        let (kind, amount, detail) = match before {
+            None => (
+                "new_exit",
+                e.value,
+                format!(
+                    "{} ({}) received taint, min hop {}",
+                    e.label, e.category, e.min_hop
+                ),
+            ),
+            Some(b) => {
+                let delta = e.value - b;
+                // Float sums of Ethereum haircut amounts: ignore changes in the last digits.
+                let noise = b.abs() * 1e-9;
+                if delta <= case.alerts.min_increase.max(noise) || delta <= 0.0 {
+                    continue;
+                }
+                (
+                    "exit_increase",
+                    delta,
+                    format!(
+                        "{} ({}) received more taint: {b} before, {} now",
+                        e.label, e.category, e.value
+                    ),
+                )
+            }
+        };
+        if kind == "new_exit" && amount < case.alerts.min_increase {
+            continue;
+        }
+        out.push(Alert {
+            alert_id: String::new(),
+            seq: 0,
+            kind,
+            chain: e.chain.clone(),
+            address: e.address.clone(),
+            amount: Some(amount),
+            asset: Some(e.asset.clone()),
+            txid: None,
+            height: None,
+            detail,
+        });
+    }
+}
+
+fn diff_members(prev: Option<&Previous>, members: &[&Member], out: &mut Vec<Alert>) {
+    for m in members {
+        if m.address == m.seed {
+            continue;
+        }
+        if prev.is_some_and(|p| p.members.contains(&(m.chain.clone(), m.address.clone()))) {
+            continue;
+        }
+        out.push(Alert {
+            alert_id: String::new(),
+            seq: 0,
+            kind: "new_member",
+            chain: m.chain.clone(),
+            address: m.address.clone(),
+            amount: None,
+            asset: None,
+            txid: None,
+            height: None,
+            detail: format!(
+                "joined the cluster of seed {}{}",
+                m.seed,
+                m.cluster_id
+                    .map(|c| format!(" (cluster {c})"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+}
+
+/// SQL text of a list of (validated, normalised) addresses.
+fn sql_list(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Transactions of watched addresses in the blocks the previous run did not see (all
+/// blocks for a first run, or when the previous run's tip is no longer on the chain),
+/// not reported before.
+async fn watchlist(
+    wh: &Warehouse,
+    case: &Case,
+    prev: Option<&Previous>,
+    parts: &BTreeMap<String, ChainPart>,
+    out: &mut Vec<Alert>,
+) -> Result<()> {
+    if case.alerts.watch_btc.is_empty() && case.alerts.watch_eth.is_empty() {
+        return Ok(());
+    }
+    let ctx = ferret_query::session(wh).await?;
+    let one = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            Ok::<_, Error>(batches)
+        }
+    };
+    for (chain, watch, blocks, height_col, hash_col) in [
+        (
+            "btc",
+            &case.alerts.watch_btc,
+            "btc.blocks",
+            "height",
+            "hash",
+        ),
+        (
+            "eth",
+            &case.alerts.watch_eth,
+            "eth.blocks",
+            "block_number",
+            "block_hash",
+        ),
+    ] {
+        if watch.is_empty() {
+            continue;
+        }
+        let Some(part) = parts.get(chain) else {
+            continue;
+        };
+        let tip = part.tip.0.map_or(-1, |h| h as i64);
+        // From the previous tip when it is still on the chain.
+        let mut from = -1i64;
+        if let Some((h, hash)) = prev.and_then(|p| p.tips.get(chain)) {
+            let b = one(format!(
+                "SELECT {hash_col} FROM {blocks} WHERE {height_col} = {h}"
+            ))
+            .await?;
+            let still = b.iter().any(|b| {
+                b.num_rows() > 0
+                    && b.column(0)
+                        .as_string_opt::<i32>()
+                        .is_some_and(|c| c.value(0) == hash)
+            });
+            if still {
+                from = *h;
+            } else {
+                tracing::info!(case = %case.name, chain, height = h, "the previous run's tip is no longer on the chain: the watchlist is checked from the first block");
+            }
+        }
+        let list = sql_list(watch);
+        let sql = if chain == "btc" {
+            format!(
+                "SELECT address, txid, height, CAST(value AS DOUBLE) AS amount, 'received' AS what, 'BTC' AS asset FROM btc.outputs \
+                 WHERE address IN ({list}) AND height > {from} AND height <= {tip} \
+                 UNION ALL SELECT address, txid, height, CAST(value AS DOUBLE), 'spent', 'BTC' FROM btc.inputs \
+                 WHERE address IN ({list}) AND height > {from} AND height <= {tip} \
+                 ORDER BY height, txid, what, address"
+            )
+        } else {
+            format!(
+                "SELECT to_address AS address, transaction_hash, block_number, CAST(value_string AS DOUBLE), 'received' AS what, asset FROM eth.transfers \
+                 WHERE to_address IN ({list}) AND block_number > {from} AND block_number <= {tip} \
+                 UNION ALL SELECT from_address, transaction_hash, block_number, CAST(value_string AS DOUBLE), 'sent', asset FROM eth.transfers \
+                 WHERE from_address IN ({list}) AND block_number > {from} AND block_number <= {tip} \
+                 ORDER BY 3, 2, 5, 1"
+            )
+        };
+        // One alert per (address, transaction, direction, asset), amounts summed.
+        let mut found: BTreeMap<(i64, String, String, String, String), f64> = BTreeMap::new();
+        for b in one(sql).await? {
+            let a = b.column(0).as_string::<i32>();
+            let t = b.column(1).as_string::<i32>();
+            let h = b.column(2).as_primitive::<Int64Type>();
+            let v = b.column(3).as_primitive::<Float64Type>();
+            let w = b.column(4).as_string::<i32>();
+            let s = b.column(5).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                let amount = if v.is_valid(i) { v.value(i) } else { 0.0 };
+                *found
+                    .entry((
+                        h.value(i),
+                        t.value(i).into(),
+                        w.value(i).into(),
+                        a.value(i).into(),
+                        s.value(i).into(),
+                    ))
+                    .or_default() += amount;
+            }
+        }
+        for ((height, txid, what, address, asset), amount) in found {
+            let detail = format!("watched address {what} {asset}");
+            let key = (
+                chain.to_string(),
+                address.clone(),
+                txid.clone(),
+                detail.clone(),
+            );
+            if prev.is_some_and(|p| p.watched.contains(&key)) {
+                continue;
+            }
+            out.push(Alert {
+                alert_id: String::new(),
+                seq: 0,
+                kind: "watchlist",
+                chain: chain.into(),
+                address,
+                amount: Some(amount),
+                asset: Some(asset),
+                txid: Some(txid),
+                height: Some(height),
+                detail,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `ferret jobs run`: every case of a directory whose cron schedule is due, one after
+//! another, each under its lease; once, or in a loop (`--watch`).
+//!
+//! A case is due when its schedule names a minute after its last committed run started
+//! (a case never run is due at once). A run that failed committed nothing, so the case
+//! stays due and the next pass tries again. A case another process is running (its lease
+//! is held) is skipped, not failed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ferret_kernels::device::Backend;
+use ferret_schemas::Warehouse;
+use ferret_schemas::cases::case_job;
+
+use crate::deliver::{Delivered, Retry, deliver};
+use crate::file::Case;
+use crate::{Error, Result, run_case};
+
+/// The cases of a directory: every `*.toml` in it (not below), by file name. A file that
+/// does not load is an error naming it; two files naming one case are refused.
+pub fn load_dir(dir: &Path) -> Result<Vec<Case>> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut cases: Vec<Case> = Vec::new();
+    for p in paths {
+        let c = crate::file::load(&p)?;
+        if let Some(other) = cases.iter().find(|o| o.name == c.name) {
+            return Err(Error::CaseFile {
+                path: p,
+                line: 1,
+                column: 1,
+                reason: format!(
+                    "case `{}` is also defined by {}",
+                    c.name,
+                    other.path.display()
+                ),
+            });
+        }
+        cases.push(c);
+    }
+    Ok(cases)
+}
+
+/// When the case last started a committed run.
+pub async fn last_started(wh: &Warehouse, case: &str) -> Result<Option<DateTime<Utc>>> {
+    let Some(run) = wh.latest_run(&case_job(case, "runs")).await? else {
+        return Ok(None);
+    };
+    let started = run
+        .params
+        .as_ref()
+        .and_then(|p| p.get("started_at")?.as_str().map(str::to_string));
+    match started {
+        Some(s) => Ok(Some(
+            DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| Error::Damaged {
+                    case: case.to_string(),
+                    reason: format!("the last run's start `{s}`: {e}"),
+                })?
+                .with_timezone(&Utc),
+        )),
+        None => Err(Error::Damaged {
+            case: case.to_string(),
+            reason: format!("run {} has no start time", run.run_id),
+        }),
+    }
+}
+
+/// When a case is next due: `None` for a case without a schedule (run by hand only) or
+/// one whose schedule names no time.
+pub async fn next_due(wh: &Warehouse, case: &Case) -> Result<Option<DateTime<Utc>>> {
+    let Some(cron) = &case.schedule else {
+        return Ok(None);
+    };
+    Ok(match last_started(wh, &case.name).await? {
+        None => Some(DateTime::<Utc>::MIN_UTC),
+        Some(t) => cron.next_after(t),
+    })
+}
+
+/// What happened to one case in a pass.
+#[derive(Debug)]
+pub enum Outcome {
+    Ran {
+        case: String,
+        run_id: String,
+        alerts: usize,
+        delivered: Vec<Delivered>,
+    },
+    /// Another process holds the case's lease.
+    Busy {
+        case: String,
+        reason: String,
+    },
+    Failed {
+        case: String,
+        error: Error,
+    },
+}
+
+/// One pass: runs every due case of `cases` (at `now`), then delivers its alerts.
+pub async fn run_due(
+    wh: &Warehouse,
+    cases: &[Case],
+    backend: &Backend,
+    retry: &Retry,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outcome>> {
+    let mut out = Vec::new();
+    for case in cases {
+        let Some(due) = next_due(wh, case).await? else {
+            continue;
+        };
+        if due > now {
+            tracing::debug!(case = %case.name, %due, "not due");
+            continue;
+        }
+        tracing::info!(case = %case.name, "running a due case");
+        match run_case(wh, case, backend).await {
+            Ok(r) => {
+                let delivered = match deliver(wh, case, retry).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        out.push(Outcome::Failed {
+                            case: case.name.clone(),
+                            error: e,
+                        });
+                        continue;
+                    }
+                };
+                out.push(Outcome::Ran {
+                    case: case.name.clone(),
+                    run_id: r.run_id,
+                    alerts: r.alerts.len(),
+                    delivered,
+                });
+            }
+            Err(Error::Warehouse(e @ ferret_schemas::Error::LeaseHeld { .. })) => {
+                out.push(Outcome::Busy {
+                    case: case.name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => out.push(Outcome::Failed {
+                case: case.name.clone(),
+                error: e,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// How long `--watch` sleeps before the next pass: until the soonest due case, at most
+/// `max` (the directory is read again each pass, so new and changed cases are seen).
+pub async fn until_next(
+    wh: &Warehouse,
+    cases: &[Case],
+    now: DateTime<Utc>,
+    max: Duration,
+) -> Result<Duration> {
+    let mut wait = max;
+    for c in cases {
+        if let Some(due) = next_due(wh, c).await? {
+            let d = (due - now).to_std().unwrap_or(Duration::ZERO);
+            wait = wait.min(d);
+        }
+    }
+    Ok(wait.max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_with_two_files_for_one_case_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = "name = \"same\"\nchains = [\"btc\"]\n[seeds]\ncategories = [\"scam\"]\n";
+        std::fs::write(dir.path().join("a.toml"), body).expect("write");
+        assert_eq!(load_dir(dir.path()).expect("one case").len(), 1);
+        std::fs::write(dir.path().join("b.toml"), body).expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not a case").expect("write");
+        let err = load_dir(dir.path()).expect_err("two").to_string();
+        assert!(
+            err.contains("b.toml") && err.contains("also defined by"),
+            "{err}"
+        );
+    }
+}

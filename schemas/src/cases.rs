@@ -1,0 +1,188 @@
+//! A case's tables. Every run of a case is kept: job `cases/{case}/{table}` lists the
+//! files of all its runs (oldest first), under `results/cases/{case}/{table}/run=…`, and
+//! one results head moves all of a run's tables at once. SQL shows each table over every
+//! case as `case_{table}`, and `cases` one row per case.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::results::{eth_exits_schema, eth_taint_schema, exits_schema, taint_schema};
+
+/// The job of one table of a case.
+pub fn case_job(case: &str, table: &str) -> String {
+    format!("cases/{case}/{table}")
+}
+
+/// The case and table of a case job (`cases/{case}/{table}`).
+pub fn parse_case_job(job: &str) -> Option<(&str, &str)> {
+    let rest = job.strip_prefix("cases/")?;
+    let (case, table) = rest.split_once('/')?;
+    (!case.is_empty() && !table.is_empty() && !table.contains('/')).then_some((case, table))
+}
+
+/// Whether `name` can name a case: 1 to 64 of `a-z 0-9 _ -`, starting with a letter or
+/// digit (it is a directory name in every object store, and an SQL string).
+pub fn valid_case_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// `schema` with a leading `case` column.
+fn with_case(schema: &SchemaRef) -> SchemaRef {
+    let mut fields = vec![Arc::new(Field::new("case", DataType::Utf8, false))];
+    fields.extend(schema.fields().iter().cloned());
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of a case's `runs`: one row per run, with what it read.
+pub fn case_runs_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("started_at", utc_micros(), false),
+            Field::new("finished_at", utc_micros(), false),
+            // Comma-separated: btc, eth.
+            Field::new("chains", DataType::Utf8, false),
+            // The chain tips the run read (NULL for a chain it did not trace).
+            Field::new("btc_tip_height", DataType::Int64, true),
+            Field::new("btc_tip_hash", DataType::Utf8, true),
+            Field::new("btc_manifest_seq", DataType::Int64, true),
+            Field::new("eth_tip_height", DataType::Int64, true),
+            Field::new("eth_tip_hash", DataType::Utf8, true),
+            Field::new("eth_manifest_seq", DataType::Int64, true),
+            // The `labels` run it read (NULL: none imported).
+            Field::new("labels_run", DataType::Utf8, true),
+            // The clustering runs the members came from.
+            Field::new("clusters_run", DataType::Utf8, true),
+            Field::new("eth_clusters_run", DataType::Utf8, true),
+            // SHA-256 of the case file as read, and the parameters parsed from it (JSON).
+            Field::new("case_sha256", DataType::Utf8, false),
+            Field::new("params", DataType::Utf8, false),
+            Field::new("ferret_version", DataType::Utf8, false),
+            // The previous run this one diffed against (NULL for the first).
+            Field::new("previous_run", DataType::Utf8, true),
+            Field::new("taint_rows", DataType::Int64, false),
+            Field::new("exits", DataType::Int64, false),
+            Field::new("members", DataType::Int64, false),
+            Field::new("alerts", DataType::Int64, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of a case's `members`: the addresses in the clusters of the case's seeds (each
+/// seed address is a member of its own cluster, clustered or not).
+pub fn case_members_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+            // The clustering's cluster id; NULL for a seed no clustering placed.
+            Field::new("cluster_id", DataType::Int64, true),
+            // The seed whose cluster brought it in (itself for a seed).
+            Field::new("seed", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of a case's `alerts`: what a run found new against the previous run.
+pub fn case_alerts_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+            // Deterministic (SHA-256 of case, run, kind, chain, asset, address, txid):
+            // a receiver discards one it has seen.
+            Field::new("alert_id", DataType::Utf8, false),
+            // Order within the run: delivery follows (run, seq).
+            Field::new("seq", DataType::Int64, false),
+            // new_exit, exit_increase, new_member, watchlist
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+            // Sats, wei or the token's base unit: new tainted value (exits), the
+            // watchlisted transfer's value.
+            Field::new("amount", DataType::Float64, true),
+            // BTC, ETH or the token contract.
+            Field::new("asset", DataType::Utf8, true),
+            Field::new("txid", DataType::Utf8, true),
+            Field::new("height", DataType::Int64, true),
+            Field::new("first_seen", utc_micros(), false),
+            Field::new("detail", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// The tables of a case: name in the case (its job is `cases/{case}/{name}`, its SQL
+/// table `case_{name}`) and schema.
+pub fn case_tables() -> [(&'static str, SchemaRef); 7] {
+    static T: LazyLock<[(&'static str, SchemaRef); 7]> = LazyLock::new(|| {
+        [
+            ("runs", case_runs_schema()),
+            ("taint", with_case(&taint_schema())),
+            ("exits", with_case(&exits_schema())),
+            ("eth_taint", with_case(&eth_taint_schema())),
+            ("eth_exits", with_case(&eth_exits_schema())),
+            ("members", case_members_schema()),
+            ("alerts", case_alerts_schema()),
+        ]
+    });
+    T.clone()
+}
+
+/// The schema of one case table.
+pub fn case_table_schema(table: &str) -> Option<SchemaRef> {
+    case_tables()
+        .into_iter()
+        .find(|(n, _)| *n == table)
+        .map(|(_, s)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_names_and_jobs() {
+        for ok in ["a", "pig-butchering-2026_11", "0day"] {
+            assert!(valid_case_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "A",
+            "-x",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "..",
+            "a.b",
+        ] {
+            assert!(!valid_case_name(bad), "{bad}");
+        }
+        assert_eq!(
+            parse_case_job(&case_job("c1", "taint")),
+            Some(("c1", "taint"))
+        );
+        assert_eq!(parse_case_job("taint"), None);
+        assert_eq!(parse_case_job("cases/c1/taint/x"), None);
+        assert!(
+            case_tables()
+                .iter()
+                .all(|(_, s)| s.field(0).name() == "case")
+        );
+    }
+}
