@@ -65,6 +65,10 @@ struct ExitRow {
     category: String,
     value: f64,
     min_hop: i64,
+    /// The tainted outputs paying it (Bitcoin): txid, vout, tainted value.
+    outputs: Vec<(String, i32, f64)>,
+    /// The transaction that first brought it taint, and its block (Ethereum).
+    first: Option<(String, Option<i64>)>,
 }
 
 /// A member of a seed's cluster.
@@ -535,10 +539,22 @@ async fn btc_part(
         let run = taint_btc(wh, backend, &job).await?;
         part.taint = Some(taint_batch(&run, run_id)?);
         part.exits_batch = Some(exits_batch(&run, run_id)?);
+        let mut paying: HashMap<&str, Vec<(String, i32, f64)>> = run
+            .exits
+            .iter()
+            .map(|e| (e.address.as_str(), Vec::new()))
+            .collect();
+        for o in &run.outputs {
+            if let Some(v) = o.address.as_deref().and_then(|a| paying.get_mut(a)) {
+                v.push((o.txid.clone(), o.vout as i32, o.tainted_value as f64));
+            }
+        }
         part.exits = run
             .exits
             .iter()
             .map(|e| ExitRow {
+                outputs: paying.remove(e.address.as_str()).unwrap_or_default(),
+                first: None,
                 chain: "btc".into(),
                 address: e.address.clone(),
                 asset: "BTC".into(),
@@ -588,12 +604,35 @@ async fn eth_part(
         tracing::info!(case = %case.name, "no Ethereum seeds: nothing to trace on eth");
     } else {
         let run = taint_eth(wh, backend, &job).await?;
-        part.taint = Some(eth_taint_batch(&run, run_id)?);
+        let taint = eth_taint_batch(&run, run_id)?;
+        // The transfer that first brought each address taint, from the table's rows.
+        let mut first: HashMap<String, (String, Option<i64>)> = HashMap::new();
+        {
+            let col = |n: &str| {
+                taint
+                    .column_by_name(n)
+                    .ok_or_else(|| Error::Query(format!("eth_taint: no `{n}`")))
+            };
+            let a = col("address")?.as_string::<i32>();
+            let h = col("first_transaction_hash")?.as_string::<i32>();
+            let b = col("first_block")?.as_primitive::<Int64Type>();
+            for i in 0..taint.num_rows() {
+                if h.is_valid(i) {
+                    first.insert(
+                        a.value(i).to_string(),
+                        (h.value(i).to_string(), b.is_valid(i).then(|| b.value(i))),
+                    );
+                }
+            }
+        }
+        part.taint = Some(taint);
         part.exits_batch = Some(eth_exits_batch(&run, run_id)?);
         part.exits = run
             .exits
             .iter()
             .map(|e| ExitRow {
+                outputs: Vec::new(),
+                first: first.get(&e.address).cloned(),
                 chain: "eth".into(),
                 address: e.address.clone(),
                 asset: job.asset.clone(),
@@ -709,6 +748,8 @@ fn address_cluster(
 /// What the previous run found, and every watchlist alert of the case so far.
 struct Previous {
     exits: HashMap<(String, String, String), f64>,
+    /// Tainted outputs that paid an exit (Bitcoin): txid, vout.
+    exit_outputs: HashSet<(String, i32)>,
     members: HashSet<(String, String)>,
     watched: HashSet<(String, String, String, String)>,
     tips: HashMap<String, (i64, String)>,
@@ -736,6 +777,7 @@ impl Previous {
         };
         let mut p = Previous {
             exits: HashMap::new(),
+            exit_outputs: HashSet::new(),
             members: HashSet::new(),
             watched: HashSet::new(),
             tips: HashMap::new(),
@@ -749,6 +791,19 @@ impl Previous {
                         ("btc".into(), a.value(i).into(), "BTC".into()),
                         v.value(i) as f64,
                     );
+                }
+            }
+        }
+        for f in files("taint") {
+            for b in wh.read_columns(&f, &["address", "txid", "vout"]).await? {
+                let a = b.column(0).as_string::<i32>();
+                let t = b.column(1).as_string::<i32>();
+                let v = b.column(2).as_primitive::<arrow::datatypes::Int32Type>();
+                for i in 0..b.num_rows() {
+                    let key = ("btc".to_string(), a.value(i).to_string(), "BTC".to_string());
+                    if a.is_valid(i) && p.exits.contains_key(&key) {
+                        p.exit_outputs.insert((t.value(i).to_string(), v.value(i)));
+                    }
                 }
             }
         }
@@ -833,12 +888,29 @@ fn diff_exits(case: &Case, prev: Option<&Previous>, exits: &[&ExitRow], out: &mu
     for e in exits {
         let key = (e.chain.clone(), e.address.clone(), e.asset.clone());
         let before = prev.and_then(|p| p.exits.get(&key)).copied();
+        // The evidence: the largest tainted output paying it that the previous run did
+        // not have (Bitcoin), or the transfer that first brought it taint (Ethereum).
+        let fresh: Vec<&(String, i32, f64)> = e
+            .outputs
+            .iter()
+            .filter(|(t, v, _)| !prev.is_some_and(|p| p.exit_outputs.contains(&(t.clone(), *v))))
+            .collect();
+        let (txid, height) = match (fresh.iter().max_by(|a, b| a.2.total_cmp(&b.2)), &e.first) {
+            (Some((t, _, _)), _) => (Some(t.clone()), None),
+            (None, Some((t, h))) => (Some(t.clone()), *h),
+            (None, None) => (None, None),
+        };
+        let outputs = if e.chain == "btc" {
+            format!(", {} new tainted outputs", fresh.len())
+        } else {
+            String::new()
+        };
         let (kind, amount, detail) = match before {
             None => (
                 "new_exit",
                 e.value,
                 format!(
-                    "{} ({}) received taint, min hop {}",
+                    "{} ({}) received taint, min hop {}{outputs}",
                     e.label, e.category, e.min_hop
                 ),
             ),
@@ -853,7 +925,7 @@ fn diff_exits(case: &Case, prev: Option<&Previous>, exits: &[&ExitRow], out: &mu
                     "exit_increase",
                     delta,
                     format!(
-                        "{} ({}) received more taint: {b} before, {} now",
+                        "{} ({}) received more taint: {b} before, {} now{outputs}",
                         e.label, e.category, e.value
                     ),
                 )
@@ -870,8 +942,8 @@ fn diff_exits(case: &Case, prev: Option<&Previous>, exits: &[&ExitRow], out: &mu
             address: e.address.clone(),
             amount: Some(amount),
             asset: Some(e.asset.clone()),
-            txid: None,
-            height: None,
+            txid,
+            height,
             detail,
         });
     }

@@ -1,5 +1,6 @@
 //! `ferret`: the command line. Thin: parses arguments and calls the crates.
 
+mod cases;
 mod demo;
 
 // Ingest allocates and frees large column buffers all the time; glibc's malloc returns
@@ -66,6 +67,12 @@ enum Command {
     /// The users file of `ferret serve`.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Cases: an investigation as a file, run and kept run by run, with alerts.
+    #[command(subcommand)]
+    Case(cases::CaseCmd),
+    /// Scheduled jobs: every case of a directory whose cron schedule is due.
+    #[command(subcommand)]
+    Jobs(cases::JobsCmd),
 }
 
 #[derive(Subcommand)]
@@ -1613,7 +1620,7 @@ async fn serve_cmd(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term =
@@ -1719,6 +1726,8 @@ fn main() -> ExitCode {
             Command::Demo(a) => demo::run(a).await,
             Command::Serve(a) => serve_cmd(a).await,
             Command::Users(c) => users_cmd(c),
+            Command::Case(c) => cases::case_cmd(c).await,
+            Command::Jobs(c) => cases::jobs_cmd(c).await,
         }
     });
     match res {

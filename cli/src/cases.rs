@@ -1,0 +1,270 @@
+//! `ferret case …` and `ferret jobs run`: thin wrappers over `ferret_cases`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use ferret_cases::deliver::{Delivered, Retry, deliver};
+use ferret_cases::schedule::{Outcome, load_dir, run_due, until_next};
+use ferret_schemas::Warehouse;
+
+#[derive(Subcommand)]
+pub enum CaseCmd {
+    /// Run a case file now: taint, the seeds' clusters, alerts against its previous run;
+    /// kept under the case (tables case_runs, case_taint, case_exits, case_alerts, …),
+    /// then its alerts delivered.
+    Run(CaseRunArgs),
+    /// The cases of the warehouse and their latest runs.
+    List(WarehouseArgs),
+    /// One case: its runs, and the exits and alerts of its latest run (or --run).
+    Show(CaseShowArgs),
+    /// Deliver a case's undelivered alerts to the sinks its file names.
+    Deliver(CaseFileArgs),
+}
+
+#[derive(Subcommand)]
+pub enum JobsCmd {
+    /// Run every case of a directory whose schedule is due, deliver its alerts, and exit
+    /// (or, with --watch, keep doing so).
+    Run(JobsRunArgs),
+}
+
+#[derive(Args)]
+pub struct WarehouseArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+}
+
+#[derive(Args)]
+pub struct CaseFileArgs {
+    #[command(flatten)]
+    wh: WarehouseArgs,
+    /// The case file (TOML; docs/cases.md).
+    file: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CaseRunArgs {
+    #[command(flatten)]
+    case: CaseFileArgs,
+    /// Where the kernels run: auto, gpu, cpu.
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
+    /// Commit the run and its alerts, but deliver nothing now (`ferret case deliver`
+    /// later).
+    #[arg(long)]
+    no_deliver: bool,
+}
+
+#[derive(Args)]
+pub struct CaseShowArgs {
+    #[command(flatten)]
+    wh: WarehouseArgs,
+    /// The case's name.
+    name: String,
+    /// A run id (default: the latest).
+    #[arg(long)]
+    run: Option<String>,
+}
+
+#[derive(Args)]
+pub struct JobsRunArgs {
+    #[command(flatten)]
+    wh: WarehouseArgs,
+    /// A directory of case files (`*.toml`); cases without a `schedule` are skipped.
+    #[arg(long)]
+    config: PathBuf,
+    /// Where the kernels run: auto, gpu, cpu.
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
+    /// Keep running: after each pass, sleep until the next case is due (reading the
+    /// directory again each pass), until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: the longest sleep between passes, in seconds.
+    #[arg(long, default_value_t = 60)]
+    max_sleep_secs: u64,
+}
+
+fn print_delivered(d: &[Delivered]) {
+    for x in d {
+        println!(
+            "delivered {} alerts to {} ({} in all{})",
+            x.sent,
+            x.sink,
+            x.total,
+            if x.retries > 0 {
+                format!(", {} retries", x.retries)
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+pub async fn case_cmd(c: CaseCmd) -> Result<()> {
+    match c {
+        CaseCmd::Run(a) => {
+            let case = ferret_cases::load(&a.case.file)?;
+            let wh = Warehouse::open_existing(&a.case.wh.warehouse)?;
+            let backend = ferret_kernels::device::select(a.device)?;
+            let r = ferret_cases::run_case(&wh, &case, &backend)
+                .await
+                .with_context(|| format!("running case `{}`", case.name))?;
+            let tips: Vec<String> = r
+                .tips
+                .iter()
+                .map(|(c, (h, _))| {
+                    format!("{c} to height {}", h.map_or("-".into(), |h| h.to_string()))
+                })
+                .collect();
+            println!(
+                "case {} run {}: read {}; {} tainted rows, {} exits, {} cluster members; {} alerts{}",
+                r.case,
+                r.run_id,
+                tips.join(", "),
+                r.taint_rows,
+                r.exits,
+                r.members,
+                r.alerts.len(),
+                r.previous_run
+                    .as_ref()
+                    .map_or(" (first run)".to_string(), |p| format!(" against run {p}"))
+            );
+            if !r.unknown_seeds.is_empty() {
+                println!("not on the indexed chains: {}", r.unknown_seeds.join(", "));
+            }
+            for al in r.alerts.iter().take(20) {
+                println!(
+                    "  {:<13} {} {} {}{}",
+                    al.kind,
+                    al.chain,
+                    al.address,
+                    al.amount.map_or(String::new(), |v| format!(
+                        "{v} {} ",
+                        al.asset.as_deref().unwrap_or("")
+                    )),
+                    al.detail
+                );
+            }
+            if r.alerts.len() > 20 {
+                println!("  … {} more (table case_alerts)", r.alerts.len() - 20);
+            }
+            if !a.no_deliver {
+                let d = deliver(&wh, &case, &Retry::default()).await?;
+                print_delivered(&d);
+            }
+            Ok(())
+        }
+        CaseCmd::Deliver(a) => {
+            let case = ferret_cases::load(&a.file)?;
+            let wh = Warehouse::open_existing(&a.wh.warehouse)?;
+            let d = deliver(&wh, &case, &Retry::default()).await?;
+            if d.is_empty() {
+                bail!(
+                    "case `{}` names no jsonl file nor webhook under [alerts]",
+                    case.name
+                );
+            }
+            print_delivered(&d);
+            Ok(())
+        }
+        CaseCmd::List(a) => {
+            let wh = Warehouse::open_existing(&a.warehouse)?;
+            let ctx = ferret_query::session(&wh).await?;
+            sql_print(&ctx, "SELECT \"case\", runs, latest_run, chains, finished_at, exits, alerts, schedule FROM cases ORDER BY \"case\"").await
+        }
+        CaseCmd::Show(a) => {
+            if !ferret_schemas::cases::valid_case_name(&a.name) {
+                bail!("`{}` is not a case name", a.name);
+            }
+            let wh = Warehouse::open_existing(&a.wh.warehouse)?;
+            let ctx = ferret_query::session(&wh).await?;
+            let n = &a.name;
+            let run = match &a.run {
+                Some(r) => {
+                    if !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                        bail!("`{r}` is not a run id");
+                    }
+                    r.clone()
+                }
+                None => {
+                    let Some(r) = wh
+                        .latest_run(&ferret_schemas::cases::case_job(n, "runs"))
+                        .await?
+                    else {
+                        bail!("no case `{n}` in this warehouse (`ferret case list`)");
+                    };
+                    r.run_id
+                }
+            };
+            println!("runs of case {n}:");
+            sql_print(&ctx, &format!("SELECT run_id, started_at, btc_tip_height, eth_tip_height, labels_run, taint_rows, exits, members, alerts FROM case_runs WHERE \"case\" = '{n}' ORDER BY started_at")).await?;
+            println!("\nexits of run {run}:");
+            sql_print(&ctx, &format!("SELECT chain, address, label, category, tainted_value, min_hop FROM case_exits WHERE \"case\" = '{n}' AND run_id = '{run}' UNION ALL SELECT chain, address, label, category, tainted_value, min_hop FROM case_eth_exits WHERE \"case\" = '{n}' AND run_id = '{run}' ORDER BY tainted_value DESC")).await?;
+            println!("\nalerts of run {run}:");
+            sql_print(&ctx, &format!("SELECT kind, chain, address, amount, asset, txid, detail FROM case_alerts WHERE \"case\" = '{n}' AND run_id = '{run}' ORDER BY seq")).await
+        }
+    }
+}
+
+async fn sql_print(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<()> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(())
+}
+
+pub async fn jobs_cmd(c: JobsCmd) -> Result<()> {
+    let JobsCmd::Run(a) = c;
+    let wh = Warehouse::open_existing(&a.wh.warehouse)?;
+    let backend = ferret_kernels::device::select(a.device)?;
+    let retry = Retry::default();
+    let mut failed = 0;
+    loop {
+        let cases = load_dir(&a.config)?;
+        let now = chrono::Utc::now();
+        for o in run_due(&wh, &cases, &backend, &retry, now).await? {
+            match o {
+                Outcome::Ran {
+                    case,
+                    run_id,
+                    alerts,
+                    delivered,
+                } => {
+                    println!("{case}: run {run_id}, {alerts} alerts");
+                    print_delivered(&delivered);
+                }
+                Outcome::Busy { case, reason } => println!("{case}: skipped, {reason}"),
+                Outcome::Failed { case, error } => {
+                    failed += 1;
+                    eprintln!("{case}: failed: {error}");
+                    tracing::error!(case, error = %error, "case run failed");
+                }
+            }
+        }
+        if !a.watch {
+            break;
+        }
+        let wait = until_next(
+            &wh,
+            &cases,
+            chrono::Utc::now(),
+            Duration::from_secs(a.max_sleep_secs.max(1)),
+        )
+        .await?;
+        tracing::debug!(?wait, "sleeping until the next due case");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::shutdown_signal() => {
+                tracing::info!("stopping the scheduler");
+                break;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} case runs failed");
+    }
+    Ok(())
+}

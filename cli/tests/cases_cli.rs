@@ -1,0 +1,775 @@
+//! Cases end to end with the `ferret` binary on a generated chain: a case run, blocks
+//! indexed, the case run again; its history through SQL; its alerts checked against an
+//! oracle written here in SQL (exits of the two runs compared, the watched address's
+//! transactions in the new blocks, the seeds' cluster growth); delivery to JSON lines
+//! and to a local HTTP receiver that fails requests, with crashes between a delivery and
+//! its cursor; overlapping runs refused; `ferret jobs run` once and with --watch.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = ferret(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args(args)
+        .env("FERRET_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ferret");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Rows of a query as CSV lines (header dropped).
+fn sql(wh: &str, q: &str) -> Vec<String> {
+    let (ok, out, err) = run(&["sql", "--warehouse", wh, "--format", "csv", q]);
+    assert!(ok, "{q}: {err}");
+    out.lines().skip(1).map(str::to_string).collect()
+}
+
+fn sql_set(wh: &str, q: &str) -> BTreeSet<String> {
+    sql(wh, q).into_iter().collect()
+}
+
+fn index_to(blocks: &Path, wh: &str, height: Option<u64>) {
+    let mut args = vec![
+        "index".to_string(),
+        "btc".into(),
+        "--blocks-dir".into(),
+        blocks.to_str().expect("utf8").into(),
+        "--warehouse".into(),
+        wh.into(),
+    ];
+    if let Some(h) = height {
+        args.push("--to-height".into());
+        args.push(h.to_string());
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&a);
+    assert!(ok, "{err}");
+}
+
+/// A generated chain (blocks dir, labels file).
+fn chain(dir: &Path, seed: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.join("chain");
+    let (ok, _, err) = run(&[
+        "synth",
+        "btc",
+        "--out",
+        out.to_str().expect("utf8"),
+        "--blocks",
+        "150",
+        "--txs-per-block",
+        "40",
+        "--seed",
+        seed,
+    ]);
+    assert!(ok, "{err}");
+    (out.join("blocks"), out.join("truth/labels.csv"))
+}
+
+/// Imports the labels and clusters; returns the labels run (empty when unchanged).
+fn prepare(wh: &str, labels: &Path) -> String {
+    let (ok, out, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        wh,
+        labels.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["cluster", "btc", "--warehouse", wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    // An import that changed nothing writes no run.
+    out.split("(run ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One HTTP request as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Request {
+    idempotency_key: String,
+    body: serde_json::Value,
+}
+
+/// A local HTTP receiver: answers the first `fail` requests with the given statuses, then
+/// 200; records every request that got a 200.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Request>>>,
+    answered: Arc<Mutex<usize>>,
+}
+
+impl Receiver {
+    fn start(fail: Vec<u16>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(0usize));
+        let (g, n) = (Arc::clone(&got), Arc::clone(&answered));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut len = 0usize;
+                let mut key = String::new();
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() || line.is_empty() {
+                    continue;
+                }
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("idempotency-key:") {
+                        key = line["idempotency-key:".len()..].trim().to_string();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if r.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let i = {
+                    let mut n = n.lock().expect("lock");
+                    *n += 1;
+                    *n - 1
+                };
+                let status = fail.get(i).copied().unwrap_or(200);
+                if status == 200 {
+                    g.lock().expect("lock").push(Request {
+                        idempotency_key: key,
+                        body: serde_json::from_slice(&body).expect("a JSON body"),
+                    });
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { url, got, answered }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|r| r.body["alert_id"].as_str().expect("id").to_string())
+            .collect()
+    }
+}
+
+fn jsonl_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("alerts file")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("one JSON object a line")["alert_id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect()
+}
+
+fn write_case(path: &Path, extra_alerts: &str, watch: &str) {
+    std::fs::write(
+        path,
+        format!(
+            r#"# A case as an investigator writes it.
+name = "pig-1"
+description = "generated scam flows"
+chains = ["btc"]
+
+[seeds]
+categories = ["scam"]
+
+[taint]
+policy = "haircut"
+direction = "forward"
+stop_at = ["exchange"]
+
+[alerts]
+jsonl = "out/alerts.jsonl"
+watch = ["{watch}"]
+{extra_alerts}
+"#
+        ),
+    )
+    .expect("write case");
+}
+
+#[test]
+fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (blocks, labels) = chain(tmp.path(), "8");
+    let whp = tmp.path().join("wh");
+    let wh = whp.to_str().expect("utf8");
+
+    // A watched address with transactions on both sides of height 100: an exchange's.
+    let full = tmp.path().join("full").to_string_lossy().into_owned();
+    index_to(&blocks, &full, None);
+    prepare(&full, &labels);
+    let watch = sql(
+        &full,
+        "SELECT o.address FROM btc.outputs o JOIN labels l ON o.address = l.address \
+         WHERE l.category = 'exchange' GROUP BY o.address \
+         HAVING min(o.height) <= 100 AND max(o.height) > 100 ORDER BY count(*) DESC, o.address LIMIT 1",
+    );
+    let watch = watch
+        .first()
+        .expect("an exchange address active before and after 100")
+        .clone();
+
+    let case = tmp.path().join("pig.toml");
+    write_case(&case, "", &watch);
+    let case_s = case.to_str().expect("utf8");
+    let jsonl = tmp.path().join("out/alerts.jsonl");
+
+    // Bad runs first: the chain is not indexed yet.
+    let (ok, _, err) = run(&["case", "run", case_s, "--warehouse", wh, "--device", "cpu"]);
+    assert!(!ok, "ran on an empty warehouse");
+    assert!(err.contains("index a chain into it first"), "{err}");
+
+    index_to(&blocks, wh, Some(100));
+    let labels_run = prepare(wh, &labels);
+    assert!(!labels_run.is_empty());
+    let (ok, out1, err) = run(&["case", "run", case_s, "--warehouse", wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert!(out1.contains("(first run)"), "{out1}");
+    let run1 = sql(wh, "SELECT run_id FROM case_runs")[0].clone();
+
+    index_to(&blocks, wh, None);
+    assert_eq!(prepare(wh, &labels), "");
+    let (ok, out2, err) = run(&["case", "run", case_s, "--warehouse", wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert!(out2.contains(&format!("against run {run1}")), "{out2}");
+    let run2 = sql(
+        wh,
+        &format!("SELECT run_id FROM case_runs WHERE run_id <> '{run1}'"),
+    )[0]
+    .clone();
+
+    // The history: two runs, what each read, one row in `cases`.
+    let sha = {
+        use sha2::Digest;
+        let b = std::fs::read(&case).expect("case");
+        sha2::Sha256::digest(&b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        sql(
+            wh,
+            "SELECT run_id, btc_tip_height, labels_run, case_sha256, coalesce(previous_run, '-') FROM case_runs ORDER BY started_at"
+        ),
+        [
+            format!("{run1},100,{labels_run},{sha},-"),
+            format!("{run2},150,{labels_run},{sha},{run1}"),
+        ]
+    );
+    assert_eq!(
+        sql(wh, "SELECT \"case\", runs, latest_run FROM cases"),
+        [format!("pig-1,2,{run2}")]
+    );
+    let tip_hash = sql(wh, "SELECT hash FROM btc.blocks WHERE height = 150");
+    assert_eq!(
+        sql(
+            wh,
+            &format!("SELECT btc_tip_hash FROM case_runs WHERE run_id = '{run2}'")
+        ),
+        tip_hash
+    );
+
+    // The second run's exits are a from-scratch taint's: `ferret taint btc` with the
+    // case's parameters on the same warehouse.
+    let (ok, _, err) = run(&[
+        "taint",
+        "btc",
+        "--warehouse",
+        wh,
+        "--seed-category",
+        "scam",
+        "--stop-at",
+        "exchange",
+        "--policy",
+        "haircut",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let exits2 = sql_set(
+        wh,
+        &format!(
+            "SELECT address, tainted_value, outputs, min_hop FROM case_exits WHERE run_id = '{run2}'"
+        ),
+    );
+    assert!(exits2.len() > 20, "{exits2:?}");
+    assert_eq!(
+        exits2,
+        sql_set(
+            wh,
+            "SELECT address, tainted_value, outputs, min_hop FROM exits"
+        )
+    );
+    assert_eq!(
+        sql(
+            wh,
+            &format!("SELECT count(*) FROM case_taint WHERE run_id = '{run2}'")
+        ),
+        sql(wh, "SELECT count(*) FROM taint")
+    );
+
+    // The oracle for the alerts, in SQL over the two runs' exits.
+    let e1 = format!("(SELECT address, tainted_value FROM case_exits WHERE run_id = '{run1}')");
+    let e2 = format!("(SELECT address, tainted_value FROM case_exits WHERE run_id = '{run2}')");
+    let want_new = sql_set(
+        wh,
+        &format!(
+            "SELECT b.address, CAST(b.tainted_value AS DOUBLE) FROM {e2} b LEFT JOIN {e1} a ON a.address = b.address WHERE a.address IS NULL"
+        ),
+    );
+    let want_more = sql_set(
+        wh,
+        &format!(
+            "SELECT b.address, CAST(b.tainted_value - a.tainted_value AS DOUBLE) FROM {e2} b JOIN {e1} a ON a.address = b.address WHERE b.tainted_value > a.tainted_value"
+        ),
+    );
+    let alerts = |kind: &str, run: &str| {
+        sql_set(
+            wh,
+            &format!(
+                "SELECT address, amount FROM case_alerts WHERE run_id = '{run}' AND kind = '{kind}'"
+            ),
+        )
+    };
+    assert!(
+        !want_new.is_empty() && !want_more.is_empty(),
+        "the new blocks brought no new taint to exits"
+    );
+    assert_eq!(alerts("new_exit", &run2), want_new);
+    assert_eq!(alerts("exit_increase", &run2), want_more);
+    // The first run diffed against nothing: every exit is new.
+    assert_eq!(
+        alerts("new_exit", &run1),
+        sql_set(
+            wh,
+            &format!("SELECT address, CAST(tainted_value AS DOUBLE) FROM {e1}")
+        )
+    );
+    // Each exit alert names a tainted transaction paying the exit.
+    let bad = sql(
+        wh,
+        "SELECT a.address, a.txid FROM case_alerts a WHERE a.kind IN ('new_exit', 'exit_increase') AND NOT EXISTS (SELECT 1 FROM case_taint t WHERE t.run_id = a.run_id AND t.txid = a.txid AND t.address = a.address)",
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+
+    // Watchlist: the watched address's transactions, each in the run that first saw it.
+    let watched = |lo: i64, hi: i64| {
+        sql_set(
+            wh,
+            &format!(
+                "SELECT txid, height FROM (SELECT txid, height FROM btc.outputs WHERE address = '{watch}' UNION SELECT txid, height FROM btc.inputs WHERE address = '{watch}') WHERE height > {lo} AND height <= {hi}"
+            ),
+        )
+    };
+    let seen = |run: &str| {
+        sql_set(
+            wh,
+            &format!(
+                "SELECT DISTINCT txid, height FROM case_alerts WHERE run_id = '{run}' AND kind = 'watchlist'"
+            ),
+        )
+    };
+    assert_eq!(seen(&run1), watched(-1, 100));
+    assert_eq!(seen(&run2), watched(100, 150));
+    assert!(!seen(&run2).is_empty());
+
+    // Cluster growth: members of the second run not in the first, seeds excepted.
+    let m = |run: &str| format!("(SELECT address, seed FROM case_members WHERE run_id = '{run}')");
+    assert_eq!(
+        sql_set(
+            wh,
+            &format!(
+                "SELECT address FROM case_alerts WHERE run_id = '{run2}' AND kind = 'new_member'"
+            )
+        ),
+        sql_set(
+            wh,
+            &format!(
+                "SELECT b.address FROM {} b LEFT JOIN {} a ON a.address = b.address WHERE a.address IS NULL AND b.address <> b.seed",
+                m(&run2),
+                m(&run1)
+            )
+        )
+    );
+    let members = sql(
+        wh,
+        &format!("SELECT count(*) FROM case_members WHERE run_id = '{run2}' AND address <> seed"),
+    );
+    assert_ne!(members, ["0"], "no seed was clustered with another address");
+
+    // Every alert went to the JSON-lines file once, in order.
+    let all_ids = sql(wh, "SELECT alert_id FROM case_alerts ORDER BY run_id, seq");
+    assert_eq!(jsonl_ids(&jsonl), all_ids);
+
+    // A run with nothing new raises nothing, and writes nothing more.
+    let (ok, out3, err) = run(&["case", "run", case_s, "--warehouse", wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert!(out3.contains("0 alerts"), "{out3}");
+    assert_eq!(jsonl_ids(&jsonl), all_ids);
+    assert_eq!(sql(wh, "SELECT count(*) FROM case_runs"), ["3"]);
+
+    // A crash after the lines were written and before the cursor: the rerun writes none
+    // twice. A torn last line (a crash mid-write) is cut off and written again.
+    let jsonl2 = tmp.path().join("out/second.jsonl");
+    write_case(&case, "", &watch);
+    std::fs::write(
+        &case,
+        std::fs::read_to_string(&case)
+            .expect("case")
+            .replace("out/alerts.jsonl", "out/second.jsonl"),
+    )
+    .expect("write");
+    let (ok, _, _) = run_env(
+        &["case", "deliver", case_s, "--warehouse", wh],
+        &[("FERRET_FAILPOINT", "after-alerts-jsonl")],
+    );
+    assert!(!ok, "the failpoint did not stop delivery");
+    assert_eq!(jsonl_ids(&jsonl2), all_ids);
+    let (ok, out, err) = run(&["case", "deliver", case_s, "--warehouse", wh]);
+    assert!(ok, "{err}");
+    assert!(out.contains("delivered 0 alerts"), "{out}");
+    assert_eq!(jsonl_ids(&jsonl2), all_ids);
+    let jsonl3 = tmp.path().join("out/third.jsonl");
+    let text = std::fs::read_to_string(&case)
+        .expect("case")
+        .replace("out/second.jsonl", "out/third.jsonl");
+    std::fs::write(&case, text).expect("write");
+    std::fs::create_dir_all(jsonl3.parent().expect("dir")).expect("dir");
+    std::fs::write(&jsonl3, "{\"alert_id\": \"torn").expect("torn line");
+    let (ok, _, err) = run(&["case", "deliver", case_s, "--warehouse", wh]);
+    assert!(ok, "{err}");
+    assert_eq!(jsonl_ids(&jsonl3), all_ids);
+
+    // Webhook: refused and throttled requests are retried; every alert arrives once,
+    // with its id as the idempotency key.
+    let rx = Receiver::start(vec![503, 429, 500]);
+    let text = std::fs::read_to_string(&case)
+        .expect("case")
+        .replace("[alerts]", &format!("[alerts]\nwebhook = \"{}\"", rx.url));
+    std::fs::write(&case, text).expect("write");
+    let (ok, out, err) = run(&["case", "deliver", case_s, "--warehouse", wh]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 retries"), "{out}");
+    assert_eq!(rx.ids(), all_ids);
+    assert!(
+        rx.got
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|r| r.idempotency_key == r.body["alert_id"].as_str().unwrap_or(""))
+    );
+    assert_eq!(*rx.answered.lock().expect("lock"), all_ids.len() + 3);
+
+    // A crash between a POST's 200 and its cursor: the rerun sends that one alert again
+    // (same id, which the receiver can discard) and every other exactly once.
+    let rx2 = Receiver::start(vec![]);
+    let text = std::fs::read_to_string(&case)
+        .expect("case")
+        .replace(&rx.url, &rx2.url);
+    std::fs::write(&case, text).expect("write");
+    let (ok, _, _) = run_env(
+        &["case", "deliver", case_s, "--warehouse", wh],
+        &[("FERRET_FAILPOINT", "after-webhook-post:3")],
+    );
+    assert!(!ok, "the failpoint did not stop delivery");
+    assert_eq!(rx2.ids(), all_ids[..3]);
+    let (ok, _, err) = run(&["case", "deliver", case_s, "--warehouse", wh]);
+    assert!(ok, "{err}");
+    let ids = rx2.ids();
+    assert_eq!(ids.len(), all_ids.len() + 1);
+    assert_eq!(
+        ids.iter().cloned().collect::<BTreeSet<_>>(),
+        all_ids.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        ids[2], ids[3],
+        "only the alert whose cursor was lost is sent again"
+    );
+
+    // A receiver that refuses an alert (4xx): an error naming it; nothing skipped.
+    let rx3 = Receiver::start(vec![400]);
+    let text = std::fs::read_to_string(&case)
+        .expect("case")
+        .replace(&rx2.url, &rx3.url);
+    std::fs::write(&case, text).expect("write");
+    let (ok, _, err) = run(&["case", "deliver", case_s, "--warehouse", wh]);
+    assert!(
+        !ok && err.contains("refused: HTTP 400") && err.contains(&all_ids[0]),
+        "{err}"
+    );
+    assert!(rx3.ids().is_empty());
+
+    // Overlapping runs: one frozen before its commit holds the case's lease; a second
+    // is refused before it reads anything; once the first is gone a run goes through.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args([
+            "case",
+            "run",
+            case_s,
+            "--warehouse",
+            wh,
+            "--device",
+            "cpu",
+            "--no-deliver",
+        ])
+        .env("FERRET_LOG", "warn")
+        .env("FERRET_FAILPOINT", "before-results-commit=stop")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stat = format!("/proc/{}/stat", first.id());
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&stat)
+        .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('T')))
+    {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the first run never reached its commit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, _, err) = run(&[
+        "case",
+        "run",
+        case_s,
+        "--warehouse",
+        wh,
+        "--device",
+        "cpu",
+        "--no-deliver",
+    ]);
+    assert!(
+        !ok && err.contains("another writer holds the lease"),
+        "{err}"
+    );
+    first.kill().expect("kill");
+    let _ = first.wait();
+    assert_eq!(
+        sql(wh, "SELECT count(*) FROM case_runs"),
+        ["3"],
+        "the killed run committed"
+    );
+    let (ok, _, err) = run(&[
+        "case",
+        "run",
+        case_s,
+        "--warehouse",
+        wh,
+        "--device",
+        "cpu",
+        "--no-deliver",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(sql(wh, "SELECT count(*) FROM case_runs"), ["4"]);
+    let (ok, out, err) = run(&["case", "show", "pig-1", "--warehouse", wh]);
+    assert!(
+        ok && out.contains(&run2) && out.contains("alerts of run"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = run(&["case", "list", "--warehouse", wh]);
+    assert!(ok && out.contains("pig-1"), "{out}{err}");
+}
+
+#[test]
+fn case_files_and_schedules_from_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (blocks, labels) = chain(tmp.path(), "3");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    index_to(&blocks, &wh, None);
+    prepare(&wh, &labels);
+    let dir = tmp.path().join("cases");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let case = |name: &str, schedule: &str, seeds: &str| {
+        format!(
+            "name = \"{name}\"\nchains = [\"btc\"]\n{schedule}\n[seeds]\n{seeds}\n[taint]\nstop_at = [\"exchange\"]\n"
+        )
+    };
+    // A typo in a case file: the error names the file, line and column.
+    std::fs::write(
+        dir.join("typo.toml"),
+        case("typo", "", "categories = [\"scam\"]\nadresses = []"),
+    )
+    .expect("write");
+    let (ok, _, err) = run(&[
+        "jobs",
+        "run",
+        "--config",
+        dir.to_str().expect("utf8"),
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !ok && err.contains("typo.toml:6:1") && err.contains("unknown field `adresses`"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("typo.toml")).expect("rm");
+    // A seed category no label has: refused, nothing committed.
+    std::fs::write(
+        tmp.path().join("nope.toml"),
+        case("nope", "", "categories = [\"scma\"]"),
+    )
+    .expect("write");
+    let (ok, _, err) = run(&[
+        "case",
+        "run",
+        tmp.path().join("nope.toml").to_str().expect("utf8"),
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("category `scma`"), "{err}");
+    assert_eq!(sql(&wh, "SELECT count(*) FROM case_runs"), ["0"]);
+
+    std::fs::write(
+        dir.join("daily.toml"),
+        case(
+            "daily",
+            "schedule = \"0 0 1 1 *\"",
+            "categories = [\"scam\"]",
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("manual.toml"),
+        case("manual", "", "categories = [\"scam\"]"),
+    )
+    .expect("write");
+    let d = dir.to_str().expect("utf8");
+    // Due (never run) → runs; then not due until next January; the unscheduled case never.
+    let (ok, out, err) = run(&[
+        "jobs",
+        "run",
+        "--config",
+        d,
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("daily: run") && !out.contains("manual"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&[
+        "jobs",
+        "run",
+        "--config",
+        d,
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok && out.trim().is_empty(), "{out}{err}");
+    assert_eq!(
+        sql(
+            &wh,
+            "SELECT \"case\", count(*) FROM case_runs GROUP BY \"case\""
+        ),
+        ["daily,1"]
+    );
+
+    // --watch: a new due case in the directory is picked up; SIGTERM stops it cleanly.
+    let mut w = Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args([
+            "jobs",
+            "run",
+            "--config",
+            d,
+            "--warehouse",
+            &wh,
+            "--device",
+            "cpu",
+            "--watch",
+            "--max-sleep-secs",
+            "1",
+        ])
+        .env("FERRET_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::fs::write(
+        dir.join("later.toml"),
+        case("later", "schedule = \"@yearly\"", "categories = [\"scam\"]"),
+    )
+    .expect("write");
+    let t0 = std::time::Instant::now();
+    while sql(
+        &wh,
+        "SELECT count(*) FROM case_runs WHERE \"case\" = 'later'",
+    ) != ["1"]
+    {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "--watch never ran the new case"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = w.wait().expect("wait");
+    let mut err = String::new();
+    w.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        sql(
+            &wh,
+            "SELECT \"case\", count(*) FROM case_runs GROUP BY \"case\" ORDER BY 1"
+        ),
+        ["daily,1", "later,1"]
+    );
+}
