@@ -610,6 +610,61 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
     );
     let (ok, out, err) = run(&["case", "list", "--warehouse", wh]);
     assert!(ok && out.contains("pig-1"), "{out}{err}");
+
+    // Repeat offenders: a second case seeded with one of the first case's seeds meets it
+    // at the exits both reached and at that seed's cluster.
+    let seed = sql(
+        wh,
+        "SELECT min(address) FROM labels WHERE category = 'scam'",
+    )[0]
+    .clone();
+    let case2 = tmp.path().join("pig2.toml");
+    std::fs::write(
+        &case2,
+        format!("name = \"pig-2\"\nchains = [\"btc\"]\n[seeds]\naddresses = [\"{seed}\"]\n[taint]\nstop_at = [\"exchange\"]\n"),
+    )
+    .expect("write");
+    let (ok, _, err) = run(&[
+        "case",
+        "run",
+        case2.to_str().expect("utf8"),
+        "--warehouse",
+        wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let latest = |c: &str| {
+        format!(
+            "(SELECT address FROM case_exits e JOIN cases c ON e.\"case\" = c.\"case\" AND e.run_id = c.latest_run WHERE c.\"case\" = '{c}')"
+        )
+    };
+    let shared = sql_set(
+        wh,
+        &format!(
+            "SELECT address FROM {} INTERSECT SELECT address FROM {}",
+            latest("pig-1"),
+            latest("pig-2")
+        ),
+    );
+    assert!(!shared.is_empty());
+    assert_eq!(
+        sql_set(
+            wh,
+            "SELECT key FROM repeat_offenders WHERE kind = 'exit' AND cases = 'pig-1,pig-2'"
+        ),
+        shared
+    );
+    assert_eq!(
+        sql(
+            wh,
+            &format!(
+                "SELECT count(*) FROM repeat_offenders r JOIN case_members m ON r.kind = 'cluster' AND r.key = CAST(m.cluster_id AS VARCHAR) AND m.address = '{seed}' AND m.\"case\" = 'pig-2'"
+            )
+        ),
+        ["1"],
+        "the shared seed's cluster is not reported"
+    );
 }
 
 #[test]

@@ -76,8 +76,45 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
         public.register_table(job.into(), provider)?;
     }
     register_cases(wh, public.as_ref(), &runs)?;
+    ctx.sql(REPEAT_OFFENDERS).await?.collect().await?;
     Ok(())
 }
+
+/// `repeat_offenders`: over the latest run of every case, what recurs across cases —
+/// an exit address two cases' money reached (`exit`), a cluster holding two cases' seeds
+/// or members (`cluster`), and an address one case tainted that is in another case's
+/// seed clusters (`meets_cluster`: one case's money meets another's operator).
+const REPEAT_OFFENDERS: &str = r#"CREATE VIEW ferret.public.repeat_offenders AS
+WITH latest AS (SELECT "case", latest_run AS run_id FROM ferret.public.cases),
+ex AS (
+  SELECT e."case", e.chain, e.address, e.label, CAST(e.tainted_value AS DOUBLE) AS amount
+    FROM ferret.public.case_exits e JOIN latest l ON e."case" = l."case" AND e.run_id = l.run_id
+  UNION ALL
+  SELECT e."case", e.chain, e.address, e.label, e.tainted_value
+    FROM ferret.public.case_eth_exits e JOIN latest l ON e."case" = l."case" AND e.run_id = l.run_id),
+mem AS (
+  SELECT m."case", m.chain, m.address, m.cluster_id
+    FROM ferret.public.case_members m JOIN latest l ON m."case" = l."case" AND m.run_id = l.run_id),
+tainted AS (
+  SELECT DISTINCT t."case", t.chain, t.address
+    FROM ferret.public.case_taint t JOIN latest l ON t."case" = l."case" AND t.run_id = l.run_id
+    WHERE t.address IS NOT NULL
+  UNION
+  SELECT DISTINCT t."case", t.chain, t.address
+    FROM ferret.public.case_eth_taint t JOIN latest l ON t."case" = l."case" AND t.run_id = l.run_id)
+SELECT 'exit' AS kind, chain, address AS key, count(DISTINCT "case") AS n_cases,
+       array_to_string(array_sort(array_agg(DISTINCT "case")), ',') AS cases,
+       sum(amount) AS amount, max(label) AS detail
+  FROM ex GROUP BY chain, address HAVING count(DISTINCT "case") > 1
+UNION ALL
+SELECT 'cluster', chain, CAST(cluster_id AS VARCHAR), count(DISTINCT "case"),
+       array_to_string(array_sort(array_agg(DISTINCT "case")), ','),
+       CAST(NULL AS DOUBLE), CAST(count(DISTINCT address) AS VARCHAR) || ' addresses'
+  FROM mem WHERE cluster_id IS NOT NULL GROUP BY chain, cluster_id HAVING count(DISTINCT "case") > 1
+UNION ALL
+SELECT 'meets_cluster', t.chain, t.address, CAST(2 AS BIGINT), t."case" || ',' || m."case",
+       CAST(NULL AS DOUBLE), 'tainted by ' || t."case" || '; in the seed clusters of ' || m."case"
+  FROM tainted t JOIN mem m ON t.chain = m.chain AND t.address = m.address AND t."case" <> m."case""#;
 
 /// The case tables over every case (`case_runs`, `case_taint`, …: each the union of
 /// every run of every case, from the same results head as the rest) and `cases`, one row
