@@ -10,6 +10,7 @@
 pub mod cron;
 pub mod deliver;
 pub mod file;
+pub mod findings;
 pub mod run;
 pub mod schedule;
 

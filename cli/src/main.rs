@@ -533,6 +533,24 @@ struct LabelsExportArgs {
     /// Only these sources; repeatable.
     #[arg(long)]
     source: Vec<String>,
+    /// A case's findings instead of the labels table: its seeds and their clusters, the
+    /// exits its money reached, with each entry's provenance (case, run, heuristic,
+    /// evidence transaction).
+    #[arg(long)]
+    case: Option<String>,
+    /// With --case: this run (default: the latest).
+    #[arg(long, requires = "case")]
+    run: Option<String>,
+    /// With --case: only exits with at least this tainted value (sats, wei, token units).
+    #[arg(long, requires = "case", default_value_t = 0.0)]
+    exit_min: f64,
+    /// With --case: also the tainted addresses beyond the seeds with at least this
+    /// tainted value (category `tainted`).
+    #[arg(long, requires = "case")]
+    tainted_min: Option<f64>,
+    /// With --case: the category of the seeds and their cluster members.
+    #[arg(long, requires = "case", default_value = "scam")]
+    finding_category: String,
     /// Traffic Light Protocol marking: clear, green, amber or red.
     #[arg(long, default_value = "amber")]
     tlp: ferret_indexer::label_export::Tlp,
@@ -1389,14 +1407,41 @@ async fn labels_import_cmd(a: LabelsImportArgs) -> Result<()> {
 }
 
 async fn labels_export_cmd(a: LabelsExportArgs) -> Result<()> {
-    use ferret_indexer::label_export::{Options, filter, render};
+    use ferret_indexer::label_export::{Options, filter, render_with};
     let wh = Warehouse::open_existing(&a.warehouse)?;
-    let mut labels = ferret_indexer::labels::load_labels(&wh).await?;
-    labels.sort();
-    let labels = filter(labels, &a.chain, &a.category, &a.source);
+    let (labels, provenance) = match &a.case {
+        None => {
+            let mut labels = ferret_indexer::labels::load_labels(&wh).await?;
+            labels.sort();
+            (filter(labels, &a.chain, &a.category, &a.source), Vec::new())
+        }
+        Some(case) => {
+            if !(a.exit_min.is_finite() && a.exit_min >= 0.0)
+                || a.tainted_min.is_some_and(|t| !(t.is_finite() && t >= 0.0))
+            {
+                bail!("--exit-min and --tainted-min take a number ≥ 0");
+            }
+            let o = ferret_cases::findings::FindingsOptions {
+                run: a.run.clone(),
+                category: a.finding_category.clone(),
+                exit_min: a.exit_min,
+                tainted_min: a.tainted_min,
+            };
+            let rows = ferret_cases::findings::findings(&wh, case, &o).await?;
+            let keep = |l: &ferret_indexer::labels::Label| {
+                (a.chain.is_empty() || a.chain.contains(&l.chain))
+                    && (a.category.is_empty() || a.category.contains(&l.category))
+            };
+            rows.into_iter()
+                .filter(|(l, _)| keep(l))
+                .map(|(l, p)| (l, Some(p)))
+                .unzip()
+        }
+    };
     let created = ferret_indexer::label_export::rfc3339(std::time::SystemTime::now());
-    let text = render(
+    let text = render_with(
         &labels,
+        &provenance,
         a.format,
         &Options {
             title: a.title,

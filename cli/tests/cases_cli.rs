@@ -665,6 +665,90 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
         ["1"],
         "the shared seed's cluster is not reported"
     );
+
+    // The findings of run 2 to share: its seeds' clusters and the exits above 0.1 BTC,
+    // in every format; each imports back to the same labels rows, with its provenance
+    // written beside them.
+    let want = {
+        let mut w = sql_set(
+            wh,
+            &format!("SELECT address, 'scam' FROM case_members WHERE run_id = '{run2}'"),
+        );
+        w.extend(sql_set(wh, &format!("SELECT address, category FROM case_exits WHERE run_id = '{run2}' AND tainted_value >= 10000000")));
+        w
+    };
+    assert!(want.len() > 10, "{want:?}");
+    let mut rows_of_formats = Vec::new();
+    for format in ["csv", "tagpack", "misp", "stix"] {
+        let ext = match format {
+            "csv" => "csv",
+            "tagpack" => "yaml",
+            _ => "json",
+        };
+        let out = tmp.path().join(format!("findings-{format}.{ext}"));
+        let (ok, _, err) = run(&[
+            "labels",
+            "export",
+            "--warehouse",
+            wh,
+            "--case",
+            "pig-1",
+            "--run",
+            &run2,
+            "--exit-min",
+            "10000000",
+            "--format",
+            format,
+            "--out",
+            out.to_str().expect("utf8"),
+        ]);
+        assert!(ok, "{format}: {err}");
+        let text = std::fs::read_to_string(&out).expect("export");
+        for needle in [
+            run2.as_str(),
+            "co-spend cluster",
+            "exit",
+            "ferret:case:pig-1",
+        ] {
+            assert!(text.contains(needle), "{format}: no `{needle}`");
+        }
+        let back = tmp
+            .path()
+            .join(format!("back-{format}"))
+            .to_string_lossy()
+            .into_owned();
+        let (ok, _, err) = run(&[
+            "labels",
+            "import",
+            "--warehouse",
+            &back,
+            out.to_str().expect("utf8"),
+        ]);
+        assert!(ok, "{format}: {err}");
+        assert_eq!(
+            sql_set(&back, "SELECT address, category FROM labels"),
+            want,
+            "{format}"
+        );
+        rows_of_formats.push(sql(&back, "SELECT address, label, category, source, coalesce(confidence, '-') FROM labels ORDER BY 1, 2, 3"));
+    }
+    assert!(
+        rows_of_formats.windows(2).all(|w| w[0] == w[1]),
+        "the formats read back differently"
+    );
+    let (ok, _, err) = run(&[
+        "labels",
+        "export",
+        "--warehouse",
+        wh,
+        "--case",
+        "nope",
+        "--format",
+        "csv",
+        "--out",
+        tmp.path().join("x.csv").to_str().expect("utf8"),
+    ]);
+    assert!(!ok && err.contains("no such case"), "{err}");
 }
 
 #[test]
@@ -827,4 +911,191 @@ fn case_files_and_schedules_from_the_command_line() {
         ),
         ["daily,1", "later,1"]
     );
+}
+
+/// The same on Ethereum: a case over a generated economy on a real node (anvil), run,
+/// more blocks indexed, run again; the exits equal `ferret taint eth`'s, the alerts the
+/// SQL oracle's, the watched address's transfers reported by the run that first saw them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
+    let Some(node) = common::anvil(&[]).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("synth");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let o = out.to_str().expect("utf8");
+    let (ok, _, err) = run(&[
+        "synth",
+        "eth",
+        "--rpc",
+        node.url(),
+        "--out",
+        o,
+        "--seed",
+        "7",
+        "--blocks",
+        "24",
+        "--txs-per-block",
+        "24",
+        "--users",
+        "50",
+    ]);
+    assert!(ok, "{err}");
+    let labels = out.join("truth/labels.csv");
+    let full = tmp.path().join("full").to_string_lossy().into_owned();
+    for (w, to) in [(&full, None), (&wh, Some("14"))] {
+        let mut args = vec![
+            "index",
+            "eth",
+            "--rpc",
+            node.url(),
+            "--warehouse",
+            w.as_str(),
+        ];
+        if let Some(t) = to {
+            args.extend(["--to", t]);
+        }
+        let (ok, _, err) = run(&args);
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(&[
+            "labels",
+            "import",
+            "--warehouse",
+            w,
+            labels.to_str().expect("utf8"),
+        ]);
+        assert!(ok, "{err}");
+    }
+    // A watched exchange wallet with ETH transfers both before and after block 14.
+    let watch = sql(
+        &full,
+        "SELECT t.to_address FROM eth.transfers t JOIN labels l ON t.to_address = l.address \
+         WHERE l.category = 'exchange' AND t.asset = 'ETH' GROUP BY 1 \
+         HAVING min(t.block_number) <= 14 AND max(t.block_number) > 14 ORDER BY count(*) DESC, 1 LIMIT 1",
+    );
+    let watch = watch
+        .first()
+        .expect("an exchange active on both sides of block 14")
+        .clone();
+    let case = tmp.path().join("eth.toml");
+    std::fs::write(
+        &case,
+        format!(
+            "name = \"eth-1\"\nchains = [\"eth\"]\n[seeds]\ncategories = [\"scam\"]\n[taint]\npolicy = \"haircut\"\nstop_at = [\"exchange\"]\nasset = \"ETH\"\n[alerts]\nwatch = [\"{watch}\"]\n"
+        ),
+    )
+    .expect("write");
+    let c = case.to_str().expect("utf8");
+    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["index", "eth", "--rpc", node.url(), "--warehouse", &wh]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let runs = sql(
+        &wh,
+        "SELECT run_id, eth_tip_height FROM case_runs ORDER BY started_at",
+    );
+    assert_eq!(runs.len(), 2);
+    let (run1, tip1) = runs[0].split_once(',').expect("row");
+    let (run2, tip2) = runs[1].split_once(',').expect("row");
+    assert_eq!(tip1, "14");
+    assert!(tip2.parse::<u64>().expect("height") > 14);
+
+    // The second run's exits are `ferret taint eth`'s on the same warehouse, bit for bit.
+    let (ok, _, err) = run(&[
+        "taint",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--seed-category",
+        "scam",
+        "--stop-at",
+        "exchange",
+        "--asset",
+        "ETH",
+        "--policy",
+        "haircut",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let exits2 = sql_set(
+        &wh,
+        &format!(
+            "SELECT address, asset, tainted_value, tainted_transfers, min_hop FROM case_eth_exits WHERE run_id = '{run2}'"
+        ),
+    );
+    assert!(!exits2.is_empty());
+    assert_eq!(
+        exits2,
+        sql_set(
+            &wh,
+            "SELECT address, asset, tainted_value, tainted_transfers, min_hop FROM eth_exits"
+        )
+    );
+
+    // Alerts: the SQL oracle over the two runs' exits (increases above float noise, one
+    // part in 1e9 of the earlier amount).
+    let e = |r: &str| {
+        format!("(SELECT address, tainted_value FROM case_eth_exits WHERE run_id = '{r}')")
+    };
+    let want_new = sql_set(
+        &wh,
+        &format!(
+            "SELECT b.address, b.tainted_value FROM {} b LEFT JOIN {} a ON a.address = b.address WHERE a.address IS NULL",
+            e(run2),
+            e(run1)
+        ),
+    );
+    let want_more = sql_set(
+        &wh,
+        &format!(
+            "SELECT b.address, b.tainted_value - a.tainted_value FROM {} b JOIN {} a ON a.address = b.address WHERE b.tainted_value - a.tainted_value > abs(a.tainted_value) * 1e-9",
+            e(run2),
+            e(run1)
+        ),
+    );
+    let got = |kind: &str| {
+        sql_set(
+            &wh,
+            &format!(
+                "SELECT address, amount FROM case_alerts WHERE run_id = '{run2}' AND kind = '{kind}'"
+            ),
+        )
+    };
+    assert!(
+        !(want_new.is_empty() && want_more.is_empty()),
+        "the new blocks brought no new taint"
+    );
+    assert_eq!(got("new_exit"), want_new);
+    assert_eq!(got("exit_increase"), want_more);
+    let bad = sql(
+        &wh,
+        "SELECT a.address FROM case_alerts a WHERE a.kind = 'new_exit' AND a.txid IS NULL",
+    );
+    assert!(
+        bad.is_empty(),
+        "exit alerts without their transaction: {bad:?}"
+    );
+    let watched = |lo: &str, hi: &str| {
+        sql_set(
+            &wh,
+            &format!(
+                "SELECT DISTINCT transaction_hash FROM eth.transfers WHERE (to_address = '{watch}' OR from_address = '{watch}') AND block_number > {lo} AND block_number <= {hi}"
+            ),
+        )
+    };
+    let seen = |r: &str| {
+        sql_set(
+            &wh,
+            &format!(
+                "SELECT DISTINCT txid FROM case_alerts WHERE run_id = '{r}' AND kind = 'watchlist'"
+            ),
+        )
+    };
+    assert_eq!(seen(run1), watched("-1", tip1));
+    assert_eq!(seen(run2), watched(tip1, tip2));
+    assert!(!seen(run2).is_empty());
 }

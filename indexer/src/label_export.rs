@@ -171,21 +171,64 @@ fn yaml_str(s: &str) -> String {
 
 /// Renders `labels` in `format`.
 pub fn render(labels: &[Label], format: Format, o: &Options) -> Result<String, String> {
+    render_with(labels, &[], format, o)
+}
+
+/// Where an exported entry came from, beyond its `source`: the case and run that found
+/// it, by which heuristic, when, and the transaction that shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    pub case: String,
+    pub run: String,
+    /// `seed`, `co-spend cluster`, `deposit-address cluster`, `taint haircut`, `exit`, …
+    pub heuristic: String,
+    /// RFC 3339: when the run that found it finished.
+    pub lastmod: String,
+    pub txid: Option<String>,
+}
+
+/// [`render`] with each label's provenance (`provenance[i]` for `labels[i]`; missing
+/// entries have none): CSV columns after the five the importer reads, a TagPack tag's
+/// `context` (JSON), `lastmod` and `tx_hash`, MISP `ferret:` tags, STIX `x_ferret_`
+/// properties. Importers ignore them, so the labels rows round-trip unchanged.
+pub fn render_with(
+    labels: &[Label],
+    provenance: &[Option<Provenance>],
+    format: Format,
+    o: &Options,
+) -> Result<String, String> {
+    let prov = |i: usize| provenance.get(i).and_then(Option::as_ref);
+    let any = provenance.iter().any(Option::is_some);
     match format {
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
             let err = |e: csv::Error| e.to_string();
-            w.write_record(["address", "label", "category", "source", "confidence"])
-                .map_err(err)?;
-            for l in labels {
-                w.write_record([
+            let mut head = vec!["address", "label", "category", "source", "confidence"];
+            if any {
+                head.extend(["case", "run", "heuristic", "lastmod", "txid"]);
+            }
+            w.write_record(&head).map_err(err)?;
+            for (i, l) in labels.iter().enumerate() {
+                let mut rec = vec![
                     l.address.as_str(),
                     &l.label,
                     &l.category,
                     &l.source,
                     l.confidence.as_deref().unwrap_or(""),
-                ])
-                .map_err(err)?;
+                ];
+                if any {
+                    match prov(i) {
+                        Some(p) => rec.extend([
+                            p.case.as_str(),
+                            &p.run,
+                            &p.heuristic,
+                            &p.lastmod,
+                            p.txid.as_deref().unwrap_or(""),
+                        ]),
+                        None => rec.extend(["", "", "", "", ""]),
+                    }
+                }
+                w.write_record(&rec).map_err(err)?;
             }
             let bytes = w.into_inner().map_err(|e| e.to_string())?;
             String::from_utf8(bytes).map_err(|e| e.to_string())
@@ -205,7 +248,7 @@ pub fn render(labels: &[Label], format: Format, o: &Options) -> Result<String, S
             );
             let _ = writeln!(s, "is_public: {}", o.tlp == Tlp::Clear);
             s.push_str("tags:\n");
-            for l in labels {
+            for (i, l) in labels.iter().enumerate() {
                 let _ = writeln!(s, "- address: {}", yaml_str(&l.address));
                 let _ = writeln!(s, "  label: {}", yaml_str(&l.label));
                 let _ = writeln!(s, "  category: {}", yaml_str(&l.category));
@@ -218,11 +261,22 @@ pub fn render(labels: &[Label], format: Format, o: &Options) -> Result<String, S
                     "  confidence: {}",
                     yaml_str(l.confidence.as_deref().unwrap_or(UNKNOWN_CONFIDENCE))
                 );
+                let lastmod = prov(i).map_or(o.created.as_str(), |p| p.lastmod.as_str());
                 let _ = writeln!(
                     s,
                     "  lastmod: {}",
-                    yaml_str(&o.created[..10.min(o.created.len())])
+                    yaml_str(&lastmod[..10.min(lastmod.len())])
                 );
+                if let Some(p) = prov(i) {
+                    // GraphSense keeps extra context as a JSON string.
+                    let ctx = serde_json::json!({
+                        "case": p.case, "run": p.run, "heuristic": p.heuristic, "lastmod": p.lastmod,
+                    });
+                    let _ = writeln!(s, "  context: {}", yaml_str(&ctx.to_string()));
+                    if let Some(t) = &p.txid {
+                        let _ = writeln!(s, "  tx_hash: {}", yaml_str(t));
+                    }
+                }
             }
             Ok(s)
         }
@@ -230,13 +284,22 @@ pub fn render(labels: &[Label], format: Format, o: &Options) -> Result<String, S
             use serde_json::json;
             let objects: Vec<_> = labels
                 .iter()
-                .map(|l| {
+                .enumerate()
+                .map(|(i, l)| {
                     let mut tags = vec![
                         json!({"name": format!("ferret:category={}", serde_json::Value::String(l.category.clone()))}),
                         json!({"name": format!("ferret:source={}", serde_json::Value::String(l.source.clone()))}),
                     ];
                     if let Some(c) = &l.confidence {
                         tags.push(json!({"name": format!("ferret:confidence={}", serde_json::Value::String(c.clone()))}));
+                    }
+                    if let Some(p) = prov(i) {
+                        for (k, v) in [("case", &p.case), ("run", &p.run), ("heuristic", &p.heuristic), ("lastmod", &p.lastmod)] {
+                            tags.push(json!({"name": format!("ferret:{k}={}", serde_json::Value::String(v.clone()))}));
+                        }
+                        if let Some(t) = &p.txid {
+                            tags.push(json!({"name": format!("ferret:txid={}", serde_json::Value::String(t.clone()))}));
+                        }
                     }
                     let k = key(l);
                     json!({
@@ -281,7 +344,7 @@ pub fn render(labels: &[Label], format: Format, o: &Options) -> Result<String, S
                 "created": o.created, "modified": o.created,
                 "name": o.creator, "identity_class": "organization",
             })];
-            for l in labels {
+            for (i, l) in labels.iter().enumerate() {
                 let mut w = json!({
                     "type": "cryptocurrency-wallet",
                     "spec_version": "2.1",
@@ -297,6 +360,15 @@ pub fn render(labels: &[Label], format: Format, o: &Options) -> Result<String, S
                 });
                 if let Some(c) = &l.confidence {
                     w["x_ferret_confidence"] = json!(c);
+                }
+                if let Some(p) = prov(i) {
+                    w["x_ferret_case"] = json!(p.case);
+                    w["x_ferret_run"] = json!(p.run);
+                    w["x_ferret_heuristic"] = json!(p.heuristic);
+                    w["x_ferret_lastmod"] = json!(p.lastmod);
+                    if let Some(t) = &p.txid {
+                        w["x_ferret_txid"] = json!(t);
+                    }
                 }
                 objects.push(w);
             }
