@@ -9,6 +9,8 @@
 
 pub mod cron;
 pub mod deliver;
+pub mod evidence;
+pub mod extract;
 pub mod file;
 pub mod findings;
 pub mod run;

@@ -91,6 +91,8 @@ struct ChainPart {
     tip: (Option<u64>, Option<String>),
     seq: Option<u64>,
     clusters_run: Option<String>,
+    flows: Vec<crate::evidence::FlowRow>,
+    paths: Vec<crate::evidence::PathStep>,
 }
 
 fn chain_of(name: &str) -> Result<Chain> {
@@ -218,6 +220,16 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
         ));
     }
     tables.push(("members", members_batch(&case.name, &run_id, &members)?));
+    let flows: Vec<_> = parts.values().flat_map(|p| &p.flows).collect();
+    tables.push((
+        "flows",
+        crate::evidence::flows_batch(&case.name, &run_id, &flows)?,
+    ));
+    let paths: Vec<_> = parts.values().flat_map(|p| &p.paths).collect();
+    tables.push((
+        "paths",
+        crate::evidence::paths_batch(&case.name, &run_id, &paths)?,
+    ));
     tables.push((
         "alerts",
         alerts_batch(&case.name, &run_id, &report.alerts, finished_at)?,
@@ -510,7 +522,9 @@ async fn btc_part(
     backend: &Backend,
     run_id: &str,
 ) -> Result<ChainPart> {
-    use ferret_kernels::taint::job::{TaintJob, chain_labels, exits_batch, taint_batch, taint_btc};
+    use ferret_kernels::taint::job::{
+        TaintJob, chain_labels, exits_batch, run_on_graph, taint_batch,
+    };
     check_seed_categories(wh, case).await?;
     let (tip, seq) = tip(wh, case, "btc").await?;
     let labels = chain_labels(wh, "btc").await?;
@@ -524,7 +538,7 @@ async fn btc_part(
         seed_txids: case.seeds.txids.clone(),
         seed_categories: present(&labels, &case.seeds.categories),
         stop_categories: present(&labels, &t.stop_at),
-        with_flows: false,
+        with_flows: true,
     };
     let mut part = ChainPart {
         tip,
@@ -536,7 +550,11 @@ async fn btc_part(
     {
         tracing::info!(case = %case.name, "no Bitcoin seeds: nothing to trace on btc");
     } else {
-        let run = taint_btc(wh, backend, &job).await?;
+        let g = ferret_kernels::taint::SpendGraph::from_warehouse(wh).await?;
+        let run = run_on_graph(&g, backend, &job, &labels)?;
+        part.flows = crate::evidence::btc_flows(&run);
+        part.paths = crate::evidence::btc_paths(&g, &run);
+        drop(g);
         part.taint = Some(taint_batch(&run, run_id)?);
         part.exits_batch = Some(exits_batch(&run, run_id)?);
         let mut paying: HashMap<&str, Vec<(String, i32, f64)>> = run
@@ -604,6 +622,8 @@ async fn eth_part(
         tracing::info!(case = %case.name, "no Ethereum seeds: nothing to trace on eth");
     } else {
         let run = taint_eth(wh, backend, &job).await?;
+        part.flows = crate::evidence::eth_flows(&run);
+        part.paths = crate::evidence::eth_paths(&run);
         let taint = eth_taint_batch(&run, run_id)?;
         // The transfer that first brought each address taint, from the table's rows.
         let mut first: HashMap<String, (String, Option<i64>)> = HashMap::new();

@@ -31,6 +31,44 @@ pub enum JobsCmd {
 }
 
 #[derive(Args)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    wh: WarehouseArgs,
+    /// The case.
+    #[arg(long)]
+    case: String,
+    /// A run id (default: the case's latest).
+    #[arg(long)]
+    run: Option<String>,
+    /// Where to write: a directory or an object-store URL (s3://, gs://, az://) that holds
+    /// no extract yet.
+    #[arg(long)]
+    out: String,
+}
+
+pub async fn extract_cmd(a: ExtractArgs) -> Result<()> {
+    let wh = Warehouse::open_existing(&a.wh.warehouse)?;
+    let m = ferret_cases::extract::extract(&wh, &a.case, a.run.as_deref(), &a.out)
+        .await
+        .with_context(|| format!("extracting case `{}`", a.case))?;
+    for f in &m.files {
+        println!(
+            "{:<12} {:<4} {:>9} rows  {}",
+            f.table, f.chain, f.rows, f.path
+        );
+    }
+    println!(
+        "extracted case {} run {} to {} ({} files; committed by {})",
+        m.case,
+        m.run_id,
+        a.out,
+        m.files.len(),
+        ferret_cases::extract::COMMIT
+    );
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct WarehouseArgs {
     /// Warehouse URL.
     #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]

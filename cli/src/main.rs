@@ -73,6 +73,9 @@ enum Command {
     /// Scheduled jobs: every case of a directory whose cron schedule is due.
     #[command(subcommand)]
     Jobs(cases::JobsCmd),
+    /// One run of a case as partitioned Parquet (transactions, flows, addresses, exits,
+    /// paths) for notebooks, committed by `_extract.json`.
+    Extract(cases::ExtractArgs),
 }
 
 #[derive(Subcommand)]
@@ -1773,6 +1776,7 @@ fn main() -> ExitCode {
             Command::Users(c) => users_cmd(c),
             Command::Case(c) => cases::case_cmd(c).await,
             Command::Jobs(c) => cases::jobs_cmd(c).await,
+            Command::Extract(a) => cases::extract_cmd(a).await,
         }
     });
     match res {

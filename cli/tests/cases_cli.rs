@@ -749,6 +749,155 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
         tmp.path().join("x.csv").to_str().expect("utf8"),
     ]);
     assert!(!ok && err.contains("no such case"), "{err}");
+
+    // The proof paths: one per exit of run 2; step 0 pays a seed; each later step spends
+    // an output of the step before paying its `from_address`, and pays `to_address`;
+    // the last step pays the exit.
+    let r2 = format!("run_id = '{run2}'");
+    assert_eq!(
+        sql(
+            wh,
+            &format!("SELECT count(DISTINCT exit) FROM case_paths WHERE {r2}")
+        ),
+        sql(wh, &format!("SELECT count(*) FROM case_exits WHERE {r2}"))
+    );
+    let broken = sql(
+        wh,
+        &format!(
+            "SELECT p.exit, p.step FROM case_paths p WHERE p.{r2} AND p.step > 0 AND NOT EXISTS ( \
+           SELECT 1 FROM btc.inputs i JOIN btc.outputs o ON i.spent_txid = o.txid AND i.spent_vout = o.vout \
+           JOIN case_paths q ON q.txid = o.txid \
+           WHERE q.{r2} AND q.exit = p.exit AND q.step = p.step - 1 AND i.txid = p.txid AND o.address = p.from_address)"
+        ),
+    );
+    assert!(
+        broken.is_empty(),
+        "steps that do not spend the previous step: {broken:?}"
+    );
+    let unpaid = sql(
+        wh,
+        &format!(
+            "SELECT p.exit, p.step FROM case_paths p WHERE p.{r2} AND NOT EXISTS ( \
+           SELECT 1 FROM btc.outputs o WHERE o.txid = p.txid AND o.address = p.to_address)"
+        ),
+    );
+    assert!(
+        unpaid.is_empty(),
+        "steps that do not pay their to_address: {unpaid:?}"
+    );
+    let ends = sql(
+        wh,
+        &format!(
+            "SELECT p.exit FROM case_paths p JOIN (SELECT exit, max(step) AS s FROM case_paths WHERE {r2} GROUP BY exit) m \
+         ON p.exit = m.exit AND p.step = m.s WHERE p.{r2} AND p.to_address <> p.exit \
+         UNION ALL SELECT exit FROM case_paths WHERE {r2} AND step = 0 \
+         AND to_address NOT IN (SELECT address FROM labels WHERE category = 'scam')"
+        ),
+    );
+    assert!(
+        ends.is_empty(),
+        "paths not from a seed to their exit: {ends:?}"
+    );
+
+    // The extract of run 2: the committed files hold what SQL shows, a second extract
+    // to the same place is refused, and the worked example of docs/extract.md runs on it.
+    let ex = tmp.path().join("extract");
+    let exs = ex.to_str().expect("utf8");
+    let (ok, out, err) = run(&[
+        "extract",
+        "--warehouse",
+        wh,
+        "--case",
+        "pig-1",
+        "--run",
+        &run2,
+        "--out",
+        exs,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("committed by _extract.json"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ex.join("_extract.json")).expect("commit"))
+            .expect("json");
+    let rows = |t: &str| -> u64 {
+        manifest["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .filter(|f| f["table"] == t)
+            .map(|f| f["rows"].as_u64().expect("rows"))
+            .sum()
+    };
+    assert_eq!(
+        rows("exits").to_string(),
+        sql(wh, &format!("SELECT count(*) FROM case_exits WHERE {r2}"))[0]
+    );
+    assert_eq!(
+        rows("paths").to_string(),
+        sql(wh, &format!("SELECT count(*) FROM case_paths WHERE {r2}"))[0]
+    );
+    assert_eq!(
+        rows("flows").to_string(),
+        sql(wh, &format!("SELECT count(*) FROM case_flows WHERE {r2}"))[0]
+    );
+    assert_eq!(
+        rows("transactions").to_string(),
+        sql(
+            wh,
+            &format!("SELECT count(DISTINCT txid) FROM case_taint WHERE {r2}")
+        )[0]
+    );
+    assert!(rows("addresses") > 0);
+    let (ok, _, err) = run(&[
+        "extract",
+        "--warehouse",
+        wh,
+        "--case",
+        "pig-1",
+        "--out",
+        exs,
+    ]);
+    assert!(!ok && err.contains("already holds an extract"), "{err}");
+    let (ok, _, err) = run(&[
+        "extract",
+        "--warehouse",
+        wh,
+        "--case",
+        "pig-1",
+        "--run",
+        "123-nope",
+        "--out",
+        tmp.path().join("x2").to_str().expect("utf8"),
+    ]);
+    assert!(!ok && err.contains("no run `123-nope`"), "{err}");
+    if let Some(py) = common::python_with("pandas,polars,duckdb,pyarrow", &[]) {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/extract.md"),
+        )
+        .expect("docs/extract.md");
+        let code = doc
+            .split("```python\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a python block");
+        let script = tmp.path().join("notebook.py");
+        std::fs::write(&script, code).expect("write");
+        let out = Command::new(&py)
+            .arg(&script)
+            .env("EXTRACT", &ex)
+            .output()
+            .expect("python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("run {run2}")) && stdout.contains("step 0:"),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]
@@ -1096,6 +1245,39 @@ async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
         )
     };
     assert_eq!(seen(run1), watched("-1", tip1));
+    // Paths: one per exit; each step a transfer on the chain from the previous step's
+    // receiver; the last reaches the exit, step 0 is a seed.
+    let r2 = format!("run_id = '{run2}'");
+    assert_eq!(
+        sql(
+            &wh,
+            &format!("SELECT count(DISTINCT exit) FROM case_paths WHERE {r2}")
+        ),
+        sql(
+            &wh,
+            &format!("SELECT count(*) FROM case_eth_exits WHERE {r2}")
+        )
+    );
+    let broken = sql(
+        &wh,
+        &format!(
+            "SELECT p.exit, p.step FROM case_paths p JOIN case_paths q ON q.exit = p.exit AND q.step = p.step - 1 AND q.{r2} \
+         WHERE p.{r2} AND p.step > 0 AND (p.from_address <> q.to_address OR NOT EXISTS ( \
+           SELECT 1 FROM eth.transfers t WHERE t.transaction_hash = p.txid AND t.from_address = p.from_address \
+           AND t.to_address = p.to_address AND t.asset = 'ETH' AND t.block_number = p.height))"
+        ),
+    );
+    assert!(broken.is_empty(), "{broken:?}");
+    let ends = sql(
+        &wh,
+        &format!(
+            "SELECT p.exit FROM case_paths p JOIN (SELECT exit, max(step) AS s FROM case_paths WHERE {r2} GROUP BY exit) m \
+         ON p.exit = m.exit AND p.step = m.s WHERE p.{r2} AND p.to_address <> p.exit \
+         UNION ALL SELECT exit FROM case_paths WHERE {r2} AND step = 0 \
+         AND to_address NOT IN (SELECT address FROM labels WHERE category = 'scam')"
+        ),
+    );
+    assert!(ends.is_empty(), "{ends:?}");
     assert_eq!(seen(run2), watched(tip1, tip2));
     assert!(!seen(run2).is_empty());
 }

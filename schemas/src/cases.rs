@@ -126,10 +126,60 @@ pub fn case_alerts_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of a case's `flows`: tainted value moved from one address to another (over
+/// one transaction or many), as `ferret trace` draws it.
+pub fn case_flows_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("chain", DataType::Utf8, false),
+            // An output without an address shows as `txid:vout`.
+            Field::new("from_address", DataType::Utf8, false),
+            Field::new("to_address", DataType::Utf8, false),
+            // BTC, ETH or the token contract.
+            Field::new("asset", DataType::Utf8, false),
+            // Sats, wei or the token's base unit.
+            Field::new("tainted_value", DataType::Float64, false),
+            // The hop of the end away from the seeds.
+            Field::new("hop", DataType::Int32, false),
+            // Ethereum: transfers aggregated; Bitcoin: NULL.
+            Field::new("transfers", DataType::Int64, true),
+            // The CoinJoin the flow passed through (Bitcoin), NULL if none.
+            Field::new("coinjoin", DataType::Utf8, true),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of a case's `paths`: for each exit, one chain of transactions from a seed to
+/// it, each step moving taint (the evidence a report cites). Step 0 is the seed's.
+pub fn case_paths_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("chain", DataType::Utf8, false),
+            Field::new("exit", DataType::Utf8, false),
+            Field::new("step", DataType::Int32, false),
+            Field::new("txid", DataType::Utf8, false),
+            // NULL at step 0 (the seed's own output or address).
+            Field::new("from_address", DataType::Utf8, true),
+            Field::new("to_address", DataType::Utf8, false),
+            // Tainted value the step moved (Bitcoin: the receiving output's).
+            Field::new("tainted_value", DataType::Float64, false),
+            Field::new("hop", DataType::Int32, false),
+            // Ethereum: the block; Bitcoin: NULL (in btc.transactions).
+            Field::new("height", DataType::Int64, true),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
 /// The tables of a case: name in the case (its job is `cases/{case}/{name}`, its SQL
 /// table `case_{name}`) and schema.
-pub fn case_tables() -> [(&'static str, SchemaRef); 7] {
-    static T: LazyLock<[(&'static str, SchemaRef); 7]> = LazyLock::new(|| {
+pub fn case_tables() -> [(&'static str, SchemaRef); 9] {
+    static T: LazyLock<[(&'static str, SchemaRef); 9]> = LazyLock::new(|| {
         [
             ("runs", case_runs_schema()),
             ("taint", with_case(&taint_schema())),
@@ -138,6 +188,8 @@ pub fn case_tables() -> [(&'static str, SchemaRef); 7] {
             ("eth_exits", with_case(&eth_exits_schema())),
             ("members", case_members_schema()),
             ("alerts", case_alerts_schema()),
+            ("flows", case_flows_schema()),
+            ("paths", case_paths_schema()),
         ]
     });
     T.clone()
