@@ -563,7 +563,7 @@ impl Case {
                 "hops": t.hops,
                 "min_value": t.min_value,
                 "stop_at": t.stop_at,
-                "asset": t.asset,
+                "asset": self.chains.iter().any(|c| c == "eth").then_some(&t.asset),
             },
             "alerts": {
                 "jsonl": self.alerts.jsonl.as_ref().map(|p| p.display().to_string()),

@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod extract;
 pub mod file;
 pub mod findings;
+pub mod report;
 pub mod run;
 pub mod schedule;
 

@@ -69,6 +69,41 @@ pub async fn extract_cmd(a: ExtractArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    wh: WarehouseArgs,
+    /// The case.
+    #[arg(long)]
+    case: String,
+    /// A run id (default: the case's latest).
+    #[arg(long)]
+    run: Option<String>,
+    /// The HTML file to write (whole, then renamed into place).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also print it to this PDF with headless Chromium (`FERRET_CHROMIUM`, or chromium
+    /// on the PATH).
+    #[arg(long)]
+    pdf: Option<PathBuf>,
+}
+
+pub async fn report_cmd(a: ReportArgs) -> Result<()> {
+    let wh = Warehouse::open_existing(&a.wh.warehouse)?;
+    let html = ferret_cases::report::report(&wh, &a.case, a.run.as_deref())
+        .await
+        .with_context(|| format!("the report of case `{}`", a.case))?;
+    let tmp = a.out.with_extension("ferret-tmp");
+    std::fs::write(&tmp, &html).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("renaming into {}", a.out.display()))?;
+    println!("wrote {} ({} bytes)", a.out.display(), html.len());
+    if let Some(pdf) = &a.pdf {
+        ferret_cases::report::print_pdf(&a.out, pdf)?;
+        println!("wrote {}", pdf.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct WarehouseArgs {
     /// Warehouse URL.
     #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]

@@ -76,6 +76,8 @@ enum Command {
     /// One run of a case as partitioned Parquet (transactions, flows, addresses, exits,
     /// paths) for notebooks, committed by `_extract.json`.
     Extract(cases::ExtractArgs),
+    /// One run of a case as a self-contained HTML report (and PDF with --pdf).
+    Report(cases::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -1777,6 +1779,7 @@ fn main() -> ExitCode {
             Command::Case(c) => cases::case_cmd(c).await,
             Command::Jobs(c) => cases::jobs_cmd(c).await,
             Command::Extract(a) => cases::extract_cmd(a).await,
+            Command::Report(a) => cases::report_cmd(a).await,
         }
     });
     match res {

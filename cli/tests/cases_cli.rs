@@ -898,6 +898,141 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
             "{stdout}"
         );
     }
+
+    // The report of run 2: one self-contained HTML file with what an investigator files,
+    // rendered by a real headless Chromium; its DOM text and its screenshot are checked
+    // for that content; the PDF printed by the same browser.
+    let html = tmp.path().join("report.html");
+    let pdf = tmp.path().join("report.pdf");
+    let chromium = ferret_cases::report::find_chromium();
+    assert!(
+        chromium.is_some() || !common::require_all(),
+        "chromium missing: scripts/test.sh installs it"
+    );
+    let mut args = vec![
+        "report",
+        "--warehouse",
+        wh,
+        "--case",
+        "pig-1",
+        "--run",
+        &run2,
+        "--out",
+        html.to_str().expect("utf8"),
+    ];
+    if chromium.is_some() {
+        args.extend(["--pdf", pdf.to_str().expect("utf8")]);
+    }
+    let (ok, _, err) = run(&args);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&html).expect("report");
+    let tip = sql(
+        wh,
+        &format!("SELECT btc_tip_hash FROM case_runs WHERE {r2}"),
+    )[0]
+    .clone();
+    let mut must: Vec<String> = vec![
+        run2.clone(),
+        tip,
+        sha.clone(),
+        labels_run.clone(),
+        "<svg".into(),
+    ];
+    must.extend(sql(
+        wh,
+        &format!("SELECT address FROM case_exits WHERE {r2}"),
+    ));
+    must.extend(sql(
+        wh,
+        &format!("SELECT DISTINCT txid FROM case_paths WHERE {r2}"),
+    ));
+    must.extend(sql(
+        wh,
+        &format!("SELECT DISTINCT address FROM case_members WHERE {r2}"),
+    ));
+    for m in &must {
+        assert!(text.contains(m.as_str()), "the report lacks {m}");
+    }
+    assert!(
+        !text.contains("<script") && !text.contains("src=\"http") && !text.contains("href=\"http"),
+        "not self-contained"
+    );
+    let links = sql(
+        wh,
+        &format!(
+            "SELECT DISTINCT l.txid FROM cluster_links l JOIN case_members m ON l.cluster_id = m.cluster_id WHERE m.{r2} LIMIT 3"
+        ),
+    );
+    assert!(
+        !links.is_empty() && links.iter().all(|t| text.contains(t.as_str())),
+        "no co-spend evidence for the clusters"
+    );
+    if let Some(chromium) = chromium {
+        let profile = tmp.path().join("chromium-profile");
+        let url = format!("file://{}", html.display());
+        let browse = |extra: &[&str]| {
+            Command::new(&chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .args(extra)
+                .arg(&url)
+                .output()
+                .expect("chromium")
+        };
+        let dom = browse(&["--dump-dom"]);
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        assert!(
+            dom.contains("Proof paths") && dom.contains(&run2),
+            "the browser did not render the report"
+        );
+        let exits = sql(wh, &format!("SELECT address FROM case_exits WHERE {r2}"));
+        assert!(exits.iter().all(|e| dom.contains(e.as_str())));
+        let shot = tmp.path().join("report.png");
+        let out = browse(&[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,6000",
+        ]);
+        assert!(
+            shot.exists(),
+            "no screenshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (w, h, px) = png_rgba(&std::fs::read(&shot).expect("png"));
+        assert_eq!((w, h), (1280, 6000));
+        let ink = px
+            .iter()
+            .filter(|p| p[0] < 200 && p[1] < 200 && p[2] < 200)
+            .count();
+        // The flow picture's edges: #c0392b at 45% over white.
+        let edges = px
+            .iter()
+            .filter(|p| {
+                (200..=245).contains(&p[0])
+                    && (130..=195).contains(&p[1])
+                    && (120..=190).contains(&p[2])
+                    && p[0] > p[1] + 30
+            })
+            .count();
+        assert!(
+            ink > 20_000,
+            "the screenshot is nearly blank: {ink} dark pixels"
+        );
+        assert!(
+            edges > 500,
+            "no flow edges in the screenshot: {edges} pixels"
+        );
+        let pdf = std::fs::read(&pdf).expect("pdf");
+        assert!(
+            pdf.starts_with(b"%PDF") && pdf.len() > 20_000,
+            "{} bytes",
+            pdf.len()
+        );
+    }
 }
 
 #[test]
@@ -1280,4 +1415,80 @@ async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
     assert!(ends.is_empty(), "{ends:?}");
     assert_eq!(seen(run2), watched(tip1, tip2));
     assert!(!seen(run2).is_empty());
+}
+
+/// Decodes an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium writes) into RGBA
+/// pixels.
+fn png_rgba(b: &[u8]) -> (usize, usize, Vec<[u8; 4]>) {
+    use std::io::Read as _;
+    assert!(b.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let (mut w, mut h, mut ctype, mut idat) = (0usize, 0usize, 0u8, Vec::new());
+    let mut i = 8;
+    while i + 8 <= b.len() {
+        let len = u32::from_be_bytes(b[i..i + 4].try_into().expect("len")) as usize;
+        let kind = &b[i + 4..i + 8];
+        let data = &b[i + 8..i + 8 + len];
+        match kind {
+            b"IHDR" => {
+                w = u32::from_be_bytes(data[0..4].try_into().expect("w")) as usize;
+                h = u32::from_be_bytes(data[4..8].try_into().expect("h")) as usize;
+                assert_eq!(data[8], 8, "bit depth");
+                ctype = data[9];
+                assert_eq!(data[12], 0, "interlaced");
+            }
+            b"IDAT" => idat.extend_from_slice(data),
+            _ => {}
+        }
+        i += 12 + len;
+    }
+    let bpp = match ctype {
+        2 => 3,
+        6 => 4,
+        other => panic!("colour type {other}"),
+    };
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&idat[..])
+        .read_to_end(&mut raw)
+        .expect("inflate");
+    let stride = w * bpp;
+    let mut prev = vec![0u8; stride];
+    let mut px = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let row = &raw[y * (stride + 1)..(y + 1) * (stride + 1)];
+        let (filter, src) = (row[0], &row[1..]);
+        let mut cur = vec![0u8; stride];
+        for x in 0..stride {
+            let a = if x >= bpp { cur[x - bpp] } else { 0 };
+            let up = prev[x];
+            let c = if x >= bpp { prev[x - bpp] } else { 0 };
+            cur[x] = src[x].wrapping_add(match filter {
+                0 => 0,
+                1 => a,
+                2 => up,
+                3 => ((u16::from(a) + u16::from(up)) / 2) as u8,
+                4 => {
+                    let p = i16::from(a) + i16::from(up) - i16::from(c);
+                    let (pa, pb, pc) = (
+                        (p - i16::from(a)).abs(),
+                        (p - i16::from(up)).abs(),
+                        (p - i16::from(c)).abs(),
+                    );
+                    if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        up
+                    } else {
+                        c
+                    }
+                }
+                f => panic!("filter {f}"),
+            });
+        }
+        for x in 0..w {
+            let p = &cur[x * bpp..x * bpp + bpp];
+            px.push([p[0], p[1], p[2], if bpp == 4 { p[3] } else { 255 }]);
+        }
+        prev = cur;
+    }
+    (w, h, px)
 }
