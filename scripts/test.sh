@@ -4,9 +4,9 @@
 # DuckDB + pyarrow; psql, psycopg, SQLAlchemy, pandas, polars and the ADBC Flight SQL
 # driver for `ferret serve`; the SeaweedFS S3 server and awscli to make its bucket; anvil, a real
 # Ethereum node, solcjs and Azurite, Azure Blob Storage's emulator, from npm, with the
-# Azure SDK for Python to make its container), starts SeaweedFS and Azurite on 127.0.0.1,
-# and runs every Rust test (the Ethereum tests start their own anvil nodes). Run from
-# anywhere.
+# Azure SDK for Python to make its container; Debian's Chromium for the case reports),
+# starts SeaweedFS and Azurite on 127.0.0.1, and runs every Rust test (the Ethereum tests
+# start their own anvil nodes). Run from anywhere.
 #
 #   scripts/test.sh            # all tests
 #   scripts/test.sh -p ferret  # extra arguments go to `cargo test`
@@ -58,6 +58,17 @@ if ! command -v psql >/dev/null || ! command -v openssl >/dev/null; then
   fi
 fi
 export FERRET_PYTHON=$VENV/bin/python
+
+# --- Chromium (Debian's), headless, for the case report tests (rendering, PDF) --------------
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing chromium"
+    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends \
+      chromium fonts-dejavu-core >/dev/null
+  else
+    echo "warning: chromium is missing and this is not root: report rendering tests will skip" >&2
+  fi
+fi
 
 # --- anvil (a real Ethereum node) and solcjs, from npm, cached ------------------------------
 NPM_DIR=$CACHE/npm
