@@ -97,6 +97,11 @@ pub enum Outcome {
         alerts: usize,
         delivered: Vec<Delivered>,
     },
+    /// Not due, but alerts left undelivered by an earlier failure went out.
+    Delivered {
+        case: String,
+        delivered: Vec<Delivered>,
+    },
     /// Another process holds the case's lease.
     Busy {
         case: String,
@@ -108,7 +113,8 @@ pub enum Outcome {
     },
 }
 
-/// One pass: runs every due case of `cases` (at `now`), then delivers its alerts.
+/// One pass: runs every due case of `cases` (at `now`), then delivers its alerts; a case
+/// not due gets its undelivered alerts (from a delivery that failed) delivered.
 pub async fn run_due(
     wh: &Warehouse,
     cases: &[Case],
@@ -123,6 +129,24 @@ pub async fn run_due(
         };
         if due > now {
             tracing::debug!(case = %case.name, %due, "not due");
+            // Alerts a failed delivery left behind go out now, not at the next run.
+            match deliver(wh, case, retry).await {
+                Ok(d) if d.iter().any(|x| x.sent > 0) => out.push(Outcome::Delivered {
+                    case: case.name.clone(),
+                    delivered: d,
+                }),
+                Ok(_) => {}
+                Err(Error::Warehouse(e @ ferret_schemas::Error::LeaseHeld { .. })) => {
+                    out.push(Outcome::Busy {
+                        case: case.name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => out.push(Outcome::Failed {
+                    case: case.name.clone(),
+                    error: e,
+                }),
+            }
             continue;
         }
         tracing::info!(case = %case.name, "running a due case");

@@ -309,6 +309,10 @@ pub async fn jobs_cmd(c: JobsCmd) -> Result<()> {
                     println!("{case}: run {run_id}, {alerts} alerts");
                     print_delivered(&delivered);
                 }
+                Outcome::Delivered { case, delivered } => {
+                    println!("{case}: not due; undelivered alerts sent");
+                    print_delivered(&delivered);
+                }
                 Outcome::Busy { case, reason } => println!("{case}: skipped, {reason}"),
                 Outcome::Failed { case, error } => {
                     failed += 1;

@@ -870,6 +870,58 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
         tmp.path().join("x2").to_str().expect("utf8"),
     ]);
     assert!(!ok && err.contains("no run `123-nope`"), "{err}");
+    // The same extract to S3 (SeaweedFS under scripts/test.sh): the same files, byte for
+    // byte, committed the same way.
+    match std::env::var("FERRET_S3_BUCKET") {
+        Ok(bucket) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos();
+            let url = format!("s3://{bucket}/extract-{nanos}");
+            let (ok, _, err) = run(&[
+                "extract",
+                "--warehouse",
+                wh,
+                "--case",
+                "pig-1",
+                "--run",
+                &run2,
+                "--out",
+                &url,
+            ]);
+            assert!(ok, "{err}");
+            let remote = tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(async {
+                    let w = ferret_schemas::Warehouse::open(&url).expect("s3");
+                    let p = w.root().clone().join("_extract.json");
+                    use object_store::ObjectStoreExt as _;
+                    let b = w
+                        .store()
+                        .get(&p)
+                        .await
+                        .expect("the commit on S3")
+                        .bytes()
+                        .await
+                        .expect("bytes");
+                    serde_json::from_slice::<serde_json::Value>(&b).expect("json")
+                });
+            let files = |m: &serde_json::Value| -> BTreeSet<String> {
+                m["files"]
+                    .as_array()
+                    .expect("files")
+                    .iter()
+                    .map(|f| format!("{} {} {} {}", f["path"], f["rows"], f["bytes"], f["sha256"]))
+                    .collect()
+            };
+            assert_eq!(files(&remote), files(&manifest));
+        }
+        Err(_) => assert!(
+            !common::require_all(),
+            "FERRET_S3_BUCKET unset: scripts/test.sh starts SeaweedFS"
+        ),
+    }
     if let Some(py) = common::python_with("pandas,polars,duckdb,pyarrow", &[]) {
         let doc = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/extract.md"),
@@ -1088,13 +1140,15 @@ fn case_files_and_schedules_from_the_command_line() {
     assert!(!ok && err.contains("category `scma`"), "{err}");
     assert_eq!(sql(&wh, "SELECT count(*) FROM case_runs"), ["0"]);
 
+    // Its webhook refuses the first alert (400): the run commits, its delivery fails.
+    let rx = Receiver::start(vec![400]);
     std::fs::write(
         dir.join("daily.toml"),
         case(
             "daily",
             "schedule = \"0 0 1 1 *\"",
             "categories = [\"scam\"]",
-        ),
+        ) + &format!("[alerts]\nwebhook = \"{}\"\n", rx.url),
     )
     .expect("write");
     std::fs::write(
@@ -1114,11 +1168,39 @@ fn case_files_and_schedules_from_the_command_line() {
         "--device",
         "cpu",
     ]);
-    assert!(ok, "{err}");
     assert!(
-        out.contains("daily: run") && !out.contains("manual"),
-        "{out}"
+        !ok && err.contains("daily: failed") && err.contains("HTTP 400"),
+        "{out}{err}"
     );
+    assert!(!out.contains("manual"), "{out}");
+    assert_eq!(
+        sql(
+            &wh,
+            "SELECT count(*) FROM case_runs WHERE \"case\" = 'daily'"
+        ),
+        ["1"]
+    );
+    // Not due, but its undelivered alerts go out at the next pass, in order.
+    let (ok, out, err) = run(&[
+        "jobs",
+        "run",
+        "--config",
+        d,
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        ok && out.contains("daily: not due; undelivered alerts sent"),
+        "{out}{err}"
+    );
+    let want = sql(
+        &wh,
+        "SELECT alert_id FROM case_alerts WHERE \"case\" = 'daily' ORDER BY seq",
+    );
+    assert!(!want.is_empty());
+    assert_eq!(rx.ids(), want);
     let (ok, out, err) = run(&[
         "jobs",
         "run",
@@ -1491,4 +1573,111 @@ fn png_rgba(b: &[u8]) -> (usize, usize, Vec<[u8; 4]>) {
         prev = cur;
     }
     (w, h, px)
+}
+
+/// A reorganisation below the previous run's tip: the blocks the previous run read are no
+/// longer the chain. The rerun reads the new chain whole: its tables equal a first run on
+/// a fresh index of the final chain, its tip is the new one, and the watchlist, seeing the
+/// previous tip gone, looks at every block again and reports each transaction not yet
+/// reported, once.
+#[test]
+fn a_reorg_below_the_previous_run_is_recomputed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fork = Fork::find(tmp.path());
+    let seed_dir = std::fs::read_dir(tmp.path())
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seed"))
+        })
+        .max_by_key(|p| {
+            p.file_name()
+                .and_then(|n| {
+                    n.to_string_lossy()
+                        .trim_start_matches("seed")
+                        .parse::<u32>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        })
+        .expect("the generated chain");
+    let labels = seed_dir.join("truth/labels.csv");
+    let early = tmp.path().join("early");
+    write_blocks_dir(&early, std::slice::from_ref(&fork.early));
+    let late = tmp.path().join("late");
+    write_blocks_dir(&late, std::slice::from_ref(&fork.all));
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let fresh = tmp.path().join("fresh").to_string_lossy().into_owned();
+    index_to(&early, &wh, None);
+    prepare(&wh, &labels);
+    index_to(&late, &fresh, None);
+    prepare(&fresh, &labels);
+    // Watch the address with the most transactions in the final chain.
+    let watch = sql(&fresh, "SELECT address FROM btc.outputs WHERE address IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")[0].clone();
+    let case = tmp.path().join("c.toml");
+    std::fs::write(
+        &case,
+        format!("name = \"reorg\"\nchains = [\"btc\"]\n[seeds]\ncategories = [\"scam\"]\n[taint]\nstop_at = [\"exchange\"]\n[alerts]\nwatch = [\"{watch}\"]\n"),
+    )
+    .expect("write");
+    let c = case.to_str().expect("utf8");
+    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        sql(&wh, "SELECT btc_tip_hash FROM case_runs"),
+        [fork.s2.to_string()],
+        "the first run read the branch"
+    );
+    index_to(&late, &wh, None);
+    prepare(&wh, &labels);
+    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &fresh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let run2 = sql(&wh, "SELECT run_id FROM case_runs ORDER BY started_at")[1].clone();
+    assert_eq!(
+        sql(
+            &wh,
+            &format!("SELECT btc_tip_hash FROM case_runs WHERE run_id = '{run2}'")
+        ),
+        [fork.tip.to_string()]
+    );
+    let latest = |w: &str, q: &str| {
+        let r = sql(w, "SELECT latest_run FROM cases")[0].clone();
+        sql_set(w, &q.replace("{run}", &r))
+    };
+    for q in [
+        "SELECT txid, vout, address, value, hop, fraction, tainted_value FROM case_taint WHERE run_id = '{run}'",
+        "SELECT address, tainted_value, outputs, min_hop FROM case_exits WHERE run_id = '{run}'",
+        "SELECT chain, address, seed FROM case_members WHERE run_id = '{run}'",
+        "SELECT exit, step, txid FROM case_paths WHERE run_id = '{run}'",
+    ] {
+        let got = latest(&wh, q);
+        assert!(!got.is_empty(), "{q}");
+        assert_eq!(got, latest(&fresh, q), "{q}");
+    }
+    // The watchlist: every final-chain transaction of the address reported by one run
+    // or the other, none twice.
+    let final_txs = sql_set(
+        &wh,
+        &format!(
+            "SELECT DISTINCT txid FROM (SELECT txid FROM btc.outputs WHERE address = '{watch}' UNION ALL SELECT txid FROM btc.inputs WHERE address = '{watch}')"
+        ),
+    );
+    let reported = sql(
+        &wh,
+        "SELECT txid, detail FROM case_alerts WHERE kind = 'watchlist'",
+    );
+    let unique: BTreeSet<&String> = reported.iter().collect();
+    assert_eq!(unique.len(), reported.len(), "a transaction reported twice");
+    let reported_txs: BTreeSet<String> = reported
+        .iter()
+        .map(|r| r.split(',').next().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        final_txs.is_subset(&reported_txs),
+        "missed: {:?}",
+        final_txs.difference(&reported_txs).collect::<Vec<_>>()
+    );
 }
