@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use ferret_schemas::Warehouse;
-use ferret_schemas::cases::case_job;
 
 use crate::{Error, Result};
 
@@ -286,26 +285,7 @@ pub async fn extract(
         case: case.to_string(),
         reason,
     };
-    if !ferret_schemas::cases::valid_case_name(case) {
-        return Err(refused("not a case name".into()));
-    }
-    let heads = wh.latest_runs().await?;
-    let Some(runs) = heads.get(&case_job(case, "runs")) else {
-        return Err(refused(
-            "no such case in this warehouse (`ferret case list`)".into(),
-        ));
-    };
-    let run_id = run.map_or_else(|| runs.run_id.clone(), str::to_string);
-    if !run_id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        || !runs
-            .files
-            .iter()
-            .any(|f| f.contains(&format!("/run={run_id}/")))
-    {
-        return Err(refused(format!("no run `{run_id}`")));
-    }
+    let run_id = crate::run::CaseRun::resolve(wh, case, run).await?.run_id;
     let ctx = ferret_query::session(wh).await?;
     let chains_of_run = ctx
         .sql(&format!(

@@ -360,7 +360,7 @@ fn seeds(cx: &Ctx<'_>, raw: &Spanned<RawSeeds>, chains: &[String], base: &Path) 
             ));
         }
         for l in parsed.labels {
-            if !chains.iter().any(|c| *c == l.chain) {
+            if !chains.contains(&l.chain) {
                 return Err(cx.err(
                     f.span(),
                     format!(

@@ -9,7 +9,6 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use ferret_indexer::label_export::Provenance;
 use ferret_indexer::labels::Label;
 use ferret_schemas::Warehouse;
-use ferret_schemas::cases::case_job;
 
 use crate::{Error, Result};
 
@@ -48,26 +47,9 @@ pub async fn findings(
         case: case.to_string(),
         reason,
     };
-    let heads = wh.latest_runs().await?;
-    let Some(runs) = heads.get(&case_job(case, "runs")) else {
-        return Err(refused(
-            "no such case in this warehouse (`ferret case list`)".into(),
-        ));
-    };
-    let run = o.run.clone().unwrap_or_else(|| runs.run_id.clone());
-    let marker = format!("/run={run}/");
-    let files = |table: &str| -> Vec<String> {
-        heads
-            .get(&case_job(case, table))
-            .map(|r| {
-                r.files
-                    .iter()
-                    .filter(|f| f.contains(&marker))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let resolved = crate::run::CaseRun::resolve(wh, case, o.run.as_deref()).await?;
+    let run = resolved.run_id.clone();
+    let files = |table: &str| resolved.files(table);
     let run_files = files("runs");
     if run_files.is_empty() {
         return Err(refused(format!("no run `{run}`")));

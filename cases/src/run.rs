@@ -782,19 +782,7 @@ impl Previous {
         case: &str,
         run_id: &str,
     ) -> Result<Self> {
-        let marker = format!("/run={run_id}/");
-        let files = |table: &str| -> Vec<String> {
-            heads
-                .get(&case_job(case, table))
-                .map(|r| {
-                    r.files
-                        .iter()
-                        .filter(|f| f.contains(&marker))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let files = |table: &str| run_files(heads, case, table, run_id);
         let mut p = Previous {
             exits: HashMap::new(),
             exit_outputs: HashSet::new(),
@@ -1136,4 +1124,71 @@ async fn watchlist(
         }
     }
     Ok(())
+}
+
+/// The files of one run of a case's table, from a results head's runs.
+pub(crate) fn run_files(
+    heads: &BTreeMap<String, LatestRun>,
+    case: &str,
+    table: &str,
+    run_id: &str,
+) -> Vec<String> {
+    let marker = format!("/run={run_id}/");
+    heads
+        .get(&case_job(case, table))
+        .map(|r| {
+            r.files
+                .iter()
+                .filter(|f| f.contains(&marker))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One committed run of a case (what `--case` and `--run` name), resolved against the
+/// current results head.
+pub struct CaseRun {
+    pub case: String,
+    pub run_id: String,
+    pub heads: BTreeMap<String, LatestRun>,
+}
+
+impl CaseRun {
+    /// The run `run` of `case` (default: its latest); an error naming what is missing.
+    pub async fn resolve(wh: &Warehouse, case: &str, run: Option<&str>) -> Result<Self> {
+        let refused = |reason: String| Error::Refused {
+            case: case.to_string(),
+            reason,
+        };
+        if !ferret_schemas::cases::valid_case_name(case) {
+            return Err(refused("not a case name".into()));
+        }
+        let heads = wh.latest_runs().await?;
+        let Some(runs) = heads.get(&case_job(case, "runs")) else {
+            return Err(refused(
+                "no such case in this warehouse (`ferret case list`)".into(),
+            ));
+        };
+        let run_id = run.map_or_else(|| runs.run_id.clone(), str::to_string);
+        // Run ids are digits, a dash and hex: anything else is not one (and never
+        // reaches SQL).
+        if !run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || run_files(&heads, case, "runs", &run_id).is_empty()
+        {
+            return Err(refused(format!("no run `{run_id}`")));
+        }
+        Ok(Self {
+            case: case.to_string(),
+            run_id,
+            heads,
+        })
+    }
+
+    /// The run's files of one of the case's tables.
+    pub fn files(&self, table: &str) -> Vec<String> {
+        run_files(&self.heads, &self.case, table, &self.run_id)
+    }
 }
