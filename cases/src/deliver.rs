@@ -90,7 +90,16 @@ impl Sink {
     fn describe(&self) -> String {
         match self {
             Sink::Jsonl(p) => format!("JSON lines file {}", p.display()),
-            Sink::Webhook(u) => format!("webhook {u}"),
+            // Scheme and host only: a URL's path or query may hold a token.
+            Sink::Webhook(u) => match reqwest::Url::parse(u) {
+                Ok(url) => format!(
+                    "webhook {}://{}{}/…",
+                    url.scheme(),
+                    url.host_str().unwrap_or(""),
+                    url.port().map(|p| format!(":{p}")).unwrap_or_default()
+                ),
+                Err(_) => "webhook".into(),
+            },
         }
     }
 }
@@ -238,8 +247,12 @@ fn cursor_name(seq: u64) -> String {
     format!("cursor-{seq:020}.json")
 }
 
-/// The newest cursor: its sequence number and content (0 and nothing delivered when none).
-async fn read_cursor(wh: &Warehouse, dir: &object_store::path::Path) -> Result<(u64, u64)> {
+/// The newest cursor: its sequence number, how many alerts it says were delivered and the
+/// last one's id (0, 0 and none when there is no cursor).
+async fn read_cursor(
+    wh: &Warehouse,
+    dir: &object_store::path::Path,
+) -> Result<(u64, u64, Option<String>)> {
     let listed: Vec<_> = wh
         .store()
         .list(Some(dir))
@@ -258,7 +271,7 @@ async fn read_cursor(wh: &Warehouse, dir: &object_store::path::Path) -> Result<(
         })
         .max()
     else {
-        return Ok((0, 0));
+        return Ok((0, 0, None));
     };
     let path = dir.clone().join(cursor_name(seq));
     let bytes = wh
@@ -273,7 +286,7 @@ async fn read_cursor(wh: &Warehouse, dir: &object_store::path::Path) -> Result<(
         case: String::new(),
         reason: format!("delivery cursor {path}: {e}"),
     })?;
-    Ok((seq, c.delivered))
+    Ok((seq, c.delivered, c.last_alert_id))
 }
 
 fn store_err(path: &object_store::path::Path, e: object_store::Error) -> Error {
@@ -295,7 +308,7 @@ async fn write_cursor(
     let body = serde_json::to_vec(&Cursor {
         delivered,
         last_alert_id: last.map(str::to_string),
-        sink: sink.target(),
+        sink: sink.describe(),
     })
     .unwrap_or_default();
     let opts = PutOptions {
@@ -330,7 +343,7 @@ pub async fn deliver(wh: &Warehouse, case: &Case, retry: &Retry) -> Result<Vec<D
         .map_or(0, |r| r.rows);
     let mut pending = false;
     for sink in &sinks {
-        let (_, done) = read_cursor(wh, &cursor_dir(wh, &case.name, sink)).await?;
+        let (_, done, _) = read_cursor(wh, &cursor_dir(wh, &case.name, sink)).await?;
         pending |= done != total;
     }
     if !pending {
@@ -364,7 +377,7 @@ async fn deliver_to(
     lease: &ferret_schemas::WriterLease,
 ) -> Result<Delivered> {
     let dir = cursor_dir(wh, case, sink);
-    let (mut seq, mut done) = read_cursor(wh, &dir).await?;
+    let (mut seq, mut done, last) = read_cursor(wh, &dir).await?;
     let err = |reason: String| Error::Delivery {
         case: case.to_string(),
         sink: sink.describe(),
@@ -376,13 +389,26 @@ async fn deliver_to(
             alerts.len()
         )));
     }
+    // The cursor names the last alert it delivered: it must be the case's alert at that
+    // place, or the history changed under it (a restored results head) and positions
+    // no longer mean the same alerts.
+    if done > 0 {
+        let at = &alerts[done as usize - 1].alert_id;
+        if last.as_deref().is_some_and(|l| l != at) {
+            return Err(err(format!(
+                "the cursor's last delivered alert is {}, and the case's alert number {done} is {at}: its history changed; nothing was sent",
+                last.unwrap_or_default()
+            )));
+        }
+    }
     let mut report = Delivered {
         sink: sink.describe(),
         ..Default::default()
     };
     match sink {
         Sink::Jsonl(path) => {
-            let (have, file) = reconcile_jsonl(path, alerts).map_err(|e| err(e.to_string()))?;
+            let (have, file) =
+                reconcile_jsonl(path, case, alerts).map_err(|e| err(e.to_string()))?;
             if have > done {
                 lease.check().await?;
                 seq = write_cursor(
@@ -422,7 +448,10 @@ async fn deliver_to(
             }
         }
         Sink::Webhook(url) => {
+            // No redirects: a client following a 301/302/303 would turn the POST into a
+            // GET without the alert, and a 200 to that would lose it.
             let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(retry.timeout)
                 .build()
                 .map_err(|e| err(e.to_string()))?;
@@ -439,43 +468,52 @@ async fn deliver_to(
     Ok(report)
 }
 
-/// Opens the JSON-lines file for appending after cutting a torn last line; returns how
-/// many of `alerts` it already holds (the position of its last line's alert), 0 when it
-/// holds none of them.
-fn reconcile_jsonl(path: &Path, alerts: &[AlertJson]) -> std::io::Result<(u64, std::fs::File)> {
+/// Opens the JSON-lines file for appending, locked (`flock`) against other deliverers
+/// until it is dropped, after cutting a torn last line (only one that starts like a
+/// Ferret alert: anything else is an error, never cut); returns how many of `alerts` it
+/// already holds: the position of its last line of this case (0 when none).
+fn reconcile_jsonl(
+    path: &Path,
+    case: &str,
+    alerts: &[AlertJson],
+) -> std::io::Result<(u64, std::fs::File)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
-        .truncate(false)
         .read(true)
-        .write(true)
+        .append(true)
         .open(path)?;
+    f.lock()?;
     let len = f.metadata()?.len();
-    // The last 1 MiB is plenty for the last line.
+    // The last 1 MiB holds the last lines.
     let tail_from = len.saturating_sub(1 << 20);
     f.seek(SeekFrom::Start(tail_from))?;
     let mut tail = Vec::new();
     f.read_to_end(&mut tail)?;
-    let mut keep = len;
     if !tail.is_empty() && tail.last() != Some(&b'\n') {
-        // A torn line: cut back to the last newline.
         let cut = tail.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-        keep = tail_from + cut as u64;
+        if !tail[cut..].starts_with(b"{\"alert_id\":") {
+            return Err(std::io::Error::other(format!(
+                "{} does not end in a line break, and its last line is not a Ferret alert: not cutting it (is this the alerts file?)",
+                path.display()
+            )));
+        }
+        let keep = tail_from + cut as u64;
         tracing::warn!(path = %path.display(), bytes = len - keep, "cutting a torn last line of the alerts file");
         f.set_len(keep)?;
         tail.truncate(cut);
     }
-    let last_line = tail
-        .strip_suffix(b"\n")
-        .map(|t| t.rsplit(|&b| b == b'\n').next().unwrap_or(t))
-        .unwrap_or(&[]);
-    let have = serde_json::from_slice::<AlertJson>(last_line)
-        .ok()
+    // The last line of this case (several cases may share a file).
+    let have = tail
+        .split(|&b| b == b'\n')
+        .rev()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<AlertJson>(l).ok())
+        .find(|a| a.case == case)
         .and_then(|a| alerts.iter().position(|x| x.alert_id == a.alert_id))
         .map_or(0, |p| p as u64 + 1);
-    f.seek(SeekFrom::Start(keep))?;
     Ok((have, f))
 }
 
@@ -508,6 +546,12 @@ async fn post(
             Ok(r) => {
                 let s = r.status();
                 last = format!("HTTP {s}");
+                if s.is_redirection() {
+                    return Err(format!(
+                        "alert {} not accepted: {last} (redirects are not followed: give the final URL)",
+                        a.alert_id
+                    ));
+                }
                 if s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429 {
                     return Err(format!("alert {} refused: {last}", a.alert_id));
                 }

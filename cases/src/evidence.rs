@@ -228,18 +228,17 @@ pub fn eth_paths(run: &EthTaintRun) -> Vec<PathStep> {
         return Vec::new();
     }
     let t = &run.transfers;
-    let hop_of: HashMap<u32, u32> = {
-        let id: HashMap<&str, u32> = t
-            .addresses
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.as_str(), i as u32))
-            .collect();
-        run.addresses
-            .iter()
-            .filter_map(|a| id.get(a.address.as_str()).map(|&i| (i, a.hop)))
-            .collect()
-    };
+    let id: HashMap<&str, u32> = t
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.as_str(), i as u32))
+        .collect();
+    let hop_of: HashMap<u32, u32> = run
+        .addresses
+        .iter()
+        .filter_map(|a| id.get(a.address.as_str()).map(|&i| (i, a.hop)))
+        .collect();
     // Tainted transfers into each address, in chain order.
     let mut into: HashMap<u32, Vec<usize>> = HashMap::new();
     for (e, &v) in run.tainted.iter().enumerate() {
@@ -249,10 +248,10 @@ pub fn eth_paths(run: &EthTaintRun) -> Vec<PathStep> {
     }
     let mut out = Vec::new();
     for x in &run.exits {
-        let Some(exit) = t.addresses.iter().position(|a| *a == x.address) else {
+        let Some(&exit) = id.get(x.address.as_str()) else {
             continue;
         };
-        let mut cur = exit as u32;
+        let mut cur = exit;
         let mut bound = usize::MAX;
         let mut steps = Vec::new();
         let mut seen = HashSet::new();

@@ -384,6 +384,20 @@ pub fn print_pdf(html: &Path, pdf: &Path) -> Result<()> {
         path: html.to_path_buf(),
         source,
     })?;
+    // A file URL with its path percent-encoded (`#`, `?`, `%` in a name).
+    let url = reqwest::Url::from_file_path(&abs)
+        .map_err(|()| Error::Query(format!("{} cannot be a file URL", abs.display())))?;
+    // A PDF left from before must not pass for this one.
+    match std::fs::remove_file(pdf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io {
+                path: pdf.to_path_buf(),
+                source,
+            });
+        }
+    }
     let profile = tempfile_dir()?;
     let out = std::process::Command::new(&chromium)
         .args([
@@ -394,7 +408,7 @@ pub fn print_pdf(html: &Path, pdf: &Path) -> Result<()> {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--print-to-pdf={}", pdf.display()))
-        .arg(format!("file://{}", abs.display()))
+        .arg(url.as_str())
         .output()
         .map_err(|source| Error::Io {
             path: chromium.clone(),

@@ -772,6 +772,9 @@ struct Previous {
     exit_outputs: HashSet<(String, i32)>,
     members: HashSet<(String, String)>,
     watched: HashSet<(String, String, String, String)>,
+    /// Per exit (chain, address, asset): whether a `new_exit` alert was raised, and the
+    /// tainted value the alerts so far add up to (the baseline of the next increase).
+    alerted: HashMap<(String, String, String), (bool, f64)>,
     tips: HashMap<String, (i64, String)>,
 }
 
@@ -788,6 +791,7 @@ impl Previous {
             exit_outputs: HashSet::new(),
             members: HashSet::new(),
             watched: HashSet::new(),
+            alerted: HashMap::new(),
             tips: HashMap::new(),
         };
         for f in files("exits") {
@@ -867,7 +871,12 @@ impl Previous {
         if let Some(r) = heads.get(&case_job(case, "alerts")) {
             for f in &r.files {
                 for b in wh
-                    .read_columns(f, &["kind", "chain", "address", "txid", "detail"])
+                    .read_columns(
+                        f,
+                        &[
+                            "kind", "chain", "address", "txid", "detail", "amount", "asset",
+                        ],
+                    )
                     .await?
                 {
                     let k = b.column(0).as_string::<i32>();
@@ -875,8 +884,19 @@ impl Previous {
                     let a = b.column(2).as_string::<i32>();
                     let t = b.column(3).as_string::<i32>();
                     let d = b.column(4).as_string::<i32>();
+                    let v = b.column(5).as_primitive::<Float64Type>();
+                    let s = b.column(6).as_string::<i32>();
                     for i in 0..b.num_rows() {
-                        if k.value(i) == "watchlist" {
+                        let kind = k.value(i);
+                        if (kind == "new_exit" || kind == "exit_increase") && s.is_valid(i) {
+                            let e = p
+                                .alerted
+                                .entry((c.value(i).into(), a.value(i).into(), s.value(i).into()))
+                                .or_insert((false, 0.0));
+                            e.0 |= kind == "new_exit";
+                            e.1 += if v.is_valid(i) { v.value(i) } else { 0.0 };
+                        }
+                        if kind == "watchlist" {
                             p.watched.insert((
                                 c.value(i).into(),
                                 a.value(i).into(),
@@ -895,7 +915,12 @@ impl Previous {
 fn diff_exits(case: &Case, prev: Option<&Previous>, exits: &[&ExitRow], out: &mut Vec<Alert>) {
     for e in exits {
         let key = (e.chain.clone(), e.address.clone(), e.asset.clone());
-        let before = prev.and_then(|p| p.exits.get(&key)).copied();
+        // Against what the alerts so far reported, not only the previous run: growth in
+        // steps each below `min_increase` adds up until it is worth an alert.
+        let before = prev
+            .and_then(|p| p.alerted.get(&key))
+            .filter(|(announced, _)| *announced)
+            .map(|(_, sum)| *sum);
         // The evidence: the largest tainted output paying it that the previous run did
         // not have (Bitcoin), or the transfer that first brought it taint (Ethereum).
         let fresh: Vec<&(String, i32, f64)> = e
@@ -933,7 +958,7 @@ fn diff_exits(case: &Case, prev: Option<&Previous>, exits: &[&ExitRow], out: &mu
                     "exit_increase",
                     delta,
                     format!(
-                        "{} ({}) received more taint: {b} before, {} now{outputs}",
+                        "{} ({}) received more taint: {b} reported before, {} now{outputs}",
                         e.label, e.category, e.value
                     ),
                 )
@@ -1190,5 +1215,79 @@ impl CaseRun {
     /// The run's files of one of the case's tables.
     pub fn files(&self, table: &str) -> Vec<String> {
         run_files(&self.heads, &self.case, table, &self.run_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(min_increase: f64) -> Case {
+        crate::file::parse(
+            std::path::Path::new("/c.toml"),
+            &format!(
+                "name = \"c\"\nchains = [\"btc\"]\n[seeds]\ncategories = [\"scam\"]\n[alerts]\nmin_increase = {min_increase}\n"
+            ),
+        )
+        .expect("case")
+    }
+
+    fn exit(value: f64) -> ExitRow {
+        ExitRow {
+            chain: "btc".into(),
+            address: "a".into(),
+            asset: "BTC".into(),
+            label: "x".into(),
+            category: "exchange".into(),
+            value,
+            min_hop: 1,
+            outputs: Vec::new(),
+            first: None,
+        }
+    }
+
+    fn previous(announced: bool, sum: f64) -> Previous {
+        Previous {
+            exits: HashMap::new(),
+            exit_outputs: HashSet::new(),
+            members: HashSet::new(),
+            watched: HashSet::new(),
+            tips: HashMap::new(),
+            alerted: [(("btc".into(), "a".into(), "BTC".into()), (announced, sum))]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn alerts(c: &Case, prev: Option<&Previous>, value: f64) -> Vec<(&'static str, Option<f64>)> {
+        let mut out = Vec::new();
+        diff_exits(c, prev, &[&exit(value)], &mut out);
+        out.into_iter().map(|a| (a.kind, a.amount)).collect()
+    }
+
+    #[test]
+    fn increases_add_up_against_what_was_reported() {
+        let c = case(10.0);
+        // First seen, below the threshold: nothing yet; above it: a new exit.
+        assert_eq!(alerts(&c, None, 5.0), []);
+        assert_eq!(
+            alerts(&c, Some(&previous(false, 0.0)), 15.0),
+            [("new_exit", Some(15.0))]
+        );
+        // Reported at 100: +5 is below the threshold, and stays unreported...
+        assert_eq!(alerts(&c, Some(&previous(true, 100.0)), 105.0), []);
+        // ...until the growth since the last report passes it, whatever the step.
+        assert_eq!(
+            alerts(&c, Some(&previous(true, 100.0)), 112.0),
+            [("exit_increase", Some(12.0))]
+        );
+        // A decrease (a reorg) raises nothing.
+        assert_eq!(alerts(&c, Some(&previous(true, 100.0)), 50.0), []);
+        let zero = case(0.0);
+        assert_eq!(
+            alerts(&zero, Some(&previous(true, 100.0)), 100.5),
+            [("exit_increase", Some(0.5))]
+        );
+        assert_eq!(alerts(&zero, Some(&previous(true, 100.0)), 100.0), []);
     }
 }

@@ -88,6 +88,38 @@ pub async fn next_due(wh: &Warehouse, case: &Case) -> Result<Option<DateTime<Utc
     })
 }
 
+/// Cases whose last attempt failed wait before the next: 30 s, doubling to an hour (a
+/// case with a typo in a seed category, or a webhook that is down, is not retried every
+/// second by `--watch`). Kept by the loop across passes.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failing: std::collections::HashMap<String, (u32, DateTime<Utc>)>,
+}
+
+impl Backoff {
+    /// Whether `case` may be tried at `now`.
+    pub fn ready(&self, case: &str, now: DateTime<Utc>) -> bool {
+        self.failing.get(case).is_none_or(|(_, at)| *at <= now)
+    }
+
+    /// Records a failure at `now`.
+    pub fn failed(&mut self, case: &str, now: DateTime<Utc>) {
+        let e = self.failing.entry(case.to_string()).or_insert((0, now));
+        e.0 += 1;
+        let secs = 30u64.saturating_mul(1 << (e.0 - 1).min(7)).min(3600);
+        e.1 = now + chrono::Duration::seconds(secs as i64);
+    }
+
+    pub fn succeeded(&mut self, case: &str) {
+        self.failing.remove(case);
+    }
+
+    /// When `case` may next be tried, if it is held back.
+    pub fn until(&self, case: &str) -> Option<DateTime<Utc>> {
+        self.failing.get(case).map(|(_, at)| *at)
+    }
+}
+
 /// What happened to one case in a pass.
 #[derive(Debug)]
 pub enum Outcome {
@@ -121,11 +153,37 @@ pub async fn run_due(
     backend: &Backend,
     retry: &Retry,
     now: DateTime<Utc>,
+    backoff: &mut Backoff,
 ) -> Result<Vec<Outcome>> {
     let mut out = Vec::new();
     for case in cases {
-        let Some(due) = next_due(wh, case).await? else {
+        if !backoff.ready(&case.name, now) {
+            tracing::debug!(case = %case.name, "held back after a failure");
             continue;
+        }
+        let before = out.len();
+        run_one(wh, case, backend, retry, now, &mut out).await?;
+        match out.get(before) {
+            Some(Outcome::Failed { .. }) => backoff.failed(&case.name, now),
+            Some(_) => backoff.succeeded(&case.name),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// One case's part of a pass.
+async fn run_one(
+    wh: &Warehouse,
+    case: &Case,
+    backend: &Backend,
+    retry: &Retry,
+    now: DateTime<Utc>,
+    out: &mut Vec<Outcome>,
+) -> Result<()> {
+    {
+        let Some(due) = next_due(wh, case).await? else {
+            return Ok(());
         };
         if due > now {
             tracing::debug!(case = %case.name, %due, "not due");
@@ -147,7 +205,7 @@ pub async fn run_due(
                     error: e,
                 }),
             }
-            continue;
+            return Ok(());
         }
         tracing::info!(case = %case.name, "running a due case");
         match run_case(wh, case, backend).await {
@@ -159,7 +217,7 @@ pub async fn run_due(
                             case: case.name.clone(),
                             error: e,
                         });
-                        continue;
+                        return Ok(());
                     }
                 };
                 out.push(Outcome::Ran {
@@ -181,20 +239,24 @@ pub async fn run_due(
             }),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
-/// How long `--watch` sleeps before the next pass: until the soonest due case, at most
+/// How long `--watch` sleeps before the next pass: until the soonest due case (or held
+/// back case's retry), at most
 /// `max` (the directory is read again each pass, so new and changed cases are seen).
 pub async fn until_next(
     wh: &Warehouse,
     cases: &[Case],
     now: DateTime<Utc>,
     max: Duration,
+    backoff: &Backoff,
 ) -> Result<Duration> {
     let mut wait = max;
     for c in cases {
         if let Some(due) = next_due(wh, c).await? {
+            // A case held back after a failure is next tried when its wait is over.
+            let due = backoff.until(&c.name).map_or(due, |b| b.max(due));
             let d = (due - now).to_std().unwrap_or(Duration::ZERO);
             wait = wait.min(d);
         }
@@ -205,6 +267,25 @@ pub async fn until_next(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_back_off_to_an_hour() {
+        let t0 = DateTime::parse_from_rfc3339("2026-12-07T00:00:00Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        let mut b = Backoff::default();
+        assert!(b.ready("c", t0));
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            b.failed("c", t0);
+            waits.push((b.until("c").expect("held") - t0).num_seconds());
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+        assert!(!b.ready("c", t0) && b.ready("other", t0));
+        assert!(b.ready("c", t0 + chrono::Duration::seconds(3600)));
+        b.succeeded("c");
+        assert!(b.ready("c", t0));
+    }
 
     #[test]
     fn a_directory_with_two_files_for_one_case_is_refused() {

@@ -290,52 +290,93 @@ async fn sql_print(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Resu
 }
 
 pub async fn jobs_cmd(c: JobsCmd) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let JobsCmd::Run(a) = c;
     let wh = Warehouse::open_existing(&a.wh.warehouse)?;
     let backend = ferret_kernels::device::select(a.device)?;
     let retry = Retry::default();
+    let mut backoff = ferret_cases::schedule::Backoff::default();
+    // Installed before the first pass: a SIGTERM or Ctrl-C during a run is kept, and the
+    // loop stops after that run instead of the process dying in it.
+    let (mut term, mut int) = if a.watch {
+        (
+            Some(signal(SignalKind::terminate())?),
+            Some(signal(SignalKind::interrupt())?),
+        )
+    } else {
+        (None, None)
+    };
+    let max = Duration::from_secs(a.max_sleep_secs.max(1));
     let mut failed = 0;
     loop {
-        let cases = load_dir(&a.config)?;
-        let now = chrono::Utc::now();
-        for o in run_due(&wh, &cases, &backend, &retry, now).await? {
-            match o {
-                Outcome::Ran {
-                    case,
-                    run_id,
-                    alerts,
-                    delivered,
-                } => {
-                    println!("{case}: run {run_id}, {alerts} alerts");
-                    print_delivered(&delivered);
-                }
-                Outcome::Delivered { case, delivered } => {
-                    println!("{case}: not due; undelivered alerts sent");
-                    print_delivered(&delivered);
-                }
-                Outcome::Busy { case, reason } => println!("{case}: skipped, {reason}"),
-                Outcome::Failed { case, error } => {
-                    failed += 1;
-                    eprintln!("{case}: failed: {error}");
-                    tracing::error!(case, error = %error, "case run failed");
-                }
-            }
+        let pass = async {
+            let cases = load_dir(&a.config)?;
+            let outcomes = run_due(
+                &wh,
+                &cases,
+                &backend,
+                &retry,
+                chrono::Utc::now(),
+                &mut backoff,
+            )
+            .await?;
+            Ok::<_, anyhow::Error>((cases, outcomes))
         }
+        .await;
+        let cases = match pass {
+            Ok((cases, outcomes)) => {
+                for o in outcomes {
+                    match o {
+                        Outcome::Ran {
+                            case,
+                            run_id,
+                            alerts,
+                            delivered,
+                        } => {
+                            println!("{case}: run {run_id}, {alerts} alerts");
+                            print_delivered(&delivered);
+                        }
+                        Outcome::Delivered { case, delivered } => {
+                            println!("{case}: not due; undelivered alerts sent");
+                            print_delivered(&delivered);
+                        }
+                        Outcome::Busy { case, reason } => println!("{case}: skipped, {reason}"),
+                        Outcome::Failed { case, error } => {
+                            failed += 1;
+                            eprintln!("{case}: failed: {error}");
+                            tracing::error!(case, error = %error, "case run failed");
+                        }
+                    }
+                }
+                cases
+            }
+            // Once: the error is the answer. Watching: a broken case file or a store
+            // that is down for a moment must not stop the scheduler; log, wait, retry.
+            Err(e) if !a.watch => return Err(e),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                tracing::error!(error = %e, "a scheduler pass failed");
+                Vec::new()
+            }
+        };
         if !a.watch {
             break;
         }
-        let wait = until_next(
-            &wh,
-            &cases,
-            chrono::Utc::now(),
-            Duration::from_secs(a.max_sleep_secs.max(1)),
-        )
-        .await?;
+        let wait = until_next(&wh, &cases, chrono::Utc::now(), max, &backoff)
+            .await
+            .unwrap_or(max);
         tracing::debug!(?wait, "sleeping until the next due case");
+        let (Some(t), Some(i)) = (term.as_mut(), int.as_mut()) else {
+            break;
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = crate::shutdown_signal() => {
-                tracing::info!("stopping the scheduler");
+            _ = t.recv() => {
+                tracing::info!("SIGTERM: stopping the scheduler");
+                break;
+            }
+            _ = i.recv() => {
+                tracing::info!("interrupted: stopping the scheduler");
                 break;
             }
         }

@@ -81,16 +81,16 @@ pub async fn register_warehouse(ctx: &SessionContext, wh: &Warehouse) -> Result<
 }
 
 /// `repeat_offenders`: over the latest run of every case, what recurs across cases —
-/// an exit address two cases' money reached (`exit`), a cluster holding two cases' seeds
+/// an exit address two cases' money reached (`exit`, per asset: `amount` adds up one unit), a cluster holding two cases' seeds
 /// or members (`cluster`), and an address one case tainted that is in another case's
 /// seed clusters (`meets_cluster`: one case's money meets another's operator).
 const REPEAT_OFFENDERS: &str = r#"CREATE VIEW ferret.public.repeat_offenders AS
 WITH latest AS (SELECT "case", latest_run AS run_id FROM ferret.public.cases),
 ex AS (
-  SELECT e."case", e.chain, e.address, e.label, CAST(e.tainted_value AS DOUBLE) AS amount
+  SELECT e."case", e.chain, e.address, e.label, 'BTC' AS asset, CAST(e.tainted_value AS DOUBLE) AS amount
     FROM ferret.public.case_exits e JOIN latest l ON e."case" = l."case" AND e.run_id = l.run_id
   UNION ALL
-  SELECT e."case", e.chain, e.address, e.label, e.tainted_value
+  SELECT e."case", e.chain, e.address, e.label, e.asset, e.tainted_value
     FROM ferret.public.case_eth_exits e JOIN latest l ON e."case" = l."case" AND e.run_id = l.run_id),
 mem AS (
   SELECT m."case", m.chain, m.address, m.cluster_id
@@ -104,8 +104,8 @@ tainted AS (
     FROM ferret.public.case_eth_taint t JOIN latest l ON t."case" = l."case" AND t.run_id = l.run_id)
 SELECT 'exit' AS kind, chain, address AS key, count(DISTINCT "case") AS n_cases,
        array_to_string(array_sort(array_agg(DISTINCT "case")), ',') AS cases,
-       sum(amount) AS amount, max(label) AS detail
-  FROM ex GROUP BY chain, address HAVING count(DISTINCT "case") > 1
+       sum(amount) AS amount, max(label) || ' (' || asset || ')' AS detail
+  FROM ex GROUP BY chain, address, asset HAVING count(DISTINCT "case") > 1
 UNION ALL
 SELECT 'cluster', chain, CAST(cluster_id AS VARCHAR), count(DISTINCT "case"),
        array_to_string(array_sort(array_agg(DISTINCT "case")), ','),
