@@ -11,6 +11,7 @@
 //! txids = []                           # Bitcoin transactions (every output a seed)
 //! categories = ["scam"]                # every address labelled so
 //! files = ["seeds.csv"]                # label files (CSV, TagPack, …), relative to this file
+//! max_cluster_size = 10000             # larger seed clusters are not expanded (exchanges)
 //!
 //! [taint]
 //! policy = "haircut"                   # poison, haircut, fifo (fifo: Bitcoin only)
@@ -42,6 +43,9 @@ use crate::{Error, Result};
 /// Case files and seed files larger than this are refused (a case is typed by people).
 pub const MAX_CASE_FILE_BYTES: u64 = 1 << 20;
 
+/// The largest seed cluster expanded into members unless the case says otherwise.
+pub const DEFAULT_MAX_CLUSTER_SIZE: i64 = 10_000;
+
 /// Seeds one case may name, all sources together.
 pub const MAX_SEEDS: usize = 1_000_000;
 
@@ -63,7 +67,7 @@ pub struct Case {
 }
 
 /// The case's seeds, split by chain.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Seeds {
     pub btc_addresses: Vec<String>,
     pub eth_addresses: Vec<String>,
@@ -71,6 +75,9 @@ pub struct Seeds {
     pub categories: Vec<String>,
     /// Seed files: path and SHA-256 (their addresses are in the address lists).
     pub files: Vec<(PathBuf, String)>,
+    /// A seed's cluster larger than this is not expanded into members (a seed that is in
+    /// fact an exchange's or a service's wallet must not put its customers in the case).
+    pub max_cluster_size: i64,
 }
 
 /// How to trace.
@@ -120,6 +127,7 @@ struct RawSeeds {
     categories: Vec<Spanned<String>>,
     #[serde(default)]
     files: Vec<Spanned<String>>,
+    max_cluster_size: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,7 +302,24 @@ fn address_chain(
 
 fn seeds(cx: &Ctx<'_>, raw: &Spanned<RawSeeds>, chains: &[String], base: &Path) -> Result<Seeds> {
     let r = raw.get_ref();
-    let mut s = Seeds::default();
+    let mut s = Seeds {
+        btc_addresses: Vec::new(),
+        eth_addresses: Vec::new(),
+        txids: Vec::new(),
+        categories: Vec::new(),
+        files: Vec::new(),
+        max_cluster_size: DEFAULT_MAX_CLUSTER_SIZE,
+    };
+    if let Some(m) = &r.max_cluster_size {
+        let v = *m.get_ref();
+        if !(1..=1_000_000_000).contains(&v) {
+            return Err(cx.err(
+                m.span(),
+                format!("max_cluster_size {v}: give 1 to 1000000000"),
+            ));
+        }
+        s.max_cluster_size = v;
+    }
     for a in &r.addresses {
         let (chain, addr) = address_chain(cx, a, chains, "seed address")?;
         if chain == "btc" {
@@ -555,6 +580,7 @@ impl Case {
                 "eth_addresses": self.seeds.eth_addresses.len(),
                 "txids": self.seeds.txids,
                 "categories": self.seeds.categories,
+                "max_cluster_size": self.seeds.max_cluster_size,
                 "files": self.seeds.files.iter().map(|(p, h)| serde_json::json!({"path": p.display().to_string(), "sha256": h})).collect::<Vec<_>>(),
             },
             "taint": {
@@ -705,6 +731,11 @@ min_increase = 5
                 "seed file",
             ),
             (format!("{head}[seeds]\n"), 3, "no seeds"),
+            (
+                format!("{head}[seeds]\ncategories = [\"s\"]\nmax_cluster_size = 0\n"),
+                5,
+                "max_cluster_size 0",
+            ),
             (
                 format!("{head}[seeds]\ncategories = [\"s\"]\n[alerts]\nwebhook = \"ftp://x\"\n"),
                 6,

@@ -53,6 +53,8 @@ pub struct RunReport {
     pub alerts: Vec<Alert>,
     /// Seeds the chains do not have.
     pub unknown_seeds: Vec<String>,
+    /// Seed clusters too large to expand into members.
+    pub held_clusters: Vec<HeldCluster>,
 }
 
 /// An exit as the diff sees it.
@@ -93,6 +95,7 @@ struct ChainPart {
     clusters_run: Option<String>,
     flows: Vec<crate::evidence::FlowRow>,
     paths: Vec<crate::evidence::PathStep>,
+    held: Vec<HeldCluster>,
 }
 
 fn chain_of(name: &str) -> Result<Chain> {
@@ -197,6 +200,10 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
         unknown_seeds: parts
             .values()
             .flat_map(|p| p.unknown_seeds.iter().cloned())
+            .collect(),
+        held_clusters: parts
+            .values()
+            .flat_map(|p| p.held.iter().cloned())
             .collect(),
     };
 
@@ -315,6 +322,7 @@ fn record(
         "exits": r.exits,
         "members": r.members,
         "alerts": r.alerts.len(),
+        "held_clusters": r.held_clusters.iter().map(|h| serde_json::json!({"chain": h.chain, "seed": h.seed, "cluster_id": h.cluster_id, "size": h.size})).collect::<Vec<_>>(),
     })
 }
 
@@ -584,7 +592,15 @@ async fn btc_part(
             .collect();
         part.unknown_seeds = run.unknown_seeds.clone();
     }
-    let (members, clusters_run) = members(wh, "btc", "clusters", &seeds).await?;
+    let (members, clusters_run) = members(
+        wh,
+        "btc",
+        "clusters",
+        &seeds,
+        case.seeds.max_cluster_size,
+        &mut part.held,
+    )
+    .await?;
     part.members = members;
     part.clusters_run = clusters_run;
     Ok(part)
@@ -664,7 +680,15 @@ async fn eth_part(
             .collect();
         part.unknown_seeds = run.unknown_seeds.clone();
     }
-    let (members, clusters_run) = members(wh, "eth", "eth_clusters", &seeds).await?;
+    let (members, clusters_run) = members(
+        wh,
+        "eth",
+        "eth_clusters",
+        &seeds,
+        case.seeds.max_cluster_size,
+        &mut part.held,
+    )
+    .await?;
     part.members = members;
     part.clusters_run = clusters_run;
     Ok(part)
@@ -691,29 +715,63 @@ fn seed_addresses(
 
 /// The addresses in the seeds' clusters (from the chain's latest clustering; each seed
 /// is a member of its own cluster) and the clustering run read.
+/// A seed cluster too large to expand (above the case's `max_cluster_size`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldCluster {
+    pub chain: String,
+    pub seed: String,
+    pub cluster_id: i64,
+    pub size: i64,
+}
+
 async fn members(
     wh: &Warehouse,
     chain: &str,
     job: &str,
     seeds: &BTreeSet<String>,
+    max_size: i64,
+    held: &mut Vec<HeldCluster>,
 ) -> Result<(Vec<Member>, Option<String>)> {
     let run = wh.latest_run(job).await?;
     // Seed → cluster, then every address of those clusters, a file at a time.
-    let mut cluster_of: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut cluster_of: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     let mut out = Vec::new();
     if let Some(run) = &run {
         for f in &run.files {
-            for b in wh.read_columns(f, &["address", "cluster_id"]).await? {
+            for b in wh
+                .read_columns(f, &["address", "cluster_id", "cluster_size"])
+                .await?
+            {
                 let (addr, cid) = address_cluster(&b)?;
+                let size = b.column(2).as_primitive_opt::<Int64Type>().ok_or_else(|| {
+                    Error::Query("clusters: cluster_size is not an integer".into())
+                })?;
                 for i in 0..b.num_rows() {
                     if let Some(s) = seeds.get(addr.value(i)) {
-                        cluster_of.insert(s.as_str(), cid.value(i));
+                        cluster_of.insert(s.as_str(), (cid.value(i), size.value(i)));
                     }
                 }
             }
         }
         let mut seed_of: HashMap<i64, &str> = HashMap::new();
-        for (s, c) in &cluster_of {
+        for (s, (c, size)) in &cluster_of {
+            if *size > max_size {
+                // Only the seed itself: its cluster is an exchange's or a service's size.
+                tracing::warn!(chain, seed = %s, cluster = c, size, max_size, "a seed's cluster is too large to expand into members");
+                held.push(HeldCluster {
+                    chain: chain.to_string(),
+                    seed: s.to_string(),
+                    cluster_id: *c,
+                    size: *size,
+                });
+                out.push(Member {
+                    chain: chain.into(),
+                    address: s.to_string(),
+                    cluster_id: Some(*c),
+                    seed: s.to_string(),
+                });
+                continue;
+            }
             seed_of.entry(*c).or_insert(s);
         }
         if !seed_of.is_empty() {

@@ -206,6 +206,12 @@ pub async fn case_cmd(c: CaseCmd) -> Result<()> {
                     .as_ref()
                     .map_or(" (first run)".to_string(), |p| format!(" against run {p}"))
             );
+            for h in &r.held_clusters {
+                println!(
+                    "not expanded: seed {} is in {} cluster {} of {} addresses (above max_cluster_size: an exchange's or a service's?)",
+                    h.seed, h.chain, h.cluster_id, h.size
+                );
+            }
             if !r.unknown_seeds.is_empty() {
                 println!("not on the indexed chains: {}", r.unknown_seeds.join(", "));
             }

@@ -666,6 +666,40 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
         "the shared seed's cluster is not reported"
     );
 
+    // A seed whose cluster is larger than max_cluster_size (an exchange's, say) is not
+    // expanded: the case keeps the seed alone, and says so.
+    let case3 = tmp.path().join("pig3.toml");
+    std::fs::write(
+        &case3,
+        format!("name = \"pig-3\"\nchains = [\"btc\"]\n[seeds]\naddresses = [\"{seed}\"]\nmax_cluster_size = 1\n[taint]\nstop_at = [\"exchange\"]\n"),
+    )
+    .expect("write");
+    let (ok, out, err) = run(&[
+        "case",
+        "run",
+        case3.to_str().expect("utf8"),
+        "--warehouse",
+        wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("not expanded: seed {seed}")), "{out}");
+    assert_eq!(
+        sql(
+            wh,
+            "SELECT address FROM case_members WHERE \"case\" = 'pig-3'"
+        ),
+        [seed.clone()]
+    );
+    assert_eq!(
+        sql(
+            wh,
+            "SELECT count(*) FROM case_alerts WHERE \"case\" = 'pig-3' AND kind = 'new_member'"
+        ),
+        ["0"]
+    );
+
     // The findings of run 2 to share: its seeds' clusters and the exits above 0.1 BTC,
     // in every format; each imports back to the same labels rows, with its provenance
     // written beside them.
