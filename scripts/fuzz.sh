@@ -24,10 +24,10 @@ FX=${FERRET_FIXTURES:-../shared/fixtures}
 export CARGO_TARGET_DIR=${FERRET_FUZZ_TARGET:-$HOME/.cache/ferret/fuzz-target}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(blk_scan manifest_load labels_parse eth_block_json)
+[ ${#targets[@]} -gt 0 ] || targets=(blk_scan manifest_load labels_parse eth_block_json case_parse)
 
 # --- seed corpora from the fixtures -----------------------------------------------------
-mkdir -p fuzz/corpus/{blk_scan,manifest_load,labels_parse,eth_block_json}
+mkdir -p fuzz/corpus/{blk_scan,manifest_load,labels_parse,eth_block_json,case_parse}
 if [ -d "$FX" ]; then
   python3 - "$FX" <<'PY'
 import glob, json, os, struct, sys
@@ -60,6 +60,10 @@ put("labels_parse", "misp", b'\x03{"Event":{"info":"i","Object":[{"name":"coin-a
     b'[{"object_relation":"address","value":"1BoatSLRHtKNngkdXEeobR76b53LETtpyT"}]}]}}')
 put("labels_parse", "csv", b"\x00address,label,category,source,confidence\n"
     b"1BoatSLRHtKNngkdXEeobR76b53LETtpyT,x,scam,s,50\n")
+# case files: TOML with every section.
+put("case_parse", "full", b'name = "pig-1"\nchains = ["btc", "eth"]\nschedule = "*/15 6-18 * jan-jun mon-fri"\n'
+    b'[seeds]\naddresses = ["1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"]\ncategories = ["scam"]\nfiles = ["seeds.txt"]\n'
+    b'[taint]\npolicy = "poison"\nhops = 6\nstop_at = ["exchange"]\n[alerts]\njsonl = "a.jsonl"\nmin_increase = 5\n')
 # eth: a block's result, NUL, its receipts' results.
 rpc = os.path.join(fx, "eth", "rpc")
 receipts = [json.load(open(p)).get("result") for p in

@@ -154,7 +154,13 @@ struct RawAlerts {
 
 /// Line and column (from 1) of a byte offset.
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let before = &src[..offset.min(src.len())];
+    // A span inside a multi-byte character (never from the parser, but cheap to guard)
+    // counts from the character's start.
+    let mut end = offset.min(src.len());
+    while !src.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &src[..end];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
@@ -774,6 +780,17 @@ min_increase = 5
             assert!(reason.contains(says), "{src}\n→ {reason}");
             assert_eq!(got_line, line, "{src}\n→ {reason}");
         }
+    }
+
+    #[test]
+    fn line_and_column_of_any_offset() {
+        let src = "ab\néé\nx";
+        assert_eq!(line_col(src, 0), (1, 1));
+        assert_eq!(line_col(src, 3), (2, 1));
+        // Inside `é` (2 bytes): its start.
+        assert_eq!(line_col(src, 4), (2, 1));
+        assert_eq!(line_col(src, 5), (2, 2));
+        assert_eq!(line_col(src, 999), (3, 2));
     }
 
     #[test]

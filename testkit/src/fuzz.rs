@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("manifest_load", manifest_load),
     ("labels_parse", labels_parse),
     ("eth_block_json", eth_block_json),
+    ("case_parse", case_parse),
 ];
 
 /// One scratch directory per process (in memory where /dev/shm exists), rewritten per
@@ -116,6 +117,28 @@ pub fn labels_parse(data: &[u8]) {
         source: None,
     };
     let _ = parse_file(&path, &d);
+}
+
+/// Case files: any bytes as a case file (TOML with a cron schedule, addresses and seed
+/// files relative to it) load or fail with an error naming the line, never a panic.
+pub fn case_parse(data: &[u8]) {
+    let dir = scratch().join("case");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // A seed file the case may name.
+    std::fs::write(
+        dir.join("seeds.txt"),
+        "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa\n",
+    )
+    .expect("write");
+    let path = dir.join("case.toml");
+    std::fs::write(&path, data).expect("write");
+    if let Ok(c) = ferret_cases::file::load(&path) {
+        let _ = c.params();
+        if let Some(cron) = &c.schedule {
+            let t = chrono::DateTime::from_timestamp(1_796_600_000, 0).unwrap_or_default();
+            let _ = cron.next_after(t);
+        }
+    }
 }
 
 /// Ethereum RPC responses: the bytes as an `eth_getBlockByNumber` result and its receipts
@@ -290,6 +313,18 @@ pub fn seeds(target: &str, fixtures: &Path) -> Vec<Vec<u8>> {
                 input.extend(serde_json::to_vec(&mine).expect("json"));
                 out.push(input);
             }
+        }
+        "case_parse" => {
+            out.push(
+                b"name = \"pig-1\"\ndescription = \"d\"\nchains = [\"btc\", \"eth\"]\nschedule = \"*/15 6-18 * jan-jun mon-fri\"\n\
+                  [seeds]\naddresses = [\"1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa\", \"0xde0b295669a9fd93d5f28d9ec85e40f4cb697bae\"]\n\
+                  txids = [\"4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b\"]\ncategories = [\"scam\"]\n\
+                  files = [\"seeds.txt\"]\nmax_cluster_size = 100\n[taint]\npolicy = \"poison\"\ndirection = \"forward\"\nhops = 6\n\
+                  min_value = 1000\nstop_at = [\"exchange\"]\nasset = \"ETH\"\n[alerts]\njsonl = \"a.jsonl\"\n\
+                  webhook = \"https://h.example/x\"\nwatch = [\"1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa\"]\nmin_increase = 5\n"
+                    .to_vec(),
+            );
+            out.push(b"name = \"c\"\nchains = [\"btc\"]\nschedule = \"@daily\"\n[seeds]\ncategories = [\"s\"]\n".to_vec());
         }
         _ => {}
     }
