@@ -109,7 +109,9 @@ pub fn parse_sdn_xml(text: &str) -> Result<Vec<SdnAddress>, (usize, String)> {
                     g.resolve_char_ref()
                         .map_err(|e| (line_at(text, pos), format!("character reference: {e}")))?
                 } else {
-                    match g.as_ref() {
+                    // The name as bytes, whatever `AsRef` impls other crates bring.
+                    let name: &[u8] = &g;
+                    match name {
                         b"amp" => Some('&'),
                         b"lt" => Some('<'),
                         b"gt" => Some('>'),
