@@ -248,55 +248,88 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
     ));
 
     let mut commit = Vec::new();
-    for (table, batch) in &tables {
-        let job = case_job(&case.name, table);
-        let schema = case_table_schema(table)
-            .ok_or_else(|| Error::Query(format!("no case table {table}")))?;
-        let mut w = wh.run_writer(&job, &run_id, schema)?;
-        w.write(batch).await?;
-        let (file, rows, check) = w.finish().await?;
-        let mut entry = match heads.get(&job) {
-            Some(old) => {
-                if old.checks.len() != old.files.len() {
-                    return Err(Error::Damaged {
-                        case: case.name.clone(),
-                        reason: format!(
-                            "{job} lists {} files and {} checks",
-                            old.files.len(),
-                            old.checks.len()
-                        ),
-                    });
+    let mut written: Vec<String> = Vec::new();
+    let staged: Result<()> = async {
+        for (table, batch) in &tables {
+            let job = case_job(&case.name, table);
+            let schema = case_table_schema(table)
+                .ok_or_else(|| Error::Query(format!("no case table {table}")))?;
+            let mut w = wh.run_writer(&job, &run_id, schema)?;
+            w.write(batch).await?;
+            let (file, rows, check) = w.finish().await?;
+            written.push(file.clone());
+            let mut entry = match heads.get(&job) {
+                Some(old) => {
+                    if old.checks.len() != old.files.len() {
+                        return Err(Error::Damaged {
+                            case: case.name.clone(),
+                            reason: format!(
+                                "{job} lists {} files and {} checks",
+                                old.files.len(),
+                                old.checks.len()
+                            ),
+                        });
+                    }
+                    old.clone()
                 }
-                old.clone()
-            }
-            None => LatestRun {
-                run_id: String::new(),
-                files: Vec::new(),
-                rows: 0,
-                params: None,
-                checks: Vec::new(),
-            },
-        };
-        entry.run_id = run_id.clone();
-        entry.files.push(file);
-        entry.checks.push(check);
-        entry.rows += rows;
-        entry.params = (*table == "runs").then(|| record.clone());
-        commit.push((job, entry));
+                None => LatestRun {
+                    run_id: String::new(),
+                    files: Vec::new(),
+                    rows: 0,
+                    params: None,
+                    checks: Vec::new(),
+                },
+            };
+            entry.run_id = run_id.clone();
+            entry.files.push(file);
+            entry.checks.push(check);
+            entry.rows += rows;
+            entry.params = (*table == "runs").then(|| record.clone());
+            commit.push((job, entry));
+        }
+        // Still this run's lease.
+        lease.check().await?;
+        Ok(())
     }
-    // Still this run's lease, and still on top of the run it diffed against.
-    lease.check().await?;
-    wh.commit_runs_expecting(commit, &[(runs_job, previous)])
+    .await;
+    if let Err(e) = staged {
+        remove_uncommitted(wh, &written).await;
+        return Err(e);
+    }
+    // Still on top of the run it diffed against.
+    match wh
+        .commit_runs_expecting(commit, &[(runs_job, previous)])
         .await
-        .map_err(|e| match e {
-            ferret_schemas::Error::CommitConflict { .. } => Error::Refused {
+    {
+        Ok(()) => {}
+        Err(ferret_schemas::Error::CommitConflict { .. }) => {
+            // Definitely not committed: its files are nobody's.
+            remove_uncommitted(wh, &written).await;
+            return Err(Error::Refused {
                 case: case.name.clone(),
                 reason: "another run of the case committed first (its lease had expired under this one): nothing was committed; run again".into(),
-            },
-            other => Error::Warehouse(other),
-        })?;
+            });
+        }
+        // Maybe committed (a store error after the PUT): the files stay.
+        Err(other) => return Err(Error::Warehouse(other)),
+    }
     lease.release().await;
     Ok(report)
+}
+
+/// Deletes the files of a run that will never be committed (best effort: a file left
+/// behind is listed by no table).
+async fn remove_uncommitted(wh: &Warehouse, files: &[String]) {
+    for f in files {
+        match wh.resolve(f) {
+            Ok(path) => {
+                if let Err(e) = object_store::ObjectStoreExt::delete(wh.store(), &path).await {
+                    tracing::warn!(file = %f, error = %e, "could not delete a file of an uncommitted case run");
+                }
+            }
+            Err(e) => tracing::warn!(file = %f, error = %e, "not a warehouse path"),
+        }
+    }
 }
 
 /// The run's record, kept as the `runs` job's params (what `cases` shows).

@@ -1715,3 +1715,127 @@ fn a_reorg_below_the_previous_run_is_recomputed() {
         final_txs.difference(&reported_txs).collect::<Vec<_>>()
     );
 }
+
+/// Overlapping runs of one case on object storage, the hard way: the first run is frozen
+/// just before its commit until its lease expires; a second run takes the lease over and
+/// commits; the first, resumed, must commit nothing (its diff was against a run that is
+/// no longer the latest) and leave none of its files behind.
+#[test]
+fn a_run_that_outlived_its_lease_commits_nothing_on_s3() {
+    let Ok(bucket) = std::env::var("FERRET_S3_BUCKET") else {
+        assert!(
+            !common::require_all(),
+            "FERRET_S3_BUCKET unset: scripts/test.sh starts SeaweedFS"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (blocks, labels) = chain(tmp.path(), "5");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let url = format!("s3://{bucket}/cases-lease-{nanos}");
+    index_to(&blocks, &url, None);
+    let (ok, _, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &url,
+        labels.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let case = tmp.path().join("c.toml");
+    std::fs::write(&case, "name = \"lease\"\nchains = [\"btc\"]\n[seeds]\ncategories = [\"scam\"]\n[taint]\nstop_at = [\"exchange\"]\n").expect("write");
+    let c = case.to_str().expect("utf8");
+    let ttl = [("FERRET_LEASE_TTL_SECS", "2")];
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ferret"))
+        .args([
+            "case",
+            "run",
+            c,
+            "--warehouse",
+            &url,
+            "--device",
+            "cpu",
+            "--no-deliver",
+        ])
+        .env("FERRET_LOG", "warn")
+        .envs(ttl)
+        .env("FERRET_FAILPOINT", "before-results-commit=stop")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stat = format!("/proc/{}/stat", first.id());
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&stat)
+        .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('T')))
+    {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the first run never reached its commit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Its lease expires; the second run takes it over and commits.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (ok, _, err) = run_env(
+        &[
+            "case",
+            "run",
+            c,
+            "--warehouse",
+            &url,
+            "--device",
+            "cpu",
+            "--no-deliver",
+        ],
+        &ttl,
+    );
+    assert!(ok, "{err}");
+    let committed = sql(&url, "SELECT run_id FROM case_runs");
+    assert_eq!(committed.len(), 1);
+    let cont = Command::new("kill")
+        .args(["-CONT", &first.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(cont.success());
+    let out = first.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert_eq!(
+        sql(&url, "SELECT run_id FROM case_runs"),
+        committed,
+        "the stale run committed"
+    );
+    // Every case file on the store belongs to the committed run (and no run dir is left
+    // by the refused one).
+    let runs: BTreeSet<String> = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            use futures::TryStreamExt as _;
+            let w = ferret_schemas::Warehouse::open(&url).expect("s3");
+            let prefix = w.root().clone().join("results").join("cases").join("lease");
+            let listed: Vec<_> = w
+                .store()
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .expect("list");
+            listed
+                .iter()
+                .filter_map(|m| {
+                    m.location
+                        .as_ref()
+                        .split('/')
+                        .find_map(|s| s.strip_prefix("run="))
+                        .map(str::to_string)
+                })
+                .collect()
+        });
+    assert_eq!(runs, committed.iter().cloned().collect::<BTreeSet<_>>());
+}
