@@ -142,6 +142,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         println!();
     }
     kernels(&a, &wh).await?;
+    case(&a, &wh).await?;
     if a.no_eth {
         println!("-- Ethereum: skipped (--no-eth)\n");
     } else if ferret_testkit::anvil::find_anvil().is_none() {
@@ -348,6 +349,44 @@ async fn kernels(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
         ferret_query::output::write(Format::Table, &r.schema, &r.batches, &mut out)?;
     }
     println!();
+    Ok(())
+}
+
+/// The same investigation as a case: a file, a run kept with what it read, its alerts
+/// as JSON lines, and the report to file (docs/cases.md).
+async fn case(a: &DemoArgs, wh: &Warehouse) -> Result<()> {
+    let dir = a.dir.join("cases");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("scam-flows.toml");
+    std::fs::write(
+        &file,
+        "# The demo's investigation: money from every `scam` address, to the exchanges.\n\
+         name = \"scam-flows\"\nchains = [\"btc\"]\nschedule = \"@daily\"\n\n\
+         [seeds]\ncategories = [\"scam\"]\n\n\
+         [taint]\npolicy = \"haircut\"\nstop_at = [\"exchange\"]\n\n\
+         [alerts]\njsonl = \"alerts.jsonl\"\n",
+    )
+    .with_context(|| format!("writing {}", file.display()))?;
+    let case = ferret_cases::load(&file)?;
+    let backend = ferret_kernels::device::select(a.device)?;
+    let r = ferret_cases::run_case(wh, &case, &backend)
+        .await
+        .context("running the demo case")?;
+    ferret_cases::deliver::deliver(wh, &case, &Default::default()).await?;
+    let html = ferret_cases::report::report(wh, &case.name, None).await?;
+    let report = a.dir.join("case-report.html");
+    std::fs::write(&report, html).with_context(|| format!("writing {}", report.display()))?;
+    println!(
+        "-- A case: {} run {}: {} exits, {} cluster members, {} alerts (in {}); report {}\n   \
+         SQL: SELECT * FROM cases; SELECT kind, count(*) FROM case_alerts GROUP BY 1\n",
+        r.case,
+        r.run_id,
+        r.exits,
+        r.members,
+        r.alerts.len(),
+        dir.join("alerts.jsonl").display(),
+        report.display()
+    );
     Ok(())
 }
 

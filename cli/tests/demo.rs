@@ -25,6 +25,12 @@ fn demo_finds_every_planted_cashout() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The case: run, alerts written, report to file.
+    assert!(stdout.contains("-- A case: scam-flows run"), "{stdout}");
+    let report = std::fs::read_to_string(dir.join("case-report.html")).expect("the case report");
+    assert!(report.contains("Proof paths") && report.contains("<svg"));
+    let alerts = std::fs::read_to_string(dir.join("cases/alerts.jsonl")).expect("the alerts");
+    assert!(alerts.lines().count() > 0 && alerts.contains("new_exit"));
     // Clusters against the planted owners and CoinJoins: the thresholds of issue 10.
     let acc = stdout
         .split("-- Clusters against the planted owners and CoinJoins:")
