@@ -166,9 +166,18 @@ struct Cursor {
 
 /// Every alert of the case, in delivery order (runs in commit order, then `seq`).
 pub async fn case_alerts(wh: &Warehouse, case: &str) -> Result<Vec<AlertJson>> {
-    let Some(run) = wh.latest_run(&case_job(case, "alerts")).await? else {
-        return Ok(Vec::new());
-    };
+    match wh.latest_run(&case_job(case, "alerts")).await? {
+        Some(run) => alerts_in(wh, case, &run).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The alerts of the case's `alerts` job as the results head listed it.
+async fn alerts_in(
+    wh: &Warehouse,
+    case: &str,
+    run: &ferret_schemas::results::LatestRun,
+) -> Result<Vec<AlertJson>> {
     let mut out = Vec::new();
     for f in &run.files {
         let mut rows = Vec::new();
@@ -337,10 +346,8 @@ pub async fn deliver(wh: &Warehouse, case: &Case, retry: &Retry) -> Result<Vec<D
     }
     // Nothing pending (every cursor at the case's alert count): done without the lease
     // or reading an alert.
-    let total = wh
-        .latest_run(&case_job(&case.name, "alerts"))
-        .await?
-        .map_or(0, |r| r.rows);
+    let alerts_run = wh.latest_run(&case_job(&case.name, "alerts")).await?;
+    let total = alerts_run.as_ref().map_or(0, |r| r.rows);
     let mut pending = false;
     for sink in &sinks {
         let (_, done, _) = read_cursor(wh, &cursor_dir(wh, &case.name, sink)).await?;
@@ -358,7 +365,12 @@ pub async fn deliver(wh: &Warehouse, case: &Case, retry: &Retry) -> Result<Vec<D
             .collect());
     }
     let lease = wh.case_lease(&case.name).await?;
-    let alerts = case_alerts(wh, &case.name).await?;
+    // The alerts as the head listed them above: a run committed since is delivered next
+    // time.
+    let alerts = match &alerts_run {
+        Some(run) => alerts_in(wh, &case.name, run).await?,
+        None => Vec::new(),
+    };
     let mut out = Vec::new();
     for sink in &sinks {
         let d = deliver_to(wh, &case.name, sink, &alerts, retry, &lease).await?;

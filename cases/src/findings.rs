@@ -118,9 +118,11 @@ pub async fn findings(
         }
     }
 
-    // Exits: the largest tainted output paying each (Bitcoin) or the first tainted
-    // transfer (Ethereum) is the evidence.
+    // One pass over the Bitcoin taint rows: per address, the largest tainted output
+    // paying it (the evidence of an exit or a tainted address) and, beyond the seeds, the
+    // tainted value and fewest hops.
     let mut evidence: BTreeMap<String, (f64, String)> = BTreeMap::new();
+    let mut btc: BTreeMap<String, (f64, i32)> = BTreeMap::new();
     for f in files("taint") {
         for b in wh
             .read_columns(&f, &["address", "txid", "tainted_value", "hop"])
@@ -128,6 +130,7 @@ pub async fn findings(
         {
             let (a, t) = (col(&b, 0)?, col(&b, 1)?);
             let v = b.column(2).as_primitive::<Int64Type>();
+            let h = b.column(3).as_primitive::<Int32Type>();
             for i in 0..b.num_rows() {
                 if a.is_valid(i) {
                     let e = evidence
@@ -135,6 +138,11 @@ pub async fn findings(
                         .or_insert((-1.0, String::new()));
                     if v.value(i) as f64 > e.0 {
                         *e = (v.value(i) as f64, t.value(i).to_string());
+                    }
+                    if o.tainted_min.is_some() && h.value(i) > 0 {
+                        let e = btc.entry(a.value(i).to_string()).or_insert((0.0, i32::MAX));
+                        e.0 += v.value(i) as f64;
+                        e.1 = e.1.min(h.value(i));
                     }
                 }
             }
@@ -214,24 +222,6 @@ pub async fn findings(
 
     // Tainted addresses beyond the seeds.
     if let Some(min) = o.tainted_min {
-        let mut btc: BTreeMap<String, (f64, i32)> = BTreeMap::new();
-        for f in files("taint") {
-            for b in wh
-                .read_columns(&f, &["address", "tainted_value", "hop"])
-                .await?
-            {
-                let a = col(&b, 0)?;
-                let v = b.column(1).as_primitive::<Int64Type>();
-                let h = b.column(2).as_primitive::<Int32Type>();
-                for i in 0..b.num_rows() {
-                    if a.is_valid(i) && h.value(i) > 0 {
-                        let e = btc.entry(a.value(i).to_string()).or_insert((0.0, i32::MAX));
-                        e.0 += v.value(i) as f64;
-                        e.1 = e.1.min(h.value(i));
-                    }
-                }
-            }
-        }
         for (addr, (v, hop)) in btc {
             if v >= min {
                 let tx = evidence.get(&addr).map(|e| e.1.clone());

@@ -11,18 +11,10 @@ use std::path::{Path, PathBuf};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
 use ferret_kernels::taint::job::Flow;
-use ferret_kernels::taint::trace::{Picture, TraceExit, TraceInput, TraceRun, Unit};
+use ferret_kernels::taint::trace::{Picture, TraceExit, TraceInput, TraceRun, Unit, esc};
 use ferret_schemas::Warehouse;
 
 use crate::{Error, Result};
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
 
 /// Rows of a query as strings (NULL as "").
 async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<String>>> {

@@ -132,6 +132,16 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
     let heads = wh.latest_runs().await?;
     let previous = heads.get(&runs_job).map(|r| r.run_id.clone());
     let labels_run = heads.get("labels").map(|r| r.run_id.clone());
+    // Each chain's labels, read once: the seed categories are checked against them
+    // and each chain's part uses its own.
+    let mut labels = BTreeMap::new();
+    for chain in &case.chains {
+        labels.insert(
+            chain.clone(),
+            ferret_kernels::taint::job::chain_labels(wh, chain).await?,
+        );
+    }
+    check_seed_categories(case, &labels)?;
 
     // The chains must not move under the run: their manifests before and after match,
     // else the run is done again on the newer ones.
@@ -142,8 +152,8 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
         parts.clear();
         for chain in &case.chains {
             let part = match chain.as_str() {
-                "btc" => btc_part(wh, case, backend, &run_id).await?,
-                _ => eth_part(wh, case, backend, &run_id).await?,
+                "btc" => btc_part(wh, case, backend, &run_id, &labels[chain], &heads).await?,
+                _ => eth_part(wh, case, backend, &run_id, &labels[chain], &heads).await?,
             };
             parts.insert(chain.clone(), part);
         }
@@ -536,15 +546,13 @@ fn present(labels: &[(String, String, String)], wanted: &[String]) -> Vec<String
 
 /// Every seed category must be on at least one of the case's chains (a typo would seed
 /// nothing).
-async fn check_seed_categories(wh: &Warehouse, case: &Case) -> Result<()> {
-    let mut have = HashSet::new();
-    for chain in &case.chains {
-        for l in ferret_kernels::taint::job::chain_labels(wh, chain).await? {
-            have.insert(l.2);
-        }
-    }
+fn check_seed_categories(
+    case: &Case,
+    labels: &BTreeMap<String, Vec<(String, String, String)>>,
+) -> Result<()> {
+    let have: HashSet<&str> = labels.values().flatten().map(|l| l.2.as_str()).collect();
     for c in &case.seeds.categories {
-        if !have.contains(c) {
+        if !have.contains(c.as_str()) {
             return Err(Error::Refused {
                 case: case.name.clone(),
                 reason: format!(
@@ -562,13 +570,11 @@ async fn btc_part(
     case: &Case,
     backend: &Backend,
     run_id: &str,
+    labels: &[(String, String, String)],
+    heads: &BTreeMap<String, LatestRun>,
 ) -> Result<ChainPart> {
-    use ferret_kernels::taint::job::{
-        TaintJob, chain_labels, exits_batch, run_on_graph, taint_batch,
-    };
-    check_seed_categories(wh, case).await?;
+    use ferret_kernels::taint::job::{TaintJob, exits_batch, run_on_graph, taint_batch};
     let (tip, seq) = tip(wh, case, "btc").await?;
-    let labels = chain_labels(wh, "btc").await?;
     let t = &case.taint;
     let job = TaintJob {
         policy: t.btc_policy,
@@ -577,8 +583,8 @@ async fn btc_part(
         min_value: t.min_value as i64,
         seed_addresses: case.seeds.btc_addresses.clone(),
         seed_txids: case.seeds.txids.clone(),
-        seed_categories: present(&labels, &case.seeds.categories),
-        stop_categories: present(&labels, &t.stop_at),
+        seed_categories: present(labels, &case.seeds.categories),
+        stop_categories: present(labels, &t.stop_at),
         with_flows: true,
     };
     let mut part = ChainPart {
@@ -586,13 +592,13 @@ async fn btc_part(
         seq,
         ..Default::default()
     };
-    let seeds = seed_addresses(&case.seeds.btc_addresses, &labels, &job.seed_categories);
+    let seeds = seed_addresses(&case.seeds.btc_addresses, labels, &job.seed_categories);
     if job.seed_addresses.is_empty() && job.seed_txids.is_empty() && job.seed_categories.is_empty()
     {
         tracing::info!(case = %case.name, "no Bitcoin seeds: nothing to trace on btc");
     } else {
         let g = ferret_kernels::taint::SpendGraph::from_warehouse(wh).await?;
-        let run = run_on_graph(&g, backend, &job, &labels)?;
+        let run = run_on_graph(&g, backend, &job, labels)?;
         part.flows = crate::evidence::btc_flows(&run);
         part.paths = crate::evidence::btc_paths(&g, &run);
         drop(g);
@@ -628,7 +634,7 @@ async fn btc_part(
     let (members, clusters_run) = members(
         wh,
         "btc",
-        "clusters",
+        heads.get("clusters"),
         &seeds,
         case.seeds.max_cluster_size,
         &mut part.held,
@@ -644,12 +650,11 @@ async fn eth_part(
     case: &Case,
     backend: &Backend,
     run_id: &str,
+    labels: &[(String, String, String)],
+    heads: &BTreeMap<String, LatestRun>,
 ) -> Result<ChainPart> {
     use ferret_kernels::account::job::{EthTaintJob, eth_exits_batch, eth_taint_batch, taint_eth};
-    use ferret_kernels::taint::job::chain_labels;
-    check_seed_categories(wh, case).await?;
     let (tip, seq) = tip(wh, case, "eth").await?;
-    let labels = chain_labels(wh, "eth").await?;
     let t = &case.taint;
     let job = EthTaintJob {
         policy: t.eth_policy,
@@ -658,15 +663,15 @@ async fn eth_part(
         max_hops: t.hops,
         min_value: t.min_value,
         seed_addresses: case.seeds.eth_addresses.clone(),
-        seed_categories: present(&labels, &case.seeds.categories),
-        stop_categories: present(&labels, &t.stop_at),
+        seed_categories: present(labels, &case.seeds.categories),
+        stop_categories: present(labels, &t.stop_at),
     };
     let mut part = ChainPart {
         tip,
         seq,
         ..Default::default()
     };
-    let seeds = seed_addresses(&case.seeds.eth_addresses, &labels, &job.seed_categories);
+    let seeds = seed_addresses(&case.seeds.eth_addresses, labels, &job.seed_categories);
     if job.seed_addresses.is_empty() && job.seed_categories.is_empty() {
         tracing::info!(case = %case.name, "no Ethereum seeds: nothing to trace on eth");
     } else {
@@ -716,7 +721,7 @@ async fn eth_part(
     let (members, clusters_run) = members(
         wh,
         "eth",
-        "eth_clusters",
+        heads.get("eth_clusters"),
         &seeds,
         case.seeds.max_cluster_size,
         &mut part.held,
@@ -760,16 +765,15 @@ pub struct HeldCluster {
 async fn members(
     wh: &Warehouse,
     chain: &str,
-    job: &str,
+    run: Option<&LatestRun>,
     seeds: &BTreeSet<String>,
     max_size: i64,
     held: &mut Vec<HeldCluster>,
 ) -> Result<(Vec<Member>, Option<String>)> {
-    let run = wh.latest_run(job).await?;
     // Seed → cluster, then every address of those clusters, a file at a time.
     let mut cluster_of: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     let mut out = Vec::new();
-    if let Some(run) = &run {
+    if let Some(run) = run {
         for f in &run.files {
             for b in wh
                 .read_columns(f, &["address", "cluster_id", "cluster_size"])
@@ -841,7 +845,7 @@ async fn members(
     }
     out.sort();
     out.dedup();
-    Ok((out, run.map(|r| r.run_id)))
+    Ok((out, run.map(|r| r.run_id.clone())))
 }
 
 fn address_cluster(

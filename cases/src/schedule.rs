@@ -51,9 +51,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
+/// The results head's runs (`Warehouse::latest_runs`), read once per pass.
+type Runs = std::collections::BTreeMap<String, ferret_schemas::results::LatestRun>;
+
 /// When the case last started a committed run.
-pub async fn last_started(wh: &Warehouse, case: &str) -> Result<Option<DateTime<Utc>>> {
-    let Some(run) = wh.latest_run(&case_job(case, "runs")).await? else {
+pub fn last_started(heads: &Runs, case: &str) -> Result<Option<DateTime<Utc>>> {
+    let Some(run) = heads.get(&case_job(case, "runs")) else {
         return Ok(None);
     };
     let started = run
@@ -78,11 +81,11 @@ pub async fn last_started(wh: &Warehouse, case: &str) -> Result<Option<DateTime<
 
 /// When a case is next due: `None` for a case without a schedule (run by hand only) or
 /// one whose schedule names no time.
-pub async fn next_due(wh: &Warehouse, case: &Case) -> Result<Option<DateTime<Utc>>> {
+pub fn next_due(heads: &Runs, case: &Case) -> Result<Option<DateTime<Utc>>> {
     let Some(cron) = &case.schedule else {
         return Ok(None);
     };
-    Ok(match last_started(wh, &case.name).await? {
+    Ok(match last_started(heads, &case.name)? {
         None => Some(DateTime::<Utc>::MIN_UTC),
         Some(t) => cron.next_after(t),
     })
@@ -155,6 +158,9 @@ pub async fn run_due(
     now: DateTime<Utc>,
     backoff: &mut Backoff,
 ) -> Result<Vec<Outcome>> {
+    // When each case last ran, from one read of the results head (a case's own run
+    // changes only its own entry).
+    let heads = wh.latest_runs().await?;
     let mut out = Vec::new();
     for case in cases {
         if !backoff.ready(&case.name, now) {
@@ -162,7 +168,7 @@ pub async fn run_due(
             continue;
         }
         let before = out.len();
-        run_one(wh, case, backend, retry, now, &mut out).await?;
+        run_one(wh, &heads, case, backend, retry, now, &mut out).await?;
         match out.get(before) {
             Some(Outcome::Failed { .. }) => backoff.failed(&case.name, now),
             Some(_) => backoff.succeeded(&case.name),
@@ -175,6 +181,7 @@ pub async fn run_due(
 /// One case's part of a pass.
 async fn run_one(
     wh: &Warehouse,
+    heads: &Runs,
     case: &Case,
     backend: &Backend,
     retry: &Retry,
@@ -182,7 +189,7 @@ async fn run_one(
     out: &mut Vec<Outcome>,
 ) -> Result<()> {
     {
-        let Some(due) = next_due(wh, case).await? else {
+        let Some(due) = next_due(heads, case)? else {
             return Ok(());
         };
         if due > now {
@@ -252,9 +259,10 @@ pub async fn until_next(
     max: Duration,
     backoff: &Backoff,
 ) -> Result<Duration> {
+    let heads = wh.latest_runs().await?;
     let mut wait = max;
     for c in cases {
-        if let Some(due) = next_due(wh, c).await? {
+        if let Some(due) = next_due(&heads, c)? {
             // A case held back after a failure is next tried when its wait is over.
             let due = backoff.until(&c.name).map_or(due, |b| b.max(due));
             let d = (due - now).to_std().unwrap_or(Duration::ZERO);

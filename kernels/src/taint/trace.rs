@@ -189,7 +189,8 @@ fn short(a: &str) -> String {
     }
 }
 
-fn esc(s: &str) -> String {
+/// `s` escaped for HTML and XML text and attributes.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
