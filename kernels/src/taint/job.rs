@@ -389,7 +389,7 @@ fn output_name(g: &SpendGraph, o: u32) -> String {
 /// from the tainted outputs its transaction spent that carry taint (not stopped, not
 /// below the minimum), in proportion to their tainted values (fifo: to the tainted
 /// satoshis of each input inside the output's stretch); backward, mirrored.
-fn flows(
+pub(crate) fn flows(
     g: &SpendGraph,
     q: &Query,
     rows: &[super::Tainted],

@@ -23,6 +23,7 @@
 
 pub mod graph;
 pub mod job;
+pub mod resume;
 pub mod stored;
 mod stored_fifo;
 pub mod stored_job;
