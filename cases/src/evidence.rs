@@ -13,9 +13,8 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use ferret_kernels::account::job::EthTaintRun;
-use ferret_kernels::taint::graph::hex_encode;
-use ferret_kernels::taint::job::TaintRun;
-use ferret_kernels::taint::{Direction, NONE, SpendGraph};
+use ferret_kernels::taint::Direction;
+use ferret_kernels::taint::job::{Exit, TaintRun, TaintedOutput};
 
 use crate::Result;
 
@@ -65,99 +64,86 @@ pub fn btc_flows(run: &TaintRun) -> Vec<FlowRow> {
         .collect()
 }
 
-/// Bitcoin paths, walked on the spend graph the run used.
-pub fn btc_paths(g: &SpendGraph, run: &TaintRun) -> Vec<PathStep> {
-    if run.job.direction != Direction::Forward || run.exits.is_empty() {
-        return Vec::new();
+/// Bitcoin paths, from each tainted output's predecessor (`walk`: output id and the
+/// output a path steps back to, one per row of `outputs`, in order; kept in the case's
+/// `state`, see `ferret_kernels::taint::resume`). A path starts at the exit's tainted
+/// output with the fewest hops (then the largest tainted value, fraction, lowest id).
+pub fn btc_paths(
+    outputs: &[TaintedOutput],
+    walk: &[(u64, Option<u64>)],
+    exits: &[Exit],
+    forward: bool,
+) -> Result<Vec<PathStep>> {
+    if !forward || exits.is_empty() {
+        return Ok(Vec::new());
     }
-    // Output ids of the tainted outputs: their transactions, found in one scan.
-    let want: HashSet<&str> = run.outputs.iter().map(|o| o.txid.as_str()).collect();
-    let mut tx_of: HashMap<String, u32> = HashMap::with_capacity(want.len());
-    for (t, id) in g.txids.iter().enumerate() {
-        let hex = hex_encode(id);
-        if want.contains(hex.as_str()) {
-            tx_of.insert(hex, t as u32);
-        }
+    if walk.len() != outputs.len() {
+        return Err(crate::Error::Query(format!(
+            "{} taint rows and {} proof-path entries",
+            outputs.len(),
+            walk.len()
+        )));
     }
-    // Output id → (hop, tainted value, fraction). Outputs with no taint are left out; a
-    // haircut may round a small share to 0 sats, but its fraction says it is tainted.
-    let mut tainted: HashMap<u32, (u32, i64, f64)> = HashMap::with_capacity(run.outputs.len());
-    let mut at_exit: HashMap<&str, Vec<u32>> = run
-        .exits
+    // Output id → its row and predecessor. Outputs with no taint are left out; a haircut
+    // may round a small share to 0 sats, but its fraction says it is tainted.
+    let mut by: HashMap<u64, (&TaintedOutput, Option<u64>)> = HashMap::with_capacity(walk.len());
+    let mut at_exit: HashMap<&str, Vec<u64>> = exits
         .iter()
         .map(|e| (e.address.as_str(), Vec::new()))
         .collect();
-    for o in &run.outputs {
-        let Some(&t) = tx_of.get(&o.txid) else {
-            continue;
-        };
+    for (o, &(id, pred)) in outputs.iter().zip(walk) {
         if o.fraction <= 0.0 {
             continue;
         }
-        let id = g.out_start[t as usize] + o.vout;
-        tainted.insert(id, (o.hop, o.tainted_value, o.fraction));
+        by.insert(id, (o, pred));
         if let Some(v) = o.address.as_deref().and_then(|a| at_exit.get_mut(a)) {
             v.push(id);
         }
     }
-    let name = |o: u32| -> String {
-        match g.out_addr[o as usize] {
-            NONE => {
-                let t = g.tx_of_output(o);
-                format!(
-                    "{}:{}",
-                    hex_encode(&g.txids[t as usize]),
-                    o - g.out_start[t as usize]
-                )
-            }
-            a => g.addresses[a as usize].clone(),
-        }
-    };
-    // The larger share first: value, then fraction, then the lower output id.
-    let better = |a: &(u32, u32, i64, f64), b: &(u32, u32, i64, f64)| {
-        a.2.cmp(&b.2).then(a.3.total_cmp(&b.3)).then(b.0.cmp(&a.0))
+    let name = |o: &TaintedOutput| match &o.address {
+        Some(a) => a.clone(),
+        None => format!("{}:{}", o.txid, o.vout),
     };
     let mut out = Vec::new();
-    for e in &run.exits {
-        let Some(start) = at_exit.get(e.address.as_str()).and_then(|v| {
-            v.iter()
-                .map(|&o| {
-                    let (h, val, f) = tainted[&o];
-                    (o, h, val, f)
-                })
-                // The fewest hops, then the largest share.
-                .min_by(|a, b| a.1.cmp(&b.1).then(better(b, a)))
+    for e in exits {
+        let Some(&start) = at_exit.get(e.address.as_str()).and_then(|v| {
+            v.iter().min_by(|&&a, &&b| {
+                let (x, y) = (by[&a].0, by[&b].0);
+                x.hop
+                    .cmp(&y.hop)
+                    .then(y.tainted_value.cmp(&x.tainted_value))
+                    .then(y.fraction.total_cmp(&x.fraction))
+                    .then(a.cmp(&b))
+            })
         }) else {
             continue;
         };
         let mut steps = Vec::new();
-        let mut cur = start.0;
-        let mut seen = HashSet::new();
+        let mut cur = start;
         let complete = loop {
-            let (hop, value, _) = tainted[&cur];
-            let t = g.tx_of_output(cur) as usize;
-            let txid = hex_encode(&g.txids[t]);
-            if hop == 0 {
-                steps.push((txid, None, name(cur), value, hop));
+            let (o, pred) = by[&cur];
+            if o.hop == 0 {
+                steps.push((o.txid.clone(), None, name(o), o.tainted_value, o.hop));
                 break true;
             }
-            if !seen.insert(cur) || steps.len() >= MAX_STEPS {
+            if steps.len() >= MAX_STEPS {
                 break false;
             }
-            let ins = &g.in_spent[g.in_start[t] as usize..g.in_start[t + 1] as usize];
-            let best = |want: Option<u32>| {
-                ins.iter()
-                    .copied()
-                    .filter(|&p| p != NONE)
-                    .filter_map(|p| tainted.get(&p).map(|&(h, v, f)| (p, h, v, f)))
-                    .filter(|&(_, h, _, _)| want.map_or(h < hop, |w| h == w))
-                    .max_by(better)
-            };
-            let Some((p, ..)) = best(Some(hop - 1)).or_else(|| best(None)) else {
+            // Each step goes to an output nearer the seeds (fewer hops).
+            let Some(p) = pred
+                .and_then(|p| by.get(&p).map(|x| (p, x.0)))
+                .filter(|(_, x)| x.hop < o.hop)
+            else {
                 break false;
             };
-            steps.push((txid, Some(name(p)), name(cur), value, hop));
-            cur = p;
+            steps.push((
+                o.txid.clone(),
+                Some(name(p.1)),
+                name(o),
+                o.tainted_value,
+                o.hop,
+            ));
+            cur = p.0;
         };
         if !complete {
             // Never half a proof: this exit gets no path.
@@ -179,7 +165,7 @@ pub fn btc_paths(g: &SpendGraph, run: &TaintRun) -> Vec<PathStep> {
             });
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn eth_flows(run: &EthTaintRun) -> Vec<FlowRow> {

@@ -16,6 +16,7 @@ pub mod findings;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod state;
 
 pub use file::{Case, load};
 pub use run::{RunReport, run_case};

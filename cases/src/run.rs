@@ -55,6 +55,8 @@ pub struct RunReport {
     pub unknown_seeds: Vec<String>,
     /// Seed clusters too large to expand into members.
     pub held_clusters: Vec<HeldCluster>,
+    /// Per chain traced: how its taint ran (`incremental above height H`, or `full: why`).
+    pub taint_modes: BTreeMap<String, String>,
 }
 
 /// An exit as the diff sees it.
@@ -96,6 +98,10 @@ struct ChainPart {
     flows: Vec<crate::evidence::FlowRow>,
     paths: Vec<crate::evidence::PathStep>,
     held: Vec<HeldCluster>,
+    /// How the taint ran (the record's `{chain}_taint`), and the state it leaves.
+    resume: Option<serde_json::Value>,
+    mode: Option<String>,
+    state: Option<(RecordBatch, RecordBatch)>,
 }
 
 fn chain_of(name: &str) -> Result<Chain> {
@@ -125,6 +131,17 @@ async fn manifest_seqs(wh: &Warehouse, case: &Case) -> Result<Vec<Option<u64>>> 
 /// Runs `case` once and commits the run; returns what it did. Refused while another run
 /// of the case holds its lease.
 pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<RunReport> {
+    run_case_with(wh, case, backend, false).await
+}
+
+/// [`run_case`]; with `full`, Bitcoin taint runs from scratch even where the previous
+/// run's state would let it resume.
+pub async fn run_case_with(
+    wh: &Warehouse,
+    case: &Case,
+    backend: &Backend,
+    full: bool,
+) -> Result<RunReport> {
     let lease = wh.case_lease(&case.name).await?;
     let started_at = Utc::now();
     let run_id = new_run_id();
@@ -152,7 +169,19 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
         parts.clear();
         for chain in &case.chains {
             let part = match chain.as_str() {
-                "btc" => btc_part(wh, case, backend, &run_id, &labels[chain], &heads).await?,
+                "btc" => {
+                    btc_part(
+                        wh,
+                        case,
+                        backend,
+                        &run_id,
+                        &labels[chain],
+                        &heads,
+                        labels_run.as_deref(),
+                        full,
+                    )
+                    .await?
+                }
                 _ => eth_part(wh, case, backend, &run_id, &labels[chain], &heads).await?,
             };
             parts.insert(chain.clone(), part);
@@ -215,6 +244,10 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
             .values()
             .flat_map(|p| p.held.iter().cloned())
             .collect(),
+        taint_modes: parts
+            .iter()
+            .filter_map(|(c, p)| p.mode.clone().map(|m| (c.clone(), m)))
+            .collect(),
     };
 
     // The run's tables: one file each, appended to the case's history in one commit.
@@ -225,6 +258,10 @@ pub async fn run_case(wh: &Warehouse, case: &Case, backend: &Backend) -> Result<
             "exits",
             with_case(&case.name, "exits", p.exits_batch.as_ref())?,
         ));
+        if let Some((state, exits)) = &p.state {
+            tables.push(("state", state.clone()));
+            tables.push(("state_exits", exits.clone()));
+        }
     }
     if let Some(p) = parts.get("eth") {
         tables.push((
@@ -366,6 +403,7 @@ fn record(
         "members": r.members,
         "alerts": r.alerts.len(),
         "held_clusters": r.held_clusters.iter().map(|h| serde_json::json!({"chain": h.chain, "seed": h.seed, "cluster_id": h.cluster_id, "size": h.size})).collect::<Vec<_>>(),
+        "btc_taint": parts.get("btc").and_then(|p| p.resume.clone()),
     })
 }
 
@@ -565,6 +603,7 @@ fn check_seed_categories(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn btc_part(
     wh: &Warehouse,
     case: &Case,
@@ -572,8 +611,11 @@ async fn btc_part(
     run_id: &str,
     labels: &[(String, String, String)],
     heads: &BTreeMap<String, LatestRun>,
+    labels_run: Option<&str>,
+    full: bool,
 ) -> Result<ChainPart> {
-    use ferret_kernels::taint::job::{TaintJob, exits_batch, run_on_graph, taint_batch};
+    use ferret_kernels::taint::job::{TaintJob, TaintRun};
+    use ferret_kernels::taint::resume::{merge_flows, resume_btc};
     let (tip, seq) = tip(wh, case, "btc").await?;
     let t = &case.taint;
     let job = TaintJob {
@@ -596,40 +638,54 @@ async fn btc_part(
     if job.seed_addresses.is_empty() && job.seed_txids.is_empty() && job.seed_categories.is_empty()
     {
         tracing::info!(case = %case.name, "no Bitcoin seeds: nothing to trace on btc");
-    } else {
-        let g = ferret_kernels::taint::SpendGraph::from_warehouse(wh).await?;
-        let run = run_on_graph(&g, backend, &job, labels)?;
-        part.flows = crate::evidence::btc_flows(&run);
-        part.paths = crate::evidence::btc_paths(&g, &run);
-        drop(g);
-        part.taint = Some(taint_batch(&run, run_id)?);
-        part.exits_batch = Some(exits_batch(&run, run_id)?);
-        let mut paying: HashMap<&str, Vec<(String, i32, f64)>> = run
-            .exits
-            .iter()
-            .map(|e| (e.address.as_str(), Vec::new()))
-            .collect();
-        for o in &run.outputs {
-            if let Some(v) = o.address.as_deref().and_then(|a| paying.get_mut(a)) {
-                v.push((o.txid.clone(), o.vout as i32, o.tainted_value as f64));
+    } else if job.direction == ferret_kernels::taint::Direction::Forward {
+        // Forward: resumed from the previous run's state where it still holds.
+        let plan = resume_plan(wh, case, heads, labels_run, full).await?;
+        let resumed = resume_btc(wh, plan.state.as_ref(), &job, labels).await?;
+        let mut run: TaintRun = resumed.run;
+        if let Some(prev) = &plan.previous {
+            let mut outputs =
+                crate::state::taint_rows(wh, &run_files(heads, &case.name, "taint", prev)).await?;
+            let old_walk = plan.state.as_ref().map_or(0, |s| s.walk.len());
+            if outputs.len() != old_walk {
+                return Err(Error::Damaged {
+                    case: case.name.clone(),
+                    reason: format!(
+                        "run {prev} has {} taint rows and its state {old_walk}: run with --full",
+                        outputs.len()
+                    ),
+                });
             }
+            outputs.append(&mut run.outputs);
+            run.outputs = outputs;
+            let mut flows =
+                crate::state::btc_flows(wh, &run_files(heads, &case.name, "flows", prev)).await?;
+            merge_flows(&mut flows, std::mem::take(&mut run.flows));
+            run.flows = flows;
         }
-        part.exits = run
-            .exits
-            .iter()
-            .map(|e| ExitRow {
-                outputs: paying.remove(e.address.as_str()).unwrap_or_default(),
-                first: None,
-                chain: "btc".into(),
-                address: e.address.clone(),
-                asset: "BTC".into(),
-                label: e.label.clone(),
-                category: e.category.clone(),
-                value: e.tainted_value as f64,
-                min_hop: i64::from(e.min_hop),
-            })
-            .collect();
-        part.unknown_seeds = run.unknown_seeds.clone();
+        part.paths =
+            crate::evidence::btc_paths(&run.outputs, &resumed.state.walk, &run.exits, true)?;
+        part.state = Some(crate::state::batches(&case.name, run_id, &resumed.state)?);
+        part.mode = Some(match (&plan.previous, resumed.from) {
+            (Some(_), Some(h)) => format!("incremental: blocks above height {h}"),
+            (Some(_), None) => "incremental: every block".into(),
+            (None, _) => format!("full: {}", plan.why),
+        });
+        part.resume = Some(serde_json::json!({
+            "mode": if plan.previous.is_some() { "incremental" } else { "full" },
+            "from_height": resumed.from,
+            "why_full": plan.previous.is_none().then_some(plan.why.as_str()),
+            "state": crate::state::meta(&resumed.state),
+        }));
+        finish_btc(&mut part, &run, run_id)?;
+    } else {
+        // Backward: new blocks change what earlier outputs came from; from scratch.
+        let g = ferret_kernels::taint::SpendGraph::from_warehouse(wh).await?;
+        let run = ferret_kernels::taint::job::run_on_graph(&g, backend, &job, labels)?;
+        drop(g);
+        part.mode = Some("full: backward taint".into());
+        part.resume = Some(serde_json::json!({"mode": "full", "why_full": "backward taint"}));
+        finish_btc(&mut part, &run, run_id)?;
     }
     let (members, clusters_run) = members(
         wh,
@@ -643,6 +699,133 @@ async fn btc_part(
     part.members = members;
     part.clusters_run = clusters_run;
     Ok(part)
+}
+
+/// A Bitcoin run's rows into the part: taint, exits, flows, unknown seeds.
+fn finish_btc(
+    part: &mut ChainPart,
+    run: &ferret_kernels::taint::job::TaintRun,
+    run_id: &str,
+) -> Result<()> {
+    use ferret_kernels::taint::job::{exits_batch, taint_batch};
+    part.flows = crate::evidence::btc_flows(run);
+    part.taint = Some(taint_batch(run, run_id)?);
+    part.exits_batch = Some(exits_batch(run, run_id)?);
+    let mut paying: HashMap<&str, Vec<(String, i32, f64)>> = run
+        .exits
+        .iter()
+        .map(|e| (e.address.as_str(), Vec::new()))
+        .collect();
+    for o in &run.outputs {
+        if let Some(v) = o.address.as_deref().and_then(|a| paying.get_mut(a)) {
+            v.push((o.txid.clone(), o.vout as i32, o.tainted_value as f64));
+        }
+    }
+    part.exits = run
+        .exits
+        .iter()
+        .map(|e| ExitRow {
+            outputs: paying.remove(e.address.as_str()).unwrap_or_default(),
+            first: None,
+            chain: "btc".into(),
+            address: e.address.clone(),
+            asset: "BTC".into(),
+            label: e.label.clone(),
+            category: e.category.clone(),
+            value: e.tainted_value as f64,
+            min_hop: i64::from(e.min_hop),
+        })
+        .collect();
+    part.unknown_seeds = run.unknown_seeds.clone();
+    Ok(())
+}
+
+/// Whether a Bitcoin run resumes: the previous run's state, or why not.
+struct ResumePlan {
+    state: Option<ferret_kernels::taint::resume::ResumeState>,
+    previous: Option<String>,
+    why: String,
+}
+
+async fn resume_plan(
+    wh: &Warehouse,
+    case: &Case,
+    heads: &BTreeMap<String, LatestRun>,
+    labels_run: Option<&str>,
+    full: bool,
+) -> Result<ResumePlan> {
+    let no = |why: &str| {
+        Ok(ResumePlan {
+            state: None,
+            previous: None,
+            why: why.to_string(),
+        })
+    };
+    if full {
+        return no("asked for (--full)");
+    }
+    let Some(prev) = heads.get(&case_job(&case.name, "runs")) else {
+        return no("the case's first run");
+    };
+    let Some(rec) = prev.params.as_ref() else {
+        return no("the previous run kept no record");
+    };
+    let Some(meta) = rec.pointer("/btc_taint/state") else {
+        return no("the previous run kept no Bitcoin state");
+    };
+    if rec.get("case_sha256").and_then(|v| v.as_str()) != Some(case.sha256.as_str()) {
+        return no("the case file changed since the previous run");
+    }
+    if rec.get("labels_run").and_then(|v| v.as_str()) != labels_run {
+        return no("the labels changed since the previous run");
+    }
+    let (Some(h), Some(hash)) = (
+        rec.pointer("/tips/btc/height").and_then(|v| v.as_u64()),
+        rec.pointer("/tips/btc/hash").and_then(|v| v.as_str()),
+    ) else {
+        return no("the previous run read no Bitcoin tip");
+    };
+    if meta.get("height").and_then(|v| v.as_u64()) != Some(h) {
+        return no("the previous run's state is not at its tip");
+    }
+    if btc_block_hash(wh, h).await?.as_deref() != Some(hash) {
+        tracing::info!(case = %case.name, height = h, "the previous run's tip is no longer on the chain: taint runs from scratch");
+        return no("a reorg replaced the previous run's tip");
+    }
+    let files = |t: &str| run_files(heads, &case.name, t, &prev.run_id);
+    let state =
+        crate::state::load(wh, &case.name, meta, &files("state"), &files("state_exits")).await?;
+    Ok(ResumePlan {
+        state: Some(state),
+        previous: Some(prev.run_id.clone()),
+        why: String::new(),
+    })
+}
+
+/// The hash of the Bitcoin block at `height` on the indexed chain, if it has one.
+async fn btc_block_hash(wh: &Warehouse, height: u64) -> Result<Option<String>> {
+    let Some(m) = wh.load_manifest(Chain::Btc).await? else {
+        return Ok(None);
+    };
+    for f in m
+        .files_of("blocks")
+        .filter(|f| f.first_height <= height && height <= f.last_height)
+    {
+        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
+            let (Some(hs), Some(xs)) = (
+                b.column(0).as_primitive_opt::<Int64Type>(),
+                b.column(1).as_string_opt::<i32>(),
+            ) else {
+                return Err(Error::Query(format!("{}: not a blocks table", f.path)));
+            };
+            for i in 0..b.num_rows() {
+                if hs.value(i) == height as i64 {
+                    return Ok(Some(xs.value(i).to_string()));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 async fn eth_part(

@@ -129,6 +129,10 @@ pub struct CaseRunArgs {
     /// later).
     #[arg(long)]
     no_deliver: bool,
+    /// Trace Bitcoin from the first block even where the previous run's state would let
+    /// this run read only the new blocks.
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Args)]
@@ -183,7 +187,7 @@ pub async fn case_cmd(c: CaseCmd) -> Result<()> {
             let case = ferret_cases::load(&a.case.file)?;
             let wh = Warehouse::open_existing(&a.case.wh.warehouse)?;
             let backend = ferret_kernels::device::select(a.device)?;
-            let r = ferret_cases::run_case(&wh, &case, &backend)
+            let r = ferret_cases::run::run_case_with(&wh, &case, &backend, a.full)
                 .await
                 .with_context(|| format!("running case `{}`", case.name))?;
             let tips: Vec<String> = r
@@ -206,6 +210,9 @@ pub async fn case_cmd(c: CaseCmd) -> Result<()> {
                     .as_ref()
                     .map_or(" (first run)".to_string(), |p| format!(" against run {p}"))
             );
+            for (chain, mode) in &r.taint_modes {
+                println!("{chain} taint: {mode}");
+            }
             for h in &r.held_clusters {
                 println!(
                     "not expanded: seed {} is in {} cluster {} of {} addresses (above max_cluster_size: an exchange's or a service's?)",

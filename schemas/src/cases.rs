@@ -176,10 +176,69 @@ pub fn case_paths_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of a case's `state`: what the next run resumes Bitcoin forward taint from
+/// (docs/cases.md, "Incremental runs"). One row per output that has a `taint` row (with
+/// the output its proof path steps back to) or that was tainted and unspent at the run's
+/// tip (with its node's values in the three passes).
+pub fn case_state_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            // btc.outputs.output_id
+            Field::new("output_id", DataType::Int64, false),
+            // Whether the output has a row in the run's `taint`.
+            Field::new("in_taint", DataType::Boolean, false),
+            // The output a proof path steps back to (NULL at hop 0).
+            Field::new("pred_output_id", DataType::Int64, true),
+            // Set when the output was unspent at the tip: its node (tx_index, or
+            // output_id under fifo) and the node's values.
+            Field::new("node", DataType::Int64, true),
+            // Hop-limited pass: the first step with taint (NULL: none) and the
+            // fraction at each step from it on (the last holds beyond).
+            Field::new("limited_hop", DataType::Int32, true),
+            Field::new(
+                "limited_steps",
+                DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+                true,
+            ),
+            Field::new("all_fraction", DataType::Float32, true),
+            Field::new("all_hop", DataType::Int32, true),
+            Field::new("open_fraction", DataType::Float32, true),
+            Field::new("open_hop", DataType::Int32, true),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of a case's `state_exits`: per exit address, the sums the next run adds to:
+/// along paths within the hop limit, along every path, along every path with the
+/// CoinJoins passing nothing (value, outputs, smallest hop).
+pub fn case_state_exits_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let mut f = vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+        ];
+        for pass in ["limited", "all", "open"] {
+            f.push(Field::new(format!("{pass}_value"), DataType::Int64, false));
+            f.push(Field::new(
+                format!("{pass}_outputs"),
+                DataType::Int64,
+                false,
+            ));
+            f.push(Field::new(format!("{pass}_min_hop"), DataType::Int32, true));
+        }
+        f.push(Field::new("run_id", DataType::Utf8, false));
+        Arc::new(Schema::new(f))
+    });
+    S.clone()
+}
+
 /// The tables of a case: name in the case (its job is `cases/{case}/{name}`, its SQL
 /// table `case_{name}`) and schema.
-pub fn case_tables() -> [(&'static str, SchemaRef); 9] {
-    static T: LazyLock<[(&'static str, SchemaRef); 9]> = LazyLock::new(|| {
+pub fn case_tables() -> [(&'static str, SchemaRef); 11] {
+    static T: LazyLock<[(&'static str, SchemaRef); 11]> = LazyLock::new(|| {
         [
             ("runs", case_runs_schema()),
             ("taint", with_case(&taint_schema())),
@@ -190,6 +249,8 @@ pub fn case_tables() -> [(&'static str, SchemaRef); 9] {
             ("alerts", case_alerts_schema()),
             ("flows", case_flows_schema()),
             ("paths", case_paths_schema()),
+            ("state", case_state_schema()),
+            ("state_exits", case_state_exits_schema()),
         ]
     });
     T.clone()
