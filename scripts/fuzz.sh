@@ -64,6 +64,10 @@ put("labels_parse", "csv", b"\x00address,label,category,source,confidence\n"
 put("case_parse", "full", b'name = "pig-1"\nchains = ["btc", "eth"]\nschedule = "*/15 6-18 * jan-jun mon-fri"\n'
     b'[seeds]\naddresses = ["1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"]\ncategories = ["scam"]\nfiles = ["seeds.txt"]\n'
     b'[taint]\npolicy = "poison"\nhops = 6\nstop_at = ["exchange"]\n[alerts]\njsonl = "a.jsonl"\nmin_increase = 5\n')
+# ... and the same as YAML (every input is read both ways).
+put("case_parse", "yaml", b'name: pig-1\nchains: [btc, eth]\nschedule: "*/15 6-18 * jan-jun mon-fri"\n'
+    b'seeds:\n  addresses:\n    - 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa\n  categories: [scam]\n  files: [seeds.txt]\n'
+    b"taint:\n  policy: poison\n  hops: 6\n  stop_at: ['exchange']\nalerts:\n  jsonl: a.jsonl\n  min_increase: 5\n")
 # eth: a block's result, NUL, its receipts' results.
 rpc = os.path.join(fx, "eth", "rpc")
 receipts = [json.load(open(p)).get("result") for p in

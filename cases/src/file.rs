@@ -168,12 +168,20 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 
 struct Ctx<'a> {
     path: &'a Path,
+    /// The TOML text validated (for a YAML file, its TOML form).
     src: &'a str,
+    /// A YAML file's line and column per line of `src`.
+    lines: Option<&'a [crate::yaml::LinePos]>,
 }
 
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, reason: impl Into<String>) -> Error {
-        let (line, column) = line_col(self.src, span.start);
+        let (mut line, mut column) = line_col(self.src, span.start);
+        if let Some(map) = self.lines {
+            (line, column) = map
+                .get(line.saturating_sub(1))
+                .map_or((1, 1), |p| p.at(column));
+        }
         Error::CaseFile {
             path: self.path.to_path_buf(),
             line,
@@ -222,9 +230,43 @@ pub fn load(path: &Path) -> Result<Case> {
     parse(path, src)
 }
 
-/// Validates a case file's text (`path` names it in errors and anchors seed files).
+/// Whether `path` names a YAML case file (`.yaml`, `.yml`); others are TOML.
+pub fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml"))
+}
+
+/// Validates a case file's text (`path` names it in errors, anchors seed files and says
+/// whether it is YAML or TOML).
 pub fn parse(path: &Path, src: &str) -> Result<Case> {
-    let cx = Ctx { path, src };
+    if is_yaml(path) {
+        let c = crate::yaml::to_toml(src).map_err(|(line, column, reason)| Error::CaseFile {
+            path: path.to_path_buf(),
+            line,
+            column,
+            reason,
+        })?;
+        let cx = Ctx {
+            path,
+            src: &c.toml,
+            lines: Some(&c.lines),
+        };
+        return parse_in(&cx, src);
+    }
+    parse_in(
+        &Ctx {
+            path,
+            src,
+            lines: None,
+        },
+        src,
+    )
+}
+
+/// Validates `cx`'s TOML; `original` is the file's text (its SHA-256 is the case's).
+fn parse_in(cx: &Ctx<'_>, original: &str) -> Result<Case> {
+    let (path, src) = (cx.path, cx.src);
     let raw: RawCase = toml::from_str(src).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         cx.err(span, e.message().to_string())
@@ -271,7 +313,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Case> {
         taint,
         alerts,
         path: path.to_path_buf(),
-        sha256: hex(&Sha256::digest(src.as_bytes())),
+        sha256: hex(&Sha256::digest(original.as_bytes())),
     })
 }
 
@@ -624,6 +666,147 @@ mod tests {
             Err(e) => panic!("not a case file error: {e}"),
             Ok(_) => panic!("accepted:\n{src}"),
         }
+    }
+
+    fn yaml(src: &str) -> Result<Case> {
+        parse(Path::new("/cases/x.yaml"), src)
+    }
+
+    fn yaml_error(src: &str) -> (usize, usize, String) {
+        match yaml(src) {
+            Err(Error::CaseFile {
+                line,
+                column,
+                reason,
+                ..
+            }) => (line, column, reason),
+            Err(e) => panic!("not a case file error: {e}"),
+            Ok(_) => panic!("accepted:\n{src}"),
+        }
+    }
+
+    #[test]
+    fn a_yaml_case_is_the_toml_case() {
+        let txid = "Ab".repeat(32);
+        let toml = case(&format!(
+            r#"
+name = "pig-1"
+description = "hotline: \"quoted\" \\ and more"
+chains = ["btc", "eth"]
+schedule = "0 6 * * *"
+
+[seeds]
+addresses = ["{BTC}", "{ETH}"]
+txids = ["{txid}"]
+categories = ["scam"]
+
+[taint]
+policy = "poison"
+hops = 4
+min_value = 1000
+stop_at = ["exchange"]
+
+[alerts]
+jsonl = "out/alerts.jsonl"
+watch = ["{ETH}"]
+min_increase = 5
+"#
+        ))
+        .expect("toml");
+        // The same in YAML: tables before values, flow and block lists, quoting styles.
+        let y = yaml(&format!(
+            r#"# the hotline case
+seeds:
+  addresses:
+    - {BTC}
+    - "{ETH}"
+  txids: ['{txid}']
+  categories: [scam]
+name: pig-1
+description: 'hotline: "quoted" \ and more'
+chains: [btc, eth]
+schedule: "0 6 * * *"
+taint:
+  policy: poison
+  hops: 4
+  min_value: 1000
+  stop_at:
+    - exchange
+alerts:
+  jsonl: out/alerts.jsonl
+  watch: [{ETH}]
+  min_increase: 5
+"#
+        ))
+        .expect("yaml");
+        assert_eq!(y.params(), toml.params());
+        assert_eq!(y.name, "pig-1");
+        assert_eq!(y.description, toml.description);
+        assert_ne!(y.sha256, toml.sha256, "the hash is the YAML file's");
+    }
+
+    #[test]
+    fn yaml_errors_name_the_yaml_line_and_column() {
+        // An unknown key in a table.
+        let (l, c, r) = yaml_error(
+            "name: a\nchains: [btc]\nseeds:\n  categories: [scam]\ntaint:\n  polcy: poison\n",
+        );
+        assert_eq!((l, c), (6, 3), "{r}");
+        assert!(r.contains("polcy"), "{r}");
+        // A bad address inside a block list: the item's own line and column.
+        let (l, c, r) = yaml_error(&format!(
+            "name: a\nchains: [btc]\nseeds:\n  addresses:\n    - {BTC}\n    - 1NotAnAddress\n"
+        ));
+        assert_eq!((l, c), (6, 7), "{r}");
+        // A bad value type.
+        let (l, _, r) = yaml_error(
+            "name: a\nchains: [btc]\nseeds:\n  categories: [scam]\ntaint:\n  hops: many\n",
+        );
+        assert_eq!(l, 6, "{r}");
+        // Syntax.
+        let (l, _, r) = yaml_error("name: a\nchains: [btc\n");
+        assert!(l >= 2, "{l}: {r}");
+        // Duplicate keys.
+        let (l, _, r) =
+            yaml_error("name: a\nchains: [btc]\nname: b\nseeds:\n  categories: [scam]\n");
+        assert_eq!(l, 3, "{r}");
+    }
+
+    #[test]
+    fn hostile_yaml_is_refused_before_it_costs_anything() {
+        // The billion laughs: aliases and anchors are refused outright.
+        let laughs = "a: &a [\"lol\",\"lol\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n";
+        let (l, _, r) = yaml_error(laughs);
+        assert_eq!(l, 1, "{r}");
+        assert!(r.contains("anchors"), "{r}");
+        let (_, _, r) = yaml_error("name: *x\n");
+        assert!(!r.is_empty());
+        for (src, want) in [
+            ("name: !!binary aGVsbG8=\n", "tags"),
+            ("name: a\n---\nname: b\n", "one YAML document"),
+            ("- a\n- b\n", "mapping"),
+            (
+                "name: a\nseeds:\n  deep:\n    deeper: [x]\n",
+                "nested too deep",
+            ),
+            (
+                "name: a\nseeds:\n  deep:\n    deeper: x\n",
+                "table inside a table",
+            ),
+            ("name: a\nchains: [[btc]]\n", "a list holds values"),
+            ("name: ~\n", "empty value"),
+            ("", "mapping"),
+        ] {
+            let (_, _, r) = yaml_error(src);
+            assert!(r.contains(want), "{src:?}: {r}");
+        }
+        // Nesting is bounded before recursion goes deep.
+        let deep = format!("a: {}x{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let (_, _, r) = yaml_error(&deep);
+        assert!(
+            r.contains("nested too deep") || r.contains("recursion limit"),
+            "{r}"
+        );
     }
 
     #[test]

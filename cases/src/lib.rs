@@ -17,6 +17,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod state;
+mod yaml;
 
 pub use file::{Case, load};
 pub use run::{RunReport, run_case};

@@ -18,7 +18,8 @@ use crate::deliver::{Delivered, Retry, deliver};
 use crate::file::Case;
 use crate::{Error, Result, run_case};
 
-/// The cases of a directory: every `*.toml` in it (not below), by file name. A file that
+/// The cases of a directory: every `*.toml`, `*.yaml` and `*.yml` in it (not below), by
+/// file name. A file that
 /// does not load is an error naming it; two files naming one case are refused.
 pub fn load_dir(dir: &Path) -> Result<Vec<Case>> {
     let io = |source| Error::Io {
@@ -28,7 +29,9 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .filter(|p| {
+            (p.extension().is_some_and(|x| x == "toml") || crate::file::is_yaml(p)) && p.is_file()
+        })
         .collect();
     paths.sort();
     let mut cases: Vec<Case> = Vec::new();

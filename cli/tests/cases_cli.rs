@@ -1156,6 +1156,27 @@ fn case_files_and_schedules_from_the_command_line() {
         "{err}"
     );
     std::fs::remove_file(dir.join("typo.toml")).expect("rm");
+    // The same in a YAML case file: its own line and column.
+    std::fs::write(
+        dir.join("typo.yaml"),
+        "name: typo\nchains: [btc]\nseeds:\n  categories: [scam]\n  adresses: []\n",
+    )
+    .expect("write");
+    let (ok, _, err) = run(&[
+        "jobs",
+        "run",
+        "--config",
+        dir.to_str().expect("utf8"),
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !ok && err.contains("typo.yaml:5:3") && err.contains("unknown field `adresses`"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("typo.yaml")).expect("rm");
     // A seed category no label has: refused, nothing committed.
     std::fs::write(
         tmp.path().join("nope.toml"),
@@ -1185,9 +1206,10 @@ fn case_files_and_schedules_from_the_command_line() {
         ) + &format!("[alerts]\nwebhook = \"{}\"\n", rx.url),
     )
     .expect("write");
+    // A YAML case file (loaded with the others; unscheduled, so never run here).
     std::fs::write(
-        dir.join("manual.toml"),
-        case("manual", "", "categories = [\"scam\"]"),
+        dir.join("manual.yml"),
+        "name: manual\nchains: [btc]\nseeds:\n  categories: [scam]\ntaint:\n  stop_at: [exchange]\n",
     )
     .expect("write");
     let d = dir.to_str().expect("utf8");

@@ -130,13 +130,16 @@ pub fn case_parse(data: &[u8]) {
         "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa\n",
     )
     .expect("write");
-    let path = dir.join("case.toml");
-    std::fs::write(&path, data).expect("write");
-    if let Ok(c) = ferret_cases::file::load(&path) {
-        let _ = c.params();
-        if let Some(cron) = &c.schedule {
-            let t = chrono::DateTime::from_timestamp(1_796_600_000, 0).unwrap_or_default();
-            let _ = cron.next_after(t);
+    // The same bytes as a TOML and as a YAML case file.
+    for name in ["case.toml", "case.yaml"] {
+        let path = dir.join(name);
+        std::fs::write(&path, data).expect("write");
+        if let Ok(c) = ferret_cases::file::load(&path) {
+            let _ = c.params();
+            if let Some(cron) = &c.schedule {
+                let t = chrono::DateTime::from_timestamp(1_796_600_000, 0).unwrap_or_default();
+                let _ = cron.next_after(t);
+            }
         }
     }
 }
@@ -325,6 +328,14 @@ pub fn seeds(target: &str, fixtures: &Path) -> Vec<Vec<u8>> {
                     .to_vec(),
             );
             out.push(b"name = \"c\"\nchains = [\"btc\"]\nschedule = \"@daily\"\n[seeds]\ncategories = [\"s\"]\n".to_vec());
+            // YAML, with what hostile YAML tries (anchors, aliases, tags, documents).
+            out.push(
+                b"name: pig-1\nchains: [btc, eth]\nschedule: '@daily'\nseeds:\n  addresses:\n    - 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa\n\
+                  \x20 categories: [scam]\n  files: [seeds.txt]\ntaint:\n  policy: poison\n  hops: 6\n  min_value: 0x10\n\
+                  alerts:\n  jsonl: \"a.jsonl\"\n  watch: [1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa]\n"
+                    .to_vec(),
+            );
+            out.push(b"a: &a [x, x]\nb: [*a, *a]\nc: !!str d\n---\nname: e\n".to_vec());
         }
         _ => {}
     }
