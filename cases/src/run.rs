@@ -101,7 +101,8 @@ struct ChainPart {
     /// How the taint ran (the record's `{chain}_taint`), and the state it leaves.
     resume: Option<serde_json::Value>,
     mode: Option<String>,
-    state: Option<(RecordBatch, RecordBatch)>,
+    /// The resume state's tables (`state`, `state_exits`, `state_meta`).
+    state: Vec<(&'static str, RecordBatch)>,
 }
 
 fn chain_of(name: &str) -> Result<Chain> {
@@ -258,9 +259,8 @@ pub async fn run_case_with(
             "exits",
             with_case(&case.name, "exits", p.exits_batch.as_ref())?,
         ));
-        if let Some((state, exits)) = &p.state {
-            tables.push(("state", state.clone()));
-            tables.push(("state_exits", exits.clone()));
+        for (t, b) in &p.state {
+            tables.push((t, b.clone()));
         }
     }
     if let Some(p) = parts.get("eth") {
@@ -665,17 +665,39 @@ async fn btc_part(
         }
         part.paths =
             crate::evidence::btc_paths(&run.outputs, &resumed.state.walk, &run.exits, true)?;
-        part.state = Some(crate::state::batches(&case.name, run_id, &resumed.state)?);
+        let (state, state_exits) = crate::state::batches(&case.name, run_id, &resumed.state)?;
+        let meta = crate::state::meta_batch(
+            &case.name,
+            run_id,
+            (part.tip.0, part.tip.1.as_deref()),
+            labels_run,
+            &case.sha256,
+            &resumed.state,
+        )?;
+        part.state = vec![
+            ("state", state),
+            ("state_exits", state_exits),
+            ("state_meta", meta),
+        ];
+        let latest = heads
+            .get(&case_job(&case.name, "runs"))
+            .map(|r| r.run_id.as_str());
         part.mode = Some(match (&plan.previous, resumed.from) {
-            (Some(_), Some(h)) => format!("incremental: blocks above height {h}"),
+            (Some(p), Some(h)) if Some(p.as_str()) == latest => {
+                format!("incremental: blocks above height {h}")
+            }
+            (Some(p), Some(h)) => format!(
+                "incremental: blocks above height {h}, from run {p} ({})",
+                plan.why
+            ),
             (Some(_), None) => "incremental: every block".into(),
             (None, _) => format!("full: {}", plan.why),
         });
         part.resume = Some(serde_json::json!({
             "mode": if plan.previous.is_some() { "incremental" } else { "full" },
             "from_height": resumed.from,
-            "why_full": plan.previous.is_none().then_some(plan.why.as_str()),
-            "state": crate::state::meta(&resumed.state),
+            "from_run": plan.previous,
+            "why": (!plan.why.is_empty()).then_some(plan.why.as_str()),
         }));
         finish_btc(&mut part, &run, run_id)?;
     } else {
@@ -684,7 +706,7 @@ async fn btc_part(
         let run = ferret_kernels::taint::job::run_on_graph(&g, backend, &job, labels)?;
         drop(g);
         part.mode = Some("full: backward taint".into());
-        part.resume = Some(serde_json::json!({"mode": "full", "why_full": "backward taint"}));
+        part.resume = Some(serde_json::json!({"mode": "full", "why": "backward taint"}));
         finish_btc(&mut part, &run, run_id)?;
     }
     let (members, clusters_run) = members(
@@ -754,52 +776,86 @@ async fn resume_plan(
     labels_run: Option<&str>,
     full: bool,
 ) -> Result<ResumePlan> {
-    let no = |why: &str| {
+    let no = |why: String| {
         Ok(ResumePlan {
             state: None,
             previous: None,
-            why: why.to_string(),
+            why,
         })
     };
     if full {
-        return no("asked for (--full)");
+        return no("asked for (--full)".into());
     }
-    let Some(prev) = heads.get(&case_job(&case.name, "runs")) else {
-        return no("the case's first run");
+    let Some(kept) = heads.get(&case_job(&case.name, "state_meta")) else {
+        return no(if heads.contains_key(&case_job(&case.name, "runs")) {
+            "no earlier run kept a Bitcoin state".into()
+        } else {
+            "the case's first run".into()
+        });
     };
-    let Some(rec) = prev.params.as_ref() else {
-        return no("the previous run kept no record");
-    };
-    let Some(meta) = rec.pointer("/btc_taint/state") else {
-        return no("the previous run kept no Bitcoin state");
-    };
-    if rec.get("case_sha256").and_then(|v| v.as_str()) != Some(case.sha256.as_str()) {
-        return no("the case file changed since the previous run");
+    // The newest run whose state still holds: same case file, same labels, its tip still
+    // on the chain. Why the newer ones do not, for the record.
+    let mut why: Option<String> = None;
+    let mut hashes: HashMap<u64, Option<String>> = HashMap::new();
+    for f in kept.files.iter().rev() {
+        for m in crate::state::read_meta(wh, &case.name, f).await? {
+            let reason = if m.chain != "btc" {
+                continue;
+            } else if m.case_sha256 != case.sha256 {
+                Some("the case file changed")
+            } else if m.labels_run.as_deref() != labels_run {
+                Some("the labels changed")
+            } else if m.state.get("format").and_then(|v| v.as_u64())
+                != Some(u64::from(ferret_kernels::taint::resume::STATE_FORMAT))
+            {
+                Some("its state is of another format")
+            } else {
+                match (m.height, &m.hash) {
+                    (Some(h), Some(hash)) => {
+                        let on_chain = match hashes.get(&h) {
+                            Some(x) => x.clone(),
+                            None => {
+                                let x = btc_block_hash(wh, h).await?;
+                                hashes.insert(h, x.clone());
+                                x
+                            }
+                        };
+                        (on_chain.as_deref() != Some(hash.as_str()))
+                            .then_some("a reorg replaced its tip")
+                    }
+                    _ => Some("it read no Bitcoin tip"),
+                }
+            };
+            if let Some(r) = reason {
+                why.get_or_insert_with(|| format!("run {}: {r}", m.run_id));
+                continue;
+            }
+            if m.state.get("height").and_then(|v| v.as_u64()) != m.height {
+                return Err(Error::Damaged {
+                    case: case.name.clone(),
+                    reason: format!(
+                        "run {}: its state is not at its tip (run with --full)",
+                        m.run_id
+                    ),
+                });
+            }
+            let files = |t: &str| run_files(heads, &case.name, t, &m.run_id);
+            let state = crate::state::load(
+                wh,
+                &case.name,
+                &m.state,
+                &files("state"),
+                &files("state_exits"),
+            )
+            .await?;
+            return Ok(ResumePlan {
+                state: Some(state),
+                previous: Some(m.run_id),
+                why: why.unwrap_or_default(),
+            });
+        }
     }
-    if rec.get("labels_run").and_then(|v| v.as_str()) != labels_run {
-        return no("the labels changed since the previous run");
-    }
-    let (Some(h), Some(hash)) = (
-        rec.pointer("/tips/btc/height").and_then(|v| v.as_u64()),
-        rec.pointer("/tips/btc/hash").and_then(|v| v.as_str()),
-    ) else {
-        return no("the previous run read no Bitcoin tip");
-    };
-    if meta.get("height").and_then(|v| v.as_u64()) != Some(h) {
-        return no("the previous run's state is not at its tip");
-    }
-    if btc_block_hash(wh, h).await?.as_deref() != Some(hash) {
-        tracing::info!(case = %case.name, height = h, "the previous run's tip is no longer on the chain: taint runs from scratch");
-        return no("a reorg replaced the previous run's tip");
-    }
-    let files = |t: &str| run_files(heads, &case.name, t, &prev.run_id);
-    let state =
-        crate::state::load(wh, &case.name, meta, &files("state"), &files("state_exits")).await?;
-    Ok(ResumePlan {
-        state: Some(state),
-        previous: Some(prev.run_id.clone()),
-        why: String::new(),
-    })
+    no(why.unwrap_or_else(|| "no earlier run kept a Bitcoin state".into()))
 }
 
 /// The hash of the Bitcoin block at `height` on the indexed chain, if it has one.

@@ -441,3 +441,80 @@ pub async fn btc_flows(wh: &Warehouse, files: &[String]) -> Result<Vec<Flow>> {
     }
     Ok(out)
 }
+
+/// The `state_meta` row of a run's state.
+pub fn meta_batch(
+    case: &str,
+    run_id: &str,
+    tip: (Option<u64>, Option<&str>),
+    labels_run: Option<&str>,
+    case_sha256: &str,
+    st: &ResumeState,
+) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        ferret_schemas::cases::case_state_meta_schema(),
+        vec![
+            strs(1, case),
+            strs(1, "btc"),
+            Arc::new(Int64Array::from(vec![tip.0.map(|h| h as i64)])),
+            Arc::new(StringArray::from(vec![tip.1])),
+            Arc::new(StringArray::from(vec![labels_run])),
+            strs(1, case_sha256),
+            strs(1, &meta(st).to_string()),
+            strs(1, run_id),
+        ],
+    )?)
+}
+
+/// One `state_meta` row.
+pub struct MetaRow {
+    pub chain: String,
+    pub height: Option<u64>,
+    pub hash: Option<String>,
+    pub labels_run: Option<String>,
+    pub case_sha256: String,
+    pub state: serde_json::Value,
+    pub run_id: String,
+}
+
+/// The `state_meta` rows of one file.
+pub async fn read_meta(wh: &Warehouse, case: &str, file: &str) -> Result<Vec<MetaRow>> {
+    let damaged = |reason: String| Error::Damaged {
+        case: case.to_string(),
+        reason: format!("{file}: {reason}"),
+    };
+    let mut out = Vec::new();
+    for b in wh.read_file(file).await? {
+        let t = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| damaged(format!("no text column `{n}`")))
+        };
+        let (chain, hash, labels, sha, state, run) = (
+            t("chain")?,
+            t("hash")?,
+            t("labels_run")?,
+            t("case_sha256")?,
+            t("state")?,
+            t("run_id")?,
+        );
+        let height = b
+            .column_by_name("height")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| damaged("no column `height`".into()))?;
+        for i in 0..b.num_rows() {
+            let text = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
+            out.push(MetaRow {
+                chain: chain.value(i).to_string(),
+                height: (!height.is_null(i)).then(|| height.value(i) as u64),
+                hash: text(hash),
+                labels_run: text(labels),
+                case_sha256: sha.value(i).to_string(),
+                state: serde_json::from_str(state.value(i))
+                    .map_err(|e| damaged(format!("state of run {}: {e}", run.value(i))))?,
+                run_id: run.value(i).to_string(),
+            });
+        }
+    }
+    Ok(out)
+}

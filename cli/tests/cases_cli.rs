@@ -1684,7 +1684,15 @@ fn incremental_case_runs_equal_runs_from_scratch() {
             f.to_string_lossy().into_owned()
         })
         .collect();
-    let tables = ["taint", "exits", "flows", "paths", "state", "state_exits"];
+    let tables = [
+        "taint",
+        "exits",
+        "flows",
+        "paths",
+        "state",
+        "state_exits",
+        "state_meta",
+    ];
     let rows = |w: &str, case: &str, table: &str| {
         let run = sql(
             w,
@@ -1696,10 +1704,11 @@ fn incremental_case_runs_equal_runs_from_scratch() {
             &format!(
                 "SELECT * EXCLUDE (\"case\", run_id{extra} FROM case_{table} WHERE \"case\" = '{case}' AND run_id = '{run}' ORDER BY 1, 2, 3, 4",
                 // CSV has no lists: the steps as text.
-                extra = if table == "state" {
-                    ", limited_steps), array_to_string(limited_steps, ';') AS steps"
-                } else {
-                    ")"
+                extra = match table {
+                    "state" => ", limited_steps), array_to_string(limited_steps, ';') AS steps",
+                    // Each warehouse has its own labels run id.
+                    "state_meta" => ", labels_run)",
+                    _ => ")",
                 }
             ),
         )
@@ -1862,10 +1871,19 @@ fn a_reorg_below_the_previous_run_is_recomputed() {
     write_blocks_dir(&late, std::slice::from_ref(&fork.all));
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
     let fresh = tmp.path().join("fresh").to_string_lossy().into_owned();
-    index_to(&early, &wh, None);
-    prepare(&wh, &labels);
     index_to(&late, &fresh, None);
     prepare(&fresh, &labels);
+    // The branch's tip height, from a scratch index of it.
+    let probe = tmp.path().join("probe").to_string_lossy().into_owned();
+    index_to(&early, &probe, None);
+    let branch_tip: u64 = sql(&probe, "SELECT max(height) FROM btc.blocks")[0]
+        .parse()
+        .expect("height");
+    // A run well below the fork (kept: the one a later run resumes from), then one on
+    // the branch.
+    let below = branch_tip - 6;
+    index_to(&early, &wh, Some(below));
+    prepare(&wh, &labels);
     // Watch the address with the most transactions in the final chain.
     let watch = sql(&fresh, "SELECT address FROM btc.outputs WHERE address IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")[0].clone();
     let case = tmp.path().join("c.toml");
@@ -1877,22 +1895,38 @@ fn a_reorg_below_the_previous_run_is_recomputed() {
     let c = case.to_str().expect("utf8");
     let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
     assert!(ok, "{err}");
+    index_to(&early, &wh, None);
+    prepare(&wh, &labels);
+    let (ok, out, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "btc taint: incremental: blocks above height {below}\n"
+        )),
+        "{out}"
+    );
     assert_eq!(
-        sql(&wh, "SELECT btc_tip_hash FROM case_runs"),
+        sql(
+            &wh,
+            "SELECT btc_tip_hash FROM case_runs ORDER BY started_at DESC LIMIT 1"
+        ),
         [fork.s2.to_string()],
-        "the first run read the branch"
+        "the second run read the branch"
     );
     index_to(&late, &wh, None);
     prepare(&wh, &labels);
     let (ok, out, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
     assert!(ok, "{err}");
+    // Resumed from the run below the fork: the blocks the reorg touched are read again.
     assert!(
-        out.contains("btc taint: full: a reorg replaced the previous run's tip"),
+        out.contains(&format!(
+            "btc taint: incremental: blocks above height {below}, from run"
+        )) && out.contains("a reorg replaced its tip"),
         "{out}"
     );
     let (ok, _, err) = run(&["case", "run", c, "--warehouse", &fresh, "--device", "cpu"]);
     assert!(ok, "{err}");
-    let run2 = sql(&wh, "SELECT run_id FROM case_runs ORDER BY started_at")[1].clone();
+    let run2 = sql(&wh, "SELECT run_id FROM case_runs ORDER BY started_at")[2].clone();
     assert_eq!(
         sql(
             &wh,

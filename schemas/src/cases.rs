@@ -235,10 +235,31 @@ pub fn case_state_exits_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of a case's `state_meta`: one row per run that kept a resume state, with what
+/// the state depends on (a later run resumes from the newest whose tip is still on the
+/// chain, read with the same case file and labels).
+pub fn case_state_meta_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("chain", DataType::Utf8, false),
+            // The tip the state is at.
+            Field::new("height", DataType::Int64, true),
+            Field::new("hash", DataType::Utf8, true),
+            Field::new("labels_run", DataType::Utf8, true),
+            Field::new("case_sha256", DataType::Utf8, false),
+            // The rest of the state as JSON (ids after the tip, seeds found, counts).
+            Field::new("state", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
 /// The tables of a case: name in the case (its job is `cases/{case}/{name}`, its SQL
 /// table `case_{name}`) and schema.
-pub fn case_tables() -> [(&'static str, SchemaRef); 11] {
-    static T: LazyLock<[(&'static str, SchemaRef); 11]> = LazyLock::new(|| {
+pub fn case_tables() -> [(&'static str, SchemaRef); 12] {
+    static T: LazyLock<[(&'static str, SchemaRef); 12]> = LazyLock::new(|| {
         [
             ("runs", case_runs_schema()),
             ("taint", with_case(&taint_schema())),
@@ -251,6 +272,7 @@ pub fn case_tables() -> [(&'static str, SchemaRef); 11] {
             ("paths", case_paths_schema()),
             ("state", case_state_schema()),
             ("state_exits", case_state_exits_schema()),
+            ("state_meta", case_state_meta_schema()),
         ]
     });
     T.clone()
