@@ -193,6 +193,19 @@ impl PoolWalk {
         }
     }
 
+    /// A walk resumed from a balance and share (a resumed run's address state).
+    pub(super) fn resumed(flags: u32, min: Frac, b: frac::U256, f: Frac) -> Self {
+        let mut w = Self::new(flags, min);
+        w.b = b;
+        w.f = f;
+        w
+    }
+
+    /// The balance and share now.
+    pub(super) fn state(&self) -> (frac::U256, Frac) {
+        (self.b, self.f)
+    }
+
     /// A transfer of `a` in, carrying the tainted share `phi` (the last step's).
     pub(super) fn arrive(&mut self, a: &frac::U256, phi: Frac) {
         let s = frac::add(&self.b, a);

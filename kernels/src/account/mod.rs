@@ -30,6 +30,7 @@ pub mod deposit;
 pub mod frac;
 pub mod job;
 mod records;
+pub mod resume;
 pub mod stored;
 pub mod stored_deposit;
 
