@@ -183,7 +183,19 @@ pub async fn run_case_with(
                     )
                     .await?
                 }
-                _ => eth_part(wh, case, backend, &run_id, &labels[chain], &heads).await?,
+                _ => {
+                    eth_part(
+                        wh,
+                        case,
+                        backend,
+                        &run_id,
+                        &labels[chain],
+                        &heads,
+                        labels_run.as_deref(),
+                        full,
+                    )
+                    .await?
+                }
             };
             parts.insert(chain.clone(), part);
         }
@@ -259,9 +271,6 @@ pub async fn run_case_with(
             "exits",
             with_case(&case.name, "exits", p.exits_batch.as_ref())?,
         ));
-        for (t, b) in &p.state {
-            tables.push((t, b.clone()));
-        }
     }
     if let Some(p) = parts.get("eth") {
         tables.push((
@@ -272,6 +281,18 @@ pub async fn run_case_with(
             "eth_exits",
             with_case(&case.name, "eth_exits", p.exits_batch.as_ref())?,
         ));
+    }
+    // The chains' resume states; `state_meta` gets one file with both chains' rows.
+    let mut state_tables: BTreeMap<&str, Vec<RecordBatch>> = BTreeMap::new();
+    for p in parts.values() {
+        for (t, b) in &p.state {
+            state_tables.entry(t).or_default().push(b.clone());
+        }
+    }
+    for (t, batches) in state_tables {
+        let schema =
+            case_table_schema(t).ok_or_else(|| Error::Query(format!("no case table {t}")))?;
+        tables.push((t, arrow::compute::concat_batches(&schema, &batches)?));
     }
     tables.push(("members", members_batch(&case.name, &run_id, &members)?));
     let flows: Vec<_> = parts.values().flat_map(|p| &p.flows).collect();
@@ -404,6 +425,7 @@ fn record(
         "alerts": r.alerts.len(),
         "held_clusters": r.held_clusters.iter().map(|h| serde_json::json!({"chain": h.chain, "seed": h.seed, "cluster_id": h.cluster_id, "size": h.size})).collect::<Vec<_>>(),
         "btc_taint": parts.get("btc").and_then(|p| p.resume.clone()),
+        "eth_taint": parts.get("eth").and_then(|p| p.resume.clone()),
     })
 }
 
@@ -640,13 +662,29 @@ async fn btc_part(
         tracing::info!(case = %case.name, "no Bitcoin seeds: nothing to trace on btc");
     } else if job.direction == ferret_kernels::taint::Direction::Forward {
         // Forward: resumed from the previous run's state where it still holds.
-        let plan = resume_plan(wh, case, heads, labels_run, full).await?;
-        let resumed = resume_btc(wh, plan.state.as_ref(), &job, labels).await?;
+        let plan = resume_plan(wh, case, heads, labels_run, full, "btc").await?;
+        let state = match &plan.meta {
+            Some(m) => {
+                let files = |t: &str| run_files(heads, &case.name, t, &m.run_id);
+                Some(
+                    crate::state::load(
+                        wh,
+                        &case.name,
+                        &m.state,
+                        &files("state"),
+                        &files("state_exits"),
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let resumed = resume_btc(wh, state.as_ref(), &job, labels).await?;
         let mut run: TaintRun = resumed.run;
-        if let Some(prev) = &plan.previous {
+        if let Some(prev) = plan.previous() {
             let mut outputs =
                 crate::state::taint_rows(wh, &run_files(heads, &case.name, "taint", prev)).await?;
-            let old_walk = plan.state.as_ref().map_or(0, |s| s.walk.len());
+            let old_walk = state.as_ref().map_or(0, |s| s.walk.len());
             if outputs.len() != old_walk {
                 return Err(Error::Damaged {
                     case: case.name.clone(),
@@ -682,23 +720,9 @@ async fn btc_part(
         let latest = heads
             .get(&case_job(&case.name, "runs"))
             .map(|r| r.run_id.as_str());
-        part.mode = Some(match (&plan.previous, resumed.from) {
-            (Some(p), Some(h)) if Some(p.as_str()) == latest => {
-                format!("incremental: blocks above height {h}")
-            }
-            (Some(p), Some(h)) => format!(
-                "incremental: blocks above height {h}, from run {p} ({})",
-                plan.why
-            ),
-            (Some(_), None) => "incremental: every block".into(),
-            (None, _) => format!("full: {}", plan.why),
-        });
-        part.resume = Some(serde_json::json!({
-            "mode": if plan.previous.is_some() { "incremental" } else { "full" },
-            "from_height": resumed.from,
-            "from_run": plan.previous,
-            "why": (!plan.why.is_empty()).then_some(plan.why.as_str()),
-        }));
+        let (line, json) = plan.mode(resumed.from.map(|h| h as i64), latest);
+        part.mode = Some(line);
+        part.resume = Some(json);
         finish_btc(&mut part, &run, run_id)?;
     } else {
         // Backward: new blocks change what earlier outputs came from; from scratch.
@@ -762,52 +786,77 @@ fn finish_btc(
     Ok(())
 }
 
-/// Whether a Bitcoin run resumes: the previous run's state, or why not.
+/// Whether a chain's taint resumes: the earlier run to resume from, or why not.
 struct ResumePlan {
-    state: Option<ferret_kernels::taint::resume::ResumeState>,
-    previous: Option<String>,
+    meta: Option<crate::state::MetaRow>,
     why: String,
 }
 
+impl ResumePlan {
+    fn previous(&self) -> Option<&str> {
+        self.meta.as_ref().map(|m| m.run_id.as_str())
+    }
+
+    /// How the run traced, for `case run` and the record.
+    fn mode(&self, from: Option<i64>, latest: Option<&str>) -> (String, serde_json::Value) {
+        let line = match (self.previous(), from) {
+            (Some(p), Some(h)) if Some(p) == latest => {
+                format!("incremental: blocks above height {h}")
+            }
+            (Some(p), Some(h)) => format!(
+                "incremental: blocks above height {h}, from run {p} ({})",
+                self.why
+            ),
+            (Some(_), None) => "incremental: every block".into(),
+            (None, _) => format!("full: {}", self.why),
+        };
+        let json = serde_json::json!({
+            "mode": if self.meta.is_some() { "incremental" } else { "full" },
+            "from_height": from,
+            "from_run": self.previous(),
+            "why": (!self.why.is_empty()).then_some(self.why.as_str()),
+        });
+        (line, json)
+    }
+}
+
+/// The newest earlier run of the case whose `chain` state still holds: the same case
+/// file and labels, a state of this build's format, its tip still on the chain.
 async fn resume_plan(
     wh: &Warehouse,
     case: &Case,
     heads: &BTreeMap<String, LatestRun>,
     labels_run: Option<&str>,
     full: bool,
+    chain: &str,
 ) -> Result<ResumePlan> {
-    let no = |why: String| {
-        Ok(ResumePlan {
-            state: None,
-            previous: None,
-            why,
-        })
-    };
+    let no = |why: String| Ok(ResumePlan { meta: None, why });
     if full {
         return no("asked for (--full)".into());
     }
+    let format = match chain {
+        "btc" => ferret_kernels::taint::resume::STATE_FORMAT,
+        _ => ferret_kernels::account::resume::ETH_STATE_FORMAT,
+    };
     let Some(kept) = heads.get(&case_job(&case.name, "state_meta")) else {
         return no(if heads.contains_key(&case_job(&case.name, "runs")) {
-            "no earlier run kept a Bitcoin state".into()
+            format!("no earlier run kept a {chain} state")
         } else {
             "the case's first run".into()
         });
     };
-    // The newest run whose state still holds: same case file, same labels, its tip still
-    // on the chain. Why the newer ones do not, for the record.
     let mut why: Option<String> = None;
     let mut hashes: HashMap<u64, Option<String>> = HashMap::new();
     for f in kept.files.iter().rev() {
         for m in crate::state::read_meta(wh, &case.name, f).await? {
-            let reason = if m.chain != "btc" {
+            if m.chain != chain {
                 continue;
-            } else if m.case_sha256 != case.sha256 {
+            }
+            let reason = if m.case_sha256 != case.sha256 {
                 Some("the case file changed")
             } else if m.labels_run.as_deref() != labels_run {
                 Some("the labels changed")
-            } else if m.state.get("format").and_then(|v| v.as_u64())
-                != Some(u64::from(ferret_kernels::taint::resume::STATE_FORMAT))
-            {
+            } else if m.state.get("format").and_then(|v| v.as_u64()) != Some(u64::from(format)) {
                 Some("its state is of another format")
             } else {
                 match (m.height, &m.hash) {
@@ -815,7 +864,7 @@ async fn resume_plan(
                         let on_chain = match hashes.get(&h) {
                             Some(x) => x.clone(),
                             None => {
-                                let x = btc_block_hash(wh, h).await?;
+                                let x = block_hash(wh, chain, h).await?;
                                 hashes.insert(h, x.clone());
                                 x
                             }
@@ -823,51 +872,46 @@ async fn resume_plan(
                         (on_chain.as_deref() != Some(hash.as_str()))
                             .then_some("a reorg replaced its tip")
                     }
-                    _ => Some("it read no Bitcoin tip"),
+                    _ => Some("it read no tip"),
                 }
             };
             if let Some(r) = reason {
                 why.get_or_insert_with(|| format!("run {}: {r}", m.run_id));
                 continue;
             }
-            if m.state.get("height").and_then(|v| v.as_u64()) != m.height {
+            let at = m.state.get("height").and_then(|v| v.as_i64());
+            if at.map(|h| h as u64) != m.height {
                 return Err(Error::Damaged {
                     case: case.name.clone(),
                     reason: format!(
-                        "run {}: its state is not at its tip (run with --full)",
+                        "run {}: its {chain} state is not at its tip (run with --full)",
                         m.run_id
                     ),
                 });
             }
-            let files = |t: &str| run_files(heads, &case.name, t, &m.run_id);
-            let state = crate::state::load(
-                wh,
-                &case.name,
-                &m.state,
-                &files("state"),
-                &files("state_exits"),
-            )
-            .await?;
             return Ok(ResumePlan {
-                state: Some(state),
-                previous: Some(m.run_id),
+                meta: Some(m),
                 why: why.unwrap_or_default(),
             });
         }
     }
-    no(why.unwrap_or_else(|| "no earlier run kept a Bitcoin state".into()))
+    no(why.unwrap_or_else(|| format!("no earlier run kept a {chain} state")))
 }
 
-/// The hash of the Bitcoin block at `height` on the indexed chain, if it has one.
-async fn btc_block_hash(wh: &Warehouse, height: u64) -> Result<Option<String>> {
-    let Some(m) = wh.load_manifest(Chain::Btc).await? else {
+/// The hash of the block at `height` on the indexed `chain`, if it has one.
+async fn block_hash(wh: &Warehouse, chain: &str, height: u64) -> Result<Option<String>> {
+    let (c, cols) = match chain {
+        "btc" => (Chain::Btc, ["height", "hash"]),
+        _ => (Chain::Eth, ["block_number", "block_hash"]),
+    };
+    let Some(m) = wh.load_manifest(c).await? else {
         return Ok(None);
     };
     for f in m
         .files_of("blocks")
         .filter(|f| f.first_height <= height && height <= f.last_height)
     {
-        for b in wh.read_columns(&f.path, &["height", "hash"]).await? {
+        for b in wh.read_columns(&f.path, &cols).await? {
             let (Some(hs), Some(xs)) = (
                 b.column(0).as_primitive_opt::<Int64Type>(),
                 b.column(1).as_string_opt::<i32>(),
@@ -884,6 +928,7 @@ async fn btc_block_hash(wh: &Warehouse, height: u64) -> Result<Option<String>> {
     Ok(None)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn eth_part(
     wh: &Warehouse,
     case: &Case,
@@ -891,6 +936,8 @@ async fn eth_part(
     run_id: &str,
     labels: &[(String, String, String)],
     heads: &BTreeMap<String, LatestRun>,
+    labels_run: Option<&str>,
+    full: bool,
 ) -> Result<ChainPart> {
     use ferret_kernels::account::job::{EthTaintJob, eth_exits_batch, eth_taint_batch, taint_eth};
     let (tip, seq) = tip(wh, case, "eth").await?;
@@ -914,7 +961,62 @@ async fn eth_part(
     if job.seed_addresses.is_empty() && job.seed_categories.is_empty() {
         tracing::info!(case = %case.name, "no Ethereum seeds: nothing to trace on eth");
     } else {
-        let run = taint_eth(wh, backend, &job).await?;
+        let run = if job.direction == ferret_kernels::taint::Direction::Forward {
+            // Forward: resumed from an earlier run's state where one still holds.
+            use ferret_kernels::account::resume::resume_eth;
+            let mut plan = resume_plan(wh, case, heads, labels_run, full, "eth").await?;
+            let state = match &plan.meta {
+                Some(m) => {
+                    let files = |t: &str| run_files(heads, &case.name, t, &m.run_id);
+                    Some(
+                        crate::state::load_eth(
+                            wh,
+                            &case.name,
+                            &m.state,
+                            &files("eth_state"),
+                            &files("eth_state_edges"),
+                        )
+                        .await?,
+                    )
+                }
+                None => None,
+            };
+            let resumed = match resume_eth(wh, state.as_ref(), &job, labels).await? {
+                Ok(r) => r,
+                Err(why) => {
+                    plan = ResumePlan {
+                        meta: None,
+                        why: why.clone(),
+                    };
+                    resume_eth(wh, None, &job, labels)
+                        .await?
+                        .map_err(|w| Error::Query(w))?
+                }
+            };
+            let latest = heads
+                .get(&case_job(&case.name, "runs"))
+                .map(|r| r.run_id.as_str());
+            let (line, json) = plan.mode(resumed.from, latest);
+            part.mode = Some(line);
+            part.resume = Some(json);
+            part.state = crate::state::eth_batches(
+                &case.name,
+                run_id,
+                &resumed.state,
+                (part.tip.0, part.tip.1.as_deref()),
+                labels_run,
+                &case.sha256,
+            )?
+            .into_iter()
+            .zip(["eth_state", "eth_state_edges", "state_meta"])
+            .map(|(b, t)| (t, b))
+            .collect();
+            resumed.run
+        } else {
+            part.mode = Some("full: backward taint".into());
+            part.resume = Some(serde_json::json!({"mode": "full", "why": "backward taint"}));
+            taint_eth(wh, backend, &job).await?
+        };
         part.flows = crate::evidence::eth_flows(&run);
         part.paths = crate::evidence::eth_paths(&run);
         let taint = eth_taint_batch(&run, run_id)?;

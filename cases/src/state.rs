@@ -518,3 +518,313 @@ pub async fn read_meta(wh: &Warehouse, case: &str, file: &str) -> Result<Vec<Met
     }
     Ok(out)
 }
+
+/// A 256-bit integer as 64 hex digits, most significant first.
+fn u256_hex(a: &ferret_kernels::account::frac::U256) -> String {
+    a.iter().rev().map(|l| format!("{l:08x}")).collect()
+}
+
+fn u256_of_hex(s: &str) -> Option<ferret_kernels::account::frac::U256> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut a = [0u32; 8];
+    for (i, l) in a.iter_mut().enumerate() {
+        let at = (7 - i) * 8;
+        *l = u32::from_str_radix(&s[at..at + 8], 16).ok()?;
+    }
+    Some(a)
+}
+
+fn pack(f: ferret_kernels::account::frac::Frac) -> i64 {
+    (u64::from(f.m) | (u64::from(f.e as u32) << 32)) as i64
+}
+
+fn unpack(w: i64) -> ferret_kernels::account::frac::Frac {
+    let w = w as u64;
+    ferret_kernels::account::frac::Frac {
+        m: w as u32,
+        e: (w >> 32) as u32 as i32,
+    }
+}
+
+/// An Ethereum state's tables (`eth_state`, `eth_state_edges`) and its `state_meta` row.
+pub fn eth_batches(
+    case: &str,
+    run_id: &str,
+    st: &ferret_kernels::account::resume::EthResumeState,
+    tip: (Option<u64>, Option<&str>),
+    labels_run: Option<&str>,
+    case_sha256: &str,
+) -> Result<[RecordBatch; 3]> {
+    use ferret_kernels::account::UNREACHED as ETH_UNREACHED;
+    use ferret_kernels::account::resume::NO_ARRIVAL;
+    let a = &st.addresses;
+    let n = a.len();
+    let mut shares = arrow::array::ListBuilder::new(arrow::array::Int64Builder::new());
+    for s in a.values() {
+        if s.shares.vals.is_empty() {
+            shares.append(false);
+        } else {
+            shares
+                .values()
+                .append_slice(&s.shares.vals.iter().map(|&f| pack(f)).collect::<Vec<_>>());
+            shares.append(true);
+        }
+    }
+    let state = RecordBatch::try_new(
+        ferret_schemas::cases::case_eth_state_schema(),
+        vec![
+            strs(n, case),
+            Arc::new(StringArray::from_iter_values(a.keys())),
+            Arc::new(Int32Array::from_iter(
+                a.values()
+                    .map(|s| (s.hop != ETH_UNREACHED).then_some(s.hop as i32)),
+            )),
+            Arc::new(Int64Array::from_iter(
+                a.values()
+                    .map(|s| (s.arrival != NO_ARRIVAL).then_some(s.arrival as i64)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                a.values().map(|s| u256_hex(&s.balance)),
+            )),
+            Arc::new(Int64Array::from_iter(a.values().map(|s| {
+                (!s.shares.vals.is_empty()).then_some(i64::from(s.shares.start))
+            }))),
+            Arc::new(shares.finish()),
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                a.values().map(|s| s.value),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                a.values().map(|s| s.transfers as i64),
+            )),
+            Arc::new(Int64Array::from_iter(
+                a.values().map(|s| s.first.map(|i| i as i64)),
+            )),
+            strs(n, run_id),
+        ],
+    )?;
+    let e = &st.edges;
+    let m = e.len();
+    let edges = RecordBatch::try_new(
+        ferret_schemas::cases::case_eth_state_edges_schema(),
+        vec![
+            strs(m, case),
+            Arc::new(Int64Array::from_iter_values(0..m as i64)),
+            Arc::new(StringArray::from_iter_values(
+                e.iter().map(|x| x.from.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                e.iter().map(|x| x.to.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(e.iter().map(|x| x.block))),
+            Arc::new(Int32Array::from_iter_values(e.iter().map(|x| x.tx_index))),
+            Arc::new(StringArray::from_iter_values(
+                e.iter().map(|x| x.tx_hash.as_str()),
+            )),
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                e.iter().map(|x| x.value),
+            )),
+            strs(m, run_id),
+        ],
+    )?;
+    let meta_json = serde_json::json!({
+        "format": ferret_kernels::account::resume::ETH_STATE_FORMAT,
+        "height": st.height,
+        "transfers": st.transfers,
+        "max_amount": st.max_amount,
+        "seeds_found": st.seeds_found,
+        "addresses": n,
+        "edges": m,
+    });
+    let meta = RecordBatch::try_new(
+        ferret_schemas::cases::case_state_meta_schema(),
+        vec![
+            strs(1, case),
+            strs(1, "eth"),
+            Arc::new(Int64Array::from(vec![tip.0.map(|h| h as i64)])),
+            Arc::new(StringArray::from(vec![tip.1])),
+            Arc::new(StringArray::from(vec![labels_run])),
+            strs(1, case_sha256),
+            strs(1, &meta_json.to_string()),
+            strs(1, run_id),
+        ],
+    )?;
+    Ok([state, edges, meta])
+}
+
+/// Reads an Ethereum state back (`meta` from its `state_meta` row). Anything that does
+/// not add up is damage.
+pub async fn load_eth(
+    wh: &Warehouse,
+    case: &str,
+    meta: &serde_json::Value,
+    state_files: &[String],
+    edge_files: &[String],
+) -> Result<ferret_kernels::account::resume::EthResumeState> {
+    use ferret_kernels::account::UNREACHED as ETH_UNREACHED;
+    use ferret_kernels::account::resume::{
+        AddrState, ETH_STATE_FORMAT, EthResumeState, NO_ARRIVAL, Shares, TaintedEdge,
+    };
+    let damaged = |reason: String| Error::Damaged {
+        case: case.to_string(),
+        reason: format!("Ethereum resume state: {reason}"),
+    };
+    let num = |k: &str| {
+        meta.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| damaged(format!("state_meta has no `{k}`")))
+    };
+    if num("format")? != u64::from(ETH_STATE_FORMAT) {
+        return Err(damaged(format!("format {}", num("format")?)));
+    }
+    let mut st = EthResumeState {
+        height: meta.get("height").and_then(serde_json::Value::as_i64),
+        transfers: num("transfers")?,
+        max_amount: meta
+            .get("max_amount")
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| damaged("state_meta has no `max_amount`".into()))?,
+        seeds_found: meta
+            .get("seeds_found")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| damaged("state_meta has no `seeds_found`".into()))?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        ..Default::default()
+    };
+    for f in edge_files {
+        for b in wh.read_file(f).await? {
+            let bad = |c: &str| damaged(format!("{f}: column `{c}`"));
+            let t = |c: &str| {
+                b.column_by_name(c)
+                    .and_then(|x| x.as_string_opt::<i32>())
+                    .ok_or_else(|| bad(c))
+            };
+            let (from, to, hash) = (t("from_address")?, t("to_address")?, t("transaction_hash")?);
+            let seq = b
+                .column_by_name("seq")
+                .and_then(|x| x.as_primitive_opt::<Int64Type>())
+                .ok_or_else(|| bad("seq"))?;
+            let block = b
+                .column_by_name("block_number")
+                .and_then(|x| x.as_primitive_opt::<Int64Type>())
+                .ok_or_else(|| bad("block_number"))?;
+            let txi = b
+                .column_by_name("transaction_index")
+                .and_then(|x| x.as_primitive_opt::<Int32Type>())
+                .ok_or_else(|| bad("transaction_index"))?;
+            let v = b
+                .column_by_name("tainted_value")
+                .and_then(|x| x.as_primitive_opt::<Float64Type>())
+                .ok_or_else(|| bad("tainted_value"))?;
+            for i in 0..b.num_rows() {
+                if seq.value(i) != st.edges.len() as i64 {
+                    return Err(damaged(format!("{f}: edge {} out of order", seq.value(i))));
+                }
+                st.edges.push(TaintedEdge {
+                    from: from.value(i).to_string(),
+                    to: to.value(i).to_string(),
+                    block: block.value(i),
+                    tx_index: txi.value(i),
+                    tx_hash: hash.value(i).to_string(),
+                    value: v.value(i),
+                });
+            }
+        }
+    }
+    for f in state_files {
+        for b in wh.read_file(f).await? {
+            let bad = |c: &str| damaged(format!("{f}: column `{c}`"));
+            let t = |c: &str| {
+                b.column_by_name(c)
+                    .and_then(|x| x.as_string_opt::<i32>())
+                    .ok_or_else(|| bad(c))
+            };
+            let i64c = |c: &str| {
+                b.column_by_name(c)
+                    .and_then(|x| x.as_primitive_opt::<Int64Type>())
+                    .ok_or_else(|| bad(c))
+            };
+            let (addr, balance) = (t("address")?, t("balance")?);
+            let hop = b
+                .column_by_name("hop")
+                .and_then(|x| x.as_primitive_opt::<Int32Type>())
+                .ok_or_else(|| bad("hop"))?;
+            let (arrival, start, n, first) = (
+                i64c("arrival")?,
+                i64c("shares_start")?,
+                i64c("tainted_transfers")?,
+                i64c("first_edge")?,
+            );
+            let shares = b
+                .column_by_name("shares")
+                .and_then(|x| x.as_list_opt::<i32>())
+                .ok_or_else(|| bad("shares"))?;
+            let v = b
+                .column_by_name("tainted_value")
+                .and_then(|x| x.as_primitive_opt::<Float64Type>())
+                .ok_or_else(|| bad("tainted_value"))?;
+            for i in 0..b.num_rows() {
+                let a = addr.value(i);
+                let vals = if shares.is_null(i) {
+                    Vec::new()
+                } else {
+                    let l = shares.value(i);
+                    let l = l
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("shares"))?;
+                    l.values().iter().map(|&w| unpack(w)).collect()
+                };
+                if vals.is_empty() != start.is_null(i) {
+                    return Err(damaged(format!(
+                        "{f}: {a}: shares and their start disagree"
+                    )));
+                }
+                let first_edge = (!first.is_null(i)).then(|| first.value(i) as usize);
+                if first_edge.is_some_and(|e| e >= st.edges.len()) {
+                    return Err(damaged(format!("{f}: {a}: first edge beyond the edges")));
+                }
+                st.addresses.insert(
+                    a.to_string(),
+                    AddrState {
+                        hop: if hop.is_null(i) {
+                            ETH_UNREACHED
+                        } else {
+                            hop.value(i) as u32
+                        },
+                        arrival: if arrival.is_null(i) {
+                            NO_ARRIVAL
+                        } else {
+                            arrival.value(i) as u64
+                        },
+                        balance: u256_of_hex(balance.value(i)).ok_or_else(|| {
+                            damaged(format!("{f}: {a}: balance `{}`", balance.value(i)))
+                        })?,
+                        shares: Shares {
+                            start: if start.is_null(i) {
+                                0
+                            } else {
+                                start.value(i) as u32
+                            },
+                            vals,
+                        },
+                        value: v.value(i),
+                        transfers: n.value(i) as u64,
+                        first: first_edge,
+                    },
+                );
+            }
+        }
+    }
+    for (k, want) in [("addresses", st.addresses.len()), ("edges", st.edges.len())] {
+        if num(k)? != want as u64 {
+            return Err(damaged(format!(
+                "state_meta counts {} {k}, the files hold {want}",
+                num(k)?
+            )));
+        }
+    }
+    Ok(st)
+}

@@ -1413,8 +1413,37 @@ async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
     assert!(ok, "{err}");
     let (ok, _, err) = run(&["index", "eth", "--rpc", node.url(), "--warehouse", &wh]);
     assert!(ok, "{err}");
-    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    let (ok, out, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
     assert!(ok, "{err}");
+    assert!(
+        out.contains("eth taint: incremental: blocks above height 14\n"),
+        "{out}"
+    );
+    // Incremental, yet every table equals a first run on the warehouse indexed in one go.
+    let (ok, out, err) = run(&["case", "run", c, "--warehouse", &full, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("eth taint: full: the case's first run"),
+        "{out}"
+    );
+    for (table, extra) in [
+        ("eth_taint", ""),
+        ("eth_exits", ""),
+        ("flows", ""),
+        ("paths", ""),
+        ("eth_state", ", shares"),
+        ("eth_state_edges", ""),
+    ] {
+        let q = format!(
+            "SELECT * EXCLUDE (\"case\", run_id{extra}) FROM case_{table} t JOIN cases c USING (\"case\") WHERE t.run_id = c.latest_run ORDER BY 1, 2, 3, 4"
+        );
+        let q = q.replace("SELECT * EXCLUDE", "SELECT t.* EXCLUDE");
+        let (a, b) = (sql(&wh, &q), sql(&full, &q));
+        if table != "flows" && table != "paths" {
+            assert!(!a.is_empty(), "{table}");
+        }
+        assert_eq!(a, b, "case_{table}: incremental against from scratch");
+    }
     let runs = sql(
         &wh,
         "SELECT run_id, eth_tip_height FROM case_runs ORDER BY started_at",

@@ -256,10 +256,62 @@ pub fn case_state_meta_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of a case's `eth_state`: per address, what the next run resumes Ethereum taint
+/// from (poison's first arrival, the haircut pool's exact balance and tainted share per
+/// step, the sums so far).
+pub fn case_eth_state_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("address", DataType::Utf8, false),
+            // NULL: not reached.
+            Field::new("hop", DataType::Int32, true),
+            // Poison: the transfer (its index in the asset's transfers, + 1) that first
+            // brought taint; 0 for seeds; NULL: none.
+            Field::new("arrival", DataType::Int64, true),
+            // The pool's balance, 64 hex digits (256 bits, most significant first).
+            Field::new("balance", DataType::Utf8, false),
+            // The pool's share from step `shares_start` on, one per step (the last holds
+            // beyond), as the kernels' 32-bit mantissa and exponent packed in 64 bits.
+            Field::new("shares_start", DataType::Int64, true),
+            Field::new(
+                "shares",
+                DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+                true,
+            ),
+            Field::new("tainted_value", DataType::Float64, false),
+            Field::new("tainted_transfers", DataType::Int64, false),
+            // The first tainted transfer into it: its row in `eth_state_edges` (from 0).
+            Field::new("first_edge", DataType::Int64, true),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
+/// Schema of a case's `eth_state_edges`: every transfer that carried taint, in chain
+/// order (flows and proof paths are drawn from them).
+pub fn case_eth_state_edges_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("case", DataType::Utf8, false),
+            Field::new("seq", DataType::Int64, false),
+            Field::new("from_address", DataType::Utf8, false),
+            Field::new("to_address", DataType::Utf8, false),
+            Field::new("block_number", DataType::Int64, false),
+            Field::new("transaction_index", DataType::Int32, false),
+            Field::new("transaction_hash", DataType::Utf8, false),
+            Field::new("tainted_value", DataType::Float64, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
 /// The tables of a case: name in the case (its job is `cases/{case}/{name}`, its SQL
 /// table `case_{name}`) and schema.
-pub fn case_tables() -> [(&'static str, SchemaRef); 12] {
-    static T: LazyLock<[(&'static str, SchemaRef); 12]> = LazyLock::new(|| {
+pub fn case_tables() -> [(&'static str, SchemaRef); 14] {
+    static T: LazyLock<[(&'static str, SchemaRef); 14]> = LazyLock::new(|| {
         [
             ("runs", case_runs_schema()),
             ("taint", with_case(&taint_schema())),
@@ -273,6 +325,8 @@ pub fn case_tables() -> [(&'static str, SchemaRef); 12] {
             ("state", case_state_schema()),
             ("state_exits", case_state_exits_schema()),
             ("state_meta", case_state_meta_schema()),
+            ("eth_state", case_eth_state_schema()),
+            ("eth_state_edges", case_eth_state_edges_schema()),
         ]
     });
     T.clone()
