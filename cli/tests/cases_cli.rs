@@ -1582,6 +1582,21 @@ async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
     assert!(ends.is_empty(), "{ends:?}");
     assert_eq!(seen(run2), watched(tip1, tip2));
     assert!(!seen(run2).is_empty());
+
+    // A damaged Ethereum state (the latest run's `eth_state` cut short): the next run
+    // fails naming it.
+    let state_file = walk_files(Path::new(&wh))
+        .into_iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.contains("cases/eth-1/eth_state/") && s.ends_with(".parquet")
+        })
+        .max()
+        .expect("an eth_state file");
+    let bytes = std::fs::read(&state_file).expect("read");
+    std::fs::write(&state_file, &bytes[..bytes.len() / 2]).expect("cut");
+    let (ok, _, err) = run(&["case", "run", c, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(!ok && err.contains("eth_state"), "{err}");
 }
 
 /// Decodes an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium writes) into RGBA
