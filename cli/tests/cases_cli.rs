@@ -770,6 +770,61 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
         rows_of_formats.windows(2).all(|w| w[0] == w[1]),
         "the formats read back differently"
     );
+    // With --tainted-min: also every tainted address beyond the seeds whose tainted value
+    // adds up to the minimum (an SQL oracle over the run's taint rows).
+    let tainted_want = {
+        let mut w = want.clone();
+        w.extend(sql_set(
+            wh,
+            &format!(
+                "SELECT address, 'tainted' FROM case_taint WHERE run_id = '{run2}' AND hop > 0 AND address IS NOT NULL \
+                 GROUP BY address HAVING sum(tainted_value) >= 1000000"
+            ),
+        ));
+        w
+    };
+    assert!(
+        tainted_want.len() > want.len() + 10,
+        "{}",
+        tainted_want.len()
+    );
+    let out = tmp.path().join("findings-tainted.csv");
+    let (ok, _, err) = run(&[
+        "labels",
+        "export",
+        "--warehouse",
+        wh,
+        "--case",
+        "pig-1",
+        "--run",
+        &run2,
+        "--exit-min",
+        "10000000",
+        "--tainted-min",
+        "1000000",
+        "--format",
+        "csv",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let back = tmp
+        .path()
+        .join("back-tainted")
+        .to_string_lossy()
+        .into_owned();
+    let (ok, _, err) = run(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &back,
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        sql_set(&back, "SELECT address, category FROM labels"),
+        tainted_want
+    );
     let (ok, _, err) = run(&[
         "labels",
         "export",
