@@ -290,6 +290,10 @@ pub async fn case_cmd(c: CaseCmd) -> Result<()> {
             sql_print(&ctx, &format!("SELECT run_id, started_at, btc_tip_height, eth_tip_height, labels_run, taint_rows, exits, members, alerts FROM case_runs WHERE \"case\" = '{n}' ORDER BY started_at")).await?;
             println!("\nexits of run {run}:");
             sql_print(&ctx, &format!("SELECT chain, address, label, category, tainted_value, min_hop FROM case_exits WHERE \"case\" = '{n}' AND run_id = '{run}' UNION ALL SELECT chain, address, label, category, tainted_value, min_hop FROM case_eth_exits WHERE \"case\" = '{n}' AND run_id = '{run}' ORDER BY tainted_value DESC")).await?;
+            println!(
+                "\nresume states (a rerun reads only the blocks above the newest that still holds):"
+            );
+            sql_print(&ctx, &format!("SELECT run_id, chain, height, hash FROM case_state_meta WHERE \"case\" = '{n}' ORDER BY run_id, chain")).await?;
             println!("\nalerts of run {run}:");
             sql_print(&ctx, &format!("SELECT kind, chain, address, amount, asset, txid, detail FROM case_alerts WHERE \"case\" = '{n}' AND run_id = '{run}' ORDER BY seq")).await
         }

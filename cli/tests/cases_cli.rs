@@ -605,7 +605,7 @@ fn a_case_reruns_on_new_blocks_with_exact_alerts_and_exactly_once_delivery() {
     assert_eq!(sql(wh, "SELECT count(*) FROM case_runs"), ["4"]);
     let (ok, out, err) = run(&["case", "show", "pig-1", "--warehouse", wh]);
     assert!(
-        ok && out.contains(&run2) && out.contains("alerts of run"),
+        ok && out.contains(&run2) && out.contains("alerts of run") && out.contains("resume states"),
         "{out}{err}"
     );
     let (ok, out, err) = run(&["case", "list", "--warehouse", wh]);
