@@ -75,7 +75,7 @@ for c in haircut fifo; do
     q="WITH r AS (SELECT run_id, row_number() OVER (ORDER BY started_at) AS n FROM case_runs WHERE \"case\" = '$c'),
        a AS (SELECT * EXCLUDE (\"case\", run_id) FROM case_$t WHERE \"case\" = '$c' AND run_id = (SELECT run_id FROM r WHERE n = 2)),
        b AS (SELECT * EXCLUDE (\"case\", run_id) FROM case_$t WHERE \"case\" = '$c' AND run_id = (SELECT run_id FROM r WHERE n = 3))
-       SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)), (SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a))"
+       SELECT (SELECT count(*) FROM a) AS n, (SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)) AS only_a, (SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a)) AS only_b"
     read -r rows extra missing < <("$FERRET" sql --warehouse "$WH" --format csv "$q" | tail -1 | tr ',' ' ')
     printf '%s\t%s\trows %s, only incremental %s, only full %s\n' "$c" "$t" "$rows" "$extra" "$missing"
     [ "$extra" = 0 ] && [ "$missing" = 0 ] || { echo "$c: case_$t differs" >&2; exit 1; }

@@ -77,7 +77,8 @@ pub struct Flow {
     pub tainted_value: i64,
     /// The smallest hop of the receiving outputs.
     pub hop: u32,
-    /// The CoinJoin mix the flow passed through (protocol name), if any.
+    /// The CoinJoin mix the flow passed through (protocol name), if any; of several, the
+    /// first by name.
     pub coinjoin: Option<&'static str>,
 }
 
@@ -463,7 +464,7 @@ pub(crate) fn flows(
             let e = agg.entry(key).or_insert((0, u32::MAX, None));
             e.0 += share;
             e.1 = e.1.min(r.hop);
-            e.2 = e.2.or(mix);
+            e.2 = first_mix(e.2, mix);
         }
     }
     // Aggregate per address pair.
@@ -474,7 +475,7 @@ pub(crate) fn flows(
             .or_insert((0, u32::MAX, None));
         e.0 += v;
         e.1 = e.1.min(h);
-        e.2 = e.2.or(mix);
+        e.2 = first_mix(e.2, mix);
     }
     by.into_iter()
         .map(|((from, to), (tainted_value, hop, coinjoin))| Flow {
@@ -485,6 +486,15 @@ pub(crate) fn flows(
             coinjoin,
         })
         .collect()
+}
+
+/// The CoinJoin a flow names when its value passed through several: the first by name,
+/// so that the answer does not depend on the order the flows were added up in.
+pub(crate) fn first_mix(a: Option<&'static str>, b: Option<&'static str>) -> Option<&'static str> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
 }
 
 /// Labelled addresses that received taint (beyond the seeds): of the stop categories when

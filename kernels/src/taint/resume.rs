@@ -1118,7 +1118,7 @@ fn walk_pred(g: &SpendGraph, tainted: &HashMap<u32, &Tainted>, r: &Tainted) -> O
 }
 
 /// Adds `more` flows to `into` (per address pair: values add, the smallest hop, the
-/// first CoinJoin named), sorted by (from, to) as a run's are.
+/// CoinJoin first by name), sorted by (from, to) as a run's are.
 pub fn merge_flows(into: &mut Vec<Flow>, more: Vec<Flow>) {
     let mut by: BTreeMap<(String, String), Flow> = into
         .drain(..)
@@ -1129,7 +1129,7 @@ pub fn merge_flows(into: &mut Vec<Flow>, more: Vec<Flow>) {
             Some(e) => {
                 e.tainted_value += f.tainted_value;
                 e.hop = e.hop.min(f.hop);
-                e.coinjoin = e.coinjoin.or(f.coinjoin);
+                e.coinjoin = super::job::first_mix(e.coinjoin, f.coinjoin);
             }
             None => {
                 by.insert((f.from.clone(), f.to.clone()), f);
