@@ -1118,25 +1118,41 @@ fn walk_pred(g: &SpendGraph, tainted: &HashMap<u32, &Tainted>, r: &Tainted) -> O
 }
 
 /// Adds `more` flows to `into` (per address pair: values add, the smallest hop, the
-/// CoinJoin first by name), sorted by (from, to) as a run's are.
-pub fn merge_flows(into: &mut Vec<Flow>, more: Vec<Flow>) {
-    let mut by: BTreeMap<(String, String), Flow> = into
-        .drain(..)
-        .map(|f| ((f.from.clone(), f.to.clone()), f))
-        .collect();
-    for f in more {
-        match by.get_mut(&(f.from.clone(), f.to.clone())) {
-            Some(e) => {
-                e.tainted_value += f.tainted_value;
-                e.hop = e.hop.min(f.hop);
-                e.coinjoin = super::job::first_mix(e.coinjoin, f.coinjoin);
-            }
-            None => {
-                by.insert((f.from.clone(), f.to.clone()), f);
+/// CoinJoin first by name), sorted by (from, to) as a run's are: one merge of the two
+/// sorted lists (a case's flows can run to millions of pairs).
+pub fn merge_flows(into: &mut Vec<Flow>, mut more: Vec<Flow>) {
+    fn key(f: &Flow) -> (&str, &str) {
+        (f.from.as_str(), f.to.as_str())
+    }
+    let mut old = std::mem::take(into);
+    for v in [&mut old, &mut more] {
+        if !v.is_sorted_by(|a, b| key(a) <= key(b)) {
+            v.sort_by(|a, b| key(a).cmp(&key(b)));
+        }
+    }
+    let mut out = Vec::with_capacity(old.len() + more.len());
+    let (mut a, mut b) = (old.into_iter().peekable(), more.into_iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => key(x).cmp(&key(y)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Less => out.extend(a.next()),
+            std::cmp::Ordering::Greater => out.extend(b.next()),
+            std::cmp::Ordering::Equal => {
+                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
+                    x.tainted_value += y.tainted_value;
+                    x.hop = x.hop.min(y.hop);
+                    x.coinjoin = super::job::first_mix(x.coinjoin, y.coinjoin);
+                    out.push(x);
+                }
             }
         }
     }
-    into.extend(by.into_values());
+    *into = out;
 }
 
 #[cfg(test)]
