@@ -2072,6 +2072,134 @@ fn a_reorg_below_the_previous_run_is_recomputed() {
     );
 }
 
+/// Ethereum: a reorg below the previous run's tip. Runs at block 4 and at block 7 (on a
+/// branch that is then dropped: `evm_revert` to block 4 and a longer, different branch);
+/// the third run resumes from the run at block 4, reading again only the blocks the reorg
+/// touched, and every table equals a first run on a fresh index of the final chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ethereum_reorg_below_the_previous_run_resumes_below_the_fork() {
+    let Some(node) = common::anvil(&[]).await else {
+        return;
+    };
+    let d = node.driver().await.expect("driver");
+    let a = d.accounts.clone();
+    let pay = |from: usize, to: usize, milli: u128| {
+        let d = &d;
+        let (f, t) = (a[from], a[to]);
+        async move {
+            d.exec(
+                f,
+                Some(t),
+                alloy::primitives::U256::from(milli * 1_000_000_000_000_000),
+                alloy::primitives::Bytes::new(),
+                None,
+            )
+            .await
+            .expect("pay")
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Account 0 is the scam (the seed), 9 an exchange (a stop); 1 to 8 move the money.
+    let labels = tmp.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        format!(
+            "address,label,category\n{:#x},scammer,scam\n{:#x},exchange-hot,exchange\n",
+            a[0], a[9]
+        ),
+    )
+    .expect("labels");
+    let case = tmp.path().join("c.toml");
+    std::fs::write(
+        &case,
+        "name = \"eth-reorg\"\nchains = [\"eth\"]\n[seeds]\ncategories = [\"scam\"]\n[taint]\npolicy = \"haircut\"\nhops = 3\nstop_at = [\"exchange\"]\n",
+    )
+    .expect("case");
+    let c = case.to_str().expect("utf8").to_string();
+    let index_and_run = |w: String| {
+        let (c, l, url) = (c.clone(), labels.clone(), node.url().to_string());
+        async move {
+            let (ok, _, err) = run(&["index", "eth", "--rpc", &url, "--warehouse", &w]);
+            assert!(ok, "{err}");
+            let (ok, _, err) = run(&[
+                "labels",
+                "import",
+                "--warehouse",
+                &w,
+                l.to_str().expect("utf8"),
+            ]);
+            assert!(ok, "{err}");
+            let (ok, out, err) = run(&["case", "run", &c, "--warehouse", &w, "--device", "cpu"]);
+            assert!(ok, "{err}");
+            out
+        }
+    };
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    for (f, t, v) in [(0, 1, 900), (0, 2, 700), (1, 3, 400), (2, 9, 300)] {
+        pay(f, t, v).await; // blocks 1 to 4
+    }
+    let out = index_and_run(wh.clone()).await;
+    assert!(
+        out.contains("eth taint: full: the case's first run"),
+        "{out}"
+    );
+    let snap = d.snapshot().await.expect("snapshot");
+    for (f, t, v) in [(3, 4, 350), (4, 9, 300), (1, 5, 200)] {
+        pay(f, t, v).await; // blocks 5 to 7, dropped below
+    }
+    let out = index_and_run(wh.clone()).await;
+    assert!(
+        out.contains("eth taint: incremental: blocks above height 4\n"),
+        "{out}"
+    );
+    assert!(d.revert(snap).await.expect("revert"));
+    for (f, t, v) in [
+        (3, 6, 390),
+        (6, 9, 380),
+        (2, 7, 100),
+        (7, 8, 90),
+        (1, 9, 250),
+    ] {
+        pay(f, t, v).await; // blocks 5 to 9 of the final chain
+    }
+    let out = index_and_run(wh.clone()).await;
+    assert!(
+        out.contains("eth taint: incremental: blocks above height 4, from run")
+            && out.contains("a reorg replaced its tip"),
+        "{out}"
+    );
+    let fresh = tmp.path().join("fresh").to_string_lossy().into_owned();
+    let out = index_and_run(fresh.clone()).await;
+    assert!(out.contains("eth taint: full"), "{out}");
+    for (table, extra) in [
+        ("eth_taint", ""),
+        ("eth_exits", ""),
+        ("flows", ""),
+        ("paths", ""),
+        ("eth_state", ", shares"),
+        ("eth_state_edges", ""),
+    ] {
+        let q = format!(
+            "SELECT t.* EXCLUDE (\"case\", run_id{extra}) FROM case_{table} t JOIN cases c USING (\"case\") WHERE t.run_id = c.latest_run ORDER BY 1, 2, 3, 4"
+        );
+        let (got, want) = (sql(&wh, &q), sql(&fresh, &q));
+        if ["eth_taint", "eth_exits", "eth_state_edges"].contains(&table) {
+            assert!(!want.is_empty(), "{table}");
+        }
+        assert_eq!(
+            got, want,
+            "case_{table}: resumed below the fork against from scratch"
+        );
+    }
+    // The dropped branch's transfer 4 → 9 reached the exchange; the final chain's 6 → 9
+    // and 1 → 9 did: the exit's first tainted block is on the final chain.
+    let exits = sql(
+        &wh,
+        "SELECT address, tainted_transfers FROM case_eth_exits e JOIN cases c ON e.\"case\" = c.\"case\" AND e.run_id = c.latest_run",
+    );
+    assert_eq!(exits.len(), 1, "{exits:?}");
+}
+
 /// Overlapping runs of one case on object storage, the hard way: the first run is frozen
 /// just before its commit until its lease expires; a second run takes the lease over and
 /// commits; the first, resumed, must commit nothing (its diff was against a run that is
