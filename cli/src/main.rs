@@ -295,6 +295,10 @@ struct ClusterEthArgs {
     /// Where the kernel runs: auto, gpu, cpu.
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
+    /// Read every transfer, even where the last run's state would let this run read only
+    /// the new blocks (in memory; out of core always reads every transfer).
+    #[arg(long)]
+    full: bool,
     #[command(flatten)]
     budget: BudgetArgs,
 }
@@ -855,8 +859,7 @@ fn synth_btc_cmd(a: SynthBtcArgs) -> Result<()> {
 }
 
 async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
-    use ferret_kernels::account::deposit::{DepositRule, cluster_eth};
-    use ferret_kernels::cluster::write_clusters;
+    use ferret_kernels::account::deposit::DepositRule;
     if a.max_delay_blocks < 0 {
         bail!("--max-delay-blocks must be ≥ 0");
     }
@@ -884,18 +887,20 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
         return Ok(());
     }
     let backend = ferret_kernels::device::select(a.device)?;
-    let d = cluster_eth(&wh, &backend, &rule)
-        .await
-        .context("clustering eth by deposit addresses")?;
-    let run = write_clusters(&wh, &d.clusters).await?;
+    let job =
+        ferret_kernels::account::deposit_resume::cluster_eth_job(&wh, &backend, &rule, a.full)
+            .await
+            .context("clustering eth by deposit addresses")?;
+    let (d, run) = (&job.clusters, &job.run_id);
     let c = &d.clusters;
     println!(
-        "{} deposit addresses; {} linked addresses in {} clusters (largest {}); run {run} on {}",
+        "{} deposit addresses; {} linked addresses in {} clusters (largest {}); run {run} on {} ({})",
         d.deposit_addresses.len(),
         c.addresses.len(),
         c.count(),
         c.cluster_size.iter().max().copied().unwrap_or(0),
-        backend.describe()
+        backend.describe(),
+        job.mode
     );
     Ok(())
 }

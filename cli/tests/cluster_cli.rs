@@ -422,3 +422,72 @@ async fn cluster_eth_out_of_core_writes_the_in_memory_table() {
         );
     }
 }
+
+/// `ferret cluster eth` keeps its scan's state with its run: a rerun resumes from it (here
+/// with no new blocks: the kernels' test, `resume_eth_clusters`, checks new blocks against
+/// runs over every transfer) and writes the same table; `--full`, another rule or other
+/// labels read every transfer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eth_clustering_resumes_from_its_last_run_when_it_still_holds() {
+    use ferret_testkit::synth::account::{chain, warehouse};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("wh");
+    let (rows, labels) = chain(31, 200, false);
+    let whs = dir.to_str().expect("utf-8").to_string();
+    let wh = warehouse(&whs, &rows, &labels, 64).await;
+    let table = || async {
+        query(
+            &wh,
+            "SELECT address, address_id, cluster_id, cluster_size FROM eth_clusters ORDER BY address_id",
+        )
+        .await
+    };
+    let base = ["cluster", "eth", "--warehouse", &whs, "--device", "cpu"];
+    let out = ok(ferret(&base));
+    assert!(out.contains("(full: no earlier run kept a state)"), "{out}");
+    let first = table().await;
+    assert!(first.len() > 20, "{} linked", first.len());
+    let out = ok(ferret(&base));
+    assert!(
+        out.contains("(incremental: blocks above height 200)"),
+        "{out}"
+    );
+    assert_eq!(table().await, first);
+    let mut full = base.to_vec();
+    full.push("--full");
+    let out = ok(ferret(&full));
+    assert!(out.contains("(full: asked for (--full))"), "{out}");
+    assert_eq!(table().await, first);
+    let mut other = base.to_vec();
+    other.extend(["--max-senders", "2"]);
+    let out = ok(ferret(&other));
+    assert!(out.contains("(full: the rule changed)"), "{out}");
+    // A damaged state is an error naming it, never a smaller result.
+    let state = walk(&dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("eth_cluster_pairs"))
+        .max()
+        .expect("a pairs file");
+    let bytes = std::fs::read(&state).expect("read");
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).expect("cut");
+    let err = ferret(&other);
+    assert!(!err.status.success());
+    let text = String::from_utf8_lossy(&err.stderr);
+    assert!(text.contains("eth_cluster_pairs"), "{text}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

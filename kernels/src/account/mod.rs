@@ -27,6 +27,7 @@
 
 mod cpu;
 pub mod deposit;
+pub mod deposit_resume;
 pub mod frac;
 pub mod job;
 mod records;
