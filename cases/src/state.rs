@@ -240,6 +240,9 @@ pub async fn load(
                             "{f}: output {o} has a reached trajectory without steps"
                         )));
                     }
+                    if let Some(x) = v.values().iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                        return Err(damaged(format!("{f}: output {o} has a step fraction {x}")));
+                    }
                     Trajectory {
                         hop: lh.value(i) as u32,
                         values: v.values().to_vec(),
@@ -775,8 +778,17 @@ pub async fn load_eth(
                     let l = l
                         .as_primitive_opt::<Int64Type>()
                         .ok_or_else(|| bad("shares"))?;
-                    l.values().iter().map(|&w| unpack(w)).collect()
+                    l.values().iter().map(|&w| unpack(w)).collect::<Vec<_>>()
                 };
+                // The kernels' fractions: zero, or a normalised mantissa with an exponent
+                // of at most 1 (1.0 is the largest share); a damaged exponent would
+                // overflow their arithmetic.
+                if let Some(x) = vals.iter().find(|x| {
+                    !((x.m == 0 && x.e == 0)
+                        || (x.m >= 0x8000_0000 && (-(1 << 29)..=1).contains(&x.e)))
+                }) {
+                    return Err(damaged(format!("{f}: {a}: share {x:?} is not a fraction")));
+                }
                 if vals.is_empty() != start.is_null(i) {
                     return Err(damaged(format!(
                         "{f}: {a}: shares and their start disagree"
