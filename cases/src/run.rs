@@ -707,10 +707,11 @@ async fn btc_part(
         let meta = crate::state::meta_batch(
             &case.name,
             run_id,
+            "btc",
             (part.tip.0, part.tip.1.as_deref()),
             labels_run,
             &case.sha256,
-            &resumed.state,
+            &crate::state::meta(&resumed.state),
         )?;
         part.state = vec![
             ("state", state),
@@ -900,32 +901,7 @@ async fn resume_plan(
 
 /// The hash of the block at `height` on the indexed `chain`, if it has one.
 async fn block_hash(wh: &Warehouse, chain: &str, height: u64) -> Result<Option<String>> {
-    let (c, cols) = match chain {
-        "btc" => (Chain::Btc, ["height", "hash"]),
-        _ => (Chain::Eth, ["block_number", "block_hash"]),
-    };
-    let Some(m) = wh.load_manifest(c).await? else {
-        return Ok(None);
-    };
-    for f in m
-        .files_of("blocks")
-        .filter(|f| f.first_height <= height && height <= f.last_height)
-    {
-        for b in wh.read_columns(&f.path, &cols).await? {
-            let (Some(hs), Some(xs)) = (
-                b.column(0).as_primitive_opt::<Int64Type>(),
-                b.column(1).as_string_opt::<i32>(),
-            ) else {
-                return Err(Error::Query(format!("{}: not a blocks table", f.path)));
-            };
-            for i in 0..b.num_rows() {
-                if hs.value(i) == height as i64 {
-                    return Ok(Some(xs.value(i).to_string()));
-                }
-            }
-        }
-    }
-    Ok(None)
+    Ok(ferret_kernels::blocks::block_hash(wh, chain_of(chain)?, height).await?)
 }
 
 #[allow(clippy::too_many_arguments)]

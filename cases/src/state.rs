@@ -105,7 +105,7 @@ pub fn batches(case: &str, run_id: &str, st: &ResumeState) -> Result<(RecordBatc
     Ok((state, exits))
 }
 
-/// What the run's record keeps of the state (the rest is in its tables).
+/// The rest of a Bitcoin state, kept in its `state_meta` row (the bulk is in its tables).
 pub fn meta(st: &ResumeState) -> serde_json::Value {
     serde_json::json!({
         "format": STATE_FORMAT,
@@ -445,25 +445,27 @@ pub async fn btc_flows(wh: &Warehouse, files: &[String]) -> Result<Vec<Flow>> {
     Ok(out)
 }
 
-/// The `state_meta` row of a run's state.
+/// The `state_meta` row of a chain's state: what it depends on, and `state` (the rest of
+/// it, as JSON).
 pub fn meta_batch(
     case: &str,
     run_id: &str,
+    chain: &str,
     tip: (Option<u64>, Option<&str>),
     labels_run: Option<&str>,
     case_sha256: &str,
-    st: &ResumeState,
+    state: &serde_json::Value,
 ) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         ferret_schemas::cases::case_state_meta_schema(),
         vec![
             strs(1, case),
-            strs(1, "btc"),
+            strs(1, chain),
             Arc::new(Int64Array::from(vec![tip.0.map(|h| h as i64)])),
             Arc::new(StringArray::from(vec![tip.1])),
             Arc::new(StringArray::from(vec![labels_run])),
             strs(1, case_sha256),
-            strs(1, &meta(st).to_string()),
+            strs(1, &state.to_string()),
             strs(1, run_id),
         ],
     )?)
@@ -640,18 +642,14 @@ pub fn eth_batches(
         "addresses": n,
         "edges": m,
     });
-    let meta = RecordBatch::try_new(
-        ferret_schemas::cases::case_state_meta_schema(),
-        vec![
-            strs(1, case),
-            strs(1, "eth"),
-            Arc::new(Int64Array::from(vec![tip.0.map(|h| h as i64)])),
-            Arc::new(StringArray::from(vec![tip.1])),
-            Arc::new(StringArray::from(vec![labels_run])),
-            strs(1, case_sha256),
-            strs(1, &meta_json.to_string()),
-            strs(1, run_id),
-        ],
+    let meta = meta_batch(
+        case,
+        run_id,
+        "eth",
+        tip,
+        labels_run,
+        case_sha256,
+        &meta_json,
     )?;
     Ok([state, edges, meta])
 }

@@ -1481,24 +1481,12 @@ async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
         out.contains("eth taint: full: the case's first run"),
         "{out}"
     );
-    for (table, extra) in [
-        ("eth_taint", ""),
-        ("eth_exits", ""),
-        ("flows", ""),
-        ("paths", ""),
-        ("eth_state", ", shares"),
-        ("eth_state_edges", ""),
-    ] {
-        let q = format!(
-            "SELECT * EXCLUDE (\"case\", run_id{extra}) FROM case_{table} t JOIN cases c USING (\"case\") WHERE t.run_id = c.latest_run ORDER BY 1, 2, 3, 4"
-        );
-        let q = q.replace("SELECT * EXCLUDE", "SELECT t.* EXCLUDE");
-        let (a, b) = (sql(&wh, &q), sql(&full, &q));
-        if table != "flows" && table != "paths" {
-            assert!(!a.is_empty(), "{table}");
-        }
-        assert_eq!(a, b, "case_{table}: incremental against from scratch");
-    }
+    same_eth_case_tables(
+        &wh,
+        &full,
+        &["eth_taint", "eth_exits", "eth_state", "eth_state_edges"],
+        "incremental against from scratch",
+    );
     let runs = sql(
         &wh,
         "SELECT run_id, eth_tip_height FROM case_runs ORDER BY started_at",
@@ -1640,7 +1628,7 @@ async fn an_ethereum_case_reruns_on_new_blocks_with_exact_alerts() {
 
     // A damaged Ethereum state (the latest run's `eth_state` cut short): the next run
     // fails naming it.
-    let state_file = walk_files(Path::new(&wh))
+    let state_file = walk(Path::new(&wh))
         .into_iter()
         .filter(|p| {
             let s = p.to_string_lossy();
@@ -1902,7 +1890,7 @@ fn incremental_case_runs_equal_runs_from_scratch() {
     assert_eq!(before, after, "--full changed the rows");
 
     // A damaged state: the latest run's state file cut short. The run fails naming it.
-    let state_file = walk_files(std::path::Path::new(&wh))
+    let state_file = walk(std::path::Path::new(&wh))
         .into_iter()
         .filter(|p| {
             let s = p.to_string_lossy();
@@ -1923,22 +1911,6 @@ fn incremental_case_runs_equal_runs_from_scratch() {
     ]);
     assert!(!ok, "a run on a damaged state succeeded");
     assert!(err.contains("state"), "{err}");
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -2072,6 +2044,29 @@ fn a_reorg_below_the_previous_run_is_recomputed() {
     );
 }
 
+/// Asserts the Ethereum case tables of the latest runs in `got` and `want` are equal (the
+/// columns that do not name the run, and not `eth_state`'s shares: CSV holds no lists),
+/// and that `nonempty` tables have rows.
+fn same_eth_case_tables(got: &str, want: &str, nonempty: &[&str], what: &str) {
+    for (table, extra) in [
+        ("eth_taint", ""),
+        ("eth_exits", ""),
+        ("flows", ""),
+        ("paths", ""),
+        ("eth_state", ", shares"),
+        ("eth_state_edges", ""),
+    ] {
+        let q = format!(
+            "SELECT t.* EXCLUDE (\"case\", run_id{extra}) FROM case_{table} t JOIN cases c USING (\"case\") WHERE t.run_id = c.latest_run ORDER BY 1, 2, 3, 4"
+        );
+        let (a, b) = (sql(got, &q), sql(want, &q));
+        if nonempty.contains(&table) {
+            assert!(!b.is_empty(), "{table}");
+        }
+        assert_eq!(a, b, "case_{table}: {what}");
+    }
+}
+
 /// Ethereum: a reorg below the previous run's tip. Runs at block 4 and at block 7 (on a
 /// branch that is then dropped: `evm_revert` to block 4 and a longer, different branch);
 /// the third run resumes from the run at block 4, reading again only the blocks the reorg
@@ -2171,26 +2166,12 @@ async fn an_ethereum_reorg_below_the_previous_run_resumes_below_the_fork() {
     let fresh = tmp.path().join("fresh").to_string_lossy().into_owned();
     let out = index_and_run(fresh.clone()).await;
     assert!(out.contains("eth taint: full"), "{out}");
-    for (table, extra) in [
-        ("eth_taint", ""),
-        ("eth_exits", ""),
-        ("flows", ""),
-        ("paths", ""),
-        ("eth_state", ", shares"),
-        ("eth_state_edges", ""),
-    ] {
-        let q = format!(
-            "SELECT t.* EXCLUDE (\"case\", run_id{extra}) FROM case_{table} t JOIN cases c USING (\"case\") WHERE t.run_id = c.latest_run ORDER BY 1, 2, 3, 4"
-        );
-        let (got, want) = (sql(&wh, &q), sql(&fresh, &q));
-        if ["eth_taint", "eth_exits", "eth_state_edges"].contains(&table) {
-            assert!(!want.is_empty(), "{table}");
-        }
-        assert_eq!(
-            got, want,
-            "case_{table}: resumed below the fork against from scratch"
-        );
-    }
+    same_eth_case_tables(
+        &wh,
+        &fresh,
+        &["eth_taint", "eth_exits", "eth_state_edges"],
+        "resumed below the fork against from scratch",
+    );
     // The dropped branch's transfer 4 → 9 reached the exchange; the final chain's 6 → 9
     // and 1 → 9 did: the exit's first tainted block is on the final chain.
     let exits = sql(

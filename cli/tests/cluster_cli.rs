@@ -475,19 +475,3 @@ async fn eth_clustering_resumes_from_its_last_run_when_it_still_holds() {
     let text = String::from_utf8_lossy(&err.stderr);
     assert!(text.contains("eth_cluster_pairs"), "{text}");
 }
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}

@@ -11,6 +11,7 @@
 
 pub mod account;
 pub mod blocked;
+pub mod blocks;
 pub mod cc;
 pub mod cluster;
 pub mod coinjoin;

@@ -237,44 +237,12 @@ fn state_schemas() -> (arrow::datatypes::SchemaRef, arrow::datatypes::SchemaRef)
     )
 }
 
-/// The hash of the Ethereum block at `height` in the warehouse, if any.
-async fn eth_block_hash(wh: &Warehouse, height: i64) -> Result<Option<String>> {
-    use arrow::array::AsArray;
-    let wh_err = |e: ferret_schemas::Error| Error::Warehouse(Box::new(e));
-    let Some(m) = wh.load_manifest(Chain::Eth).await.map_err(wh_err)? else {
-        return Ok(None);
-    };
-    let Ok(h) = u64::try_from(height) else {
-        return Ok(None);
-    };
-    // The manifest's own checkpoints first (the tip, the recent blocks it keeps).
-    if let Some(c) = m.tip.iter().chain(&m.recent).find(|c| c.height == h) {
-        return Ok(Some(c.hash.clone()));
+/// The hash of the Ethereum block at `height`, if the warehouse has it.
+async fn eth_hash(wh: &Warehouse, height: Option<i64>) -> Result<Option<String>> {
+    match height.and_then(|h| u64::try_from(h).ok()) {
+        Some(h) => crate::blocks::block_hash(wh, Chain::Eth, h).await,
+        None => Ok(None),
     }
-    for f in m
-        .files_of("blocks")
-        .filter(|f| f.first_height <= h && h <= f.last_height)
-    {
-        for b in wh
-            .read_columns(&f.path, &["block_number", "block_hash"])
-            .await
-            .map_err(wh_err)?
-        {
-            let (Some(n), Some(x)) = (
-                b.column(0)
-                    .as_primitive_opt::<arrow::datatypes::Int64Type>(),
-                b.column(1).as_string_opt::<i32>(),
-            ) else {
-                return Err(Error::BadGraph(format!("{}: not a blocks table", f.path)));
-            };
-            for i in 0..b.num_rows() {
-                if n.value(i) == height {
-                    return Ok(Some(x.value(i).to_string()));
-                }
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// What `ferret cluster eth` did.
@@ -325,7 +293,7 @@ pub async fn cluster_eth_job(
             why = "the rule changed".into();
         } else if height.is_none()
             || hash.is_none()
-            || eth_block_hash(wh, height.unwrap_or(-1)).await?.as_deref() != hash
+            || eth_hash(wh, height).await?.as_deref() != hash
         {
             why = "a reorg replaced the last run's tip".into();
         } else {
@@ -403,7 +371,7 @@ pub async fn cluster_eth_job(
     let from = prev.as_ref().and_then(|p| p.height);
     let (clusters, st) = cluster_eth_resumed(wh, backend, rule, prev.as_ref()).await?;
     let tip_hash = match st.height {
-        Some(h) => eth_block_hash(wh, h).await?,
+        Some(h) => eth_hash(wh, Some(h)).await?,
         None => None,
     };
     let params = serde_json::json!({

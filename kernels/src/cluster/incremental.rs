@@ -15,7 +15,6 @@ use ferret_schemas::{Manifest, Warehouse};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use crate::taint::stored::RowGroups;
 use crate::{Error, Result};
 
 fn wh_err(e: ferret_schemas::Error) -> Error {
@@ -50,35 +49,6 @@ pub struct State {
 
 /// The key of the state in a run's parameters.
 pub const KEY: &str = "incremental";
-
-/// The hash of the committed block at `height`, if the chain has it.
-pub(crate) async fn block_hash_at(
-    wh: &Warehouse,
-    m: &Manifest,
-    height: u64,
-) -> Result<Option<String>> {
-    let groups = RowGroups::open(wh, m, "blocks", &["height"]).await?;
-    let h = i64::try_from(height).unwrap_or(i64::MAX);
-    let which: Vec<usize> = (0..groups.groups.len())
-        .filter(|&g| groups.groups[g].2[0].0 <= h && groups.groups[g].2[0].1 >= h)
-        .collect();
-    for b in groups.read(wh, &which, &["height", "hash"]).await? {
-        let (Some(hs), Some(hash)) = (
-            b.column(0).as_primitive_opt::<Int64Type>(),
-            b.column(1).as_string_opt::<i32>(),
-        ) else {
-            return Err(Error::BadGraph(
-                "btc.blocks: height or hash has the wrong type".into(),
-            ));
-        };
-        for r in 0..b.num_rows() {
-            if hs.value(r) == h {
-                return Ok(Some(hash.value(r).to_string()));
-            }
-        }
-    }
-    Ok(None)
-}
 
 /// The previous stored run to continue from, when one may be continued: its state and
 /// its four tables' runs (clusters, coinjoins, cluster_links, cluster_holds).
@@ -117,7 +87,9 @@ pub(crate) async fn previous(
         Some("the labels changed")
     } else if state.next_tx_index > m.next_tx_index || state.next_address_id > m.next_address_id {
         Some("the chain is shorter than the last run's")
-    } else if block_hash_at(wh, m, state.tip_height).await?.as_deref()
+    } else if crate::blocks::block_hash_in(wh, m, ferret_schemas::Chain::Btc, state.tip_height)
+        .await?
+        .as_deref()
         != Some(state.tip_hash.as_str())
     {
         Some("a reorganisation replaced the last run's tip")

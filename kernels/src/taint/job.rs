@@ -252,11 +252,7 @@ pub fn run_on_graph(
         tracing::warn!(seed = %u, "seed not on the indexed chain");
     }
     let stop_cats: HashSet<&str> = job.stop_categories.iter().map(String::as_str).collect();
-    let stop_addresses: HashSet<u32> = labels
-        .iter()
-        .filter(|l| stop_cats.contains(l.2.as_str()))
-        .filter_map(|l| g.address_id(&l.0))
-        .collect();
+    let stop_addresses = stop_address_ids(g, labels, &stop_cats);
     let q = Query {
         policy: job.policy,
         direction: job.direction,
@@ -508,20 +504,11 @@ fn exits(
     runs: [&[super::Tainted]; 3],
 ) -> Vec<Exit> {
     let seeds: HashSet<u32> = seed_addrs.iter().copied().collect();
-    // One label per address: a stop category first, then by label name.
-    let mut label_of: HashMap<u32, (&str, &str)> = HashMap::new();
-    for (a, l, c) in labels {
-        if !stop.is_empty() && !stop.contains(c.as_str()) {
-            continue;
-        }
-        let Some(id) = g.address_id(a) else {
-            continue;
-        };
-        let e = label_of.entry(id).or_insert((l, c));
-        if (l.as_str(), c.as_str()) < *e {
-            *e = (l, c);
-        }
-    }
+    let by_name = exit_labels(labels, stop);
+    let label_of: HashMap<u32, (&str, &str)> = by_name
+        .iter()
+        .filter_map(|(a, l)| Some((g.address_id(a)?, *l)))
+        .collect();
     // Per exit address: (value, outputs, min hop) in each run.
     let mut by: BTreeMap<u32, [(i64, u64, u32); 3]> = BTreeMap::new();
     for (k, rows) in runs.iter().enumerate() {
@@ -554,6 +541,39 @@ fn exits(
         .collect();
     sort_exits(&mut v);
     v
+}
+
+/// One label per address that can be an exit: of the stop categories when there are any
+/// (else of any category), the smallest (label, category).
+pub(crate) fn exit_labels<'a>(
+    labels: &'a [(String, String, String)],
+    stop: &HashSet<&str>,
+) -> HashMap<&'a str, (&'a str, &'a str)> {
+    let mut label_of: HashMap<&str, (&str, &str)> = HashMap::new();
+    for (a, l, c) in labels {
+        if !stop.is_empty() && !stop.contains(c.as_str()) {
+            continue;
+        }
+        let e = label_of.entry(a.as_str()).or_insert((l, c));
+        if (l.as_str(), c.as_str()) < *e {
+            *e = (l, c);
+        }
+    }
+    label_of
+}
+
+/// The addresses of `g` labelled with one of `stop`'s categories (they receive taint and
+/// pass none on).
+pub(crate) fn stop_address_ids(
+    g: &SpendGraph,
+    labels: &[(String, String, String)],
+    stop: &HashSet<&str>,
+) -> HashSet<u32> {
+    labels
+        .iter()
+        .filter(|l| stop.contains(l.2.as_str()))
+        .filter_map(|l| g.address_id(&l.0))
+        .collect()
 }
 
 /// Exits by tainted amount, largest first (then every path's amount, then address).

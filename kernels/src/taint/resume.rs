@@ -821,11 +821,7 @@ pub fn resume_on(
         )));
     }
     let stop_cats: HashSet<&str> = job.stop_categories.iter().map(String::as_str).collect();
-    let stop_addresses: HashSet<u32> = labels
-        .iter()
-        .filter(|l| stop_cats.contains(l.2.as_str()))
-        .filter_map(|l| g.address_id(&l.0))
-        .collect();
+    let stop_addresses = super::job::stop_address_ids(g, labels, &stop_cats);
     let q = Query {
         policy: job.policy,
         direction: job.direction,
@@ -931,16 +927,7 @@ pub fn resume_on(
         .len() as u64;
 
     // Exits: the new outputs' sums added to the state's.
-    let mut label_of: HashMap<&str, (&str, &str)> = HashMap::new();
-    for (a, l, c) in labels {
-        if !stop_cats.is_empty() && !stop_cats.contains(c.as_str()) {
-            continue;
-        }
-        let e = label_of.entry(a.as_str()).or_insert((l, c));
-        if (l.as_str(), c.as_str()) < *e {
-            *e = (l, c);
-        }
-    }
+    let label_of = super::job::exit_labels(labels, &stop_cats);
     let mut exit_sums = prev_state.exit_sums.clone();
     for (k, rows) in [&rows_lim, &rows_all, &rows_open].iter().enumerate() {
         for r in rows
