@@ -48,6 +48,10 @@ enum Command {
     /// Trace tainted funds from seeds (results tables `taint` and `exits`).
     #[command(subcommand)]
     Taint(TaintCmd),
+    /// Find scam typologies (peel chains, victim collection, pass-through, structuring,
+    /// CoinJoin use) on a whole chain (results table `typologies`).
+    #[command(subcommand)]
+    Typologies(TypologiesCmd),
     /// Draw the flow from seeds to exits (SVG, self-contained HTML, DOT).
     #[command(subcommand)]
     Trace(TraceCmd),
@@ -329,6 +333,46 @@ struct ClusterBtcArgs {
     /// be continued (by default only the transactions after it are read).
     #[arg(long)]
     full: bool,
+}
+
+#[derive(Subcommand)]
+enum TypologiesCmd {
+    /// Bitcoin: peel chains, rapid pass-through, fan-out structuring, CoinJoin use (a
+    /// chain-order pass) and victim collection (SQL over payments).
+    Btc(TypologiesBtcArgs),
+}
+
+#[derive(Args)]
+struct TypologiesBtcArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// Only patterns found in blocks from this height on (earlier blocks are read for
+    /// the addresses' history).
+    #[arg(long, value_name = "HEIGHT")]
+    since: Option<i64>,
+    /// Keep only these patterns (repeatable): peel_chain, victim_collection,
+    /// pass_through, fan_out, coinjoin.
+    #[arg(long = "pattern", value_name = "PATTERN")]
+    patterns: Vec<String>,
+    /// Peel chains: the fewest steps.
+    #[arg(long, default_value_t = 5)]
+    peel_min_steps: usize,
+    /// Pass-through: the fewest hops.
+    #[arg(long, default_value_t = 3)]
+    pass_min_hops: usize,
+    /// Pass-through: the most blocks between receiving and passing on.
+    #[arg(long, default_value_t = 144)]
+    pass_max_wait: i64,
+    /// Fan-out: the fewest just-under-round payments to fresh addresses.
+    #[arg(long, default_value_t = 10)]
+    fan_min_outputs: usize,
+    /// Victim collection: the fewest distinct payer clusters.
+    #[arg(long, default_value_t = 10)]
+    victim_min_payers: usize,
+    /// Victim collection: the smallest median payment, sats.
+    #[arg(long, default_value_t = 200_000)]
+    victim_min_median: i64,
 }
 
 #[derive(Args)]
@@ -902,6 +946,50 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
         backend.describe(),
         job.mode
     );
+    Ok(())
+}
+
+async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
+    use ferret_kernels::typology::Pattern;
+    use ferret_query::typologies::{TypologyOptions, run_btc};
+    let wh = Warehouse::open_existing(&a.warehouse)?;
+    let mut opts = TypologyOptions::default();
+    for p in &a.patterns {
+        let pattern = Pattern::from_name(p).with_context(|| {
+            format!(
+                "--pattern {p}: unknown; the patterns are {}",
+                Pattern::ALL.map(|p| p.name()).join(", ")
+            )
+        })?;
+        if matches!(
+            pattern,
+            Pattern::AddressPoisoning | Pattern::ApprovalPhishing
+        ) {
+            bail!("--pattern {p}: an Ethereum pattern, not found on Bitcoin");
+        }
+        opts.patterns.push(pattern);
+    }
+    opts.btc.since = a.since;
+    opts.btc.peel_min_steps = a.peel_min_steps;
+    opts.btc.pass_min_hops = a.pass_min_hops;
+    opts.btc.pass_max_wait = a.pass_max_wait;
+    opts.btc.fan_min_outputs = a.fan_min_outputs;
+    opts.victim.min_payers = a.victim_min_payers;
+    opts.victim.min_median = a.victim_min_median;
+    let run = run_btc(&wh, &opts)
+        .await
+        .with_context(|| format!("typologies over {wh}"))?;
+    println!(
+        "typologies run {}: {} transactions read, {} findings",
+        run.run_id,
+        run.transactions,
+        run.findings.len()
+    );
+    for p in Pattern::ALL {
+        if let Some(n) = run.counts.get(p.name()) {
+            println!("  {:<18} {n}", p.name());
+        }
+    }
     Ok(())
 }
 
@@ -1768,6 +1856,7 @@ fn main() -> ExitCode {
             Command::Synth(SynthCmd::Btc(a)) => synth_btc_cmd(a),
             Command::Synth(SynthCmd::Eth(a)) => synth_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
+            Command::Typologies(TypologiesCmd::Btc(a)) => typologies_btc_cmd(a).await,
             Command::Cluster(ClusterCmd::Eth(a)) => cluster_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Why(a)) => cluster_why_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,

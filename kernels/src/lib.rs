@@ -21,6 +21,7 @@ mod progress;
 pub mod propagate;
 pub mod taint;
 pub mod txstream;
+pub mod typology;
 
 pub use error::{Error, Result};
 

@@ -19,6 +19,8 @@ pub struct TxIn {
     pub value: Option<i64>,
     /// The spent output's address id.
     pub address_id: Option<u64>,
+    /// The height of the spent output's block (known when it is indexed).
+    pub spent_height: Option<i64>,
 }
 
 /// One output.
@@ -190,7 +192,13 @@ pub async fn for_each_tx_from(
         wh,
         m,
         "inputs",
-        vec!["tx_index", "spent_output_id", "value", "address_id"],
+        vec![
+            "tx_index",
+            "spent_output_id",
+            "value",
+            "address_id",
+            "spent_height",
+        ],
         from_tx,
     )
     .await?;
@@ -256,6 +264,7 @@ pub async fn for_each_tx_from(
                 spent_output,
                 value: ins.i64_at(2)?,
                 address_id: ins.id_at(3)?,
+                spent_height: ins.i64_at(4)?,
             });
             ins.row += 1;
         }

@@ -14,6 +14,9 @@
 //!   (default), a token contract or `*` (poison only); `min_value` in the asset's base unit.
 //! - `clusters([coinjoin_rule])`: common-input-ownership clusters computed now (the
 //!   `clusters` table's columns); `clusters(false)` links CoinJoin inputs too.
+//! - `typology(pattern)`: the findings of one pattern (`peel_chain`, `victim_collection`,
+//!   `pass_through`, `fan_out`, `coinjoin`, …) in the latest `typologies` run (written by
+//!   `ferret typologies`); the plain `typologies` table holds every pattern.
 //! - `cluster_of(address)`: the cluster id of an address in the stored `clusters` table
 //!   (its latest run), NULL when the address is not in it.
 //!
@@ -316,6 +319,96 @@ impl TableFunctionImpl for EthTaintFunction {
             ferret_schemas::results::eth_taint_schema(),
             Kind::EthTaint(job),
         )))
+    }
+}
+
+/// `typology(pattern)`: the findings of one pattern in the latest `typologies` run.
+#[derive(Debug)]
+struct TypologyFunction {
+    wh: Warehouse,
+}
+
+impl TableFunctionImpl for TypologyFunction {
+    fn call(&self, args: &[Expr]) -> Result<Arc<dyn TableProvider>> {
+        let schema = ferret_schemas::results::typologies_schema();
+        if let Some(t) = unbound("typology(pattern)", args, schema.clone()) {
+            return Ok(t);
+        }
+        let names = || {
+            ferret_kernels::typology::Pattern::ALL
+                .map(|p| p.name())
+                .join(", ")
+        };
+        if args.len() != 1 {
+            return plan_err!("typology(pattern) takes one pattern: {}", names());
+        }
+        let Some(pattern) = text_arg("typology", args, 0, "pattern")? else {
+            return plan_err!("typology(pattern): the pattern is NULL; one of {}", names());
+        };
+        if ferret_kernels::typology::Pattern::from_name(&pattern).is_none() {
+            return plan_err!(
+                "typology: unknown pattern {pattern:?}; the patterns are {}",
+                names()
+            );
+        }
+        Ok(Arc::new(TypologyTable {
+            wh: self.wh.clone(),
+            schema,
+            pattern,
+        }))
+    }
+}
+
+/// The latest `typologies` run's rows of one pattern, read when the query runs.
+#[derive(Debug)]
+struct TypologyTable {
+    wh: Warehouse,
+    schema: SchemaRef,
+    pattern: String,
+}
+
+#[async_trait]
+impl TableProvider for TypologyTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = self
+            .wh
+            .read_latest("typologies")
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut kept = Vec::with_capacity(batches.len());
+        for b in batches {
+            let col = b
+                .column_by_name("pattern")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| {
+                    DataFusionError::Execution("typologies: no text column `pattern`".into())
+                })?;
+            let mask = arrow::array::BooleanArray::from_iter(
+                (0..col.len()).map(|i| Some(!col.is_null(i) && col.value(i) == self.pattern)),
+            );
+            let b = arrow::compute::filter_record_batch(&b, &mask)?;
+            // The run's file may carry the schema's metadata differently: take the columns.
+            kept.push(RecordBatch::try_new(
+                self.schema.clone(),
+                b.columns().to_vec(),
+            )?);
+        }
+        let mem = MemTable::try_new(self.schema.clone(), vec![kept])?;
+        mem.scan(state, projection, filters, limit).await
     }
 }
 
@@ -656,6 +749,7 @@ pub async fn register_functions_with(
         }),
     );
     ctx.register_udtf("eth_taint", Arc::new(EthTaintFunction { wh: wh.clone() }));
+    ctx.register_udtf("typology", Arc::new(TypologyFunction { wh: wh.clone() }));
     ctx.register_udtf(
         "clusters",
         Arc::new(ClustersFunction {

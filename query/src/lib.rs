@@ -15,6 +15,7 @@
 mod functions;
 pub mod output;
 mod provider;
+pub mod typologies;
 
 use std::sync::Arc;
 

@@ -190,8 +190,44 @@ pub fn cluster_holds_schema() -> SchemaRef {
     S.clone()
 }
 
+/// Schema of `typologies`: one row per finding of a typology run (`ferret typologies`):
+/// a shape of scam-compound money (a peel chain, victim collection, …) on one chain.
+/// Every pattern's rule, features and thresholds are in docs/typologies.md.
+pub fn typologies_schema() -> SchemaRef {
+    static S: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            // peel_chain, victim_collection, pass_through, fan_out, coinjoin,
+            // address_poisoning, approval_phishing
+            Field::new("pattern", DataType::Utf8, false),
+            Field::new("chain", DataType::Utf8, false),
+            // The address the finding is about: a collection address, a peel chain's or a
+            // pass-through chain's first address, a structuring source, a mix user.
+            Field::new("address", DataType::Utf8, true),
+            // From the latest clustering run; NULL when the address is unclustered.
+            Field::new("cluster_id", DataType::Int64, true),
+            // The evidence transactions, in chain order (every step of a chain).
+            Field::new(
+                "txids",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                false,
+            ),
+            Field::new("first_height", DataType::Int64, false),
+            Field::new("last_height", DataType::Int64, false),
+            // The pattern's amount in base units (sats): total peeled, total collected,
+            // the value passed through, the value structured, the value mixed.
+            Field::new("amount", DataType::Float64, false),
+            // 0–1: how strongly the features match the pattern.
+            Field::new("score", DataType::Float64, false),
+            // JSON object of the features behind the finding and its score.
+            Field::new("features", DataType::Utf8, false),
+            Field::new("run_id", DataType::Utf8, false),
+        ]))
+    });
+    S.clone()
+}
+
 /// The results tables: job name and schema.
-pub fn result_tables() -> [(&'static str, SchemaRef); 10] {
+pub fn result_tables() -> [(&'static str, SchemaRef); 11] {
     [
         ("clusters", clusters_schema()),
         ("coinjoins", coinjoins_schema()),
@@ -203,6 +239,7 @@ pub fn result_tables() -> [(&'static str, SchemaRef); 10] {
         ("exits", exits_schema()),
         ("eth_taint", eth_taint_schema()),
         ("eth_exits", eth_exits_schema()),
+        ("typologies", typologies_schema()),
     ]
 }
 

@@ -1,0 +1,1033 @@
+//! The Bitcoin typologies that are walks along spends (peel chains, rapid pass-through)
+//! or shapes of one source's payments (fan-out structuring) or of single transactions
+//! (CoinJoin use), found in one chain-order pass over the committed transactions.
+//!
+//! What the pass holds:
+//! - two one-byte saturating counters per address id (outputs received, transactions
+//!   spending from it): "fresh" (never paid before) and "no other activity" are read
+//!   from them;
+//! - the chains still open: a chain's tail is an unspent output, and a chain whose tail
+//!   waits longer than its rule's gap is closed (so open chains are those of the last
+//!   `max_gap` blocks);
+//! - fan-out sources seen paying a just-under-round amount in the last `window` blocks;
+//! - per address that used a CoinJoin, its totals;
+//! - the findings.
+//!
+//! Every rule is stated in docs/typologies.md with where its thresholds come from.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+
+use super::{Finding, Pattern, coefficient_of_variation, just_under_round, r4};
+use crate::coinjoin::{Detectors, TxShape};
+use crate::txstream::TxRows;
+use crate::{Error, Result};
+
+/// The rules' thresholds (docs/typologies.md gives the reasoning for each default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BtcRules {
+    /// Peel chains: the fewest steps.
+    pub peel_min_steps: usize,
+    /// Peel chains: the largest share of a step's input the peel may take.
+    pub peel_max_share: f64,
+    /// Peel chains: the most blocks between a remainder and the step that spends it.
+    pub peel_max_gap: i64,
+    /// Pass-through: the fewest hops.
+    pub pass_min_hops: usize,
+    /// Pass-through: the smallest share of a hop's input its one output keeps.
+    pub pass_min_kept: f64,
+    /// Pass-through: the most blocks between receiving and passing on.
+    pub pass_max_wait: i64,
+    /// Fan-out: the fewest just-under-round payments to fresh addresses.
+    pub fan_min_outputs: usize,
+    /// Fan-out: how far under a round threshold (a share of it) counts as just under.
+    pub fan_band: f64,
+    /// Fan-out: the smallest payment that counts (sats).
+    pub fan_min_value: i64,
+    /// Fan-out: the largest coefficient of variation of the just-under amounts.
+    pub fan_max_cv: f64,
+    /// Fan-out: the smallest share of the source's payments that are just under.
+    pub fan_min_share: f64,
+    /// Fan-out: a source idle this many blocks is judged.
+    pub fan_window: i64,
+    /// Transactions below this height are read (for the counters) but start no finding.
+    pub since: Option<i64>,
+    pub detectors: Detectors,
+}
+
+impl Default for BtcRules {
+    fn default() -> Self {
+        Self {
+            peel_min_steps: 5,
+            peel_max_share: 0.2,
+            peel_max_gap: 1008,
+            pass_min_hops: 3,
+            pass_min_kept: 0.95,
+            pass_max_wait: 144,
+            fan_min_outputs: 10,
+            fan_band: 0.05,
+            fan_min_value: 100_000,
+            fan_max_cv: 0.1,
+            fan_min_share: 0.5,
+            fan_window: 1008,
+            since: None,
+            detectors: Detectors::default(),
+        }
+    }
+}
+
+impl BtcRules {
+    /// Refuses thresholds that make no sense (a share outside (0, 1], a negative window).
+    pub fn check(&self) -> Result<()> {
+        let share = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 1.0 {
+                Ok(())
+            } else {
+                Err(Error::BadQuery(format!(
+                    "typologies: {name} must be in (0, 1], not {v}"
+                )))
+            }
+        };
+        share("peel_max_share", self.peel_max_share)?;
+        share("pass_min_kept", self.pass_min_kept)?;
+        share("fan_band", self.fan_band)?;
+        share("fan_min_share", self.fan_min_share)?;
+        if !(self.fan_max_cv.is_finite() && self.fan_max_cv >= 0.0) {
+            return Err(Error::BadQuery(format!(
+                "typologies: fan_max_cv must be at least 0, not {}",
+                self.fan_max_cv
+            )));
+        }
+        for (name, v) in [
+            ("peel_max_gap", self.peel_max_gap),
+            ("pass_max_wait", self.pass_max_wait),
+            ("fan_window", self.fan_window),
+            ("fan_min_value", self.fan_min_value),
+        ] {
+            if v < 0 {
+                return Err(Error::BadQuery(format!(
+                    "typologies: {name} must be at least 0, not {v}"
+                )));
+            }
+        }
+        for (name, v) in [
+            ("peel_min_steps", self.peel_min_steps),
+            ("pass_min_hops", self.pass_min_hops),
+            ("fan_min_outputs", self.fan_min_outputs),
+        ] {
+            if v < 2 {
+                return Err(Error::BadQuery(format!(
+                    "typologies: {name} must be at least 2, not {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct PeelStep {
+    txid: String,
+    height: i64,
+    input: i64,
+    peel: i64,
+    remainder: i64,
+    peel_fresh: bool,
+    remainder_fresh: bool,
+    peel_to_exchange: bool,
+}
+
+#[derive(Clone, Debug)]
+struct PeelChain {
+    start: u64,
+    steps: Vec<PeelStep>,
+}
+
+#[derive(Clone, Debug)]
+struct PassStep {
+    txid: String,
+    height: i64,
+    address: u64,
+    input: i64,
+    output: i64,
+    wait: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FanSource {
+    first_height: i64,
+    last_height: i64,
+    /// Outputs to other addresses since the source was first seen paying just under.
+    payments: usize,
+    /// The just-under payments to fresh addresses: value and its round threshold.
+    under: Vec<(i64, i64)>,
+    txids: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MixUse {
+    sent: i64,
+    received: i64,
+    mixes_in: u32,
+    mixes_out: u32,
+    protocols: BTreeSet<&'static str>,
+    confidence: f64,
+    txids: Vec<String>,
+    first_height: i64,
+    last_height: i64,
+}
+
+/// The pass's state. Feed it every committed transaction in chain order
+/// ([`Scan::tx`]), then [`Scan::finish`].
+pub struct Scan {
+    rules: BtcRules,
+    exchanges: HashSet<u64>,
+    received: Vec<u8>,
+    spent: Vec<u8>,
+    peel_open: HashMap<u64, PeelChain>,
+    pass_open: HashMap<u64, Vec<PassStep>>,
+    /// Closed pass-through chains long enough to judge once the counters are final.
+    pass_done: Vec<Vec<PassStep>>,
+    fan: HashMap<u64, FanSource>,
+    mix: HashMap<u64, MixUse>,
+    findings: Vec<Finding>,
+    last_sweep: i64,
+    last_tx: Option<u64>,
+    /// Transactions read.
+    pub transactions: u64,
+}
+
+fn bump(v: &mut Vec<u8>, a: u64) {
+    let i = a as usize;
+    if i >= v.len() {
+        v.resize(i + 1, 0);
+    }
+    v[i] = v[i].saturating_add(1);
+}
+
+fn count(v: &[u8], a: u64) -> u8 {
+    v.get(a as usize).copied().unwrap_or(0)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+impl Scan {
+    /// A scan with the given rules; `exchanges` are the address ids labelled exchanges
+    /// (peels paying them are counted); `addresses` sizes the counters.
+    pub fn new(rules: BtcRules, exchanges: HashSet<u64>, addresses: u64) -> Result<Self> {
+        rules.check()?;
+        let n = usize::try_from(addresses).map_err(|_| {
+            Error::BadGraph(format!("{addresses} addresses do not fit this machine"))
+        })?;
+        Ok(Self {
+            rules,
+            exchanges,
+            received: vec![0; n],
+            spent: vec![0; n],
+            peel_open: HashMap::new(),
+            pass_open: HashMap::new(),
+            pass_done: Vec::new(),
+            fan: HashMap::new(),
+            mix: HashMap::new(),
+            findings: Vec::new(),
+            last_sweep: i64::MIN,
+            last_tx: None,
+            transactions: 0,
+        })
+    }
+
+    /// Reads one transaction (the next in chain order).
+    pub fn tx(&mut self, tx: &TxRows) -> Result<()> {
+        if self.last_tx.is_some_and(|l| tx.tx_index <= l) {
+            return Err(Error::BadGraph(format!(
+                "typologies: transaction {} out of chain order",
+                tx.tx_index
+            )));
+        }
+        self.last_tx = Some(tx.tx_index);
+        self.transactions += 1;
+        let h = tx.height;
+        if self.last_sweep == i64::MIN || h - self.last_sweep >= 144 {
+            self.sweep(h);
+            self.last_sweep = h;
+        }
+        let judged = self.rules.since.is_none_or(|s| h >= s);
+        if judged && !tx.inputs.is_empty() {
+            let txid = tx.txid.clone().ok_or_else(|| {
+                Error::BadGraph(format!("transaction {} without a txid", tx.tx_index))
+            })?;
+            self.coinjoin(tx, &txid);
+            self.peel(tx, &txid);
+            self.pass(tx, &txid);
+            self.fan_out(tx, &txid);
+        } else {
+            // Chains whose tail this transaction spends end here.
+            for i in &tx.inputs {
+                if let Some(o) = i.spent_output {
+                    if let Some(c) = self.peel_open.remove(&o) {
+                        self.close_peel(c);
+                    }
+                    if let Some(c) = self.pass_open.remove(&o) {
+                        self.close_pass(c);
+                    }
+                }
+            }
+        }
+        for o in &tx.outputs {
+            if let Some(a) = o.address_id
+                && !o.nulldata
+            {
+                bump(&mut self.received, a);
+            }
+        }
+        let mut seen: Vec<u64> = tx.inputs.iter().filter_map(|i| i.address_id).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for a in seen {
+            bump(&mut self.spent, a);
+        }
+        Ok(())
+    }
+
+    /// The one address every input spends from, and the inputs' total value (both
+    /// known).
+    fn one_owner(tx: &TxRows) -> Option<(u64, i64)> {
+        let first = tx.inputs.first()?.address_id?;
+        let mut total: i64 = 0;
+        for i in &tx.inputs {
+            if i.address_id != Some(first) {
+                return None;
+            }
+            total = total.checked_add(i.value?)?;
+        }
+        Some((first, total))
+    }
+
+    fn fresh(&self, a: Option<u64>) -> bool {
+        a.is_some_and(|a| count(&self.received, a) == 0)
+    }
+
+    fn coinjoin(&mut self, tx: &TxRows, txid: &str) {
+        if tx.outputs.len() < 2 {
+            return;
+        }
+        let values: Vec<Option<i64>> = tx.inputs.iter().map(|i| i.value).collect();
+        let mut members: Vec<u64> = tx.inputs.iter().filter_map(|i| i.address_id).collect();
+        let addressless = tx.inputs.len() - members.len();
+        members.sort_unstable();
+        members.dedup();
+        let out_values: Vec<i64> = tx.outputs.iter().map(|o| o.value).collect();
+        let nulldata: Vec<bool> = tx.outputs.iter().map(|o| o.nulldata).collect();
+        let shape = TxShape {
+            input_values: &values,
+            distinct_input_addresses: members.len() + addressless,
+            output_values: &out_values,
+            output_nulldata: &nulldata,
+        };
+        let Some(d) = self.rules.detectors.detect(&shape) else {
+            return;
+        };
+        if !d.protocol.is_mix() {
+            return;
+        }
+        let h = tx.height;
+        let mut touch = |a: u64, sent: i64, received: i64| {
+            let m = self.mix.entry(a).or_insert_with(|| MixUse {
+                first_height: h,
+                ..MixUse::default()
+            });
+            m.sent = m.sent.saturating_add(sent);
+            m.received = m.received.saturating_add(received);
+            m.protocols.insert(d.protocol.name());
+            m.confidence = m.confidence.max(d.confidence);
+            m.last_height = h;
+            if m.txids.last().map(String::as_str) != Some(txid) {
+                m.txids.push(txid.to_string());
+                if sent > 0 {
+                    m.mixes_in += 1;
+                } else {
+                    m.mixes_out += 1;
+                }
+            }
+        };
+        for i in &tx.inputs {
+            if let Some(a) = i.address_id {
+                touch(a, i.value.unwrap_or(0).max(1), 0);
+            }
+        }
+        for o in &tx.outputs {
+            if let Some(a) = o.address_id
+                && !o.nulldata
+            {
+                touch(a, 0, o.value);
+            }
+        }
+    }
+
+    fn peel(&mut self, tx: &TxRows, txid: &str) {
+        let mut ended: Vec<PeelChain> = Vec::new();
+        for i in &tx.inputs {
+            if let Some(o) = i.spent_output
+                && let Some(c) = self.peel_open.remove(&o)
+            {
+                ended.push(c);
+            }
+        }
+        let step = (|| {
+            let (owner, input) = Self::one_owner(tx)?;
+            let outs: Vec<_> = tx.outputs.iter().filter(|o| !o.nulldata).collect();
+            let [a, b] = outs.as_slice() else {
+                return None;
+            };
+            let (peel, rem) = if a.value <= b.value { (a, b) } else { (b, a) };
+            let rem_addr = rem.address_id?;
+            if peel.value <= 0
+                || input <= 0
+                || peel.value as f64 > self.rules.peel_max_share * input as f64
+                || rem_addr == owner
+            {
+                return None;
+            }
+            Some((
+                owner,
+                rem.output_id,
+                PeelStep {
+                    txid: txid.to_string(),
+                    height: tx.height,
+                    input,
+                    peel: peel.value,
+                    remainder: rem.value,
+                    peel_fresh: self.fresh(peel.address_id),
+                    remainder_fresh: self.fresh(Some(rem_addr)),
+                    peel_to_exchange: peel.address_id.is_some_and(|p| self.exchanges.contains(&p)),
+                },
+            ))
+        })();
+        let Some((owner, tail, step)) = step else {
+            for c in ended {
+                self.close_peel(c);
+            }
+            return;
+        };
+        // A step continues the chain whose remainder it spends (when it spends one, and
+        // within the gap); any other chain it spends ends.
+        let mut chain = None;
+        if ended.len() == 1
+            && ended[0]
+                .steps
+                .last()
+                .is_some_and(|l| tx.height - l.height <= self.rules.peel_max_gap)
+        {
+            chain = ended.pop();
+        }
+        for c in ended {
+            self.close_peel(c);
+        }
+        let mut chain = chain.unwrap_or(PeelChain {
+            start: owner,
+            steps: Vec::new(),
+        });
+        chain.steps.push(step);
+        self.peel_open.insert(tail, chain);
+    }
+
+    fn close_peel(&mut self, c: PeelChain) {
+        let r = &self.rules;
+        let n = c.steps.len();
+        if n < r.peel_min_steps {
+            return;
+        }
+        let first = &c.steps[0];
+        let last = &c.steps[n - 1];
+        let peeled: i64 = c.steps.iter().map(|s| s.peel).sum();
+        let shares: Vec<f64> = c
+            .steps
+            .iter()
+            .map(|s| s.peel as f64 / s.input as f64)
+            .collect();
+        let mut gaps: Vec<f64> = c
+            .steps
+            .windows(2)
+            .map(|w| (w[1].height - w[0].height) as f64)
+            .collect();
+        let max_gap = gaps.iter().copied().fold(0.0, f64::max);
+        let fresh_rem = c.steps.iter().filter(|s| s.remainder_fresh).count() as f64 / n as f64;
+        let fresh_peel = c.steps.iter().filter(|s| s.peel_fresh).count() as f64 / n as f64;
+        let to_exchanges = c.steps.iter().filter(|s| s.peel_to_exchange).count();
+        let mut sorted = shares.clone();
+        let length_part = ((n - r.peel_min_steps) as f64 / r.peel_min_steps as f64).min(1.0);
+        let score = (0.5 + 0.5 * length_part) * (0.5 + 0.5 * fresh_rem);
+        let mut f = Map::new();
+        f.insert("steps".into(), json!(n));
+        f.insert("total_peeled".into(), json!(peeled));
+        f.insert("start_value".into(), json!(first.input));
+        f.insert("end_remainder".into(), json!(last.remainder));
+        f.insert("median_peel_share".into(), json!(r4(median(&mut sorted))));
+        f.insert(
+            "peel_share_cv".into(),
+            json!(r4(coefficient_of_variation(&shares))),
+        );
+        f.insert("fresh_remainder_share".into(), json!(r4(fresh_rem)));
+        f.insert("fresh_peel_share".into(), json!(r4(fresh_peel)));
+        f.insert("peels_to_exchanges".into(), json!(to_exchanges));
+        f.insert("median_gap_blocks".into(), json!(r4(median(&mut gaps))));
+        f.insert("max_gap_blocks".into(), json!(max_gap));
+        self.findings.push(Finding {
+            pattern: Pattern::PeelChain,
+            address_id: Some(c.start),
+            address: None,
+            txids: c.steps.iter().map(|s| s.txid.clone()).collect(),
+            first_height: first.height,
+            last_height: last.height,
+            amount: peeled as f64,
+            score: r4(score),
+            features: f,
+        });
+    }
+
+    fn pass(&mut self, tx: &TxRows, txid: &str) {
+        let mut ended: Vec<Vec<PassStep>> = Vec::new();
+        for i in &tx.inputs {
+            if let Some(o) = i.spent_output
+                && let Some(c) = self.pass_open.remove(&o)
+            {
+                ended.push(c);
+            }
+        }
+        let step = (|| {
+            let (owner, input) = Self::one_owner(tx)?;
+            let outs: Vec<_> = tx.outputs.iter().filter(|o| !o.nulldata).collect();
+            let [out] = outs.as_slice() else {
+                return None;
+            };
+            let to = out.address_id?;
+            let received = tx.inputs.iter().map(|i| i.spent_height).max()??;
+            let wait = tx.height - received;
+            if to == owner
+                || input <= 0
+                || wait > self.rules.pass_max_wait
+                || (out.value as f64) < self.rules.pass_min_kept * input as f64
+            {
+                return None;
+            }
+            Some((
+                out.output_id,
+                PassStep {
+                    txid: txid.to_string(),
+                    height: tx.height,
+                    address: owner,
+                    input,
+                    output: out.value,
+                    wait,
+                },
+            ))
+        })();
+        let Some((tail, step)) = step else {
+            for c in ended {
+                self.close_pass(c);
+            }
+            return;
+        };
+        let mut chain = if ended.len() == 1 {
+            ended.pop().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for c in ended {
+            self.close_pass(c);
+        }
+        chain.push(step);
+        self.pass_open.insert(tail, chain);
+    }
+
+    fn close_pass(&mut self, c: Vec<PassStep>) {
+        if c.len() >= self.rules.pass_min_hops {
+            self.pass_done.push(c);
+        }
+    }
+
+    /// Judges a closed pass-through chain once the activity counters are final: each
+    /// hop's address must have received once and spent once; the chain is cut where one
+    /// did more, and runs still long enough are findings.
+    fn judge_pass(&mut self, c: Vec<PassStep>) {
+        let quiet = |s: &PassStep| {
+            count(&self.received, s.address) == 1 && count(&self.spent, s.address) == 1
+        };
+        let mut runs: Vec<Vec<&PassStep>> = vec![Vec::new()];
+        for s in &c {
+            if quiet(s) {
+                runs.last_mut().map(|r| r.push(s));
+            } else if !runs.last().is_some_and(Vec::is_empty) {
+                runs.push(Vec::new());
+            }
+        }
+        let min = self.rules.pass_min_hops;
+        let mut out = Vec::new();
+        for run in runs.into_iter().filter(|r| r.len() >= min) {
+            let n = run.len();
+            let first = run[0];
+            let last = run[n - 1];
+            let kept = last.output as f64 / first.input as f64;
+            let mut waits: Vec<f64> = run.iter().map(|s| s.wait as f64).collect();
+            let max_wait = waits.iter().copied().fold(0.0, f64::max);
+            let length_part = ((n - min) as f64 / min as f64).min(1.0);
+            let speed = 1.0 - max_wait / (self.rules.pass_max_wait.max(1) as f64 * 2.0);
+            let score = (0.5 + 0.5 * length_part) * speed.clamp(0.5, 1.0);
+            let mut f = Map::new();
+            f.insert("hops".into(), json!(n));
+            f.insert("first_value".into(), json!(first.input));
+            f.insert("last_value".into(), json!(last.output));
+            f.insert("value_kept".into(), json!(r4(kept)));
+            f.insert("median_wait_blocks".into(), json!(r4(median(&mut waits))));
+            f.insert("max_wait_blocks".into(), json!(max_wait));
+            out.push(Finding {
+                pattern: Pattern::PassThrough,
+                address_id: Some(first.address),
+                address: None,
+                txids: run.iter().map(|s| s.txid.clone()).collect(),
+                first_height: first.height,
+                last_height: last.height,
+                amount: first.input as f64,
+                score: r4(score),
+                features: f,
+            });
+        }
+        self.findings.extend(out);
+    }
+
+    fn fan_out(&mut self, tx: &TxRows, txid: &str) {
+        let Some(source) = tx.inputs.first().and_then(|i| i.address_id) else {
+            return;
+        };
+        let r = &self.rules;
+        let mut payments = 0usize;
+        let mut under = Vec::new();
+        for o in &tx.outputs {
+            let Some(a) = o.address_id else { continue };
+            if o.nulldata || a == source {
+                continue;
+            }
+            payments += 1;
+            if o.value >= r.fan_min_value
+                && self.fresh(Some(a))
+                && let Some(round) = just_under_round(o.value, r.fan_band)
+            {
+                under.push((o.value, round));
+            }
+        }
+        if under.is_empty() && !self.fan.contains_key(&source) {
+            return;
+        }
+        let h = tx.height;
+        let s = self.fan.entry(source).or_insert_with(|| FanSource {
+            first_height: h,
+            ..FanSource::default()
+        });
+        s.payments += payments;
+        s.last_height = h;
+        if !under.is_empty() {
+            s.under.extend(under);
+            s.txids.push(txid.to_string());
+        }
+    }
+
+    fn close_fan(&mut self, source: u64, s: FanSource) {
+        let r = &self.rules;
+        let n = s.under.len();
+        if n < r.fan_min_outputs {
+            return;
+        }
+        let share = n as f64 / s.payments.max(1) as f64;
+        let values: Vec<f64> = s.under.iter().map(|u| u.0 as f64).collect();
+        let cv = coefficient_of_variation(&values);
+        if share < r.fan_min_share || cv > r.fan_max_cv {
+            return;
+        }
+        let total: i64 = s.under.iter().map(|u| u.0).sum();
+        let gap: Vec<f64> = s
+            .under
+            .iter()
+            .map(|&(v, round)| (round - v) as f64 / round as f64)
+            .collect();
+        let mean_gap = gap.iter().sum::<f64>() / n as f64;
+        let mut rounds: Vec<i64> = s.under.iter().map(|u| u.1).collect();
+        rounds.sort_unstable();
+        rounds.dedup();
+        let count_part = (n as f64 / (2 * r.fan_min_outputs) as f64).min(1.0);
+        let score =
+            (0.5 + 0.5 * count_part) * (1.0 - cv / (2.0 * r.fan_max_cv.max(1e-9))).clamp(0.5, 1.0);
+        let mut f = Map::new();
+        f.insert("outputs".into(), json!(n));
+        f.insert("payments".into(), json!(s.payments));
+        f.insert("just_under_share".into(), json!(r4(share)));
+        f.insert("amount_cv".into(), json!(r4(cv)));
+        f.insert("mean_distance_under".into(), json!(r4(mean_gap)));
+        f.insert("thresholds".into(), json!(rounds));
+        f.insert("transactions".into(), json!(s.txids.len()));
+        self.findings.push(Finding {
+            pattern: Pattern::FanOut,
+            address_id: Some(source),
+            address: None,
+            txids: s.txids,
+            first_height: s.first_height,
+            last_height: s.last_height,
+            amount: total as f64,
+            score: r4(score),
+            features: f,
+        });
+    }
+
+    /// Closes what waited too long: peel chains whose remainder is unspent beyond the
+    /// gap, pass-through chains beyond the wait, fan-out sources idle beyond the window.
+    fn sweep(&mut self, h: i64) {
+        let (peel_gap, pass_wait, fan_window) = (
+            self.rules.peel_max_gap,
+            self.rules.pass_max_wait,
+            self.rules.fan_window,
+        );
+        let stale: Vec<u64> = self
+            .peel_open
+            .iter()
+            .filter(|(_, c)| c.steps.last().is_some_and(|l| h - l.height > peel_gap))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(c) = self.peel_open.remove(&k) {
+                self.close_peel(c);
+            }
+        }
+        let stale: Vec<u64> = self
+            .pass_open
+            .iter()
+            .filter(|(_, c)| c.last().is_some_and(|l| h - l.height > pass_wait))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(c) = self.pass_open.remove(&k) {
+                self.close_pass(c);
+            }
+        }
+        let stale: Vec<u64> = self
+            .fan
+            .iter()
+            .filter(|(_, s)| h - s.last_height > fan_window)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(s) = self.fan.remove(&k) {
+                self.close_fan(k, s);
+            }
+        }
+    }
+
+    /// Closes everything still open and returns the findings, in pattern order, then by
+    /// first height and address.
+    pub fn finish(mut self) -> Vec<Finding> {
+        for (_, c) in std::mem::take(&mut self.peel_open) {
+            self.close_peel(c);
+        }
+        for (_, c) in std::mem::take(&mut self.pass_open) {
+            self.close_pass(c);
+        }
+        for c in std::mem::take(&mut self.pass_done) {
+            self.judge_pass(c);
+        }
+        for (k, s) in std::mem::take(&mut self.fan) {
+            self.close_fan(k, s);
+        }
+        for (a, m) in std::mem::take(&mut self.mix) {
+            let mut f = Map::new();
+            f.insert("sent_to_mixes".into(), json!(m.sent));
+            f.insert("received_from_mixes".into(), json!(m.received));
+            f.insert("mixes_entered".into(), json!(m.mixes_in));
+            f.insert("mixes_left".into(), json!(m.mixes_out));
+            f.insert(
+                "protocols".into(),
+                Value::from(m.protocols.iter().copied().collect::<Vec<_>>()),
+            );
+            self.findings.push(Finding {
+                pattern: Pattern::CoinJoin,
+                address_id: Some(a),
+                address: None,
+                txids: m.txids,
+                first_height: m.first_height,
+                last_height: m.last_height,
+                amount: m.sent.max(m.received) as f64,
+                score: r4(m.confidence),
+                features: f,
+            });
+        }
+        let mut out = self.findings;
+        out.sort_by(|a, b| {
+            (a.pattern, a.first_height, a.address_id, &a.txids).cmp(&(
+                b.pattern,
+                b.first_height,
+                b.address_id,
+                &b.txids,
+            ))
+        });
+        out
+    }
+}
+
+/// The names of address ids, read from `btc.addresses` (only the row groups whose id
+/// range holds a wanted id).
+pub async fn address_names(
+    wh: &ferret_schemas::Warehouse,
+    m: &ferret_schemas::Manifest,
+    ids: &HashSet<u64>,
+) -> Result<HashMap<u64, String>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let mut sorted: Vec<u64> = ids.iter().copied().collect();
+    sorted.sort_unstable();
+    let groups = crate::taint::stored::RowGroups::open(wh, m, "addresses", &["address_id"]).await?;
+    let wanted: Vec<usize> = (0..groups.groups.len())
+        .filter(|&g| {
+            let (lo, hi) = groups.groups[g].2[0];
+            let lo = u64::try_from(lo).unwrap_or(0);
+            let at = sorted.partition_point(|&x| x < lo);
+            sorted
+                .get(at)
+                .is_some_and(|&x| i64::try_from(x).is_ok_and(|x| x <= hi))
+        })
+        .collect();
+    for g in wanted {
+        for b in groups.read(wh, &[g], &["address", "address_id"]).await? {
+            let wrong = || Error::BadGraph("btc.addresses: a column has the wrong type".into());
+            let a = b.column(0).as_string_opt::<i32>().ok_or_else(wrong)?;
+            let id = b
+                .column(1)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(wrong)?;
+            for r in 0..b.num_rows() {
+                if id.is_null(r) || a.is_null(r) {
+                    return Err(Error::BadGraph(
+                        "btc.addresses: a null address or id".into(),
+                    ));
+                }
+                if let Ok(x) = u64::try_from(id.value(r))
+                    && ids.contains(&x)
+                {
+                    out.insert(x, a.value(r).to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the Bitcoin pass over every committed transaction and names the findings'
+/// addresses. `exchanges` are the addresses labelled exchanges.
+pub async fn scan_btc(
+    wh: &ferret_schemas::Warehouse,
+    m: &ferret_schemas::Manifest,
+    rules: BtcRules,
+    exchanges: &[&str],
+) -> Result<(Vec<Finding>, u64)> {
+    let ids = crate::taint::stored::lookup_address_ids(wh, m, exchanges).await?;
+    let mut scan = Scan::new(rules, ids.into_values().collect(), m.next_address_id)?;
+    crate::txstream::for_each_tx(wh, m, true, "typologies", |tx| scan.tx(tx)).await?;
+    let transactions = scan.transactions;
+    let mut found = scan.finish();
+    let ids: HashSet<u64> = found.iter().filter_map(|f| f.address_id).collect();
+    let names = address_names(wh, m, &ids).await?;
+    for f in &mut found {
+        if let Some(id) = f.address_id {
+            f.address = Some(names.get(&id).cloned().ok_or_else(|| {
+                Error::BadGraph(format!("btc.addresses: no address with id {id}"))
+            })?);
+        }
+    }
+    tracing::info!(
+        transactions,
+        findings = found.len(),
+        "bitcoin typologies scanned"
+    );
+    Ok((found, transactions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txstream::{TxIn, TxOut};
+
+    struct Chain {
+        txs: Vec<TxRows>,
+        next_output: u64,
+        next_tx: u64,
+    }
+
+    impl Chain {
+        fn new() -> Self {
+            Self {
+                txs: Vec::new(),
+                next_output: 0,
+                next_tx: 0,
+            }
+        }
+
+        /// A transaction spending `ins` (output id, value, address, height) and paying
+        /// `outs` (value, address); returns its output ids.
+        fn tx(
+            &mut self,
+            height: i64,
+            ins: &[(u64, i64, u64, i64)],
+            outs: &[(i64, u64)],
+        ) -> Vec<u64> {
+            let outputs: Vec<TxOut> = outs
+                .iter()
+                .map(|&(value, a)| {
+                    self.next_output += 1;
+                    TxOut {
+                        output_id: self.next_output,
+                        value,
+                        address_id: Some(a),
+                        nulldata: false,
+                    }
+                })
+                .collect();
+            let ids = outputs.iter().map(|o| o.output_id).collect();
+            self.next_tx += 1;
+            self.txs.push(TxRows {
+                tx_index: self.next_tx,
+                height,
+                txid: Some(format!("{:064x}", self.next_tx)),
+                inputs: ins
+                    .iter()
+                    .map(|&(o, v, a, h)| TxIn {
+                        spent_output: Some(o),
+                        value: Some(v),
+                        address_id: Some(a),
+                        spent_height: Some(h),
+                    })
+                    .collect(),
+                outputs,
+            });
+            ids
+        }
+
+        fn scan(&self, rules: BtcRules) -> Vec<Finding> {
+            let mut s = Scan::new(rules, HashSet::new(), 10).unwrap();
+            for t in &self.txs {
+                s.tx(t).unwrap();
+            }
+            s.finish()
+        }
+    }
+
+    fn of(f: &[Finding], p: Pattern) -> Vec<&Finding> {
+        f.iter().filter(|x| x.pattern == p).collect()
+    }
+
+    #[test]
+    fn a_peel_chain_is_found_whole_and_a_short_one_is_not() {
+        let mut c = Chain::new();
+        let mut addr = 1000;
+        let mut value = 100_000_000;
+        let o = c.tx(1, &[], &[(value, addr)]);
+        let mut tail = (o[0], value, addr, 1);
+        for step in 0..7 {
+            let peel = 1_000_000 + step * 10_000;
+            let rem = value - peel - 500;
+            let outs = c.tx(
+                2 + step,
+                &[tail],
+                &[(peel, 5000 + step as u64), (rem, addr + 1)],
+            );
+            addr += 1;
+            value = rem;
+            tail = (outs[1], rem, addr, 2 + step);
+        }
+        let found = c.scan(BtcRules::default());
+        let peels = of(&found, Pattern::PeelChain);
+        assert_eq!(peels.len(), 1, "{found:?}");
+        assert_eq!(peels[0].txids.len(), 7);
+        assert_eq!(peels[0].address_id, Some(1000));
+        let rules = BtcRules {
+            peel_min_steps: 8,
+            ..BtcRules::default()
+        };
+        assert!(of(&c.scan(rules), Pattern::PeelChain).is_empty());
+    }
+
+    #[test]
+    fn pass_through_needs_quiet_addresses() {
+        let mut c = Chain::new();
+        let o = c.tx(1, &[], &[(50_000_000, 1)]);
+        let mut tail = (o[0], 50_000_000, 1, 1);
+        for hop in 0..4u64 {
+            let v = tail.1 - 300;
+            let outs = c.tx(2 + hop as i64, &[tail], &[(v, 2 + hop)]);
+            tail = (outs[0], v, 2 + hop, 2 + hop as i64);
+        }
+        let found = c.scan(BtcRules::default());
+        let pass = of(&found, Pattern::PassThrough);
+        assert_eq!(pass.len(), 1, "{found:?}");
+        assert_eq!(pass[0].txids.len(), 4);
+        // Address 3 (the second hop's) is paid again: the chain is cut there, and what
+        // is left on each side is too short.
+        c.tx(40, &[], &[(1_000, 3)]);
+        assert!(of(&c.scan(BtcRules::default()), Pattern::PassThrough).is_empty());
+    }
+
+    #[test]
+    fn structuring_is_found_and_a_batch_of_diverse_amounts_is_not() {
+        let mut c = Chain::new();
+        let o = c.tx(1, &[], &[(10_000_000_000, 1)]);
+        let outs: Vec<(i64, u64)> = (0..12)
+            .map(|i| (985_000 + i * 1_000, 100 + i as u64))
+            .collect();
+        c.tx(2, &[(o[0], 10_000_000_000, 1, 1)], &outs);
+        let found = c.scan(BtcRules::default());
+        assert_eq!(of(&found, Pattern::FanOut).len(), 1, "{found:?}");
+
+        let mut c = Chain::new();
+        let o = c.tx(1, &[], &[(10_000_000_000, 1)]);
+        let outs: Vec<(i64, u64)> = (0..12)
+            .map(|i| (123_456 * (i + 1), 100 + i as u64))
+            .collect();
+        c.tx(2, &[(o[0], 10_000_000_000, 1, 1)], &outs);
+        assert!(of(&c.scan(BtcRules::default()), Pattern::FanOut).is_empty());
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        for r in [
+            BtcRules {
+                peel_max_share: 0.0,
+                ..BtcRules::default()
+            },
+            BtcRules {
+                fan_band: f64::NAN,
+                ..BtcRules::default()
+            },
+            BtcRules {
+                pass_min_hops: 1,
+                ..BtcRules::default()
+            },
+            BtcRules {
+                peel_max_gap: -1,
+                ..BtcRules::default()
+            },
+        ] {
+            assert!(Scan::new(r, HashSet::new(), 1).is_err());
+        }
+    }
+}
