@@ -368,7 +368,7 @@ struct TypologiesBtcArgs {
     #[arg(long, default_value_t = 10)]
     fan_min_outputs: usize,
     /// Victim collection: the fewest distinct payer clusters.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     victim_min_payers: usize,
     /// Victim collection: the smallest median payment, sats.
     #[arg(long, default_value_t = 200_000)]
@@ -692,6 +692,10 @@ struct SynthBtcArgs {
     /// Obfuscate the blk files with a random key in xor.dat, as Core ≥ 28 does.
     #[arg(long)]
     xor: bool,
+    /// Plant scam typologies (relays, structuring, repeat victims) and their
+    /// look-alikes (merchants, salaries); truth/typologies.csv lists them.
+    #[arg(long)]
+    typologies: bool,
 }
 
 #[derive(Args)]
@@ -885,6 +889,7 @@ fn synth_btc_cmd(a: SynthBtcArgs) -> Result<()> {
         seed: a.seed,
         txs_per_block: a.txs_per_block,
         xor: a.xor,
+        typologies: a.typologies,
         ..Default::default()
     };
     let s = ferret_testkit::synth::btc::generate(&cfg, &a.out)

@@ -48,11 +48,11 @@ pub struct VictimRules {
 impl Default for VictimRules {
     fn default() -> Self {
         Self {
-            min_payers: 10,
+            min_payers: 20,
             min_median: 200_000,
             forward_blocks: 1008,
             min_forwarded: 0.5,
-            min_repeat_share: 0.2,
+            min_repeat_share: 0.0,
             service_categories: [
                 "exchange",
                 "mining",
@@ -232,15 +232,19 @@ async fn victim_collection(
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut by_addr: BTreeMap<String, Vec<Payment>> = BTreeMap::new();
     for b in &batches {
-        let s = |i: usize| b.column(i).as_string_opt::<i32>();
+        // Text may come as Utf8View: read every text column as Utf8.
+        let text: Vec<Arc<dyn Array>> = [0, 1, 2, 5]
+            .into_iter()
+            .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8))
+            .collect::<std::result::Result<_, _>>()?;
         let n = |i: usize| b.column(i).as_primitive_opt::<Int64Type>();
         let wrong =
             || DataFusionError::Execution("victim collection: unexpected column types".into());
         let (addr, group, payer, txid) = (
-            s(0).ok_or_else(wrong)?,
-            s(1).ok_or_else(wrong)?,
-            s(2).ok_or_else(wrong)?,
-            s(5).ok_or_else(wrong)?,
+            text[0].as_string::<i32>(),
+            text[1].as_string::<i32>(),
+            text[2].as_string::<i32>(),
+            text[3].as_string::<i32>(),
         );
         let (value, height, spent) = (
             n(3).ok_or_else(wrong)?,
@@ -277,12 +281,16 @@ async fn victim_collection(
 fn judge_collection(rules: &VictimRules, address: String, pays: &[Payment]) -> Option<Finding> {
     let mut per_payer: HashMap<&str, Vec<i64>> = HashMap::new();
     for p in pays {
-        per_payer.entry(&p.payer).or_default().push(p.value);
+        per_payer.entry(&p.payer_group).or_default().push(p.value);
     }
     let groups: HashSet<&str> = pays.iter().map(|p| p.payer_group.as_str()).collect();
-    let payers = per_payer.len();
+    let payers = pays
+        .iter()
+        .map(|p| p.payer.as_str())
+        .collect::<HashSet<_>>()
+        .len();
     let repeat: Vec<&Vec<i64>> = per_payer.values().filter(|v| v.len() >= 2).collect();
-    let repeat_share = repeat.len() as f64 / payers.max(1) as f64;
+    let repeat_share = repeat.len() as f64 / per_payer.len().max(1) as f64;
     let escalating = repeat
         .iter()
         .filter(|v| v.windows(2).all(|w| w[1] >= w[0]) && v[v.len() - 1] > v[0])
@@ -366,7 +374,8 @@ async fn cluster_ids(ctx: &SessionContext, addresses: Vec<String>) -> Result<Has
         .await;
     ctx.deregister_table("typology_addresses")?;
     for b in rows? {
-        let a = b.column(0).as_string::<i32>();
+        let a = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let a = a.as_string::<i32>();
         let c = b
             .column(1)
             .as_primitive_opt::<Int64Type>()

@@ -51,6 +51,10 @@ pub struct BtcRules {
     pub fan_min_share: f64,
     /// Fan-out: a source idle this many blocks is judged.
     pub fan_window: i64,
+    /// Fan-out: when the source pays the recipients of its just-under payments again at
+    /// least this often (per such payment), or at least this share of the recipients
+    /// are paid again by anyone, they are a payroll, not structuring.
+    pub fan_max_repaid: f64,
     /// Transactions below this height are read (for the counters) but start no finding.
     pub since: Option<i64>,
     pub detectors: Detectors,
@@ -71,6 +75,7 @@ impl Default for BtcRules {
             fan_max_cv: 0.1,
             fan_min_share: 0.5,
             fan_window: 1008,
+            fan_max_repaid: 0.5,
             since: None,
             detectors: Detectors::default(),
         }
@@ -93,6 +98,7 @@ impl BtcRules {
         share("pass_min_kept", self.pass_min_kept)?;
         share("fan_band", self.fan_band)?;
         share("fan_min_share", self.fan_min_share)?;
+        share("fan_max_repaid", self.fan_max_repaid)?;
         if !(self.fan_max_cv.is_finite() && self.fan_max_cv >= 0.0) {
             return Err(Error::BadQuery(format!(
                 "typologies: fan_max_cv must be at least 0, not {}",
@@ -162,15 +168,19 @@ struct FanSource {
     payments: usize,
     /// The just-under payments to fresh addresses: value and its round threshold.
     under: Vec<(i64, i64)>,
-    txids: Vec<String>,
+    /// Per transaction with just-under payments: its txid, height, the range of its
+    /// entries in `under`, and its payments.
+    txs: Vec<(String, i64, std::ops::Range<usize>, usize)>,
+    /// The addresses those went to, and later payments to them again (a payroll pays
+    /// the same people every month; structuring pays fresh addresses).
+    recipients: HashSet<u64>,
+    repaid: usize,
 }
 
 #[derive(Clone, Debug, Default)]
 struct MixUse {
     sent: i64,
-    received: i64,
-    mixes_in: u32,
-    mixes_out: u32,
+    mixes: u32,
     protocols: BTreeSet<&'static str>,
     confidence: f64,
     txids: Vec<String>,
@@ -190,7 +200,11 @@ pub struct Scan {
     /// Closed pass-through chains long enough to judge once the counters are final.
     pass_done: Vec<Vec<PassStep>>,
     fan: HashMap<u64, FanSource>,
+    /// Fan-out findings and their recipients, judged once the counters are final.
+    fan_done: Vec<(Vec<u64>, Finding)>,
     mix: HashMap<u64, MixUse>,
+    /// Unspent outputs of mixes (spending one is a remix, not an entry).
+    mixed: HashSet<u64>,
     findings: Vec<Finding>,
     last_sweep: i64,
     last_tx: Option<u64>,
@@ -240,7 +254,9 @@ impl Scan {
             pass_open: HashMap::new(),
             pass_done: Vec::new(),
             fan: HashMap::new(),
+            fan_done: Vec::new(),
             mix: HashMap::new(),
+            mixed: HashSet::new(),
             findings: Vec::new(),
             last_sweep: i64::MIN,
             last_tx: None,
@@ -268,10 +284,16 @@ impl Scan {
             let txid = tx.txid.clone().ok_or_else(|| {
                 Error::BadGraph(format!("transaction {} without a txid", tx.tx_index))
             })?;
-            self.coinjoin(tx, &txid);
+            let cj = self.detect(tx);
+            if let Some(d) = cj {
+                self.coinjoin(tx, &txid, d);
+            }
             self.peel(tx, &txid);
             self.pass(tx, &txid);
-            self.fan_out(tx, &txid);
+            // A CoinJoin's equal outputs are its participants', not one source's.
+            if !cj.is_some_and(|d| d.protocol.is_mix()) {
+                self.fan_out(tx, &txid);
+            }
         } else {
             // Chains whose tail this transaction spends end here.
             for i in &tx.inputs {
@@ -319,9 +341,10 @@ impl Scan {
         a.is_some_and(|a| count(&self.received, a) == 0)
     }
 
-    fn coinjoin(&mut self, tx: &TxRows, txid: &str) {
+    /// What the CoinJoin detectors make of the transaction (mixes and tx0s).
+    fn detect(&self, tx: &TxRows) -> Option<crate::coinjoin::Detection> {
         if tx.outputs.len() < 2 {
-            return;
+            return None;
         }
         let values: Vec<Option<i64>> = tx.inputs.iter().map(|i| i.value).collect();
         let mut members: Vec<u64> = tx.inputs.iter().filter_map(|i| i.address_id).collect();
@@ -336,42 +359,42 @@ impl Scan {
             output_values: &out_values,
             output_nulldata: &nulldata,
         };
-        let Some(d) = self.rules.detectors.detect(&shape) else {
-            return;
-        };
+        self.rules.detectors.detect(&shape)
+    }
+
+    fn coinjoin(&mut self, tx: &TxRows, txid: &str, d: crate::coinjoin::Detection) {
         if !d.protocol.is_mix() {
             return;
         }
         let h = tx.height;
-        let mut touch = |a: u64, sent: i64, received: i64| {
-            let m = self.mix.entry(a).or_insert_with(|| MixUse {
+        let mix = &mut self.mix;
+        let mut touch = |a: u64, sent: i64| {
+            let m = mix.entry(a).or_insert_with(|| MixUse {
                 first_height: h,
                 ..MixUse::default()
             });
             m.sent = m.sent.saturating_add(sent);
-            m.received = m.received.saturating_add(received);
             m.protocols.insert(d.protocol.name());
             m.confidence = m.confidence.max(d.confidence);
             m.last_height = h;
             if m.txids.last().map(String::as_str) != Some(txid) {
                 m.txids.push(txid.to_string());
-                if sent > 0 {
-                    m.mixes_in += 1;
-                } else {
-                    m.mixes_out += 1;
-                }
+                m.mixes += 1;
             }
         };
+        // An input whose money was not already mixed enters mixing: its address is a
+        // mix user. (Remixes of mixed outputs are the mix's own traffic.)
         for i in &tx.inputs {
-            if let Some(a) = i.address_id {
-                touch(a, i.value.unwrap_or(0).max(1), 0);
+            let remix = i.spent_output.is_some_and(|o| self.mixed.remove(&o));
+            if let Some(a) = i.address_id
+                && !remix
+            {
+                touch(a, i.value.unwrap_or(0).max(1));
             }
         }
         for o in &tx.outputs {
-            if let Some(a) = o.address_id
-                && !o.nulldata
-            {
-                touch(a, 0, o.value);
+            if !o.nulldata {
+                self.mixed.insert(o.output_id);
             }
         }
     }
@@ -614,17 +637,21 @@ impl Scan {
         let r = &self.rules;
         let mut payments = 0usize;
         let mut under = Vec::new();
+        let mut to = Vec::new();
+        let mut paid_to = Vec::new();
         for o in &tx.outputs {
             let Some(a) = o.address_id else { continue };
             if o.nulldata || a == source {
                 continue;
             }
             payments += 1;
+            paid_to.push(a);
             if o.value >= r.fan_min_value
                 && self.fresh(Some(a))
                 && let Some(round) = just_under_round(o.value, r.fan_band)
             {
                 under.push((o.value, round));
+                to.push(a);
             }
         }
         if under.is_empty() && !self.fan.contains_key(&source) {
@@ -635,34 +662,77 @@ impl Scan {
             first_height: h,
             ..FanSource::default()
         });
+        s.repaid += paid_to.iter().filter(|a| s.recipients.contains(a)).count();
         s.payments += payments;
         s.last_height = h;
         if !under.is_empty() {
+            let at = s.under.len();
             s.under.extend(under);
-            s.txids.push(txid.to_string());
+            s.recipients.extend(to);
+            s.txs
+                .push((txid.to_string(), h, at..s.under.len(), payments));
         }
     }
 
+    /// Judges a fan-out source: its just-under payments over the window when they are
+    /// most of what it paid; else the single transactions that are mostly just-under
+    /// payments on their own (a busy address that structured once).
     fn close_fan(&mut self, source: u64, s: FanSource) {
         let r = &self.rules;
-        let n = s.under.len();
-        if n < r.fan_min_outputs {
+        if s.under.len() < r.fan_min_outputs {
             return;
         }
-        let share = n as f64 / s.payments.max(1) as f64;
-        let values: Vec<f64> = s.under.iter().map(|u| u.0 as f64).collect();
-        let cv = coefficient_of_variation(&values);
-        if share < r.fan_min_share || cv > r.fan_max_cv {
+        let whole = s.under.len() as f64 / s.payments.max(1) as f64 >= r.fan_min_share;
+        let picked: Vec<&(String, i64, std::ops::Range<usize>, usize)> = if whole {
+            s.txs.iter().collect()
+        } else {
+            s.txs
+                .iter()
+                .filter(|t| {
+                    t.2.len() >= r.fan_min_outputs
+                        && t.2.len() as f64 / t.3.max(1) as f64 >= r.fan_min_share
+                })
+                .collect()
+        };
+        if picked.is_empty() {
             return;
         }
-        let total: i64 = s.under.iter().map(|u| u.0).sum();
-        let gap: Vec<f64> = s
-            .under
+        let under: Vec<(i64, i64)> = picked
+            .iter()
+            .flat_map(|t| s.under[t.2.clone()].iter().copied())
+            .collect();
+        let n = under.len();
+        let payments = if whole {
+            s.payments
+        } else {
+            picked.iter().map(|t| t.3).sum()
+        };
+        let share = n as f64 / payments.max(1) as f64;
+        // Near-equal per round threshold (one batch may structure under 10,000 and
+        // another under 5,000): the largest spread of any threshold's amounts.
+        let mut by_round: HashMap<i64, Vec<f64>> = HashMap::new();
+        for &(v, round) in &under {
+            by_round.entry(round).or_default().push(v as f64);
+        }
+        let cv = by_round
+            .values()
+            .map(|v| coefficient_of_variation(v))
+            .fold(0.0, f64::max);
+        let repaid = s.repaid as f64 / s.under.len() as f64;
+        if n < r.fan_min_outputs
+            || share < r.fan_min_share
+            || cv > r.fan_max_cv
+            || repaid >= r.fan_max_repaid
+        {
+            return;
+        }
+        let total: i64 = under.iter().map(|u| u.0).sum();
+        let mean_gap = under
             .iter()
             .map(|&(v, round)| (round - v) as f64 / round as f64)
-            .collect();
-        let mean_gap = gap.iter().sum::<f64>() / n as f64;
-        let mut rounds: Vec<i64> = s.under.iter().map(|u| u.1).collect();
+            .sum::<f64>()
+            / n as f64;
+        let mut rounds: Vec<i64> = under.iter().map(|u| u.1).collect();
         rounds.sort_unstable();
         rounds.dedup();
         let count_part = (n as f64 / (2 * r.fan_min_outputs) as f64).min(1.0);
@@ -670,23 +740,46 @@ impl Scan {
             (0.5 + 0.5 * count_part) * (1.0 - cv / (2.0 * r.fan_max_cv.max(1e-9))).clamp(0.5, 1.0);
         let mut f = Map::new();
         f.insert("outputs".into(), json!(n));
-        f.insert("payments".into(), json!(s.payments));
+        f.insert("payments".into(), json!(payments));
         f.insert("just_under_share".into(), json!(r4(share)));
         f.insert("amount_cv".into(), json!(r4(cv)));
         f.insert("mean_distance_under".into(), json!(r4(mean_gap)));
         f.insert("thresholds".into(), json!(rounds));
-        f.insert("transactions".into(), json!(s.txids.len()));
-        self.findings.push(Finding {
-            pattern: Pattern::FanOut,
-            address_id: Some(source),
-            address: None,
-            txids: s.txids,
-            first_height: s.first_height,
-            last_height: s.last_height,
-            amount: total as f64,
-            score: r4(score),
-            features: f,
-        });
+        f.insert("transactions".into(), json!(picked.len()));
+        f.insert("recipients_paid_again".into(), json!(r4(repaid)));
+        f.insert("judged_per_transaction".into(), json!(!whole));
+        let recipients: Vec<u64> = s.recipients.iter().copied().collect();
+        self.fan_done.push((
+            recipients,
+            Finding {
+                pattern: Pattern::FanOut,
+                address_id: Some(source),
+                address: None,
+                txids: picked.iter().map(|t| t.0.clone()).collect(),
+                first_height: picked.iter().map(|t| t.1).min().unwrap_or(s.first_height),
+                last_height: picked.iter().map(|t| t.1).max().unwrap_or(s.last_height),
+                amount: total as f64,
+                score: r4(score),
+                features: f,
+            },
+        ));
+    }
+
+    /// Judges a fan-out finding once the counters are final: when most of its
+    /// recipients were paid again (by anyone), they are standing payees (a payroll), not
+    /// the throwaway addresses structuring pays.
+    fn judge_fan(&mut self, recipients: &[u64], mut f: Finding) {
+        let reused = recipients
+            .iter()
+            .filter(|&&a| count(&self.received, a) >= 2)
+            .count() as f64
+            / recipients.len().max(1) as f64;
+        if reused >= self.rules.fan_max_repaid {
+            return;
+        }
+        f.features
+            .insert("recipients_reused".into(), json!(r4(reused)));
+        self.findings.push(f);
     }
 
     /// Closes what waited too long: peel chains whose remainder is unspent beyond the
@@ -747,12 +840,13 @@ impl Scan {
         for (k, s) in std::mem::take(&mut self.fan) {
             self.close_fan(k, s);
         }
+        for (recipients, f) in std::mem::take(&mut self.fan_done) {
+            self.judge_fan(&recipients, f);
+        }
         for (a, m) in std::mem::take(&mut self.mix) {
             let mut f = Map::new();
             f.insert("sent_to_mixes".into(), json!(m.sent));
-            f.insert("received_from_mixes".into(), json!(m.received));
-            f.insert("mixes_entered".into(), json!(m.mixes_in));
-            f.insert("mixes_left".into(), json!(m.mixes_out));
+            f.insert("mixes_entered".into(), json!(m.mixes));
             f.insert(
                 "protocols".into(),
                 Value::from(m.protocols.iter().copied().collect::<Vec<_>>()),
@@ -764,7 +858,7 @@ impl Scan {
                 txids: m.txids,
                 first_height: m.first_height,
                 last_height: m.last_height,
-                amount: m.sent.max(m.received) as f64,
+                amount: m.sent as f64,
                 score: r4(m.confidence),
                 features: f,
             });

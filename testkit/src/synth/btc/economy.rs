@@ -104,6 +104,9 @@ impl Taint {
 struct ScamUtxo {
     utxo: Utxo,
     taint: Taint,
+    /// The end of a relay (a relay starts from anything else, so that two relays are
+    /// never one chain).
+    relayed: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -188,11 +191,54 @@ struct Mixer {
     fee_addrs: Vec<u32>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Peel {
     user: u32,
     utxo: Utxo,
     steps_left: u32,
+    /// The address of the output the chain began by spending.
+    start_addr: u32,
+    /// The chain's transactions so far, and the height of its first.
+    txids: Vec<Txid>,
+    first_height: u32,
+}
+
+/// A planted typology, as it goes into `typologies.csv`.
+#[derive(Clone, Debug)]
+pub(crate) struct Plant {
+    pub(crate) pattern: &'static str,
+    pub(crate) addr: u32,
+    pub(crate) txids: Vec<Txid>,
+    pub(crate) first_height: u32,
+    pub(crate) last_height: u32,
+}
+
+/// A scam operation's rapid pass-through: one output forwarded whole through fresh
+/// addresses, a hop every 1–6 blocks.
+#[derive(Clone, Copy)]
+struct Relay {
+    op: u32,
+    utxo: ScamUtxo,
+    hops_left: u32,
+    due: u32,
+    plant: usize,
+}
+
+/// A merchant: one reused address many customers pay small amounts, swept to the
+/// merchant's exchange deposit address.
+#[derive(Clone, Copy)]
+struct Merchant {
+    user: u32,
+    addr: u32,
+}
+
+/// An employer paying the same employees the same salary every 100–200 blocks.
+#[derive(Clone)]
+struct Employer {
+    user: u32,
+    payees: Vec<u32>,
+    salary: u64,
+    due: u32,
 }
 
 /// One scam cash-out output, as it goes into `cashouts.csv`.
@@ -258,7 +304,7 @@ impl Layout {
     }
 }
 
-const ACTIONS: usize = 16;
+const ACTIONS: usize = 21;
 
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -278,6 +324,11 @@ enum Action {
     Wasabi2,
     JoinMarket,
     EqualBatch,
+    Relay,
+    Structure,
+    MerchantSale,
+    MerchantSweep,
+    Salary,
 }
 
 /// Value held per actor class, for progress logs.
@@ -315,6 +366,21 @@ pub(crate) struct Economy {
     whirlpool: Vec<WhirlpoolQueue>,
     /// CoinJoins (and tx0s) made since the last `take_coinjoins`.
     coinjoins: Vec<CoinJoinTruth>,
+    /// Plant the typologies beyond the peel chains users make anyway (relays,
+    /// structuring, repeat victims) and their look-alikes (merchants, salaries).
+    typologies: bool,
+    /// Height of the block being built.
+    height: u32,
+    /// Typologies finished since the last `take_plants`; relays under way.
+    plants: Vec<Plant>,
+    open_plants: Vec<Option<Plant>>,
+    relays: Vec<Relay>,
+    /// Per scam operation: victims who pay again, with their last payment.
+    victims: Vec<Vec<(u32, u64)>>,
+    merchants: Vec<Merchant>,
+    employers: Vec<Employer>,
+    /// Every scam deposit address victims paid, with the payments.
+    collections: std::collections::BTreeMap<u32, Plant>,
 }
 
 fn sum(utxos: &[Utxo]) -> u64 {
@@ -358,7 +424,7 @@ fn script_len(kind: Kind) -> u64 {
 
 impl Economy {
     /// Sets up the actors for a chain of about `expected_txs` transactions.
-    pub(crate) fn new(seed: u64, network: Network, expected_txs: u64) -> Self {
+    pub(crate) fn new(seed: u64, network: Network, expected_txs: u64, typologies: bool) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n_users = u32::try_from((expected_txs / 25).clamp(50, 1_000_000))
             .expect("clamped to at most 1e6");
@@ -388,6 +454,15 @@ impl Economy {
             cashouts: Vec::new(),
             whirlpool: (0..4).map(|_| WhirlpoolQueue::default()).collect(),
             coinjoins: Vec::new(),
+            typologies,
+            height: 0,
+            plants: Vec::new(),
+            open_plants: Vec::new(),
+            relays: Vec::new(),
+            victims: Vec::new(),
+            merchants: Vec::new(),
+            employers: Vec::new(),
+            collections: std::collections::BTreeMap::new(),
         };
         // Pool 1 pays its coinbases to bare p2pk like the early chain did.
         const POOL_KINDS: [Kind; 5] = [
@@ -468,6 +543,41 @@ impl Economy {
                 receive: Vec::new(),
                 kind,
             });
+        }
+        econ.victims = vec![Vec::new(); econ.scams.len()];
+        if typologies {
+            // Look-alikes: merchants (many unrelated payers) and employers (equal
+            // payments to many addresses), one of each per 200 users, at least two.
+            let n = (n_users / 200).max(2);
+            for i in 0..n {
+                let user = i * 7 % n_users;
+                let addr = econ.user_fresh(user);
+                econ.merchants.push(Merchant { user, addr });
+            }
+            for i in 0..n {
+                let user = (i * 11 + 3) % n_users;
+                let k = econ.rng.random_range(10..=25);
+                let payees = (0..k)
+                    .map(|_| {
+                        let v = econ.random_user();
+                        econ.user_fresh(v)
+                    })
+                    .collect();
+                // One employer in four pays just under a round sum (the worst case
+                // for the structuring rule); the others an ordinary amount.
+                let salary = if econ.rng.random_ratio(1, 4) {
+                    4_800_000 + econ.rng.random_range(0..100_000)
+                } else {
+                    econ.rng.random_range(1_000_000..=9_000_000)
+                };
+                let due = econ.rng.random_range(20..=120);
+                econ.employers.push(Employer {
+                    user,
+                    payees,
+                    salary,
+                    due,
+                });
+            }
         }
         econ
     }
@@ -686,9 +796,11 @@ impl Economy {
                 Dest::Deposit(e) => self.exchanges[e as usize].deposit_utxos.push(utxo),
                 Dest::Hot(e) => self.exchanges[e as usize].hot_utxos.push(utxo),
                 Dest::Pool(p) => self.pools[p as usize].utxos.push(utxo),
-                Dest::Scam(op, taint) => {
-                    self.scams[op as usize].utxos.push(ScamUtxo { utxo, taint })
-                }
+                Dest::Scam(op, taint) => self.scams[op as usize].utxos.push(ScamUtxo {
+                    utxo,
+                    taint,
+                    relayed: false,
+                }),
                 Dest::Premix(p, owner) => self.whirlpool[p as usize]
                     .premix
                     .push(mixing::Queued { owner, utxo }),
@@ -713,11 +825,16 @@ impl Economy {
 
     /// Makes about `slots` transactions for the block at `height`.
     pub(crate) fn build_block(&mut self, slots: u32) -> BlockBody {
+        self.height += 1;
         self.rate = match self.rng.random_range(0..10) {
             0..5 => self.rng.random_range(1..=5),
             5..8 => self.rng.random_range(5..=20),
             _ => self.rng.random_range(20..=80),
         };
+        if self.typologies {
+            self.advance_relays();
+            self.pay_salaries();
+        }
         // Wasabi rounds are rare and large: at most one of each per block.
         if slots > 0 && self.rng.random_ratio(1, 8) && self.act_wasabi2() {
             self.made[Action::Wasabi2 as usize] += 1;
@@ -745,6 +862,11 @@ impl Economy {
                     Action::Wasabi2 => self.act_wasabi2(),
                     Action::JoinMarket => self.act_joinmarket(),
                     Action::EqualBatch => self.act_equal_batch(),
+                    Action::Relay => self.act_relay(),
+                    Action::Structure => self.act_structure(),
+                    Action::MerchantSale => self.act_merchant_sale(),
+                    Action::MerchantSweep => self.act_merchant_sweep(),
+                    Action::Salary => false,
                 };
                 if done {
                     self.made[action as usize] += 1;
@@ -789,6 +911,24 @@ impl Economy {
             ),
             (Action::JoinMarket, 1),
             (Action::EqualBatch, if hot { 2 } else { 0 }),
+            (
+                Action::Relay,
+                if self.typologies {
+                    scam_utxos.min(2)
+                } else {
+                    0
+                },
+            ),
+            (
+                Action::Structure,
+                if self.typologies {
+                    scam_utxos.min(1)
+                } else {
+                    0
+                },
+            ),
+            (Action::MerchantSale, if self.typologies { 4 } else { 0 }),
+            (Action::MerchantSweep, if self.typologies { 1 } else { 0 }),
         ];
         let total: usize = weights.iter().map(|w| w.1).sum();
         let mut x = self.rng.random_range(0..total);
@@ -1097,7 +1237,7 @@ impl Economy {
             return false;
         }
         let i = self.rng.random_range(0..self.peels.len());
-        let chain = self.peels[i];
+        let chain = self.peels[i].clone();
         let (to, dest) = if self.rng.random_ratio(1, 5) {
             let u = self.random_user();
             let n_ex = u32::try_from(self.exchanges.len()).expect("at most 5 exchanges");
@@ -1114,8 +1254,9 @@ impl Economy {
         let value = chain.utxo.value;
         let max_pay = (value / 10).min(50_000_000);
         if max_pay < 100_000 || value < fee + max_pay + 1_000_000 {
-            self.peels.swap_remove(i);
+            let chain = self.peels.swap_remove(i);
             self.users[chain.user as usize].utxos.push(chain.utxo);
+            self.end_peel(chain);
             return false;
         }
         let pay = self.amount(100_000, max_pay, true);
@@ -1133,23 +1274,39 @@ impl Economy {
             1
         };
         let txid = self.emit(&[chain.utxo], &outs);
+        let p = &mut self.peels[i];
+        if p.txids.is_empty() {
+            p.first_height = self.height;
+        }
+        p.txids.push(txid);
         if last {
-            self.peels.swap_remove(i);
+            let chain = self.peels.swap_remove(i);
+            self.end_peel(chain);
         } else {
-            self.peels[i] = Peel {
-                user: chain.user,
-                utxo: Utxo {
-                    outpoint: OutPoint {
-                        txid,
-                        vout: change_vout,
-                    },
-                    value: change_value,
-                    addr: change,
+            p.utxo = Utxo {
+                outpoint: OutPoint {
+                    txid,
+                    vout: change_vout,
                 },
-                steps_left: chain.steps_left - 1,
+                value: change_value,
+                addr: change,
             };
+            p.steps_left -= 1;
         }
         true
+    }
+
+    /// Records a peel chain that made at least one step.
+    fn end_peel(&mut self, chain: Peel) {
+        if !chain.txids.is_empty() {
+            self.plants.push(Plant {
+                pattern: "peel_chain",
+                addr: chain.start_addr,
+                txids: chain.txids,
+                first_height: chain.first_height,
+                last_height: self.height,
+            });
+        }
     }
 
     fn start_peel(&mut self) {
@@ -1171,14 +1328,25 @@ impl Economy {
             user: u,
             utxo,
             steps_left,
+            start_addr: utxo.addr,
+            txids: Vec::new(),
+            first_height: 0,
         });
     }
 
     fn act_victim(&mut self) -> bool {
-        let Some(u) = self.funded_user(1) else {
+        let op = self.rng.random_range(0..self.scams.len());
+        // Pig-butchering: a victim already paying pays again, more each time.
+        let again =
+            (self.typologies && !self.victims[op].is_empty() && self.rng.random_ratio(3, 5))
+                .then(|| {
+                    let j = self.rng.random_range(0..self.victims[op].len());
+                    (j, self.victims[op][j])
+                })
+                .filter(|(_, (v, _))| !self.users[*v as usize].utxos.is_empty());
+        let Some(u) = again.map(|(_, (v, _))| v).or_else(|| self.funded_user(1)) else {
             return false;
         };
-        let op = self.rng.random_range(0..self.scams.len());
         let deposits = &self.scams[op].deposits;
         let dep = deposits[self.rng.random_range(0..deposits.len())];
         let k = self.input_count(self.users[u as usize].utxos.len());
@@ -1204,12 +1372,345 @@ impl Economy {
         }
         self.victim_seq += 1;
         outs[0].value = spendable * self.rng.random_range(30..=95) / 100;
+        if self.typologies {
+            let last = again.map_or(0, |(_, (_, last))| last);
+            let want = if last == 0 {
+                self.rng.random_range(300_000..=3_000_000)
+            } else {
+                last * self.rng.random_range(120..=200) / 100
+            };
+            outs[0].value = want.min(spendable);
+            match again {
+                Some((j, _)) => self.victims[op][j].1 = outs[0].value,
+                None if self.victims[op].len() < 40 => self.victims[op].push((u, outs[0].value)),
+                None => {}
+            }
+        }
         outs[1].value = total - fee - outs[0].value;
+        if self.rng.random_ratio(1, 2) {
+            outs.swap(0, 1);
+        }
+        let txid = self.emit(&inputs, &outs);
+        let height = self.height;
+        let c = self.collections.entry(dep).or_insert_with(|| Plant {
+            pattern: "victim_collection",
+            addr: dep,
+            txids: Vec::new(),
+            first_height: height,
+            last_height: height,
+        });
+        c.txids.push(txid);
+        c.last_height = height;
+        true
+    }
+
+    /// Starts a relay: a scam output of at least 0.01 BTC forwarded whole through 4–9
+    /// fresh addresses. The first hop moves it off its (possibly busy) address; the
+    /// plant is the hops after it, each from an address that receives once and spends
+    /// once.
+    fn act_relay(&mut self) -> bool {
+        let n_ops = self.scams.len();
+        let op = self.rng.random_range(0..n_ops);
+        let Some(j) = self.scams[op]
+            .utxos
+            .iter()
+            .position(|x| x.utxo.value >= 1_000_000 && !x.relayed)
+        else {
+            return false;
+        };
+        let utxo = self.scams[op].utxos.swap_remove(j);
+        let hops = self.rng.random_range(4..=9);
+        self.open_plants.push(Some(Plant {
+            pattern: "pass_through",
+            addr: NONE,
+            txids: Vec::new(),
+            first_height: 0,
+            last_height: 0,
+        }));
+        self.relays.push(Relay {
+            op: u32::try_from(op).expect("at most 5 scam operations"),
+            utxo,
+            hops_left: hops,
+            due: self.height,
+            plant: self.open_plants.len() - 1,
+        });
+        self.relay_hop(self.relays.len() - 1)
+    }
+
+    /// Moves the relays due at this height one hop on.
+    fn advance_relays(&mut self) {
+        let mut i = 0;
+        while i < self.relays.len() {
+            if self.relays[i].due <= self.height {
+                if !self.relay_hop(i) {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One hop of relay `i`; false when it stays (and keeps its index).
+    fn relay_hop(&mut self, i: usize) -> bool {
+        let r = self.relays[i];
+        let op = r.op as usize;
+        let to = self.scam_fresh(op);
+        let mut outs = vec![Out::to(to, Dest::Untracked)];
+        let fee = self.fee(&[r.utxo.utxo], &outs, 2);
+        if r.utxo.utxo.value < fee + 100_000 {
+            self.relays.swap_remove(i);
+            self.scams[op].utxos.push(r.utxo);
+            self.end_relay(r.plant);
+            return true;
+        }
+        outs[0].value = r.utxo.utxo.value - fee;
+        let txid = self.emit(&[r.utxo.utxo], &outs);
+        let taint = Taint::next([r.utxo.taint]).expect("one input");
+        let next = ScamUtxo {
+            relayed: true,
+            utxo: Utxo {
+                outpoint: OutPoint { txid, vout: 0 },
+                value: outs[0].value,
+                addr: to,
+            },
+            taint,
+        };
+        let height = self.height;
+        if let Some(p) = self.open_plants[r.plant].as_mut() {
+            // The first hop leaves the source address; the plant starts at the next.
+            if p.addr == NONE {
+                p.addr = to;
+            } else {
+                if p.txids.is_empty() {
+                    p.first_height = height;
+                }
+                p.txids.push(txid);
+                p.last_height = height;
+            }
+        }
+        if r.hops_left <= 1 {
+            self.relays.swap_remove(i);
+            self.scams[op].utxos.push(next);
+            self.end_relay(r.plant);
+            return true;
+        }
+        let wait = self.rng.random_range(1..=6);
+        self.relays[i] = Relay {
+            utxo: next,
+            hops_left: r.hops_left - 1,
+            due: height + wait,
+            ..r
+        };
+        false
+    }
+
+    fn end_relay(&mut self, plant: usize) {
+        if let Some(p) = self.open_plants[plant].take()
+            && !p.txids.is_empty()
+        {
+            self.plants.push(p);
+        }
+    }
+
+    /// Structuring: a scam operation splits one output into 10–40 near-equal payments
+    /// just under a round sum, each to a fresh address, with change to another.
+    fn act_structure(&mut self) -> bool {
+        let n_ops = self.scams.len();
+        let op = self.rng.random_range(0..n_ops);
+        const ROUNDS: [u64; 5] = [500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000];
+        let Some((j, value)) = self.scams[op]
+            .utxos
+            .iter()
+            .enumerate()
+            .map(|(j, x)| (j, x.utxo.value))
+            .max_by_key(|&(j, v)| (v, usize::MAX - j))
+        else {
+            return false;
+        };
+        let fits: Vec<u64> = ROUNDS.into_iter().filter(|r| r * 12 <= value).collect();
+        if fits.is_empty() {
+            return false;
+        }
+        let round = fits[self.rng.random_range(0..fits.len())];
+        let src = self.scams[op].utxos.swap_remove(j);
+        let op32 = u32::try_from(op).expect("at most 5 scam operations");
+        let taint = Taint::next([src.taint]).expect("one input");
+        let most = (src.utxo.value * 9 / 10 / round).min(40);
+        let n = self.rng.random_range(10..=most.max(10));
+        let mut outs = Vec::with_capacity(n as usize + 1);
+        // 0.2–4% under the round sum, the same for the whole batch give or take 0.3%.
+        let under = self.rng.random_range(20..=400);
+        for _ in 0..n {
+            let addr = self.scam_fresh(op);
+            let jitter = self.rng.random_range(0..=30);
+            let v = round - round * (under + jitter) / 10_000;
+            let mut o = Out::to(addr, Dest::Scam(op32, taint));
+            o.value = v;
+            outs.push(o);
+        }
+        let change = self.scam_fresh(op);
+        outs.push(Out::to(change, Dest::Scam(op32, taint)));
+        let fee = self.fee(&[src.utxo], &outs, 2);
+        let paid: u64 = outs.iter().map(|o| o.value).sum();
+        if src.utxo.value < paid + fee + DUST {
+            self.scams[op].utxos.push(src);
+            return false;
+        }
+        let last = outs.len() - 1;
+        outs[last].value = src.utxo.value - paid - fee;
+        let txid = self.emit(&[src.utxo], &outs);
+        self.plants.push(Plant {
+            pattern: "fan_out",
+            addr: src.utxo.addr,
+            txids: vec![txid],
+            first_height: self.height,
+            last_height: self.height,
+        });
+        true
+    }
+
+    /// A customer pays a merchant a small amount (look-alike of victim collection:
+    /// many unrelated payers).
+    fn act_merchant_sale(&mut self) -> bool {
+        if self.merchants.is_empty() {
+            return false;
+        }
+        let m = self.merchants[self.rng.random_range(0..self.merchants.len())];
+        let Some(u) = self.funded_user(1) else {
+            return false;
+        };
+        if u == m.user {
+            return false;
+        }
+        let k = self.input_count(self.users[u as usize].utxos.len());
+        let inputs = take_random(&mut self.users[u as usize].utxos, k, &mut self.rng);
+        let total = sum(&inputs);
+        let change = self.user_change(u);
+        let mut outs = vec![
+            Out::to(m.addr, Dest::User(m.user)),
+            Out::to(change, Dest::User(u)),
+        ];
+        let rate = self.tx_rate();
+        let fee = self.fee(&inputs, &outs, rate);
+        let price = self.amount(5_000, 400_000, true);
+        if total < price + fee + DUST {
+            self.users[u as usize].utxos.extend(inputs);
+            return false;
+        }
+        outs[0].value = price;
+        outs[1].value = total - price - fee;
         if self.rng.random_ratio(1, 2) {
             outs.swap(0, 1);
         }
         self.emit(&inputs, &outs);
         true
+    }
+
+    /// A merchant sweeps what its address received to its exchange deposit address.
+    fn act_merchant_sweep(&mut self) -> bool {
+        if self.merchants.is_empty() {
+            return false;
+        }
+        let m = self.merchants[self.rng.random_range(0..self.merchants.len())];
+        let utxos = &mut self.users[m.user as usize].utxos;
+        let mut inputs = Vec::new();
+        let mut i = 0;
+        while i < utxos.len() {
+            if utxos[i].addr == m.addr {
+                inputs.push(utxos.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if inputs.len() < 3 {
+            self.users[m.user as usize].utxos.extend(inputs);
+            return false;
+        }
+        let e = m.user % u32::try_from(self.exchanges.len()).expect("at most 5 exchanges");
+        let dep = self.user_deposit(m.user, e);
+        let total = sum(&inputs);
+        let mut outs = vec![Out::to(dep, Dest::Deposit(e))];
+        let fee = self.fee(&inputs, &outs, 2);
+        if total < fee + DUST {
+            self.users[m.user as usize].utxos.extend(inputs);
+            return false;
+        }
+        outs[0].value = total - fee;
+        self.emit(&inputs, &outs);
+        true
+    }
+
+    /// Employers due pay their employees (equal amounts to the same addresses).
+    fn pay_salaries(&mut self) {
+        for i in 0..self.employers.len() {
+            if self.employers[i].due > self.height {
+                continue;
+            }
+            let e = self.employers[i].clone();
+            self.employers[i].due = self.height + self.rng.random_range(100..=200);
+            let need = e.salary * e.payees.len() as u64;
+            let have = sum(&self.users[e.user as usize].utxos);
+            if have < need + 1_000_000 {
+                // Topped up by its bank (an exchange withdrawal, as far as the chain
+                // shows): skipped this time.
+                continue;
+            }
+            let k = self.users[e.user as usize].utxos.len().min(5);
+            let mut inputs = Vec::new();
+            // The largest outputs first, until the payroll is covered.
+            self.users[e.user as usize]
+                .utxos
+                .sort_by_key(|x| std::cmp::Reverse(x.value));
+            for _ in 0..k {
+                if sum(&inputs) >= need + 1_000_000 {
+                    break;
+                }
+                inputs.push(self.users[e.user as usize].utxos.remove(0));
+            }
+            let total = sum(&inputs);
+            if total < need + 1_000_000 {
+                self.users[e.user as usize].utxos.extend(inputs);
+                continue;
+            }
+            let mut outs: Vec<Out> = e
+                .payees
+                .iter()
+                .map(|&a| {
+                    let owner = self.addrs[a as usize].owner;
+                    let u = owner - self.layout.user(0);
+                    let mut o = Out::to(a, Dest::User(u));
+                    o.value = e.salary;
+                    o
+                })
+                .collect();
+            let change = self.user_change(e.user);
+            outs.push(Out::to(change, Dest::User(e.user)));
+            let fee = self.fee(&inputs, &outs, 2);
+            let last = outs.len() - 1;
+            outs[last].value = total - need - fee;
+            self.emit(&inputs, &outs);
+            self.made[Action::Salary as usize] += 1;
+        }
+    }
+
+    /// Plants finished since the last call.
+    pub(crate) fn take_plants(&mut self) -> Vec<Plant> {
+        std::mem::take(&mut self.plants)
+    }
+
+    /// What is still open at the end of the chain: peel chains and relays under way,
+    /// and every collection address with its victims' payments.
+    pub(crate) fn final_plants(&mut self) -> Vec<Plant> {
+        for chain in std::mem::take(&mut self.peels) {
+            self.end_peel(chain);
+        }
+        for r in std::mem::take(&mut self.relays) {
+            self.end_relay(r.plant);
+        }
+        let mut out = std::mem::take(&mut self.plants);
+        out.extend(std::mem::take(&mut self.collections).into_values());
+        out
     }
 
     fn scam_fresh(&mut self, op: usize) -> u32 {
@@ -1314,7 +1815,13 @@ impl Economy {
         let total = sum(&inputs);
         let mut n_out = match (merge, self.rng.random_range(0..10)) {
             (true, _) => 1,
-            (false, 0..2) => 1,
+            (false, 0..2) => {
+                if self.typologies {
+                    2
+                } else {
+                    1
+                }
+            }
             (false, 2..8) => 2,
             (false, _) => 3,
         };
@@ -1500,6 +2007,11 @@ impl Economy {
             Action::Wasabi2,
             Action::JoinMarket,
             Action::EqualBatch,
+            Action::Relay,
+            Action::Structure,
+            Action::MerchantSale,
+            Action::MerchantSweep,
+            Action::Salary,
         ];
         let parts: Vec<String> = ALL
             .iter()

@@ -86,6 +86,10 @@ pub struct SynthConfig {
     pub network: Network,
     /// Size at which a blk file is full (Core: 128 MiB).
     pub max_blockfile_size: u64,
+    /// Plant scam typologies (relays, structuring, pig-butchering victims who pay
+    /// again and more) and their look-alikes (merchants, salary runs); see
+    /// `truth/typologies.csv`. Off, the economy is as before.
+    pub typologies: bool,
 }
 
 impl Default for SynthConfig {
@@ -97,6 +101,7 @@ impl Default for SynthConfig {
             xor: false,
             network: Network::Regtest,
             max_blockfile_size: DEFAULT_MAX_BLOCKFILE_SIZE,
+            typologies: false,
         }
     }
 }
@@ -173,7 +178,7 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     );
     let mut truth = Truth::create(&truth_dir)?;
     let expected = u64::from(cfg.blocks) * u64::from(cfg.txs_per_block);
-    let mut econ = Economy::new(cfg.seed, cfg.network, expected);
+    let mut econ = Economy::new(cfg.seed, cfg.network, expected, cfg.typologies);
     let mut chain = ChaCha8Rng::seed_from_u64(cfg.seed);
     chain.set_stream(2);
 
@@ -241,6 +246,8 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
         let cashouts = econ.take_cashouts();
         truth.cashouts(&econ, &cashouts)?;
         truth.coinjoins(&econ.take_coinjoins())?;
+        let plants = econ.take_plants();
+        truth.plants(&econ, &plants)?;
         summary.transactions += body.txs.len() as u64 + 1;
         summary.blocks += 1;
         let bytes = block.encode(&body.txs);
@@ -343,6 +350,8 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
         writer.write_record(&record, after)?;
     }
 
+    let open = econ.final_plants();
+    truth.plants(&econ, &open)?;
     let (files, bytes) = writer.finish()?;
     summary.blk_files = files;
     summary.blk_bytes = bytes;

@@ -20,6 +20,14 @@
 //!   own kind) and every Whirlpool tx0 (`whirlpool_tx0`: one user's premix transaction,
 //!   not a mix), in chain order.
 //!
+//! - `typologies.csv` (`pattern,address,first_height,last_height,txids`): the planted
+//!   typologies, `txids` space-separated in chain order. `peel_chain`: every peel chain
+//!   users make (address: the output the chain began by spending; short ones too);
+//!   `victim_collection`: every scam deposit address victims paid (txids: the
+//!   payments); with `SynthConfig::typologies`, `pass_through` (a scam relay's hops
+//!   after the first, address: the first address of those hops) and `fan_out` (a
+//!   structuring transaction, address: the address it spends from).
+//!
 //! Rows of `labels.csv` and `entities.csv` are in order of address creation;
 //! `cashouts.csv` is in chain order. Only best-chain transactions count.
 
@@ -27,7 +35,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::economy::{Cashout, CoinJoinTruth, Economy};
+use super::economy::{Cashout, CoinJoinTruth, Economy, Plant};
 use super::error::{Error, Result};
 
 pub(crate) struct Truth {
@@ -36,6 +44,8 @@ pub(crate) struct Truth {
     cashouts: BufWriter<File>,
     coinjoins_path: PathBuf,
     coinjoins: BufWriter<File>,
+    plants_path: PathBuf,
+    plants: BufWriter<File>,
     rows: u64,
 }
 
@@ -55,7 +65,14 @@ impl Truth {
         )?;
         let coinjoins_path = dir.join("coinjoins.csv");
         let coinjoins = create(&coinjoins_path, "txid,protocol,participants")?;
+        let plants_path = dir.join("typologies.csv");
+        let plants = create(
+            &plants_path,
+            "pattern,address,first_height,last_height,txids",
+        )?;
         Ok(Truth {
+            plants_path,
+            plants,
             dir: dir.to_path_buf(),
             cashouts_path,
             cashouts,
@@ -73,6 +90,23 @@ impl Truth {
                 c.txid, c.protocol, c.participants
             )
             .map_err(|source| Error::io(&self.coinjoins_path, source))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn plants(&mut self, econ: &Economy, rows: &[Plant]) -> Result<()> {
+        for p in rows {
+            let txids: Vec<String> = p.txids.iter().map(ToString::to_string).collect();
+            writeln!(
+                self.plants,
+                "{},{},{},{},{}",
+                p.pattern,
+                econ.address(p.addr),
+                p.first_height,
+                p.last_height,
+                txids.join(" ")
+            )
+            .map_err(|source| Error::io(&self.plants_path, source))?;
         }
         Ok(())
     }
@@ -104,6 +138,9 @@ impl Truth {
         self.coinjoins
             .flush()
             .map_err(|source| Error::io(&self.coinjoins_path, source))?;
+        self.plants
+            .flush()
+            .map_err(|source| Error::io(&self.plants_path, source))?;
 
         let path = self.dir.join("entities.csv");
         let mut out = create(&path, "address,entity_id")?;

@@ -133,7 +133,11 @@ impl Economy {
             Who::User(u) => self.users[u as usize].utxos.extend(coins),
             Who::Scam(op) => {
                 for (utxo, taint) in coins.into_iter().zip(taints) {
-                    self.scams[op].utxos.push(ScamUtxo { utxo, taint });
+                    self.scams[op].utxos.push(ScamUtxo {
+                        utxo,
+                        taint,
+                        relayed: false,
+                    });
                 }
             }
         }
