@@ -146,7 +146,7 @@ struct PeelStep {
 
 #[derive(Clone, Debug)]
 struct PeelChain {
-    start: u64,
+    start: Option<u64>,
     steps: Vec<PeelStep>,
 }
 
@@ -323,6 +323,16 @@ impl Scan {
         Ok(())
     }
 
+    /// The one owner of the inputs, as far as addresses show it: the single input
+    /// (its address, if it has one), or inputs all from one address; and the inputs'
+    /// total value (known).
+    fn one_spender(tx: &TxRows) -> Option<(Option<u64>, i64)> {
+        if let [i] = tx.inputs.as_slice() {
+            return Some((i.address_id, i.value?));
+        }
+        Self::one_owner(tx).map(|(a, v)| (Some(a), v))
+    }
+
     /// The one address every input spends from, and the inputs' total value (both
     /// known).
     fn one_owner(tx: &TxRows) -> Option<(u64, i64)> {
@@ -409,17 +419,17 @@ impl Scan {
             }
         }
         let step = (|| {
-            let (owner, input) = Self::one_owner(tx)?;
+            // Bare-key outputs have no address: a step may spend or pay one.
+            let (owner, input) = Self::one_spender(tx)?;
             let outs: Vec<_> = tx.outputs.iter().filter(|o| !o.nulldata).collect();
             let [a, b] = outs.as_slice() else {
                 return None;
             };
             let (peel, rem) = if a.value <= b.value { (a, b) } else { (b, a) };
-            let rem_addr = rem.address_id?;
             if peel.value <= 0
                 || input <= 0
                 || peel.value as f64 > self.rules.peel_max_share * input as f64
-                || rem_addr == owner
+                || (rem.address_id.is_some() && rem.address_id == owner)
             {
                 return None;
             }
@@ -433,7 +443,7 @@ impl Scan {
                     peel: peel.value,
                     remainder: rem.value,
                     peel_fresh: self.fresh(peel.address_id),
-                    remainder_fresh: self.fresh(Some(rem_addr)),
+                    remainder_fresh: self.fresh(rem.address_id),
                     peel_to_exchange: peel.address_id.is_some_and(|p| self.exchanges.contains(&p)),
                 },
             ))
@@ -509,7 +519,7 @@ impl Scan {
         f.insert("max_gap_blocks".into(), json!(max_gap));
         self.findings.push(Finding {
             pattern: Pattern::PeelChain,
-            address_id: Some(c.start),
+            address_id: c.start,
             address: None,
             txids: c.steps.iter().map(|s| s.txid.clone()).collect(),
             first_height: first.height,

@@ -381,6 +381,8 @@ pub(crate) struct Economy {
     employers: Vec<Employer>,
     /// Every scam deposit address victims paid, with the payments.
     collections: std::collections::BTreeMap<u32, Plant>,
+    /// Where planted peel chains ended.
+    peel_ends: std::collections::HashSet<OutPoint>,
 }
 
 fn sum(utxos: &[Utxo]) -> u64 {
@@ -463,6 +465,7 @@ impl Economy {
             merchants: Vec::new(),
             employers: Vec::new(),
             collections: std::collections::BTreeMap::new(),
+            peel_ends: std::collections::HashSet::new(),
         };
         // Pool 1 pays its coinbases to bare p2pk like the early chain did.
         const POOL_KINDS: [Kind; 5] = [
@@ -1256,6 +1259,9 @@ impl Economy {
         if max_pay < 100_000 || value < fee + max_pay + 1_000_000 {
             let chain = self.peels.swap_remove(i);
             self.users[chain.user as usize].utxos.push(chain.utxo);
+            if self.typologies {
+                self.peel_ends.insert(chain.utxo.outpoint);
+            }
             self.end_peel(chain);
             return false;
         }
@@ -1282,6 +1288,12 @@ impl Economy {
         if last {
             let chain = self.peels.swap_remove(i);
             self.end_peel(chain);
+            if self.typologies {
+                self.peel_ends.insert(OutPoint {
+                    txid,
+                    vout: change_vout,
+                });
+            }
         } else {
             p.utxo = Utxo {
                 outpoint: OutPoint {
@@ -1312,9 +1324,12 @@ impl Economy {
     fn start_peel(&mut self) {
         let Some(u) = self.funded_user(1) else { return };
         let utxos = &mut self.users[u as usize].utxos;
+        // Planting, a chain never starts where another ended (it would be one chain).
+        let ends = &self.peel_ends;
         let Some((i, _)) = utxos
             .iter()
             .enumerate()
+            .filter(|(_, x)| !ends.contains(&x.outpoint))
             .max_by_key(|(i, x)| (x.value, usize::MAX - i))
         else {
             return;
@@ -1826,6 +1841,13 @@ impl Economy {
             (false, _) => 3,
         };
         if total < 200_000 * n_out as u64 {
+            if self.typologies && !merge {
+                // Planting, the only single-output forwards are the relays (so that
+                // every pass-through chain is a plant): a small output waits for a
+                // merge or the cash-out instead.
+                self.scams[op].utxos.extend(spent);
+                return false;
+            }
             n_out = 1;
         }
         let mut outs = Vec::with_capacity(n_out);
