@@ -340,6 +340,39 @@ enum TypologiesCmd {
     /// Bitcoin: peel chains, rapid pass-through, fan-out structuring, CoinJoin use (a
     /// chain-order pass) and victim collection (SQL over payments).
     Btc(TypologiesBtcArgs),
+    /// Ethereum: approval phishing, address poisoning and victim collection (SQL over
+    /// eth.logs, eth.token_transfers and eth.transfers).
+    Eth(TypologiesEthArgs),
+}
+
+#[derive(Args)]
+struct TypologiesEthArgs {
+    /// Warehouse URL.
+    #[arg(long, default_value = "./warehouse", env = "FERRET_WAREHOUSE")]
+    warehouse: String,
+    /// Only patterns found in blocks from this one on.
+    #[arg(long, value_name = "BLOCK")]
+    since: Option<i64>,
+    /// Keep only these patterns (repeatable): approval_phishing, address_poisoning,
+    /// victim_collection.
+    #[arg(long = "pattern", value_name = "PATTERN")]
+    patterns: Vec<String>,
+    /// Approval phishing: the fewest owners one spender drains.
+    #[arg(long, default_value_t = 3)]
+    phishing_min_owners: usize,
+    /// Approval phishing: the most blocks from an approval to the drain.
+    #[arg(long, default_value_t = 7200)]
+    phishing_max_delay: i64,
+    /// Address poisoning: leading hex digits the look-alike shares with the real
+    /// counterparty.
+    #[arg(long, default_value_t = 4)]
+    poison_prefix: usize,
+    /// Address poisoning: trailing hex digits it shares.
+    #[arg(long, default_value_t = 4)]
+    poison_suffix: usize,
+    /// Victim collection: the fewest distinct payer clusters.
+    #[arg(long, default_value_t = 20)]
+    victim_min_payers: usize,
 }
 
 #[derive(Args)]
@@ -675,6 +708,13 @@ struct SynthEthArgs {
     /// Scam operations.
     #[arg(long, default_value_t = 2)]
     scams: usize,
+    /// Victims paying each scam operation.
+    #[arg(long, default_value_t = 12)]
+    victims: usize,
+    /// Plant approval phishing and address poisoning with their look-alikes;
+    /// truth/typologies.csv lists them and every scam address victims paid.
+    #[arg(long)]
+    typologies: bool,
 }
 
 #[derive(Args)]
@@ -865,6 +905,8 @@ async fn synth_eth_cmd(a: SynthEthArgs) -> Result<()> {
         users: a.users,
         exchanges: a.exchanges,
         scam_operations: a.scams,
+        victims: a.victims,
+        typologies: a.typologies,
         ..Default::default()
     };
     let s = generate(&a.rpc, &cfg, &a.out)
@@ -988,6 +1030,51 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
         "typologies run {}: {} transactions read, {} findings",
         run.run_id,
         run.transactions,
+        run.findings.len()
+    );
+    for p in Pattern::ALL {
+        if let Some(n) = run.counts.get(p.name()) {
+            println!("  {:<18} {n}", p.name());
+        }
+    }
+    Ok(())
+}
+
+async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
+    use ferret_kernels::typology::Pattern;
+    use ferret_query::typologies::{EthRules, run_eth};
+    let wh = Warehouse::open_existing(&a.warehouse)?;
+    let mut patterns = Vec::new();
+    for p in &a.patterns {
+        let pattern = Pattern::from_name(p).with_context(|| {
+            format!(
+                "--pattern {p}: unknown; the patterns are {}",
+                Pattern::ALL.map(|p| p.name()).join(", ")
+            )
+        })?;
+        if !matches!(
+            pattern,
+            Pattern::AddressPoisoning | Pattern::ApprovalPhishing | Pattern::VictimCollection
+        ) {
+            bail!("--pattern {p}: a Bitcoin pattern, not found on Ethereum");
+        }
+        patterns.push(pattern);
+    }
+    let rules = EthRules {
+        since: a.since,
+        phishing_min_owners: a.phishing_min_owners,
+        phishing_max_delay: a.phishing_max_delay,
+        poison_prefix: a.poison_prefix,
+        poison_suffix: a.poison_suffix,
+        victim_min_payers: a.victim_min_payers,
+        ..EthRules::default()
+    };
+    let run = run_eth(&wh, &rules, &patterns)
+        .await
+        .with_context(|| format!("typologies over {wh}"))?;
+    println!(
+        "typologies run {}: {} findings on Ethereum",
+        run.run_id,
         run.findings.len()
     );
     for p in Pattern::ALL {
@@ -1862,6 +1949,7 @@ fn main() -> ExitCode {
             Command::Synth(SynthCmd::Eth(a)) => synth_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Btc(a)) => cluster_btc_cmd(a).await,
             Command::Typologies(TypologiesCmd::Btc(a)) => typologies_btc_cmd(a).await,
+            Command::Typologies(TypologiesCmd::Eth(a)) => typologies_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Eth(a)) => cluster_eth_cmd(a).await,
             Command::Cluster(ClusterCmd::Why(a)) => cluster_why_cmd(a).await,
             Command::Taint(TaintCmd::Btc(a)) => taint_btc_cmd(a).await,

@@ -151,13 +151,7 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let clusters = cluster_ids(&ctx, addresses).await?;
-    let run_id = ferret_schemas::results::new_run_id();
-    let batch = to_batch(&findings, "btc", &clusters, &run_id)?;
-    let mut counts = BTreeMap::new();
-    for f in &findings {
-        *counts.entry(f.pattern.name()).or_default() += 1;
-    }
+    let clusters = cluster_ids(&ctx, "clusters", "btc", addresses).await?;
     let params = json!({
         "chain": "btc",
         "since": opts.btc.since,
@@ -167,15 +161,80 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         "rules": format!("{:?}", opts.btc),
         "victim_rules": format!("{:?}", opts.victim),
     });
-    wh.write_run_as(
-        "typologies",
-        &run_id,
-        ferret_schemas::results::typologies_schema(),
-        &[batch],
-        Some(params),
+    commit(wh, "btc", findings, &clusters, params, transactions).await
+}
+
+/// Commits a run of `typologies`: this chain's findings, and the other chains' rows of
+/// the run it replaces (carried forward, so one table holds every chain). Fails, writing
+/// nothing visible, when another run was committed since that run was read.
+async fn commit(
+    wh: &Warehouse,
+    chain: &'static str,
+    findings: Vec<Finding>,
+    clusters: &HashMap<String, i64>,
+    params: serde_json::Value,
+    transactions: u64,
+) -> Result<TypologyRun> {
+    let previous = wh.latest_run("typologies").await.map_err(wh_err)?;
+    let run_id = ferret_schemas::results::new_run_id();
+    let schema = ferret_schemas::results::typologies_schema();
+    let mut w = wh
+        .run_writer("typologies", &run_id, schema.clone())
+        .map_err(wh_err)?;
+    w.write(&to_batch(&findings, chain, clusters, &run_id)?)
+        .await
+        .map_err(wh_err)?;
+    if let Some(prev) = &previous {
+        for f in &prev.files {
+            for b in wh.read_file(f).await.map_err(wh_err)? {
+                let c = datafusion::arrow::compute::cast(
+                    b.column_by_name("chain").ok_or_else(|| {
+                        DataFusionError::Execution(format!("{f}: no column chain"))
+                    })?,
+                    &DataType::Utf8,
+                )?;
+                let c = c.as_string::<i32>();
+                let keep = datafusion::arrow::array::BooleanArray::from_iter(
+                    (0..c.len()).map(|i| Some(c.is_null(i) || c.value(i) != chain)),
+                );
+                let kept = datafusion::arrow::compute::filter_record_batch(&b, &keep)?;
+                if kept.num_rows() == 0 {
+                    continue;
+                }
+                // The carried rows name this run.
+                let mut cols = kept.columns().to_vec();
+                let last = cols.len() - 1;
+                cols[last] = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    run_id.as_str(),
+                    kept.num_rows(),
+                )));
+                w.write(&RecordBatch::try_new(schema.clone(), cols)?)
+                    .await
+                    .map_err(wh_err)?;
+            }
+        }
+    }
+    let file = w.finish().await.map_err(wh_err)?;
+    let run = ferret_schemas::results::LatestRun {
+        run_id: run_id.clone(),
+        files: vec![file.0],
+        rows: file.1,
+        params: Some(params),
+        checks: vec![file.2],
+    };
+    wh.commit_runs_expecting(
+        vec![("typologies".into(), run)],
+        &[(
+            "typologies".into(),
+            previous.as_ref().map(|p| p.run_id.clone()),
+        )],
     )
     .await
     .map_err(wh_err)?;
+    let mut counts = BTreeMap::new();
+    for f in &findings {
+        *counts.entry(f.pattern.name()).or_default() += 1;
+    }
     Ok(TypologyRun {
         run_id,
         transactions,
@@ -345,8 +404,14 @@ fn judge_collection(rules: &VictimRules, address: String, pays: &[Payment]) -> O
     })
 }
 
-/// The clusters (latest `clusters` run) of the given addresses, by a join in SQL.
-async fn cluster_ids(ctx: &SessionContext, addresses: Vec<String>) -> Result<HashMap<String, i64>> {
+/// The clusters (latest run of `table`: `clusters`, `eth_clusters`) of the given
+/// addresses, by a join in SQL.
+async fn cluster_ids(
+    ctx: &SessionContext,
+    table: &str,
+    chain: &str,
+    addresses: Vec<String>,
+) -> Result<HashMap<String, i64>> {
     let mut out = HashMap::new();
     if addresses.is_empty() {
         return Ok(out);
@@ -365,10 +430,10 @@ async fn cluster_ids(ctx: &SessionContext, addresses: Vec<String>) -> Result<Has
         Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
     )?;
     let rows = ctx
-        .sql(
+        .sql(&format!(
             "SELECT a.address, c.cluster_id FROM typology_addresses a
-             JOIN clusters c ON c.address = a.address AND c.chain = 'btc'",
-        )
+             JOIN {table} c ON c.address = a.address AND c.chain = '{chain}'"
+        ))
         .await?
         .collect()
         .await;
@@ -437,4 +502,668 @@ pub fn to_batch(
         ferret_schemas::results::typologies_schema(),
         columns,
     )?)
+}
+
+/// The Ethereum typologies' thresholds (docs/typologies.md gives the reasoning).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EthRules {
+    /// Approval phishing: the fewest owners one spender drains.
+    pub phishing_min_owners: usize,
+    /// Approval phishing: the most blocks from an approval to the pull that drains it.
+    pub phishing_max_delay: i64,
+    /// Address poisoning: leading hex digits (after `0x`) the look-alike shares.
+    pub poison_prefix: usize,
+    /// Address poisoning: trailing hex digits the look-alike shares.
+    pub poison_suffix: usize,
+    /// Address poisoning: the largest token amount (base units) that counts as dust.
+    pub poison_max_value: u64,
+    /// Address poisoning: the most blocks from the victim's payment to the poisoning.
+    pub poison_max_delay: i64,
+    /// Victim collection: the fewest distinct payers (payer clusters where clustered).
+    pub victim_min_payers: usize,
+    /// Victim collection: blocks within which outflow counts as forwarding.
+    pub victim_forward_blocks: i64,
+    /// Victim collection: the smallest share forwarded.
+    pub victim_min_forwarded: f64,
+    /// Only blocks from this one on.
+    pub since: Option<i64>,
+}
+
+impl Default for EthRules {
+    fn default() -> Self {
+        Self {
+            phishing_min_owners: 3,
+            phishing_max_delay: 7200,
+            poison_prefix: 4,
+            poison_suffix: 4,
+            poison_max_value: 1000,
+            poison_max_delay: 7200,
+            victim_min_payers: 20,
+            victim_forward_blocks: 50_400,
+            victim_min_forwarded: 0.5,
+            since: None,
+        }
+    }
+}
+
+impl EthRules {
+    fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(DataFusionError::Plan(format!("typologies: {what}")));
+        if self.phishing_min_owners < 2 {
+            return bad(format!(
+                "phishing_min_owners must be at least 2, not {}",
+                self.phishing_min_owners
+            ));
+        }
+        if !(1..=20).contains(&self.poison_prefix) || !(1..=20).contains(&self.poison_suffix) {
+            return bad(format!(
+                "poison_prefix and poison_suffix must be 1–20 hex digits, not {} and {}",
+                self.poison_prefix, self.poison_suffix
+            ));
+        }
+        if self.victim_min_payers < 2 {
+            return bad(format!(
+                "victim_min_payers must be at least 2, not {}",
+                self.victim_min_payers
+            ));
+        }
+        for (name, v) in [
+            ("phishing_max_delay", self.phishing_max_delay),
+            ("poison_max_delay", self.poison_max_delay),
+            ("victim_forward_blocks", self.victim_forward_blocks),
+        ] {
+            if v < 0 {
+                return bad(format!("{name} must be at least 0, not {v}"));
+            }
+        }
+        if !(self.victim_min_forwarded.is_finite()
+            && (0.0..=1.0).contains(&self.victim_min_forwarded))
+        {
+            return bad(format!(
+                "victim_min_forwarded must be in [0, 1], not {}",
+                self.victim_min_forwarded
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The topic0 of ERC-20's `Approval(address,address,uint256)`.
+pub const APPROVAL_TOPIC: &str =
+    "0x8c5be1e5ebec7d5bd14f71427d1e84f3dd0314c0f7b2291e5b200ac8c7c3b925";
+
+/// Runs the Ethereum typologies over the committed blocks and commits one run of
+/// `typologies` (the Bitcoin rows of the run it replaces are kept).
+pub async fn run_eth(
+    wh: &Warehouse,
+    rules: &EthRules,
+    patterns: &[Pattern],
+) -> Result<TypologyRun> {
+    rules.check()?;
+    let m = wh
+        .load_manifest(Chain::Eth)
+        .await
+        .map_err(wh_err)?
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "{wh}: no Ethereum blocks are committed here (run `ferret index eth` first)"
+            ))
+        })?;
+    let labels = ferret_kernels::taint::job::chain_labels(wh, "eth")
+        .await
+        .map_err(kernel_err)?;
+    let services: HashSet<String> = labels
+        .iter()
+        .filter(|l| VictimRules::default().service_categories.contains(&l.2))
+        .map(|l| l.0.to_lowercase())
+        .collect();
+    let ctx = crate::session(wh).await?;
+    let mut findings = Vec::new();
+    let wanted = |p: Pattern| patterns.is_empty() || patterns.contains(&p);
+    if wanted(Pattern::ApprovalPhishing) {
+        findings.extend(approval_phishing(&ctx, rules).await?);
+    }
+    if wanted(Pattern::AddressPoisoning) {
+        findings.extend(address_poisoning(&ctx, rules).await?);
+    }
+    if wanted(Pattern::VictimCollection) {
+        findings.extend(eth_victim_collection(&ctx, rules, &services).await?);
+    }
+    let addresses: Vec<String> = findings
+        .iter()
+        .filter_map(|f| f.address.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let clusters = cluster_ids(&ctx, "eth_clusters", "eth", addresses).await?;
+    let params = json!({
+        "chain": "eth",
+        "since": rules.since,
+        "patterns": patterns.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "tip_height": m.tip.as_ref().map(|t| t.height),
+        "tip_hash": m.tip.as_ref().map(|t| t.hash.clone()),
+        "rules": format!("{rules:?}"),
+    });
+    let transactions = m.totals.transactions;
+    commit(wh, "eth", findings, &clusters, params, transactions).await
+}
+
+/// The rows of a query, every column as text (NULL as None).
+async fn text_rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let cols: Vec<Arc<dyn Array>> = b
+            .columns()
+            .iter()
+            .map(|c| datafusion::arrow::compute::cast(c, &DataType::Utf8))
+            .collect::<std::result::Result<_, _>>()?;
+        for r in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| {
+                        let c = c.as_string::<i32>();
+                        (!c.is_null(r)).then(|| c.value(r).to_string())
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn int(v: &Option<String>) -> i64 {
+    v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn num(v: &Option<String>) -> f64 {
+    v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0.0)
+}
+
+fn r4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+fn median_of(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Approval phishing: owners approve a spender; tokens then leave the owners in
+/// transactions the owners did not send, sent by the spender or to it (a drainer
+/// contract), within `phishing_max_delay` blocks. A spender draining at least
+/// `phishing_min_owners` owners is a finding. Routers and bridges pull in the owner's
+/// own transaction, which is what separates them.
+async fn approval_phishing(ctx: &SessionContext, rules: &EthRules) -> Result<Vec<Finding>> {
+    let since = rules.since.unwrap_or(i64::MIN);
+    let sql = format!(
+        "WITH appr AS (
+            SELECT block_number AS approved_at, address AS token,
+                   lower(concat('0x', substr(topic1, 27, 40))) AS owner,
+                   lower(concat('0x', substr(topic2, 27, 40))) AS spender,
+                   encode(data, 'hex') AS amount_hex
+            FROM eth.logs
+            WHERE topic0 = '{APPROVAL_TOPIC}' AND topic1 IS NOT NULL AND topic2 IS NOT NULL
+              AND block_number >= {since}
+        ),
+        pulls AS (
+            SELECT tt.block_number, tt.transaction_hash, tt.token_address, tt.from_address,
+                   tt.to_address, tt.value_string, t.from_address AS sender, t.to_address AS called
+            FROM eth.token_transfers tt
+            JOIN eth.transactions t ON t.transaction_hash = tt.transaction_hash
+            WHERE t.from_address <> tt.from_address AND tt.block_number >= {since}
+        )
+        SELECT a.spender, a.owner, a.token, a.approved_at, a.amount_hex,
+               p.block_number, p.transaction_hash, p.to_address, p.value_string
+        FROM appr a JOIN pulls p
+          ON p.token_address = a.token AND p.from_address = a.owner
+         AND (p.sender = a.spender OR p.called = a.spender)
+        WHERE p.block_number >= a.approved_at
+          AND p.block_number - a.approved_at <= {delay}
+        ORDER BY a.spender, p.block_number, p.transaction_hash",
+        delay = rules.phishing_max_delay
+    );
+    let rows = text_rows(ctx, &sql).await?;
+    let mut by_spender: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
+    for r in rows {
+        let Some(s) = r[0].clone() else { continue };
+        by_spender.entry(s).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    for (spender, rows) in by_spender {
+        // One pull per (transaction, owner): an approval seen twice joins twice.
+        let mut seen = HashSet::new();
+        let rows: Vec<&Vec<Option<String>>> = rows
+            .iter()
+            .filter(|r| seen.insert((r[6].clone(), r[1].clone())))
+            .collect();
+        let owners: HashSet<&str> = rows.iter().filter_map(|r| r[1].as_deref()).collect();
+        if owners.len() < rules.phishing_min_owners {
+            continue;
+        }
+        let unlimited = rows
+            .iter()
+            .filter(|r| {
+                r[4].as_deref()
+                    .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c == 'f'))
+            })
+            .count() as f64
+            / rows.len() as f64;
+        let delays: Vec<f64> = rows
+            .iter()
+            .map(|r| (int(&r[5]) - int(&r[3])) as f64)
+            .collect();
+        let receivers: HashSet<&str> = rows.iter().filter_map(|r| r[7].as_deref()).collect();
+        let drained: f64 = rows.iter().map(|r| num(&r[8])).sum();
+        let mut txids: Vec<String> = Vec::new();
+        for r in &rows {
+            if let Some(t) = &r[6]
+                && txids.last() != Some(t)
+            {
+                txids.push(t.clone());
+            }
+        }
+        let count_part = ((owners.len() - rules.phishing_min_owners) as f64
+            / rules.phishing_min_owners as f64)
+            .min(1.0);
+        let score = (0.5 + 0.5 * count_part) * (0.7 + 0.3 * unlimited);
+        let mut f = Map::new();
+        f.insert("owners_drained".into(), json!(owners.len()));
+        f.insert("pulls".into(), json!(rows.len()));
+        f.insert("unlimited_approval_share".into(), json!(r4(unlimited)));
+        f.insert(
+            "median_delay_blocks".into(),
+            json!(median_of(delays.clone())),
+        );
+        f.insert(
+            "max_delay_blocks".into(),
+            json!(delays.iter().copied().fold(0.0, f64::max)),
+        );
+        f.insert("receivers".into(), json!(receivers.len()));
+        f.insert(
+            "tokens".into(),
+            json!(
+                rows.iter()
+                    .filter_map(|r| r[2].clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+            ),
+        );
+        out.push(Finding {
+            pattern: Pattern::ApprovalPhishing,
+            address_id: None,
+            address: Some(spender),
+            txids,
+            first_height: rows.iter().map(|r| int(&r[5])).min().unwrap_or(0),
+            last_height: rows.iter().map(|r| int(&r[5])).max().unwrap_or(0),
+            amount: drained,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Address poisoning: a zero or dust token transfer between a victim and an address
+/// that shares the first `poison_prefix` and last `poison_suffix` hex digits of one of
+/// the victim's real counterparties (an address the victim paid more than dust before),
+/// without being it. Either direction counts: `transferFrom(victim, look-alike, 0)` puts
+/// the look-alike in the victim's outgoing history; a dust payment from it, in the
+/// incoming. One finding per look-alike address.
+async fn address_poisoning(ctx: &SessionContext, rules: &EthRules) -> Result<Vec<Finding>> {
+    let since = rules.since.unwrap_or(i64::MIN);
+    let (k1, k2) = (rules.poison_prefix, rules.poison_suffix);
+    let sql = format!(
+        "WITH small AS (
+            SELECT block_number, transaction_hash, token_address,
+                   lower(from_address) AS a, lower(to_address) AS b
+            FROM eth.token_transfers
+            WHERE (value IS NULL OR value <= {dust}) AND block_number >= {since}
+        ),
+        cand AS (
+            SELECT block_number, transaction_hash, a AS victim, b AS lookalike FROM small
+            UNION ALL
+            SELECT block_number, transaction_hash, b AS victim, a AS lookalike FROM small
+        ),
+        paid AS (
+            SELECT lower(from_address) AS v, lower(to_address) AS c,
+                   min(block_number) AS first_paid, max(block_number) AS last_paid
+            FROM eth.transfers WHERE value > {dust}
+            GROUP BY 1, 2
+        )
+        SELECT x.lookalike, x.victim, p.c, x.block_number, x.transaction_hash, p.first_paid
+        FROM cand x JOIN paid p
+          ON p.v = x.victim
+         AND substr(p.c, 3, {k1}) = substr(x.lookalike, 3, {k1})
+         AND right(p.c, {k2}) = right(x.lookalike, {k2})
+        WHERE p.c <> x.lookalike
+          AND p.first_paid <= x.block_number
+          AND x.block_number - p.first_paid <= {delay}
+        ORDER BY x.lookalike, x.block_number, x.transaction_hash",
+        dust = rules.poison_max_value,
+        delay = rules.poison_max_delay
+    );
+    let rows = text_rows(ctx, &sql).await?;
+    let mut by_fake: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
+    for r in rows {
+        let Some(s) = r[0].clone() else { continue };
+        by_fake.entry(s).or_default().push(r);
+    }
+    let common = |a: &str, b: &str, from_end: bool| -> usize {
+        let (a, b) = (
+            a.trim_start_matches("0x").as_bytes(),
+            b.trim_start_matches("0x").as_bytes(),
+        );
+        if from_end {
+            a.iter()
+                .rev()
+                .zip(b.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count()
+        } else {
+            a.iter().zip(b).take_while(|(x, y)| x == y).count()
+        }
+    };
+    let mut out = Vec::new();
+    for (fake, rows) in by_fake {
+        let victims: HashSet<&str> = rows.iter().filter_map(|r| r[1].as_deref()).collect();
+        let mimicked: std::collections::BTreeSet<&str> =
+            rows.iter().filter_map(|r| r[2].as_deref()).collect();
+        let best = mimicked
+            .iter()
+            .map(|c| (common(c, &fake, false), common(c, &fake, true)))
+            .max_by_key(|&(p, s)| p + s)
+            .unwrap_or((0, 0));
+        let delays: Vec<f64> = rows
+            .iter()
+            .map(|r| (int(&r[3]) - int(&r[5])) as f64)
+            .collect();
+        let mut txids: Vec<String> = Vec::new();
+        for r in &rows {
+            if let Some(t) = &r[4]
+                && !txids.contains(t)
+            {
+                txids.push(t.clone());
+            }
+        }
+        // Random addresses match k hex digits with odds 16^-k: more shared digits, a
+        // surer finding.
+        let digits = (best.0 + best.1) as f64;
+        let score = (0.5 + 0.05 * (digits - (k1 + k2) as f64)).clamp(0.5, 1.0);
+        let mut f = Map::new();
+        f.insert("victims".into(), json!(victims.len()));
+        f.insert("mimicked".into(), json!(mimicked));
+        f.insert("prefix_digits".into(), json!(best.0));
+        f.insert("suffix_digits".into(), json!(best.1));
+        f.insert("median_delay_blocks".into(), json!(median_of(delays)));
+        f.insert("transfers".into(), json!(txids.len()));
+        out.push(Finding {
+            pattern: Pattern::AddressPoisoning,
+            address_id: None,
+            address: Some(fake),
+            txids,
+            first_height: rows.iter().map(|r| int(&r[3])).min().unwrap_or(0),
+            last_height: rows.iter().map(|r| int(&r[3])).max().unwrap_or(0),
+            amount: 0.0,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Victim collection over `eth.transfers` (ETH and tokens): many distinct payers (payer
+/// clusters from `eth_clusters` where clustered), most of the money moved on within
+/// `victim_forward_blocks`, not a labelled service, not a contract (a multisend, router
+/// or pool is called by many, and is no wallet victims are told to pay).
+async fn eth_victim_collection(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    services: &HashSet<String>,
+) -> Result<Vec<Finding>> {
+    let since = rules.since.unwrap_or(i64::MIN);
+    let sql = format!(
+        "WITH pay AS (
+            SELECT lower(to_address) AS address, lower(from_address) AS payer, asset,
+                   CAST(value AS DOUBLE) AS v, block_number, transaction_hash
+            FROM eth.transfers
+            WHERE value > 0 AND from_address <> to_address AND block_number >= {since}
+        ),
+        grouped AS (
+            SELECT pay.*, coalesce(CAST(c.cluster_id AS VARCHAR), pay.payer) AS payer_group
+            FROM pay LEFT JOIN eth_clusters c ON lower(c.address) = pay.payer
+        ),
+        contracts AS (
+            SELECT lower(contract_address) AS address FROM eth.transactions
+            WHERE contract_address IS NOT NULL
+            UNION
+            SELECT lower(to_address) AS address FROM eth.traces
+            WHERE call_type IN ('create', 'create2') AND to_address IS NOT NULL
+        ),
+        cand AS (
+            SELECT address FROM grouped
+            WHERE address NOT IN (SELECT address FROM contracts)
+            GROUP BY address
+            HAVING count(DISTINCT payer_group) >= {min}
+        ),
+        outflow AS (
+            SELECT lower(t.from_address) AS address, t.asset, CAST(t.value AS DOUBLE) AS v,
+                   t.block_number
+            FROM eth.transfers t JOIN cand ON lower(t.from_address) = cand.address
+            WHERE t.value > 0
+        )
+        SELECT 'in', g.address, g.payer_group, g.payer, g.asset, g.v, g.block_number,
+               g.transaction_hash
+        FROM grouped g JOIN cand ON g.address = cand.address
+        UNION ALL
+        SELECT 'out', address, NULL, NULL, asset, v, block_number, NULL FROM outflow",
+        min = rules.victim_min_payers
+    );
+    let rows = text_rows(ctx, &sql).await?;
+    #[derive(Default)]
+    struct Addr {
+        payments: Vec<(String, String, String, f64, i64, String)>,
+        out: Vec<(String, f64, i64)>,
+    }
+    let mut by: BTreeMap<String, Addr> = BTreeMap::new();
+    for r in rows {
+        let Some(a) = r[1].clone() else { continue };
+        let e = by.entry(a).or_default();
+        let asset = r[4].clone().unwrap_or_default();
+        if r[0].as_deref() == Some("in") {
+            e.payments.push((
+                r[2].clone().unwrap_or_default(),
+                r[3].clone().unwrap_or_default(),
+                asset,
+                num(&r[5]),
+                int(&r[6]),
+                r[7].clone().unwrap_or_default(),
+            ));
+        } else {
+            e.out.push((asset, num(&r[5]), int(&r[6])));
+        }
+    }
+    let mut out = Vec::new();
+    for (address, mut a) in by {
+        if services.contains(&address) || a.payments.is_empty() {
+            continue;
+        }
+        a.payments.sort_by(|x, y| (x.4, &x.5).cmp(&(y.4, &y.5)));
+        let groups: HashSet<&str> = a.payments.iter().map(|p| p.0.as_str()).collect();
+        let payers: HashSet<&str> = a.payments.iter().map(|p| p.1.as_str()).collect();
+        let first = a.payments.iter().map(|p| p.4).min().unwrap_or(0);
+        let last = a.payments.iter().map(|p| p.4).max().unwrap_or(0);
+        // Forwarded, per asset: what left within the window of the payments, as a share
+        // of what came in (capped at 1), weighted by the asset's payments.
+        let mut assets: BTreeMap<&str, (f64, f64, usize)> = BTreeMap::new();
+        for p in &a.payments {
+            let e = assets.entry(p.2.as_str()).or_default();
+            e.0 += p.3;
+            e.2 += 1;
+        }
+        for (asset, v, h) in &a.out {
+            if let Some(e) = assets.get_mut(asset.as_str())
+                && *h >= first
+                && *h <= last + rules.victim_forward_blocks
+            {
+                e.1 += v;
+            }
+        }
+        let n = a.payments.len() as f64;
+        let forwarded: f64 = assets
+            .values()
+            .map(|(i, o, c)| (o / i.max(1.0)).min(1.0) * *c as f64 / n)
+            .sum();
+        if groups.len() < rules.victim_min_payers || forwarded < rules.victim_min_forwarded {
+            continue;
+        }
+        let (main, (main_in, _, _)) = assets
+            .iter()
+            .max_by_key(|(_, v)| v.2)
+            .map(|(k, v)| (k.to_string(), *v))
+            .unwrap_or_default();
+        let mut per_payer: HashMap<&str, usize> = HashMap::new();
+        for p in &a.payments {
+            *per_payer.entry(p.0.as_str()).or_default() += 1;
+        }
+        let repeat = per_payer.values().filter(|&&c| c >= 2).count() as f64 / groups.len() as f64;
+        let count_part = ((groups.len() - rules.victim_min_payers) as f64
+            / (2 * rules.victim_min_payers) as f64)
+            .min(1.0);
+        let score = (0.5 + 0.5 * count_part) * (0.5 + 0.5 * forwarded);
+        let mut txids: Vec<String> = Vec::new();
+        for p in &a.payments {
+            if txids.last() != Some(&p.5) {
+                txids.push(p.5.clone());
+            }
+        }
+        let mut f = Map::new();
+        f.insert("payments".into(), json!(a.payments.len()));
+        f.insert("payers".into(), json!(payers.len()));
+        f.insert("payer_clusters".into(), json!(groups.len()));
+        f.insert("repeat_payer_share".into(), json!(r4(repeat)));
+        f.insert("forwarded_share".into(), json!(r4(forwarded)));
+        f.insert("main_asset".into(), json!(main));
+        f.insert(
+            "assets".into(),
+            json!(
+                assets
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.2))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+        f.insert("active_blocks".into(), json!(last - first));
+        out.push(Finding {
+            pattern: Pattern::VictimCollection,
+            address_id: None,
+            address: Some(address),
+            txids,
+            first_height: first,
+            last_height: last,
+            amount: main_in,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(p: Pattern, addr: &str) -> Finding {
+        Finding {
+            pattern: p,
+            address_id: None,
+            address: Some(addr.into()),
+            txids: vec!["t1".into(), "t2".into()],
+            first_height: 1,
+            last_height: 2,
+            amount: 5.0,
+            score: 0.5,
+            features: Map::new(),
+        }
+    }
+
+    async fn rows(wh: &Warehouse) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for b in wh.read_latest("typologies").await.expect("read") {
+            let s = |n: &str| {
+                datafusion::arrow::compute::cast(b.column_by_name(n).expect(n), &DataType::Utf8)
+                    .expect("cast")
+            };
+            let (c, a, r) = (s("chain"), s("address"), s("run_id"));
+            for i in 0..b.num_rows() {
+                out.push((
+                    c.as_string::<i32>().value(i).to_string(),
+                    a.as_string::<i32>().value(i).to_string(),
+                    r.as_string::<i32>().value(i).to_string(),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// One table holds every chain: a run of one chain keeps the other chains' rows of
+    /// the run it replaces and replaces its own.
+    #[tokio::test]
+    async fn a_run_keeps_the_other_chains_rows() {
+        let wh = Warehouse::open("memory://typologies-carry").expect("open");
+        let none = HashMap::new();
+        let btc = commit(
+            &wh,
+            "btc",
+            vec![finding(Pattern::PeelChain, "b1")],
+            &none,
+            json!({}),
+            0,
+        )
+        .await
+        .expect("btc");
+        let eth = commit(
+            &wh,
+            "eth",
+            vec![
+                finding(Pattern::AddressPoisoning, "e1"),
+                finding(Pattern::ApprovalPhishing, "e2"),
+            ],
+            &none,
+            json!({}),
+            0,
+        )
+        .await
+        .expect("eth");
+        assert_ne!(btc.run_id, eth.run_id);
+        let r = rows(&wh).await;
+        assert_eq!(
+            r.iter()
+                .map(|x| (x.0.as_str(), x.1.as_str()))
+                .collect::<Vec<_>>(),
+            [("btc", "b1"), ("eth", "e1"), ("eth", "e2")]
+        );
+        // Every row names the run it is in.
+        assert!(r.iter().all(|x| x.2 == eth.run_id));
+        commit(
+            &wh,
+            "eth",
+            vec![finding(Pattern::AddressPoisoning, "e3")],
+            &none,
+            json!({}),
+            0,
+        )
+        .await
+        .expect("eth again");
+        let r = rows(&wh).await;
+        assert_eq!(
+            r.iter()
+                .map(|x| (x.0.as_str(), x.1.as_str()))
+                .collect::<Vec<_>>(),
+            [("btc", "b1"), ("eth", "e3")]
+        );
+    }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Recompiles Ferret.sol into the checked-in .bin files (creation bytecode, hex) with
+# Recompiles Ferret.sol and Router.sol into the checked-in .bin files (creation bytecode, hex) with
 # solcjs 0.8.37 (npm package solc@0.8.37), optimiser on.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,4 +9,6 @@ out=$(mktemp -d)
 for c in FerretUSD FerretNFT Splitter; do
   cp "$out"/Ferret_sol_"$c".bin "$c".bin
 done
+"$SOLCJS" --bin --optimize --optimize-runs 200 -o "$out" Router.sol
+cp "$out"/Router_sol_Router.bin Router.bin
 rm -rf "$out"

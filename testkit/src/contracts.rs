@@ -1,6 +1,7 @@
 //! The contracts of Ethereum scenarios and tests (source: `testkit/contracts/Ferret.sol`,
-//! compiled by `testkit/contracts/build.sh` with solc 0.8.37): an ERC-20 stablecoin, an
-//! ERC-721, and a splitter that moves ETH through internal calls.
+//! and `Router.sol`, compiled by `testkit/contracts/build.sh` with solc 0.8.37): an ERC-20
+//! stablecoin, an ERC-721, a splitter that moves ETH through internal calls, and a payment
+//! router that pulls approved tokens in the owner's own call.
 
 use alloy::primitives::Bytes;
 
@@ -25,6 +26,11 @@ alloy::sol! {
         function split(address[] to) external payable;
         function forwardAndTry(address to, address other) external payable;
     }
+
+    /// Router (`testkit/contracts/Router.sol`): pays with the caller's approved tokens.
+    interface IRouter {
+        function pay(address token, address to, uint256 value) external;
+    }
 }
 
 fn code(hex: &str) -> Bytes {
@@ -46,6 +52,11 @@ pub fn ferret_nft() -> Bytes {
 /// Creation bytecode of Splitter.
 pub fn splitter() -> Bytes {
     code(include_str!("../contracts/Splitter.bin"))
+}
+
+/// Creation bytecode of Router.
+pub fn router() -> Bytes {
+    code(include_str!("../contracts/Router.bin"))
 }
 
 #[cfg(test)]
@@ -76,6 +87,10 @@ mod tests {
         ] {
             assert!(has(&nft, sel), "FerretNFT lacks {sel:02x?}");
         }
+        assert!(
+            has(&router(), IRouter::payCall::SELECTOR),
+            "Router lacks pay"
+        );
         let sp = splitter();
         for sel in [
             ISplitter::splitCall::SELECTOR,

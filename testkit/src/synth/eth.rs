@@ -18,7 +18,10 @@
 //! hot wallets), `entities.csv` (address,entity_id: the real owner of every address the
 //! scenario used), `cashouts.csv` (scam,exit,asset,amount,hops: each planted flow from a scam
 //! address to the deposit address it cashed out at, amount in base units, hops in
-//! transfers).
+//! transfers), `typologies.csv` (pattern,address,first_block,last_block,txids: every scam
+//! address victims paid as `victim_collection` with the payments; with `typologies`, each
+//! phishing spender as `approval_phishing` with its drains, and each look-alike address as
+//! `address_poisoning` with its zero-value transfer).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -30,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::contracts::{IFerretUSD, ISplitter, ferret_usd, splitter};
+use crate::contracts::{IFerretUSD, IRouter, ISplitter, ferret_usd, router, splitter};
 use ferret_indexer::eth::rpc::{RetryPolicy, Rpc};
 use ferret_indexer::{Error, Result};
 
@@ -52,6 +55,10 @@ pub struct EthSynthConfig {
     pub victims: usize,
     /// Cash-out flows per scam operation and asset.
     pub flows: usize,
+    /// Plant approval phishing and address poisoning, with their look-alikes (a payment
+    /// router users approve and pay through, zero-value transfers between strangers);
+    /// `truth/typologies.csv` lists the plants and every scam address victims paid.
+    pub typologies: bool,
 }
 
 impl Default for EthSynthConfig {
@@ -65,6 +72,7 @@ impl Default for EthSynthConfig {
             scam_operations: 2,
             victims: 12,
             flows: 3,
+            typologies: false,
         }
     }
 }
@@ -134,6 +142,8 @@ struct Gen {
     entities: Vec<(Address, String)>,
     labels: Vec<(Address, String, &'static str)>,
     summary: EthSynthSummary,
+    /// The hashes of the last block's transactions, in plan order.
+    last_hashes: Vec<B256>,
 }
 
 fn hexq(v: u128) -> String {
@@ -196,6 +206,7 @@ impl Gen {
             })
             .collect();
         let hashes: Vec<B256> = self.rpc.batch("eth_sendTransaction", &params).await?;
+        self.last_hashes = hashes.clone();
         let _: Value = self.rpc.call("evm_mine", ()).await?;
         let receipts: Vec<Option<Value>> = self
             .rpc
@@ -279,6 +290,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
         entities: Vec::new(),
         labels: Vec::new(),
         summary: EthSynthSummary::default(),
+        last_hashes: Vec::new(),
     };
     let set = |m: &'static str, p: Value| (m, p);
     for (m, p) in [
@@ -369,6 +381,19 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
     for chunk in mint.chunks(200) {
         g.block(chunk).await?;
     }
+    let mut ty = if cfg.typologies {
+        Some(
+            Typologies::set_up(
+                &mut g,
+                cfg,
+                usd,
+                &users.iter().map(|u| u.wallets[0]).collect::<Vec<_>>(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     // Scam operations: victims pay in the first blocks.
     struct Op {
@@ -395,10 +420,14 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
 
     // Regular activity, with the scam's steps interleaved.
     let mut pending_sweeps: Vec<(usize, Tx)> = Vec::new();
+    // Every scam address victims paid: first and last block, the payments.
+    let mut collections: BTreeMap<Address, (u64, u64, Vec<B256>)> = BTreeMap::new();
     let mut flows: Vec<Flow> = Vec::new();
     let layering_from = cfg.blocks / 3;
+    let mut victim_seq = vec![0usize; cfg.scam_operations];
     for b in 0..cfg.blocks {
         let mut txs: Vec<Tx> = Vec::new();
+        let mut marks: Vec<(usize, Mark)> = Vec::new();
         // Sweeps due now.
         let (due, later): (Vec<_>, Vec<_>) =
             pending_sweeps.into_iter().partition(|(at, _)| *at <= b);
@@ -406,10 +435,18 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
         txs.extend(due.into_iter().map(|(_, t)| t));
         if b < layering_from {
             // Victims pay the scam.
-            for op in &mut ops {
+            for (k, op) in ops.iter_mut().enumerate() {
                 let n = cfg.victims.div_ceil(layering_from.max(1));
                 for _ in 0..n {
-                    let u = &users[g.rng.random_range(0..users.len())];
+                    // Planting, every victim of an operation is a different user (as
+                    // many as there are).
+                    let at = if cfg.typologies {
+                        victim_seq[k] += 1;
+                        (k * 7919 + victim_seq[k]) % users.len()
+                    } else {
+                        g.rng.random_range(0..users.len())
+                    };
+                    let u = &users[at];
                     let from = u.wallets[0];
                     let to = op.scam[g.rng.random_range(0..op.scam.len())];
                     if g.rng.random_bool(0.5) {
@@ -421,6 +458,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                         *op.got_usd.entry(to).or_default() += v;
                         txs.push(Tx::usd(usd, from, to, v));
                     }
+                    marks.push((txs.len() - 1, Mark::Victim(to)));
                 }
             }
         }
@@ -530,7 +568,25 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                 }
             }
         }
+        if let Some(t) = ty.as_mut() {
+            t.block(&mut g, b, &mut txs, &mut marks).await?;
+        }
         g.block(&txs).await?;
+        let height = g.summary.last_block;
+        for (i, m) in marks {
+            let hash = g.last_hashes[i];
+            match (m, ty.as_mut()) {
+                (Mark::Victim(to), _) => {
+                    let e = collections
+                        .entry(to)
+                        .or_insert_with(|| (height, height, Vec::new()));
+                    e.1 = height;
+                    e.2.push(hash);
+                }
+                (m, Some(t)) => t.record(m, hash, height),
+                (_, None) => {}
+            }
+        }
     }
     // Flows that did not finish within the blocks, and the last sweeps.
     let mut step = cfg.blocks.saturating_sub(layering_from);
@@ -564,10 +620,23 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
             f.scam, f.exit, f.asset, f.amount, f.hop_count
         );
     }
+    let mut plants = String::from("pattern,address,first_block,last_block,txids\n");
+    for (a, (first, last, hashes)) in &collections {
+        let list: Vec<String> = hashes.iter().map(|h| format!("{h:#x}")).collect();
+        let _ = writeln!(
+            plants,
+            "victim_collection,{a:#x},{first},{last},{}",
+            list.join(" ")
+        );
+    }
+    if let Some(t) = &ty {
+        t.write(&mut plants);
+    }
     for (name, body) in [
         ("labels.csv", labels),
         ("entities.csv", entities),
         ("cashouts.csv", cashouts),
+        ("typologies.csv", plants),
     ] {
         let p = dir.join(name);
         std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
@@ -682,4 +751,286 @@ async fn plan_flow(
         hop_count,
         sweep: send(exit, hot, amount),
     })
+}
+
+/// A transaction of a block the truth names.
+enum Mark {
+    Victim(Address),
+    /// A drain by phishing operation k.
+    Drain(usize),
+    /// A poisoning transfer to this look-alike.
+    Poison(Address),
+}
+
+/// A phishing operation: a spender that victims approve and that then drains them.
+struct Phisher {
+    spender: Address,
+    collector: Address,
+    /// (victim, block it approves at, block it is drained at).
+    victims: Vec<(Address, usize, usize)>,
+    drains: Vec<(B256, u64)>,
+}
+
+/// The Ethereum typologies a run plants, and their look-alikes.
+struct Typologies {
+    usd: Address,
+    router: Address,
+    /// Users who approved the router and pay through it.
+    router_users: Vec<Address>,
+    wallets: Vec<Address>,
+    phishers: Vec<Phisher>,
+    poisoners: Vec<Address>,
+    /// Payments whose payer will be poisoned: (due block, victim, counterparty).
+    to_poison: Vec<(usize, Address, Address)>,
+    /// Poisoning plants: look-alike, the transaction, its block.
+    poisons: Vec<(Address, B256, u64)>,
+}
+
+const MAX_APPROVAL: U256 = U256::MAX;
+
+impl Typologies {
+    async fn set_up(
+        g: &mut Gen,
+        cfg: &EthSynthConfig,
+        usd: Address,
+        wallets: &[Address],
+    ) -> Result<Self> {
+        let deployer = g.fresh_funded("router-deployer").await?;
+        let created = g
+            .block(&[Tx {
+                from: deployer,
+                to: None,
+                value: 0,
+                data: router(),
+                reverts: false,
+            }])
+            .await?;
+        let Some(Some(router)) = created.first().copied() else {
+            return Err(Error::Internal {
+                what: "synth: the router's deployment returned no address".into(),
+            });
+        };
+        g.entities.push((router, "contract-router".into()));
+        // A tenth of the users approve the router once, without limit (as wallets do).
+        let router_users: Vec<Address> = wallets.iter().step_by(10).copied().collect();
+        let approvals: Vec<Tx> = router_users
+            .iter()
+            .map(|&w| {
+                Tx::call(
+                    w,
+                    usd,
+                    0,
+                    IFerretUSD::approveCall {
+                        spender: router,
+                        value: MAX_APPROVAL,
+                    }
+                    .abi_encode(),
+                )
+            })
+            .collect();
+        g.block(&approvals).await?;
+        let mut phishers = Vec::new();
+        let span = cfg.blocks.saturating_sub(4).max(1);
+        let mut taken: std::collections::BTreeSet<Address> = router_users.iter().copied().collect();
+        for k in 0..2 {
+            let entity = format!("phisher-{k}");
+            let spender = g.fresh_funded(&entity).await?;
+            let collector = g.fresh(&entity);
+            let n = g.rng.random_range(5..=8usize);
+            let mut victims = Vec::new();
+            while victims.len() < n && taken.len() < wallets.len() {
+                let v = wallets[g.rng.random_range(0..wallets.len())];
+                if !taken.insert(v) {
+                    continue;
+                }
+                let at = g.rng.random_range(0..span);
+                let drain = at + g.rng.random_range(1..=3usize);
+                victims.push((v, at, drain));
+            }
+            phishers.push(Phisher {
+                spender,
+                collector,
+                victims,
+                drains: Vec::new(),
+            });
+        }
+        let mut poisoners = Vec::new();
+        for k in 0..2 {
+            poisoners.push(g.fresh_funded(&format!("poisoner-{k}")).await?);
+        }
+        Ok(Self {
+            usd,
+            router,
+            router_users,
+            wallets: wallets.to_vec(),
+            phishers,
+            poisoners,
+            to_poison: Vec::new(),
+            poisons: Vec::new(),
+        })
+    }
+
+    /// An address whose first four and last four hex digits are `c`'s (what a victim
+    /// glances at), the rest random; owned by poisoner `k`.
+    fn look_alike(g: &mut Gen, c: Address, k: usize) -> Address {
+        let mut b = [0u8; 20];
+        g.rng.fill(&mut b);
+        b[..2].copy_from_slice(&c[..2]);
+        b[18..].copy_from_slice(&c[18..]);
+        let a = Address::from(b);
+        g.entities.push((a, format!("poisoner-{k}")));
+        a
+    }
+
+    async fn balance(g: &Gen, token: Address, who: Address) -> Result<u128> {
+        let data: Bytes = IFerretUSD::balanceOfCall { who }.abi_encode().into();
+        let out: Bytes = g
+            .rpc
+            .call("eth_call", json!([{"to": token, "input": data}, "latest"]))
+            .await?;
+        let v = U256::try_from_be_slice(&out).unwrap_or_default();
+        Ok(u128::try_from(v).unwrap_or(u128::MAX))
+    }
+
+    /// This block's typology transactions.
+    async fn block(
+        &mut self,
+        g: &mut Gen,
+        b: usize,
+        txs: &mut Vec<Tx>,
+        marks: &mut Vec<(usize, Mark)>,
+    ) -> Result<()> {
+        let usd = self.usd;
+        // Payments through the router: the owner's own transaction pulls its tokens.
+        for _ in 0..g.rng.random_range(0..=2usize) {
+            let from = self.router_users[g.rng.random_range(0..self.router_users.len())];
+            let to = self.wallets[g.rng.random_range(0..self.wallets.len())];
+            let value = U256::from(g.rng.random_range(1..=300u128) * USD);
+            txs.push(Tx::call(
+                from,
+                self.router,
+                0,
+                IRouter::payCall {
+                    token: usd,
+                    to,
+                    value,
+                }
+                .abi_encode(),
+            ));
+        }
+        // Zero-value transfers between strangers (airdrop claims and wallet tests do
+        // this): zero transfers that are no poisoning.
+        if g.rng.random_bool(0.3) {
+            let from = self.wallets[g.rng.random_range(0..self.wallets.len())];
+            let to = self.wallets[g.rng.random_range(0..self.wallets.len())];
+            txs.push(Tx::usd(usd, from, to, 0));
+        }
+        // Phishing: approvals, then drains of 90% of the balance (the rest keeps the
+        // victim's own payments in the same block from failing).
+        for k in 0..self.phishers.len() {
+            let p = &self.phishers[k];
+            let (spender, collector) = (p.spender, p.collector);
+            let due: Vec<(Address, usize, usize)> = p
+                .victims
+                .iter()
+                .copied()
+                .filter(|v| v.1 == b || v.2 == b)
+                .collect();
+            for (victim, at, drain) in due {
+                if at == b {
+                    txs.push(Tx::call(
+                        victim,
+                        usd,
+                        0,
+                        IFerretUSD::approveCall {
+                            spender,
+                            value: MAX_APPROVAL,
+                        }
+                        .abi_encode(),
+                    ));
+                }
+                if drain == b {
+                    let bal = Self::balance(g, usd, victim).await?;
+                    txs.push(Tx::call(
+                        spender,
+                        usd,
+                        0,
+                        IFerretUSD::transferFromCall {
+                            from: victim,
+                            to: collector,
+                            value: U256::from(bal / 10 * 9),
+                        }
+                        .abi_encode(),
+                    ));
+                    marks.push((txs.len() - 1, Mark::Drain(k)));
+                }
+            }
+        }
+        // Poisoning: a victim pays a counterparty; one or two blocks later a poisoner
+        // moves zero tokens from the victim to a look-alike of the counterparty.
+        if g.rng.random_bool(0.4) {
+            let v = self.wallets[g.rng.random_range(0..self.wallets.len())];
+            let c = self.wallets[g.rng.random_range(0..self.wallets.len())];
+            if v != c {
+                txs.push(Tx::usd(usd, v, c, g.rng.random_range(50..=3000u128) * USD));
+                self.to_poison
+                    .push((b + g.rng.random_range(1..=2usize), v, c));
+            }
+        }
+        let due: Vec<(usize, Address, Address)> = self
+            .to_poison
+            .iter()
+            .copied()
+            .filter(|p| p.0 == b)
+            .collect();
+        self.to_poison.retain(|p| p.0 != b);
+        for (_, victim, mimicked) in due {
+            let k = g.rng.random_range(0..self.poisoners.len());
+            let fake = Self::look_alike(g, mimicked, k);
+            txs.push(Tx::call(
+                self.poisoners[k],
+                usd,
+                0,
+                IFerretUSD::transferFromCall {
+                    from: victim,
+                    to: fake,
+                    value: U256::ZERO,
+                }
+                .abi_encode(),
+            ));
+            marks.push((txs.len() - 1, Mark::Poison(fake)));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, m: Mark, hash: B256, height: u64) {
+        match m {
+            Mark::Drain(k) => self.phishers[k].drains.push((hash, height)),
+            Mark::Poison(fake) => self.poisons.push((fake, hash, height)),
+            Mark::Victim(_) => {}
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        for p in &self.phishers {
+            if p.drains.is_empty() {
+                continue;
+            }
+            let first = p.drains.iter().map(|d| d.1).min().unwrap_or_default();
+            let last = p.drains.iter().map(|d| d.1).max().unwrap_or_default();
+            let list: Vec<String> = p.drains.iter().map(|d| format!("{:#x}", d.0)).collect();
+            let _ = writeln!(
+                out,
+                "approval_phishing,{:#x},{first},{last},{}",
+                p.spender,
+                list.join(" ")
+            );
+        }
+        for (fake, hash, height) in &self.poisons {
+            let _ = writeln!(
+                out,
+                "address_poisoning,{fake:#x},{height},{height},{hash:#x}"
+            );
+        }
+    }
 }

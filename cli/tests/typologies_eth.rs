@@ -1,0 +1,299 @@
+//! `ferret typologies eth` on a real node: `ferret synth eth --typologies` drives anvil
+//! through approval phishing (owners approve a spender that then drains them), address
+//! poisoning (zero-value transfers from a victim to look-alikes of its counterparties) and
+//! victim collection, among their look-alikes (a payment router owners approve and pay
+//! through, zero-value transfers between strangers, a multisend contract many call,
+//! exchanges). Precision and recall per pattern are measured against
+//! `truth/typologies.csv`; innocent entities are never accused; the harness fails
+//! detectors broken either way.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use common::*;
+use ferret_schemas::Warehouse;
+
+#[derive(Debug)]
+struct Row {
+    pattern: String,
+    chain: String,
+    address: String,
+    txids: Vec<String>,
+    features: serde_json::Value,
+}
+
+async fn findings(wh: &str) -> Vec<Row> {
+    let wh = Warehouse::open(wh).expect("open");
+    let mut out = Vec::new();
+    for b in wh.read_latest("typologies").await.expect("typologies") {
+        let s = |n: &str| b.column_by_name(n).expect(n).as_string::<i32>().clone();
+        let (pattern, chain, address, features) =
+            (s("pattern"), s("chain"), s("address"), s("features"));
+        let txids = b
+            .column_by_name("txids")
+            .expect("txids")
+            .as_list::<i32>()
+            .clone();
+        for r in 0..b.num_rows() {
+            let t = txids.value(r);
+            let t = t.as_string::<i32>();
+            out.push(Row {
+                pattern: pattern.value(r).into(),
+                chain: chain.value(r).into(),
+                address: address.value(r).to_lowercase(),
+                txids: (0..t.len()).map(|k| t.value(k).to_string()).collect(),
+                features: serde_json::from_str(features.value(r)).expect("JSON"),
+            });
+        }
+    }
+    out
+}
+
+/// (pattern, address, txids) of each plant.
+fn plants(truth: &Path) -> Vec<(String, String, Vec<String>)> {
+    let text = std::fs::read_to_string(truth.join("typologies.csv")).expect("typologies.csv");
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].to_string(),
+                f[1].to_lowercase(),
+                f[4].split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn entities(truth: &Path) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(truth.join("entities.csv")).expect("entities.csv");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .map(|(a, e)| (a.to_lowercase(), e.to_string()))
+        .collect()
+}
+
+/// Per pattern: precision, recall, findings, plants (collection plants: paid at least
+/// 20 times). A finding matches a plant with its address.
+fn report(found: &[Row], truth: &Path) -> HashMap<&'static str, (f64, f64, usize, usize)> {
+    let plants = plants(truth);
+    let mut out = HashMap::new();
+    for p in [
+        "approval_phishing",
+        "address_poisoning",
+        "victim_collection",
+    ] {
+        let f: Vec<&Row> = found
+            .iter()
+            .filter(|r| r.pattern == p && r.chain == "eth")
+            .collect();
+        let all: HashSet<&str> = plants
+            .iter()
+            .filter(|x| x.0 == p)
+            .map(|x| x.1.as_str())
+            .collect();
+        let visible: Vec<&str> = plants
+            .iter()
+            .filter(|x| x.0 == p && (p != "victim_collection" || x.2.len() >= 20))
+            .map(|x| x.1.as_str())
+            .collect();
+        let tp = f
+            .iter()
+            .filter(|r| all.contains(r.address.as_str()))
+            .count();
+        let hit = visible
+            .iter()
+            .filter(|a| f.iter().any(|r| r.address == **a))
+            .count();
+        out.insert(
+            p,
+            (
+                tp as f64 / f.len().max(1) as f64,
+                hit as f64 / visible.len().max(1) as f64,
+                f.len(),
+                visible.len(),
+            ),
+        );
+    }
+    out
+}
+
+/// Findings whose address belongs to someone other than the pattern's culprit.
+fn accused(found: &[Row], truth: &Path) -> Vec<(String, String, String)> {
+    let owners = entities(truth);
+    found
+        .iter()
+        .filter_map(|r| {
+            let owner = owners.get(&r.address).cloned().unwrap_or_default();
+            let culprit = match r.pattern.as_str() {
+                "approval_phishing" => "phisher-",
+                "address_poisoning" => "poisoner-",
+                _ => "scam-",
+            };
+            (!owner.starts_with(culprit)).then(|| (r.pattern.clone(), r.address.clone(), owner))
+        })
+        .collect()
+}
+
+const FLOOR: [(&str, f64, f64); 3] = [
+    ("approval_phishing", 0.9, 0.9),
+    ("address_poisoning", 0.9, 0.9),
+    ("victim_collection", 0.9, 0.9),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ethereum_typologies_are_found_on_a_real_node() {
+    let Some(node) = common::anvil(&[]).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("synth");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    ok(ferret(&[
+        "synth",
+        "eth",
+        "--rpc",
+        node.url(),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--seed",
+        "5",
+        "--blocks",
+        "30",
+        "--txs-per-block",
+        "20",
+        "--users",
+        "100",
+        "--victims",
+        "60",
+        "--typologies",
+    ]));
+    ok(ferret(&[
+        "index",
+        "eth",
+        "--rpc",
+        node.url(),
+        "--warehouse",
+        &wh,
+    ]));
+    let truth = out.join("truth");
+    ok(ferret(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &wh,
+        "--chain",
+        "eth",
+        "--source",
+        "truth",
+        truth.join("labels.csv").to_str().expect("utf8"),
+    ]));
+    ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
+    let printed = ok(ferret(&["typologies", "eth", "--warehouse", &wh]));
+    assert!(printed.contains("approval_phishing"), "{printed}");
+    let found = findings(&wh).await;
+    let figures = report(&found, &truth);
+    for (p, min_p, min_r) in FLOOR {
+        let (precision, recall, n, plants) = figures[p];
+        eprintln!(
+            "eth {p}: {n} findings, {plants} plants, precision {precision:.3}, recall {recall:.3}"
+        );
+        assert!(plants > 0, "no {p} plants");
+        assert!(
+            precision >= min_p && recall >= min_r,
+            "{p}: precision {precision:.3} (floor {min_p}), recall {recall:.3} (floor {min_r})"
+        );
+    }
+    let wrong = accused(&found, &truth);
+    assert!(wrong.is_empty(), "innocent entities accused: {wrong:?}");
+    for r in &found {
+        let f = &r.features;
+        match r.pattern.as_str() {
+            "approval_phishing" => {
+                assert!(f["owners_drained"].as_u64() >= Some(3), "{r:?}");
+                assert_eq!(f["unlimited_approval_share"].as_f64(), Some(1.0), "{r:?}");
+            }
+            "address_poisoning" => {
+                assert!(f["prefix_digits"].as_u64() >= Some(4), "{r:?}");
+                assert!(f["suffix_digits"].as_u64() >= Some(4), "{r:?}");
+                assert!(!r.txids.is_empty());
+            }
+            _ => assert!(f["payer_clusters"].as_u64() >= Some(20), "{r:?}"),
+        }
+    }
+    // The evidence is the planted transactions.
+    let planted: HashSet<String> = plants(&truth)
+        .into_iter()
+        .filter(|p| p.0 != "victim_collection")
+        .flat_map(|p| p.2)
+        .collect();
+    for r in found.iter().filter(|r| r.pattern != "victim_collection") {
+        assert!(r.txids.iter().all(|t| planted.contains(t)), "{r:?}");
+    }
+    let w = Warehouse::open(&wh).expect("open");
+    assert_eq!(
+        scalar(
+            &w,
+            "SELECT count(*) FROM typology('address_poisoning') WHERE chain = 'eth'"
+        )
+        .await,
+        found
+            .iter()
+            .filter(|r| r.pattern == "address_poisoning")
+            .count()
+            .to_string()
+    );
+
+    // Broken detectors fail the harness: out of reach, nothing is found; too loose,
+    // innocent wallets are accused.
+    ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--phishing-min-owners",
+        "1000",
+        "--poison-prefix",
+        "20",
+        "--poison-suffix",
+        "20",
+        "--victim-min-payers",
+        "100000",
+    ]));
+    let f = report(&findings(&wh).await, &truth);
+    for (p, _, _) in FLOOR {
+        assert_eq!(f[p].1, 0.0, "{p}: {:?}", f[p]);
+    }
+    ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--victim-min-payers",
+        "2",
+    ]));
+    let found = findings(&wh).await;
+    assert!(report(&found, &truth)["victim_collection"].0 < 0.9);
+    assert!(!accused(&found, &truth).is_empty());
+
+    // Bad arguments are clear errors.
+    for (args, want) in [
+        (vec!["--pattern", "peel_chain"], "Bitcoin"),
+        (vec!["--poison-prefix", "0"], "poison_prefix"),
+        (vec!["--phishing-min-owners", "1"], "phishing_min_owners"),
+    ] {
+        let mut a = vec!["typologies", "eth", "--warehouse", wh.as_str()];
+        a.extend(args.iter().copied());
+        let out = ferret(&a);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
