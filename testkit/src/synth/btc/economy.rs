@@ -1350,16 +1350,25 @@ impl Economy {
     }
 
     fn act_victim(&mut self) -> bool {
-        let op = self.rng.random_range(0..self.scams.len());
-        // Pig-butchering: a victim already paying pays again, more each time.
-        let again =
-            (self.typologies && !self.victims[op].is_empty() && self.rng.random_ratio(3, 5))
+        let (op, u, again) = if self.typologies {
+            let op = self.rng.random_range(0..self.scams.len());
+            // Pig-butchering: a victim already paying pays again, more each time.
+            let again = (!self.victims[op].is_empty() && self.rng.random_ratio(3, 5))
                 .then(|| {
                     let j = self.rng.random_range(0..self.victims[op].len());
                     (j, self.victims[op][j])
                 })
                 .filter(|(_, (v, _))| !self.users[*v as usize].utxos.is_empty());
-        let Some(u) = again.map(|(_, (v, _))| v).or_else(|| self.funded_user(1)) else {
+            let u = again.map(|(_, (v, _))| v).or_else(|| self.funded_user(1));
+            (op, u, again)
+        } else {
+            // The draws in the order of the chains generated before typologies existed.
+            let Some(u) = self.funded_user(1) else {
+                return false;
+            };
+            (self.rng.random_range(0..self.scams.len()), Some(u), None)
+        };
+        let Some(u) = u else {
             return false;
         };
         let deposits = &self.scams[op].deposits;
