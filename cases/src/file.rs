@@ -26,6 +26,7 @@
 //! webhook = "https://…"                # POST per alert, retried with backoff
 //! watch = ["bc1q…"]                    # watchlisted addresses
 //! min_increase = 0                     # smallest new tainted value at a known exit
+//! typologies = ["victim_collection"]    # findings of these patterns touching the case
 //! ```
 
 use std::ops::Range;
@@ -100,6 +101,9 @@ pub struct AlertParams {
     pub watch_btc: Vec<String>,
     pub watch_eth: Vec<String>,
     pub min_increase: f64,
+    /// Typology patterns whose findings raise an alert when they touch the case (the
+    /// finding's address is a member, an exit or tainted).
+    pub typologies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +154,8 @@ struct RawAlerts {
     #[serde(default)]
     watch: Vec<Spanned<String>>,
     min_increase: Option<Spanned<f64>>,
+    #[serde(default)]
+    typologies: Vec<Spanned<String>>,
 }
 
 /// Line and column (from 1) of a byte offset.
@@ -611,12 +617,38 @@ fn alerts(cx: &Ctx<'_>, r: &RawAlerts, chains: &[String], base: &Path) -> Result
         }
         a.min_increase = v;
     }
+    for t in &r.typologies {
+        let name = t.get_ref().trim();
+        if ferret_kernels::typology::Pattern::from_name(name).is_none() {
+            return Err(cx.err(
+                t.span(),
+                format!(
+                    "typology `{name}`: not a pattern (the patterns are {})",
+                    ferret_kernels::typology::Pattern::ALL
+                        .map(|p| p.name())
+                        .join(", ")
+                ),
+            ));
+        }
+        a.typologies.push(name.to_string());
+    }
+    a.typologies.sort();
+    a.typologies.dedup();
     Ok(a)
 }
 
 impl Case {
     /// The parameters as recorded with each run.
     pub fn params(&self) -> serde_json::Value {
+        let mut v = self.base_params();
+        // Only when set: the params of cases written before subscriptions stay the same.
+        if !self.alerts.typologies.is_empty() {
+            v["alerts"]["typologies"] = serde_json::json!(self.alerts.typologies);
+        }
+        v
+    }
+
+    fn base_params(&self) -> serde_json::Value {
         let t = &self.taint;
         serde_json::json!({
             "name": self.name,

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub struct Alert {
     pub alert_id: String,
     pub seq: i64,
-    /// `new_exit`, `exit_increase`, `new_member`, `watchlist`.
+    /// `new_exit`, `exit_increase`, `new_member`, `watchlist`, `typology`.
     pub kind: &'static str,
     pub chain: String,
     pub address: String,
@@ -224,6 +224,7 @@ pub async fn run_case_with(
     let members: Vec<&Member> = parts.values().flat_map(|p| &p.members).collect();
     diff_members(prev.as_ref(), &members, &mut alerts);
     watchlist(wh, case, prev.as_ref(), &parts, &mut alerts).await?;
+    typology_alerts(wh, case, prev.as_ref(), &parts, &mut alerts).await?;
     for (i, a) in alerts.iter_mut().enumerate() {
         a.seq = i as i64;
         a.alert_id = alert_id(&case.name, &run_id, a);
@@ -1184,6 +1185,8 @@ struct Previous {
     exit_outputs: HashSet<(String, i32)>,
     members: HashSet<(String, String)>,
     watched: HashSet<(String, String, String, String)>,
+    /// Typology findings alerted so far: (chain, address, pattern).
+    typed: HashSet<(String, String, String)>,
     /// Per exit (chain, address, asset): whether a `new_exit` alert was raised, and the
     /// tainted value the alerts so far add up to (the baseline of the next increase).
     alerted: HashMap<(String, String, String), (bool, f64)>,
@@ -1203,6 +1206,7 @@ impl Previous {
             exit_outputs: HashSet::new(),
             members: HashSet::new(),
             watched: HashSet::new(),
+            typed: HashSet::new(),
             alerted: HashMap::new(),
             tips: HashMap::new(),
         };
@@ -1307,6 +1311,11 @@ impl Previous {
                                 .or_insert((false, 0.0));
                             e.0 |= kind == "new_exit";
                             e.1 += if v.is_valid(i) { v.value(i) } else { 0.0 };
+                        }
+                        if kind == "typology" {
+                            let pattern = d.value(i).split(' ').next().unwrap_or_default();
+                            p.typed
+                                .insert((c.value(i).into(), a.value(i).into(), pattern.into()));
                         }
                         if kind == "watchlist" {
                             p.watched.insert((
@@ -1560,6 +1569,127 @@ async fn watchlist(
             });
         }
     }
+    Ok(())
+}
+
+/// Findings of the subscribed typology patterns (the latest `typologies` run) whose
+/// address this run found a member of a seed's cluster, an exit, or tainted: one alert per
+/// (chain, address, pattern) over the case's life.
+async fn typology_alerts(
+    wh: &Warehouse,
+    case: &Case,
+    prev: Option<&Previous>,
+    parts: &BTreeMap<String, ChainPart>,
+    out: &mut Vec<Alert>,
+) -> Result<()> {
+    if case.alerts.typologies.is_empty() {
+        return Ok(());
+    }
+    // Ethereum addresses compare without case (checksummed or not); Bitcoin's base58
+    // addresses are case-sensitive.
+    let norm = |chain: &str, a: &str| {
+        if chain == "eth" {
+            a.to_lowercase()
+        } else {
+            a.to_string()
+        }
+    };
+    // What the case touches, per chain, and how.
+    let mut touched: HashMap<(String, String), &'static str> = HashMap::new();
+    for (chain, part) in parts {
+        if let Some(t) = &part.taint
+            && let Some(c) = t.column_by_name("address")
+        {
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| Error::Query(format!("taint addresses: {e}")))?;
+            let c = c.as_string::<i32>();
+            for i in 0..c.len() {
+                if c.is_valid(i) {
+                    touched.insert((chain.clone(), norm(chain, c.value(i))), "tainted");
+                }
+            }
+        }
+        for e in &part.exits {
+            touched.insert((chain.clone(), norm(chain, &e.address)), "an exit");
+        }
+        for m in &part.members {
+            touched.insert(
+                (chain.clone(), norm(chain, &m.address)),
+                "a member of a seed's cluster",
+            );
+        }
+    }
+    let wanted: HashSet<&str> = case.alerts.typologies.iter().map(String::as_str).collect();
+    let mut found: BTreeMap<(String, String, String), Alert> = BTreeMap::new();
+    for b in wh.read_latest("typologies").await? {
+        let col = |n: &str| -> Result<arrow::array::ArrayRef> {
+            let c = b
+                .column_by_name(n)
+                .ok_or_else(|| Error::Query(format!("typologies: no column {n}")))?;
+            arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| Error::Query(format!("typologies.{n}: {e}")))
+        };
+        let (pattern, chain, address, last, amount, score) = (
+            col("pattern")?,
+            col("chain")?,
+            col("address")?,
+            col("last_height")?,
+            col("amount")?,
+            col("score")?,
+        );
+        let txids = b
+            .column_by_name("txids")
+            .and_then(|c| c.as_list_opt::<i32>())
+            .ok_or_else(|| Error::Query("typologies: no list column txids".into()))?;
+        let s = |c: &arrow::array::ArrayRef, i: usize| {
+            let c = c.as_string::<i32>();
+            c.is_valid(i).then(|| c.value(i).to_string())
+        };
+        for i in 0..b.num_rows() {
+            let (Some(p), Some(ch), Some(a)) = (s(&pattern, i), s(&chain, i), s(&address, i))
+            else {
+                continue;
+            };
+            if !wanted.contains(p.as_str()) {
+                continue;
+            }
+            let a = norm(&ch, &a);
+            let Some(how) = touched.get(&(ch.clone(), a.clone())) else {
+                continue;
+            };
+            let key = (ch.clone(), a.clone(), p.clone());
+            if prev.is_some_and(|x| x.typed.contains(&key)) {
+                continue;
+            }
+            let evidence = txids.value(i);
+            let evidence = evidence.as_string_opt::<i32>();
+            let first_txid = evidence.and_then(|e| (!e.is_empty()).then(|| e.value(0).to_string()));
+            found.insert(
+                key,
+                Alert {
+                    alert_id: String::new(),
+                    seq: 0,
+                    kind: "typology",
+                    chain: ch.clone(),
+                    address: a.clone(),
+                    amount: s(&amount, i).and_then(|v| v.parse().ok()),
+                    asset: Some(if ch == "btc" {
+                        "BTC".into()
+                    } else {
+                        String::new()
+                    })
+                    .filter(|x| !x.is_empty()),
+                    txid: first_txid,
+                    height: s(&last, i).and_then(|v| v.parse().ok()),
+                    detail: format!(
+                        "{p} (score {}): the finding's address is {how} in this case",
+                        s(&score, i).unwrap_or_default()
+                    ),
+                },
+            );
+        }
+    }
+    out.extend(found.into_values());
     Ok(())
 }
 

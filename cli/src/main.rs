@@ -406,6 +406,11 @@ struct TypologiesBtcArgs {
     /// Victim collection: the smallest median payment, sats.
     #[arg(long, default_value_t = 200_000)]
     victim_min_median: i64,
+    /// Read every block, even when the last run's state would let this run read only the
+    /// new ones (a reorganisation below the last run, other rules or new labels start
+    /// from the first block anyway).
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Args)]
@@ -1023,13 +1028,15 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     opts.btc.fan_min_outputs = a.fan_min_outputs;
     opts.victim.min_payers = a.victim_min_payers;
     opts.victim.min_median = a.victim_min_median;
+    opts.full = a.full;
     let run = run_btc(&wh, &opts)
         .await
         .with_context(|| format!("typologies over {wh}"))?;
     println!(
-        "typologies run {}: {} transactions read, {} findings",
+        "typologies run {}: {} transactions read ({}), {} findings",
         run.run_id,
         run.transactions,
+        run.mode,
         run.findings.len()
     );
     for p in Pattern::ALL {

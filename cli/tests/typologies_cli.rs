@@ -453,3 +453,218 @@ fn bad_arguments_and_missing_chains_are_clear_errors() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// A case subscribed to typologies is alerted, once, of the findings that touch it: the
+/// collection addresses it was seeded with (members of the seeds' clusters) and the
+/// relays its taint runs through. A pattern that does not exist is refused with its line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_case_subscribed_to_typologies_is_alerted_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (truth, wh) = prepared(tmp.path(), 3, true);
+    ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+    let case = tmp.path().join("sub.toml");
+    let write = |patterns: &str| {
+        std::fs::write(
+            &case,
+            format!(
+                "name = \"sub-1\"\nchains = [\"btc\"]\n\n[seeds]\ncategories = [\"scam\"]\n\n[taint]\npolicy = \"haircut\"\nstop_at = [\"exchange\"]\n\n[alerts]\ntypologies = [{patterns}]\n"
+            ),
+        )
+        .expect("case")
+    };
+    write("\"victim_collection\", \"pass_through\"");
+    let case_s = case.to_str().expect("utf8");
+    ok(ferret(&[
+        "case",
+        "run",
+        case_s,
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]));
+    let w = Warehouse::open(&wh).expect("open");
+    let alerts = query(
+        &w,
+        "SELECT address, detail FROM case_alerts WHERE \"case\" = 'sub-1' AND kind = 'typology' ORDER BY address",
+    )
+    .await;
+    let found = findings(&wh).await;
+    let scam: HashSet<String> = std::fs::read_to_string(truth.join("labels.csv"))
+        .expect("labels")
+        .lines()
+        .filter(|l| l.ends_with(",scam"))
+        .filter_map(|l| l.split(',').next().map(String::from))
+        .collect();
+    let want: HashSet<String> = found
+        .iter()
+        .filter(|r| r.pattern == "victim_collection")
+        .filter_map(|r| r.address.clone())
+        .filter(|a| scam.contains(a))
+        .collect();
+    assert!(!want.is_empty());
+    let got: HashSet<String> = alerts
+        .iter()
+        .filter(|l| l.contains("|victim_collection "))
+        .map(|l| l.split('|').next().expect("address").to_string())
+        .collect();
+    assert_eq!(got, want, "{alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .any(|l| l.contains("|pass_through ") && l.contains("tainted")),
+        "relays downstream of the seeds: {alerts:?}"
+    );
+    // Nothing new: no alert again.
+    ok(ferret(&[
+        "case",
+        "run",
+        case_s,
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]));
+    let again = query(
+        &w,
+        "SELECT count(*) FROM case_alerts WHERE \"case\" = 'sub-1' AND kind = 'typology'",
+    )
+    .await;
+    assert_eq!(again, vec![alerts.len().to_string()]);
+    // A pattern that does not exist.
+    write("\"victim_collection\", \"peel\"");
+    let out = ferret(&["case", "run", case_s, "--warehouse", &wh, "--device", "cpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typology `peel`") && err.contains(":12:"),
+        "{err}"
+    );
+}
+
+/// Every row of the latest typologies run but its run id, sorted.
+async fn table(wh: &str) -> Vec<String> {
+    let w = Warehouse::open(wh).expect("open");
+    query(
+        &w,
+        "SELECT pattern, chain, address, cluster_id, array_to_string(txids, ' '), first_height, last_height, amount, score, features FROM typologies ORDER BY 1, 3, 5",
+    )
+    .await
+}
+
+/// A run over new blocks goes on from the last run's kept state and finds exactly what a
+/// run over every block finds; other rules, new labels or `--full` start over; a damaged
+/// state is an error that names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn incremental_runs_equal_runs_over_every_block() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chain = tmp.path().join("chain");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    ok(ferret(&[
+        "synth",
+        "btc",
+        "--out",
+        chain.to_str().expect("utf8"),
+        "--blocks",
+        "400",
+        "--txs-per-block",
+        "50",
+        "--seed",
+        "8",
+        "--typologies",
+    ]));
+    let blocks = chain.join("blocks");
+    let index_to = |h: &str| {
+        ok(ferret(&[
+            "index",
+            "btc",
+            "--blocks-dir",
+            blocks.to_str().expect("utf8"),
+            "--warehouse",
+            &wh,
+            "--to-height",
+            h,
+        ]))
+    };
+    index_to("200");
+    let first = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+    assert!(
+        first.contains("full: no earlier run kept a state"),
+        "{first}"
+    );
+    for h in ["260", "261", "400"] {
+        index_to(h);
+        let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+        assert!(out.contains("incremental above height"), "{out}");
+        let incremental = table(&wh).await;
+        let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh, "--full"]));
+        assert!(out.contains("full: --full"), "{out}");
+        let full = table(&wh).await;
+        assert!(!full.is_empty());
+        assert_eq!(incremental, full, "at height {h}");
+    }
+    // Nothing new: the run reads no transaction and finds the same.
+    let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+    assert!(out.contains(" 0 transactions read (incremental"), "{out}");
+    // Other rules start over.
+    let out = ok(ferret(&[
+        "typologies",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--peel-min-steps",
+        "6",
+    ]));
+    assert!(out.contains("full: the rules differ"), "{out}");
+    // A damaged state: an error naming it, and --full still works.
+    // The latest run's state file (older runs are kept a while too).
+    let state = walk(&tmp.path().join("wh/results/typologies_state"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .max_by_key(|p| p.to_string_lossy().into_owned())
+        .expect("a state file");
+    let mut bytes = std::fs::read(&state).expect("read");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&state, &bytes).expect("write");
+    let out = ferret(&[
+        "typologies",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--peel-min-steps",
+        "6",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typologies_state"), "{err}");
+    ok(ferret(&[
+        "typologies",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--full",
+        "--peel-min-steps",
+        "6",
+    ]));
+}
+
+/// A reorganisation below the last run: the next run starts over and equals a full run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reorganisation_below_the_last_run_starts_over() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fork = Fork::find(tmp.path());
+    let dir = tmp.path().join("blocks");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    write_blocks_dir(&dir, &[fork.early.clone()]);
+    index_btc_cli(&dir, &wh);
+    ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+    std::fs::remove_dir_all(&dir).expect("rm");
+    write_blocks_dir(&dir, &[fork.all.clone()]);
+    index_btc_cli(&dir, &wh);
+    let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+    assert!(out.contains("no longer on the chain"), "{out}");
+    let after = table(&wh).await;
+    ok(ferret(&["typologies", "btc", "--warehouse", &wh, "--full"]));
+    assert_eq!(after, table(&wh).await);
+}

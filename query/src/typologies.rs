@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use ferret_kernels::typology::btc::{BtcRules, scan_btc};
+use ferret_kernels::typology::btc::{BtcRules, Scan, ScanState, exchange_ids, scan_btc};
 use ferret_kernels::typology::{Finding, Pattern, coefficient_of_variation};
 use ferret_schemas::Chain;
 use ferret_schemas::Warehouse;
@@ -98,6 +98,9 @@ pub struct TypologyOptions {
     pub victim: VictimRules,
     /// Only these patterns (all when empty).
     pub patterns: Vec<Pattern>,
+    /// Read every block even when the last run's state would let this run read only the
+    /// new ones.
+    pub full: bool,
 }
 
 /// What a run committed.
@@ -108,6 +111,8 @@ pub struct TypologyRun {
     /// Findings per pattern name.
     pub counts: BTreeMap<&'static str, usize>,
     pub findings: Vec<Finding>,
+    /// How the pass ran: `incremental above height H`, or `full: why`.
+    pub mode: String,
 }
 
 /// Runs the Bitcoin typologies over every committed block and commits one run of
@@ -132,9 +137,18 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         .filter(|l| l.2 == "exchange")
         .map(|l| l.0.as_str())
         .collect();
-    let (mut findings, transactions) = scan_btc(wh, &m, opts.btc.clone(), &exchanges)
+    let ids = exchange_ids(wh, &m, &exchanges).await.map_err(kernel_err)?;
+    let labels_run = wh
+        .latest_run("labels")
         .await
-        .map_err(kernel_err)?;
+        .map_err(wh_err)?
+        .map(|r| r.run_id);
+    let (scan, from_tx, mode) = resume_plan(wh, &m, opts, ids, &labels_run).await?;
+    let pass = scan_btc(wh, &m, scan, from_tx).await.map_err(kernel_err)?;
+    let transactions = pass.read;
+    let run_id = ferret_schemas::results::new_run_id();
+    let state_file = write_state(wh, &m, &labels_run, &pass, &run_id).await?;
+    let mut findings = pass.findings;
     let ctx = crate::session(wh).await?;
     let services: HashSet<&str> = labels
         .iter()
@@ -160,8 +174,201 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         "tip_hash": m.tip.as_ref().map(|t| t.hash.clone()),
         "rules": format!("{:?}", opts.btc),
         "victim_rules": format!("{:?}", opts.victim),
+        "mode": mode,
     });
-    commit(wh, "btc", findings, &clusters, params, transactions).await
+    let mut run = commit(
+        wh,
+        "btc",
+        findings,
+        &clusters,
+        params,
+        transactions,
+        Some(state_file),
+        run_id,
+    )
+    .await?;
+    run.mode = mode;
+    Ok(run)
+}
+
+/// The job keeping the Bitcoin pass's state between runs.
+const STATE_JOB: &str = "typologies_state";
+
+/// Where the kept state stopped, and the pass's state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateMeta {
+    tip_height: u64,
+    tip_hash: String,
+    next_tx: u64,
+    labels_run: Option<String>,
+    state: ScanState,
+}
+
+fn state_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("part", DataType::Utf8, false),
+        Field::new("seq", DataType::Int64, false),
+        Field::new("data", DataType::Binary, false),
+    ]))
+}
+
+fn damaged(path: &str, why: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "typologies: the kept state {path} is damaged ({why}); `ferret typologies btc --full` starts over"
+    ))
+}
+
+/// The kept state of the last Bitcoin pass, if any: its meta and the two counters.
+async fn load_state(wh: &Warehouse) -> Result<Option<(StateMeta, Vec<u8>, Vec<u8>)>> {
+    let Some(run) = wh.latest_run(STATE_JOB).await.map_err(wh_err)? else {
+        return Ok(None);
+    };
+    let mut meta: Option<Vec<u8>> = None;
+    let mut parts: BTreeMap<(String, i64), Vec<u8>> = BTreeMap::new();
+    let path = run.files.join(", ");
+    if run.checks.len() != run.files.len() {
+        return Err(damaged(&path, "its run records no checksums"));
+    }
+    for (f, want) in run.files.iter().zip(&run.checks) {
+        wh.check_run_file(f, want)
+            .await
+            .map_err(|e| damaged(f, e))?;
+    }
+    for f in &run.files {
+        for b in wh.read_file(f).await.map_err(wh_err)? {
+            let part = b
+                .column_by_name("part")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| damaged(f, "no text column part"))?;
+            let seq = b
+                .column_by_name("seq")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                .ok_or_else(|| damaged(f, "no integer column seq"))?;
+            let data = b
+                .column_by_name("data")
+                .and_then(|c| c.as_binary_opt::<i32>())
+                .ok_or_else(|| damaged(f, "no binary column data"))?;
+            for i in 0..b.num_rows() {
+                let (p, q) = (part.value(i).to_string(), seq.value(i));
+                if p == "meta" {
+                    if meta.replace(data.value(i).to_vec()).is_some() {
+                        return Err(damaged(f, "two meta rows"));
+                    }
+                } else if parts
+                    .insert((p.clone(), q), data.value(i).to_vec())
+                    .is_some()
+                {
+                    return Err(damaged(f, format!("part {p} chunk {q} twice")));
+                }
+            }
+        }
+    }
+    let meta = meta.ok_or_else(|| damaged(&path, "no meta row"))?;
+    let meta: StateMeta =
+        serde_json::from_slice(&meta).map_err(|e| damaged(&path, format!("meta: {e}")))?;
+    let mut counters = [Vec::new(), Vec::new()];
+    for ((p, q), data) in parts {
+        let k = match p.as_str() {
+            "received" => 0,
+            "spent" => 1,
+            other => return Err(damaged(&path, format!("unknown part {other}"))),
+        };
+        let expected = counters[k].len() / STATE_CHUNK;
+        if q != expected as i64 || (counters[k].len() % STATE_CHUNK != 0) {
+            return Err(damaged(&path, format!("{p} chunk {q} out of sequence")));
+        }
+        counters[k].extend_from_slice(&data);
+    }
+    let [received, spent] = counters;
+    Ok(Some((meta, received, spent)))
+}
+
+/// Counters are kept in chunks of this many bytes.
+const STATE_CHUNK: usize = 8 << 20;
+
+/// Whether this run can go on from the kept state (same rules, same labels, its last
+/// block still on the chain), and the scan to run.
+async fn resume_plan(
+    wh: &Warehouse,
+    m: &ferret_schemas::Manifest,
+    opts: &TypologyOptions,
+    exchanges: HashSet<u64>,
+    labels_run: &Option<String>,
+) -> Result<(Scan, u64, String)> {
+    let fresh = |why: &str| -> Result<(Scan, u64, String)> {
+        let scan = Scan::new(opts.btc.clone(), exchanges.clone(), m.next_address_id)
+            .map_err(kernel_err)?;
+        Ok((scan, 0, format!("full: {why}")))
+    };
+    if opts.full {
+        return fresh("--full");
+    }
+    let Some((meta, received, spent)) = load_state(wh).await? else {
+        return fresh("no earlier run kept a state");
+    };
+    if meta.state.rules != format!("{:?}", opts.btc) {
+        return fresh("the rules differ from the last run's");
+    }
+    if &meta.labels_run != labels_run {
+        return fresh("the labels changed since the last run");
+    }
+    let hash = ferret_kernels::blocks::block_hash_in(wh, m, Chain::Btc, meta.tip_height)
+        .await
+        .map_err(kernel_err)?;
+    if hash.as_deref() != Some(meta.tip_hash.as_str()) || m.next_tx_index < meta.next_tx {
+        return fresh("the last run's block is no longer on the chain");
+    }
+    let from = meta.next_tx;
+    let mode = format!("incremental above height {}", meta.tip_height);
+    let scan = Scan::resume(opts.btc.clone(), exchanges, meta.state, received, spent)
+        .map_err(kernel_err)?;
+    Ok((scan, from, mode))
+}
+
+/// Writes the pass's state as a run file of the state job (committed with the findings).
+async fn write_state(
+    wh: &Warehouse,
+    m: &ferret_schemas::Manifest,
+    labels_run: &Option<String>,
+    pass: &ferret_kernels::typology::btc::BtcPass,
+    run_id: &str,
+) -> Result<(String, ferret_schemas::warehouse::WrittenRunFile)> {
+    let tip = m.tip.as_ref().ok_or_else(|| {
+        DataFusionError::Plan("typologies: the Bitcoin manifest has no tip".into())
+    })?;
+    let meta = StateMeta {
+        tip_height: tip.height,
+        tip_hash: tip.hash.clone(),
+        next_tx: m.next_tx_index,
+        labels_run: labels_run.clone(),
+        state: pass.state.clone(),
+    };
+    let json = serde_json::to_vec(&meta)
+        .map_err(|e| DataFusionError::Execution(format!("typologies state: {e}")))?;
+    let schema = state_schema();
+    let mut w = wh
+        .run_writer(STATE_JOB, run_id, schema.clone())
+        .map_err(wh_err)?;
+    let batch = |part: &str, seq: i64, data: &[u8]| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![part])) as Arc<dyn Array>,
+                Arc::new(Int64Array::from(vec![seq])),
+                Arc::new(datafusion::arrow::array::BinaryArray::from(vec![data])),
+            ],
+        )
+    };
+    w.write(&batch("meta", 0, &json)?).await.map_err(wh_err)?;
+    for (part, bytes) in [("received", &pass.received), ("spent", &pass.spent)] {
+        for (i, chunk) in bytes.chunks(STATE_CHUNK).enumerate() {
+            w.write(&batch(part, i as i64, chunk)?)
+                .await
+                .map_err(wh_err)?;
+        }
+    }
+    let file = w.finish().await.map_err(wh_err)?;
+    Ok((STATE_JOB.to_string(), file))
 }
 
 /// Commits a run of `typologies`: this chain's findings, and the other chains' rows of
@@ -174,9 +381,17 @@ async fn commit(
     clusters: &HashMap<String, i64>,
     params: serde_json::Value,
     transactions: u64,
+    state: Option<(String, ferret_schemas::warehouse::WrittenRunFile)>,
+    run_id: String,
 ) -> Result<TypologyRun> {
     let previous = wh.latest_run("typologies").await.map_err(wh_err)?;
-    let run_id = ferret_schemas::results::new_run_id();
+    let previous_state = match &state {
+        Some((job, _)) => Some((
+            job.clone(),
+            wh.latest_run(job).await.map_err(wh_err)?.map(|r| r.run_id),
+        )),
+        None => None,
+    };
     let schema = ferret_schemas::results::typologies_schema();
     let mut w = wh
         .run_writer("typologies", &run_id, schema.clone())
@@ -215,22 +430,27 @@ async fn commit(
         }
     }
     let file = w.finish().await.map_err(wh_err)?;
-    let run = ferret_schemas::results::LatestRun {
-        run_id: run_id.clone(),
-        files: vec![file.0],
-        rows: file.1,
-        params: Some(params),
-        checks: vec![file.2],
+    let to_run = |file: ferret_schemas::warehouse::WrittenRunFile, run_id: &str| {
+        ferret_schemas::results::LatestRun {
+            run_id: run_id.to_string(),
+            files: vec![file.0],
+            rows: file.1,
+            params: Some(params.clone()),
+            checks: vec![file.2],
+        }
     };
-    wh.commit_runs_expecting(
-        vec![("typologies".into(), run)],
-        &[(
-            "typologies".into(),
-            previous.as_ref().map(|p| p.run_id.clone()),
-        )],
-    )
-    .await
-    .map_err(wh_err)?;
+    let mut runs = vec![("typologies".to_string(), to_run(file, &run_id))];
+    let mut expect = vec![(
+        "typologies".to_string(),
+        previous.as_ref().map(|p| p.run_id.clone()),
+    )];
+    if let (Some((job, file)), Some(prev)) = (state, previous_state) {
+        runs.push((job.clone(), to_run(file, &run_id)));
+        expect.push(prev);
+    }
+    wh.commit_runs_expecting(runs, &expect)
+        .await
+        .map_err(wh_err)?;
     let mut counts = BTreeMap::new();
     for f in &findings {
         *counts.entry(f.pattern.name()).or_default() += 1;
@@ -240,6 +460,7 @@ async fn commit(
         transactions,
         counts,
         findings,
+        mode: String::new(),
     })
 }
 
@@ -645,7 +866,19 @@ pub async fn run_eth(
         "rules": format!("{rules:?}"),
     });
     let transactions = m.totals.transactions;
-    commit(wh, "eth", findings, &clusters, params, transactions).await
+    let mut run = commit(
+        wh,
+        "eth",
+        findings,
+        &clusters,
+        params,
+        transactions,
+        None,
+        ferret_schemas::results::new_run_id(),
+    )
+    .await?;
+    run.mode = "full: the Ethereum patterns are SQL over every block".into();
+    Ok(run)
 }
 
 /// The rows of a query, every column as text (NULL as None).
@@ -1074,6 +1307,7 @@ async fn eth_victim_collection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferret_schemas::results::new_run_id;
 
     fn finding(p: Pattern, addr: &str) -> Finding {
         Finding {
@@ -1122,6 +1356,8 @@ mod tests {
             &none,
             json!({}),
             0,
+            None,
+            new_run_id(),
         )
         .await
         .expect("btc");
@@ -1135,6 +1371,8 @@ mod tests {
             &none,
             json!({}),
             0,
+            None,
+            new_run_id(),
         )
         .await
         .expect("eth");
@@ -1155,6 +1393,8 @@ mod tests {
             &none,
             json!({}),
             0,
+            None,
+            new_run_id(),
         )
         .await
         .expect("eth again");

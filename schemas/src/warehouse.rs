@@ -1075,6 +1075,22 @@ impl Warehouse {
         Ok(report)
     }
 
+    /// Checks a run's file against the size and SHA-256 recorded when it was written (for
+    /// state a run goes on from, where silent damage would carry into every later run).
+    pub async fn check_run_file(&self, rel: &str, want: &crate::results::FileCheck) -> Result<()> {
+        let (got, len) = self.sha256_of(rel).await?;
+        if got != want.sha256 || len != want.bytes {
+            return Err(Error::CorruptFile {
+                path: rel.to_string(),
+                reason: format!(
+                    "{len} bytes with SHA-256 {got}; written as {} bytes with SHA-256 {}",
+                    want.bytes, want.sha256
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// SHA-256 (lowercase hex) and length of the warehouse-relative file `rel`, read whole.
     async fn sha256_of(&self, rel: &str) -> Result<(String, u64)> {
         let path = self.resolve(rel)?;

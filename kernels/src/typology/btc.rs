@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Finding, Pattern, coefficient_of_variation, just_under_round, r4};
@@ -132,7 +133,7 @@ impl BtcRules {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct PeelStep {
     txid: String,
     height: i64,
@@ -144,13 +145,13 @@ struct PeelStep {
     peel_to_exchange: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct PeelChain {
     start: Option<u64>,
     steps: Vec<PeelStep>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct PassStep {
     txid: String,
     height: i64,
@@ -160,7 +161,7 @@ struct PassStep {
     wait: i64,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct FanSource {
     first_height: i64,
     last_height: i64,
@@ -177,15 +178,43 @@ struct FanSource {
     repaid: usize,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct MixUse {
     sent: i64,
     mixes: u32,
-    protocols: BTreeSet<&'static str>,
+    protocols: BTreeSet<String>,
     confidence: f64,
     txids: Vec<String>,
     first_height: i64,
     last_height: i64,
+}
+
+/// What a pass leaves for the next run to go on from, but for the two activity counters
+/// (which travel as bytes): every open chain and source, the chains and sources still to
+/// judge, the mix users, the findings closed so far. Collections are sorted by key, so
+/// the same pass always gives the same state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScanState {
+    /// The rules the pass ran with (their `Debug` text): a run with other rules starts
+    /// from the first block.
+    pub rules: String,
+    peel_open: Vec<(u64, PeelChain)>,
+    pass_open: Vec<(u64, Vec<PassStep>)>,
+    pass_done: Vec<Vec<PassStep>>,
+    fan: Vec<(u64, FanSource)>,
+    fan_done: Vec<(Vec<u64>, Finding)>,
+    mix: Vec<(u64, MixUse)>,
+    mixed: Vec<u64>,
+    findings: Vec<Finding>,
+    last_sweep: i64,
+    pub last_tx: Option<u64>,
+    pub transactions: u64,
+}
+
+fn sorted<K: Ord + Copy, V: Clone>(m: &HashMap<K, V>) -> Vec<(K, V)> {
+    let mut v: Vec<(K, V)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
+    v.sort_by_key(|e| e.0);
+    v
 }
 
 /// The pass's state. Feed it every committed transaction in chain order
@@ -262,6 +291,64 @@ impl Scan {
             last_tx: None,
             transactions: 0,
         })
+    }
+
+    /// Goes on from a pass's state and counters (from [`Scan::state`]). Fails when the
+    /// state was made with other rules.
+    pub fn resume(
+        rules: BtcRules,
+        exchanges: HashSet<u64>,
+        state: ScanState,
+        received: Vec<u8>,
+        spent: Vec<u8>,
+    ) -> Result<Self> {
+        rules.check()?;
+        if state.rules != format!("{rules:?}") {
+            return Err(Error::BadQuery(
+                "typologies: the kept state was made with other rules".into(),
+            ));
+        }
+        Ok(Self {
+            rules,
+            exchanges,
+            received,
+            spent,
+            peel_open: state.peel_open.into_iter().collect(),
+            pass_open: state.pass_open.into_iter().collect(),
+            pass_done: state.pass_done,
+            fan: state.fan.into_iter().collect(),
+            fan_done: state.fan_done,
+            mix: state.mix.into_iter().collect(),
+            mixed: state.mixed.into_iter().collect(),
+            findings: state.findings,
+            last_sweep: state.last_sweep,
+            last_tx: state.last_tx,
+            transactions: state.transactions,
+        })
+    }
+
+    /// The state to go on from later, and the two counters (received, spent).
+    pub fn state(&self) -> (ScanState, &[u8], &[u8]) {
+        let mut mixed: Vec<u64> = self.mixed.iter().copied().collect();
+        mixed.sort_unstable();
+        (
+            ScanState {
+                rules: format!("{:?}", self.rules),
+                peel_open: sorted(&self.peel_open),
+                pass_open: sorted(&self.pass_open),
+                pass_done: self.pass_done.clone(),
+                fan: sorted(&self.fan),
+                fan_done: self.fan_done.clone(),
+                mix: sorted(&self.mix),
+                mixed,
+                findings: self.findings.clone(),
+                last_sweep: self.last_sweep,
+                last_tx: self.last_tx,
+                transactions: self.transactions,
+            },
+            &self.received,
+            &self.spent,
+        )
     }
 
     /// Reads one transaction (the next in chain order).
@@ -384,7 +471,7 @@ impl Scan {
                 ..MixUse::default()
             });
             m.sent = m.sent.saturating_add(sent);
-            m.protocols.insert(d.protocol.name());
+            m.protocols.insert(d.protocol.name().to_string());
             m.confidence = m.confidence.max(d.confidence);
             m.last_height = h;
             if m.txids.last().map(String::as_str) != Some(txid) {
@@ -859,7 +946,7 @@ impl Scan {
             f.insert("mixes_entered".into(), json!(m.mixes));
             f.insert(
                 "protocols".into(),
-                Value::from(m.protocols.iter().copied().collect::<Vec<_>>()),
+                Value::from(m.protocols.iter().cloned().collect::<Vec<_>>()),
             );
             self.findings.push(Finding {
                 pattern: Pattern::CoinJoin,
@@ -937,18 +1024,42 @@ pub async fn address_names(
     Ok(out)
 }
 
-/// Runs the Bitcoin pass over every committed transaction and names the findings'
-/// addresses. `exchanges` are the addresses labelled exchanges.
+/// What a pass over the committed transactions gave.
+pub struct BtcPass {
+    /// The findings, their addresses named.
+    pub findings: Vec<Finding>,
+    /// Transactions this run read (the new ones, when it went on from a state).
+    pub read: u64,
+    /// The state to go on from next time, and the counters.
+    pub state: ScanState,
+    pub received: Vec<u8>,
+    pub spent: Vec<u8>,
+}
+
+/// The address ids of the given exchange addresses.
+pub async fn exchange_ids(
+    wh: &ferret_schemas::Warehouse,
+    m: &ferret_schemas::Manifest,
+    exchanges: &[&str],
+) -> Result<HashSet<u64>> {
+    let ids = crate::taint::stored::lookup_address_ids(wh, m, exchanges).await?;
+    Ok(ids.into_values().collect())
+}
+
+/// Runs `scan` over the committed transactions from `from_tx` on (0: every one, for a
+/// fresh scan; the state's next transaction, for a resumed one), keeps its state, and
+/// names the findings' addresses.
 pub async fn scan_btc(
     wh: &ferret_schemas::Warehouse,
     m: &ferret_schemas::Manifest,
-    rules: BtcRules,
-    exchanges: &[&str],
-) -> Result<(Vec<Finding>, u64)> {
-    let ids = crate::taint::stored::lookup_address_ids(wh, m, exchanges).await?;
-    let mut scan = Scan::new(rules, ids.into_values().collect(), m.next_address_id)?;
-    crate::txstream::for_each_tx(wh, m, true, "typologies", |tx| scan.tx(tx)).await?;
-    let transactions = scan.transactions;
+    mut scan: Scan,
+    from_tx: u64,
+) -> Result<BtcPass> {
+    let before = scan.transactions;
+    crate::txstream::for_each_tx_from(wh, m, from_tx, true, "typologies", |tx| scan.tx(tx)).await?;
+    let read = scan.transactions - before;
+    let (state, received, spent) = scan.state();
+    let (received, spent) = (received.to_vec(), spent.to_vec());
     let mut found = scan.finish();
     let ids: HashSet<u64> = found.iter().filter_map(|f| f.address_id).collect();
     let names = address_names(wh, m, &ids).await?;
@@ -959,12 +1070,14 @@ pub async fn scan_btc(
             })?);
         }
     }
-    tracing::info!(
-        transactions,
-        findings = found.len(),
-        "bitcoin typologies scanned"
-    );
-    Ok((found, transactions))
+    tracing::info!(read, findings = found.len(), "bitcoin typologies scanned");
+    Ok(BtcPass {
+        findings: found,
+        read,
+        state,
+        received,
+        spent,
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ pub mod btc;
 use serde_json::{Map, Value};
 
 /// A typology.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Pattern {
     PeelChain,
     VictimCollection,
@@ -57,7 +59,7 @@ impl Pattern {
 }
 
 /// One finding: a pattern seen on the chain, with its evidence.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     pub pattern: Pattern,
     /// The address the finding is about, as an address id (Bitcoin) until it is named.
