@@ -1794,6 +1794,7 @@ mod tests {
             exit_outputs: HashSet::new(),
             members: HashSet::new(),
             watched: HashSet::new(),
+            typed: HashSet::new(),
             tips: HashMap::new(),
             alerted: [(("btc".into(), "a".into(), "BTC".into()), (announced, sum))]
                 .into_iter()

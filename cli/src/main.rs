@@ -1006,21 +1006,17 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     use ferret_query::typologies::{TypologyOptions, run_btc};
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let mut opts = TypologyOptions::default();
-    for p in &a.patterns {
-        let pattern = Pattern::from_name(p).with_context(|| {
-            format!(
-                "--pattern {p}: unknown; the patterns are {}",
-                Pattern::ALL.map(|p| p.name()).join(", ")
-            )
-        })?;
-        if matches!(
-            pattern,
-            Pattern::AddressPoisoning | Pattern::ApprovalPhishing
-        ) {
-            bail!("--pattern {p}: an Ethereum pattern, not found on Bitcoin");
-        }
-        opts.patterns.push(pattern);
-    }
+    opts.patterns = patterns_of(
+        &a.patterns,
+        &[
+            Pattern::PeelChain,
+            Pattern::VictimCollection,
+            Pattern::PassThrough,
+            Pattern::FanOut,
+            Pattern::CoinJoin,
+        ],
+        "an Ethereum pattern, not found on Bitcoin",
+    )?;
     opts.btc.since = a.since;
     opts.btc.peel_min_steps = a.peel_min_steps;
     opts.btc.pass_min_hops = a.pass_min_hops;
@@ -1039,34 +1035,57 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
         run.mode,
         run.findings.len()
     );
-    for p in Pattern::ALL {
-        if let Some(n) = run.counts.get(p.name()) {
+    print_counts(&run.counts);
+    Ok(())
+}
+
+/// The patterns named by `--pattern`, each one of `allowed` (`other`: why another is
+/// refused).
+fn patterns_of(
+    names: &[String],
+    allowed: &[ferret_kernels::typology::Pattern],
+    other: &str,
+) -> Result<Vec<ferret_kernels::typology::Pattern>> {
+    use ferret_kernels::typology::Pattern;
+    names
+        .iter()
+        .map(|p| {
+            let pattern = Pattern::from_name(p).with_context(|| {
+                format!(
+                    "--pattern {p}: unknown; the patterns are {}",
+                    Pattern::ALL.map(|p| p.name()).join(", ")
+                )
+            })?;
+            if !allowed.contains(&pattern) {
+                bail!("--pattern {p}: {other}");
+            }
+            Ok(pattern)
+        })
+        .collect()
+}
+
+/// Findings per pattern, in the table's order.
+fn print_counts(counts: &std::collections::BTreeMap<&'static str, usize>) {
+    for p in ferret_kernels::typology::Pattern::ALL {
+        if let Some(n) = counts.get(p.name()) {
             println!("  {:<18} {n}", p.name());
         }
     }
-    Ok(())
 }
 
 async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
     use ferret_kernels::typology::Pattern;
     use ferret_query::typologies::{EthRules, run_eth};
     let wh = Warehouse::open_existing(&a.warehouse)?;
-    let mut patterns = Vec::new();
-    for p in &a.patterns {
-        let pattern = Pattern::from_name(p).with_context(|| {
-            format!(
-                "--pattern {p}: unknown; the patterns are {}",
-                Pattern::ALL.map(|p| p.name()).join(", ")
-            )
-        })?;
-        if !matches!(
-            pattern,
-            Pattern::AddressPoisoning | Pattern::ApprovalPhishing | Pattern::VictimCollection
-        ) {
-            bail!("--pattern {p}: a Bitcoin pattern, not found on Ethereum");
-        }
-        patterns.push(pattern);
-    }
+    let patterns = patterns_of(
+        &a.patterns,
+        &[
+            Pattern::ApprovalPhishing,
+            Pattern::AddressPoisoning,
+            Pattern::VictimCollection,
+        ],
+        "a Bitcoin pattern, not found on Ethereum",
+    )?;
     let rules = EthRules {
         since: a.since,
         phishing_min_owners: a.phishing_min_owners,
@@ -1084,11 +1103,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
         run.run_id,
         run.findings.len()
     );
-    for p in Pattern::ALL {
-        if let Some(n) = run.counts.get(p.name()) {
-            println!("  {:<18} {n}", p.name());
-        }
-    }
+    print_counts(&run.counts);
     Ok(())
 }
 
