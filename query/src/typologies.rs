@@ -155,7 +155,9 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         .filter(|l| opts.victim.service_categories.contains(&l.2))
         .map(|l| l.0.as_str())
         .collect();
-    findings.extend(victim_collection(&ctx, &opts.victim, opts.btc.since, &services).await?);
+    if opts.patterns.is_empty() || opts.patterns.contains(&Pattern::VictimCollection) {
+        findings.extend(victim_collection(&ctx, &opts.victim, opts.btc.since, &services).await?);
+    }
     if !opts.patterns.is_empty() {
         findings.retain(|f| opts.patterns.contains(&f.pattern));
     }
