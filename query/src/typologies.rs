@@ -322,8 +322,15 @@ async fn resume_plan(
     }
     let from = meta.next_tx;
     let mode = format!("incremental above height {}", meta.tip_height);
-    let scan = Scan::resume(opts.btc.clone(), exchanges, meta.state, received, spent)
-        .map_err(kernel_err)?;
+    let scan = Scan::resume(
+        opts.btc.clone(),
+        exchanges,
+        meta.state,
+        received,
+        spent,
+        m.next_address_id,
+    )
+    .map_err(kernel_err)?;
     Ok((scan, from, mode))
 }
 

@@ -293,16 +293,29 @@ impl Scan {
         })
     }
 
-    /// Goes on from a pass's state and counters (from [`Scan::state`]). Fails when the
-    /// state was made with other rules.
+    /// Goes on from a pass's state and counters (from [`Scan::state`]), on a chain that
+    /// now has `addresses` addresses. Fails when the state was made with other rules or
+    /// counts more addresses than the chain.
     pub fn resume(
         rules: BtcRules,
         exchanges: HashSet<u64>,
         state: ScanState,
-        received: Vec<u8>,
-        spent: Vec<u8>,
+        mut received: Vec<u8>,
+        mut spent: Vec<u8>,
+        addresses: u64,
     ) -> Result<Self> {
         rules.check()?;
+        let n = usize::try_from(addresses).map_err(|_| {
+            Error::BadGraph(format!("{addresses} addresses do not fit this machine"))
+        })?;
+        if received.len() > n || spent.len() > n {
+            return Err(Error::BadGraph(format!(
+                "typologies: the kept state counts {} addresses, the chain {n}",
+                received.len().max(spent.len())
+            )));
+        }
+        received.resize(n, 0);
+        spent.resize(n, 0);
         if state.rules != format!("{rules:?}") {
             return Err(Error::BadQuery(
                 "typologies: the kept state was made with other rules".into(),
@@ -356,6 +369,21 @@ impl Scan {
         if self.last_tx.is_some_and(|l| tx.tx_index <= l) {
             return Err(Error::BadGraph(format!(
                 "typologies: transaction {} out of chain order",
+                tx.tx_index
+            )));
+        }
+        // An address id past the manifest's count is damage: growing the counters to it
+        // could take any amount of memory.
+        let limit = self.received.len().max(self.spent.len()) as u64;
+        if let Some(a) = tx
+            .outputs
+            .iter()
+            .filter_map(|o| o.address_id)
+            .chain(tx.inputs.iter().filter_map(|i| i.address_id))
+            .find(|&a| a >= limit)
+        {
+            return Err(Error::BadGraph(format!(
+                "transaction {}: address id {a} is past the {limit} addresses the manifest counts",
                 tx.tx_index
             )));
         }
@@ -1141,7 +1169,7 @@ mod tests {
         }
 
         fn scan(&self, rules: BtcRules) -> Vec<Finding> {
-            let mut s = Scan::new(rules, HashSet::new(), 10).unwrap();
+            let mut s = Scan::new(rules, HashSet::new(), 10_000).unwrap();
             for t in &self.txs {
                 s.tx(t).unwrap();
             }
@@ -1222,6 +1250,15 @@ mod tests {
             .collect();
         c.tx(2, &[(o[0], 10_000_000_000, 1, 1)], &outs);
         assert!(of(&c.scan(BtcRules::default()), Pattern::FanOut).is_empty());
+    }
+
+    #[test]
+    fn an_address_id_past_the_manifest_is_an_error_not_an_allocation() {
+        let mut c = Chain::new();
+        c.tx(1, &[], &[(5_000, 1 << 40)]);
+        let mut s = Scan::new(BtcRules::default(), HashSet::new(), 100).unwrap();
+        let err = s.tx(&c.txs[0]).expect_err("damage");
+        assert!(err.to_string().contains("past the 100 addresses"), "{err}");
     }
 
     #[test]
