@@ -15,7 +15,7 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use ferret_kernels::typology::btc::{BtcRules, Scan, ScanState, exchange_ids, scan_btc};
-use ferret_kernels::typology::{Finding, Pattern, coefficient_of_variation};
+use ferret_kernels::typology::{Finding, Pattern, coefficient_of_variation, r4};
 use ferret_schemas::Chain;
 use ferret_schemas::Warehouse;
 use serde_json::{Map, json};
@@ -610,7 +610,6 @@ fn judge_collection(rules: &VictimRules, address: String, pays: &[Payment]) -> O
             txids.push(p.txid.clone());
         }
     }
-    let r4 = |x: f64| (x * 10_000.0).round() / 10_000.0;
     let mut f = Map::new();
     f.insert("payments".into(), json!(pays.len()));
     f.insert("payers".into(), json!(payers));
@@ -922,10 +921,6 @@ fn num(v: &Option<String>) -> f64 {
     v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0.0)
 }
 
-fn r4(x: f64) -> f64 {
-    (x * 10_000.0).round() / 10_000.0
-}
-
 fn median_of(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
         return 0.0;
@@ -1016,14 +1011,9 @@ async fn approval_phishing(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
         f.insert("owners_drained".into(), json!(owners.len()));
         f.insert("pulls".into(), json!(rows.len()));
         f.insert("unlimited_approval_share".into(), json!(r4(unlimited)));
-        f.insert(
-            "median_delay_blocks".into(),
-            json!(median_of(delays.clone())),
-        );
-        f.insert(
-            "max_delay_blocks".into(),
-            json!(delays.iter().copied().fold(0.0, f64::max)),
-        );
+        let max_delay = delays.iter().copied().fold(0.0, f64::max);
+        f.insert("median_delay_blocks".into(), json!(median_of(delays)));
+        f.insert("max_delay_blocks".into(), json!(max_delay));
         f.insert("receivers".into(), json!(receivers.len()));
         f.insert(
             "tokens".into(),

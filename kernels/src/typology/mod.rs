@@ -80,7 +80,7 @@ pub struct Finding {
 
 /// `x` rounded to 4 decimals (features are for people; the rounding keeps the JSON
 /// short and the same on every platform).
-pub(crate) fn r4(x: f64) -> f64 {
+pub fn r4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
