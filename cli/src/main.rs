@@ -354,7 +354,7 @@ struct TypologiesEthArgs {
     #[arg(long, value_name = "BLOCK")]
     since: Option<i64>,
     /// Keep only these patterns (repeatable): approval_phishing, address_poisoning,
-    /// victim_collection.
+    /// victim_collection, stablecoin_swap.
     #[arg(long = "pattern", value_name = "PATTERN")]
     patterns: Vec<String>,
     /// Approval phishing: the fewest owners one spender drains.
@@ -373,6 +373,17 @@ struct TypologiesEthArgs {
     /// Victim collection: the fewest distinct payer clusters.
     #[arg(long, default_value_t = 20)]
     victim_min_payers: usize,
+    /// Stablecoin swaps: a stablecoin besides USDT, USDC and DAI, as ADDRESS[:DECIMALS]
+    /// (decimals 6 when left out); repeatable.
+    #[arg(long = "stablecoin", value_name = "ADDRESS[:DECIMALS]")]
+    stablecoins: Vec<String>,
+    /// Stablecoin swaps: the most blocks from the scam money's arrival to the swap.
+    #[arg(long, default_value_t = 7200)]
+    swap_max_delay: i64,
+    /// Where it runs: auto or cpu. The Ethereum patterns are SQL aggregates; there is
+    /// no GPU path, and `gpu` is refused (docs/typologies.md, "How it runs").
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
 }
 
 #[derive(Args)]
@@ -411,6 +422,10 @@ struct TypologiesBtcArgs {
     /// from the first block anyway).
     #[arg(long)]
     full: bool,
+    /// Where it runs: auto or cpu. The pass is bound by reading the tables and there is
+    /// no GPU path; `gpu` is refused (docs/typologies.md, "How it runs").
+    #[arg(long, default_value = "auto")]
+    device: ferret_kernels::device::DeviceChoice,
 }
 
 #[derive(Args)]
@@ -1004,6 +1019,7 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
 async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     use ferret_kernels::typology::Pattern;
     use ferret_query::typologies::{TypologyOptions, run_btc};
+    refuse_gpu(a.device, "btc")?;
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let mut opts = TypologyOptions::default();
     opts.patterns = patterns_of(
@@ -1036,6 +1052,21 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
         run.findings.len()
     );
     print_counts(&run.counts);
+    Ok(())
+}
+
+/// The typologies run on the CPU: `--device gpu` asks for a path that does not exist.
+fn refuse_gpu(device: ferret_kernels::device::DeviceChoice, chain: &str) -> Result<()> {
+    if device == ferret_kernels::device::DeviceChoice::Gpu {
+        bail!(
+            "typologies {chain} run on the CPU: {}; drop --device gpu (docs/typologies.md, \"How it runs\")",
+            if chain == "btc" {
+                "the chain-order pass is bound by reading the tables, and victim collection is SQL"
+            } else {
+                "the Ethereum patterns are SQL aggregates"
+            }
+        );
+    }
     Ok(())
 }
 
@@ -1076,6 +1107,7 @@ fn print_counts(counts: &std::collections::BTreeMap<&'static str, usize>) {
 async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
     use ferret_kernels::typology::Pattern;
     use ferret_query::typologies::{EthRules, run_eth};
+    refuse_gpu(a.device, "eth")?;
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let patterns = patterns_of(
         &a.patterns,
@@ -1083,10 +1115,29 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
             Pattern::ApprovalPhishing,
             Pattern::AddressPoisoning,
             Pattern::VictimCollection,
+            Pattern::StablecoinSwap,
         ],
         "a Bitcoin pattern, not found on Ethereum",
     )?;
+    let mut stablecoins: Vec<(String, u32)> = ferret_query::typologies::MAINNET_STABLECOINS
+        .iter()
+        .map(|(a, d)| (a.to_string(), *d))
+        .collect();
+    for spec in &a.stablecoins {
+        let (addr, dec) = match spec.split_once(':') {
+            Some((addr, d)) => (
+                addr,
+                d.parse::<u32>().with_context(|| {
+                    format!("--stablecoin {spec}: decimals {d:?} are no number")
+                })?,
+            ),
+            None => (spec.as_str(), 6),
+        };
+        stablecoins.push((addr.to_lowercase(), dec));
+    }
     let rules = EthRules {
+        stablecoins,
+        swap_max_delay: a.swap_max_delay,
         since: a.since,
         phishing_min_owners: a.phishing_min_owners,
         phishing_max_delay: a.phishing_max_delay,

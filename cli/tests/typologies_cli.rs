@@ -418,7 +418,14 @@ async fn typologies_find_the_plants_with_measured_precision_and_recall() {
 fn the_background_alone_accuses_no_innocent_entity() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (truth, wh) = prepared(tmp.path(), 5, false);
-    ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
+    ok(ferret(&[
+        "typologies",
+        "btc",
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let found = rt.block_on(findings(&wh));
     let wrong = accused(&found, &truth);
@@ -444,6 +451,8 @@ fn bad_arguments_and_missing_chains_are_clear_errors() {
         (vec!["--pattern", "address_poisoning"], "Ethereum"),
         (vec!["--peel-min-steps", "1"], "peel_min_steps"),
         (vec!["--pass-max-wait=-3"], "pass_max_wait"),
+        (vec!["--device", "gpu"], "run on the CPU"),
+        (vec!["--device", "tpu"], "unknown device"),
     ] {
         let mut a = vec!["typologies", "btc", "--warehouse", wh.as_str()];
         a.extend(args.iter().copied());

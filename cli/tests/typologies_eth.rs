@@ -1,9 +1,10 @@
 //! `ferret typologies eth` on a real node: `ferret synth eth --typologies` drives anvil
 //! through approval phishing (owners approve a spender that then drains them), address
 //! poisoning (zero-value transfers from a victim to look-alikes of its counterparties) and
-//! victim collection, among their look-alikes (a payment router owners approve and pay
+//! victim collection, and swaps of the scam's ETH into the stablecoin on a pool logged as
+//! a Uniswap V2 pair; among their look-alikes (a payment router owners approve and pay
 //! through, zero-value transfers between strangers, a multisend contract many call,
-//! exchanges). Precision and recall per pattern are measured against
+//! exchanges, DEX users buying round sums of the stablecoin and selling it). Precision and recall per pattern are measured against
 //! `truth/typologies.csv`; innocent entities are never accused; the harness fails
 //! detectors broken either way.
 
@@ -89,6 +90,7 @@ fn report(found: &[Row], truth: &Path) -> HashMap<&'static str, (f64, f64, usize
         "approval_phishing",
         "address_poisoning",
         "victim_collection",
+        "stablecoin_swap",
     ] {
         let f: Vec<&Row> = found
             .iter()
@@ -142,11 +144,36 @@ fn accused(found: &[Row], truth: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-const FLOOR: [(&str, f64, f64); 3] = [
+const FLOOR: [(&str, f64, f64); 4] = [
     ("approval_phishing", 0.9, 0.9),
     ("address_poisoning", 0.9, 0.9),
     ("victim_collection", 0.9, 0.9),
+    ("stablecoin_swap", 0.9, 0.9),
 ];
+
+/// The detector's event topics are Uniswap's: V2's is the one the test pool emits
+/// (checked against its ABI), V3's the hash of its signature.
+#[test]
+fn the_swap_topics_are_uniswaps() {
+    use alloy::sol_types::SolEvent;
+    use ferret_query::typologies::{SWAP_V2_TOPIC, SWAP_V3_TOPIC};
+    assert_eq!(
+        SWAP_V2_TOPIC,
+        format!(
+            "{:#x}",
+            ferret_testkit::contracts::IPool::Swap::SIGNATURE_HASH
+        )
+    );
+    assert_eq!(
+        SWAP_V3_TOPIC,
+        format!(
+            "{:#x}",
+            alloy::primitives::keccak256(
+                "Swap(address,address,int256,int256,uint160,uint128,int24)"
+            )
+        )
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ethereum_typologies_are_found_on_a_real_node() {
@@ -196,8 +223,25 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         truth.join("labels.csv").to_str().expect("utf8"),
     ]));
     ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
-    let printed = ok(ferret(&["typologies", "eth", "--warehouse", &wh]));
+    // The scenario's stablecoin is no mainnet one: it is named.
+    let usd = entities(&truth)
+        .into_iter()
+        .find(|(_, e)| e == "contract-ferretusd")
+        .map(|(a, _)| a)
+        .expect("the stablecoin's contract");
+    let stable = format!("{usd}:6");
+    let printed = ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--stablecoin",
+        &stable,
+        "--device",
+        "cpu",
+    ]));
     assert!(printed.contains("approval_phishing"), "{printed}");
+    assert!(printed.contains("stablecoin_swap"), "{printed}");
     let found = findings(&wh).await;
     let figures = report(&found, &truth);
     for (p, min_p, min_r) in FLOOR {
@@ -225,8 +269,27 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
                 assert!(f["suffix_digits"].as_u64() >= Some(4), "{r:?}");
                 assert!(!r.txids.is_empty());
             }
+            "stablecoin_swap" => {
+                assert!(f["swaps"].as_u64() >= Some(1), "{r:?}");
+                assert_eq!(f["stablecoin"].as_str(), Some(usd.as_str()), "{r:?}");
+                let sources = f["sources"].as_object().expect("sources");
+                assert!(!sources.is_empty(), "{r:?}");
+                // The money came from a collection address (the swapper itself, or
+                // the one that paid it).
+                assert!(sources.values().all(|p| p == "victim_collection"), "{r:?}");
+            }
             _ => assert!(f["payer_clusters"].as_u64() >= Some(20), "{r:?}"),
         }
+    }
+    // Relays buy round sums with exact-output swaps; DEX users do too, but their money
+    // is nobody's scam, so the round sums alone make no finding.
+    let relays: Vec<&Row> = found
+        .iter()
+        .filter(|r| r.pattern == "stablecoin_swap" && r.features["own_money_swaps"] == 0)
+        .collect();
+    assert!(!relays.is_empty(), "no swap by a relay found");
+    for r in relays {
+        assert_eq!(r.features["round_sum_share"].as_f64(), Some(1.0), "{r:?}");
     }
     // The evidence is the planted transactions.
     let planted: HashSet<String> = plants(&truth)
@@ -267,6 +330,7 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         "--victim-min-payers",
         "100000",
     ]));
+    // (Without the scenario's stablecoin named, no swap is one into a stablecoin.)
     let f = report(&findings(&wh).await, &truth);
     for (p, _, _) in FLOOR {
         assert_eq!(f[p].1, 0.0, "{p}: {:?}", f[p]);
@@ -288,6 +352,16 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         (vec!["--pattern", "peel_chain"], "Bitcoin"),
         (vec!["--poison-prefix", "0"], "poison_prefix"),
         (vec!["--phishing-min-owners", "1"], "phishing_min_owners"),
+        (vec!["--stablecoin", "0x12"], "no address"),
+        (
+            vec![
+                "--stablecoin",
+                "0xdac17f958d2ee523a2206206994597c13d831ec7:six",
+            ],
+            "decimals",
+        ),
+        (vec!["--swap-max-delay=-1"], "swap_max_delay"),
+        (vec!["--device", "gpu"], "run on the CPU"),
     ] {
         let mut a = vec!["typologies", "eth", "--warehouse", wh.as_str()];
         a.extend(args.iter().copied());

@@ -4,7 +4,7 @@
 //! aggregate over payments and runs here as SQL over `btc.inputs` and `btc.outputs`,
 //! joined with `clusters`. Rules and thresholds: docs/typologies.md.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -754,9 +754,30 @@ pub struct EthRules {
     pub victim_forward_blocks: i64,
     /// Victim collection: the smallest share forwarded.
     pub victim_min_forwarded: f64,
+    /// Stablecoin swaps: the stablecoins, as (lowercase contract address, decimals).
+    pub stablecoins: Vec<(String, u32)>,
+    /// Stablecoin swaps: the most blocks from the scam money's arrival to the swap.
+    pub swap_max_delay: i64,
     /// Only blocks from this one on.
     pub since: Option<i64>,
 }
+
+/// Ethereum mainnet's largest stablecoins: USDT, USDC, DAI (contract, decimals).
+pub const MAINNET_STABLECOINS: [(&str, u32); 3] = [
+    ("0xdac17f958d2ee523a2206206994597c13d831ec7", 6),
+    ("0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48", 6),
+    ("0x6b175474e89094c44da98b954eedeac495271d0f", 18),
+];
+
+/// The topic0 of Uniswap V2's `Swap(address,uint256,uint256,uint256,uint256,address)`
+/// (its forks, SushiSwap's among them, emit the same).
+pub const SWAP_V2_TOPIC: &str =
+    "0xd78ad95fa46c994b6551d0da85fc275fe613ce37657fb8d5e3d130840159d822";
+
+/// The topic0 of Uniswap V3's
+/// `Swap(address,address,int256,int256,uint160,uint128,int24)`.
+pub const SWAP_V3_TOPIC: &str =
+    "0xc42079f94a6350d7e6235f29174924f928cc2ac818eb64fed8004e115fbcca67";
 
 impl Default for EthRules {
     fn default() -> Self {
@@ -770,6 +791,11 @@ impl Default for EthRules {
             victim_min_payers: 20,
             victim_forward_blocks: 50_400,
             victim_min_forwarded: 0.5,
+            stablecoins: MAINNET_STABLECOINS
+                .iter()
+                .map(|(a, d)| (a.to_string(), *d))
+                .collect(),
+            swap_max_delay: 7200,
             since: None,
         }
     }
@@ -800,9 +826,21 @@ impl EthRules {
             ("phishing_max_delay", self.phishing_max_delay),
             ("poison_max_delay", self.poison_max_delay),
             ("victim_forward_blocks", self.victim_forward_blocks),
+            ("swap_max_delay", self.swap_max_delay),
         ] {
             if v < 0 {
                 return bad(format!("{name} must be at least 0, not {v}"));
+            }
+        }
+        for (a, d) in &self.stablecoins {
+            let hex = a.strip_prefix("0x").unwrap_or("");
+            if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "stablecoin {a:?} is no address (0x and 40 hex digits)"
+                ));
+            }
+            if *d > 36 {
+                return bad(format!("stablecoin {a}: {d} decimals (at most 36)"));
             }
         }
         if !(self.victim_min_forwarded.is_finite()
@@ -849,14 +887,33 @@ pub async fn run_eth(
     let ctx = crate::session(wh).await?;
     let mut findings = Vec::new();
     let wanted = |p: Pattern| patterns.is_empty() || patterns.contains(&p);
-    if wanted(Pattern::ApprovalPhishing) {
-        findings.extend(approval_phishing(&ctx, rules).await?);
+    // Stablecoin swaps follow the money the other patterns find: they need all three.
+    let swaps = wanted(Pattern::StablecoinSwap);
+    let mut receivers = BTreeSet::new();
+    if wanted(Pattern::ApprovalPhishing) || swaps {
+        let (found, to) = approval_phishing(&ctx, rules).await?;
+        findings.extend(found);
+        receivers = to;
     }
-    if wanted(Pattern::AddressPoisoning) {
+    if wanted(Pattern::AddressPoisoning) || swaps {
         findings.extend(address_poisoning(&ctx, rules).await?);
     }
-    if wanted(Pattern::VictimCollection) {
+    if wanted(Pattern::VictimCollection) || swaps {
         findings.extend(eth_victim_collection(&ctx, rules, &services).await?);
+    }
+    if swaps {
+        let mut sources: BTreeMap<String, &'static str> = BTreeMap::new();
+        for f in &findings {
+            if let Some(a) = &f.address {
+                sources.entry(a.clone()).or_insert(f.pattern.name());
+            }
+        }
+        for r in receivers {
+            sources.entry(r).or_insert(Pattern::ApprovalPhishing.name());
+        }
+        let found = stablecoin_swaps(&ctx, rules, &sources, &services).await?;
+        findings.retain(|f| wanted(f.pattern));
+        findings.extend(found);
     }
     let addresses: Vec<String> = findings
         .iter()
@@ -934,7 +991,10 @@ fn median_of(mut xs: Vec<f64>) -> f64 {
 /// contract), within `phishing_max_delay` blocks. A spender draining at least
 /// `phishing_min_owners` owners is a finding. Routers and bridges pull in the owner's
 /// own transaction, which is what separates them.
-async fn approval_phishing(ctx: &SessionContext, rules: &EthRules) -> Result<Vec<Finding>> {
+async fn approval_phishing(
+    ctx: &SessionContext,
+    rules: &EthRules,
+) -> Result<(Vec<Finding>, BTreeSet<String>)> {
     let since = rules.since.unwrap_or(i64::MIN);
     let sql = format!(
         "WITH appr AS (
@@ -970,6 +1030,7 @@ async fn approval_phishing(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
         by_spender.entry(s).or_default().push(r);
     }
     let mut out = Vec::new();
+    let mut all_receivers = BTreeSet::new();
     for (spender, rows) in by_spender {
         // One pull per (transaction, owner): an approval seen twice joins twice.
         let mut seen = HashSet::new();
@@ -994,6 +1055,7 @@ async fn approval_phishing(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
             .map(|r| (int(&r[5]) - int(&r[3])) as f64)
             .collect();
         let receivers: HashSet<&str> = rows.iter().filter_map(|r| r[7].as_deref()).collect();
+        all_receivers.extend(receivers.iter().map(|r| r.to_lowercase()));
         let drained: f64 = rows.iter().map(|r| num(&r[8])).sum();
         let mut txids: Vec<String> = Vec::new();
         for r in &rows {
@@ -1035,7 +1097,7 @@ async fn approval_phishing(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
             features: f,
         });
     }
-    Ok(out)
+    Ok((out, all_receivers))
 }
 
 /// Address poisoning: a zero or dust token transfer between a victim and an address
@@ -1139,6 +1201,270 @@ async fn address_poisoning(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
             first_height: rows.iter().map(|r| int(&r[3])).min().unwrap_or(0),
             last_height: rows.iter().map(|r| int(&r[3])).max().unwrap_or(0),
             amount: 0.0,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `value` (base units of a token with `decimals`) is a whole multiple of 100
+/// coins: what an exact-output swap for a round sum buys.
+fn round_sum(value: &str, decimals: u32) -> bool {
+    let Ok(v) = value.parse::<u128>() else {
+        return false;
+    };
+    let unit = 10u128
+        .checked_pow(decimals)
+        .and_then(|u| u.checked_mul(100));
+    matches!(unit, Some(u) if v > 0 && v % u == 0)
+}
+
+/// Swaps of scam money into stablecoins. A *swap into a stablecoin* is a stablecoin
+/// transfer sent by a pool (an address emitting Uniswap V2's or V3's `Swap` in the same
+/// transaction) to an address that is no pool of that transaction (a multi-hop route's
+/// middle leg is not one). The *swapper* is the transaction's sender. A swap is scam
+/// money's when the swapper is itself a finding of this run (a collection address, a
+/// phishing spender or a receiver of its drains, a poisoner's look-alike), or was paid
+/// by one within `swap_max_delay` blocks before the swap. One finding per swapper;
+/// labelled services are none.
+async fn stablecoin_swaps(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    sources: &BTreeMap<String, &'static str>,
+    services: &HashSet<String>,
+) -> Result<Vec<Finding>> {
+    if rules.stablecoins.is_empty() || sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let since = rules.since.unwrap_or(i64::MIN);
+    let decimals: HashMap<String, u32> = rules
+        .stablecoins
+        .iter()
+        .map(|(a, d)| (a.to_lowercase(), *d))
+        .collect();
+    let list = decimals
+        .keys()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH pools AS (
+            SELECT DISTINCT transaction_hash, lower(address) AS pool FROM eth.logs
+            WHERE topic0 IN ('{SWAP_V2_TOPIC}', '{SWAP_V3_TOPIC}') AND block_number >= {since}
+        ),
+        outs AS (
+            SELECT tt.block_number, tt.transaction_hash, lower(tt.token_address) AS token,
+                   lower(tt.to_address) AS recipient, tt.value_string, p.pool
+            FROM eth.token_transfers tt
+            JOIN pools p ON p.transaction_hash = tt.transaction_hash
+                        AND p.pool = lower(tt.from_address)
+            LEFT JOIN pools q ON q.transaction_hash = tt.transaction_hash
+                             AND q.pool = lower(tt.to_address)
+            WHERE lower(tt.token_address) IN ({list}) AND tt.block_number >= {since}
+              AND q.pool IS NULL
+        ),
+        ins AS (
+            SELECT DISTINCT tr.transaction_hash, tr.asset
+            FROM eth.transfers tr
+            JOIN pools p ON p.transaction_hash = tr.transaction_hash
+                        AND p.pool = lower(tr.to_address)
+            WHERE tr.block_number >= {since}
+        )
+        SELECT 'out', lower(t.from_address), o.block_number, o.transaction_hash, o.token,
+               o.recipient, o.value_string, o.pool
+        FROM outs o JOIN eth.transactions t ON t.transaction_hash = o.transaction_hash
+        UNION ALL
+        SELECT 'in', NULL, NULL, i.transaction_hash, i.asset, NULL, NULL, NULL
+        FROM ins i JOIN (SELECT DISTINCT transaction_hash FROM outs) d
+          ON d.transaction_hash = i.transaction_hash"
+    );
+    let rows = text_rows(ctx, &sql).await?;
+    struct Swap {
+        swapper: String,
+        height: i64,
+        tx: String,
+        token: String,
+        recipient: String,
+        value: String,
+        pool: String,
+    }
+    let mut swaps = Vec::new();
+    let mut assets_in: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for r in rows {
+        let tx = r[3].clone().unwrap_or_default();
+        if r[0].as_deref() == Some("in") {
+            assets_in
+                .entry(tx)
+                .or_default()
+                .insert(r[4].clone().unwrap_or_default().to_lowercase());
+            continue;
+        }
+        let Some(swapper) = r[1].clone() else {
+            continue;
+        };
+        if services.contains(&swapper) {
+            continue;
+        }
+        swaps.push(Swap {
+            swapper,
+            height: int(&r[2]),
+            tx,
+            token: r[4].clone().unwrap_or_default(),
+            recipient: r[5].clone().unwrap_or_default(),
+            value: r[6].clone().unwrap_or_default(),
+            pool: r[7].clone().unwrap_or_default(),
+        });
+    }
+    if swaps.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Payments from the sources to the swappers: a registered table of the sources keeps
+    // the join in the engine.
+    let src = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "address",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(StringArray::from(
+            sources.keys().cloned().collect::<Vec<_>>(),
+        ))],
+    )?;
+    let swappers = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "address",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(StringArray::from(
+            swaps
+                .iter()
+                .map(|s| s.swapper.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>(),
+        ))],
+    )?;
+    let (src_name, swapper_name) = ("typology_swap_sources", "typology_swappers");
+    ctx.register_batch(src_name, src)?;
+    ctx.register_batch(swapper_name, swappers)?;
+    let paid = text_rows(
+        ctx,
+        &format!(
+            "SELECT lower(tr.to_address), lower(tr.from_address), tr.block_number
+             FROM eth.transfers tr
+             JOIN {src_name} s ON s.address = lower(tr.from_address)
+             JOIN {swapper_name} w ON w.address = lower(tr.to_address)
+             WHERE tr.value > 0"
+        ),
+    )
+    .await;
+    ctx.deregister_table(src_name)?;
+    ctx.deregister_table(swapper_name)?;
+    // Per swapper, when each source paid it.
+    let mut paid_by: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    for r in paid? {
+        if let (Some(to), Some(from)) = (r[0].clone(), r[1].clone()) {
+            paid_by.entry(to).or_default().push((int(&r[2]), from));
+        }
+    }
+    // Each swap of scam money: the source it is linked to and the delay.
+    let mut by: BTreeMap<String, Vec<(&Swap, String, i64)>> = BTreeMap::new();
+    for s in &swaps {
+        let link = if sources.contains_key(&s.swapper) {
+            Some((s.swapper.clone(), 0))
+        } else {
+            paid_by.get(&s.swapper).and_then(|p| {
+                p.iter()
+                    .filter(|(h, _)| *h <= s.height && s.height - *h <= rules.swap_max_delay)
+                    .max_by_key(|(h, from)| (*h, std::cmp::Reverse(from.clone())))
+                    .map(|(h, from)| (from.clone(), s.height - h))
+            })
+        };
+        if let Some((source, delay)) = link {
+            by.entry(s.swapper.clone())
+                .or_default()
+                .push((s, source, delay));
+        }
+    }
+    let mut out = Vec::new();
+    for (swapper, mut list) in by {
+        list.sort_by(|a, b| (a.0.height, &a.0.tx).cmp(&(b.0.height, &b.0.tx)));
+        let mut per_token: BTreeMap<&str, (u128, usize)> = BTreeMap::new();
+        let mut round = 0usize;
+        for (s, _, _) in &list {
+            let e = per_token.entry(s.token.as_str()).or_default();
+            e.0 = e.0.saturating_add(s.value.parse::<u128>().unwrap_or(0));
+            e.1 += 1;
+            if round_sum(&s.value, decimals.get(&s.token).copied().unwrap_or(6)) {
+                round += 1;
+            }
+        }
+        let (main, (main_total, _)) = per_token
+            .iter()
+            .max_by_key(|(_, v)| v.1)
+            .map(|(k, v)| (k.to_string(), *v))
+            .unwrap_or_default();
+        let n = list.len();
+        let round_share = round as f64 / n as f64;
+        let mut txids: Vec<String> = Vec::new();
+        for (s, _, _) in &list {
+            if txids.last() != Some(&s.tx) {
+                txids.push(s.tx.clone());
+            }
+        }
+        let srcs: BTreeMap<&str, &str> = list
+            .iter()
+            .map(|(_, src, _)| (src.as_str(), sources.get(src).copied().unwrap_or("")))
+            .collect();
+        let delays: Vec<f64> = list.iter().map(|l| l.2 as f64).collect();
+        let own = list.iter().filter(|l| l.1 == swapper).count();
+        let assets: BTreeSet<&str> = list
+            .iter()
+            .filter_map(|(s, _, _)| assets_in.get(&s.tx))
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let score = 0.6 + 0.2 * (n as f64 / 3.0).min(1.0) + 0.2 * round_share;
+        let mut f = Map::new();
+        f.insert("swaps".into(), json!(n));
+        f.insert("stablecoin".into(), json!(main));
+        f.insert(
+            "bought".into(),
+            json!(
+                per_token
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.0.to_string()))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+        f.insert("assets_in".into(), json!(assets));
+        f.insert("sources".into(), json!(srcs));
+        f.insert("own_money_swaps".into(), json!(own));
+        f.insert("median_delay_blocks".into(), json!(median_of(delays)));
+        f.insert("round_sum_swaps".into(), json!(round));
+        f.insert("round_sum_share".into(), json!(r4(round_share)));
+        f.insert(
+            "pools".into(),
+            json!(
+                list.iter()
+                    .map(|l| l.0.pool.as_str())
+                    .collect::<BTreeSet<_>>()
+            ),
+        );
+        f.insert(
+            "paid_to_others".into(),
+            json!(list.iter().filter(|l| l.0.recipient != swapper).count()),
+        );
+        out.push(Finding {
+            pattern: Pattern::StablecoinSwap,
+            address_id: None,
+            address: Some(swapper),
+            txids,
+            first_height: list.first().map(|l| l.0.height).unwrap_or(0),
+            last_height: list.last().map(|l| l.0.height).unwrap_or(0),
+            amount: main_total as f64,
             score: r4(score),
             features: f,
         });

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Recompiles Ferret.sol and Router.sol into the checked-in .bin files (creation bytecode, hex) with
+# Recompiles Ferret.sol, Router.sol and Pool.sol into the checked-in .bin files (creation bytecode, hex) with
 # solcjs 0.8.37 (npm package solc@0.8.37), optimiser on.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,4 +11,6 @@ for c in FerretUSD FerretNFT Splitter; do
 done
 "$SOLCJS" --bin --optimize --optimize-runs 200 -o "$out" Router.sol
 cp "$out"/Router_sol_Router.bin Router.bin
+"$SOLCJS" --bin --optimize --optimize-runs 200 -o "$out" Pool.sol
+cp "$out"/Pool_sol_Pool.bin Pool.bin
 rm -rf "$out"

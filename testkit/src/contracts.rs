@@ -31,6 +31,15 @@ alloy::sol! {
     interface IRouter {
         function pay(address token, address to, uint256 value) external;
     }
+
+    /// Pool (`testkit/contracts/Pool.sol`): an ETH/token pool logged as a Uniswap V2
+    /// pair is.
+    interface IPool {
+        function swapExactETHForTokens(address to, uint256 minOut) external payable returns (uint256 out);
+        function swapETHForExactTokens(uint256 out, address to) external payable returns (uint256 used);
+        function swapExactTokensForETH(uint256 amountIn, address to) external returns (uint256 out);
+        event Swap(address indexed sender, uint256 amount0In, uint256 amount1In, uint256 amount0Out, uint256 amount1Out, address indexed to);
+    }
 }
 
 fn code(hex: &str) -> Bytes {
@@ -57,6 +66,14 @@ pub fn splitter() -> Bytes {
 /// Creation bytecode of Router.
 pub fn router() -> Bytes {
     code(include_str!("../contracts/Router.bin"))
+}
+
+/// The creation code of a pool between ETH and `token` (constructor argument appended).
+pub fn pool(token: alloy::primitives::Address) -> Bytes {
+    let mut c = code(include_str!("../contracts/Pool.bin")).to_vec();
+    c.extend_from_slice(&[0u8; 12]);
+    c.extend_from_slice(token.as_slice());
+    c.into()
 }
 
 #[cfg(test)]
@@ -90,6 +107,21 @@ mod tests {
         assert!(
             has(&router(), IRouter::payCall::SELECTOR),
             "Router lacks pay"
+        );
+        let pool = pool(alloy::primitives::Address::ZERO);
+        for sel in [
+            IPool::swapExactETHForTokensCall::SELECTOR,
+            IPool::swapETHForExactTokensCall::SELECTOR,
+            IPool::swapExactTokensForETHCall::SELECTOR,
+        ] {
+            assert!(has(&pool, sel), "Pool lacks {sel:02x?}");
+        }
+        // The event is Uniswap V2's: the detector looks for this topic.
+        use alloy::sol_types::SolEvent;
+        assert!(
+            pool.windows(32)
+                .any(|w| w == IPool::Swap::SIGNATURE_HASH.as_slice()),
+            "Pool does not emit Uniswap V2's Swap"
         );
         let sp = splitter();
         for sel in [

@@ -25,11 +25,12 @@ pub enum Pattern {
     CoinJoin,
     AddressPoisoning,
     ApprovalPhishing,
+    StablecoinSwap,
 }
 
 impl Pattern {
     /// Every pattern, in the order the table lists them.
-    pub const ALL: [Pattern; 7] = [
+    pub const ALL: [Pattern; 8] = [
         Pattern::PeelChain,
         Pattern::VictimCollection,
         Pattern::PassThrough,
@@ -37,6 +38,7 @@ impl Pattern {
         Pattern::CoinJoin,
         Pattern::AddressPoisoning,
         Pattern::ApprovalPhishing,
+        Pattern::StablecoinSwap,
     ];
 
     /// The name in the `pattern` column.
@@ -49,6 +51,7 @@ impl Pattern {
             Pattern::CoinJoin => "coinjoin",
             Pattern::AddressPoisoning => "address_poisoning",
             Pattern::ApprovalPhishing => "approval_phishing",
+            Pattern::StablecoinSwap => "stablecoin_swap",
         }
     }
 

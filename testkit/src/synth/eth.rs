@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::contracts::{IFerretUSD, IRouter, ISplitter, ferret_usd, router, splitter};
+use crate::contracts::{IFerretUSD, IPool, IRouter, ISplitter, ferret_usd, pool, router, splitter};
 use ferret_indexer::eth::rpc::{RetryPolicy, Rpc};
 use ferret_indexer::{Error, Result};
 
@@ -197,7 +197,14 @@ impl Gen {
             .iter()
             .map(|t| {
                 let nonce = self.nonces.get_mut(&t.from).expect("fetched above");
-                let mut j = json!({"from": t.from, "value": hexq(t.value), "input": t.data, "gas": "0x7a120", "nonce": format!("{:#x}", *nonce)});
+                // 500,000 gas covers every call and the small contracts' creation; a
+                // creation code over 2 KiB (the pool's) stores more and gets 2,000,000.
+                let gas = if t.to.is_none() && t.data.len() > 2048 {
+                    "0x1e8480"
+                } else {
+                    "0x7a120"
+                };
+                let mut j = json!({"from": t.from, "value": hexq(t.value), "input": t.data, "gas": gas, "nonce": format!("{:#x}", *nonce)});
                 *nonce += 1;
                 if let Some(to) = t.to {
                     j["to"] = json!(to);
@@ -387,6 +394,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                 &mut g,
                 cfg,
                 usd,
+                deployer,
                 &users.iter().map(|u| u.wallets[0]).collect::<Vec<_>>(),
             )
             .await?,
@@ -497,6 +505,24 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
         }
         if b >= layering_from {
             txs.extend(flow_step(&flows, b - layering_from));
+        }
+        if b == layering_from + 1
+            && b + 3 < cfg.blocks
+            && let Some(t) = ty.as_mut()
+        {
+            // Part of what each collection address kept in ETH is swapped into the
+            // stablecoin: by the address itself, or by a relay it pays first.
+            let mut k = 0usize;
+            for op in &ops {
+                for (&scam, &total) in &op.got_eth {
+                    let value = total / (cfg.flows as u128 + 1) / 2;
+                    if value >= ETH {
+                        let hot_x = hot[k % hot.len()];
+                        t.plant_swap(&mut g, scam, value, &op.entity, b, k % 2 == 1, hot_x);
+                        k += 1;
+                    }
+                }
+            }
         }
         // Everyday economy.
         while txs.len() < cfg.txs_per_block {
@@ -760,6 +786,8 @@ enum Mark {
     Drain(usize),
     /// A poisoning transfer to this look-alike.
     Poison(Address),
+    /// A swap of scam money into the stablecoin by this address.
+    Swap(Address),
 }
 
 /// A phishing operation: a spender that victims approve and that then drains them.
@@ -784,6 +812,14 @@ struct Typologies {
     to_poison: Vec<(usize, Address, Address)>,
     /// Poisoning plants: look-alike, the transaction, its block.
     poisons: Vec<(Address, B256, u64)>,
+    /// The ETH/stablecoin pool (logged as a Uniswap V2 pair).
+    pool: Address,
+    /// Users who approved the pool and sell the stablecoin on it too.
+    dex_users: Vec<Address>,
+    /// Transactions due in a later block, with what the truth calls them.
+    pending: Vec<(usize, Tx, Option<Mark>)>,
+    /// Swap plants: the swapper, the transaction, its block.
+    swaps: Vec<(Address, B256, u64)>,
 }
 
 const MAX_APPROVAL: U256 = U256::MAX;
@@ -793,24 +829,50 @@ impl Typologies {
         g: &mut Gen,
         cfg: &EthSynthConfig,
         usd: Address,
+        minter: Address,
         wallets: &[Address],
     ) -> Result<Self> {
         let deployer = g.fresh_funded("router-deployer").await?;
         let created = g
-            .block(&[Tx {
-                from: deployer,
-                to: None,
-                value: 0,
-                data: router(),
-                reverts: false,
-            }])
+            .block(&[
+                Tx {
+                    from: deployer,
+                    to: None,
+                    value: 0,
+                    data: router(),
+                    reverts: false,
+                },
+                Tx {
+                    from: deployer,
+                    to: None,
+                    value: 0,
+                    data: pool(usd),
+                    reverts: false,
+                },
+            ])
             .await?;
-        let Some(Some(router)) = created.first().copied() else {
+        let (Some(Some(router)), Some(Some(pool))) =
+            (created.first().copied(), created.get(1).copied())
+        else {
             return Err(Error::Internal {
-                what: "synth: the router's deployment returned no address".into(),
+                what: "synth: the router's or pool's deployment returned no address".into(),
             });
         };
         g.entities.push((router, "contract-router".into()));
+        g.entities.push((pool, "contract-pool".into()));
+        // Liquidity: 1,000 ETH against 2,000,000 of the stablecoin (2,000 a coin).
+        g.fund(&[pool], 1_000 * ETH).await?;
+        g.block(&[Tx::call(
+            minter,
+            usd,
+            0,
+            IFerretUSD::mintCall {
+                to: pool,
+                value: U256::from(2_000_000 * USD),
+            }
+            .abi_encode(),
+        )])
+        .await?;
         // A tenth of the users approve the router once, without limit (as wallets do).
         let router_users: Vec<Address> = wallets.iter().step_by(10).copied().collect();
         let approvals: Vec<Tx> = router_users
@@ -822,6 +884,24 @@ impl Typologies {
                     0,
                     IFerretUSD::approveCall {
                         spender: router,
+                        value: MAX_APPROVAL,
+                    }
+                    .abi_encode(),
+                )
+            })
+            .collect();
+        g.block(&approvals).await?;
+        // A tenth of the users (others than the router's) approve the pool, to sell.
+        let dex_users: Vec<Address> = wallets.iter().skip(5).step_by(10).copied().collect();
+        let approvals: Vec<Tx> = dex_users
+            .iter()
+            .map(|&w| {
+                Tx::call(
+                    w,
+                    usd,
+                    0,
+                    IFerretUSD::approveCall {
+                        spender: pool,
                         value: MAX_APPROVAL,
                     }
                     .abi_encode(),
@@ -867,7 +947,65 @@ impl Typologies {
             poisoners,
             to_poison: Vec::new(),
             poisons: Vec::new(),
+            pool,
+            dex_users,
+            pending: Vec::new(),
+            swaps: Vec::new(),
         })
+    }
+
+    /// Plants a swap of `value` wei of scam money into the stablecoin, starting at block
+    /// `b`. Directly: the collection address sells it for itself. Through a relay: the
+    /// collection address pays a fresh address of the operation, which buys a round sum
+    /// (an exact-output swap) a block later and sends it to an exchange the block after.
+    #[allow(clippy::too_many_arguments)]
+    fn plant_swap(
+        &mut self,
+        g: &mut Gen,
+        scam: Address,
+        value: u128,
+        entity: &str,
+        b: usize,
+        relay: bool,
+        exchange: Address,
+    ) {
+        if !relay {
+            self.pending.push((
+                b,
+                Tx::call(
+                    scam,
+                    self.pool,
+                    value,
+                    IPool::swapExactETHForTokensCall {
+                        to: scam,
+                        minOut: U256::ZERO,
+                    }
+                    .abi_encode(),
+                ),
+                Some(Mark::Swap(scam)),
+            ));
+            return;
+        }
+        let r = g.fresh(entity);
+        // At about 2,000 a coin, 70% of it in round thousands (price moves are small).
+        let round = (value / ETH * 2_000 * 7 / 10 / 1_000 * 1_000).max(1_000) * USD;
+        self.pending.push((b, Tx::pay(scam, r, value), None));
+        self.pending.push((
+            b + 1,
+            Tx::call(
+                r,
+                self.pool,
+                value - ETH / 10,
+                IPool::swapETHForExactTokensCall {
+                    out: U256::from(round),
+                    to: r,
+                }
+                .abi_encode(),
+            ),
+            Some(Mark::Swap(r)),
+        ));
+        self.pending
+            .push((b + 2, Tx::usd(self.usd, r, exchange, round), None));
     }
 
     /// An address whose first four and last four hex digits are `c`'s (what a victim
@@ -901,6 +1039,66 @@ impl Typologies {
         marks: &mut Vec<(usize, Mark)>,
     ) -> Result<()> {
         let usd = self.usd;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.0 <= b);
+        self.pending = later;
+        for (_, t, m) in due {
+            txs.push(t);
+            if let Some(m) = m {
+                marks.push((txs.len() - 1, m));
+            }
+        }
+        // DEX users: buy the stablecoin with ETH (some a round sum, with an exact-output
+        // swap), or sell it for ETH. Most of the pool's swaps, none of them scam money.
+        for _ in 0..g.rng.random_range(0..=2usize) {
+            let pool = self.pool;
+            match g.rng.random_range(0..10) {
+                0..=4 => {
+                    let from = self.wallets[g.rng.random_range(0..self.wallets.len())];
+                    let value = g.rng.random_range(50..=5_000u128) * ETH / 1000;
+                    txs.push(Tx::call(
+                        from,
+                        pool,
+                        value,
+                        IPool::swapExactETHForTokensCall {
+                            to: from,
+                            minOut: U256::ZERO,
+                        }
+                        .abi_encode(),
+                    ));
+                }
+                5..=6 => {
+                    let from = self.wallets[g.rng.random_range(0..self.wallets.len())];
+                    let out = g.rng.random_range(1..=50u128) * 100 * USD;
+                    // Twice what it costs at 2,000 a coin; the pool refunds the rest.
+                    txs.push(Tx::call(
+                        from,
+                        pool,
+                        out / USD * ETH / 1000,
+                        IPool::swapETHForExactTokensCall {
+                            out: U256::from(out),
+                            to: from,
+                        }
+                        .abi_encode(),
+                    ));
+                }
+                _ => {
+                    let from = self.dex_users[g.rng.random_range(0..self.dex_users.len())];
+                    let amount = g.rng.random_range(10..=500u128) * USD;
+                    txs.push(Tx::call(
+                        from,
+                        pool,
+                        0,
+                        IPool::swapExactTokensForETHCall {
+                            amountIn: U256::from(amount),
+                            to: from,
+                        }
+                        .abi_encode(),
+                    ));
+                }
+            }
+        }
         // Payments through the router: the owner's own transaction pulls its tokens.
         for _ in 0..g.rng.random_range(0..=2usize) {
             let from = self.router_users[g.rng.random_range(0..self.router_users.len())];
@@ -1007,6 +1205,7 @@ impl Typologies {
         match m {
             Mark::Drain(k) => self.phishers[k].drains.push((hash, height)),
             Mark::Poison(fake) => self.poisons.push((fake, hash, height)),
+            Mark::Swap(who) => self.swaps.push((who, hash, height)),
             Mark::Victim(_) => {}
         }
     }
@@ -1024,6 +1223,20 @@ impl Typologies {
                 "approval_phishing,{:#x},{first},{last},{}",
                 p.spender,
                 list.join(" ")
+            );
+        }
+        let mut swaps: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
+        for (who, hash, height) in &self.swaps {
+            swaps.entry(*who).or_default().push((*hash, *height));
+        }
+        for (who, list) in &swaps {
+            let first = list.iter().map(|s| s.1).min().unwrap_or_default();
+            let last = list.iter().map(|s| s.1).max().unwrap_or_default();
+            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
+            let _ = writeln!(
+                out,
+                "stablecoin_swap,{who:#x},{first},{last},{}",
+                hashes.join(" ")
             );
         }
         for (fake, hash, height) in &self.poisons {
