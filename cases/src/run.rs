@@ -1620,8 +1620,53 @@ async fn typology_alerts(
         }
     }
     let wanted: HashSet<&str> = case.alerts.typologies.iter().map(String::as_str).collect();
+    let batches = wh.read_latest("typologies").await?;
+    // Findings the case does not touch may still pay it: a collection address that later
+    // pays a member of a seed's cluster.
+    let mut untouched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for b in &batches {
+        let (Some(p), Some(ch), Some(a)) = (
+            b.column_by_name("pattern"),
+            b.column_by_name("chain"),
+            b.column_by_name("address"),
+        ) else {
+            continue;
+        };
+        let (Some(p), Some(ch), Some(a)) = (
+            p.as_string_opt::<i32>(),
+            ch.as_string_opt::<i32>(),
+            a.as_string_opt::<i32>(),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if p.is_valid(i) && ch.is_valid(i) && a.is_valid(i) && wanted.contains(p.value(i)) {
+                let (chain, addr) = (ch.value(i), norm(ch.value(i), a.value(i)));
+                if !touched.contains_key(&(chain.to_string(), addr.clone())) {
+                    untouched.entry(chain.to_string()).or_default().insert(addr);
+                }
+            }
+        }
+    }
+    let mut pays: HashMap<(String, String), String> = HashMap::new();
+    for (chain, addrs) in &untouched {
+        let Some(part) = parts.get(chain) else {
+            continue;
+        };
+        let members: BTreeSet<String> = part
+            .members
+            .iter()
+            .map(|m| norm(chain, &m.address))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        for (payer, txid) in payments_to(wh, chain, addrs, &members).await? {
+            pays.insert((chain.clone(), payer), txid);
+        }
+    }
     let mut found: BTreeMap<(String, String, String), Alert> = BTreeMap::new();
-    for b in wh.read_latest("typologies").await? {
+    for b in &batches {
         let col = |n: &str| -> Result<arrow::array::ArrayRef> {
             let c = b
                 .column_by_name(n)
@@ -1654,8 +1699,14 @@ async fn typology_alerts(
                 continue;
             }
             let a = norm(&ch, &a);
-            let Some(how) = touched.get(&(ch.clone(), a.clone())) else {
-                continue;
+            let how = match touched.get(&(ch.clone(), a.clone())) {
+                Some(how) => how.to_string(),
+                None => match pays.get(&(ch.clone(), a.clone())) {
+                    Some(txid) => {
+                        format!("paying a member of a seed's cluster (transaction {txid})")
+                    }
+                    None => continue,
+                },
             };
             let key = (ch.clone(), a.clone(), p.clone());
             if prev.is_some_and(|x| x.typed.contains(&key)) {
@@ -1681,16 +1732,79 @@ async fn typology_alerts(
                     .filter(|x| !x.is_empty()),
                     txid: first_txid,
                     height: s(&last, i).and_then(|v| v.parse().ok()),
-                    detail: format!(
-                        "{p} (score {}): the finding's address is {how} in this case",
-                        s(&score, i).unwrap_or_default()
-                    ),
+                    detail: if how.starts_with("paying") {
+                        format!(
+                            "{p} (score {}): the finding's address is {how}",
+                            s(&score, i).unwrap_or_default()
+                        )
+                    } else {
+                        format!(
+                            "{p} (score {}): the finding's address is {how} in this case",
+                            s(&score, i).unwrap_or_default()
+                        )
+                    },
                 },
             );
         }
     }
     out.extend(found.into_values());
     Ok(())
+}
+
+/// Which of `payers` paid one of `members` on `chain`, each with the first such
+/// transaction (in chain order). Bitcoin: a transaction spending a payer's output with an
+/// output to a member; Ethereum: a transfer of ETH or a token, more than zero.
+async fn payments_to(
+    wh: &Warehouse,
+    chain: &str,
+    payers: &BTreeSet<String>,
+    members: &BTreeSet<String>,
+) -> Result<Vec<(String, String)>> {
+    let ctx = ferret_query::session(wh).await?;
+    let table = |v: &BTreeSet<String>| {
+        RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("address", arrow::datatypes::DataType::Utf8, false),
+            ])),
+            vec![Arc::new(StringArray::from(
+                v.iter().cloned().collect::<Vec<_>>(),
+            ))],
+        )
+        .map_err(|e| Error::Query(format!("typology payers: {e}")))
+    };
+    ctx.register_batch("alert_payers", table(payers)?)?;
+    ctx.register_batch("alert_members", table(members)?)?;
+    let sql = if chain == "btc" {
+        "SELECT x.payer, first_value(x.txid ORDER BY x.height, x.tx_index) FROM (
+            SELECT DISTINCT i.address AS payer, i.txid, i.height, i.tx_index
+            FROM btc.inputs i JOIN alert_payers p ON p.address = i.address
+        ) x JOIN btc.outputs o ON o.txid = x.txid
+        JOIN alert_members m ON m.address = o.address
+        WHERE o.address <> x.payer
+        GROUP BY x.payer"
+    } else {
+        "SELECT lower(t.from_address) AS payer,
+                first_value(t.transaction_hash ORDER BY t.block_number, t.transaction_index)
+        FROM eth.transfers t
+        JOIN alert_payers p ON p.address = lower(t.from_address)
+        JOIN alert_members m ON m.address = lower(t.to_address)
+        WHERE t.value > 0 AND lower(t.to_address) <> lower(t.from_address)
+        GROUP BY 1"
+    };
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let (p, t) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            if p.is_valid(i) && t.is_valid(i) {
+                out.push((p.value(i).to_string(), t.value(i).to_string()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The files of one run of a case's table, from a results head's runs.

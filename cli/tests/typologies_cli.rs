@@ -540,6 +540,58 @@ async fn a_case_subscribed_to_typologies_is_alerted_once() {
     )
     .await;
     assert_eq!(again, vec![alerts.len().to_string()]);
+    // A finding that pays a case's cluster is alerted though the case's taint (downstream
+    // of its seeds) never reaches it: a case seeded with an address a peel chain's start
+    // paid. The payee is in no finding, in another cluster, and pays no peel chain's start
+    // (so a one-hop taint from it does not reach the start; the start has no label, so it
+    // is no exit either).
+    let paid = query(
+        &w,
+        "SELECT t.address, o.address FROM typology('peel_chain') t
+         JOIN btc.inputs i ON i.address = t.address
+         JOIN btc.outputs o ON o.txid = i.txid
+         LEFT JOIN clusters c1 ON c1.address = t.address
+         LEFT JOIN clusters c2 ON c2.address = o.address
+         WHERE o.address IS NOT NULL AND o.address <> t.address
+           AND (c1.cluster_id IS NULL OR c2.cluster_id IS NULL
+                OR c1.cluster_id <> c2.cluster_id)
+           AND o.address NOT IN (SELECT address FROM typologies WHERE address IS NOT NULL)
+           AND o.address NOT IN (
+               SELECT i2.address FROM btc.inputs i2
+               JOIN btc.outputs o2 ON o2.txid = i2.txid
+               JOIN typology('peel_chain') t2 ON t2.address = o2.address
+               WHERE i2.address IS NOT NULL)
+         ORDER BY o.height, o.txid, o.vout LIMIT 1",
+    )
+    .await;
+    let (start, payee) = paid[0].split_once('|').expect("a peel chain's start pays");
+    let case2 = tmp.path().join("payee.toml");
+    std::fs::write(
+        &case2,
+        format!(
+            "name = \"payee-1\"\nchains = [\"btc\"]\n\n[seeds]\naddresses = [\"{payee}\"]\n\n[taint]\npolicy = \"haircut\"\nhops = 1\n\n[alerts]\ntypologies = [\"peel_chain\"]\n"
+        ),
+    )
+    .expect("case");
+    ok(ferret(&[
+        "case",
+        "run",
+        case2.to_str().expect("utf8"),
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]));
+    let alerts2 = query(
+        &w,
+        "SELECT address, detail FROM case_alerts WHERE \"case\" = 'payee-1' AND kind = 'typology' ORDER BY address",
+    )
+    .await;
+    assert!(
+        alerts2.iter().any(|l| l.starts_with(&format!("{start}|"))
+            && l.contains("paying a member of a seed's cluster")),
+        "{start} pays {payee}: {alerts2:?}"
+    );
     // A pattern that does not exist.
     write("\"victim_collection\", \"peel\"");
     let out = ferret(&["case", "run", case_s, "--warehouse", &wh, "--device", "cpu"]);

@@ -314,6 +314,50 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
             .to_string()
     );
 
+    // A case seeded with the exchange a relay paid its stablecoins to, subscribed to
+    // stablecoin swaps: the relay is alerted for paying the case's cluster, though the
+    // case's taint (downstream of the exchange) never reaches it.
+    let relay = found
+        .iter()
+        .find(|r| r.pattern == "stablecoin_swap" && r.features["own_money_swaps"] == 0)
+        .map(|r| r.address.clone())
+        .expect("a relay's swaps");
+    let payee = scalar(
+        &w,
+        &format!(
+            "SELECT min(to_address) FROM eth.token_transfers
+             WHERE from_address = '{relay}' AND token_address = '{usd}'"
+        ),
+    )
+    .await;
+    let case = tmp.path().join("swap-case.toml");
+    std::fs::write(
+        &case,
+        format!(
+            "name = \"swap-1\"\nchains = [\"eth\"]\n[seeds]\naddresses = [\"{payee}\"]\n[taint]\npolicy = \"haircut\"\nhops = 1\n[alerts]\ntypologies = [\"stablecoin_swap\"]\n"
+        ),
+    )
+    .expect("case");
+    ok(ferret(&[
+        "case",
+        "run",
+        case.to_str().expect("utf8"),
+        "--warehouse",
+        &wh,
+        "--device",
+        "cpu",
+    ]));
+    let alerts = query(
+        &w,
+        "SELECT address, detail FROM case_alerts WHERE \"case\" = 'swap-1' AND kind = 'typology'",
+    )
+    .await;
+    assert!(
+        alerts.iter().any(|l| l.starts_with(&format!("{relay}|"))
+            && l.contains("paying a member of a seed's cluster")),
+        "{relay} paid {payee}: {alerts:?}"
+    );
+
     // Broken detectors fail the harness: out of reach, nothing is found; too loose,
     // innocent wallets are accused.
     ok(ferret(&[
