@@ -708,6 +708,26 @@ async fn incremental_runs_equal_runs_over_every_block() {
         "--peel-min-steps",
         "6",
     ]));
+    // A damaged findings file: `typology(...)` and the table are errors naming it, never
+    // fewer rows.
+    let file = walk(&tmp.path().join("wh/results/typologies"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .max_by_key(|p| p.to_string_lossy().into_owned())
+        .expect("a findings file");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let n = bytes.len();
+    bytes.truncate(n - 100);
+    std::fs::write(&file, &bytes).expect("write");
+    for sql in [
+        "SELECT count(*) FROM typology('peel_chain')",
+        "SELECT count(*) FROM typologies",
+    ] {
+        let out = ferret(&["sql", "--warehouse", &wh, sql]);
+        assert!(!out.status.success(), "{sql}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("part-0.parquet"), "{sql}: {err}");
+    }
 }
 
 /// A reorganisation below the last run: the next run starts over and equals a full run.
