@@ -380,6 +380,11 @@ struct TypologiesEthArgs {
     /// Stablecoin swaps: the most blocks from the scam money's arrival to the swap.
     #[arg(long, default_value_t = 7200)]
     swap_max_delay: i64,
+    /// Read every block, even when the last run's state would let this run read only the
+    /// new ones (other rules, patterns, labels or clusters, or a reorganisation below the
+    /// last run, start over anyway).
+    #[arg(long)]
+    full: bool,
     /// Where it runs: auto or cpu. The Ethereum patterns are SQL aggregates; there is
     /// no GPU path, and `gpu` is refused (docs/typologies.md, "How it runs").
     #[arg(long, default_value = "auto")]
@@ -1146,13 +1151,14 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
         victim_min_payers: a.victim_min_payers,
         ..EthRules::default()
     };
-    let run = run_eth(&wh, &rules, &patterns)
+    let run = run_eth(&wh, &rules, &patterns, a.full)
         .await
         .with_context(|| format!("typologies over {wh}"))?;
     println!(
-        "typologies run {}: {} findings on Ethereum",
+        "typologies run {}: {} findings on Ethereum ({})",
         run.run_id,
-        run.findings.len()
+        run.findings.len(),
+        run.mode
     );
     print_counts(&run.counts);
     Ok(())

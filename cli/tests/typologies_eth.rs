@@ -415,3 +415,156 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// Every row of the latest typologies run but its run id, sorted.
+async fn table(wh: &str) -> Vec<String> {
+    let w = Warehouse::open(wh).expect("open");
+    query(
+        &w,
+        "SELECT pattern, chain, address, cluster_id, array_to_string(txids, ' '), first_height, last_height, amount, score, features FROM typologies ORDER BY 1, 3, 5",
+    )
+    .await
+}
+
+/// Runs over the new blocks only equal runs over every block, at two tips; nothing new
+/// changes nothing; other rules start over; a damaged state is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ethereum_incremental_runs_equal_runs_over_every_block() {
+    let Some(node) = common::anvil(&[]).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("synth");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    ok(ferret(&[
+        "synth",
+        "eth",
+        "--rpc",
+        node.url(),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--seed",
+        "7",
+        "--blocks",
+        "30",
+        "--txs-per-block",
+        "20",
+        "--users",
+        "100",
+        "--victims",
+        "60",
+        "--typologies",
+    ]));
+    let truth = out.join("truth");
+    let usd = entities(&truth)
+        .into_iter()
+        .find(|(_, e)| e == "contract-ferretusd")
+        .map(|(a, _)| a)
+        .expect("the stablecoin's contract");
+    let stable = format!("{usd}:6");
+    let index = |to: Option<&str>| {
+        let mut a = vec!["index", "eth", "--rpc", node.url(), "--warehouse", &wh];
+        if let Some(to) = to {
+            a.extend(["--to", to]);
+        }
+        ok(ferret(&a));
+    };
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "typologies",
+            "eth",
+            "--warehouse",
+            &wh,
+            "--stablecoin",
+            &stable,
+        ];
+        a.extend(extra.iter().copied());
+        ok(ferret(&a))
+    };
+    index(Some("12"));
+    ok(ferret(&[
+        "labels",
+        "import",
+        "--warehouse",
+        &wh,
+        "--chain",
+        "eth",
+        "--source",
+        "truth",
+        truth.join("labels.csv").to_str().expect("utf8"),
+    ]));
+    ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
+    let first = run(&[]);
+    assert!(
+        first.contains("full: no earlier run kept a state"),
+        "{first}"
+    );
+    // Cuts before, during and after the victims' payments, the forwarding and the swaps.
+    let mut last = "12".to_string();
+    for to in [
+        Some("17"),
+        Some("21"),
+        Some("22"),
+        Some("23"),
+        Some("24"),
+        Some("28"),
+        None,
+    ] {
+        index(to);
+        let printed = run(&[]);
+        assert!(
+            printed.contains(&format!("incremental above block {last}")),
+            "{printed}"
+        );
+        let incremental = table(&wh).await;
+        let printed = run(&["--full"]);
+        assert!(printed.contains("full: --full"), "{printed}");
+        let full = table(&wh).await;
+        assert!(!full.is_empty());
+        assert_eq!(incremental, full, "up to {to:?}");
+        last = to.unwrap_or_default().to_string();
+    }
+    let all = table(&wh).await;
+    for p in [
+        "approval_phishing",
+        "address_poisoning",
+        "victim_collection",
+        "stablecoin_swap",
+    ] {
+        assert!(
+            all.iter().any(|r| r.starts_with(&format!("{p}|"))),
+            "no {p}"
+        );
+    }
+    // Nothing new: the same table.
+    let printed = run(&[]);
+    assert!(printed.contains("incremental above block"), "{printed}");
+    assert_eq!(table(&wh).await, all);
+    // Other rules start over.
+    let printed = run(&["--phishing-min-owners", "4"]);
+    assert!(printed.contains("full: the rules differ"), "{printed}");
+    // A damaged state: an error naming it; --full starts over.
+    let state = walk(&tmp.path().join("wh/results/typologies_eth_state"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .max_by_key(|p| p.to_string_lossy().into_owned())
+        .expect("a state file");
+    let mut bytes = std::fs::read(&state).expect("read");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&state, &bytes).expect("write");
+    let out = ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--stablecoin",
+        &stable,
+        "--phishing-min-owners",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typologies_eth_state"), "{err}");
+    run(&["--phishing-min-owners", "4", "--full"]);
+}

@@ -865,6 +865,7 @@ pub async fn run_eth(
     wh: &Warehouse,
     rules: &EthRules,
     patterns: &[Pattern],
+    full: bool,
 ) -> Result<TypologyRun> {
     rules.check()?;
     let m = wh
@@ -876,6 +877,9 @@ pub async fn run_eth(
                 "{wh}: no Ethereum blocks are committed here (run `ferret index eth` first)"
             ))
         })?;
+    let tip = m.tip.clone().ok_or_else(|| {
+        DataFusionError::Plan("typologies: the Ethereum manifest has no tip".into())
+    })?;
     let labels = ferret_kernels::taint::job::chain_labels(wh, "eth")
         .await
         .map_err(kernel_err)?;
@@ -884,22 +888,118 @@ pub async fn run_eth(
         .filter(|l| VictimRules::default().service_categories.contains(&l.2))
         .map(|l| l.0.to_lowercase())
         .collect();
+    let mut names: Vec<String> = patterns.iter().map(|p| p.name().to_string()).collect();
+    names.sort();
+    names.dedup();
+    let keyed = EthStateMeta {
+        tip_height: tip.height,
+        tip_hash: tip.hash.clone(),
+        rules: format!("{rules:?}"),
+        patterns: names,
+        labels_run: latest_run_id(wh, "labels").await?,
+        clusters_run: latest_run_id(wh, "eth_clusters").await?,
+        phishing: Vec::new(),
+        poisoning: Vec::new(),
+        collection: Vec::new(),
+    };
+    let (prev, mode) = eth_resume(wh, &m, &keyed, full).await?;
     let ctx = crate::session(wh).await?;
+    let since = rules.since.unwrap_or(i64::MIN);
+    // Blocks this run reads for the windowed patterns: all of them, or those above the
+    // last run's.
+    let from = prev
+        .as_ref()
+        .map(|p| since.max(p.tip_height as i64 + 1))
+        .unwrap_or(since);
+    let mut state = keyed;
     let mut findings = Vec::new();
     let wanted = |p: Pattern| patterns.is_empty() || patterns.contains(&p);
     // Stablecoin swaps follow the money the other patterns find: they need all three.
     let swaps = wanted(Pattern::StablecoinSwap);
     let mut receivers = BTreeSet::new();
     if wanted(Pattern::ApprovalPhishing) || swaps {
-        let (found, to) = approval_phishing(&ctx, rules).await?;
+        // A pull in the new blocks joins approvals up to `phishing_max_delay` before it;
+        // the rows of older pulls do not change.
+        let mut rows = prev
+            .as_ref()
+            .map(|p| p.phishing.clone())
+            .unwrap_or_default();
+        rows.extend(
+            phishing_rows(
+                &ctx,
+                rules,
+                since.max(from.saturating_sub(rules.phishing_max_delay)),
+                from,
+            )
+            .await?,
+        );
+        let (found, to) = judge_phishing(rules, rows.clone());
+        state.phishing = rows;
         findings.extend(found);
         receivers = to;
     }
     if wanted(Pattern::AddressPoisoning) || swaps {
-        findings.extend(address_poisoning(&ctx, rules).await?);
+        // A small transfer matches counterparties first paid before it: those of the
+        // older ones are all known.
+        let mut rows = prev
+            .as_ref()
+            .map(|p| p.poisoning.clone())
+            .unwrap_or_default();
+        rows.extend(poisoning_rows(&ctx, rules, from).await?);
+        findings.extend(judge_poisoning(rules, rows.clone()));
+        state.poisoning = rows;
     }
     if wanted(Pattern::VictimCollection) || swaps {
-        findings.extend(eth_victim_collection(&ctx, rules, &services).await?);
+        let mut found = match &prev {
+            None => eth_victim_collection(&ctx, rules, &services, None).await?,
+            Some(p) => {
+                // Only the addresses the new blocks touch (paid, paying, or made
+                // contracts) can change; the others' findings stand.
+                let touched = text_rows(
+                    &ctx,
+                    &format!(
+                        "SELECT lower(to_address) FROM eth.transfers WHERE block_number > {t}
+                         UNION SELECT lower(from_address) FROM eth.transfers WHERE block_number > {t}
+                         UNION SELECT lower(contract_address) FROM eth.transactions
+                               WHERE block_number > {t} AND contract_address IS NOT NULL
+                         UNION SELECT lower(to_address) FROM eth.traces
+                               WHERE block_number > {t} AND call_type IN ('create', 'create2')
+                                 AND to_address IS NOT NULL",
+                        t = p.tip_height
+                    ),
+                )
+                .await?;
+                let touched: BTreeSet<String> =
+                    touched.into_iter().filter_map(|r| r[0].clone()).collect();
+                let mut found: Vec<Finding> = p
+                    .collection
+                    .iter()
+                    .filter(|f| f.address.as_ref().is_some_and(|a| !touched.contains(a)))
+                    .cloned()
+                    .collect();
+                let table = "typology_touched";
+                ctx.register_batch(
+                    table,
+                    RecordBatch::try_new(
+                        Arc::new(Schema::new(vec![Field::new(
+                            "address",
+                            DataType::Utf8,
+                            false,
+                        )])),
+                        vec![Arc::new(StringArray::from(
+                            touched.into_iter().collect::<Vec<_>>(),
+                        ))],
+                    )?,
+                )?;
+                let fresh = eth_victim_collection(&ctx, rules, &services, Some(table)).await;
+                ctx.deregister_table(table)?;
+                found.extend(fresh?);
+                found
+            }
+        };
+        found.sort_by(|a, b| a.address.cmp(&b.address));
+        state.collection = found.clone();
+        findings.extend(found);
     }
     if swaps {
         let mut sources: BTreeMap<String, &'static str> = BTreeMap::new();
@@ -926,10 +1026,13 @@ pub async fn run_eth(
         "chain": "eth",
         "since": rules.since,
         "patterns": patterns.iter().map(|p| p.name()).collect::<Vec<_>>(),
-        "tip_height": m.tip.as_ref().map(|t| t.height),
-        "tip_hash": m.tip.as_ref().map(|t| t.hash.clone()),
+        "tip_height": tip.height,
+        "tip_hash": tip.hash,
         "rules": format!("{rules:?}"),
+        "mode": mode,
     });
+    let run_id = ferret_schemas::results::new_run_id();
+    let state_file = write_eth_state(wh, &state, &run_id).await?;
     let transactions = m.totals.transactions;
     let mut run = commit(
         wh,
@@ -938,12 +1041,147 @@ pub async fn run_eth(
         &clusters,
         params,
         transactions,
-        None,
-        ferret_schemas::results::new_run_id(),
+        Some(state_file),
+        run_id,
     )
     .await?;
-    run.mode = "full: the Ethereum patterns are SQL over every block".into();
+    run.mode = mode;
     Ok(run)
+}
+
+/// The job keeping the Ethereum run's state between runs.
+const ETH_STATE_JOB: &str = "typologies_eth_state";
+
+/// What an Ethereum run keeps for the next: where it stopped, what it ran with, and the
+/// rows and findings of the patterns the next run goes on from.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct EthStateMeta {
+    tip_height: u64,
+    tip_hash: String,
+    rules: String,
+    patterns: Vec<String>,
+    labels_run: Option<String>,
+    clusters_run: Option<String>,
+    /// Approval phishing: every approval-pull row so far.
+    phishing: Vec<Vec<Option<String>>>,
+    /// Address poisoning: every matching row so far.
+    poisoning: Vec<Vec<Option<String>>>,
+    /// Victim collection: the findings (before `--pattern` keeps some).
+    collection: Vec<Finding>,
+}
+
+async fn latest_run_id(wh: &Warehouse, job: &str) -> Result<Option<String>> {
+    Ok(wh.latest_run(job).await.map_err(wh_err)?.map(|r| r.run_id))
+}
+
+fn eth_damaged(path: &str, why: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "typologies: the kept state {path} is damaged ({why}); `ferret typologies eth --full` starts over"
+    ))
+}
+
+/// The last Ethereum run's state when this run can go on from it (same rules, patterns,
+/// labels and clusters, its last block still on the chain), and the mode to report.
+async fn eth_resume(
+    wh: &Warehouse,
+    m: &ferret_schemas::Manifest,
+    now: &EthStateMeta,
+    full: bool,
+) -> Result<(Option<EthStateMeta>, String)> {
+    let fresh = |why: &str| Ok((None, format!("full: {why}")));
+    if full {
+        return fresh("--full");
+    }
+    let Some(run) = wh.latest_run(ETH_STATE_JOB).await.map_err(wh_err)? else {
+        return fresh("no earlier run kept a state");
+    };
+    let path = run.files.join(", ");
+    if run.checks.len() != run.files.len() {
+        return Err(eth_damaged(&path, "its run records no checksums"));
+    }
+    let mut chunks: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    for (f, want) in run.files.iter().zip(&run.checks) {
+        wh.check_run_file(f, want)
+            .await
+            .map_err(|e| eth_damaged(f, e))?;
+        for b in wh.read_file(f).await.map_err(wh_err)? {
+            let (Some(part), Some(seq), Some(data)) = (
+                b.column_by_name("part")
+                    .and_then(|c| c.as_string_opt::<i32>()),
+                b.column_by_name("seq")
+                    .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+                b.column_by_name("data")
+                    .and_then(|c| c.as_binary_opt::<i32>()),
+            ) else {
+                return Err(eth_damaged(f, "not the state's columns"));
+            };
+            for i in 0..b.num_rows() {
+                if part.value(i) != "meta" {
+                    return Err(eth_damaged(f, format!("unknown part {}", part.value(i))));
+                }
+                if chunks
+                    .insert(seq.value(i), data.value(i).to_vec())
+                    .is_some()
+                {
+                    return Err(eth_damaged(f, format!("chunk {} twice", seq.value(i))));
+                }
+            }
+        }
+    }
+    if chunks.keys().copied().ne(0..chunks.len() as i64) {
+        return Err(eth_damaged(&path, "chunks missing"));
+    }
+    let bytes: Vec<u8> = chunks.into_values().flatten().collect();
+    let prev: EthStateMeta =
+        serde_json::from_slice(&bytes).map_err(|e| eth_damaged(&path, format!("meta: {e}")))?;
+    if prev.rules != now.rules {
+        return fresh("the rules differ from the last run's");
+    }
+    if prev.patterns != now.patterns {
+        return fresh("the patterns differ from the last run's");
+    }
+    if prev.labels_run != now.labels_run {
+        return fresh("the labels changed since the last run");
+    }
+    if prev.clusters_run != now.clusters_run {
+        return fresh("the clusters changed since the last run");
+    }
+    let hash = ferret_kernels::blocks::block_hash_in(wh, m, Chain::Eth, prev.tip_height)
+        .await
+        .map_err(kernel_err)?;
+    if hash.as_deref() != Some(prev.tip_hash.as_str()) || now.tip_height < prev.tip_height {
+        return fresh("the last run's block is no longer on the chain");
+    }
+    let mode = format!("incremental above block {}", prev.tip_height);
+    Ok((Some(prev), mode))
+}
+
+/// Writes the Ethereum state as a run file of its job (committed with the findings).
+async fn write_eth_state(
+    wh: &Warehouse,
+    state: &EthStateMeta,
+    run_id: &str,
+) -> Result<(String, ferret_schemas::warehouse::WrittenRunFile)> {
+    let json = serde_json::to_vec(state)
+        .map_err(|e| DataFusionError::Execution(format!("typologies state: {e}")))?;
+    let schema = state_schema();
+    let mut w = wh
+        .run_writer(ETH_STATE_JOB, run_id, schema.clone())
+        .map_err(wh_err)?;
+    for (i, chunk) in json.chunks(STATE_CHUNK).enumerate() {
+        w.write(&RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["meta"])) as Arc<dyn Array>,
+                Arc::new(Int64Array::from(vec![i as i64])),
+                Arc::new(datafusion::arrow::array::BinaryArray::from(vec![chunk])),
+            ],
+        )?)
+        .await
+        .map_err(wh_err)?;
+    }
+    let file = w.finish().await.map_err(wh_err)?;
+    Ok((ETH_STATE_JOB.to_string(), file))
 }
 
 /// The rows of a query, every column as text (NULL as None).
@@ -991,11 +1229,12 @@ fn median_of(mut xs: Vec<f64>) -> f64 {
 /// contract), within `phishing_max_delay` blocks. A spender draining at least
 /// `phishing_min_owners` owners is a finding. Routers and bridges pull in the owner's
 /// own transaction, which is what separates them.
-async fn approval_phishing(
+async fn phishing_rows(
     ctx: &SessionContext,
     rules: &EthRules,
-) -> Result<(Vec<Finding>, BTreeSet<String>)> {
-    let since = rules.since.unwrap_or(i64::MIN);
+    approvals_from: i64,
+    pulls_from: i64,
+) -> Result<Vec<Vec<Option<String>>>> {
     let sql = format!(
         "WITH appr AS (
             SELECT block_number AS approved_at, address AS token,
@@ -1004,14 +1243,14 @@ async fn approval_phishing(
                    encode(data, 'hex') AS amount_hex
             FROM eth.logs
             WHERE topic0 = '{APPROVAL_TOPIC}' AND topic1 IS NOT NULL AND topic2 IS NOT NULL
-              AND block_number >= {since}
+              AND block_number >= {approvals_from}
         ),
         pulls AS (
             SELECT tt.block_number, tt.transaction_hash, tt.token_address, tt.from_address,
                    tt.to_address, tt.value_string, t.from_address AS sender, t.to_address AS called
             FROM eth.token_transfers tt
             JOIN eth.transactions t ON t.transaction_hash = tt.transaction_hash
-            WHERE t.from_address <> tt.from_address AND tt.block_number >= {since}
+            WHERE t.from_address <> tt.from_address AND tt.block_number >= {pulls_from}
         )
         SELECT a.spender, a.owner, a.token, a.approved_at, a.amount_hex,
                p.block_number, p.transaction_hash, p.to_address, p.value_string
@@ -1019,11 +1258,27 @@ async fn approval_phishing(
           ON p.token_address = a.token AND p.from_address = a.owner
          AND (p.sender = a.spender OR p.called = a.spender)
         WHERE p.block_number >= a.approved_at
-          AND p.block_number - a.approved_at <= {delay}
-        ORDER BY a.spender, p.block_number, p.transaction_hash",
+          AND p.block_number - a.approved_at <= {delay}",
         delay = rules.phishing_max_delay
     );
-    let rows = text_rows(ctx, &sql).await?;
+    text_rows(ctx, &sql).await
+}
+
+/// Rows in one order whatever produced them: by `key` (then the block, a number, at
+/// `block`), then the whole row. Incremental and full runs judge the same rows alike.
+fn sort_rows(rows: &mut [Vec<Option<String>>], key: usize, block: usize, tx: usize) {
+    rows.sort_by(|a, b| {
+        (&a[key], int(&a[block]), &a[tx], a).cmp(&(&b[key], int(&b[block]), &b[tx], b))
+    });
+}
+
+/// Judges the approval-pull rows (`phishing_rows`): the findings, and every address the
+/// drains paid.
+fn judge_phishing(
+    rules: &EthRules,
+    mut rows: Vec<Vec<Option<String>>>,
+) -> (Vec<Finding>, BTreeSet<String>) {
+    sort_rows(&mut rows, 0, 5, 6);
     let mut by_spender: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
     for r in rows {
         let Some(s) = r[0].clone() else { continue };
@@ -1097,7 +1352,7 @@ async fn approval_phishing(
             features: f,
         });
     }
-    Ok((out, all_receivers))
+    (out, all_receivers)
 }
 
 /// Address poisoning: a zero or dust token transfer between a victim and an address
@@ -1106,15 +1361,18 @@ async fn approval_phishing(
 /// without being it. Either direction counts: `transferFrom(victim, look-alike, 0)` puts
 /// the look-alike in the victim's outgoing history; a dust payment from it, in the
 /// incoming. One finding per look-alike address.
-async fn address_poisoning(ctx: &SessionContext, rules: &EthRules) -> Result<Vec<Finding>> {
-    let since = rules.since.unwrap_or(i64::MIN);
+async fn poisoning_rows(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    from: i64,
+) -> Result<Vec<Vec<Option<String>>>> {
     let (k1, k2) = (rules.poison_prefix, rules.poison_suffix);
     let sql = format!(
         "WITH small AS (
             SELECT block_number, transaction_hash, token_address,
                    lower(from_address) AS a, lower(to_address) AS b
             FROM eth.token_transfers
-            WHERE (value IS NULL OR value <= {dust}) AND block_number >= {since}
+            WHERE (value IS NULL OR value <= {dust}) AND block_number >= {from}
         ),
         cand AS (
             SELECT block_number, transaction_hash, a AS victim, b AS lookalike FROM small
@@ -1124,7 +1382,8 @@ async fn address_poisoning(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
         paid AS (
             SELECT lower(from_address) AS v, lower(to_address) AS c,
                    min(block_number) AS first_paid, max(block_number) AS last_paid
-            FROM eth.transfers WHERE value > {dust}
+            FROM eth.transfers
+            WHERE value > {dust} AND lower(from_address) IN (SELECT victim FROM cand)
             GROUP BY 1, 2
         )
         SELECT x.lookalike, x.victim, p.c, x.block_number, x.transaction_hash, p.first_paid
@@ -1134,12 +1393,17 @@ async fn address_poisoning(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
          AND right(p.c, {k2}) = right(x.lookalike, {k2})
         WHERE p.c <> x.lookalike
           AND p.first_paid <= x.block_number
-          AND x.block_number - p.first_paid <= {delay}
-        ORDER BY x.lookalike, x.block_number, x.transaction_hash",
+          AND x.block_number - p.first_paid <= {delay}",
         dust = rules.poison_max_value,
         delay = rules.poison_max_delay
     );
-    let rows = text_rows(ctx, &sql).await?;
+    text_rows(ctx, &sql).await
+}
+
+/// Judges the poisoning rows (`poisoning_rows`): one finding per look-alike.
+fn judge_poisoning(rules: &EthRules, mut rows: Vec<Vec<Option<String>>>) -> Vec<Finding> {
+    let (k1, k2) = (rules.poison_prefix, rules.poison_suffix);
+    sort_rows(&mut rows, 0, 3, 4);
     let mut by_fake: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
     for r in rows {
         let Some(s) = r[0].clone() else { continue };
@@ -1205,7 +1469,7 @@ async fn address_poisoning(ctx: &SessionContext, rules: &EthRules) -> Result<Vec
             features: f,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Whether `value` (base units of a token with `decimals`) is a whole multiple of 100
@@ -1480,8 +1744,14 @@ async fn eth_victim_collection(
     ctx: &SessionContext,
     rules: &EthRules,
     services: &HashSet<String>,
+    only: Option<&str>,
 ) -> Result<Vec<Finding>> {
     let since = rules.since.unwrap_or(i64::MIN);
+    // An incremental run judges only the addresses the new blocks touched (`only`, a
+    // registered table of addresses).
+    let only = only
+        .map(|t| format!("AND address IN (SELECT address FROM {t})"))
+        .unwrap_or_default();
     let sql = format!(
         "WITH pay AS (
             SELECT lower(to_address) AS address, lower(from_address) AS payer, asset,
@@ -1502,7 +1772,7 @@ async fn eth_victim_collection(
         ),
         cand AS (
             SELECT address FROM grouped
-            WHERE address NOT IN (SELECT address FROM contracts)
+            WHERE address NOT IN (SELECT address FROM contracts) {only}
             GROUP BY address
             HAVING count(DISTINCT payer_group) >= {min}
         ),
