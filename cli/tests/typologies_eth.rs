@@ -568,3 +568,68 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
     assert!(err.contains("typologies_eth_state"), "{err}");
     run(&["--phishing-min-owners", "4", "--full"]);
 }
+
+/// A reorganisation below the last run's block: the next run starts over, says why, and
+/// equals a run over every block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ethereum_reorganisation_below_the_last_run_starts_over() {
+    let Some(node) = common::anvil(&[]).await else {
+        return;
+    };
+    let d = node.driver().await.expect("driver");
+    let a = d.accounts.clone();
+    let pay = |from: usize, to: usize, milli: u128| {
+        let d = &d;
+        let (f, t) = (a[from], a[to]);
+        async move {
+            d.exec(
+                f,
+                Some(t),
+                alloy::primitives::U256::from(milli * 1_000_000_000_000_000),
+                alloy::primitives::Bytes::new(),
+                None,
+            )
+            .await
+            .expect("pay")
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    let index_and_run = || {
+        ok(ferret(&[
+            "index",
+            "eth",
+            "--rpc",
+            node.url(),
+            "--warehouse",
+            &wh,
+        ]));
+        ok(ferret(&["typologies", "eth", "--warehouse", &wh]))
+    };
+    for (f, t, v) in [(0, 1, 900), (0, 2, 700), (1, 3, 400), (2, 9, 300)] {
+        pay(f, t, v).await; // blocks 1 to 4
+    }
+    let out = index_and_run();
+    assert!(out.contains("full: no earlier run kept a state"), "{out}");
+    let snap = d.snapshot().await.expect("snapshot");
+    for (f, t, v) in [(3, 4, 350), (4, 9, 300), (1, 5, 200)] {
+        pay(f, t, v).await; // blocks 5 to 7, dropped below
+    }
+    let out = index_and_run();
+    assert!(out.contains("incremental above block 4"), "{out}");
+    assert!(d.revert(snap).await.expect("revert"));
+    for (f, t, v) in [
+        (3, 6, 390),
+        (6, 9, 380),
+        (2, 7, 100),
+        (7, 8, 90),
+        (1, 9, 250),
+    ] {
+        pay(f, t, v).await; // blocks 5 to 9 of the final chain
+    }
+    let out = index_and_run();
+    assert!(out.contains("no longer on the chain"), "{out}");
+    let after = table(&wh).await;
+    ok(ferret(&["typologies", "eth", "--warehouse", &wh, "--full"]));
+    assert_eq!(after, table(&wh).await);
+}
