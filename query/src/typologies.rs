@@ -345,15 +345,20 @@ async fn write_state(
     let tip = m.tip.as_ref().ok_or_else(|| {
         DataFusionError::Plan("typologies: the Bitcoin manifest has no tip".into())
     })?;
-    let meta = StateMeta {
-        tip_height: tip.height,
-        tip_hash: tip.hash.clone(),
-        next_tx: m.next_tx_index,
-        labels_run: labels_run.clone(),
-        state: pass.state.clone(),
-    };
-    let json = serde_json::to_vec(&meta)
-        .map_err(|e| DataFusionError::Execution(format!("typologies state: {e}")))?;
+    // A `StateMeta`'s JSON, the pass's state spliced in as written (not parsed and
+    // copied again).
+    let head = serde_json::to_vec(&json!({
+        "tip_height": tip.height,
+        "tip_hash": tip.hash,
+        "next_tx": m.next_tx_index,
+        "labels_run": labels_run,
+    }))
+    .map_err(|e| DataFusionError::Execution(format!("typologies state: {e}")))?;
+    let mut json = Vec::with_capacity(head.len() + pass.state_json.len() + 16);
+    json.extend_from_slice(&head[..head.len() - 1]);
+    json.extend_from_slice(b",\"state\":");
+    json.extend_from_slice(&pass.state_json);
+    json.push(b'}');
     let schema = state_schema();
     let mut w = wh
         .run_writer(STATE_JOB, run_id, schema.clone())

@@ -211,8 +211,26 @@ pub struct ScanState {
     pub transactions: u64,
 }
 
-fn sorted<K: Ord + Copy, V: Clone>(m: &HashMap<K, V>) -> Vec<(K, V)> {
-    let mut v: Vec<(K, V)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
+/// [`ScanState`] borrowed from a running pass: serialises to the same JSON without
+/// copying the pass (which on a whole chain is most of the memory).
+#[derive(Serialize)]
+struct ScanStateView<'a> {
+    rules: String,
+    peel_open: Vec<(u64, &'a PeelChain)>,
+    pass_open: Vec<(u64, &'a Vec<PassStep>)>,
+    pass_done: &'a [Vec<PassStep>],
+    fan: Vec<(u64, &'a FanSource)>,
+    fan_done: &'a [(Vec<u64>, Finding)],
+    mix: Vec<(u64, &'a MixUse)>,
+    mixed: Vec<u64>,
+    findings: &'a [Finding],
+    last_sweep: i64,
+    last_tx: Option<u64>,
+    transactions: u64,
+}
+
+fn sorted<K: Ord + Copy, V>(m: &HashMap<K, V>) -> Vec<(K, &V)> {
+    let mut v: Vec<(K, &V)> = m.iter().map(|(k, v)| (*k, v)).collect();
     v.sort_by_key(|e| e.0);
     v
 }
@@ -340,28 +358,27 @@ impl Scan {
         })
     }
 
-    /// The state to go on from later, and the two counters (received, spent).
-    pub fn state(&self) -> (ScanState, &[u8], &[u8]) {
+    /// The state to go on from later, as the JSON of a [`ScanState`] (the two counters
+    /// travel apart, as bytes).
+    pub fn state_json(&self) -> Result<Vec<u8>> {
         let mut mixed: Vec<u64> = self.mixed.iter().copied().collect();
         mixed.sort_unstable();
-        (
-            ScanState {
-                rules: format!("{:?}", self.rules),
-                peel_open: sorted(&self.peel_open),
-                pass_open: sorted(&self.pass_open),
-                pass_done: self.pass_done.clone(),
-                fan: sorted(&self.fan),
-                fan_done: self.fan_done.clone(),
-                mix: sorted(&self.mix),
-                mixed,
-                findings: self.findings.clone(),
-                last_sweep: self.last_sweep,
-                last_tx: self.last_tx,
-                transactions: self.transactions,
-            },
-            &self.received,
-            &self.spent,
-        )
+        let view = ScanStateView {
+            rules: format!("{:?}", self.rules),
+            peel_open: sorted(&self.peel_open),
+            pass_open: sorted(&self.pass_open),
+            pass_done: &self.pass_done,
+            fan: sorted(&self.fan),
+            fan_done: &self.fan_done,
+            mix: sorted(&self.mix),
+            mixed,
+            findings: &self.findings,
+            last_sweep: self.last_sweep,
+            last_tx: self.last_tx,
+            transactions: self.transactions,
+        };
+        serde_json::to_vec(&view)
+            .map_err(|e| Error::BadGraph(format!("typologies: writing the state: {e}")))
     }
 
     /// Reads one transaction (the next in chain order).
@@ -952,7 +969,13 @@ impl Scan {
 
     /// Closes everything still open and returns the findings, in pattern order, then by
     /// first height and address.
-    pub fn finish(mut self) -> Vec<Finding> {
+    pub fn finish(self) -> Vec<Finding> {
+        self.finish_with_counters().0
+    }
+
+    /// [`Scan::finish`], handing back the two counters (kept for the next run) instead
+    /// of dropping them.
+    pub fn finish_with_counters(mut self) -> (Vec<Finding>, Vec<u8>, Vec<u8>) {
         for (_, c) in std::mem::take(&mut self.peel_open) {
             self.close_peel(c);
         }
@@ -997,7 +1020,7 @@ impl Scan {
                 &b.txids,
             ))
         });
-        out
+        (out, self.received, self.spent)
     }
 }
 
@@ -1058,8 +1081,8 @@ pub struct BtcPass {
     pub findings: Vec<Finding>,
     /// Transactions this run read (the new ones, when it went on from a state).
     pub read: u64,
-    /// The state to go on from next time, and the counters.
-    pub state: ScanState,
+    /// The state to go on from next time ([`ScanState`] as JSON), and the counters.
+    pub state_json: Vec<u8>,
     pub received: Vec<u8>,
     pub spent: Vec<u8>,
 }
@@ -1086,9 +1109,10 @@ pub async fn scan_btc(
     let before = scan.transactions;
     crate::txstream::for_each_tx_from(wh, m, from_tx, true, "typologies", |tx| scan.tx(tx)).await?;
     let read = scan.transactions - before;
-    let (state, received, spent) = scan.state();
-    let (received, spent) = (received.to_vec(), spent.to_vec());
-    let mut found = scan.finish();
+    // The state is written out before the pass is closed: the two are the same memory,
+    // and copying one to keep beside the other would double it.
+    let state_json = scan.state_json()?;
+    let (mut found, received, spent) = scan.finish_with_counters();
     let ids: HashSet<u64> = found.iter().filter_map(|f| f.address_id).collect();
     let names = address_names(wh, m, &ids).await?;
     for f in &mut found {
@@ -1102,7 +1126,7 @@ pub async fn scan_btc(
     Ok(BtcPass {
         findings: found,
         read,
-        state,
+        state_json,
         received,
         spent,
     })
