@@ -1622,7 +1622,9 @@ async fn typology_alerts(
     let wanted: HashSet<&str> = case.alerts.typologies.iter().map(String::as_str).collect();
     let batches = wh.read_latest("typologies").await?;
     // Findings the case does not touch may still pay it: a collection address that later
-    // pays a member of a seed's cluster.
+    // pays a member of a seed's cluster. Not a poisoner's look-alike (paying dust to
+    // victims is what it does) nor a CoinJoin user (a mix pays everyone in it); nor a
+    // finding alerted before.
     let mut untouched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for b in &batches {
         let (Some(p), Some(ch), Some(a)) = (
@@ -1640,9 +1642,17 @@ async fn typology_alerts(
             continue;
         };
         for i in 0..b.num_rows() {
-            if p.is_valid(i) && ch.is_valid(i) && a.is_valid(i) && wanted.contains(p.value(i)) {
+            if p.is_valid(i)
+                && ch.is_valid(i)
+                && a.is_valid(i)
+                && wanted.contains(p.value(i))
+                && !matches!(p.value(i), "address_poisoning" | "coinjoin")
+            {
                 let (chain, addr) = (ch.value(i), norm(ch.value(i), a.value(i)));
-                if !touched.contains_key(&(chain.to_string(), addr.clone())) {
+                let key = (chain.to_string(), addr.clone(), p.value(i).to_string());
+                if !touched.contains_key(&(chain.to_string(), addr.clone()))
+                    && !prev.is_some_and(|x| x.typed.contains(&key))
+                {
                     untouched.entry(chain.to_string()).or_default().insert(addr);
                 }
             }
@@ -1753,7 +1763,9 @@ async fn typology_alerts(
 
 /// Which of `payers` paid one of `members` on `chain`, each with the first such
 /// transaction (in chain order). Bitcoin: a transaction spending a payer's output with an
-/// output to a member; Ethereum: a transfer of ETH or a token, more than zero.
+/// output to a member; Ethereum: a transfer of ETH or a token of more than 1,000 base
+/// units (dust is what poisoners send) in a transaction the payer sent (a token contract
+/// can log a `Transfer` from anyone).
 async fn payments_to(
     wh: &Warehouse,
     chain: &str,
@@ -1788,7 +1800,9 @@ async fn payments_to(
         FROM eth.transfers t
         JOIN alert_payers p ON p.address = lower(t.from_address)
         JOIN alert_members m ON m.address = lower(t.to_address)
-        WHERE t.value > 0 AND lower(t.to_address) <> lower(t.from_address)
+        JOIN eth.transactions x ON x.transaction_hash = t.transaction_hash
+                               AND lower(x.from_address) = lower(t.from_address)
+        WHERE t.value > 1000 AND lower(t.to_address) <> lower(t.from_address)
         GROUP BY 1"
     };
     let batches = ctx.sql(sql).await?.collect().await?;

@@ -897,6 +897,7 @@ pub async fn run_eth(
     names.sort();
     names.dedup();
     let keyed = EthStateMeta {
+        format: ETH_STATE_FORMAT,
         tip_height: tip.height,
         tip_hash: tip.hash.clone(),
         rules: format!("{rules:?}"),
@@ -906,10 +907,14 @@ pub async fn run_eth(
         phishing: Vec::new(),
         poisoning: Vec::new(),
         collection: Vec::new(),
+        collection_amounts: Vec::new(),
     };
     let (prev, mode) = eth_resume(wh, &m, &keyed, full).await?;
     let ctx = crate::session(wh).await?;
     let since = rules.since.unwrap_or(i64::MIN);
+    // Every query stops at the tip read above (the state records it), whatever the
+    // indexer commits meanwhile.
+    let upto = i64::try_from(tip.height).unwrap_or(i64::MAX);
     // Blocks this run reads for the windowed patterns: all of them, or those above the
     // last run's.
     let from = prev
@@ -935,6 +940,7 @@ pub async fn run_eth(
                 rules,
                 since.max(from.saturating_sub(rules.phishing_max_delay)),
                 from,
+                upto,
             )
             .await?,
         );
@@ -950,25 +956,29 @@ pub async fn run_eth(
             .as_ref()
             .map(|p| p.poisoning.clone())
             .unwrap_or_default();
-        rows.extend(poisoning_rows(&ctx, rules, from).await?);
+        rows.extend(poisoning_rows(&ctx, rules, from, upto).await?);
         findings.extend(judge_poisoning(rules, rows.clone()));
         state.poisoning = rows;
     }
     if wanted(Pattern::VictimCollection) || swaps {
         let mut found = match &prev {
-            None => eth_victim_collection(&ctx, rules, &services, None).await?,
+            None => eth_victim_collection(&ctx, rules, &services, None, upto).await?,
             Some(p) => {
                 // Only the addresses the new blocks touch (paid, paying, or made
                 // contracts) can change; the others' findings stand.
                 let touched = text_rows(
                     &ctx,
                     &format!(
-                        "SELECT lower(to_address) FROM eth.transfers WHERE block_number > {t}
-                         UNION SELECT lower(from_address) FROM eth.transfers WHERE block_number > {t}
+                        "SELECT lower(to_address) FROM eth.transfers
+                               WHERE block_number > {t} AND block_number <= {upto}
+                         UNION SELECT lower(from_address) FROM eth.transfers
+                               WHERE block_number > {t} AND block_number <= {upto}
                          UNION SELECT lower(contract_address) FROM eth.transactions
-                               WHERE block_number > {t} AND contract_address IS NOT NULL
+                               WHERE block_number > {t} AND block_number <= {upto}
+                                 AND contract_address IS NOT NULL
                          UNION SELECT lower(to_address) FROM eth.traces
-                               WHERE block_number > {t} AND call_type IN ('create', 'create2')
+                               WHERE block_number > {t} AND block_number <= {upto}
+                                 AND call_type IN ('create', 'create2')
                                  AND to_address IS NOT NULL",
                         t = p.tip_height
                     ),
@@ -996,13 +1006,14 @@ pub async fn run_eth(
                         ))],
                     )?,
                 )?;
-                let fresh = eth_victim_collection(&ctx, rules, &services, Some(table)).await;
+                let fresh = eth_victim_collection(&ctx, rules, &services, Some(table), upto).await;
                 ctx.deregister_table(table)?;
                 found.extend(fresh?);
                 found
             }
         };
         found.sort_by(|a, b| a.address.cmp(&b.address));
+        state.collection_amounts = found.iter().map(|f| f.amount.to_bits()).collect();
         state.collection = found.clone();
         findings.extend(found);
     }
@@ -1016,7 +1027,7 @@ pub async fn run_eth(
         for r in receivers {
             sources.entry(r).or_insert(Pattern::ApprovalPhishing.name());
         }
-        let found = stablecoin_swaps(&ctx, rules, &sources, &services).await?;
+        let found = stablecoin_swaps(&ctx, rules, &sources, &services, upto).await?;
         findings.retain(|f| wanted(f.pattern));
         findings.extend(found);
     }
@@ -1061,6 +1072,9 @@ const ETH_STATE_JOB: &str = "typologies_eth_state";
 /// rows and findings of the patterns the next run goes on from.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct EthStateMeta {
+    /// [`ETH_STATE_FORMAT`] when written; another is started over from.
+    #[serde(default)]
+    format: u32,
     tip_height: u64,
     tip_hash: String,
     rules: String,
@@ -1073,7 +1087,14 @@ struct EthStateMeta {
     poisoning: Vec<Vec<Option<String>>>,
     /// Victim collection: the findings (before `--pattern` keeps some).
     collection: Vec<Finding>,
+    /// Their amounts' bits: JSON numbers need not read back to the same f64.
+    #[serde(default)]
+    collection_amounts: Vec<u64>,
 }
+
+/// The layout of [`EthStateMeta`] and of the rows it keeps (the columns of
+/// `phishing_rows` and `poisoning_rows`): changed with either.
+const ETH_STATE_FORMAT: u32 = 1;
 
 async fn latest_run_id(wh: &Warehouse, job: &str) -> Result<Option<String>> {
     Ok(wh.latest_run(job).await.map_err(wh_err)?.map(|r| r.run_id))
@@ -1137,8 +1158,17 @@ async fn eth_resume(
         return Err(eth_damaged(&path, "chunks missing"));
     }
     let bytes: Vec<u8> = chunks.into_values().flatten().collect();
-    let prev: EthStateMeta =
+    let mut prev: EthStateMeta =
         serde_json::from_slice(&bytes).map_err(|e| eth_damaged(&path, format!("meta: {e}")))?;
+    if prev.format != ETH_STATE_FORMAT {
+        return fresh("the last run's state has another format");
+    }
+    if prev.collection_amounts.len() != prev.collection.len() {
+        return Err(eth_damaged(&path, "collection amounts missing"));
+    }
+    for (f, bits) in prev.collection.iter_mut().zip(&prev.collection_amounts) {
+        f.amount = f64::from_bits(*bits);
+    }
     if prev.rules != now.rules {
         return fresh("the rules differ from the last run's");
     }
@@ -1239,6 +1269,7 @@ async fn phishing_rows(
     rules: &EthRules,
     approvals_from: i64,
     pulls_from: i64,
+    upto: i64,
 ) -> Result<Vec<Vec<Option<String>>>> {
     let sql = format!(
         "WITH appr AS (
@@ -1248,7 +1279,7 @@ async fn phishing_rows(
                    encode(data, 'hex') AS amount_hex
             FROM eth.logs
             WHERE topic0 = '{APPROVAL_TOPIC}' AND topic1 IS NOT NULL AND topic2 IS NOT NULL
-              AND block_number >= {approvals_from}
+              AND block_number >= {approvals_from} AND block_number <= {upto}
         ),
         pulls AS (
             SELECT tt.block_number, tt.transaction_hash, tt.token_address, tt.from_address,
@@ -1256,6 +1287,7 @@ async fn phishing_rows(
             FROM eth.token_transfers tt
             JOIN eth.transactions t ON t.transaction_hash = tt.transaction_hash
             WHERE t.from_address <> tt.from_address AND tt.block_number >= {pulls_from}
+              AND tt.block_number <= {upto}
         )
         SELECT a.spender, a.owner, a.token, a.approved_at, a.amount_hex,
                p.block_number, p.transaction_hash, p.to_address, p.value_string
@@ -1370,6 +1402,7 @@ async fn poisoning_rows(
     ctx: &SessionContext,
     rules: &EthRules,
     from: i64,
+    upto: i64,
 ) -> Result<Vec<Vec<Option<String>>>> {
     let (k1, k2) = (rules.poison_prefix, rules.poison_suffix);
     let sql = format!(
@@ -1378,6 +1411,7 @@ async fn poisoning_rows(
                    lower(from_address) AS a, lower(to_address) AS b
             FROM eth.token_transfers
             WHERE (value IS NULL OR value <= {dust}) AND block_number >= {from}
+              AND block_number <= {upto}
         ),
         cand AS (
             SELECT block_number, transaction_hash, a AS victim, b AS lookalike FROM small
@@ -1389,6 +1423,7 @@ async fn poisoning_rows(
                    min(block_number) AS first_paid, max(block_number) AS last_paid
             FROM eth.transfers
             WHERE value > {dust} AND lower(from_address) IN (SELECT victim FROM cand)
+              AND block_number <= {upto}
             GROUP BY 1, 2
         )
         SELECT x.lookalike, x.victim, p.c, x.block_number, x.transaction_hash, p.first_paid
@@ -1489,19 +1524,54 @@ fn round_sum(value: &str, decimals: u32) -> bool {
     matches!(unit, Some(u) if v > 0 && v % u == 0)
 }
 
-/// Swaps of scam money into stablecoins. A *swap into a stablecoin* is a stablecoin
-/// transfer sent by a pool (an address emitting Uniswap V2's or V3's `Swap` in the same
-/// transaction) to an address that is no pool of that transaction (a multi-hop route's
-/// middle leg is not one). The *swapper* is the transaction's sender. A swap is scam
-/// money's when the swapper is itself a finding of this run (a collection address, a
-/// phishing spender or a receiver of its drains, a poisoner's look-alike), or was paid
-/// by one within `swap_max_delay` blocks before the swap. One finding per swapper;
-/// labelled services are none.
+/// Mainnet WETH: ETH enters pools wrapped, so a payment in ETH and a swap of WETH are
+/// one asset.
+const WETH: &str = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2";
+
+/// The contracts created up to block `upto` (SQL: one `address` column).
+fn contracts_sql(upto: i64) -> String {
+    format!(
+        "SELECT lower(contract_address) AS address FROM eth.transactions
+         WHERE contract_address IS NOT NULL AND block_number <= {upto}
+         UNION
+         SELECT lower(to_address) AS address FROM eth.traces
+         WHERE call_type IN ('create', 'create2') AND to_address IS NOT NULL
+           AND block_number <= {upto}"
+    )
+}
+
+/// A table of addresses registered for a query, dropped when done.
+fn address_table(v: impl IntoIterator<Item = String>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "address",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(StringArray::from(
+            v.into_iter().collect::<Vec<_>>(),
+        ))],
+    )?)
+}
+
+/// Swaps of scam money into stablecoins.
+///
+/// A *purchase* is, per transaction and stablecoin, what left the transaction's pools
+/// (addresses emitting Uniswap V2's or V3's `Swap` in it) less what went back into them:
+/// the middle leg of a route (pool to pool, or pool to router to pool) nets to nothing.
+/// The *swapper* is the transaction's sender. A purchase is scam money's when the
+/// swapper is itself a *source* (a finding address of this run: collection address,
+/// phishing spender or receiver of its drains, poisoner's look-alike; no pool, contract
+/// or labelled service), or a source paid it more than dust, in an asset that this
+/// swap put into the pools (ETH and WETH as one), in an earlier transaction at most
+/// `swap_max_delay` blocks before. One finding per swapper; labelled services are none.
+/// Only blocks up to `upto` are read.
 async fn stablecoin_swaps(
     ctx: &SessionContext,
     rules: &EthRules,
     sources: &BTreeMap<String, &'static str>,
     services: &HashSet<String>,
+    upto: i64,
 ) -> Result<Vec<Finding>> {
     if rules.stablecoins.is_empty() || sources.is_empty() {
         return Ok(Vec::new());
@@ -1517,156 +1587,215 @@ async fn stablecoin_swaps(
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
-        "WITH pools AS (
-            SELECT DISTINCT transaction_hash, lower(address) AS pool FROM eth.logs
-            WHERE topic0 IN ('{SWAP_V2_TOPIC}', '{SWAP_V3_TOPIC}') AND block_number >= {since}
-        ),
-        outs AS (
-            SELECT tt.block_number, tt.transaction_hash, lower(tt.token_address) AS token,
-                   lower(tt.to_address) AS recipient, tt.value_string, p.pool
-            FROM eth.token_transfers tt
-            JOIN pools p ON p.transaction_hash = tt.transaction_hash
-                        AND p.pool = lower(tt.from_address)
-            LEFT JOIN pools q ON q.transaction_hash = tt.transaction_hash
-                             AND q.pool = lower(tt.to_address)
-            WHERE lower(tt.token_address) IN ({list}) AND tt.block_number >= {since}
-              AND q.pool IS NULL
-        ),
-        ins AS (
-            SELECT DISTINCT tr.transaction_hash, tr.asset
-            FROM eth.transfers tr
-            JOIN pools p ON p.transaction_hash = tr.transaction_hash
-                        AND p.pool = lower(tr.to_address)
-            WHERE tr.block_number >= {since}
+    let topics = format!("'{SWAP_V2_TOPIC}', '{SWAP_V3_TOPIC}'");
+    let (src_t, swp_t) = ("typology_swap_sources", "typology_swappers");
+    ctx.register_batch(
+        src_t,
+        address_table(sources.keys().filter(|a| !services.contains(*a)).cloned())?,
+    )?;
+    let result = async {
+        // The sources that are no pool or contract, and what they paid whom.
+        let valid: BTreeSet<String> = text_rows(
+            ctx,
+            &format!(
+                "SELECT address FROM {src_t}
+                 WHERE address NOT IN (SELECT lower(address) FROM eth.logs
+                                       WHERE topic0 IN ({topics}) AND block_number <= {upto})
+                   AND address NOT IN ({contracts})",
+                contracts = contracts_sql(upto)
+            ),
         )
-        SELECT 'out', lower(t.from_address), o.block_number, o.transaction_hash, o.token,
-               o.recipient, o.value_string, o.pool
-        FROM outs o JOIN eth.transactions t ON t.transaction_hash = o.transaction_hash
-        UNION ALL
-        SELECT 'in', NULL, NULL, i.transaction_hash, i.asset, NULL, NULL, NULL
-        FROM ins i JOIN (SELECT DISTINCT transaction_hash FROM outs) d
-          ON d.transaction_hash = i.transaction_hash"
-    );
-    let rows = text_rows(ctx, &sql).await?;
-    struct Swap {
+        .await?
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect();
+        if valid.is_empty() {
+            return Ok(None);
+        }
+        ctx.deregister_table(src_t)?;
+        ctx.register_batch(src_t, address_table(valid.iter().cloned())?)?;
+        let paid = text_rows(
+            ctx,
+            &format!(
+                "SELECT lower(tr.to_address), lower(tr.from_address), tr.block_number,
+                        tr.transaction_index,
+                        CASE WHEN lower(tr.asset) = '{WETH}' THEN 'ETH' ELSE lower(tr.asset) END
+                 FROM eth.transfers tr JOIN {src_t} s ON s.address = lower(tr.from_address)
+                 WHERE tr.value > {dust} AND tr.block_number <= {upto}
+                   AND lower(tr.to_address) <> lower(tr.from_address)",
+                dust = rules.poison_max_value
+            ),
+        )
+        .await?;
+        // Per swapper: (block, index, source, asset) of each payment from a source.
+        let mut paid_by: HashMap<String, Vec<(i64, i64, String, String)>> = HashMap::new();
+        for r in paid {
+            if let (Some(to), Some(from)) = (r[0].clone(), r[1].clone()) {
+                paid_by.entry(to).or_default().push((
+                    int(&r[2]),
+                    int(&r[3]),
+                    from,
+                    r[4].clone().unwrap_or_default(),
+                ));
+            }
+        }
+        let swappers: BTreeSet<String> = valid
+            .iter()
+            .cloned()
+            .chain(paid_by.keys().cloned())
+            .collect();
+        ctx.register_batch(
+            swp_t,
+            address_table(swappers.into_iter().filter(|a| !services.contains(a)))?,
+        )?;
+        // The swappers' transactions with a swap: their stablecoin legs touching a pool,
+        // and what went into the pools.
+        let rows = text_rows(
+            ctx,
+            &format!(
+                "WITH pools AS (
+                    SELECT DISTINCT transaction_hash, lower(address) AS pool FROM eth.logs
+                    WHERE topic0 IN ({topics}) AND block_number >= {since}
+                      AND block_number <= {upto}
+                ),
+                txs AS (
+                    SELECT t.transaction_hash, lower(t.from_address) AS sender, t.block_number,
+                           t.transaction_index
+                    FROM eth.transactions t JOIN {swp_t} w ON w.address = lower(t.from_address)
+                    WHERE t.block_number >= {since} AND t.block_number <= {upto}
+                      AND t.transaction_hash IN (SELECT transaction_hash FROM pools)
+                )
+                SELECT 'leg', x.sender, x.block_number, x.transaction_index, x.transaction_hash,
+                       lower(tt.token_address), lower(tt.from_address), lower(tt.to_address),
+                       tt.value_string, p1.pool IS NOT NULL, p2.pool IS NOT NULL
+                FROM txs x
+                JOIN eth.token_transfers tt ON tt.transaction_hash = x.transaction_hash
+                LEFT JOIN pools p1 ON p1.transaction_hash = tt.transaction_hash
+                                  AND p1.pool = lower(tt.from_address)
+                LEFT JOIN pools p2 ON p2.transaction_hash = tt.transaction_hash
+                                  AND p2.pool = lower(tt.to_address)
+                WHERE lower(tt.token_address) IN ({list})
+                  AND (p1.pool IS NOT NULL OR p2.pool IS NOT NULL)
+                UNION ALL
+                SELECT DISTINCT 'in', NULL, NULL, NULL, x.transaction_hash,
+                       CASE WHEN lower(tr.asset) = '{WETH}' THEN 'ETH' ELSE lower(tr.asset) END,
+                       NULL, NULL, NULL, NULL, NULL
+                FROM txs x
+                JOIN eth.transfers tr ON tr.transaction_hash = x.transaction_hash
+                JOIN pools p ON p.transaction_hash = tr.transaction_hash
+                            AND p.pool = lower(tr.to_address)"
+            ),
+        )
+        .await?;
+        Ok::<_, DataFusionError>(Some((valid, paid_by, rows)))
+    }
+    .await;
+    let _ = ctx.deregister_table(src_t);
+    let _ = ctx.deregister_table(swp_t);
+    let Some((valid, paid_by, rows)) = result? else {
+        return Ok(Vec::new());
+    };
+    // Per (transaction, stablecoin): out of the pools, back into them, who got it, from
+    // which pools.
+    #[derive(Default)]
+    struct Leg {
         swapper: String,
         height: i64,
-        tx: String,
-        token: String,
-        recipient: String,
-        value: String,
-        pool: String,
+        index: i64,
+        out: u128,
+        back: u128,
+        recipients: BTreeSet<String>,
+        pools: BTreeSet<String>,
     }
-    let mut swaps = Vec::new();
+    let mut legs: BTreeMap<(String, String), Leg> = BTreeMap::new();
     let mut assets_in: HashMap<String, BTreeSet<String>> = HashMap::new();
     for r in rows {
-        let tx = r[3].clone().unwrap_or_default();
+        let tx = r[4].clone().unwrap_or_default();
         if r[0].as_deref() == Some("in") {
             assets_in
                 .entry(tx)
                 .or_default()
-                .insert(r[4].clone().unwrap_or_default().to_lowercase());
+                .insert(r[5].clone().unwrap_or_default());
             continue;
         }
-        let Some(swapper) = r[1].clone() else {
+        let token = r[5].clone().unwrap_or_default();
+        let l = legs.entry((tx, token)).or_default();
+        l.swapper = r[1].clone().unwrap_or_default();
+        l.height = int(&r[2]);
+        l.index = int(&r[3]);
+        let v = r[8]
+            .as_deref()
+            .and_then(|v| v.parse::<u128>().ok())
+            .unwrap_or(0);
+        let (from_pool, to_pool) = (
+            r[9].as_deref() == Some("true"),
+            r[10].as_deref() == Some("true"),
+        );
+        if from_pool && !to_pool {
+            l.out = l.out.saturating_add(v);
+            l.recipients.insert(r[7].clone().unwrap_or_default());
+            l.pools.insert(r[6].clone().unwrap_or_default());
+        } else if to_pool && !from_pool {
+            l.back = l.back.saturating_add(v);
+        }
+    }
+    struct Swap {
+        tx: String,
+        token: String,
+        height: i64,
+        bought: u128,
+        leg: Leg,
+        source: String,
+        delay: i64,
+    }
+    let mut by: BTreeMap<String, Vec<Swap>> = BTreeMap::new();
+    for ((tx, token), leg) in legs {
+        let Some(bought) = leg.out.checked_sub(leg.back).filter(|v| *v > 0) else {
             continue;
         };
-        if services.contains(&swapper) {
-            continue;
-        }
-        swaps.push(Swap {
-            swapper,
-            height: int(&r[2]),
-            tx,
-            token: r[4].clone().unwrap_or_default(),
-            recipient: r[5].clone().unwrap_or_default(),
-            value: r[6].clone().unwrap_or_default(),
-            pool: r[7].clone().unwrap_or_default(),
-        });
-    }
-    if swaps.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Payments from the sources to the swappers: a registered table of the sources keeps
-    // the join in the engine.
-    let src = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "address",
-            DataType::Utf8,
-            false,
-        )])),
-        vec![Arc::new(StringArray::from(
-            sources.keys().cloned().collect::<Vec<_>>(),
-        ))],
-    )?;
-    let swappers = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "address",
-            DataType::Utf8,
-            false,
-        )])),
-        vec![Arc::new(StringArray::from(
-            swaps
-                .iter()
-                .map(|s| s.swapper.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>(),
-        ))],
-    )?;
-    let (src_name, swapper_name) = ("typology_swap_sources", "typology_swappers");
-    ctx.register_batch(src_name, src)?;
-    ctx.register_batch(swapper_name, swappers)?;
-    let paid = text_rows(
-        ctx,
-        &format!(
-            "SELECT lower(tr.to_address), lower(tr.from_address), tr.block_number
-             FROM eth.transfers tr
-             JOIN {src_name} s ON s.address = lower(tr.from_address)
-             JOIN {swapper_name} w ON w.address = lower(tr.to_address)
-             WHERE tr.value > 0"
-        ),
-    )
-    .await;
-    ctx.deregister_table(src_name)?;
-    ctx.deregister_table(swapper_name)?;
-    // Per swapper, when each source paid it.
-    let mut paid_by: HashMap<String, Vec<(i64, String)>> = HashMap::new();
-    for r in paid? {
-        if let (Some(to), Some(from)) = (r[0].clone(), r[1].clone()) {
-            paid_by.entry(to).or_default().push((int(&r[2]), from));
-        }
-    }
-    // Each swap of scam money: the source it is linked to and the delay.
-    let mut by: BTreeMap<String, Vec<(&Swap, String, i64)>> = BTreeMap::new();
-    for s in &swaps {
-        let link = if sources.contains_key(&s.swapper) {
-            Some((s.swapper.clone(), 0))
+        let s = &leg.swapper;
+        let link = if valid.contains(s) {
+            Some((s.clone(), 0))
         } else {
-            paid_by.get(&s.swapper).and_then(|p| {
+            let put_in = assets_in.get(&tx);
+            paid_by.get(s).and_then(|p| {
                 p.iter()
-                    .filter(|(h, _)| *h <= s.height && s.height - *h <= rules.swap_max_delay)
-                    .max_by_key(|(h, from)| (*h, std::cmp::Reverse(from.clone())))
-                    .map(|(h, from)| (from.clone(), s.height - h))
+                    .filter(|(h, i, _, asset)| {
+                        (*h, *i) < (leg.height, leg.index)
+                            && leg.height - *h <= rules.swap_max_delay
+                            && put_in.is_some_and(|a| a.contains(asset))
+                    })
+                    .max_by(|a, b| (a.0, a.1, &b.2).cmp(&(b.0, b.1, &a.2)))
+                    .map(|(h, _, from, _)| (from.clone(), leg.height - h))
             })
         };
         if let Some((source, delay)) = link {
-            by.entry(s.swapper.clone())
-                .or_default()
-                .push((s, source, delay));
+            by.entry(s.clone()).or_default().push(Swap {
+                tx,
+                token,
+                height: leg.height,
+                bought,
+                leg,
+                source,
+                delay,
+            });
         }
     }
     let mut out = Vec::new();
     for (swapper, mut list) in by {
-        list.sort_by(|a, b| (a.0.height, &a.0.tx).cmp(&(b.0.height, &b.0.tx)));
+        list.sort_by(|a, b| {
+            (a.height, a.leg.index, &a.tx, &a.token).cmp(&(b.height, b.leg.index, &b.tx, &b.token))
+        });
         let mut per_token: BTreeMap<&str, (u128, usize)> = BTreeMap::new();
         let mut round = 0usize;
-        for (s, _, _) in &list {
+        for s in &list {
             let e = per_token.entry(s.token.as_str()).or_default();
-            e.0 = e.0.saturating_add(s.value.parse::<u128>().unwrap_or(0));
+            e.0 = e.0.saturating_add(s.bought);
             e.1 += 1;
-            if round_sum(&s.value, decimals.get(&s.token).copied().unwrap_or(6)) {
+            if round_sum(
+                &s.bought.to_string(),
+                decimals.get(&s.token).copied().unwrap_or(6),
+            ) {
                 round += 1;
             }
         }
@@ -1675,23 +1804,28 @@ async fn stablecoin_swaps(
             .max_by_key(|(_, v)| v.1)
             .map(|(k, v)| (k.to_string(), *v))
             .unwrap_or_default();
-        let n = list.len();
-        let round_share = round as f64 / n as f64;
         let mut txids: Vec<String> = Vec::new();
-        for (s, _, _) in &list {
-            if txids.last() != Some(&s.tx) {
+        for s in &list {
+            if !txids.contains(&s.tx) {
                 txids.push(s.tx.clone());
             }
         }
+        let n = txids.len();
+        let round_share = round as f64 / list.len() as f64;
         let srcs: BTreeMap<&str, &str> = list
             .iter()
-            .map(|(_, src, _)| (src.as_str(), sources.get(src).copied().unwrap_or("")))
+            .map(|s| {
+                (
+                    s.source.as_str(),
+                    sources.get(&s.source).copied().unwrap_or(""),
+                )
+            })
             .collect();
-        let delays: Vec<f64> = list.iter().map(|l| l.2 as f64).collect();
-        let own = list.iter().filter(|l| l.1 == swapper).count();
+        let delays: Vec<f64> = list.iter().map(|s| s.delay as f64).collect();
+        let own = list.iter().filter(|s| s.source == swapper).count();
         let assets: BTreeSet<&str> = list
             .iter()
-            .filter_map(|(s, _, _)| assets_in.get(&s.tx))
+            .filter_map(|s| assets_in.get(&s.tx))
             .flatten()
             .map(String::as_str)
             .collect();
@@ -1718,21 +1852,25 @@ async fn stablecoin_swaps(
             "pools".into(),
             json!(
                 list.iter()
-                    .map(|l| l.0.pool.as_str())
+                    .flat_map(|s| s.leg.pools.iter().map(String::as_str))
                     .collect::<BTreeSet<_>>()
             ),
         );
         f.insert(
             "paid_to_others".into(),
-            json!(list.iter().filter(|l| l.0.recipient != swapper).count()),
+            json!(
+                list.iter()
+                    .filter(|s| s.leg.recipients.iter().any(|r| r != &swapper))
+                    .count()
+            ),
         );
         out.push(Finding {
             pattern: Pattern::StablecoinSwap,
             address_id: None,
             address: Some(swapper),
             txids,
-            first_height: list.first().map(|l| l.0.height).unwrap_or(0),
-            last_height: list.last().map(|l| l.0.height).unwrap_or(0),
+            first_height: list.first().map(|s| s.height).unwrap_or(0),
+            last_height: list.last().map(|s| s.height).unwrap_or(0),
             amount: main_total as f64,
             score: r4(score),
             features: f,
@@ -1750,6 +1888,7 @@ async fn eth_victim_collection(
     rules: &EthRules,
     services: &HashSet<String>,
     only: Option<&str>,
+    upto: i64,
 ) -> Result<Vec<Finding>> {
     let since = rules.since.unwrap_or(i64::MIN);
     // An incremental run judges only the addresses the new blocks touched (`only`, a
@@ -1763,18 +1902,13 @@ async fn eth_victim_collection(
                    CAST(value AS DOUBLE) AS v, block_number, transaction_hash
             FROM eth.transfers
             WHERE value > 0 AND from_address <> to_address AND block_number >= {since}
+              AND block_number <= {upto}
         ),
         grouped AS (
             SELECT pay.*, coalesce(CAST(c.cluster_id AS VARCHAR), pay.payer) AS payer_group
             FROM pay LEFT JOIN eth_clusters c ON lower(c.address) = pay.payer
         ),
-        contracts AS (
-            SELECT lower(contract_address) AS address FROM eth.transactions
-            WHERE contract_address IS NOT NULL
-            UNION
-            SELECT lower(to_address) AS address FROM eth.traces
-            WHERE call_type IN ('create', 'create2') AND to_address IS NOT NULL
-        ),
+        contracts AS ({contracts}),
         cand AS (
             SELECT address FROM grouped
             WHERE address NOT IN (SELECT address FROM contracts) {only}
@@ -1785,14 +1919,15 @@ async fn eth_victim_collection(
             SELECT lower(t.from_address) AS address, t.asset, CAST(t.value AS DOUBLE) AS v,
                    t.block_number
             FROM eth.transfers t JOIN cand ON lower(t.from_address) = cand.address
-            WHERE t.value > 0
+            WHERE t.value > 0 AND t.block_number <= {upto}
         )
         SELECT 'in', g.address, g.payer_group, g.payer, g.asset, g.v, g.block_number,
                g.transaction_hash
         FROM grouped g JOIN cand ON g.address = cand.address
         UNION ALL
         SELECT 'out', address, NULL, NULL, asset, v, block_number, NULL FROM outflow",
-        min = rules.victim_min_payers
+        min = rules.victim_min_payers,
+        contracts = contracts_sql(upto)
     );
     let rows = text_rows(ctx, &sql).await?;
     #[derive(Default)]
