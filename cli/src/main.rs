@@ -1026,18 +1026,20 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     use ferret_query::typologies::{TypologyOptions, run_btc};
     refuse_gpu(a.device, "btc")?;
     let wh = Warehouse::open_existing(&a.warehouse)?;
-    let mut opts = TypologyOptions::default();
-    opts.patterns = patterns_of(
-        &a.patterns,
-        &[
-            Pattern::PeelChain,
-            Pattern::VictimCollection,
-            Pattern::PassThrough,
-            Pattern::FanOut,
-            Pattern::CoinJoin,
-        ],
-        "an Ethereum pattern, not found on Bitcoin",
-    )?;
+    let mut opts = TypologyOptions {
+        patterns: patterns_of(
+            &a.patterns,
+            &[
+                Pattern::PeelChain,
+                Pattern::VictimCollection,
+                Pattern::PassThrough,
+                Pattern::FanOut,
+                Pattern::CoinJoin,
+            ],
+            "an Ethereum pattern, not found on Bitcoin",
+        )?,
+        ..TypologyOptions::default()
+    };
     opts.btc.since = a.since;
     opts.btc.peel_min_steps = a.peel_min_steps;
     opts.btc.pass_min_hops = a.pass_min_hops;

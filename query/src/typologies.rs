@@ -388,6 +388,7 @@ async fn write_state(
 /// Commits a run of `typologies`: this chain's findings, and the other chains' rows of
 /// the run it replaces (carried forward, so one table holds every chain). Fails, writing
 /// nothing visible, when another run was committed since that run was read.
+#[allow(clippy::too_many_arguments)]
 async fn commit(
     wh: &Warehouse,
     chain: &'static str,

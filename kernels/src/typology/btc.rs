@@ -733,7 +733,9 @@ impl Scan {
         let mut runs: Vec<Vec<&PassStep>> = vec![Vec::new()];
         for s in &c {
             if quiet(s) {
-                runs.last_mut().map(|r| r.push(s));
+                if let Some(r) = runs.last_mut() {
+                    r.push(s);
+                }
             } else if !runs.last().is_some_and(Vec::is_empty) {
                 runs.push(Vec::new());
             }
