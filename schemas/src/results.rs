@@ -197,7 +197,7 @@ pub fn typologies_schema() -> SchemaRef {
     static S: LazyLock<SchemaRef> = LazyLock::new(|| {
         Arc::new(Schema::new(vec![
             // peel_chain, victim_collection, pass_through, fan_out, coinjoin,
-            // address_poisoning, approval_phishing
+            // address_poisoning, approval_phishing, stablecoin_swap
             Field::new("pattern", DataType::Utf8, false),
             Field::new("chain", DataType::Utf8, false),
             // The address the finding is about: a collection address, a peel chain's or a
