@@ -281,6 +281,26 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
             _ => assert!(f["payer_clusters"].as_u64() >= Some(20), "{r:?}"),
         }
     }
+    // Phishing collectors sold drained stablecoins for ETH on the pool (swaps out of the
+    // stablecoin by a finding's money): none of them is a stablecoin_swap finding (the
+    // accusation check above), and the sells happened.
+    let phishers: Vec<String> = entities(&truth)
+        .into_iter()
+        .filter(|(_, e)| e.starts_with("phisher-"))
+        .map(|(a, _)| format!("'{a}'"))
+        .collect();
+    let sells = scalar(
+        &Warehouse::open(&wh).expect("open"),
+        &format!(
+            "SELECT count(*) FROM eth.logs l
+             JOIN eth.transactions t ON t.transaction_hash = l.transaction_hash
+             WHERE l.topic0 = '{}' AND t.from_address IN ({})",
+            ferret_query::typologies::SWAP_V2_TOPIC,
+            phishers.join(", ")
+        ),
+    )
+    .await;
+    assert_ne!(sells, "0", "no collector sold on the pool");
     // Relays buy round sums with exact-output swaps; DEX users do too, but their money
     // is nobody's scam, so the round sums alone make no finding.
     let relays: Vec<&Row> = found

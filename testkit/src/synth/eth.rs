@@ -915,7 +915,8 @@ impl Typologies {
         for k in 0..2 {
             let entity = format!("phisher-{k}");
             let spender = g.fresh_funded(&entity).await?;
-            let collector = g.fresh(&entity);
+            // Funded: it sells part of the drained stablecoin for ETH on the pool.
+            let collector = g.fresh_funded(&entity).await?;
             let n = g.rng.random_range(5..=8usize);
             let mut victims = Vec::new();
             while victims.len() < n && taken.len() < wallets.len() {
@@ -1122,6 +1123,39 @@ impl Typologies {
             let from = self.wallets[g.rng.random_range(0..self.wallets.len())];
             let to = self.wallets[g.rng.random_range(0..self.wallets.len())];
             txs.push(Tx::usd(usd, from, to, 0));
+        }
+        // A phishing collector sells half of what it drained for ETH, two blocks after
+        // the last drain: a swap *out of* the stablecoin by scam money, no purchase.
+        for p in &self.phishers {
+            let Some(last) = p.victims.iter().map(|v| v.2).max() else {
+                continue;
+            };
+            if b == last + 1 {
+                txs.push(Tx::call(
+                    p.collector,
+                    usd,
+                    0,
+                    IFerretUSD::approveCall {
+                        spender: self.pool,
+                        value: MAX_APPROVAL,
+                    }
+                    .abi_encode(),
+                ));
+            } else if b == last + 2 {
+                let bal = Self::balance(g, usd, p.collector).await?;
+                if bal >= 2 {
+                    txs.push(Tx::call(
+                        p.collector,
+                        self.pool,
+                        0,
+                        IPool::swapExactTokensForETHCall {
+                            amountIn: U256::from(bal / 2),
+                            to: p.collector,
+                        }
+                        .abi_encode(),
+                    ));
+                }
+            }
         }
         // Phishing: approvals, then drains of 90% of the balance (the rest keeps the
         // victim's own payments in the same block from failing).
