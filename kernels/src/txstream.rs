@@ -223,11 +223,15 @@ pub async fn for_each_tx_from(
         }
         tx.tx_index = t;
         tx.height = outs.i64_at(5)?.unwrap_or(0);
-        tx.txid = if txids {
-            outs.str_at(6)?.map(str::to_string)
-        } else {
-            None
-        };
+        // The txid's buffer is reused from one transaction to the next.
+        match if txids { outs.str_at(6)? } else { None } {
+            Some(id) => {
+                let b = tx.txid.get_or_insert_with(String::new);
+                b.clear();
+                b.push_str(id);
+            }
+            None => tx.txid = None,
+        }
         tx.outputs.clear();
         tx.inputs.clear();
         let group_before = outs.next_group;

@@ -257,6 +257,16 @@ pub struct Scan {
     last_tx: Option<u64>,
     /// Transactions read.
     pub transactions: u64,
+    scratch: Scratch,
+}
+
+/// Per-transaction buffers, reused (no state: never serialised).
+#[derive(Default)]
+struct Scratch {
+    values: Vec<Option<i64>>,
+    ids: Vec<u64>,
+    out_values: Vec<i64>,
+    nulldata: Vec<bool>,
 }
 
 fn bump(v: &mut Vec<u8>, a: u64) {
@@ -308,6 +318,7 @@ impl Scan {
             last_sweep: i64::MIN,
             last_tx: None,
             transactions: 0,
+            scratch: Scratch::default(),
         })
     }
 
@@ -355,6 +366,7 @@ impl Scan {
             last_sweep: state.last_sweep,
             last_tx: state.last_tx,
             transactions: state.transactions,
+            scratch: Scratch::default(),
         })
     }
 
@@ -413,18 +425,18 @@ impl Scan {
         }
         let judged = self.rules.since.is_none_or(|s| h >= s);
         if judged && !tx.inputs.is_empty() {
-            let txid = tx.txid.clone().ok_or_else(|| {
+            let txid = tx.txid.as_deref().ok_or_else(|| {
                 Error::BadGraph(format!("transaction {} without a txid", tx.tx_index))
             })?;
             let cj = self.detect(tx);
             if let Some(d) = cj {
-                self.coinjoin(tx, &txid, d);
+                self.coinjoin(tx, txid, d);
             }
-            self.peel(tx, &txid);
-            self.pass(tx, &txid);
+            self.peel(tx, txid);
+            self.pass(tx, txid);
             // A CoinJoin's equal outputs are its participants', not one source's.
             if !cj.is_some_and(|d| d.protocol.is_mix()) {
-                self.fan_out(tx, &txid);
+                self.fan_out(tx, txid);
             }
         } else {
             // Chains whose tail this transaction spends end here.
@@ -446,12 +458,15 @@ impl Scan {
                 bump(&mut self.received, a);
             }
         }
-        let mut seen: Vec<u64> = tx.inputs.iter().filter_map(|i| i.address_id).collect();
+        let mut seen = std::mem::take(&mut self.scratch.ids);
+        seen.clear();
+        seen.extend(tx.inputs.iter().filter_map(|i| i.address_id));
         seen.sort_unstable();
         seen.dedup();
-        for a in seen {
+        for &a in &seen {
             bump(&mut self.spent, a);
         }
+        self.scratch.ids = seen;
         Ok(())
     }
 
@@ -484,22 +499,28 @@ impl Scan {
     }
 
     /// What the CoinJoin detectors make of the transaction (mixes and tx0s).
-    fn detect(&self, tx: &TxRows) -> Option<crate::coinjoin::Detection> {
+    fn detect(&mut self, tx: &TxRows) -> Option<crate::coinjoin::Detection> {
         if tx.outputs.len() < 2 {
             return None;
         }
-        let values: Vec<Option<i64>> = tx.inputs.iter().map(|i| i.value).collect();
-        let mut members: Vec<u64> = tx.inputs.iter().filter_map(|i| i.address_id).collect();
-        let addressless = tx.inputs.len() - members.len();
-        members.sort_unstable();
-        members.dedup();
-        let out_values: Vec<i64> = tx.outputs.iter().map(|o| o.value).collect();
-        let nulldata: Vec<bool> = tx.outputs.iter().map(|o| o.nulldata).collect();
+        // Buffers kept across transactions: a whole chain is billions of them.
+        let sc = &mut self.scratch;
+        sc.values.clear();
+        sc.values.extend(tx.inputs.iter().map(|i| i.value));
+        sc.ids.clear();
+        sc.ids.extend(tx.inputs.iter().filter_map(|i| i.address_id));
+        let addressless = tx.inputs.len() - sc.ids.len();
+        sc.ids.sort_unstable();
+        sc.ids.dedup();
+        sc.out_values.clear();
+        sc.out_values.extend(tx.outputs.iter().map(|o| o.value));
+        sc.nulldata.clear();
+        sc.nulldata.extend(tx.outputs.iter().map(|o| o.nulldata));
         let shape = TxShape {
-            input_values: &values,
-            distinct_input_addresses: members.len() + addressless,
-            output_values: &out_values,
-            output_nulldata: &nulldata,
+            input_values: &sc.values,
+            distinct_input_addresses: sc.ids.len() + addressless,
+            output_values: &sc.out_values,
+            output_nulldata: &sc.nulldata,
         };
         self.rules.detectors.detect(&shape)
     }
