@@ -354,7 +354,7 @@ struct TypologiesEthArgs {
     #[arg(long, value_name = "BLOCK")]
     since: Option<i64>,
     /// Keep only these patterns (repeatable): approval_phishing, address_poisoning,
-    /// victim_collection, stablecoin_swap.
+    /// victim_collection, pass_through, stablecoin_swap.
     #[arg(long = "pattern", value_name = "PATTERN")]
     patterns: Vec<String>,
     /// Approval phishing: the fewest owners one spender drains.
@@ -380,6 +380,12 @@ struct TypologiesEthArgs {
     /// Stablecoin swaps: the most blocks from the scam money's arrival to the swap.
     #[arg(long, default_value_t = 7200)]
     swap_max_delay: i64,
+    /// Pass-through: the fewest hops.
+    #[arg(long, default_value_t = 3)]
+    pass_min_hops: usize,
+    /// Pass-through: the most blocks a hop holds the money (7200: a day).
+    #[arg(long, default_value_t = 7200)]
+    pass_max_wait: i64,
     /// Read every block, even when the last run's state would let this run read only the
     /// new ones (other rules, patterns, labels or clusters, or a reorganisation below the
     /// last run, start over anyway).
@@ -1122,6 +1128,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
             Pattern::ApprovalPhishing,
             Pattern::AddressPoisoning,
             Pattern::VictimCollection,
+            Pattern::PassThrough,
             Pattern::StablecoinSwap,
         ],
         "a Bitcoin pattern, not found on Ethereum",
@@ -1145,6 +1152,8 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
     let rules = EthRules {
         stablecoins,
         swap_max_delay: a.swap_max_delay,
+        pass_min_hops: a.pass_min_hops,
+        pass_max_wait: a.pass_max_wait,
         since: a.since,
         phishing_min_owners: a.phishing_min_owners,
         phishing_max_delay: a.phishing_max_delay,

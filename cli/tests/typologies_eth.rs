@@ -91,6 +91,7 @@ fn report(found: &[Row], truth: &Path) -> HashMap<&'static str, (f64, f64, usize
         "address_poisoning",
         "victim_collection",
         "stablecoin_swap",
+        "pass_through",
     ] {
         let f: Vec<&Row> = found
             .iter()
@@ -144,11 +145,12 @@ fn accused(found: &[Row], truth: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-const FLOOR: [(&str, f64, f64); 4] = [
+const FLOOR: [(&str, f64, f64); 5] = [
     ("approval_phishing", 0.9, 0.9),
     ("address_poisoning", 0.9, 0.9),
     ("victim_collection", 0.9, 0.9),
     ("stablecoin_swap", 0.9, 0.9),
+    ("pass_through", 0.9, 0.9),
 ];
 
 /// The detector's event topics are Uniswap's: V2's is the one the test pool emits
@@ -268,6 +270,13 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
                 assert!(f["prefix_digits"].as_u64() >= Some(4), "{r:?}");
                 assert!(f["suffix_digits"].as_u64() >= Some(4), "{r:?}");
                 assert!(!r.txids.is_empty());
+            }
+            "pass_through" => {
+                let hops = f["hops"].as_u64().expect("hops");
+                assert!((3..=5).contains(&hops), "{r:?}");
+                assert_eq!(r.txids.len() as u64, hops, "{r:?}");
+                assert_eq!(f["value_kept"].as_f64(), Some(1.0), "{r:?}");
+                assert_eq!(f["asset"].as_str(), Some(usd.as_str()), "{r:?}");
             }
             "stablecoin_swap" => {
                 assert!(f["swaps"].as_u64() >= Some(1), "{r:?}");
@@ -393,6 +402,8 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         "20",
         "--victim-min-payers",
         "100000",
+        "--pass-min-hops",
+        "1000",
     ]));
     // (Without the scenario's stablecoin named, no swap is one into a stablecoin.)
     let f = report(&findings(&wh).await, &truth);
@@ -410,6 +421,20 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
     let found = findings(&wh).await;
     assert!(report(&found, &truth)["victim_collection"].0 < 0.9);
     assert!(!accused(&found, &truth).is_empty());
+    // Two hops: the cash-out flows' forwards (a hop and the exit) pass too, and are no
+    // layering chain the generator planted.
+    ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--stablecoin",
+        &stable,
+        "--pass-min-hops",
+        "2",
+    ]));
+    let loose = report(&findings(&wh).await, &truth)["pass_through"];
+    assert!(loose.0 < 0.9, "{loose:?}");
 
     // Bad arguments are clear errors.
     for (args, want) in [
@@ -425,6 +450,7 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
             "decimals",
         ),
         (vec!["--swap-max-delay=-1"], "swap_max_delay"),
+        (vec!["--pass-min-hops", "1"], "pass_min_hops"),
         (vec!["--device", "gpu"], "run on the CPU"),
     ] {
         let mut a = vec!["typologies", "eth", "--warehouse", wh.as_str()];
@@ -550,6 +576,7 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
         "address_poisoning",
         "victim_collection",
         "stablecoin_swap",
+        "pass_through",
     ] {
         assert!(
             all.iter().any(|r| r.starts_with(&format!("{p}|"))),

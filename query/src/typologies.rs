@@ -764,6 +764,12 @@ pub struct EthRules {
     pub stablecoins: Vec<(String, u32)>,
     /// Stablecoin swaps: the most blocks from the scam money's arrival to the swap.
     pub swap_max_delay: i64,
+    /// Pass-through: the fewest hops.
+    pub pass_min_hops: usize,
+    /// Pass-through: the most blocks a hop holds the money.
+    pub pass_max_wait: i64,
+    /// Pass-through: the least share of what came in that a hop passes on.
+    pub pass_min_kept: f64,
     /// Only blocks from this one on.
     pub since: Option<i64>,
 }
@@ -802,6 +808,9 @@ impl Default for EthRules {
                 .map(|(a, d)| (a.to_string(), *d))
                 .collect(),
             swap_max_delay: 7200,
+            pass_min_hops: 3,
+            pass_max_wait: 7200,
+            pass_min_kept: 0.95,
             since: None,
         }
     }
@@ -822,6 +831,18 @@ impl EthRules {
                 self.poison_prefix, self.poison_suffix
             ));
         }
+        if self.pass_min_hops < 2 {
+            return bad(format!(
+                "pass_min_hops must be at least 2, not {}",
+                self.pass_min_hops
+            ));
+        }
+        if !(self.pass_min_kept.is_finite() && (0.0..=1.0).contains(&self.pass_min_kept)) {
+            return bad(format!(
+                "pass_min_kept must be in [0, 1], not {}",
+                self.pass_min_kept
+            ));
+        }
         if self.victim_min_payers < 2 {
             return bad(format!(
                 "victim_min_payers must be at least 2, not {}",
@@ -833,6 +854,7 @@ impl EthRules {
             ("poison_max_delay", self.poison_max_delay),
             ("victim_forward_blocks", self.victim_forward_blocks),
             ("swap_max_delay", self.swap_max_delay),
+            ("pass_max_wait", self.pass_max_wait),
         ] {
             if v < 0 {
                 return bad(format!("{name} must be at least 0, not {v}"));
@@ -1017,6 +1039,10 @@ pub async fn run_eth(
         state.collection_amounts = found.iter().map(|f| f.amount.to_bits()).collect();
         state.collection = found.clone();
         findings.extend(found);
+    }
+    if wanted(Pattern::PassThrough) || swaps {
+        // Over every transfer each run: a new transfer to a hop ends its being one.
+        findings.extend(eth_pass_through(&ctx, rules, &services, upto).await?);
     }
     if swaps {
         let mut sources: BTreeMap<String, &'static str> = BTreeMap::new();
@@ -1873,6 +1899,142 @@ async fn stablecoin_swaps(
             first_height: list.first().map(|s| s.height).unwrap_or(0),
             last_height: list.last().map(|s| s.height).unwrap_or(0),
             amount: main_total as f64,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Rapid pass-through on Ethereum. A *hop* is an address (no contract, no labelled
+/// service) whose whole history up to `upto` is one incoming and one outgoing transfer
+/// of more than zero (ETH, internal or token), of the same asset, the outgoing after the
+/// incoming, within `pass_max_wait` blocks, keeping at least `pass_min_kept` of it. A hop
+/// whose outgoing transfer pays another hop continues to it; a run of `pass_min_hops`
+/// hops is a finding about its first hop. Only hops paid at or after `since` count.
+async fn eth_pass_through(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    services: &HashSet<String>,
+    upto: i64,
+) -> Result<Vec<Finding>> {
+    let since = rules.since.unwrap_or(i64::MIN);
+    let sql = format!(
+        "WITH t AS (
+            SELECT lower(from_address) AS f, lower(to_address) AS r, lower(asset) AS asset,
+                   value_string AS v, block_number AS b, transaction_index AS i,
+                   ordinal AS o, transaction_hash AS h
+            FROM eth.transfers
+            WHERE value > 0 AND block_number <= {upto}
+              AND lower(from_address) <> lower(to_address)
+        ),
+        ends AS (
+            SELECT a FROM (
+                SELECT r AS a, 1 AS n_in, 0 AS n_out FROM t
+                UNION ALL
+                SELECT f AS a, 0 AS n_in, 1 AS n_out FROM t
+            ) x
+            GROUP BY a
+            HAVING sum(n_in) = 1 AND sum(n_out) = 1
+        ),
+        hops AS (SELECT a FROM ends WHERE a NOT IN ({contracts}))
+        SELECT 'in', t.r, t.f, t.asset, t.v, t.b, t.i, t.o, t.h
+        FROM t JOIN hops ON hops.a = t.r
+        UNION ALL
+        SELECT 'out', t.f, t.r, t.asset, t.v, t.b, t.i, t.o, t.h
+        FROM t JOIN hops ON hops.a = t.f",
+        contracts = contracts_sql(upto)
+    );
+    #[derive(Clone)]
+    struct Leg {
+        other: String,
+        asset: String,
+        value: Option<u128>,
+        at: (i64, i64, i64),
+        tx: String,
+    }
+    let mut legs: HashMap<String, (Option<Leg>, Option<Leg>)> = HashMap::new();
+    for r in text_rows(ctx, &sql).await? {
+        let Some(a) = r[1].clone() else { continue };
+        let leg = Leg {
+            other: r[2].clone().unwrap_or_default(),
+            asset: r[3].clone().unwrap_or_default(),
+            value: r[4].as_deref().and_then(|v| v.parse::<u128>().ok()),
+            at: (int(&r[5]), int(&r[6]), int(&r[7])),
+            tx: r[8].clone().unwrap_or_default(),
+        };
+        let e = legs.entry(a).or_default();
+        if r[0].as_deref() == Some("in") {
+            e.0 = Some(leg);
+        } else {
+            e.1 = Some(leg);
+        }
+    }
+    // The hops: the rule's tests on each address's two transfers.
+    let kept_ok = |i: u128, o: u128| (o as f64) >= rules.pass_min_kept * (i as f64);
+    let hops: HashMap<String, (Leg, Leg)> = legs
+        .into_iter()
+        .filter_map(|(a, (i, o))| Some((a, (i?, o?))))
+        .filter(|(a, (i, o))| {
+            !services.contains(a)
+                && i.asset == o.asset
+                && i.at < o.at
+                && i.at.0 >= since
+                && o.at.0 - i.at.0 <= rules.pass_max_wait
+                && matches!((i.value, o.value), (Some(iv), Some(ov)) if iv > 0 && kept_ok(iv, ov))
+        })
+        .collect();
+    let mut heads: Vec<&String> = hops
+        .iter()
+        .filter(|(_, (i, _))| !hops.contains_key(&i.other))
+        .map(|(a, _)| a)
+        .collect();
+    heads.sort();
+    let mut out = Vec::new();
+    for head in heads {
+        let mut chain: Vec<(&String, &(Leg, Leg))> = Vec::new();
+        let mut cur = head;
+        let mut seen = HashSet::new();
+        while let Some(h) = hops.get(cur) {
+            if !seen.insert(cur) {
+                break;
+            }
+            chain.push((cur, h));
+            cur = &h.1.other;
+        }
+        if chain.len() < rules.pass_min_hops {
+            continue;
+        }
+        let first = chain[0].1;
+        let last = chain[chain.len() - 1].1;
+        let waits: Vec<f64> = chain
+            .iter()
+            .map(|(_, (i, o))| (o.at.0 - i.at.0) as f64)
+            .collect();
+        let max_wait = waits.iter().copied().fold(0.0, f64::max);
+        let first_value = first.0.value.unwrap_or(0);
+        let last_value = last.1.value.unwrap_or(0);
+        let kept = last_value as f64 / first_value.max(1) as f64;
+        let n = chain.len();
+        let score = (0.5 + 0.5 * ((n - rules.pass_min_hops) as f64 / 3.0).min(1.0))
+            * (1.0 - max_wait / (2.0 * rules.pass_max_wait.max(1) as f64)).clamp(0.5, 1.0);
+        let mut f = Map::new();
+        f.insert("hops".into(), json!(n));
+        f.insert("asset".into(), json!(first.0.asset));
+        f.insert("first_value".into(), json!(first_value.to_string()));
+        f.insert("last_value".into(), json!(last_value.to_string()));
+        f.insert("value_kept".into(), json!(r4(kept)));
+        f.insert("median_wait_blocks".into(), json!(median_of(waits)));
+        f.insert("max_wait_blocks".into(), json!(max_wait));
+        f.insert("exit".into(), json!(last.1.other));
+        out.push(Finding {
+            pattern: Pattern::PassThrough,
+            address_id: None,
+            address: Some(head.clone()),
+            txids: chain.iter().map(|(_, (_, o))| o.tx.clone()).collect(),
+            first_height: first.0.at.0,
+            last_height: last.1.at.0,
+            amount: first_value as f64,
             score: r4(score),
             features: f,
         });

@@ -513,6 +513,20 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
             // Part of what each collection address kept in ETH is swapped into the
             // stablecoin: by the address itself, or by a relay it pays first.
             let mut k = 0usize;
+            // Part of what each collection address kept in the stablecoin is layered
+            // through a chain of 3–5 single-use relays to an exchange.
+            for op in &ops {
+                for (&scam, &total) in &op.got_usd {
+                    let value = total / (cfg.flows as u128 + 1) / 4;
+                    let hops = 3 + (k % 3);
+                    if value >= 100 * USD && b + hops + 1 < cfg.blocks {
+                        let hot_x = hot[k % hot.len()];
+                        t.plant_relays(&mut g, scam, value, &op.entity, b, hops, hot_x)
+                            .await?;
+                    }
+                    k += 1;
+                }
+            }
             for op in &ops {
                 for (&scam, &total) in &op.got_eth {
                     let value = total / (cfg.flows as u128 + 1) / 2;
@@ -788,6 +802,8 @@ enum Mark {
     Poison(Address),
     /// A swap of scam money into the stablecoin by this address.
     Swap(Address),
+    /// A relay's forward in the layering chain that starts at this address.
+    Relay(Address),
 }
 
 /// A phishing operation: a spender that victims approve and that then drains them.
@@ -820,6 +836,8 @@ struct Typologies {
     pending: Vec<(usize, Tx, Option<Mark>)>,
     /// Swap plants: the swapper, the transaction, its block.
     swaps: Vec<(Address, B256, u64)>,
+    /// Layering plants: the chain's first relay, a forward, its block.
+    relays: Vec<(Address, B256, u64)>,
 }
 
 const MAX_APPROVAL: U256 = U256::MAX;
@@ -952,7 +970,41 @@ impl Typologies {
             dex_users,
             pending: Vec::new(),
             swaps: Vec::new(),
+            relays: Vec::new(),
         })
+    }
+
+    /// Plants a layering chain: the collection address pays `value` of the stablecoin to
+    /// the first of `hops` fresh relays of the operation (gas given outside any
+    /// transfer), each forwarding it whole to the next a block later, the last to an
+    /// exchange. Every relay has one transfer in and one out.
+    #[allow(clippy::too_many_arguments)]
+    async fn plant_relays(
+        &mut self,
+        g: &mut Gen,
+        scam: Address,
+        value: u128,
+        entity: &str,
+        b: usize,
+        hops: usize,
+        exchange: Address,
+    ) -> Result<()> {
+        let mut relays = Vec::new();
+        for _ in 0..hops {
+            relays.push(g.fresh_funded(entity).await?);
+        }
+        let first = relays[0];
+        self.pending
+            .push((b, Tx::usd(self.usd, scam, first, value), None));
+        for (i, &r) in relays.iter().enumerate() {
+            let next = relays.get(i + 1).copied().unwrap_or(exchange);
+            self.pending.push((
+                b + 1 + i,
+                Tx::usd(self.usd, r, next, value),
+                Some(Mark::Relay(first)),
+            ));
+        }
+        Ok(())
     }
 
     /// Plants a swap of `value` wei of scam money into the stablecoin, starting at block
@@ -1240,6 +1292,7 @@ impl Typologies {
             Mark::Drain(k) => self.phishers[k].drains.push((hash, height)),
             Mark::Poison(fake) => self.poisons.push((fake, hash, height)),
             Mark::Swap(who) => self.swaps.push((who, hash, height)),
+            Mark::Relay(first) => self.relays.push((first, hash, height)),
             Mark::Victim(_) => {}
         }
     }
@@ -1257,6 +1310,20 @@ impl Typologies {
                 "approval_phishing,{:#x},{first},{last},{}",
                 p.spender,
                 list.join(" ")
+            );
+        }
+        let mut relays: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
+        for (first, hash, height) in &self.relays {
+            relays.entry(*first).or_default().push((*hash, *height));
+        }
+        for (first, list) in &relays {
+            let lo = list.iter().map(|s| s.1).min().unwrap_or_default();
+            let hi = list.iter().map(|s| s.1).max().unwrap_or_default();
+            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
+            let _ = writeln!(
+                out,
+                "pass_through,{first:#x},{lo},{hi},{}",
+                hashes.join(" ")
             );
         }
         let mut swaps: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
