@@ -354,7 +354,7 @@ struct TypologiesEthArgs {
     #[arg(long, value_name = "BLOCK")]
     since: Option<i64>,
     /// Keep only these patterns (repeatable): approval_phishing, address_poisoning,
-    /// victim_collection, pass_through, stablecoin_swap.
+    /// victim_collection, pass_through, fan_out, stablecoin_swap.
     #[arg(long = "pattern", value_name = "PATTERN")]
     patterns: Vec<String>,
     /// Approval phishing: the fewest owners one spender drains.
@@ -386,6 +386,9 @@ struct TypologiesEthArgs {
     /// Pass-through: the most blocks a hop holds the money (7200: a day).
     #[arg(long, default_value_t = 7200)]
     pass_max_wait: i64,
+    /// Fan-out: the fewest just-under-round payments to fresh addresses.
+    #[arg(long, default_value_t = 10)]
+    fan_min_outputs: usize,
     /// Read every block, even when the last run's state would let this run read only the
     /// new ones (other rules, patterns, labels or clusters, or a reorganisation below the
     /// last run, start over anyway).
@@ -1129,6 +1132,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
             Pattern::AddressPoisoning,
             Pattern::VictimCollection,
             Pattern::PassThrough,
+            Pattern::FanOut,
             Pattern::StablecoinSwap,
         ],
         "a Bitcoin pattern, not found on Ethereum",
@@ -1154,6 +1158,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
         swap_max_delay: a.swap_max_delay,
         pass_min_hops: a.pass_min_hops,
         pass_max_wait: a.pass_max_wait,
+        fan_min_outputs: a.fan_min_outputs,
         since: a.since,
         phishing_min_owners: a.phishing_min_owners,
         phishing_max_delay: a.phishing_max_delay,

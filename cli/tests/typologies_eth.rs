@@ -92,6 +92,7 @@ fn report(found: &[Row], truth: &Path) -> HashMap<&'static str, (f64, f64, usize
         "victim_collection",
         "stablecoin_swap",
         "pass_through",
+        "fan_out",
     ] {
         let f: Vec<&Row> = found
             .iter()
@@ -145,7 +146,8 @@ fn accused(found: &[Row], truth: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-const FLOOR: [(&str, f64, f64); 5] = [
+const FLOOR: [(&str, f64, f64); 6] = [
+    ("fan_out", 0.9, 0.9),
     ("approval_phishing", 0.9, 0.9),
     ("address_poisoning", 0.9, 0.9),
     ("victim_collection", 0.9, 0.9),
@@ -270,6 +272,11 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
                 assert!(f["prefix_digits"].as_u64() >= Some(4), "{r:?}");
                 assert!(f["suffix_digits"].as_u64() >= Some(4), "{r:?}");
                 assert!(!r.txids.is_empty());
+            }
+            "fan_out" => {
+                assert!(f["outputs"].as_u64() >= Some(12), "{r:?}");
+                assert_eq!(f["thresholds"], serde_json::json!([1000.0]), "{r:?}");
+                assert_eq!(f["recipients_paid_again"].as_f64(), Some(0.0), "{r:?}");
             }
             "pass_through" => {
                 let hops = f["hops"].as_u64().expect("hops");
@@ -404,6 +411,8 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         "100000",
         "--pass-min-hops",
         "1000",
+        "--fan-min-outputs",
+        "1000",
     ]));
     // (Without the scenario's stablecoin named, no swap is one into a stablecoin.)
     let f = report(&findings(&wh).await, &truth);
@@ -451,6 +460,7 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         ),
         (vec!["--swap-max-delay=-1"], "swap_max_delay"),
         (vec!["--pass-min-hops", "1"], "pass_min_hops"),
+        (vec!["--fan-min-outputs", "1"], "fan_min_outputs"),
         (vec!["--device", "gpu"], "run on the CPU"),
     ] {
         let mut a = vec!["typologies", "eth", "--warehouse", wh.as_str()];

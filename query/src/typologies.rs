@@ -15,7 +15,7 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use ferret_kernels::typology::btc::{BtcRules, Scan, ScanState, exchange_ids, scan_btc};
-use ferret_kernels::typology::{Finding, Pattern, coefficient_of_variation, r4};
+use ferret_kernels::typology::{Finding, Pattern, coefficient_of_variation, just_under_round, r4};
 use ferret_schemas::Chain;
 use ferret_schemas::Warehouse;
 use serde_json::{Map, json};
@@ -770,6 +770,12 @@ pub struct EthRules {
     pub pass_max_wait: i64,
     /// Pass-through: the least share of what came in that a hop passes on.
     pub pass_min_kept: f64,
+    /// Fan-out: the fewest just-under payments to fresh addresses.
+    pub fan_min_outputs: usize,
+    /// Fan-out: how far under a round sum, as a share of it.
+    pub fan_band: f64,
+    /// Fan-out: the largest coefficient of variation of the amounts under one sum.
+    pub fan_max_cv: f64,
     /// Only blocks from this one on.
     pub since: Option<i64>,
 }
@@ -811,6 +817,9 @@ impl Default for EthRules {
             pass_min_hops: 3,
             pass_max_wait: 7200,
             pass_min_kept: 0.95,
+            fan_min_outputs: 10,
+            fan_band: 0.05,
+            fan_max_cv: 0.1,
             since: None,
         }
     }
@@ -830,6 +839,17 @@ impl EthRules {
                 "poison_prefix and poison_suffix must be 1–20 hex digits, not {} and {}",
                 self.poison_prefix, self.poison_suffix
             ));
+        }
+        if self.fan_min_outputs < 2 {
+            return bad(format!(
+                "fan_min_outputs must be at least 2, not {}",
+                self.fan_min_outputs
+            ));
+        }
+        for (name, v) in [("fan_band", self.fan_band), ("fan_max_cv", self.fan_max_cv)] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                return bad(format!("{name} must be in [0, 1), not {v}"));
+            }
         }
         if self.pass_min_hops < 2 {
             return bad(format!(
@@ -1039,6 +1059,9 @@ pub async fn run_eth(
         state.collection_amounts = found.iter().map(|f| f.amount.to_bits()).collect();
         state.collection = found.clone();
         findings.extend(found);
+    }
+    if wanted(Pattern::FanOut) || swaps {
+        findings.extend(eth_fan_out(&ctx, rules, &services, upto).await?);
     }
     if wanted(Pattern::PassThrough) || swaps {
         // Over every transfer each run: a new transfer to a hop ends its being one.
@@ -1899,6 +1922,179 @@ async fn stablecoin_swaps(
             first_height: list.first().map(|s| s.height).unwrap_or(0),
             last_height: list.last().map(|s| s.height).unwrap_or(0),
             amount: main_total as f64,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Fan-out structuring on Ethereum, in the stablecoins (whose coins are dollars) and ETH.
+/// A payment is *just under* when its amount in coins is within `fan_band` under a round
+/// sum (1, 2 or 5 × 10^k coins) and at least 500 coins (stablecoins) or 0.1 ETH; it goes
+/// to a *fresh* address when it is that address's first incoming transfer. A source (the
+/// payer; no contract, no labelled service) is a finding when, per asset:
+/// - it made at least `fan_min_outputs` just-under payments to fresh addresses;
+/// - they are at least half its payments of that asset from the first to the last;
+/// - under each round sum their amounts vary by at most `fan_max_cv`;
+/// - fewer than half of those recipients were paid by it again (a payroll pays the same
+///   people every month).
+async fn eth_fan_out(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    services: &HashSet<String>,
+    upto: i64,
+) -> Result<Vec<Finding>> {
+    let since = rules.since.unwrap_or(i64::MIN);
+    // Asset → (decimals, the scale the round-sum test counts in, the smallest amount).
+    let mut assets: HashMap<String, (u32, u32, f64)> = HashMap::new();
+    assets.insert("eth".into(), (18, 14, 0.1));
+    for (a, d) in &rules.stablecoins {
+        assets.insert(a.to_lowercase(), (*d, d.saturating_sub(2), 500.0));
+    }
+    let list = assets
+        .keys()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH t AS (
+            SELECT lower(from_address) AS f, lower(to_address) AS r, lower(asset) AS asset,
+                   value_string AS v, block_number AS b, transaction_index AS i,
+                   ordinal AS o, transaction_hash AS h
+            FROM eth.transfers
+            WHERE value > 0 AND block_number <= {upto}
+              AND lower(from_address) <> lower(to_address)
+        ),
+        first_in AS (
+            SELECT r, min(b * 1000000000 + i * 100000 + o) AS k FROM t GROUP BY r
+        ),
+        pay AS (
+            SELECT t.*, (t.b * 1000000000 + t.i * 100000 + t.o) = fi.k AS fresh
+            FROM t JOIN first_in fi ON fi.r = t.r
+            WHERE t.asset IN ({list}) AND t.b >= {since}
+              AND t.f NOT IN ({contracts})
+        )
+        SELECT f, r, asset, v, b, i, o, h, fresh FROM pay",
+        contracts = contracts_sql(upto)
+    );
+    struct Pay {
+        to: String,
+        coins: f64,
+        under: Option<i64>,
+        value: u128,
+        at: (i64, i64, i64),
+        tx: String,
+        fresh: bool,
+    }
+    let mut by: BTreeMap<(String, String), Vec<Pay>> = BTreeMap::new();
+    for r in text_rows(ctx, &sql).await? {
+        let (Some(f), Some(asset)) = (r[0].clone(), r[2].clone()) else {
+            continue;
+        };
+        if services.contains(&f) {
+            continue;
+        }
+        let Some(&(dec, scale, min)) = assets.get(&asset) else {
+            continue;
+        };
+        let Some(value) = r[3].as_deref().and_then(|v| v.parse::<u128>().ok()) else {
+            continue;
+        };
+        let coins = value as f64 / 10f64.powi(dec as i32);
+        // The round-sum test in whole units of 10^scale base units.
+        let units = i64::try_from(value / 10u128.pow(scale)).ok();
+        let under = units
+            .filter(|_| coins >= min)
+            .and_then(|u| just_under_round(u, rules.fan_band));
+        by.entry((f, asset)).or_default().push(Pay {
+            to: r[1].clone().unwrap_or_default(),
+            coins,
+            under,
+            value,
+            at: (int(&r[4]), int(&r[5]), int(&r[6])),
+            tx: r[7].clone().unwrap_or_default(),
+            fresh: r[8].as_deref() == Some("true"),
+        });
+    }
+    let mut out = Vec::new();
+    for ((source, asset), mut pays) in by {
+        pays.sort_by(|a, b| (a.at, &a.tx).cmp(&(b.at, &b.tx)));
+        let under: Vec<&Pay> = pays
+            .iter()
+            .filter(|p| p.fresh && p.under.is_some())
+            .collect();
+        if under.len() < rules.fan_min_outputs {
+            continue;
+        }
+        let (lo, hi) = (under[0].at, under[under.len() - 1].at);
+        let all = pays.iter().filter(|p| p.at >= lo && p.at <= hi).count();
+        let share = under.len() as f64 / all.max(1) as f64;
+        let mut by_round: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for p in &under {
+            by_round
+                .entry(p.under.unwrap_or(0))
+                .or_default()
+                .push(p.coins);
+        }
+        let cv = by_round
+            .values()
+            .map(|v| coefficient_of_variation(v))
+            .fold(0.0, f64::max);
+        let recipients: HashSet<&str> = under.iter().map(|p| p.to.as_str()).collect();
+        let mut paid: HashMap<&str, usize> = HashMap::new();
+        for p in &pays {
+            if recipients.contains(p.to.as_str()) {
+                *paid.entry(p.to.as_str()).or_default() += 1;
+            }
+        }
+        let again = paid.values().filter(|&&n| n >= 2).count() as f64 / recipients.len() as f64;
+        if share < 0.5 || cv > rules.fan_max_cv || again >= 0.5 {
+            continue;
+        }
+        let (dec, scale, _) = assets[&asset];
+        let thresholds: Vec<f64> = by_round
+            .keys()
+            .map(|r| *r as f64 * 10f64.powi(scale as i32 - dec as i32))
+            .collect();
+        let distance: f64 = under
+            .iter()
+            .map(|p| {
+                let r = p.under.unwrap_or(0) as f64 * 10f64.powi(scale as i32 - dec as i32);
+                (r - p.coins) / r.max(f64::MIN_POSITIVE)
+            })
+            .sum::<f64>()
+            / under.len() as f64;
+        let n = under.len();
+        let score = (0.5 + 0.5 * (n as f64 / 20.0).min(1.0))
+            * (1.0 - cv / (2.0 * rules.fan_max_cv.max(1e-9))).clamp(0.5, 1.0);
+        let mut txids: Vec<String> = Vec::new();
+        for p in &under {
+            if !txids.contains(&p.tx) {
+                txids.push(p.tx.clone());
+            }
+        }
+        let total: u128 = under
+            .iter()
+            .map(|p| p.value)
+            .fold(0u128, u128::saturating_add);
+        let mut f = Map::new();
+        f.insert("outputs".into(), json!(n));
+        f.insert("payments".into(), json!(all));
+        f.insert("just_under_share".into(), json!(r4(share)));
+        f.insert("amount_cv".into(), json!(r4(cv)));
+        f.insert("mean_distance_under".into(), json!(r4(distance)));
+        f.insert("thresholds".into(), json!(thresholds));
+        f.insert("asset".into(), json!(asset));
+        f.insert("recipients_paid_again".into(), json!(r4(again)));
+        out.push(Finding {
+            pattern: Pattern::FanOut,
+            address_id: None,
+            address: Some(source),
+            txids,
+            first_height: lo.0,
+            last_height: hi.0,
+            amount: total as f64,
             score: r4(score),
             features: f,
         });

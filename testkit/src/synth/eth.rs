@@ -512,6 +512,13 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
         {
             // Part of what each collection address kept in ETH is swapped into the
             // stablecoin: by the address itself, or by a relay it pays first.
+            // Each operation structures once; an employer pays a payroll just under 1,000.
+            if b + 8 < cfg.blocks {
+                for op in &ops {
+                    t.plant_structuring(&mut g, &op.entity, b, false).await?;
+                }
+                t.plant_structuring(&mut g, "employer-0", b, true).await?;
+            }
             let mut k = 0usize;
             // Part of what each collection address kept in the stablecoin is layered
             // through a chain of 3–5 single-use relays to an exchange.
@@ -804,6 +811,8 @@ enum Mark {
     Swap(Address),
     /// A relay's forward in the layering chain that starts at this address.
     Relay(Address),
+    /// A structuring payment by this source.
+    Structure(Address),
 }
 
 /// A phishing operation: a spender that victims approve and that then drains them.
@@ -838,6 +847,10 @@ struct Typologies {
     swaps: Vec<(Address, B256, u64)>,
     /// Layering plants: the chain's first relay, a forward, its block.
     relays: Vec<(Address, B256, u64)>,
+    /// The stablecoin's minter (cash-ins of the structurers).
+    minter: Address,
+    /// Structuring plants: the source, a payment, its block.
+    structured: Vec<(Address, B256, u64)>,
 }
 
 const MAX_APPROVAL: U256 = U256::MAX;
@@ -971,7 +984,63 @@ impl Typologies {
             pending: Vec::new(),
             swaps: Vec::new(),
             relays: Vec::new(),
+            minter,
+            structured: Vec::new(),
         })
+    }
+
+    /// Plants structuring from block `b`: a fresh address of `entity` is cashed in (the
+    /// stablecoin minted to it) and pays 12–16 fresh addresses 955–999.99 each (just
+    /// under 1,000), four a block. With `payroll`, the look-alike instead: an employer
+    /// pays 10 fresh employees the same 995 in one block and again five blocks later.
+    async fn plant_structuring(
+        &mut self,
+        g: &mut Gen,
+        entity: &str,
+        b: usize,
+        payroll: bool,
+    ) -> Result<()> {
+        // Gas given outside any transfer: the cash-in is its first transfer.
+        let source = g.fresh_funded(entity).await?;
+        let n = if payroll {
+            10
+        } else {
+            g.rng.random_range(12..=16usize)
+        };
+        let to: Vec<Address> = (0..n).map(|_| g.fresh(entity)).collect();
+        self.pending.push((
+            b,
+            Tx::call(
+                self.minter,
+                self.usd,
+                0,
+                IFerretUSD::mintCall {
+                    to: source,
+                    value: U256::from(40_000 * USD),
+                }
+                .abi_encode(),
+            ),
+            None,
+        ));
+        for (k, &r) in to.iter().enumerate() {
+            if payroll {
+                for again in [0, 5] {
+                    self.pending.push((
+                        b + 1 + again,
+                        Tx::usd(self.usd, source, r, 995 * USD),
+                        None,
+                    ));
+                }
+            } else {
+                let cents = g.rng.random_range(95_500..=99_999u128);
+                self.pending.push((
+                    b + 1 + k / 4,
+                    Tx::usd(self.usd, source, r, cents * USD / 100),
+                    Some(Mark::Structure(source)),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Plants a layering chain: the collection address pays `value` of the stablecoin to
@@ -1293,6 +1362,7 @@ impl Typologies {
             Mark::Poison(fake) => self.poisons.push((fake, hash, height)),
             Mark::Swap(who) => self.swaps.push((who, hash, height)),
             Mark::Relay(first) => self.relays.push((first, hash, height)),
+            Mark::Structure(source) => self.structured.push((source, hash, height)),
             Mark::Victim(_) => {}
         }
     }
@@ -1311,6 +1381,19 @@ impl Typologies {
                 p.spender,
                 list.join(" ")
             );
+        }
+        let mut structured: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
+        for (source, hash, height) in &self.structured {
+            structured
+                .entry(*source)
+                .or_default()
+                .push((*hash, *height));
+        }
+        for (source, list) in &structured {
+            let lo = list.iter().map(|s| s.1).min().unwrap_or_default();
+            let hi = list.iter().map(|s| s.1).max().unwrap_or_default();
+            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
+            let _ = writeln!(out, "fan_out,{source:#x},{lo},{hi},{}", hashes.join(" "));
         }
         let mut relays: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
         for (first, hash, height) in &self.relays {
