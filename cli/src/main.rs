@@ -354,7 +354,7 @@ struct TypologiesEthArgs {
     #[arg(long, value_name = "BLOCK")]
     since: Option<i64>,
     /// Keep only these patterns (repeatable): approval_phishing, address_poisoning,
-    /// victim_collection, pass_through, fan_out, stablecoin_swap.
+    /// victim_collection, pass_through, fan_out, stablecoin_swap, coinjoin (mixer use).
     #[arg(long = "pattern", value_name = "PATTERN")]
     patterns: Vec<String>,
     /// Approval phishing: the fewest owners one spender drains.
@@ -1134,6 +1134,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
             Pattern::PassThrough,
             Pattern::FanOut,
             Pattern::StablecoinSwap,
+            Pattern::CoinJoin,
         ],
         "a Bitcoin pattern, not found on Ethereum",
     )?;

@@ -936,6 +936,14 @@ pub async fn run_eth(
         .filter(|l| VictimRules::default().service_categories.contains(&l.2))
         .map(|l| l.0.to_lowercase())
         .collect();
+    // Mixers: the addresses labelled `mixer`, and Tornado Cash's ETH pools.
+    let mut mixers: BTreeMap<String, String> = TORNADO_ETH_POOLS
+        .iter()
+        .map(|(a, l)| (a.to_string(), l.to_string()))
+        .collect();
+    for l in labels.iter().filter(|l| l.2 == "mixer") {
+        mixers.insert(l.0.to_lowercase(), l.1.clone());
+    }
     let mut names: Vec<String> = patterns.iter().map(|p| p.name().to_string()).collect();
     names.sort();
     names.dedup();
@@ -1079,6 +1087,30 @@ pub async fn run_eth(
         }
         let found = stablecoin_swaps(&ctx, rules, &sources, &services, upto).await?;
         findings.retain(|f| wanted(f.pattern));
+        findings.extend(found);
+    }
+    if wanted(Pattern::CoinJoin) {
+        // Last: a mixer's users are no sources of scam money (most are not scammers).
+        let mut found = mixer_use(&ctx, rules, &mixers, &services, upto).await?;
+        let mut other: HashMap<&str, BTreeSet<&'static str>> = HashMap::new();
+        for f in &findings {
+            if let Some(a) = &f.address {
+                other
+                    .entry(a.as_str())
+                    .or_default()
+                    .insert(f.pattern.name());
+            }
+        }
+        for f in &mut found {
+            let also = f
+                .address
+                .as_deref()
+                .and_then(|a| other.get(a))
+                .cloned()
+                .unwrap_or_default();
+            f.score = r4(f.score + if also.is_empty() { 0.0 } else { 0.25 });
+            f.features.insert("other_patterns".into(), json!(also));
+        }
         findings.extend(found);
     }
     let addresses: Vec<String> = findings
@@ -2095,6 +2127,136 @@ async fn eth_fan_out(
             first_height: lo.0,
             last_height: hi.0,
             amount: total as f64,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Tornado Cash's ETH pools (0.1, 1, 10 and 100 ETH), all on OFAC's list of sanctioned
+/// addresses.
+pub const TORNADO_ETH_POOLS: [(&str, &str); 4] = [
+    (
+        "0x12d66f87a04a9e220743712ce6d9bb1b5616b8fc",
+        "tornado-cash-0.1-eth",
+    ),
+    (
+        "0x47ce0c6ed5b0ce3d3a51fdb1c52dc66a7c3c2936",
+        "tornado-cash-1-eth",
+    ),
+    (
+        "0x910cbd523d972eb0a6f4cae4618ad62622b39dbf",
+        "tornado-cash-10-eth",
+    ),
+    (
+        "0xa160cdab225685da1d56aa342ad8841c3b53f291",
+        "tornado-cash-100-eth",
+    ),
+];
+
+/// Mixer use on Ethereum: the addresses that paid a mixer (ETH or a token, more than
+/// zero) in transactions they sent themselves. One finding per depositor. Mixers are the
+/// addresses labelled `mixer` and Tornado Cash's ETH pools.
+async fn mixer_use(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    mixers: &BTreeMap<String, String>,
+    services: &HashSet<String>,
+    upto: i64,
+) -> Result<Vec<Finding>> {
+    if mixers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let since = rules.since.unwrap_or(i64::MIN);
+    let table = "typology_mixers";
+    ctx.register_batch(table, address_table(mixers.keys().cloned())?)?;
+    let rows = text_rows(
+        ctx,
+        &format!(
+            "SELECT lower(tr.from_address), lower(tr.to_address), lower(tr.asset),
+                    tr.value_string, tr.block_number, tr.transaction_index, tr.transaction_hash
+             FROM eth.transfers tr
+             JOIN {table} m ON m.address = lower(tr.to_address)
+             JOIN eth.transactions x ON x.transaction_hash = tr.transaction_hash
+                                    AND lower(x.from_address) = lower(tr.from_address)
+             WHERE tr.value > 0 AND tr.block_number >= {since} AND tr.block_number <= {upto}"
+        ),
+    )
+    .await;
+    ctx.deregister_table(table)?;
+    struct Deposit {
+        mixer: String,
+        asset: String,
+        value: u128,
+        at: (i64, i64),
+        tx: String,
+    }
+    let mut by: BTreeMap<String, Vec<Deposit>> = BTreeMap::new();
+    for r in rows? {
+        let Some(from) = r[0].clone() else { continue };
+        if services.contains(&from) || mixers.contains_key(&from) {
+            continue;
+        }
+        by.entry(from).or_default().push(Deposit {
+            mixer: r[1].clone().unwrap_or_default(),
+            asset: r[2].clone().unwrap_or_default(),
+            value: r[3].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+            at: (int(&r[4]), int(&r[5])),
+            tx: r[6].clone().unwrap_or_default(),
+        });
+    }
+    let mut out = Vec::new();
+    for (depositor, mut list) in by {
+        list.sort_by(|a, b| (a.at, &a.tx).cmp(&(b.at, &b.tx)));
+        let mut per_asset: BTreeMap<&str, (u128, usize)> = BTreeMap::new();
+        for d in &list {
+            let e = per_asset.entry(d.asset.as_str()).or_default();
+            e.0 = e.0.saturating_add(d.value);
+            e.1 += 1;
+        }
+        let (main, (main_total, _)) = per_asset
+            .iter()
+            .max_by_key(|(_, v)| v.1)
+            .map(|(k, v)| (k.to_string(), *v))
+            .unwrap_or_default();
+        let mut txids: Vec<String> = Vec::new();
+        for d in &list {
+            if !txids.contains(&d.tx) {
+                txids.push(d.tx.clone());
+            }
+        }
+        let used: BTreeMap<&str, &str> = list
+            .iter()
+            .map(|d| {
+                (
+                    d.mixer.as_str(),
+                    mixers.get(&d.mixer).map(String::as_str).unwrap_or(""),
+                )
+            })
+            .collect();
+        let mut f = Map::new();
+        f.insert("deposits".into(), json!(txids.len()));
+        f.insert("mixers".into(), json!(used));
+        f.insert("asset".into(), json!(main));
+        f.insert(
+            "sent".into(),
+            json!(
+                per_asset
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.0.to_string()))
+                    .collect::<BTreeMap<_, _>>()
+            ),
+        );
+        let score = 0.5 + 0.25 * (txids.len() as f64 / 4.0).min(1.0);
+        out.push(Finding {
+            pattern: Pattern::CoinJoin,
+            address_id: None,
+            address: Some(depositor),
+            txids,
+            first_height: list.first().map(|d| d.at.0).unwrap_or(0),
+            last_height: list.last().map(|d| d.at.0).unwrap_or(0),
+            amount: main_total as f64,
             score: r4(score),
             features: f,
         });

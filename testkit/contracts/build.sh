@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Recompiles Ferret.sol, Router.sol and Pool.sol into the checked-in .bin files (creation bytecode, hex) with
+# Recompiles Ferret.sol, Router.sol, Pool.sol and Mixer.sol into the checked-in .bin files (creation bytecode, hex) with
 # solcjs 0.8.37 (npm package solc@0.8.37), optimiser on.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,4 +13,6 @@ done
 cp "$out"/Router_sol_Router.bin Router.bin
 "$SOLCJS" --bin --optimize --optimize-runs 200 -o "$out" Pool.sol
 cp "$out"/Pool_sol_Pool.bin Pool.bin
+"$SOLCJS" --bin --optimize --optimize-runs 200 -o "$out" Mixer.sol
+cp "$out"/Mixer_sol_Mixer.bin Mixer.bin
 rm -rf "$out"

@@ -40,6 +40,13 @@ alloy::sol! {
         function swapExactTokensForETH(uint256 amountIn, address to) external returns (uint256 out);
         event Swap(address indexed sender, uint256 amount0In, uint256 amount1In, uint256 amount0Out, uint256 amount1Out, address indexed to);
     }
+
+    /// Mixer (`testkit/contracts/Mixer.sol`): fixed-denomination deposits, withdrawals
+    /// paid by a relayer.
+    interface IMixer {
+        function deposit(bytes32 commitment) external payable;
+        function withdraw(address to, bytes32 nullifierHash) external;
+    }
 }
 
 fn code(hex: &str) -> Bytes {
@@ -66,6 +73,17 @@ pub fn splitter() -> Bytes {
 /// Creation bytecode of Router.
 pub fn router() -> Bytes {
     code(include_str!("../contracts/Router.bin"))
+}
+
+/// The creation code of a mixer of `denomination` wei whose withdrawals `relayer` pays
+/// (constructor arguments appended).
+pub fn mixer(denomination: u128, relayer: alloy::primitives::Address) -> Bytes {
+    let mut c = code(include_str!("../contracts/Mixer.bin")).to_vec();
+    c.extend_from_slice(&[0u8; 16]);
+    c.extend_from_slice(&denomination.to_be_bytes());
+    c.extend_from_slice(&[0u8; 12]);
+    c.extend_from_slice(relayer.as_slice());
+    c.into()
 }
 
 /// The creation code of a pool between ETH and `token` (constructor argument appended).
@@ -123,6 +141,13 @@ mod tests {
                 .any(|w| w == IPool::Swap::SIGNATURE_HASH.as_slice()),
             "Pool does not emit Uniswap V2's Swap"
         );
+        let mx = mixer(1, alloy::primitives::Address::ZERO);
+        for sel in [
+            IMixer::depositCall::SELECTOR,
+            IMixer::withdrawCall::SELECTOR,
+        ] {
+            assert!(has(&mx, sel), "Mixer lacks {sel:02x?}");
+        }
         let sp = splitter();
         for sel in [
             ISplitter::splitCall::SELECTOR,

@@ -33,7 +33,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::contracts::{IFerretUSD, IPool, IRouter, ISplitter, ferret_usd, pool, router, splitter};
+use crate::contracts::{
+    IFerretUSD, IMixer, IPool, IRouter, ISplitter, ferret_usd, mixer, pool, router, splitter,
+};
 use ferret_indexer::eth::rpc::{RetryPolicy, Rpc};
 use ferret_indexer::{Error, Result};
 
@@ -512,6 +514,20 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
         {
             // Part of what each collection address kept in ETH is swapped into the
             // stablecoin: by the address itself, or by a relay it pays first.
+            // Each operation's first collection address with ETH mixes 2 ETH; three users
+            // mix 1 ETH each (privacy, no scam).
+            if b + 5 < cfg.blocks {
+                for op in &ops {
+                    if let Some((&scam, _)) = op.got_eth.iter().next() {
+                        t.plant_mixing(&mut g, scam, &op.entity, 2, b);
+                    }
+                }
+                for i in [3usize, 17, 42] {
+                    let u = &users[i % users.len()];
+                    let entity = format!("user-{}", i % users.len());
+                    t.plant_mixing(&mut g, u.wallets[0], &entity, 1, b);
+                }
+            }
             // Each operation structures once; an employer pays a payroll just under 1,000.
             if b + 8 < cfg.blocks {
                 for op in &ops {
@@ -813,6 +829,8 @@ enum Mark {
     Relay(Address),
     /// A structuring payment by this source.
     Structure(Address),
+    /// A mixer deposit by this address.
+    Mix(Address),
 }
 
 /// A phishing operation: a spender that victims approve and that then drains them.
@@ -851,6 +869,11 @@ struct Typologies {
     minter: Address,
     /// Structuring plants: the source, a payment, its block.
     structured: Vec<(Address, B256, u64)>,
+    /// The mixer (labelled `mixer`) and the relayer paying its withdrawals.
+    mixer: Address,
+    relayer: Address,
+    /// Mixer deposits: the depositor, the deposit, its block.
+    mixed: Vec<(Address, B256, u64)>,
 }
 
 const MAX_APPROVAL: U256 = U256::MAX;
@@ -864,8 +887,16 @@ impl Typologies {
         wallets: &[Address],
     ) -> Result<Self> {
         let deployer = g.fresh_funded("router-deployer").await?;
+        let relayer = g.fresh_funded("mixer-relayer").await?;
         let created = g
             .block(&[
+                Tx {
+                    from: deployer,
+                    to: None,
+                    value: 0,
+                    data: mixer(ETH, relayer),
+                    reverts: false,
+                },
                 Tx {
                     from: deployer,
                     to: None,
@@ -882,15 +913,19 @@ impl Typologies {
                 },
             ])
             .await?;
-        let (Some(Some(router)), Some(Some(pool))) =
-            (created.first().copied(), created.get(1).copied())
-        else {
+        let (Some(Some(mixer)), Some(Some(router)), Some(Some(pool))) = (
+            created.first().copied(),
+            created.get(1).copied(),
+            created.get(2).copied(),
+        ) else {
             return Err(Error::Internal {
                 what: "synth: the router's or pool's deployment returned no address".into(),
             });
         };
         g.entities.push((router, "contract-router".into()));
         g.entities.push((pool, "contract-pool".into()));
+        g.entities.push((mixer, "contract-mixer".into()));
+        g.labels.push((mixer, "mixer-0".into(), "mixer"));
         // Liquidity: 1,000 ETH against 2,000,000 of the stablecoin (2,000 a coin).
         g.fund(&[pool], 1_000 * ETH).await?;
         g.block(&[Tx::call(
@@ -986,7 +1021,50 @@ impl Typologies {
             relays: Vec::new(),
             minter,
             structured: Vec::new(),
+            mixer,
+            relayer,
+            mixed: Vec::new(),
         })
+    }
+
+    /// Plants `n` deposits of 1 ETH into the mixer by `depositor` from block `b`, one a
+    /// block, and their withdrawals by the relayer to fresh addresses of `entity` two
+    /// blocks after each.
+    fn plant_mixing(&mut self, g: &mut Gen, depositor: Address, entity: &str, n: usize, b: usize) {
+        for k in 0..n {
+            let mut commitment = [0u8; 32];
+            g.rng.fill(&mut commitment);
+            self.pending.push((
+                b + k,
+                Tx::call(
+                    depositor,
+                    self.mixer,
+                    ETH,
+                    IMixer::depositCall {
+                        commitment: commitment.into(),
+                    }
+                    .abi_encode(),
+                ),
+                Some(Mark::Mix(depositor)),
+            ));
+            let to = g.fresh(entity);
+            let mut nullifier = [0u8; 32];
+            g.rng.fill(&mut nullifier);
+            self.pending.push((
+                b + k + 2,
+                Tx::call(
+                    self.relayer,
+                    self.mixer,
+                    0,
+                    IMixer::withdrawCall {
+                        to,
+                        nullifierHash: nullifier.into(),
+                    }
+                    .abi_encode(),
+                ),
+                None,
+            ));
+        }
     }
 
     /// Plants structuring from block `b`: a fresh address of `entity` is cashed in (the
@@ -1363,6 +1441,7 @@ impl Typologies {
             Mark::Swap(who) => self.swaps.push((who, hash, height)),
             Mark::Relay(first) => self.relays.push((first, hash, height)),
             Mark::Structure(source) => self.structured.push((source, hash, height)),
+            Mark::Mix(who) => self.mixed.push((who, hash, height)),
             Mark::Victim(_) => {}
         }
     }
@@ -1381,6 +1460,16 @@ impl Typologies {
                 p.spender,
                 list.join(" ")
             );
+        }
+        let mut mixed: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
+        for (who, hash, height) in &self.mixed {
+            mixed.entry(*who).or_default().push((*hash, *height));
+        }
+        for (who, list) in &mixed {
+            let lo = list.iter().map(|s| s.1).min().unwrap_or_default();
+            let hi = list.iter().map(|s| s.1).max().unwrap_or_default();
+            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
+            let _ = writeln!(out, "coinjoin,{who:#x},{lo},{hi},{}", hashes.join(" "));
         }
         let mut structured: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
         for (source, hash, height) in &self.structured {
