@@ -737,11 +737,11 @@ async fn a_reorganisation_below_the_last_run_starts_over() {
     let fork = Fork::find(tmp.path());
     let dir = tmp.path().join("blocks");
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
-    write_blocks_dir(&dir, &[fork.early.clone()]);
+    write_blocks_dir(&dir, std::slice::from_ref(&fork.early));
     index_btc_cli(&dir, &wh);
     ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
     std::fs::remove_dir_all(&dir).expect("rm");
-    write_blocks_dir(&dir, &[fork.all.clone()]);
+    write_blocks_dir(&dir, std::slice::from_ref(&fork.all));
     index_btc_cli(&dir, &wh);
     let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
     assert!(out.contains("no longer on the chain"), "{out}");
