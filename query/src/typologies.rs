@@ -1989,6 +1989,21 @@ async fn eth_fan_out(
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(", ");
+    // The scale of each asset's round-sum test, for the loose test in SQL.
+    let scales = assets
+        .iter()
+        .map(|(a, (_, sc, _))| format!("WHEN '{a}' THEN {sc}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let b = rules.fan_band;
+    let (lo2, lo5, lo10) = (
+        2.0 * (1.0 - b) - 1e-6,
+        5.0 * (1.0 - b) - 1e-6,
+        10.0 * (1.0 - b) - 1e-6,
+    );
+    // First the payments to fresh addresses whose amount is loosely just under a round
+    // sum (the leading digits of its amount in the test's units, in floating point; the
+    // exact test follows): on a whole chain, a small share of all payments.
     let sql = format!(
         "WITH t AS (
             SELECT lower(from_address) AS f, lower(to_address) AS r, lower(asset) AS asset,
@@ -2001,15 +2016,76 @@ async fn eth_fan_out(
         first_in AS (
             SELECT r, min(b * 1000000000 + i * 100000 + o) AS k FROM t GROUP BY r
         ),
-        pay AS (
-            SELECT t.*, (t.b * 1000000000 + t.i * 100000 + t.o) = fi.k AS fresh
-            FROM t JOIN first_in fi ON fi.r = t.r
-            WHERE t.asset IN ({list}) AND t.b >= {since}
-              AND t.f NOT IN ({contracts})
+        scaled AS (
+            SELECT t.*,
+                   CAST(t.v AS DOUBLE) / power(10.0, CASE t.asset {scales} END) AS x
+            FROM t
+            WHERE t.asset IN ({list}) AND t.b >= {since} AND t.f NOT IN ({contracts})
+        ),
+        cand AS (
+            SELECT *, x / power(10.0, floor(log10(x))) AS m FROM scaled WHERE x >= 1
         )
-        SELECT f, r, asset, v, b, i, o, h, fresh FROM pay",
+        SELECT c.f, c.asset, c.v, c.h, c.o
+        FROM cand c JOIN first_in fi
+          ON fi.r = c.r AND fi.k = c.b * 1000000000 + c.i * 100000 + c.o
+        WHERE (c.m >= {lo2} AND c.m < 2.000001) OR (c.m >= {lo5} AND c.m < 5.000001)
+           OR c.m >= {lo10} OR c.m < 1.000001",
         contracts = contracts_sql(upto)
     );
+    // The exact test: per (payer, asset), its just-under payments to fresh addresses.
+    let under_of = |asset: &str, value: u128| -> Option<i64> {
+        let &(dec, scale, min) = assets.get(asset)?;
+        let coins = value as f64 / 10f64.powi(dec as i32);
+        let units = i64::try_from(value / 10u128.pow(scale)).ok()?;
+        (coins >= min).then_some(())?;
+        just_under_round(units, rules.fan_band)
+    };
+    let mut fresh_under: HashSet<(String, String)> = HashSet::new();
+    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+    for r in text_rows(ctx, &sql).await? {
+        let (Some(f), Some(asset)) = (r[0].clone(), r[1].clone()) else {
+            continue;
+        };
+        let Some(value) = r[2].as_deref().and_then(|v| v.parse::<u128>().ok()) else {
+            continue;
+        };
+        if services.contains(&f) || under_of(&asset, value).is_none() {
+            continue;
+        }
+        fresh_under.insert((
+            r[3].clone().unwrap_or_default(),
+            r[4].clone().unwrap_or_default(),
+        ));
+        *counts.entry((f, asset)).or_default() += 1;
+    }
+    let groups: HashSet<(String, String)> = counts
+        .into_iter()
+        .filter(|(_, n)| *n >= rules.fan_min_outputs)
+        .map(|(k, _)| k)
+        .collect();
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Then every payment of those payers in those assets.
+    let table = "typology_fan_sources";
+    ctx.register_batch(
+        table,
+        address_table(groups.iter().map(|g| g.0.clone()).collect::<BTreeSet<_>>())?,
+    )?;
+    let rows = text_rows(
+        ctx,
+        &format!(
+            "SELECT lower(tr.from_address), lower(tr.to_address), lower(tr.asset),
+                    tr.value_string, tr.block_number, tr.transaction_index, tr.ordinal,
+                    tr.transaction_hash
+             FROM eth.transfers tr JOIN {table} s ON s.address = lower(tr.from_address)
+             WHERE tr.value > 0 AND tr.block_number <= {upto} AND tr.block_number >= {since}
+               AND lower(tr.from_address) <> lower(tr.to_address)
+               AND lower(tr.asset) IN ({list})"
+        ),
+    )
+    .await;
+    ctx.deregister_table(table)?;
     struct Pay {
         to: String,
         coins: f64,
@@ -2020,33 +2096,30 @@ async fn eth_fan_out(
         fresh: bool,
     }
     let mut by: BTreeMap<(String, String), Vec<Pay>> = BTreeMap::new();
-    for r in text_rows(ctx, &sql).await? {
+    for r in rows? {
         let (Some(f), Some(asset)) = (r[0].clone(), r[2].clone()) else {
             continue;
         };
-        if services.contains(&f) {
+        let key = (f, asset);
+        if !groups.contains(&key) {
             continue;
         }
-        let Some(&(dec, scale, min)) = assets.get(&asset) else {
+        let Some(&(dec, _, _)) = assets.get(&key.1) else {
             continue;
         };
         let Some(value) = r[3].as_deref().and_then(|v| v.parse::<u128>().ok()) else {
             continue;
         };
-        let coins = value as f64 / 10f64.powi(dec as i32);
-        // The round-sum test in whole units of 10^scale base units.
-        let units = i64::try_from(value / 10u128.pow(scale)).ok();
-        let under = units
-            .filter(|_| coins >= min)
-            .and_then(|u| just_under_round(u, rules.fan_band));
-        by.entry((f, asset)).or_default().push(Pay {
+        let tx = r[7].clone().unwrap_or_default();
+        let fresh = fresh_under.contains(&(tx.clone(), r[6].clone().unwrap_or_default()));
+        by.entry(key.clone()).or_default().push(Pay {
             to: r[1].clone().unwrap_or_default(),
-            coins,
-            under,
+            coins: value as f64 / 10f64.powi(dec as i32),
+            under: under_of(&key.1, value),
             value,
             at: (int(&r[4]), int(&r[5]), int(&r[6])),
-            tx: r[7].clone().unwrap_or_default(),
-            fresh: r[8].as_deref() == Some("true"),
+            tx,
+            fresh,
         });
     }
     let mut out = Vec::new();
@@ -2295,13 +2368,30 @@ async fn eth_pass_through(
             GROUP BY a
             HAVING sum(n_in) = 1 AND sum(n_out) = 1
         ),
-        hops AS (SELECT a FROM ends WHERE a NOT IN ({contracts}))
+        hops AS (SELECT a FROM ends WHERE a NOT IN ({contracts})),
+        -- The hop tests, loosely (floating point; the exact ones follow in Rust): on a
+        -- whole chain single-use addresses are many, hops of a chain few.
+        legs AS (
+            SELECT hops.a, i.f AS src, o.r AS dst
+            FROM hops JOIN t i ON i.r = hops.a JOIN t o ON o.f = hops.a
+            WHERE i.asset = o.asset AND i.b >= {since}
+              AND (o.b > i.b OR (o.b = i.b AND (o.i > i.i OR (o.i = i.i AND o.o > i.o))))
+              AND o.b - i.b <= {wait}
+              AND CAST(o.v AS DOUBLE) >= {kept} * CAST(i.v AS DOUBLE) * 0.999999
+        ),
+        -- Only hops next to another hop can be in a chain of two or more.
+        linked AS (
+            SELECT a FROM legs
+            WHERE src IN (SELECT a FROM legs) OR dst IN (SELECT a FROM legs)
+        )
         SELECT 'in', t.r, t.f, t.asset, t.v, t.b, t.i, t.o, t.h
-        FROM t JOIN hops ON hops.a = t.r
+        FROM t JOIN linked ON linked.a = t.r
         UNION ALL
         SELECT 'out', t.f, t.r, t.asset, t.v, t.b, t.i, t.o, t.h
-        FROM t JOIN hops ON hops.a = t.f",
-        contracts = contracts_sql(upto)
+        FROM t JOIN linked ON linked.a = t.f",
+        contracts = contracts_sql(upto),
+        wait = rules.pass_max_wait,
+        kept = rules.pass_min_kept,
     );
     #[derive(Clone)]
     struct Leg {
