@@ -679,11 +679,7 @@ async fn incremental_runs_equal_runs_over_every_block() {
     assert!(out.contains("full: the rules differ"), "{out}");
     // A damaged state: an error naming it, and --full still works.
     // The latest run's state file (older runs are kept a while too).
-    let state = walk(&tmp.path().join("wh/results/typologies_state"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .max_by_key(|p| p.to_string_lossy().into_owned())
-        .expect("a state file");
+    let state = newest_parquet(&tmp.path().join("wh/results/typologies_state"));
     let mut bytes = std::fs::read(&state).expect("read");
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
@@ -710,11 +706,7 @@ async fn incremental_runs_equal_runs_over_every_block() {
     ]));
     // A damaged findings file: `typology(...)` and the table are errors naming it, never
     // fewer rows.
-    let file = walk(&tmp.path().join("wh/results/typologies"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .max_by_key(|p| p.to_string_lossy().into_owned())
-        .expect("a findings file");
+    let file = newest_parquet(&tmp.path().join("wh/results/typologies"));
     let mut bytes = std::fs::read(&file).expect("read");
     let n = bytes.len();
     bytes.truncate(n - 100);

@@ -150,6 +150,54 @@ fn accused(found: &[Row], truth: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `ferret synth eth --typologies` on the node: 30 blocks of 20 transactions, 100 users,
+/// 60 victims per operation.
+fn synth(rpc: &str, out: &Path, seed: u64) {
+    let seed = seed.to_string();
+    ok(ferret(&[
+        "synth",
+        "eth",
+        "--rpc",
+        rpc,
+        "--out",
+        out.to_str().expect("utf8"),
+        "--seed",
+        &seed,
+        "--blocks",
+        "30",
+        "--txs-per-block",
+        "20",
+        "--users",
+        "100",
+        "--victims",
+        "60",
+        "--typologies",
+    ]));
+}
+
+fn import_labels(wh: &str, truth: &Path) {
+    ok(ferret(&[
+        "labels",
+        "import",
+        "--warehouse",
+        wh,
+        "--chain",
+        "eth",
+        "--source",
+        "truth",
+        truth.join("labels.csv").to_str().expect("utf8"),
+    ]));
+}
+
+/// The scenario's stablecoin contract (no mainnet one: named with `--stablecoin`).
+fn stablecoin(truth: &Path) -> String {
+    entities(truth)
+        .into_iter()
+        .find(|(_, e)| e == "contract-ferretusd")
+        .map(|(a, _)| a)
+        .expect("the stablecoin's contract")
+}
+
 const FLOOR: [(&str, f64, f64); 7] = [
     ("coinjoin", 0.9, 0.9),
     ("fan_out", 0.9, 0.9),
@@ -192,25 +240,7 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("synth");
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
-    ok(ferret(&[
-        "synth",
-        "eth",
-        "--rpc",
-        node.url(),
-        "--out",
-        out.to_str().expect("utf8"),
-        "--seed",
-        "5",
-        "--blocks",
-        "30",
-        "--txs-per-block",
-        "20",
-        "--users",
-        "100",
-        "--victims",
-        "60",
-        "--typologies",
-    ]));
+    synth(node.url(), &out, 5);
     ok(ferret(&[
         "index",
         "eth",
@@ -220,24 +250,10 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         &wh,
     ]));
     let truth = out.join("truth");
-    ok(ferret(&[
-        "labels",
-        "import",
-        "--warehouse",
-        &wh,
-        "--chain",
-        "eth",
-        "--source",
-        "truth",
-        truth.join("labels.csv").to_str().expect("utf8"),
-    ]));
+    import_labels(&wh, &truth);
     ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
     // The scenario's stablecoin is no mainnet one: it is named.
-    let usd = entities(&truth)
-        .into_iter()
-        .find(|(_, e)| e == "contract-ferretusd")
-        .map(|(a, _)| a)
-        .expect("the stablecoin's contract");
+    let usd = stablecoin(&truth);
     let stable = format!("{usd}:6");
     let printed = ok(ferret(&[
         "typologies",
@@ -514,7 +530,7 @@ async fn table(wh: &str) -> Vec<String> {
     .await
 }
 
-/// Runs over the new blocks only equal runs over every block, at two tips; nothing new
+/// Runs over the new blocks only equal runs over every block, at seven tips; nothing new
 /// changes nothing; other rules start over; a damaged state is an error naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ethereum_incremental_runs_equal_runs_over_every_block() {
@@ -524,31 +540,9 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("synth");
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
-    ok(ferret(&[
-        "synth",
-        "eth",
-        "--rpc",
-        node.url(),
-        "--out",
-        out.to_str().expect("utf8"),
-        "--seed",
-        "7",
-        "--blocks",
-        "30",
-        "--txs-per-block",
-        "20",
-        "--users",
-        "100",
-        "--victims",
-        "60",
-        "--typologies",
-    ]));
+    synth(node.url(), &out, 7);
     let truth = out.join("truth");
-    let usd = entities(&truth)
-        .into_iter()
-        .find(|(_, e)| e == "contract-ferretusd")
-        .map(|(a, _)| a)
-        .expect("the stablecoin's contract");
+    let usd = stablecoin(&truth);
     let stable = format!("{usd}:6");
     let index = |to: Option<&str>| {
         let mut a = vec!["index", "eth", "--rpc", node.url(), "--warehouse", &wh];
@@ -570,17 +564,7 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
         ok(ferret(&a))
     };
     index(Some("12"));
-    ok(ferret(&[
-        "labels",
-        "import",
-        "--warehouse",
-        &wh,
-        "--chain",
-        "eth",
-        "--source",
-        "truth",
-        truth.join("labels.csv").to_str().expect("utf8"),
-    ]));
+    import_labels(&wh, &truth);
     ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
     let first = run(&[]);
     assert!(
@@ -635,11 +619,7 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
     let printed = run(&["--phishing-min-owners", "4"]);
     assert!(printed.contains("full: the rules differ"), "{printed}");
     // A damaged state: an error naming it; --full starts over.
-    let state = walk(&tmp.path().join("wh/results/typologies_eth_state"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .max_by_key(|p| p.to_string_lossy().into_owned())
-        .expect("a state file");
+    let state = newest_parquet(&tmp.path().join("wh/results/typologies_eth_state"));
     let mut bytes = std::fs::read(&state).expect("read");
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;

@@ -960,7 +960,7 @@ pub async fn run_eth(
         collection: Vec::new(),
         collection_amounts: Vec::new(),
     };
-    let (prev, mode) = eth_resume(wh, &m, &keyed, full).await?;
+    let (mut prev, mode) = eth_resume(wh, &m, &keyed, full).await?;
     let ctx = crate::session(wh).await?;
     let since = rules.since.unwrap_or(i64::MIN);
     // Every query stops at the tip read above (the state records it), whatever the
@@ -982,8 +982,8 @@ pub async fn run_eth(
         // A pull in the new blocks joins approvals up to `phishing_max_delay` before it;
         // the rows of older pulls do not change.
         let mut rows = prev
-            .as_ref()
-            .map(|p| p.phishing.clone())
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.phishing))
             .unwrap_or_default();
         rows.extend(
             phishing_rows(
@@ -995,7 +995,7 @@ pub async fn run_eth(
             )
             .await?,
         );
-        let (found, to) = judge_phishing(rules, rows.clone());
+        let (found, to) = judge_phishing(rules, &mut rows);
         state.phishing = rows;
         findings.extend(found);
         receivers = to;
@@ -1004,11 +1004,11 @@ pub async fn run_eth(
         // A small transfer matches counterparties first paid before it: those of the
         // older ones are all known.
         let mut rows = prev
-            .as_ref()
-            .map(|p| p.poisoning.clone())
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.poisoning))
             .unwrap_or_default();
         rows.extend(poisoning_rows(&ctx, rules, from, upto).await?);
-        findings.extend(judge_poisoning(rules, rows.clone()));
+        findings.extend(judge_poisoning(rules, &mut rows));
         state.poisoning = rows;
     }
     if wanted(Pattern::VictimCollection) || swaps {
@@ -1395,11 +1395,11 @@ fn sort_rows(rows: &mut [Vec<Option<String>>], key: usize, block: usize, tx: usi
 /// drains paid.
 fn judge_phishing(
     rules: &EthRules,
-    mut rows: Vec<Vec<Option<String>>>,
+    rows: &mut [Vec<Option<String>>],
 ) -> (Vec<Finding>, BTreeSet<String>) {
-    sort_rows(&mut rows, 0, 5, 6);
-    let mut by_spender: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
-    for r in rows {
+    sort_rows(rows, 0, 5, 6);
+    let mut by_spender: BTreeMap<String, Vec<&Vec<Option<String>>>> = BTreeMap::new();
+    for r in rows.iter() {
         let Some(s) = r[0].clone() else { continue };
         by_spender.entry(s).or_default().push(r);
     }
@@ -1410,6 +1410,7 @@ fn judge_phishing(
         let mut seen = HashSet::new();
         let rows: Vec<&Vec<Option<String>>> = rows
             .iter()
+            .copied()
             .filter(|r| seen.insert((r[6].clone(), r[1].clone())))
             .collect();
         let owners: HashSet<&str> = rows.iter().filter_map(|r| r[1].as_deref()).collect();
@@ -1523,11 +1524,11 @@ async fn poisoning_rows(
 }
 
 /// Judges the poisoning rows (`poisoning_rows`): one finding per look-alike.
-fn judge_poisoning(rules: &EthRules, mut rows: Vec<Vec<Option<String>>>) -> Vec<Finding> {
+fn judge_poisoning(rules: &EthRules, rows: &mut [Vec<Option<String>>]) -> Vec<Finding> {
     let (k1, k2) = (rules.poison_prefix, rules.poison_suffix);
-    sort_rows(&mut rows, 0, 3, 4);
-    let mut by_fake: BTreeMap<String, Vec<Vec<Option<String>>>> = BTreeMap::new();
-    for r in rows {
+    sort_rows(rows, 0, 3, 4);
+    let mut by_fake: BTreeMap<String, Vec<&Vec<Option<String>>>> = BTreeMap::new();
+    for r in rows.iter() {
         let Some(s) = r[0].clone() else { continue };
         by_fake.entry(s).or_default().push(r);
     }
@@ -1560,14 +1561,7 @@ fn judge_poisoning(rules: &EthRules, mut rows: Vec<Vec<Option<String>>>) -> Vec<
             .iter()
             .map(|r| (int(&r[3]) - int(&r[5])) as f64)
             .collect();
-        let mut txids: Vec<String> = Vec::new();
-        for r in &rows {
-            if let Some(t) = &r[4]
-                && !txids.contains(t)
-            {
-                txids.push(t.clone());
-            }
-        }
+        let txids = distinct_in_order(rows.iter().filter_map(|r| r[4].as_ref()));
         // Random addresses match k hex digits with odds 16^-k: more shared digits, a
         // surer finding.
         let digits = (best.0 + best.1) as f64;
@@ -1620,6 +1614,29 @@ fn contracts_sql(upto: i64) -> String {
          WHERE call_type IN ('create', 'create2') AND to_address IS NOT NULL
            AND block_number <= {upto}"
     )
+}
+
+/// Every transfer of more than zero between two addresses up to block `upto`, in short
+/// names: `f`rom, `r`ecipient, `asset`, `v`alue (text), `b`lock, `i`ndex, `o`rdinal,
+/// `h`ash.
+fn transfers_sql(upto: i64) -> String {
+    format!(
+        "SELECT lower(from_address) AS f, lower(to_address) AS r, lower(asset) AS asset,
+                value_string AS v, block_number AS b, transaction_index AS i,
+                ordinal AS o, transaction_hash AS h
+         FROM eth.transfers
+         WHERE value > 0 AND block_number <= {upto}
+           AND lower(from_address) <> lower(to_address)"
+    )
+}
+
+/// Each text once, in the order first seen.
+fn distinct_in_order<'a>(it: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    it.into_iter()
+        .filter(|t| seen.insert(t.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// A table of addresses registered for a query, dropped when done.
@@ -1886,12 +1903,7 @@ async fn stablecoin_swaps(
             .max_by_key(|(_, v)| v.1)
             .map(|(k, v)| (k.to_string(), *v))
             .unwrap_or_default();
-        let mut txids: Vec<String> = Vec::new();
-        for s in &list {
-            if !txids.contains(&s.tx) {
-                txids.push(s.tx.clone());
-            }
-        }
+        let txids = distinct_in_order(list.iter().map(|s| &s.tx));
         let n = txids.len();
         let round_share = round as f64 / list.len() as f64;
         let srcs: BTreeMap<&str, &str> = list
@@ -2005,14 +2017,7 @@ async fn eth_fan_out(
     // sum (the leading digits of its amount in the test's units, in floating point; the
     // exact test follows): on a whole chain, a small share of all payments.
     let sql = format!(
-        "WITH t AS (
-            SELECT lower(from_address) AS f, lower(to_address) AS r, lower(asset) AS asset,
-                   value_string AS v, block_number AS b, transaction_index AS i,
-                   ordinal AS o, transaction_hash AS h
-            FROM eth.transfers
-            WHERE value > 0 AND block_number <= {upto}
-              AND lower(from_address) <> lower(to_address)
-        ),
+        "WITH t AS ({transfers}),
         first_in AS (
             SELECT r, min(b * 1000000000 + i * 100000 + o) AS k FROM t GROUP BY r
         ),
@@ -2030,7 +2035,8 @@ async fn eth_fan_out(
           ON fi.r = c.r AND fi.k = c.b * 1000000000 + c.i * 100000 + c.o
         WHERE (c.m >= {lo2} AND c.m < 2.000001) OR (c.m >= {lo5} AND c.m < 5.000001)
            OR c.m >= {lo10} OR c.m < 1.000001",
-        contracts = contracts_sql(upto)
+        contracts = contracts_sql(upto),
+        transfers = transfers_sql(upto),
     );
     // The exact test: per (payer, asset), its just-under payments to fresh addresses.
     let under_of = |asset: &str, value: u128| -> Option<i64> {
@@ -2173,12 +2179,7 @@ async fn eth_fan_out(
         let n = under.len();
         let score = (0.5 + 0.5 * (n as f64 / 20.0).min(1.0))
             * (1.0 - cv / (2.0 * rules.fan_max_cv.max(1e-9))).clamp(0.5, 1.0);
-        let mut txids: Vec<String> = Vec::new();
-        for p in &under {
-            if !txids.contains(&p.tx) {
-                txids.push(p.tx.clone());
-            }
-        }
+        let txids = distinct_in_order(under.iter().map(|p| &p.tx));
         let total: u128 = under
             .iter()
             .map(|p| p.value)
@@ -2293,12 +2294,7 @@ async fn mixer_use(
             .max_by_key(|(_, v)| v.1)
             .map(|(k, v)| (k.to_string(), *v))
             .unwrap_or_default();
-        let mut txids: Vec<String> = Vec::new();
-        for d in &list {
-            if !txids.contains(&d.tx) {
-                txids.push(d.tx.clone());
-            }
-        }
+        let txids = distinct_in_order(list.iter().map(|d| &d.tx));
         let used: BTreeMap<&str, &str> = list
             .iter()
             .map(|d| {
@@ -2351,14 +2347,7 @@ async fn eth_pass_through(
 ) -> Result<Vec<Finding>> {
     let since = rules.since.unwrap_or(i64::MIN);
     let sql = format!(
-        "WITH t AS (
-            SELECT lower(from_address) AS f, lower(to_address) AS r, lower(asset) AS asset,
-                   value_string AS v, block_number AS b, transaction_index AS i,
-                   ordinal AS o, transaction_hash AS h
-            FROM eth.transfers
-            WHERE value > 0 AND block_number <= {upto}
-              AND lower(from_address) <> lower(to_address)
-        ),
+        "WITH t AS ({transfers}),
         ends AS (
             SELECT a FROM (
                 SELECT r AS a, 1 AS n_in, 0 AS n_out FROM t
@@ -2390,6 +2379,7 @@ async fn eth_pass_through(
         SELECT 'out', t.f, t.r, t.asset, t.v, t.b, t.i, t.o, t.h
         FROM t JOIN linked ON linked.a = t.f",
         contracts = contracts_sql(upto),
+        transfers = transfers_sql(upto),
         wait = rules.pass_max_wait,
         kept = rules.pass_min_kept,
     );

@@ -206,6 +206,15 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The newest Parquet file under `dir` (run files are named by time): the latest run's.
+pub fn newest_parquet(dir: &std::path::Path) -> std::path::PathBuf {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .max_by_key(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("no Parquet file under {}", dir.display()))
+}
+
 /// Asserts that the local warehouse at `dir` holds exactly the files `chain`'s manifest
 /// lists, plus that manifest and the chain's lock and marker.
 pub async fn assert_only_committed_files(dir: &Path, chain: ferret_schemas::Chain) {

@@ -823,14 +823,10 @@ enum Mark {
     Drain(usize),
     /// A poisoning transfer to this look-alike.
     Poison(Address),
-    /// A swap of scam money into the stablecoin by this address.
-    Swap(Address),
-    /// A relay's forward in the layering chain that starts at this address.
-    Relay(Address),
-    /// A structuring payment by this source.
-    Structure(Address),
-    /// A mixer deposit by this address.
-    Mix(Address),
+    /// Evidence of a finding of this pattern about this address: a swap into the
+    /// stablecoin, a relay's forward (the chain's first relay), a structuring payment, a
+    /// mixer deposit.
+    Plant(&'static str, Address),
 }
 
 /// A phishing operation: a spender that victims approve and that then drains them.
@@ -861,19 +857,13 @@ struct Typologies {
     dex_users: Vec<Address>,
     /// Transactions due in a later block, with what the truth calls them.
     pending: Vec<(usize, Tx, Option<Mark>)>,
-    /// Swap plants: the swapper, the transaction, its block.
-    swaps: Vec<(Address, B256, u64)>,
-    /// Layering plants: the chain's first relay, a forward, its block.
-    relays: Vec<(Address, B256, u64)>,
     /// The stablecoin's minter (cash-ins of the structurers).
     minter: Address,
-    /// Structuring plants: the source, a payment, its block.
-    structured: Vec<(Address, B256, u64)>,
     /// The mixer (labelled `mixer`) and the relayer paying its withdrawals.
     mixer: Address,
     relayer: Address,
-    /// Mixer deposits: the depositor, the deposit, its block.
-    mixed: Vec<(Address, B256, u64)>,
+    /// Per (pattern, address) planted: the evidence transactions and their blocks.
+    plants: BTreeMap<(&'static str, Address), Vec<(B256, u64)>>,
 }
 
 const MAX_APPROVAL: U256 = U256::MAX;
@@ -1017,13 +1007,10 @@ impl Typologies {
             pool,
             dex_users,
             pending: Vec::new(),
-            swaps: Vec::new(),
-            relays: Vec::new(),
+            plants: BTreeMap::new(),
             minter,
-            structured: Vec::new(),
             mixer,
             relayer,
-            mixed: Vec::new(),
         })
     }
 
@@ -1045,7 +1032,7 @@ impl Typologies {
                     }
                     .abi_encode(),
                 ),
-                Some(Mark::Mix(depositor)),
+                Some(Mark::Plant("coinjoin", depositor)),
             ));
             let to = g.fresh(entity);
             let mut nullifier = [0u8; 32];
@@ -1114,7 +1101,7 @@ impl Typologies {
                 self.pending.push((
                     b + 1 + k / 4,
                     Tx::usd(self.usd, source, r, cents * USD / 100),
-                    Some(Mark::Structure(source)),
+                    Some(Mark::Plant("fan_out", source)),
                 ));
             }
         }
@@ -1148,7 +1135,7 @@ impl Typologies {
             self.pending.push((
                 b + 1 + i,
                 Tx::usd(self.usd, r, next, value),
-                Some(Mark::Relay(first)),
+                Some(Mark::Plant("pass_through", first)),
             ));
         }
         Ok(())
@@ -1182,7 +1169,7 @@ impl Typologies {
                     }
                     .abi_encode(),
                 ),
-                Some(Mark::Swap(scam)),
+                Some(Mark::Plant("stablecoin_swap", scam)),
             ));
             return;
         }
@@ -1202,7 +1189,7 @@ impl Typologies {
                 }
                 .abi_encode(),
             ),
-            Some(Mark::Swap(r)),
+            Some(Mark::Plant("stablecoin_swap", r)),
         ));
         self.pending
             .push((b + 2, Tx::usd(self.usd, r, exchange, round), None));
@@ -1438,10 +1425,11 @@ impl Typologies {
         match m {
             Mark::Drain(k) => self.phishers[k].drains.push((hash, height)),
             Mark::Poison(fake) => self.poisons.push((fake, hash, height)),
-            Mark::Swap(who) => self.swaps.push((who, hash, height)),
-            Mark::Relay(first) => self.relays.push((first, hash, height)),
-            Mark::Structure(source) => self.structured.push((source, hash, height)),
-            Mark::Mix(who) => self.mixed.push((who, hash, height)),
+            Mark::Plant(pattern, who) => self
+                .plants
+                .entry((pattern, who))
+                .or_default()
+                .push((hash, height)),
             Mark::Victim(_) => {}
         }
     }
@@ -1461,56 +1449,11 @@ impl Typologies {
                 list.join(" ")
             );
         }
-        let mut mixed: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
-        for (who, hash, height) in &self.mixed {
-            mixed.entry(*who).or_default().push((*hash, *height));
-        }
-        for (who, list) in &mixed {
+        for ((pattern, who), list) in &self.plants {
             let lo = list.iter().map(|s| s.1).min().unwrap_or_default();
             let hi = list.iter().map(|s| s.1).max().unwrap_or_default();
             let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
-            let _ = writeln!(out, "coinjoin,{who:#x},{lo},{hi},{}", hashes.join(" "));
-        }
-        let mut structured: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
-        for (source, hash, height) in &self.structured {
-            structured
-                .entry(*source)
-                .or_default()
-                .push((*hash, *height));
-        }
-        for (source, list) in &structured {
-            let lo = list.iter().map(|s| s.1).min().unwrap_or_default();
-            let hi = list.iter().map(|s| s.1).max().unwrap_or_default();
-            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
-            let _ = writeln!(out, "fan_out,{source:#x},{lo},{hi},{}", hashes.join(" "));
-        }
-        let mut relays: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
-        for (first, hash, height) in &self.relays {
-            relays.entry(*first).or_default().push((*hash, *height));
-        }
-        for (first, list) in &relays {
-            let lo = list.iter().map(|s| s.1).min().unwrap_or_default();
-            let hi = list.iter().map(|s| s.1).max().unwrap_or_default();
-            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
-            let _ = writeln!(
-                out,
-                "pass_through,{first:#x},{lo},{hi},{}",
-                hashes.join(" ")
-            );
-        }
-        let mut swaps: BTreeMap<Address, Vec<(B256, u64)>> = BTreeMap::new();
-        for (who, hash, height) in &self.swaps {
-            swaps.entry(*who).or_default().push((*hash, *height));
-        }
-        for (who, list) in &swaps {
-            let first = list.iter().map(|s| s.1).min().unwrap_or_default();
-            let last = list.iter().map(|s| s.1).max().unwrap_or_default();
-            let hashes: Vec<String> = list.iter().map(|s| format!("{:#x}", s.0)).collect();
-            let _ = writeln!(
-                out,
-                "stablecoin_swap,{who:#x},{first},{last},{}",
-                hashes.join(" ")
-            );
+            let _ = writeln!(out, "{pattern},{who:#x},{lo},{hi},{}", hashes.join(" "));
         }
         for (fake, hash, height) in &self.poisons {
             let _ = writeln!(
