@@ -3,15 +3,15 @@
 //!
 //! ```text
 //! cargo run --release -p ferret-benches --bin typology_pass -- \
-//!     --warehouse /tmp/wh [--mode read|scan]
+//!     --warehouse /tmp/wh [--mode read|scan] [--digest]
 //! ```
 //!
 //! `read` streams every transaction (with its txid, as the pass does) and does nothing
 //! with it; `scan` feeds each one to the pass (`ferret_kernels::typology::btc::Scan`,
 //! default rules) and closes it, without naming addresses or writing anything. Prints one
 //! JSON line: mode, wall seconds, transactions, findings (`read`: the inputs and outputs
-//! seen), peak RSS (VmHWM). The system
-//! allocator, as the CLI.
+//! seen), peak RSS (VmHWM), and (`scan --digest`) a digest of the findings' JSON, to
+//! compare builds (its time is counted). The system allocator, as the CLI.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -35,6 +35,7 @@ async fn main() -> Result<()> {
         .await?
         .context("no Bitcoin blocks in the warehouse")?;
     let t = Instant::now();
+    let mut digest = String::new();
     let (transactions, findings) = match mode.as_str() {
         "read" => {
             let mut n = 0u64;
@@ -50,12 +51,22 @@ async fn main() -> Result<()> {
             let mut scan = Scan::new(BtcRules::default(), HashSet::new(), m.next_address_id)?;
             ferret_kernels::txstream::for_each_tx_from(&wh, &m, 0, true, "bench", |tx| scan.tx(tx))
                 .await?;
-            (m.next_tx_index, scan.finish().len())
+            let found = scan.finish();
+            // A digest of the findings as JSON (FNV-1a), so two builds can be compared.
+            if args.iter().any(|a| a == "--digest") {
+                let json = serde_json::to_vec(&found)?;
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in json {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                }
+                digest = format!("{h:016x}");
+            }
+            (m.next_tx_index, found.len())
         }
         other => bail!("--mode {other}: read or scan"),
     };
     println!(
-        "{{\"mode\":\"{mode}\",\"seconds\":{:.2},\"transactions\":{transactions},\"findings\":{findings},\"peak_rss_bytes\":{}}}",
+        "{{\"mode\":\"{mode}\",\"seconds\":{:.2},\"transactions\":{transactions},\"findings\":{findings},\"peak_rss_bytes\":{},\"digest\":\"{digest}\"}}",
         t.elapsed().as_secs_f64(),
         peak_rss_bytes()
     );

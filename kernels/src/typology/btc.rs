@@ -15,13 +15,13 @@
 //!
 //! Every rule is stated in docs/typologies.md with where its thresholds come from.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Finding, Pattern, coefficient_of_variation, just_under_round, r4};
-use crate::coinjoin::{Detectors, TxShape};
+use crate::coinjoin::{Detectors, Protocol, TxShape};
 use crate::txstream::TxRows;
 use crate::{Error, Result};
 
@@ -133,9 +133,109 @@ impl BtcRules {
     }
 }
 
+/// A txid held as its 32 bytes, in the order its hex is written: no allocation per
+/// step, a third of a hex string's memory. Serialised as the hex (the state's format
+/// is the same as with strings).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Txid([u8; 32]);
+
+impl Txid {
+    /// `s` as 64 lowercase hex digits (what the warehouse stores); anything else is
+    /// `None`.
+    pub fn parse(s: &str) -> Option<Txid> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (digit(b[2 * i])? << 4) | digit(b[2 * i + 1])?;
+        }
+        Some(Txid(out))
+    }
+
+    /// The 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for &b in &self.0 {
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        s
+    }
+}
+
+impl std::fmt::Debug for Txid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Txid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Txid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Txid::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("txid `{s}` is not 64 lowercase hex digits"))
+        })
+    }
+}
+
+/// A set of CoinJoin protocols as bits (one byte a mix user instead of a set of
+/// strings). Serialised as the names in alphabetical order, as the set of names was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Protocols(u8);
+
+impl Protocols {
+    fn insert(&mut self, p: Protocol) {
+        self.0 |= 1 << (p as u8);
+    }
+
+    fn names(self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Protocol::ALL
+            .into_iter()
+            .filter(|&p| self.0 & (1 << (p as u8)) != 0)
+            .map(Protocol::name)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+impl Serialize for Protocols {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocols {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let names = <Vec<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        let mut out = Protocols::default();
+        for n in names {
+            let p = Protocol::from_name(&n).ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown CoinJoin protocol `{n}`"))
+            })?;
+            out.insert(p);
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PeelStep {
-    txid: String,
+    txid: Txid,
     height: i64,
     input: i64,
     peel: i64,
@@ -153,7 +253,7 @@ struct PeelChain {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PassStep {
-    txid: String,
+    txid: Txid,
     height: i64,
     address: u64,
     input: i64,
@@ -171,7 +271,7 @@ struct FanSource {
     under: Vec<(i64, i64)>,
     /// Per transaction with just-under payments: its txid, height, the range of its
     /// entries in `under`, and its payments.
-    txs: Vec<(String, i64, std::ops::Range<usize>, usize)>,
+    txs: Vec<(Txid, i64, std::ops::Range<usize>, usize)>,
     /// The addresses those went to, and later payments to them again (a payroll pays
     /// the same people every month; structuring pays fresh addresses).
     recipients: HashSet<u64>,
@@ -182,9 +282,9 @@ struct FanSource {
 struct MixUse {
     sent: i64,
     mixes: u32,
-    protocols: BTreeSet<String>,
+    protocols: Protocols,
     confidence: f64,
-    txids: Vec<String>,
+    txids: Vec<Txid>,
     first_height: i64,
     last_height: i64,
 }
@@ -267,6 +367,10 @@ struct Scratch {
     ids: Vec<u64>,
     out_values: Vec<i64>,
     nulldata: Vec<bool>,
+    /// Fan-out: the just-under payments, their recipients, every recipient.
+    under: Vec<(i64, i64)>,
+    to: Vec<u64>,
+    paid_to: Vec<u64>,
 }
 
 fn bump(v: &mut Vec<u8>, a: u64) {
@@ -279,6 +383,17 @@ fn bump(v: &mut Vec<u8>, a: u64) {
 
 fn count(v: &[u8], a: u64) -> u8 {
     v.get(a as usize).copied().unwrap_or(0)
+}
+
+/// The transaction's outputs that pay (not OP_RETURN), when there are exactly `N`.
+fn paying<const N: usize>(tx: &TxRows) -> Option<[&crate::txstream::TxOut; N]> {
+    let mut it = tx.outputs.iter().filter(|o| !o.nulldata);
+    let first = it.next()?;
+    let mut out = [first; N];
+    for slot in out.iter_mut().skip(1) {
+        *slot = it.next()?;
+    }
+    it.next().is_none().then_some(out)
 }
 
 fn median(xs: &mut [f64]) -> f64 {
@@ -428,6 +543,13 @@ impl Scan {
             let txid = tx.txid.as_deref().ok_or_else(|| {
                 Error::BadGraph(format!("transaction {} without a txid", tx.tx_index))
             })?;
+            let txid = Txid::parse(txid).ok_or_else(|| {
+                Error::BadGraph(format!(
+                    "transaction {}: txid `{}` is not 64 lowercase hex digits",
+                    tx.tx_index,
+                    txid.escape_debug()
+                ))
+            })?;
             let cj = self.detect(tx);
             if let Some(d) = cj {
                 self.coinjoin(tx, txid, d);
@@ -448,6 +570,15 @@ impl Scan {
                     if let Some(c) = self.pass_open.remove(&o) {
                         self.close_pass(c);
                     }
+                }
+            }
+        }
+        // A mix output spent (in a mix or not) leaves the set: it holds the unspent mix
+        // outputs only, not every one there ever was.
+        if !self.mixed.is_empty() {
+            for i in &tx.inputs {
+                if let Some(o) = i.spent_output {
+                    self.mixed.remove(&o);
                 }
             }
         }
@@ -525,7 +656,7 @@ impl Scan {
         self.rules.detectors.detect(&shape)
     }
 
-    fn coinjoin(&mut self, tx: &TxRows, txid: &str, d: crate::coinjoin::Detection) {
+    fn coinjoin(&mut self, tx: &TxRows, txid: Txid, d: crate::coinjoin::Detection) {
         if !d.protocol.is_mix() {
             return;
         }
@@ -537,11 +668,11 @@ impl Scan {
                 ..MixUse::default()
             });
             m.sent = m.sent.saturating_add(sent);
-            m.protocols.insert(d.protocol.name().to_string());
+            m.protocols.insert(d.protocol);
             m.confidence = m.confidence.max(d.confidence);
             m.last_height = h;
-            if m.txids.last().map(String::as_str) != Some(txid) {
-                m.txids.push(txid.to_string());
+            if m.txids.last() != Some(&txid) {
+                m.txids.push(txid);
                 m.mixes += 1;
             }
         };
@@ -562,7 +693,7 @@ impl Scan {
         }
     }
 
-    fn peel(&mut self, tx: &TxRows, txid: &str) {
+    fn peel(&mut self, tx: &TxRows, txid: Txid) {
         let mut ended: Vec<PeelChain> = Vec::new();
         for i in &tx.inputs {
             if let Some(o) = i.spent_output
@@ -574,10 +705,7 @@ impl Scan {
         let step = (|| {
             // Bare-key outputs have no address: a step may spend or pay one.
             let (owner, input) = Self::one_spender(tx)?;
-            let outs: Vec<_> = tx.outputs.iter().filter(|o| !o.nulldata).collect();
-            let [a, b] = outs.as_slice() else {
-                return None;
-            };
+            let [a, b] = paying::<2>(tx)?;
             let (peel, rem) = if a.value <= b.value { (a, b) } else { (b, a) };
             if peel.value <= 0
                 || input <= 0
@@ -590,7 +718,7 @@ impl Scan {
                 owner,
                 rem.output_id,
                 PeelStep {
-                    txid: txid.to_string(),
+                    txid,
                     height: tx.height,
                     input,
                     peel: peel.value,
@@ -674,7 +802,7 @@ impl Scan {
             pattern: Pattern::PeelChain,
             address_id: c.start,
             address: None,
-            txids: c.steps.iter().map(|s| s.txid.clone()).collect(),
+            txids: c.steps.iter().map(|s| s.txid.hex()).collect(),
             first_height: first.height,
             last_height: last.height,
             amount: peeled as f64,
@@ -683,7 +811,7 @@ impl Scan {
         });
     }
 
-    fn pass(&mut self, tx: &TxRows, txid: &str) {
+    fn pass(&mut self, tx: &TxRows, txid: Txid) {
         let mut ended: Vec<Vec<PassStep>> = Vec::new();
         for i in &tx.inputs {
             if let Some(o) = i.spent_output
@@ -694,10 +822,7 @@ impl Scan {
         }
         let step = (|| {
             let (owner, input) = Self::one_owner(tx)?;
-            let outs: Vec<_> = tx.outputs.iter().filter(|o| !o.nulldata).collect();
-            let [out] = outs.as_slice() else {
-                return None;
-            };
+            let [out] = paying::<1>(tx)?;
             let to = out.address_id?;
             let received = tx.inputs.iter().map(|i| i.spent_height).max()??;
             let wait = tx.height - received;
@@ -711,7 +836,7 @@ impl Scan {
             Some((
                 out.output_id,
                 PassStep {
-                    txid: txid.to_string(),
+                    txid,
                     height: tx.height,
                     address: owner,
                     input,
@@ -784,7 +909,7 @@ impl Scan {
                 pattern: Pattern::PassThrough,
                 address_id: Some(first.address),
                 address: None,
-                txids: run.iter().map(|s| s.txid.clone()).collect(),
+                txids: run.iter().map(|s| s.txid.hex()).collect(),
                 first_height: first.height,
                 last_height: last.height,
                 amount: first.input as f64,
@@ -795,15 +920,18 @@ impl Scan {
         self.findings.extend(out);
     }
 
-    fn fan_out(&mut self, tx: &TxRows, txid: &str) {
+    fn fan_out(&mut self, tx: &TxRows, txid: Txid) {
         let Some(source) = tx.inputs.first().and_then(|i| i.address_id) else {
             return;
         };
         let r = &self.rules;
         let mut payments = 0usize;
-        let mut under = Vec::new();
-        let mut to = Vec::new();
-        let mut paid_to = Vec::new();
+        let mut under = std::mem::take(&mut self.scratch.under);
+        let mut to = std::mem::take(&mut self.scratch.to);
+        let mut paid_to = std::mem::take(&mut self.scratch.paid_to);
+        under.clear();
+        to.clear();
+        paid_to.clear();
         for o in &tx.outputs {
             let Some(a) = o.address_id else { continue };
             if o.nulldata || a == source {
@@ -819,24 +947,25 @@ impl Scan {
                 to.push(a);
             }
         }
-        if under.is_empty() && !self.fan.contains_key(&source) {
-            return;
+        if !under.is_empty() || self.fan.contains_key(&source) {
+            let h = tx.height;
+            let s = self.fan.entry(source).or_insert_with(|| FanSource {
+                first_height: h,
+                ..FanSource::default()
+            });
+            s.repaid += paid_to.iter().filter(|a| s.recipients.contains(a)).count();
+            s.payments += payments;
+            s.last_height = h;
+            if !under.is_empty() {
+                let at = s.under.len();
+                s.under.extend_from_slice(&under);
+                s.recipients.extend(to.iter().copied());
+                s.txs.push((txid, h, at..s.under.len(), payments));
+            }
         }
-        let h = tx.height;
-        let s = self.fan.entry(source).or_insert_with(|| FanSource {
-            first_height: h,
-            ..FanSource::default()
-        });
-        s.repaid += paid_to.iter().filter(|a| s.recipients.contains(a)).count();
-        s.payments += payments;
-        s.last_height = h;
-        if !under.is_empty() {
-            let at = s.under.len();
-            s.under.extend(under);
-            s.recipients.extend(to);
-            s.txs
-                .push((txid.to_string(), h, at..s.under.len(), payments));
-        }
+        self.scratch.under = under;
+        self.scratch.to = to;
+        self.scratch.paid_to = paid_to;
     }
 
     /// Judges a fan-out source: its just-under payments over the window when they are
@@ -848,7 +977,7 @@ impl Scan {
             return;
         }
         let whole = s.under.len() as f64 / s.payments.max(1) as f64 >= r.fan_min_share;
-        let picked: Vec<&(String, i64, std::ops::Range<usize>, usize)> = if whole {
+        let picked: Vec<&(Txid, i64, std::ops::Range<usize>, usize)> = if whole {
             s.txs.iter().collect()
         } else {
             s.txs
@@ -920,7 +1049,7 @@ impl Scan {
                 pattern: Pattern::FanOut,
                 address_id: Some(source),
                 address: None,
-                txids: picked.iter().map(|t| t.0.clone()).collect(),
+                txids: picked.iter().map(|t| t.0.hex()).collect(),
                 first_height: picked.iter().map(|t| t.1).min().unwrap_or(s.first_height),
                 last_height: picked.iter().map(|t| t.1).max().unwrap_or(s.last_height),
                 amount: total as f64,
@@ -1018,15 +1147,12 @@ impl Scan {
             let mut f = Map::new();
             f.insert("sent_to_mixes".into(), json!(m.sent));
             f.insert("mixes_entered".into(), json!(m.mixes));
-            f.insert(
-                "protocols".into(),
-                Value::from(m.protocols.iter().cloned().collect::<Vec<_>>()),
-            );
+            f.insert("protocols".into(), Value::from(m.protocols.names()));
             self.findings.push(Finding {
                 pattern: Pattern::CoinJoin,
                 address_id: Some(a),
                 address: None,
-                txids: m.txids,
+                txids: m.txids.iter().map(Txid::hex).collect(),
                 first_height: m.first_height,
                 last_height: m.last_height,
                 amount: m.sent as f64,
@@ -1159,6 +1285,7 @@ pub async fn scan_btc(
 mod tests {
     use super::*;
     use crate::txstream::{TxIn, TxOut};
+    use std::collections::BTreeSet;
 
     struct Chain {
         txs: Vec<TxRows>,
@@ -1297,6 +1424,94 @@ mod tests {
             .collect();
         c.tx(2, &[(o[0], 10_000_000_000, 1, 1)], &outs);
         assert!(of(&c.scan(BtcRules::default()), Pattern::FanOut).is_empty());
+    }
+
+    #[test]
+    fn txids_are_held_as_bytes_and_written_as_the_same_hex() {
+        let hex = "00ff10a9b8c7d6e5f4030201aabbccddeeff00112233445566778899deadbeef";
+        let t = Txid::parse(hex).expect("hex");
+        assert_eq!(t.hex(), hex);
+        assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{hex}\""));
+        let back: Txid = serde_json::from_str(&format!("\"{hex}\"")).unwrap();
+        assert_eq!(back, t);
+        for bad in [
+            &hex[1..],
+            &hex.to_uppercase(),
+            &format!("{}g", &hex[1..]),
+            "",
+        ] {
+            assert!(Txid::parse(bad).is_none(), "{bad}");
+        }
+        assert!(serde_json::from_str::<Txid>("\"abc\"").is_err());
+        // A transaction whose txid is not one is damage, named.
+        let mut c = Chain::new();
+        c.tx(1, &[], &[(5_000, 1)]);
+        c.tx(2, &[(1, 5_000, 1, 1)], &[(4_000, 2)]);
+        c.txs[1].txid = Some("not-a-txid".into());
+        let mut s = Scan::new(BtcRules::default(), HashSet::new(), 100).unwrap();
+        s.tx(&c.txs[0]).unwrap();
+        let err = s.tx(&c.txs[1]).expect_err("damage");
+        assert!(
+            err.to_string().contains("transaction 2: txid `not-a-txid`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn spent_mix_outputs_leave_the_unspent_set_and_remixes_are_not_entries() {
+        let mut c = Chain::new();
+        // Five premix outputs of five users, then a Whirlpool mix of the 0.01 BTC pool.
+        let premix: Vec<u64> = (0..5)
+            .map(|u| c.tx(1, &[], &[(1_010_000, 100 + u)])[0])
+            .collect();
+        let ins: Vec<(u64, i64, u64, i64)> = premix
+            .iter()
+            .zip(100u64..)
+            .map(|(&o, a)| (o, 1_010_000, a, 1))
+            .collect();
+        let outs: Vec<(i64, u64)> = (0..5).map(|u| (1_000_000, 200 + u)).collect();
+        let mixed = c.tx(2, &ins, &outs);
+        // One postmix output is spent in a plain payment, the others remix.
+        c.tx(3, &[(mixed[0], 1_000_000, 200, 2)], &[(990_000, 300)]);
+        let remix_ins: Vec<(u64, i64, u64, i64)> = (1..5)
+            .map(|k| (mixed[k], 1_000_000, 200 + k as u64, 2))
+            .chain([(c.tx(3, &[], &[(1_010_000, 150)])[0], 1_010_000, 150, 3)])
+            .collect();
+        let remix_outs: Vec<(i64, u64)> = (0..5).map(|u| (1_000_000, 400 + u)).collect();
+        c.tx(4, &remix_ins, &remix_outs);
+        let mut s = Scan::new(BtcRules::default(), HashSet::new(), 10_000).unwrap();
+        for t in &c.txs {
+            s.tx(t).unwrap();
+        }
+        // Only the remix's five outputs are unspent mix outputs.
+        let mut unspent: Vec<u64> = s.mixed.iter().copied().collect();
+        unspent.sort_unstable();
+        assert_eq!(unspent.len(), 5, "{unspent:?}");
+        assert!(unspent.iter().all(|o| !mixed.contains(o)));
+        // Mix users: the five premixers and the new entrant of the remix, not the
+        // remixers again.
+        let users: BTreeSet<u64> = of(&s.finish(), Pattern::CoinJoin)
+            .iter()
+            .filter_map(|f| f.address_id)
+            .collect();
+        assert_eq!(users, BTreeSet::from([100, 101, 102, 103, 104, 150]));
+    }
+
+    #[test]
+    fn protocol_sets_serialise_as_sorted_names() {
+        let mut p = Protocols::default();
+        p.insert(Protocol::Wasabi2);
+        p.insert(Protocol::Generic);
+        p.insert(Protocol::Wasabi2);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"["generic","wasabi2"]"#);
+        assert_eq!(serde_json::from_str::<Protocols>(&json).unwrap(), p);
+        assert!(serde_json::from_str::<Protocols>(r#"["tornado"]"#).is_err());
+        for q in Protocol::ALL {
+            let mut one = Protocols::default();
+            one.insert(q);
+            assert_eq!(one.names(), vec![q.name()]);
+        }
     }
 
     #[test]
