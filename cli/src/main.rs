@@ -354,7 +354,8 @@ struct TypologiesEthArgs {
     #[arg(long, value_name = "BLOCK")]
     since: Option<i64>,
     /// Keep only these patterns (repeatable): approval_phishing, address_poisoning,
-    /// victim_collection, pass_through, fan_out, stablecoin_swap, coinjoin (mixer use).
+    /// victim_collection, peel_chain, pass_through, fan_out, stablecoin_swap, coinjoin
+    /// (mixer use).
     #[arg(long = "pattern", value_name = "PATTERN")]
     patterns: Vec<String>,
     /// Approval phishing: the fewest owners one spender drains.
@@ -386,6 +387,13 @@ struct TypologiesEthArgs {
     /// Pass-through: the most blocks a hop holds the money (7200: a day).
     #[arg(long, default_value_t = 7200)]
     pass_max_wait: i64,
+    /// Peel chains: the fewest steps.
+    #[arg(long, default_value_t = 5)]
+    peel_min_steps: usize,
+    /// Pass-through and peel chains: the most ETH (in wei) a hop passing on a token may
+    /// receive besides it, for gas (10^17: 0.1 ETH).
+    #[arg(long, default_value_t = 100_000_000_000_000_000)]
+    hop_max_gas: u128,
     /// Fan-out: the fewest just-under-round payments to fresh addresses.
     #[arg(long, default_value_t = 10)]
     fan_min_outputs: usize,
@@ -1131,6 +1139,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
             Pattern::ApprovalPhishing,
             Pattern::AddressPoisoning,
             Pattern::VictimCollection,
+            Pattern::PeelChain,
             Pattern::PassThrough,
             Pattern::FanOut,
             Pattern::StablecoinSwap,
@@ -1159,6 +1168,8 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
         swap_max_delay: a.swap_max_delay,
         pass_min_hops: a.pass_min_hops,
         pass_max_wait: a.pass_max_wait,
+        peel_min_steps: a.peel_min_steps,
+        hop_max_gas: a.hop_max_gas,
         fan_min_outputs: a.fan_min_outputs,
         since: a.since,
         phishing_min_owners: a.phishing_min_owners,

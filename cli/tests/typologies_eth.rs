@@ -91,6 +91,7 @@ fn report(found: &[Row], truth: &Path) -> HashMap<&'static str, (f64, f64, usize
         "address_poisoning",
         "victim_collection",
         "stablecoin_swap",
+        "peel_chain",
         "pass_through",
         "fan_out",
         "coinjoin",
@@ -198,7 +199,8 @@ fn stablecoin(truth: &Path) -> String {
         .expect("the stablecoin's contract")
 }
 
-const FLOOR: [(&str, f64, f64); 7] = [
+const FLOOR: [(&str, f64, f64); 8] = [
+    ("peel_chain", 0.9, 0.9),
     ("coinjoin", 0.9, 0.9),
     ("fan_out", 0.9, 0.9),
     ("approval_phishing", 0.9, 0.9),
@@ -313,6 +315,21 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
                 assert!(f["outputs"].as_u64() >= Some(12), "{r:?}");
                 assert_eq!(f["thresholds"], serde_json::json!([1000.0]), "{r:?}");
                 assert_eq!(f["recipients_paid_again"].as_f64(), Some(0.0), "{r:?}");
+            }
+            "peel_chain" => {
+                let steps = f["steps"].as_u64().expect("steps");
+                assert!((5..=7).contains(&steps), "{r:?}");
+                let peels = f["peels"].as_u64().expect("peels");
+                assert!((steps..=2 * steps).contains(&peels), "{r:?}");
+                // Every peel and every remainder is its own transaction.
+                assert_eq!(r.txids.len() as u64, peels + steps, "{r:?}");
+                assert_eq!(f["asset"].as_str(), Some(usd.as_str()), "{r:?}");
+                let share = f["median_peel_share"].as_f64().expect("share");
+                assert!((0.03..=0.24).contains(&share), "{r:?}");
+                let peeled: u128 = f["total_peeled"].as_str().expect("peeled").parse().unwrap();
+                let start: u128 = f["start_value"].as_str().expect("start").parse().unwrap();
+                let end: u128 = f["end_remainder"].as_str().expect("end").parse().unwrap();
+                assert_eq!(peeled + end, start, "{r:?}");
             }
             "pass_through" => {
                 let hops = f["hops"].as_u64().expect("hops");
@@ -447,8 +464,12 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         "100000",
         "--pass-min-hops",
         "1000",
+        "--peel-min-steps",
+        "1000",
         "--fan-min-outputs",
         "1000",
+        "--pattern",
+        "peel_chain",
         "--pattern",
         "approval_phishing",
         "--pattern",
@@ -492,10 +513,30 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
     ]));
     let loose = report(&findings(&wh).await, &truth)["pass_through"];
     assert!(loose.0 < 0.9, "{loose:?}");
+    // No gas allowed: the hops whose gas the operations paid in ETH are no hops, and
+    // half the layering and peel chains go unseen.
+    ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--stablecoin",
+        &stable,
+        "--hop-max-gas",
+        "0",
+    ]));
+    let f = report(&findings(&wh).await, &truth);
+    for p in ["pass_through", "peel_chain"] {
+        assert!(f[p].1 <= 0.75, "{p}: {:?}", f[p]);
+    }
 
     // Bad arguments are clear errors.
     for (args, want) in [
-        (vec!["--pattern", "peel_chain"], "Bitcoin"),
+        (
+            vec!["--pattern", "coinjoin", "--pattern", "peel"],
+            "unknown",
+        ),
+        (vec!["--peel-min-steps", "1"], "peel_min_steps"),
         (vec!["--poison-prefix", "0"], "poison_prefix"),
         (vec!["--phishing-min-owners", "1"], "phishing_min_owners"),
         (vec!["--stablecoin", "0x12"], "no address"),
@@ -602,6 +643,7 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
         "address_poisoning",
         "victim_collection",
         "stablecoin_swap",
+        "peel_chain",
         "pass_through",
         "fan_out",
         "coinjoin",

@@ -770,6 +770,15 @@ pub struct EthRules {
     pub pass_max_wait: i64,
     /// Pass-through: the least share of what came in that a hop passes on.
     pub pass_min_kept: f64,
+    /// Pass-through and peel chains: the most ETH (wei) a token hop may receive besides
+    /// its one transfer of the token (the gas it spends to pass the token on).
+    pub hop_max_gas: u128,
+    /// Peel chains: the fewest steps.
+    pub peel_min_steps: usize,
+    /// Peel chains: the largest share of a step's input one peel may take.
+    pub peel_max_share: f64,
+    /// Peel chains: the most blocks from a step's input to its last payment.
+    pub peel_max_gap: i64,
     /// Fan-out: the fewest just-under payments to fresh addresses.
     pub fan_min_outputs: usize,
     /// Fan-out: how far under a round sum, as a share of it.
@@ -817,6 +826,10 @@ impl Default for EthRules {
             pass_min_hops: 3,
             pass_max_wait: 7200,
             pass_min_kept: 0.95,
+            hop_max_gas: 100_000_000_000_000_000,
+            peel_min_steps: 5,
+            peel_max_share: 0.2,
+            peel_max_gap: 50_400,
             fan_min_outputs: 10,
             fan_band: 0.05,
             fan_max_cv: 0.1,
@@ -863,6 +876,21 @@ impl EthRules {
                 self.pass_min_kept
             ));
         }
+        if self.peel_min_steps < 2 {
+            return bad(format!(
+                "peel_min_steps must be at least 2, not {}",
+                self.peel_min_steps
+            ));
+        }
+        if !(self.peel_max_share.is_finite()
+            && self.peel_max_share > 0.0
+            && self.peel_max_share < 0.5)
+        {
+            return bad(format!(
+                "peel_max_share must be in (0, 0.5), not {}",
+                self.peel_max_share
+            ));
+        }
         if self.victim_min_payers < 2 {
             return bad(format!(
                 "victim_min_payers must be at least 2, not {}",
@@ -875,6 +903,7 @@ impl EthRules {
             ("victim_forward_blocks", self.victim_forward_blocks),
             ("swap_max_delay", self.swap_max_delay),
             ("pass_max_wait", self.pass_max_wait),
+            ("peel_max_gap", self.peel_max_gap),
         ] {
             if v < 0 {
                 return bad(format!("{name} must be at least 0, not {v}"));
@@ -1074,6 +1103,15 @@ pub async fn run_eth(
     if wanted(Pattern::PassThrough) || swaps {
         // Over every transfer each run: a new transfer to a hop ends its being one.
         findings.extend(eth_pass_through(&ctx, rules, &services, upto).await?);
+    }
+    if wanted(Pattern::PeelChain) || swaps {
+        // Likewise.
+        let exchanges: HashSet<String> = labels
+            .iter()
+            .filter(|l| l.2 == "exchange")
+            .map(|l| l.0.to_lowercase())
+            .collect();
+        findings.extend(eth_peel_chains(&ctx, rules, &services, &exchanges, upto).await?);
     }
     if swaps {
         let mut sources: BTreeMap<String, &'static str> = BTreeMap::new();
@@ -1613,6 +1651,38 @@ fn contracts_sql(upto: i64) -> String {
          SELECT lower(to_address) AS address FROM eth.traces
          WHERE call_type IN ('create', 'create2') AND to_address IS NOT NULL
            AND block_number <= {upto}"
+    )
+}
+
+/// The single-use addresses of the pass-through and peel-chain hops, as SQL CTEs over
+/// `t` (the transfers) ending in `hops(a, asset)`: an address that received exactly one
+/// transfer of `asset` and sent `out` (`n_out = 1`, `n_out >= 2`) of it, and had no
+/// other transfers but ETH received totalling at most `gas` wei when `asset` is a token
+/// (the gas to pass it on); contracts are none.
+fn single_use_sql(upto: i64, gas: u128, out: &str) -> String {
+    format!(
+        "per_asset AS (
+            SELECT a, asset, sum(n_in) AS n_in, sum(n_out) AS n_out, sum(v_in) AS v_in
+            FROM (
+                SELECT r AS a, asset, 1 AS n_in, 0 AS n_out, CAST(v AS DOUBLE) AS v_in FROM t
+                UNION ALL
+                SELECT f AS a, asset, 0 AS n_in, 1 AS n_out, 0.0 AS v_in FROM t
+            ) x
+            GROUP BY a, asset
+        ),
+        single AS (
+            SELECT a FROM per_asset
+            GROUP BY a
+            HAVING sum(CASE WHEN n_in = 1 AND {out} THEN 1 ELSE 0 END) = 1
+               AND sum(CASE WHEN n_in = 1 AND {out} THEN 0
+                            WHEN asset = 'eth' AND n_out = 0 AND v_in <= {gas} THEN 0
+                            ELSE 1 END) = 0
+        ),
+        hops AS (
+            SELECT p.a, p.asset FROM per_asset p JOIN single s ON s.a = p.a
+            WHERE p.n_in = 1 AND p.{out} AND p.a NOT IN ({contracts})
+        )",
+        contracts = contracts_sql(upto),
     )
 }
 
@@ -2348,37 +2418,29 @@ async fn eth_pass_through(
     let since = rules.since.unwrap_or(i64::MIN);
     let sql = format!(
         "WITH t AS ({transfers}),
-        ends AS (
-            SELECT a FROM (
-                SELECT r AS a, 1 AS n_in, 0 AS n_out FROM t
-                UNION ALL
-                SELECT f AS a, 0 AS n_in, 1 AS n_out FROM t
-            ) x
-            GROUP BY a
-            HAVING sum(n_in) = 1 AND sum(n_out) = 1
-        ),
-        hops AS (SELECT a FROM ends WHERE a NOT IN ({contracts})),
+        {single_use},
         -- The hop tests, loosely (floating point; the exact ones follow in Rust): on a
         -- whole chain single-use addresses are many, hops of a chain few.
         legs AS (
-            SELECT hops.a, i.f AS src, o.r AS dst
-            FROM hops JOIN t i ON i.r = hops.a JOIN t o ON o.f = hops.a
-            WHERE i.asset = o.asset AND i.b >= {since}
+            SELECT hops.a, hops.asset, i.f AS src, o.r AS dst
+            FROM hops JOIN t i ON i.r = hops.a AND i.asset = hops.asset
+                      JOIN t o ON o.f = hops.a AND o.asset = hops.asset
+            WHERE i.b >= {since}
               AND (o.b > i.b OR (o.b = i.b AND (o.i > i.i OR (o.i = i.i AND o.o > i.o))))
               AND o.b - i.b <= {wait}
               AND CAST(o.v AS DOUBLE) >= {kept} * CAST(i.v AS DOUBLE) * 0.999999
         ),
         -- Only hops next to another hop can be in a chain of two or more.
         linked AS (
-            SELECT a FROM legs
+            SELECT a, asset FROM legs
             WHERE src IN (SELECT a FROM legs) OR dst IN (SELECT a FROM legs)
         )
         SELECT 'in', t.r, t.f, t.asset, t.v, t.b, t.i, t.o, t.h
-        FROM t JOIN linked ON linked.a = t.r
+        FROM t JOIN linked ON linked.a = t.r AND linked.asset = t.asset
         UNION ALL
         SELECT 'out', t.f, t.r, t.asset, t.v, t.b, t.i, t.o, t.h
-        FROM t JOIN linked ON linked.a = t.f",
-        contracts = contracts_sql(upto),
+        FROM t JOIN linked ON linked.a = t.f AND linked.asset = t.asset",
+        single_use = single_use_sql(upto, rules.hop_max_gas, "n_out = 1"),
         transfers = transfers_sql(upto),
         wait = rules.pass_max_wait,
         kept = rules.pass_min_kept,
@@ -2391,7 +2453,7 @@ async fn eth_pass_through(
         at: (i64, i64, i64),
         tx: String,
     }
-    let mut legs: HashMap<String, (Option<Leg>, Option<Leg>)> = HashMap::new();
+    let mut legs: HashMap<String, (Vec<Leg>, Vec<Leg>)> = HashMap::new();
     for r in text_rows(ctx, &sql).await? {
         let Some(a) = r[1].clone() else { continue };
         let leg = Leg {
@@ -2403,16 +2465,22 @@ async fn eth_pass_through(
         };
         let e = legs.entry(a).or_default();
         if r[0].as_deref() == Some("in") {
-            e.0 = Some(leg);
+            e.0.push(leg);
         } else {
-            e.1 = Some(leg);
+            e.1.push(leg);
         }
     }
-    // The hops: the rule's tests on each address's two transfers.
+    // The hops: the rule's tests on each address's two transfers of the asset (an
+    // address with more of them is none).
     let kept_ok = |i: u128, o: u128| (o as f64) >= rules.pass_min_kept * (i as f64);
     let hops: HashMap<String, (Leg, Leg)> = legs
         .into_iter()
-        .filter_map(|(a, (i, o))| Some((a, (i?, o?))))
+        .filter_map(|(a, (mut i, mut o))| {
+            if i.len() != 1 || o.len() != 1 {
+                return None;
+            }
+            Some((a, (i.pop()?, o.pop()?)))
+        })
         .filter(|(a, (i, o))| {
             !services.contains(a)
                 && i.asset == o.asset
@@ -2473,6 +2541,221 @@ async fn eth_pass_through(
             first_height: first.0.at.0,
             last_height: last.1.at.0,
             amount: first_value as f64,
+            score: r4(score),
+            features: f,
+        });
+    }
+    Ok(out)
+}
+
+/// Peel chains on Ethereum: a balance paid out a little at a time while the rest moves
+/// on to a fresh address, again and again.
+///
+/// A *step* is a single-use address (see [`single_use_sql`]: one transfer of the asset
+/// in, nothing else but gas) that paid two or more transfers of the asset, all after its
+/// input and within `peel_max_gap` blocks of it: the largest is the *remainder* (a tie
+/// for the largest is no step), every other one a *peel* of at most `peel_max_share`
+/// of the input to an address that is no contract, and together no more than the
+/// input. A step continues the step whose
+/// remainder was its input. Chains of `peel_min_steps` or more are findings, about the
+/// first step's address. No contract or labelled service is a step. Only blocks up to
+/// `upto` are read.
+async fn eth_peel_chains(
+    ctx: &SessionContext,
+    rules: &EthRules,
+    services: &HashSet<String>,
+    exchanges: &HashSet<String>,
+    upto: i64,
+) -> Result<Vec<Finding>> {
+    let since = rules.since.unwrap_or(i64::MIN);
+    let sql = format!(
+        "WITH t AS ({transfers}),
+        {single_use},
+        steps AS (
+            SELECT hops.a, hops.asset, i.f AS src
+            FROM hops JOIN t i ON i.r = hops.a AND i.asset = hops.asset
+            WHERE i.b >= {since}
+        ),
+        -- Only steps next to another step can be in a chain of two or more.
+        linked AS (
+            SELECT a, asset FROM steps
+            WHERE src IN (SELECT a FROM steps) OR a IN (SELECT src FROM steps)
+        )
+        SELECT 'in', t.r, t.f, t.asset, t.v, t.b, t.i, t.o, t.h, 0
+        FROM t JOIN linked ON linked.a = t.r AND linked.asset = t.asset
+        UNION ALL
+        SELECT 'out', t.f, t.r, t.asset, t.v, t.b, t.i, t.o, t.h,
+               CASE WHEN c.address IS NULL THEN 0 ELSE 1 END
+        FROM t JOIN linked ON linked.a = t.f AND linked.asset = t.asset
+        LEFT JOIN ({contracts}) c ON c.address = t.r",
+        contracts = contracts_sql(upto),
+        single_use = single_use_sql(upto, rules.hop_max_gas, "n_out >= 2"),
+        transfers = transfers_sql(upto),
+    );
+    struct Leg {
+        other: String,
+        asset: String,
+        value: u128,
+        at: (i64, i64, i64),
+        tx: String,
+        to_contract: bool,
+    }
+    let mut legs: HashMap<String, (Vec<Leg>, Vec<Leg>)> = HashMap::new();
+    for r in text_rows(ctx, &sql).await? {
+        let Some(a) = r[1].clone() else { continue };
+        // A value that is no number is damage the engine let through; no step.
+        let Some(value) = r[4].as_deref().and_then(|v| v.parse::<u128>().ok()) else {
+            continue;
+        };
+        let leg = Leg {
+            other: r[2].clone().unwrap_or_default(),
+            asset: r[3].clone().unwrap_or_default(),
+            value,
+            at: (int(&r[5]), int(&r[6]), int(&r[7])),
+            tx: r[8].clone().unwrap_or_default(),
+            to_contract: int(&r[9]) == 1,
+        };
+        let e = legs.entry(a).or_default();
+        if r[0].as_deref() == Some("in") {
+            e.0.push(leg);
+        } else {
+            e.1.push(leg);
+        }
+    }
+    struct Step {
+        input: Leg,
+        /// Peels, then the remainder last; in chain order within each.
+        outs: Vec<Leg>,
+    }
+    let mut steps: HashMap<String, Step> = HashMap::new();
+    for (a, (mut ins, mut outs)) in legs {
+        if ins.len() != 1 || outs.len() < 2 || services.contains(&a) {
+            continue;
+        }
+        let Some(input) = ins.pop() else { continue };
+        outs.sort_by(|x, y| x.at.cmp(&y.at));
+        let (Some(first), Some(last)) = (outs.first(), outs.last()) else {
+            continue;
+        };
+        if input.value == 0
+            || first.at <= input.at
+            || input.at.0 < since
+            || last.at.0 - input.at.0 > rules.peel_max_gap
+        {
+            continue;
+        }
+        // The remainder: the one largest payment.
+        let Some(top) = outs.iter().map(|o| o.value).max() else {
+            continue;
+        };
+        if outs.iter().filter(|o| o.value == top).count() != 1 {
+            continue;
+        }
+        let total = outs
+            .iter()
+            .try_fold(0u128, |acc, o| acc.checked_add(o.value));
+        let peel_ok = |v: u128| (v as f64) <= rules.peel_max_share * (input.value as f64);
+        // A payment to a contract is a use of it (a fee, a mint, a swap), no payout.
+        if total.is_none_or(|t| t > input.value)
+            || !outs
+                .iter()
+                .filter(|o| o.value != top)
+                .all(|o| peel_ok(o.value) && !o.to_contract)
+        {
+            continue;
+        }
+        if let Some(k) = outs.iter().position(|o| o.value == top) {
+            let rem = outs.remove(k);
+            outs.push(rem);
+        }
+        steps.insert(a, Step { input, outs });
+    }
+    // A step's successor: the step its remainder paid, with that payment as its input.
+    let next = |a: &str| -> Option<&String> {
+        let rem = steps.get(a)?.outs.last()?;
+        let n = steps.get(&rem.other)?;
+        (n.input.tx == rem.tx && n.input.other == a && n.input.at == rem.at).then_some(&rem.other)
+    };
+    let followed: HashSet<&String> = steps.keys().filter_map(|a| next(a)).collect();
+    let mut heads: Vec<&String> = steps.keys().filter(|a| !followed.contains(a)).collect();
+    heads.sort();
+    let mut out = Vec::new();
+    for head in heads {
+        let mut chain: Vec<(&String, &Step)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cur = Some(head);
+        while let Some(a) = cur {
+            if !seen.insert(a) {
+                break;
+            }
+            let Some(s) = steps.get(a) else { break };
+            chain.push((a, s));
+            cur = next(a);
+        }
+        let n = chain.len();
+        if n < rules.peel_min_steps {
+            continue;
+        }
+        let first = chain[0].1;
+        let last = chain[n - 1].1;
+        let peels: Vec<&Leg> = chain
+            .iter()
+            .flat_map(|(_, s)| &s.outs[..s.outs.len() - 1])
+            .collect();
+        let peeled: u128 = peels.iter().map(|p| p.value).sum();
+        let shares: Vec<f64> = chain
+            .iter()
+            .map(|(_, s)| {
+                let p: u128 = s.outs[..s.outs.len() - 1].iter().map(|o| o.value).sum();
+                p as f64 / s.input.value as f64
+            })
+            .collect();
+        let gaps: Vec<f64> = chain
+            .iter()
+            .map(|(_, s)| {
+                let end = s.outs.iter().map(|o| o.at.0).max().unwrap_or(s.input.at.0);
+                (end - s.input.at.0) as f64
+            })
+            .collect();
+        let max_gap = gaps.iter().copied().fold(0.0, f64::max);
+        let to_exchanges = peels
+            .iter()
+            .filter(|p| exchanges.contains(&p.other))
+            .count();
+        let recipients: HashSet<&str> = peels.iter().map(|p| p.other.as_str()).collect();
+        let remainder = last.outs.last().map(|o| o.value).unwrap_or(0);
+        let length_part =
+            ((n - rules.peel_min_steps) as f64 / rules.peel_min_steps as f64).min(1.0);
+        let score = 0.5 + 0.5 * length_part;
+        let mut f = Map::new();
+        f.insert("steps".into(), json!(n));
+        f.insert("asset".into(), json!(first.input.asset));
+        f.insert("total_peeled".into(), json!(peeled.to_string()));
+        f.insert("start_value".into(), json!(first.input.value.to_string()));
+        f.insert("end_remainder".into(), json!(remainder.to_string()));
+        f.insert("peels".into(), json!(peels.len()));
+        f.insert("peel_recipients".into(), json!(recipients.len()));
+        f.insert("peels_to_exchanges".into(), json!(to_exchanges));
+        f.insert("median_peel_share".into(), json!(r4(median_of(shares))));
+        f.insert("median_step_blocks".into(), json!(median_of(gaps)));
+        f.insert("max_step_blocks".into(), json!(max_gap));
+        f.insert(
+            "exit".into(),
+            json!(last.outs.last().map(|o| o.other.clone())),
+        );
+        let mut txs: Vec<(&(i64, i64, i64), &String)> = chain
+            .iter()
+            .flat_map(|(_, s)| s.outs.iter().map(|o| (&o.at, &o.tx)))
+            .collect();
+        txs.sort();
+        out.push(Finding {
+            pattern: Pattern::PeelChain,
+            address_id: None,
+            address: Some(head.clone()),
+            txids: distinct_in_order(txs.into_iter().map(|(_, t)| t)),
+            first_height: first.outs.iter().map(|o| o.at.0).min().unwrap_or(0),
+            last_height: last.outs.iter().map(|o| o.at.0).max().unwrap_or(0),
+            amount: peeled as f64,
             score: r4(score),
             features: f,
         });

@@ -537,14 +537,30 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
             }
             let mut k = 0usize;
             // Part of what each collection address kept in the stablecoin is layered
-            // through a chain of 3–5 single-use relays to an exchange.
+            // through a chain of 3–5 single-use relays to an exchange (their gas paid
+            // by the operation's gas wallet, or given outside any transfer), another
+            // part peeled off along a chain of 5–7 steps.
+            // An airdrop farmer's daisy chain looks like a peel chain (a peel chain's
+            // look-alike).
+            if b + 8 < cfg.blocks {
+                t.daisy_chain(&mut g, split, users[0].wallets[0], b).await?;
+            }
             for op in &ops {
+                let station = g.fresh_funded(&op.entity).await?;
+                g.fund(&[station], 1000 * ETH).await?;
                 for (&scam, &total) in &op.got_usd {
                     let value = total / (cfg.flows as u128 + 1) / 4;
                     let hops = 3 + (k % 3);
+                    let gas = (k % 2 == 0).then_some(station);
                     if value >= 100 * USD && b + hops + 1 < cfg.blocks {
                         let hot_x = hot[k % hot.len()];
-                        t.plant_relays(&mut g, scam, value, &op.entity, b, hops, hot_x)
+                        t.plant_relays(&mut g, scam, value, &op.entity, b, hops, hot_x, gas)
+                            .await?;
+                    }
+                    let steps = 5 + (k % 3);
+                    if value >= 100 * USD && b + steps + 1 < cfg.blocks {
+                        let hot_x = hot[(k + 1) % hot.len()];
+                        t.plant_peel(&mut g, scam, value, &op.entity, b, steps, hot_x, gas)
                             .await?;
                     }
                     k += 1;
@@ -1109,9 +1125,10 @@ impl Typologies {
     }
 
     /// Plants a layering chain: the collection address pays `value` of the stablecoin to
-    /// the first of `hops` fresh relays of the operation (gas given outside any
-    /// transfer), each forwarding it whole to the next a block later, the last to an
-    /// exchange. Every relay has one transfer in and one out.
+    /// the first of `hops` fresh relays of the operation, each forwarding it whole to the
+    /// next a block later, the last to an exchange. Every relay has one transfer of the
+    /// stablecoin in and one out. With `gas`, that wallet pays each relay 0.08 ETH for
+    /// gas the block the chain starts; without, the gas is given outside any transfer.
     #[allow(clippy::too_many_arguments)]
     async fn plant_relays(
         &mut self,
@@ -1122,10 +1139,20 @@ impl Typologies {
         b: usize,
         hops: usize,
         exchange: Address,
+        gas: Option<Address>,
     ) -> Result<()> {
         let mut relays = Vec::new();
         for _ in 0..hops {
-            relays.push(g.fresh_funded(entity).await?);
+            relays.push(match gas {
+                Some(_) => g.fresh(entity),
+                None => g.fresh_funded(entity).await?,
+            });
+        }
+        if let Some(station) = gas {
+            for &r in &relays {
+                self.pending
+                    .push((b, Tx::pay(station, r, 8 * ETH / 100), None));
+            }
         }
         let first = relays[0];
         self.pending
@@ -1137,6 +1164,107 @@ impl Typologies {
                 Tx::usd(self.usd, r, next, value),
                 Some(Mark::Plant("pass_through", first)),
             ));
+        }
+        Ok(())
+    }
+
+    /// Plants a peel chain: the collection address pays `value` of the stablecoin to the
+    /// first of `steps` fresh addresses of the operation; a block later each pays one or
+    /// two peels of 3–12% of what it received (to fresh addresses of the operation, or
+    /// an exchange's hot wallet) and the rest to the next, the last the rest to the
+    /// exchange. With `gas`, that wallet of the operation pays each step 0.08 ETH for
+    /// gas the block the chain starts (as operations do); without, the steps' gas is
+    /// given outside any transfer.
+    #[allow(clippy::too_many_arguments)]
+    async fn plant_peel(
+        &mut self,
+        g: &mut Gen,
+        scam: Address,
+        value: u128,
+        entity: &str,
+        b: usize,
+        steps: usize,
+        exchange: Address,
+        gas: Option<Address>,
+    ) -> Result<()> {
+        let mut hops = Vec::new();
+        for _ in 0..steps {
+            hops.push(match gas {
+                Some(_) => g.fresh(entity),
+                None => g.fresh_funded(entity).await?,
+            });
+        }
+        let first = hops[0];
+        if let Some(station) = gas {
+            for &h in &hops {
+                self.pending
+                    .push((b, Tx::pay(station, h, 8 * ETH / 100), None));
+            }
+        }
+        self.pending
+            .push((b, Tx::usd(self.usd, scam, first, value), None));
+        let mut have = value;
+        for (i, &h) in hops.iter().enumerate() {
+            let mut left = have;
+            for _ in 0..g.rng.random_range(1..=2usize) {
+                let pct = g.rng.random_range(3..=12u128);
+                let peel = have / 100 * pct;
+                let to = if g.rng.random_bool(0.3) {
+                    exchange
+                } else {
+                    g.fresh(entity)
+                };
+                self.pending.push((
+                    b + 1 + i,
+                    Tx::usd(self.usd, h, to, peel),
+                    Some(Mark::Plant("peel_chain", first)),
+                ));
+                left -= peel;
+            }
+            let next = hops.get(i + 1).copied().unwrap_or(exchange);
+            self.pending.push((
+                b + 1 + i,
+                Tx::usd(self.usd, h, next, left),
+                Some(Mark::Plant("peel_chain", first)),
+            ));
+            have = left;
+        }
+        Ok(())
+    }
+
+    /// A look-alike of a peel chain: an airdrop farmer's daisy chain. Its main wallet pays
+    /// 3 ETH to the first of 6 fresh wallets; a block after being paid, each uses a
+    /// contract (a multisend of 0.5–1% of what it got through the splitter, to `payee`)
+    /// and passes the rest, less 0.01 ETH kept for gas, to the next wallet (the last
+    /// back to the main one).
+    async fn daisy_chain(
+        &mut self,
+        g: &mut Gen,
+        split: Address,
+        payee: Address,
+        b: usize,
+    ) -> Result<()> {
+        let main = g.fresh_funded("farmer-0").await?;
+        let wallets: Vec<Address> = (0..6).map(|_| g.fresh("farmer-0")).collect();
+        let mut have = 3 * ETH;
+        self.pending
+            .push((b, Tx::pay(main, wallets[0], have), None));
+        for (i, &w) in wallets.iter().enumerate() {
+            let fee = have / 1000 * g.rng.random_range(5..=10u128);
+            self.pending.push((
+                b + 1 + i,
+                Tx::call(
+                    w,
+                    split,
+                    fee,
+                    ISplitter::splitCall { to: vec![payee] }.abi_encode(),
+                ),
+                None,
+            ));
+            let rest = have - fee - ETH / 100;
+            let next = wallets.get(i + 1).copied().unwrap_or(main);
+            self.pending.push((b + 1 + i, Tx::pay(w, next, rest), None));
+            have = rest;
         }
         Ok(())
     }
