@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use arrow::array::{Array, AsArray};
@@ -215,7 +215,10 @@ const FLOOR: [(&str, f64, f64); 8] = [
 #[test]
 fn the_swap_topics_are_uniswaps() {
     use alloy::sol_types::SolEvent;
-    use ferret_query::typologies::{SWAP_V2_TOPIC, SWAP_V3_TOPIC};
+    use ferret_query::typologies::{
+        BALANCER_SWAP_TOPIC, CURVE_CRYPTO_EXCHANGE_TOPIC, CURVE_EXCHANGE_TOPIC,
+        CURVE_UNDERLYING_TOPIC, DEX_SWAP_TOPICS, SWAP_V2_TOPIC, SWAP_V3_TOPIC,
+    };
     assert_eq!(
         SWAP_V2_TOPIC,
         format!(
@@ -232,6 +235,36 @@ fn the_swap_topics_are_uniswaps() {
             )
         )
     );
+    // Curve's stableswap event is the one the test's Curve-style pool emits.
+    assert_eq!(
+        CURVE_EXCHANGE_TOPIC,
+        format!(
+            "{:#x}",
+            ferret_testkit::contracts::IPool::TokenExchange::SIGNATURE_HASH
+        )
+    );
+    for (topic, signature) in [
+        (
+            CURVE_CRYPTO_EXCHANGE_TOPIC,
+            "TokenExchange(address,uint256,uint256,uint256,uint256)",
+        ),
+        (
+            CURVE_UNDERLYING_TOPIC,
+            "TokenExchangeUnderlying(address,int128,uint256,int128,uint256)",
+        ),
+        (
+            BALANCER_SWAP_TOPIC,
+            "Swap(bytes32,address,address,uint256,uint256)",
+        ),
+    ] {
+        assert_eq!(
+            topic,
+            format!("{:#x}", alloy::primitives::keccak256(signature)),
+            "{signature}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<&str> = DEX_SWAP_TOPICS.into_iter().collect();
+    assert_eq!(distinct.len(), DEX_SWAP_TOPICS.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,6 +317,22 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
     }
     let wrong = accused(&found, &truth);
     assert!(wrong.is_empty(), "innocent entities accused: {wrong:?}");
+    // Swaps were found on both pools: the one logging Uniswap V2's `Swap` and the one
+    // logging Curve's `TokenExchange`.
+    let owners = entities(&truth);
+    let pools: BTreeSet<String> = found
+        .iter()
+        .filter(|r| r.pattern == "stablecoin_swap")
+        .flat_map(|r| r.features["pools"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| owners.get(p.as_str()?).cloned())
+        .collect();
+    assert_eq!(
+        pools,
+        BTreeSet::from([
+            "contract-curve-pool".to_string(),
+            "contract-pool".to_string()
+        ])
+    );
     for r in &found {
         let f = &r.features;
         match r.pattern.as_str() {

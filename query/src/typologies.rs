@@ -806,6 +806,36 @@ pub const SWAP_V2_TOPIC: &str =
 pub const SWAP_V3_TOPIC: &str =
     "0xc42079f94a6350d7e6235f29174924f928cc2ac818eb64fed8004e115fbcca67";
 
+/// The topic0 of Curve's stableswap pools' and metapools'
+/// `TokenExchange(address,int128,uint256,int128,uint256)`.
+pub const CURVE_EXCHANGE_TOPIC: &str =
+    "0x8b3e96f2b889fa771c53c981b40daf005f63f637f1869f707052d15a3dd97140";
+
+/// The topic0 of Curve's crypto pools' `TokenExchange(address,uint256,uint256,uint256,uint256)`.
+pub const CURVE_CRYPTO_EXCHANGE_TOPIC: &str =
+    "0xb2e76ae99761dc136e598d4a629bb347eccb9532a5f8bbd72e18467c3c34cc98";
+
+/// The topic0 of Curve metapools'
+/// `TokenExchangeUnderlying(address,int128,uint256,int128,uint256)`.
+pub const CURVE_UNDERLYING_TOPIC: &str =
+    "0xd013ca23e77a65003c2c659c5442c00c805371b7fc1ebd4c206c41d1536bd90b";
+
+/// The topic0 of Balancer V2's Vault `Swap(bytes32,address,address,uint256,uint256)`
+/// (the Vault holds every pool's tokens and pays them out).
+pub const BALANCER_SWAP_TOPIC: &str =
+    "0x2170c741c41531aec20e7c107c24eecfdd15e69c9bb0a8dd37b1840b9e0b207b";
+
+/// The swap events read: the emitter of one in a transaction is a pool of that
+/// transaction, which the swapped tokens leave and enter.
+pub const DEX_SWAP_TOPICS: [&str; 6] = [
+    SWAP_V2_TOPIC,
+    SWAP_V3_TOPIC,
+    CURVE_EXCHANGE_TOPIC,
+    CURVE_CRYPTO_EXCHANGE_TOPIC,
+    CURVE_UNDERLYING_TOPIC,
+    BALANCER_SWAP_TOPIC,
+];
+
 impl Default for EthRules {
     fn default() -> Self {
         Self {
@@ -1756,7 +1786,11 @@ async fn stablecoin_swaps(
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(", ");
-    let topics = format!("'{SWAP_V2_TOPIC}', '{SWAP_V3_TOPIC}'");
+    let topics = DEX_SWAP_TOPICS
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let (src_t, swp_t) = ("typology_swap_sources", "typology_swappers");
     ctx.register_batch(
         src_t,
@@ -1788,7 +1822,7 @@ async fn stablecoin_swaps(
             &format!(
                 "SELECT lower(tr.to_address), lower(tr.from_address), tr.block_number,
                         tr.transaction_index,
-                        CASE WHEN lower(tr.asset) = '{WETH}' THEN 'ETH' ELSE lower(tr.asset) END
+                        CASE WHEN lower(tr.asset) = '{WETH}' THEN 'eth' ELSE lower(tr.asset) END
                  FROM eth.transfers tr JOIN {src_t} s ON s.address = lower(tr.from_address)
                  WHERE tr.value > {dust} AND tr.block_number <= {upto}
                    AND lower(tr.to_address) <> lower(tr.from_address)",
@@ -1846,13 +1880,16 @@ async fn stablecoin_swaps(
                 WHERE lower(tt.token_address) IN ({list})
                   AND (p1.pool IS NOT NULL OR p2.pool IS NOT NULL)
                 UNION ALL
-                SELECT DISTINCT 'in', NULL, NULL, NULL, x.transaction_hash,
-                       CASE WHEN lower(tr.asset) = '{WETH}' THEN 'ETH' ELSE lower(tr.asset) END,
-                       NULL, NULL, NULL, NULL, NULL
+                SELECT 'flow', NULL, NULL, NULL, x.transaction_hash,
+                       CASE WHEN lower(tr.asset) = '{WETH}' THEN 'eth' ELSE lower(tr.asset) END,
+                       NULL, NULL, tr.value_string, po.pool IS NOT NULL, pi.pool IS NOT NULL
                 FROM txs x
                 JOIN eth.transfers tr ON tr.transaction_hash = x.transaction_hash
-                JOIN pools p ON p.transaction_hash = tr.transaction_hash
-                            AND p.pool = lower(tr.to_address)"
+                LEFT JOIN pools po ON po.transaction_hash = tr.transaction_hash
+                                  AND po.pool = lower(tr.from_address)
+                LEFT JOIN pools pi ON pi.transaction_hash = tr.transaction_hash
+                                  AND pi.pool = lower(tr.to_address)
+                WHERE po.pool IS NOT NULL OR pi.pool IS NOT NULL"
             ),
         )
         .await?;
@@ -1877,14 +1914,26 @@ async fn stablecoin_swaps(
         pools: BTreeSet<String>,
     }
     let mut legs: BTreeMap<(String, String), Leg> = BTreeMap::new();
-    let mut assets_in: HashMap<String, BTreeSet<String>> = HashMap::new();
+    // Per transaction and asset: what went into its pools, and what came out of them.
+    let mut flows: HashMap<String, BTreeMap<String, (u128, u128)>> = HashMap::new();
     for r in rows {
         let tx = r[4].clone().unwrap_or_default();
-        if r[0].as_deref() == Some("in") {
-            assets_in
+        if r[0].as_deref() == Some("flow") {
+            let v = r[8]
+                .as_deref()
+                .and_then(|v| v.parse::<u128>().ok())
+                .unwrap_or(0);
+            let e = flows
                 .entry(tx)
                 .or_default()
-                .insert(r[5].clone().unwrap_or_default());
+                .entry(r[5].clone().unwrap_or_default())
+                .or_default();
+            if r[10].as_deref() == Some("true") {
+                e.0 = e.0.saturating_add(v);
+            }
+            if r[9].as_deref() == Some("true") {
+                e.1 = e.1.saturating_add(v);
+            }
             continue;
         }
         let token = r[5].clone().unwrap_or_default();
@@ -1908,6 +1957,19 @@ async fn stablecoin_swaps(
             l.back = l.back.saturating_add(v);
         }
     }
+    // What each transaction sold: the assets more of which went into its pools than came
+    // out (a route's middle legs go in and out again).
+    let assets_in: HashMap<String, BTreeSet<String>> = flows
+        .into_iter()
+        .map(|(tx, per)| {
+            let sold = per
+                .into_iter()
+                .filter(|(_, (i, o))| i > o)
+                .map(|(a, _)| a)
+                .collect();
+            (tx, sold)
+        })
+        .collect();
     struct Swap {
         tx: String,
         token: String,

@@ -13,9 +13,12 @@ interface IToken {
 /// A pool between ETH (token0, held as ETH) and one ERC-20 (token1), priced as Uniswap V2
 /// prices (x·y = k, 0.3% fee), emitting Uniswap V2's `Swap` and `Sync` events, so that
 /// a swap on it is logged as a swap on a V2 pair is: the pool emits `Swap` and sends the
-/// bought token itself. Reserves are what it holds.
+/// bought token itself. Reserves are what it holds. Built with `curve` set, it logs a
+/// swap as a Curve pool does instead: `TokenExchange(buyer, sold_id, tokens_sold,
+/// bought_id, tokens_bought)`, coin 0 being ETH and coin 1 the token.
 contract Pool {
     IToken public immutable token;
+    bool public immutable curve;
 
     event Swap(
         address indexed sender,
@@ -26,9 +29,30 @@ contract Pool {
         address indexed to
     );
     event Sync(uint112 reserve0, uint112 reserve1);
+    event TokenExchange(
+        address indexed buyer,
+        int128 sold_id,
+        uint256 tokens_sold,
+        int128 bought_id,
+        uint256 tokens_bought
+    );
 
-    constructor(address token_) {
+    constructor(address token_, bool curve_) {
         token = IToken(token_);
+        curve = curve_;
+    }
+
+    function _swapped(uint256 in0, uint256 in1, uint256 out0, uint256 out1, address to) internal {
+        if (curve) {
+            if (in0 > 0) {
+                emit TokenExchange(msg.sender, 0, in0, 1, out1);
+            } else {
+                emit TokenExchange(msg.sender, 1, in1, 0, out0);
+            }
+        } else {
+            emit Swap(msg.sender, in0, in1, out0, out1, to);
+            _sync();
+        }
     }
 
     function _sync() internal {
@@ -43,8 +67,7 @@ contract Pool {
         out = (inFee * r1) / (r0 * 1000 + inFee);
         require(out >= minOut && out > 0, "too little out");
         require(token.transfer(to, out), "transfer failed");
-        emit Swap(msg.sender, msg.value, 0, 0, out, to);
-        _sync();
+        _swapped(msg.value, 0, 0, out, to);
     }
 
     /// Buys exactly `out` tokens for `to`, refunding the ETH not needed.
@@ -59,8 +82,7 @@ contract Pool {
             (bool ok, ) = payable(msg.sender).call{value: msg.value - used}("");
             require(ok, "refund failed");
         }
-        emit Swap(msg.sender, used, 0, 0, out, to);
-        _sync();
+        _swapped(used, 0, 0, out, to);
     }
 
     /// Sells `amountIn` tokens (approved to the pool) for ETH, paid to `to`.
@@ -73,8 +95,7 @@ contract Pool {
         require(out > 0, "too little out");
         (bool ok, ) = to.call{value: out}("");
         require(ok, "payment failed");
-        emit Swap(msg.sender, 0, amountIn, out, 0, to);
-        _sync();
+        _swapped(0, amountIn, out, 0, to);
     }
 
     receive() external payable {}

@@ -39,6 +39,7 @@ alloy::sol! {
         function swapETHForExactTokens(uint256 out, address to) external payable returns (uint256 used);
         function swapExactTokensForETH(uint256 amountIn, address to) external returns (uint256 out);
         event Swap(address indexed sender, uint256 amount0In, uint256 amount1In, uint256 amount0Out, uint256 amount1Out, address indexed to);
+        event TokenExchange(address indexed buyer, int128 sold_id, uint256 tokens_sold, int128 bought_id, uint256 tokens_bought);
     }
 
     /// Mixer (`testkit/contracts/Mixer.sol`): fixed-denomination deposits, withdrawals
@@ -86,11 +87,14 @@ pub fn mixer(denomination: u128, relayer: alloy::primitives::Address) -> Bytes {
     c.into()
 }
 
-/// The creation code of a pool between ETH and `token` (constructor argument appended).
-pub fn pool(token: alloy::primitives::Address) -> Bytes {
+/// The creation code of a pool between ETH and `token` (constructor arguments
+/// appended), logging its swaps as a Uniswap V2 pair, or with `curve` as a Curve pool.
+pub fn pool(token: alloy::primitives::Address, curve: bool) -> Bytes {
     let mut c = code(include_str!("../contracts/Pool.bin")).to_vec();
     c.extend_from_slice(&[0u8; 12]);
     c.extend_from_slice(token.as_slice());
+    c.extend_from_slice(&[0u8; 31]);
+    c.push(u8::from(curve));
     c.into()
 }
 
@@ -126,7 +130,7 @@ mod tests {
             has(&router(), IRouter::payCall::SELECTOR),
             "Router lacks pay"
         );
-        let pool = pool(alloy::primitives::Address::ZERO);
+        let pool = pool(alloy::primitives::Address::ZERO, false);
         for sel in [
             IPool::swapExactETHForTokensCall::SELECTOR,
             IPool::swapETHForExactTokensCall::SELECTOR,
@@ -140,6 +144,11 @@ mod tests {
             pool.windows(32)
                 .any(|w| w == IPool::Swap::SIGNATURE_HASH.as_slice()),
             "Pool does not emit Uniswap V2's Swap"
+        );
+        assert!(
+            pool.windows(32)
+                .any(|w| w == IPool::TokenExchange::SIGNATURE_HASH.as_slice()),
+            "Pool does not emit Curve's TokenExchange"
         );
         let mx = mixer(1, alloy::primitives::Address::ZERO);
         for sel in [

@@ -571,7 +571,8 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                     let value = total / (cfg.flows as u128 + 1) / 2;
                     if value >= ETH {
                         let hot_x = hot[k % hot.len()];
-                        t.plant_swap(&mut g, scam, value, &op.entity, b, k % 2 == 1, hot_x);
+                        let pool = t.pools[(k / 2) % 2];
+                        t.plant_swap(&mut g, scam, value, &op.entity, b, k % 2 == 1, hot_x, pool);
                         k += 1;
                     }
                 }
@@ -867,8 +868,8 @@ struct Typologies {
     to_poison: Vec<(usize, Address, Address)>,
     /// Poisoning plants: look-alike, the transaction, its block.
     poisons: Vec<(Address, B256, u64)>,
-    /// The ETH/stablecoin pool (logged as a Uniswap V2 pair).
-    pool: Address,
+    /// The ETH/stablecoin pools: one logged as a Uniswap V2 pair, one as a Curve pool.
+    pools: [Address; 2],
     /// Users who approved the pool and sell the stablecoin on it too.
     dex_users: Vec<Address>,
     /// Transactions due in a later block, with what the truth calls them.
@@ -914,37 +915,52 @@ impl Typologies {
                     from: deployer,
                     to: None,
                     value: 0,
-                    data: pool(usd),
+                    data: pool(usd, false),
+                    reverts: false,
+                },
+                Tx {
+                    from: deployer,
+                    to: None,
+                    value: 0,
+                    data: pool(usd, true),
                     reverts: false,
                 },
             ])
             .await?;
-        let (Some(Some(mixer)), Some(Some(router)), Some(Some(pool))) = (
+        let (Some(Some(mixer)), Some(Some(router)), Some(Some(pool)), Some(Some(curve))) = (
             created.first().copied(),
             created.get(1).copied(),
             created.get(2).copied(),
+            created.get(3).copied(),
         ) else {
             return Err(Error::Internal {
-                what: "synth: the router's or pool's deployment returned no address".into(),
+                what: "synth: the router's or pools' deployment returned no address".into(),
             });
         };
+        let pools = [pool, curve];
         g.entities.push((router, "contract-router".into()));
         g.entities.push((pool, "contract-pool".into()));
+        g.entities.push((curve, "contract-curve-pool".into()));
         g.entities.push((mixer, "contract-mixer".into()));
         g.labels.push((mixer, "mixer-0".into(), "mixer"));
-        // Liquidity: 1,000 ETH against 2,000,000 of the stablecoin (2,000 a coin).
-        g.fund(&[pool], 1_000 * ETH).await?;
-        g.block(&[Tx::call(
-            minter,
-            usd,
-            0,
-            IFerretUSD::mintCall {
-                to: pool,
-                value: U256::from(2_000_000 * USD),
-            }
-            .abi_encode(),
-        )])
-        .await?;
+        // Liquidity: 1,000 ETH against 2,000,000 of the stablecoin (2,000 a coin), each.
+        g.fund(&pools, 1_000 * ETH).await?;
+        let liquidity: Vec<Tx> = pools
+            .iter()
+            .map(|&p| {
+                Tx::call(
+                    minter,
+                    usd,
+                    0,
+                    IFerretUSD::mintCall {
+                        to: p,
+                        value: U256::from(2_000_000 * USD),
+                    }
+                    .abi_encode(),
+                )
+            })
+            .collect();
+        g.block(&liquidity).await?;
         // A tenth of the users approve the router once, without limit (as wallets do).
         let router_users: Vec<Address> = wallets.iter().step_by(10).copied().collect();
         let approvals: Vec<Tx> = router_users
@@ -963,21 +979,23 @@ impl Typologies {
             })
             .collect();
         g.block(&approvals).await?;
-        // A tenth of the users (others than the router's) approve the pool, to sell.
+        // A tenth of the users (others than the router's) approve the pools, to sell.
         let dex_users: Vec<Address> = wallets.iter().skip(5).step_by(10).copied().collect();
         let approvals: Vec<Tx> = dex_users
             .iter()
-            .map(|&w| {
-                Tx::call(
-                    w,
-                    usd,
-                    0,
-                    IFerretUSD::approveCall {
-                        spender: pool,
-                        value: MAX_APPROVAL,
-                    }
-                    .abi_encode(),
-                )
+            .flat_map(|&w| {
+                pools.map(|p| {
+                    Tx::call(
+                        w,
+                        usd,
+                        0,
+                        IFerretUSD::approveCall {
+                            spender: p,
+                            value: MAX_APPROVAL,
+                        }
+                        .abi_encode(),
+                    )
+                })
             })
             .collect();
         g.block(&approvals).await?;
@@ -1020,7 +1038,7 @@ impl Typologies {
             poisoners,
             to_poison: Vec::new(),
             poisons: Vec::new(),
-            pool,
+            pools,
             dex_users,
             pending: Vec::new(),
             plants: BTreeMap::new(),
@@ -1283,13 +1301,14 @@ impl Typologies {
         b: usize,
         relay: bool,
         exchange: Address,
+        pool: Address,
     ) {
         if !relay {
             self.pending.push((
                 b,
                 Tx::call(
                     scam,
-                    self.pool,
+                    pool,
                     value,
                     IPool::swapExactETHForTokensCall {
                         to: scam,
@@ -1309,7 +1328,7 @@ impl Typologies {
             b + 1,
             Tx::call(
                 r,
-                self.pool,
+                pool,
                 value - ETH / 10,
                 IPool::swapETHForExactTokensCall {
                     out: U256::from(round),
@@ -1367,7 +1386,7 @@ impl Typologies {
         // DEX users: buy the stablecoin with ETH (some a round sum, with an exact-output
         // swap), or sell it for ETH. Most of the pool's swaps, none of them scam money.
         for _ in 0..g.rng.random_range(0..=2usize) {
-            let pool = self.pool;
+            let pool = self.pools[g.rng.random_range(0..2usize)];
             match g.rng.random_range(0..10) {
                 0..=4 => {
                     let from = self.wallets[g.rng.random_range(0..self.wallets.len())];
@@ -1440,17 +1459,18 @@ impl Typologies {
         }
         // A phishing collector sells half of what it drained for ETH, two blocks after
         // the last drain: a swap *out of* the stablecoin by scam money, no purchase.
-        for p in &self.phishers {
+        for (k, p) in self.phishers.iter().enumerate() {
             let Some(last) = p.victims.iter().map(|v| v.2).max() else {
                 continue;
             };
+            let pool = self.pools[k % 2];
             if b == last + 1 {
                 txs.push(Tx::call(
                     p.collector,
                     usd,
                     0,
                     IFerretUSD::approveCall {
-                        spender: self.pool,
+                        spender: pool,
                         value: MAX_APPROVAL,
                     }
                     .abi_encode(),
@@ -1460,7 +1480,7 @@ impl Typologies {
                 if bal >= 2 {
                     txs.push(Tx::call(
                         p.collector,
-                        self.pool,
+                        pool,
                         0,
                         IPool::swapExactTokensForETHCall {
                             amountIn: U256::from(bal / 2),
