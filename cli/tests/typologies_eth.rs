@@ -610,6 +610,75 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
     }
 }
 
+/// The background alone (`ferret synth eth` without `--typologies`: users, exchanges,
+/// DEX-free payments, multisends, the scam operations' victims and cash-out flows):
+/// every finding is about a scam operation's address, and none accuses a user, an
+/// exchange or a contract.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ethereum_background_alone_accuses_no_innocent_entity() {
+    let Some(node) = common::anvil(&[]).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("synth");
+    let wh = tmp.path().join("wh").to_string_lossy().into_owned();
+    ok(ferret(&[
+        "synth",
+        "eth",
+        "--rpc",
+        node.url(),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--seed",
+        "12",
+        "--blocks",
+        "60",
+        "--txs-per-block",
+        "30",
+        "--users",
+        "150",
+        "--victims",
+        "60",
+    ]));
+    ok(ferret(&[
+        "index",
+        "eth",
+        "--rpc",
+        node.url(),
+        "--warehouse",
+        &wh,
+    ]));
+    let truth = out.join("truth");
+    import_labels(&wh, &truth);
+    ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
+    let usd = stablecoin(&truth);
+    ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--stablecoin",
+        &format!("{usd}:6"),
+    ]));
+    let found = findings(&wh).await;
+    let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in &found {
+        *per.entry(r.pattern.as_str()).or_default() += 1;
+    }
+    eprintln!("eth background, seed 12: {per:?}");
+    // The operations' collection addresses are found (the run is not empty) ...
+    assert!(
+        per.get("victim_collection").copied().unwrap_or(0) > 0,
+        "{per:?}"
+    );
+    // ... and nobody else is accused.
+    let wrong = accused(&found, &truth);
+    assert!(wrong.is_empty(), "innocent entities accused: {wrong:?}");
+    for p in ["approval_phishing", "address_poisoning", "coinjoin"] {
+        assert!(!per.contains_key(p), "{p} on a chain without any: {per:?}");
+    }
+}
+
 /// Every row of the latest typologies run but its run id, sorted.
 async fn table(wh: &str) -> Vec<String> {
     let w = Warehouse::open(wh).expect("open");

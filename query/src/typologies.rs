@@ -1756,13 +1756,13 @@ fn address_table(v: impl IntoIterator<Item = String>) -> Result<RecordBatch> {
 /// Swaps of scam money into stablecoins.
 ///
 /// A *purchase* is, per transaction and stablecoin, what left the transaction's pools
-/// (addresses emitting Uniswap V2's or V3's `Swap` in it) less what went back into them:
+/// (addresses emitting one of [`DEX_SWAP_TOPICS`] in it) less what went back into them:
 /// the middle leg of a route (pool to pool, or pool to router to pool) nets to nothing.
 /// The *swapper* is the transaction's sender. A purchase is scam money's when the
 /// swapper is itself a *source* (a finding address of this run: collection address,
 /// phishing spender or receiver of its drains, poisoner's look-alike; no pool, contract
 /// or labelled service), or a source paid it more than dust, in an asset that this
-/// swap put into the pools (ETH and WETH as one), in an earlier transaction at most
+/// swap sold (net into its pools; ETH and WETH as one), in an earlier transaction at most
 /// `swap_max_delay` blocks before. One finding per swapper; labelled services are none.
 /// Only blocks up to `upto` are read.
 async fn stablecoin_swaps(
@@ -2552,23 +2552,28 @@ async fn eth_pass_through(
                 && matches!((i.value, o.value), (Some(iv), Some(ov)) if iv > 0 && kept_ok(iv, ov))
         })
         .collect();
-    let mut heads: Vec<&String> = hops
-        .iter()
-        .filter(|(_, (i, _))| !hops.contains_key(&i.other))
-        .map(|(a, _)| a)
-        .collect();
+    // A hop's successor: the hop its forward paid, with that forward as its input (so
+    // a chain never joins a hop that only got gas from it).
+    let next = |a: &str| -> Option<&String> {
+        let fwd = &hops.get(a)?.1;
+        let (i, _) = hops.get(&fwd.other)?;
+        (i.tx == fwd.tx && i.at == fwd.at && i.other == a).then_some(&fwd.other)
+    };
+    let followed: HashSet<&String> = hops.keys().filter_map(|a| next(a)).collect();
+    let mut heads: Vec<&String> = hops.keys().filter(|a| !followed.contains(a)).collect();
     heads.sort();
     let mut out = Vec::new();
     for head in heads {
         let mut chain: Vec<(&String, &(Leg, Leg))> = Vec::new();
-        let mut cur = head;
+        let mut cur = Some(head);
         let mut seen = HashSet::new();
-        while let Some(h) = hops.get(cur) {
-            if !seen.insert(cur) {
+        while let Some(a) = cur {
+            let Some(h) = hops.get(a) else { break };
+            if !seen.insert(a) {
                 break;
             }
-            chain.push((cur, h));
-            cur = &h.1.other;
+            chain.push((a, h));
+            cur = next(a);
         }
         if chain.len() < rules.pass_min_hops {
             continue;
@@ -2616,9 +2621,9 @@ async fn eth_pass_through(
 /// A *step* is a single-use address (see [`single_use_sql`]: one transfer of the asset
 /// in, nothing else but gas) that paid two or more transfers of the asset, all after its
 /// input and within `peel_max_gap` blocks of it: the largest is the *remainder* (a tie
-/// for the largest is no step), every other one a *peel* of at most `peel_max_share`
-/// of the input to an address that is no contract, and together no more than the
-/// input. A step continues the step whose
+/// for the largest is no step) and at least half the input, every other one a *peel*
+/// of at most `peel_max_share` of the input to an address that is no contract, and
+/// together no more than the input. A step continues the step whose
 /// remainder was its input. Chains of `peel_min_steps` or more are findings, about the
 /// first step's address. No contract or labelled service is a step. Only blocks up to
 /// `upto` are read.
@@ -2717,8 +2722,10 @@ async fn eth_peel_chains(
             .iter()
             .try_fold(0u128, |acc, o| acc.checked_add(o.value));
         let peel_ok = |v: u128| (v as f64) <= rules.peel_max_share * (input.value as f64);
-        // A payment to a contract is a use of it (a fee, a mint, a swap), no payout.
+        // Most of the money moves on (a split many ways is no peel); a payment to a
+        // contract is a use of it (a fee, a mint, a swap), no payout.
         if total.is_none_or(|t| t > input.value)
+            || top.saturating_mul(2) < input.value
             || !outs
                 .iter()
                 .filter(|o| o.value != top)
@@ -2816,7 +2823,12 @@ async fn eth_peel_chains(
             address: Some(head.clone()),
             txids: distinct_in_order(txs.into_iter().map(|(_, t)| t)),
             first_height: first.outs.iter().map(|o| o.at.0).min().unwrap_or(0),
-            last_height: last.outs.iter().map(|o| o.at.0).max().unwrap_or(0),
+            // A step may pay a peel after its remainder, so later than the next steps.
+            last_height: chain
+                .iter()
+                .flat_map(|(_, s)| s.outs.iter().map(|o| o.at.0))
+                .max()
+                .unwrap_or(0),
             amount: peeled as f64,
             score: r4(score),
             features: f,

@@ -1146,7 +1146,8 @@ impl Typologies {
     /// the first of `hops` fresh relays of the operation, each forwarding it whole to the
     /// next a block later, the last to an exchange. Every relay has one transfer of the
     /// stablecoin in and one out. With `gas`, that wallet pays each relay 0.08 ETH for
-    /// gas the block the chain starts; without, the gas is given outside any transfer.
+    /// gas the block the chain starts (the second's through a fresh address that passes
+    /// on 0.086 of the 0.09 ETH it got); without, the gas is given outside any transfer.
     #[allow(clippy::too_many_arguments)]
     async fn plant_relays(
         &mut self,
@@ -1167,9 +1168,20 @@ impl Typologies {
             });
         }
         if let Some(station) = gas {
-            for &r in &relays {
-                self.pending
-                    .push((b, Tx::pay(station, r, 8 * ETH / 100), None));
+            // The second relay's gas goes through a fresh address of the operation,
+            // which passes on nearly all it got a block later: an ETH hop beside the
+            // token chain, no part of it.
+            let via = g.fresh(entity);
+            self.pending
+                .push((b, Tx::pay(station, via, 9 * ETH / 100), None));
+            for (i, &r) in relays.iter().enumerate() {
+                if i == 1 {
+                    self.pending
+                        .push((b + 1, Tx::pay(via, r, 86 * ETH / 1000), None));
+                } else {
+                    self.pending
+                        .push((b, Tx::pay(station, r, 8 * ETH / 100), None));
+                }
             }
         }
         let first = relays[0];
