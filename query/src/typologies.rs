@@ -411,9 +411,12 @@ async fn commit(
     let mut w = wh
         .run_writer("typologies", &run_id, schema.clone())
         .map_err(wh_err)?;
-    w.write(&to_batch(&findings, chain, clusters, &run_id)?)
-        .await
-        .map_err(wh_err)?;
+    // In slices: one batch of a whole chain's findings would double their memory.
+    for slice in findings.chunks(WRITE_ROWS) {
+        w.write(&to_batch(slice, chain, clusters, &run_id)?)
+            .await
+            .map_err(wh_err)?;
+    }
     if let Some(prev) = &previous {
         for f in &prev.files {
             for b in wh.read_file(f).await.map_err(wh_err)? {
@@ -687,6 +690,9 @@ async fn cluster_ids(
     Ok(out)
 }
 
+/// Findings per batch written.
+const WRITE_ROWS: usize = 65_536;
+
 /// The findings as one batch of the `typologies` schema.
 pub fn to_batch(
     findings: &[Finding],
@@ -727,7 +733,8 @@ pub fn to_batch(
             findings.iter().map(|f| f.score),
         )),
         Arc::new(StringArray::from_iter_values(findings.iter().map(|f| {
-            serde_json::Value::Object(f.features.clone()).to_string()
+            // A map of JSON values always serialises.
+            serde_json::to_string(&f.features).unwrap_or_default()
         }))),
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
             run_id, n,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -566,15 +566,31 @@ impl Warehouse {
     /// is an error).
     async fn results_head(&self) -> Result<Option<ResultsHead>> {
         let dir = crate::results::head_dir(&self.root);
-        let Some((path, bytes)) = self
-            .newest_of(
-                &dir,
-                crate::results::parse_head_name,
-                crate::results::head_name,
-                "results head",
-            )
-            .await?
-        else {
+        let mut found = None;
+        for attempt in 0..=EMPTY_LISTING_RETRIES {
+            found = self
+                .newest_of(
+                    &dir,
+                    crate::results::parse_head_name,
+                    crate::results::head_name,
+                    "results head",
+                )
+                .await?;
+            // No head listed while results exist: a listing that raced a commit (the new
+            // head created and the old one deleted while the directory was read) can
+            // miss both. Look again before reading it as "no runs".
+            if found.is_some()
+                || !self
+                    .any_object_under(&self.root.clone().join("results"))
+                    .await?
+            {
+                break;
+            }
+            if attempt < EMPTY_LISTING_RETRIES {
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+            }
+        }
+        let Some((path, bytes)) = found else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -610,6 +626,16 @@ impl Warehouse {
             crate::results::parse_head_name,
         )
         .await
+    }
+
+    /// Whether anything is stored under `prefix` (one listed object is enough).
+    async fn any_object_under(&self, prefix: &Path) -> Result<bool> {
+        let mut listed = self.store.list(Some(prefix));
+        match listed.next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(Error::store(prefix, e)),
+        }
     }
 
     /// The sequence numbers of the objects in `dir` whose names `parse` reads, ascending.
@@ -1007,12 +1033,25 @@ impl Warehouse {
     /// empty chain.
     pub async fn load_manifest(&self, chain: Chain) -> Result<Option<Manifest>> {
         let dir = layout::state_dir(&self.root, chain);
-        let Some((path, bytes)) = self
-            .newest_of(&dir, parse_manifest_name, manifest_name, "manifest")
-            .await?
-        else {
-            self.check_never_committed(chain).await?;
-            return Ok(None);
+        let mut attempt = 0;
+        let (path, bytes) = loop {
+            if let Some(found) = self
+                .newest_of(&dir, parse_manifest_name, manifest_name, "manifest")
+                .await?
+            {
+                break found;
+            }
+            match self.check_never_committed(chain).await {
+                Ok(()) => return Ok(None),
+                // A listing that raced a commit (the new manifest created and the old
+                // one deleted while the directory was read) can miss both: look again
+                // before calling it damage.
+                Err(_) if attempt < EMPTY_LISTING_RETRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let mut manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|source| Error::CorruptManifest {
@@ -1319,6 +1358,12 @@ const LOCK_FILE: &str = "writer.lock";
 /// Written at a chain's first commit: from then on a missing manifest is damage.
 const COMMITTED_MARKER: &str = "committed";
 
+/// How many times a reader lists again (after 10, 20, 40, 80 ms) when a directory of
+/// sequenced objects lists empty though something was committed. Directory listings are
+/// not snapshots: one taken while a writer creates the next manifest and deletes the
+/// previous one can return neither.
+const EMPTY_LISTING_RETRIES: u32 = 4;
+
 /// A local multipart upload writes `{name}#{n}` and renames it on completion; a killed
 /// writer leaves the staging file behind, invisible to `list`. Removes them under `dir`.
 fn remove_staging_files(dir: &std::path::Path) -> Result<usize> {
@@ -1491,6 +1536,78 @@ mod tests {
         let err = Warehouse::open_existing(typo.to_str().expect("utf8")).expect_err("missing");
         assert!(err.to_string().contains("no warehouse at"), "{err}");
         assert!(!typo.exists());
+    }
+
+    /// A directory listing is no snapshot: one taken while a writer commits (creates the
+    /// next head or manifest, deletes the previous) can miss both. Readers look again
+    /// before reading "no runs" or "damage"; gone for good is still damage.
+    #[tokio::test]
+    async fn a_listing_that_raced_a_commit_is_looked_at_again() {
+        let wh = Warehouse::open("memory://schemas-listing-race").expect("open");
+        let run = crate::results::LatestRun {
+            run_id: "1-aa".into(),
+            files: vec!["results/taint/run=1-aa/part-0.parquet".into()],
+            rows: 1,
+            params: None,
+            checks: Vec::new(),
+        };
+        let file = wh.resolve(&run.files[0]).expect("p");
+        wh.store()
+            .put(&file, PutPayload::from_static(b"x"))
+            .await
+            .expect("put");
+        wh.commit_runs(vec![("taint".into(), run)])
+            .await
+            .expect("commit");
+        // Each object is away for 25 ms, as if between a listing's two halves.
+        let away = |path: Path| {
+            let wh = wh.clone();
+            async move {
+                let body = wh
+                    .store()
+                    .get(&path)
+                    .await
+                    .expect("get")
+                    .bytes()
+                    .await
+                    .expect("bytes");
+                wh.store().delete(&path).await.expect("delete");
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                    wh.store()
+                        .put(&path, PutPayload::from(body))
+                        .await
+                        .expect("put back");
+                })
+            }
+        };
+        let seqs = wh.head_seqs().await.expect("heads");
+        let head = crate::results::head_dir(wh.root())
+            .join(crate::results::head_name(*seqs.last().expect("a head")));
+        let back = away(head).await;
+        let runs = wh.latest_runs().await.expect("runs");
+        assert_eq!(runs["taint"].run_id, "1-aa", "{runs:?}");
+        back.await.expect("join");
+
+        let lease = wh.writer_lease(Chain::Btc).await.expect("lease");
+        let mut m = crate::Manifest::empty("btc", "regtest");
+        wh.commit_manifest(Chain::Btc, &mut m, &lease)
+            .await
+            .expect("commit");
+        let newest = layout::state_dir(wh.root(), Chain::Btc).join(manifest_name(m.seq));
+        let back = away(newest.clone()).await;
+        let loaded = wh
+            .load_manifest(Chain::Btc)
+            .await
+            .expect("read while away")
+            .expect("committed");
+        assert_eq!(loaded.seq, m.seq);
+        back.await.expect("join");
+        // Gone for good: damage, after the second looks.
+        wh.store().delete(&newest).await.expect("delete");
+        let err = wh.load_manifest(Chain::Btc).await.expect_err("gone");
+        assert!(matches!(err, Error::Damaged { .. }), "{err}");
+        lease.release().await;
     }
 
     #[tokio::test]
