@@ -307,9 +307,9 @@ fn parse_in(cx: &Ctx<'_>, original: &str) -> Result<Case> {
         None => None,
     };
     let base = path.parent().unwrap_or(Path::new("."));
-    let seeds = seeds(&cx, &raw.seeds, &chains, base)?;
-    let taint = taint(&cx, &raw.taint, &chains)?;
-    let alerts = alerts(&cx, &raw.alerts, &chains, base)?;
+    let seeds = seeds(cx, &raw.seeds, &chains, base)?;
+    let taint = taint(cx, &raw.taint, &chains)?;
+    let alerts = alerts(cx, &raw.alerts, &chains, base)?;
     Ok(Case {
         name,
         description: raw.description,

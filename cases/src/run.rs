@@ -967,7 +967,7 @@ async fn eth_part(
                     };
                     resume_eth(wh, None, &job, labels)
                         .await?
-                        .map_err(|w| Error::Query(w))?
+                        .map_err(Error::Query)?
                 }
             };
             let latest = heads

@@ -375,9 +375,21 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
                 assert_eq!(f["asset"].as_str(), Some(usd.as_str()), "{r:?}");
                 let share = f["median_peel_share"].as_f64().expect("share");
                 assert!((0.03..=0.24).contains(&share), "{r:?}");
-                let peeled: u128 = f["total_peeled"].as_str().expect("peeled").parse().unwrap();
-                let start: u128 = f["start_value"].as_str().expect("start").parse().unwrap();
-                let end: u128 = f["end_remainder"].as_str().expect("end").parse().unwrap();
+                let peeled: u128 = f["total_peeled"]
+                    .as_str()
+                    .expect("peeled")
+                    .parse()
+                    .expect("a number");
+                let start: u128 = f["start_value"]
+                    .as_str()
+                    .expect("start")
+                    .parse()
+                    .expect("a number");
+                let end: u128 = f["end_remainder"]
+                    .as_str()
+                    .expect("end")
+                    .parse()
+                    .expect("a number");
                 assert_eq!(peeled + end, start, "{r:?}");
             }
             "pass_through" => {

@@ -2707,7 +2707,7 @@ async fn eth_peel_chains(
             continue;
         }
         let Some(input) = ins.pop() else { continue };
-        outs.sort_by(|x, y| x.at.cmp(&y.at));
+        outs.sort_by_key(|x| x.at);
         let (Some(first), Some(last)) = (outs.first(), outs.last()) else {
             continue;
         };

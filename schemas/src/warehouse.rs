@@ -1404,6 +1404,57 @@ impl std::fmt::Display for Warehouse {
     }
 }
 
+fn run_write_err(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    Error::CorruptFile {
+        path: path.to_string(),
+        reason: format!("writing: {e}"),
+    }
+}
+
+/// A finished run file: warehouse-relative path, rows, size and SHA-256.
+pub type WrittenRunFile = (String, u64, crate::results::FileCheck);
+
+/// One run file being written (see [`Warehouse::run_writer`]).
+pub struct RunWriter {
+    path: Path,
+    relative: String,
+    writer: parquet::arrow::AsyncArrowWriter<
+        crate::checksum::HashingWriter<object_store::buffered::BufWriter>,
+    >,
+    digest: crate::checksum::Digest,
+    rows: u64,
+}
+
+impl RunWriter {
+    /// Appends rows.
+    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| run_write_err(&self.path, e))
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes the file (still invisible to readers until committed).
+    pub async fn finish(self) -> Result<WrittenRunFile> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| run_write_err(&self.path, e))?;
+        crate::failpoint::hit("run-file-written");
+        let check = crate::results::FileCheck {
+            bytes: self.digest.bytes(),
+            sha256: self.digest.hex(),
+        };
+        Ok((self.relative, self.rows, check))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1560,31 +1611,28 @@ mod tests {
             .await
             .expect("commit");
         // Each object is away for 25 ms, as if between a listing's two halves.
-        let away = |path: Path| {
-            let wh = wh.clone();
-            async move {
-                let body = wh
-                    .store()
-                    .get(&path)
+        async fn away(wh: Warehouse, path: Path) -> tokio::task::JoinHandle<()> {
+            let body = wh
+                .store()
+                .get(&path)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("bytes");
+            wh.store().delete(&path).await.expect("delete");
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                wh.store()
+                    .put(&path, PutPayload::from(body))
                     .await
-                    .expect("get")
-                    .bytes()
-                    .await
-                    .expect("bytes");
-                wh.store().delete(&path).await.expect("delete");
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-                    wh.store()
-                        .put(&path, PutPayload::from(body))
-                        .await
-                        .expect("put back");
-                })
-            }
-        };
+                    .expect("put back");
+            })
+        }
         let seqs = wh.head_seqs().await.expect("heads");
         let head = crate::results::head_dir(wh.root())
             .join(crate::results::head_name(*seqs.last().expect("a head")));
-        let back = away(head).await;
+        let back = away(wh.clone(), head).await;
         let runs = wh.latest_runs().await.expect("runs");
         assert_eq!(runs["taint"].run_id, "1-aa", "{runs:?}");
         back.await.expect("join");
@@ -1595,7 +1643,7 @@ mod tests {
             .await
             .expect("commit");
         let newest = layout::state_dir(wh.root(), Chain::Btc).join(manifest_name(m.seq));
-        let back = away(newest.clone()).await;
+        let back = away(wh.clone(), newest.clone()).await;
         let loaded = wh
             .load_manifest(Chain::Btc)
             .await
@@ -1661,56 +1709,5 @@ mod tests {
             err.to_string().contains("unsupported scheme `ftp`"),
             "{err}"
         );
-    }
-}
-
-fn run_write_err(path: &Path, e: parquet::errors::ParquetError) -> Error {
-    Error::CorruptFile {
-        path: path.to_string(),
-        reason: format!("writing: {e}"),
-    }
-}
-
-/// A finished run file: warehouse-relative path, rows, size and SHA-256.
-pub type WrittenRunFile = (String, u64, crate::results::FileCheck);
-
-/// One run file being written (see [`Warehouse::run_writer`]).
-pub struct RunWriter {
-    path: Path,
-    relative: String,
-    writer: parquet::arrow::AsyncArrowWriter<
-        crate::checksum::HashingWriter<object_store::buffered::BufWriter>,
-    >,
-    digest: crate::checksum::Digest,
-    rows: u64,
-}
-
-impl RunWriter {
-    /// Appends rows.
-    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
-        self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .await
-            .map_err(|e| run_write_err(&self.path, e))
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Closes the file (still invisible to readers until committed).
-    pub async fn finish(self) -> Result<WrittenRunFile> {
-        self.writer
-            .close()
-            .await
-            .map_err(|e| run_write_err(&self.path, e))?;
-        crate::failpoint::hit("run-file-written");
-        let check = crate::results::FileCheck {
-            bytes: self.digest.bytes(),
-            sha256: self.digest.hex(),
-        };
-        Ok((self.relative, self.rows, check))
     }
 }

@@ -195,6 +195,7 @@ pub fn rewrite_catalog_query(statement: &mut Statement) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -401,6 +402,7 @@ pub fn udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod format_tests {
     use super::*;
 
@@ -550,6 +552,7 @@ fn literal(v: &datafusion::common::ScalarValue) -> Expr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod bind_tests {
     use super::*;
 

@@ -274,6 +274,7 @@ pub fn check_plan(plan: &LogicalPlan) -> Result<(), Refusal> {
 pub const KERNEL_FUNCTIONS: &[&str] = &["taint", "eth_taint", "clusters"];
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;

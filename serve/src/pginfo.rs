@@ -677,6 +677,7 @@ impl SchemaProvider for PgCatalog {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

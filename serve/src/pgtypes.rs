@@ -241,6 +241,7 @@ pub async fn encode(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -390,6 +390,7 @@ fn parse_secret(secret: &str, role: Role) -> std::result::Result<User, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -53,6 +53,8 @@ fn sequential(g: &TransferGraph, f: &[u32]) -> Vec<f64> {
     let n = g.nodes as usize;
     let (mut b, mut t) = (vec![0f64; n], vec![0f64; n]);
     let mut out = vec![0f64; g.src.len()];
+    // `e` indexes the graph's edge arrays and `out` alike.
+    #[allow(clippy::needless_range_loop)]
     for e in 0..g.src.len() {
         let (s, d, a) = (g.src[e] as usize, g.dst[e] as usize, f64::from(g.amount[e]));
         let seed = f[s] & 1 != 0;

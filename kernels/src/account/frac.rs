@@ -130,7 +130,7 @@ impl Frac {
 
     /// The largest Frac not above `v` (v ≥ 0, finite).
     pub fn from_f64(v: f64) -> Self {
-        if !(v > 0.0) || !v.is_finite() {
+        if v.is_nan() || v <= 0.0 || v.is_infinite() {
             return ZERO;
         }
         let (mut m, mut e) = (v, 32i32);

@@ -436,6 +436,8 @@ pub fn run_on_transfers(
     };
     let mut tainted = vec![0.0f64; m];
     let mut per_node: Vec<(f64, u64, Option<usize>)> = vec![(0.0, 0, None); t.graph.nodes as usize];
+    // `e` indexes the graph's edge arrays and `carried` alike.
+    #[allow(clippy::needless_range_loop)]
     for e in 0..m {
         if carried[e] <= 0.0 {
             continue;

@@ -126,9 +126,7 @@ pub fn fixpoint(
         for &s in &all {
             let carries = if s == SEED_BLOCK {
                 true
-            } else if s == d {
-                false
-            } else if fault() == 1 && (s + 1 == d || d + 1 == s) {
+            } else if s == d || (fault() == 1 && (s + 1 == d || d + 1 == s)) {
                 false
             } else {
                 carries_taint[s as usize]

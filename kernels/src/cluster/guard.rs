@@ -170,11 +170,12 @@ pub(crate) fn label_sets(
     labels: &[(String, String, String)],
     mut id_of: impl FnMut(&str) -> Option<u32>,
 ) -> HashMap<u32, LabelSet> {
-    let mut by_address: HashMap<&str, Vec<&(String, String, String)>> = HashMap::new();
+    type Label = (String, String, String);
+    let mut by_address: HashMap<&str, Vec<&Label>> = HashMap::new();
     for l in labels {
         by_address.entry(l.0.as_str()).or_default().push(l);
     }
-    let mut with_ids: Vec<(u32, &Vec<&(String, String, String)>)> = by_address
+    let mut with_ids: Vec<(u32, &Vec<&Label>)> = by_address
         .iter()
         .filter_map(|(a, ls)| id_of(a).map(|id| (id, ls)))
         .collect();

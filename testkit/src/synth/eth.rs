@@ -551,7 +551,7 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                 for (&scam, &total) in &op.got_usd {
                     let value = total / (cfg.flows as u128 + 1) / 4;
                     let hops = 3 + (k % 3);
-                    let gas = (k % 2 == 0).then_some(station);
+                    let gas = k.is_multiple_of(2).then_some(station);
                     if value >= 100 * USD && b + hops + 1 < cfg.blocks {
                         let hot_x = hot[k % hot.len()];
                         t.plant_relays(&mut g, scam, value, &op.entity, b, hops, hot_x, gas)
