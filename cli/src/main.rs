@@ -374,6 +374,10 @@ struct TypologiesEthArgs {
     /// Victim collection: the fewest distinct payer clusters.
     #[arg(long, default_value_t = 20)]
     victim_min_payers: usize,
+    /// Victim collection: the smallest share of the addresses it paid that it was the
+    /// first to pay.
+    #[arg(long, default_value_t = 0.5)]
+    victim_min_new_recipients: f64,
     /// Stablecoin swaps: a stablecoin besides USDT, USDC and DAI, as ADDRESS[:DECIMALS]
     /// (decimals 6 when left out); repeatable.
     #[arg(long = "stablecoin", value_name = "ADDRESS[:DECIMALS]")]
@@ -1177,6 +1181,7 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
         poison_prefix: a.poison_prefix,
         poison_suffix: a.poison_suffix,
         victim_min_payers: a.victim_min_payers,
+        victim_min_new_recipients: a.victim_min_new_recipients,
         ..EthRules::default()
     };
     let run = run_eth(&wh, &rules, &patterns, a.full)

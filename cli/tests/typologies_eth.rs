@@ -623,9 +623,11 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
 }
 
 /// The background alone (`ferret synth eth` without `--typologies`: users, exchanges,
-/// DEX-free payments, multisends, the scam operations' victims and cash-out flows):
-/// every finding is about a scam operation's address, and none accuses a user, an
-/// exchange or a contract.
+/// DEX-free payments, multisends, the scam operations' victims and cash-out flows), dense
+/// enough that ordinary users are paid by 20 and more people: every finding is about a
+/// scam operation's address, and none accuses a user, an exchange or a contract. Without
+/// the test that a collection address pays on to addresses it was the first to pay,
+/// users are accused.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ethereum_background_alone_accuses_no_innocent_entity() {
     let Some(node) = common::anvil(&[]).await else {
@@ -644,11 +646,11 @@ async fn the_ethereum_background_alone_accuses_no_innocent_entity() {
         "--seed",
         "12",
         "--blocks",
-        "60",
+        "200",
         "--txs-per-block",
-        "30",
+        "60",
         "--users",
-        "150",
+        "300",
         "--victims",
         "60",
     ]));
@@ -689,6 +691,29 @@ async fn the_ethereum_background_alone_accuses_no_innocent_entity() {
     for p in ["approval_phishing", "address_poisoning", "coinjoin"] {
         assert!(!per.contains_key(p), "{p} on a chain without any: {per:?}");
     }
+    // Broken on purpose: busy users are collection findings.
+    ok(ferret(&[
+        "typologies",
+        "eth",
+        "--warehouse",
+        &wh,
+        "--stablecoin",
+        &format!("{usd}:6"),
+        "--victim-min-new-recipients",
+        "0",
+    ]));
+    let loose = findings(&wh).await;
+    let wrong = accused(&loose, &truth);
+    eprintln!(
+        "eth background, no new-recipient test: {} accused",
+        wrong.len()
+    );
+    assert!(
+        wrong
+            .iter()
+            .any(|w| w.0 == "victim_collection" && w.2.starts_with("user-")),
+        "{wrong:?}"
+    );
 }
 
 /// Every row of the latest typologies run but its run id, sorted.

@@ -767,6 +767,9 @@ pub struct EthRules {
     pub victim_forward_blocks: i64,
     /// Victim collection: the smallest share forwarded.
     pub victim_min_forwarded: f64,
+    /// Victim collection: the smallest share of the addresses it paid that it was the
+    /// first to pay (its own layering and cash-out addresses, not people it pays).
+    pub victim_min_new_recipients: f64,
     /// Stablecoin swaps: the stablecoins, as (lowercase contract address, decimals).
     pub stablecoins: Vec<(String, u32)>,
     /// Stablecoin swaps: the most blocks from the scam money's arrival to the swap.
@@ -855,6 +858,7 @@ impl Default for EthRules {
             victim_min_payers: 20,
             victim_forward_blocks: 50_400,
             victim_min_forwarded: 0.5,
+            victim_min_new_recipients: 0.5,
             stablecoins: MAINNET_STABLECOINS
                 .iter()
                 .map(|(a, d)| (a.to_string(), *d))
@@ -956,6 +960,14 @@ impl EthRules {
             if *d > 36 {
                 return bad(format!("stablecoin {a}: {d} decimals (at most 36)"));
             }
+        }
+        if !(self.victim_min_new_recipients.is_finite()
+            && (0.0..=1.0).contains(&self.victim_min_new_recipients))
+        {
+            return bad(format!(
+                "victim_min_new_recipients must be in [0, 1], not {}",
+                self.victim_min_new_recipients
+            ));
         }
         if !(self.victim_min_forwarded.is_finite()
             && (0.0..=1.0).contains(&self.victim_min_forwarded))
@@ -2881,16 +2893,31 @@ async fn eth_victim_collection(
             HAVING count(DISTINCT payer_group) >= {min}
         ),
         outflow AS (
-            SELECT lower(t.from_address) AS address, t.asset, CAST(t.value AS DOUBLE) AS v,
-                   t.block_number
+            SELECT lower(t.from_address) AS address, lower(t.to_address) AS r, t.asset,
+                   CAST(t.value AS DOUBLE) AS v, t.block_number
             FROM eth.transfers t JOIN cand ON lower(t.from_address) = cand.address
             WHERE t.value > 0 AND t.block_number <= {upto}
+              AND t.from_address <> t.to_address
+        ),
+        -- Who paid each recipient first.
+        firstin AS (
+            SELECT r, f FROM (
+                SELECT lower(to_address) AS r, lower(from_address) AS f,
+                       row_number() OVER (PARTITION BY lower(to_address)
+                                          ORDER BY block_number, transaction_index, ordinal) AS k
+                FROM eth.transfers
+                WHERE value > 0 AND block_number <= {upto} AND from_address <> to_address
+                  AND lower(to_address) IN (SELECT r FROM outflow)
+            ) x
+            WHERE k = 1
         )
         SELECT 'in', g.address, g.payer_group, g.payer, g.asset, g.v, g.block_number,
                g.transaction_hash
         FROM grouped g JOIN cand ON g.address = cand.address
         UNION ALL
-        SELECT 'out', address, NULL, NULL, asset, v, block_number, NULL FROM outflow",
+        SELECT 'out', o.address, o.r, CASE WHEN fi.f = o.address THEN '1' ELSE '0' END,
+               o.asset, o.v, o.block_number, NULL
+        FROM outflow o LEFT JOIN firstin fi ON fi.r = o.r",
         min = rules.victim_min_payers,
         contracts = contracts_sql(upto)
     );
@@ -2899,6 +2926,8 @@ async fn eth_victim_collection(
     struct Addr {
         payments: Vec<(String, String, String, f64, i64, String)>,
         out: Vec<(String, f64, i64)>,
+        /// Each address it paid, and whether it was the first to pay it.
+        recipients: HashMap<String, bool>,
     }
     let mut by: BTreeMap<String, Addr> = BTreeMap::new();
     for r in rows {
@@ -2916,6 +2945,9 @@ async fn eth_victim_collection(
             ));
         } else {
             e.out.push((asset, num(&r[5]), int(&r[6])));
+            if let Some(to) = r[2].clone() {
+                *e.recipients.entry(to).or_default() |= r[3].as_deref() == Some("1");
+            }
         }
     }
     let mut out = Vec::new();
@@ -2949,7 +2981,12 @@ async fn eth_victim_collection(
             .values()
             .map(|(i, o, c)| (o / i.max(1.0)).min(1.0) * *c as f64 / n)
             .sum();
-        if groups.len() < rules.victim_min_payers || forwarded < rules.victim_min_forwarded {
+        let new_recipients = a.recipients.values().filter(|&&n| n).count();
+        let new_share = new_recipients as f64 / a.recipients.len().max(1) as f64;
+        if groups.len() < rules.victim_min_payers
+            || forwarded < rules.victim_min_forwarded
+            || new_share < rules.victim_min_new_recipients
+        {
             continue;
         }
         let (main, (main_in, _, _)) = assets
@@ -2978,6 +3015,8 @@ async fn eth_victim_collection(
         f.insert("payer_clusters".into(), json!(groups.len()));
         f.insert("repeat_payer_share".into(), json!(r4(repeat)));
         f.insert("forwarded_share".into(), json!(r4(forwarded)));
+        f.insert("recipients".into(), json!(a.recipients.len()));
+        f.insert("new_recipient_share".into(), json!(r4(new_share)));
         f.insert("main_asset".into(), json!(main));
         f.insert(
             "assets".into(),

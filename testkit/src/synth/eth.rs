@@ -572,7 +572,8 @@ pub async fn generate(url: &str, cfg: &EthSynthConfig, out: &Path) -> Result<Eth
                     if value >= ETH {
                         let hot_x = hot[k % hot.len()];
                         let pool = t.pools[(k / 2) % 2];
-                        t.plant_swap(&mut g, scam, value, &op.entity, b, k % 2 == 1, hot_x, pool);
+                        t.plant_swap(&mut g, scam, value, &op.entity, b, k % 2 == 1, hot_x, pool)
+                            .await?;
                         k += 1;
                     }
                 }
@@ -1303,8 +1304,11 @@ impl Typologies {
     /// `b`. Directly: the collection address sells it for itself. Through a relay: the
     /// collection address pays a fresh address of the operation, which buys a round sum
     /// (an exact-output swap) a block later and sends it to an exchange the block after.
+    /// The round sum is what 70% of the money buys at the pool's price now, in whole
+    /// thousands (the rest covers the price's moves until the swap; the pool refunds
+    /// what it does not use); none when that is under a thousand.
     #[allow(clippy::too_many_arguments)]
-    fn plant_swap(
+    async fn plant_swap(
         &mut self,
         g: &mut Gen,
         scam: Address,
@@ -1314,7 +1318,7 @@ impl Typologies {
         relay: bool,
         exchange: Address,
         pool: Address,
-    ) {
+    ) -> Result<()> {
         if !relay {
             self.pending.push((
                 b,
@@ -1330,11 +1334,25 @@ impl Typologies {
                 ),
                 Some(Mark::Plant("stablecoin_swap", scam)),
             ));
-            return;
+            return Ok(());
+        }
+        let r0: U256 = g
+            .rpc
+            .call("eth_getBalance", json!([pool, "latest"]))
+            .await?;
+        let r0 = u128::try_from(r0).unwrap_or(u128::MAX);
+        let r1 = Self::balance(g, self.usd, pool).await?;
+        let spend = value.saturating_sub(ETH / 10) / 10 * 7;
+        // The pool's exact-input price: out = in·997·r1 / (r0·1000 + in·997).
+        let bought = U256::from(spend) * U256::from(997u32) * U256::from(r1)
+            / (U256::from(r0) * U256::from(1000u32) + U256::from(spend) * U256::from(997u32))
+                .max(U256::from(1u32));
+        let bought = u128::try_from(bought).unwrap_or(0);
+        let round = bought / (1_000 * USD) * (1_000 * USD);
+        if round == 0 {
+            return Ok(());
         }
         let r = g.fresh(entity);
-        // At about 2,000 a coin, 70% of it in round thousands (price moves are small).
-        let round = (value / ETH * 2_000 * 7 / 10 / 1_000 * 1_000).max(1_000) * USD;
         self.pending.push((b, Tx::pay(scam, r, value), None));
         self.pending.push((
             b + 1,
@@ -1352,6 +1370,7 @@ impl Typologies {
         ));
         self.pending
             .push((b + 2, Tx::usd(self.usd, r, exchange, round), None));
+        Ok(())
     }
 
     /// An address whose first four and last four hex digits are `c`'s (what a victim
