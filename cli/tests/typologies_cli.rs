@@ -603,16 +603,6 @@ async fn a_case_subscribed_to_typologies_is_alerted_once() {
     );
 }
 
-/// Every row of the latest typologies run but its run id, sorted.
-async fn table(wh: &str) -> Vec<String> {
-    let w = Warehouse::open(wh).expect("open");
-    query(
-        &w,
-        "SELECT pattern, chain, address, cluster_id, array_to_string(txids, ' '), first_height, last_height, amount, score, features FROM typologies ORDER BY 1, 3, 5",
-    )
-    .await
-}
-
 /// A run over new blocks goes on from the last run's kept state and finds exactly what a
 /// run over every block finds; other rules, new labels or `--full` start over; a damaged
 /// state is an error that names it.
@@ -657,10 +647,10 @@ async fn incremental_runs_equal_runs_over_every_block() {
         index_to(h);
         let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
         assert!(out.contains("incremental above height"), "{out}");
-        let incremental = table(&wh).await;
+        let incremental = typologies_table(&wh).await;
         let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh, "--full"]));
         assert!(out.contains("full: --full"), "{out}");
-        let full = table(&wh).await;
+        let full = typologies_table(&wh).await;
         assert!(!full.is_empty());
         assert_eq!(incremental, full, "at height {h}");
     }
@@ -737,7 +727,7 @@ async fn a_reorganisation_below_the_last_run_starts_over() {
     index_btc_cli(&dir, &wh);
     let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));
     assert!(out.contains("no longer on the chain"), "{out}");
-    let after = table(&wh).await;
+    let after = typologies_table(&wh).await;
     ok(ferret(&["typologies", "btc", "--warehouse", &wh, "--full"]));
-    assert_eq!(after, table(&wh).await);
+    assert_eq!(after, typologies_table(&wh).await);
 }

@@ -154,8 +154,28 @@ fn accused(found: &[Row], truth: &Path) -> Vec<(String, String, String)> {
 /// `ferret synth eth --typologies` on the node: 30 blocks of 20 transactions, 100 users,
 /// 60 victims per operation.
 fn synth(rpc: &str, out: &Path, seed: u64) {
+    synth_with(
+        rpc,
+        out,
+        seed,
+        &[
+            "--blocks",
+            "30",
+            "--txs-per-block",
+            "20",
+            "--users",
+            "100",
+            "--victims",
+            "60",
+            "--typologies",
+        ],
+    );
+}
+
+/// `ferret synth eth` on the node with the scenario's arguments `args`.
+fn synth_with(rpc: &str, out: &Path, seed: u64, args: &[&str]) {
     let seed = seed.to_string();
-    ok(ferret(&[
+    let mut a = vec![
         "synth",
         "eth",
         "--rpc",
@@ -164,16 +184,17 @@ fn synth(rpc: &str, out: &Path, seed: u64) {
         out.to_str().expect("utf8"),
         "--seed",
         &seed,
-        "--blocks",
-        "30",
-        "--txs-per-block",
-        "20",
-        "--users",
-        "100",
-        "--victims",
-        "60",
-        "--typologies",
-    ]));
+    ];
+    a.extend_from_slice(args);
+    ok(ferret(&a));
+}
+
+/// Indexes the node into `wh`, imports the truth's labels and clusters: what every
+/// typologies run here starts from.
+fn index_label_cluster(rpc: &str, wh: &str, truth: &Path) {
+    ok(ferret(&["index", "eth", "--rpc", rpc, "--warehouse", wh]));
+    import_labels(wh, truth);
+    ok(ferret(&["cluster", "eth", "--warehouse", wh]));
 }
 
 fn import_labels(wh: &str, truth: &Path) {
@@ -276,17 +297,8 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
     let out = tmp.path().join("synth");
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
     synth(node.url(), &out, 5);
-    ok(ferret(&[
-        "index",
-        "eth",
-        "--rpc",
-        node.url(),
-        "--warehouse",
-        &wh,
-    ]));
     let truth = out.join("truth");
-    import_labels(&wh, &truth);
-    ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
+    index_label_cluster(node.url(), &wh, &truth);
     // The scenario's stablecoin is no mainnet one: it is named.
     let usd = stablecoin(&truth);
     let stable = format!("{usd}:6");
@@ -636,35 +648,23 @@ async fn the_ethereum_background_alone_accuses_no_innocent_entity() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("synth");
     let wh = tmp.path().join("wh").to_string_lossy().into_owned();
-    ok(ferret(&[
-        "synth",
-        "eth",
-        "--rpc",
+    synth_with(
         node.url(),
-        "--out",
-        out.to_str().expect("utf8"),
-        "--seed",
-        "12",
-        "--blocks",
-        "200",
-        "--txs-per-block",
-        "60",
-        "--users",
-        "300",
-        "--victims",
-        "60",
-    ]));
-    ok(ferret(&[
-        "index",
-        "eth",
-        "--rpc",
-        node.url(),
-        "--warehouse",
-        &wh,
-    ]));
+        &out,
+        12,
+        &[
+            "--blocks",
+            "200",
+            "--txs-per-block",
+            "60",
+            "--users",
+            "300",
+            "--victims",
+            "60",
+        ],
+    );
     let truth = out.join("truth");
-    import_labels(&wh, &truth);
-    ok(ferret(&["cluster", "eth", "--warehouse", &wh]));
+    index_label_cluster(node.url(), &wh, &truth);
     let usd = stablecoin(&truth);
     ok(ferret(&[
         "typologies",
@@ -714,16 +714,6 @@ async fn the_ethereum_background_alone_accuses_no_innocent_entity() {
             .any(|w| w.0 == "victim_collection" && w.2.starts_with("user-")),
         "{wrong:?}"
     );
-}
-
-/// Every row of the latest typologies run but its run id, sorted.
-async fn table(wh: &str) -> Vec<String> {
-    let w = Warehouse::open(wh).expect("open");
-    query(
-        &w,
-        "SELECT pattern, chain, address, cluster_id, array_to_string(txids, ' '), first_height, last_height, amount, score, features FROM typologies ORDER BY 1, 3, 5",
-    )
-    .await
 }
 
 /// Runs over the new blocks only equal runs over every block, at seven tips; nothing new
@@ -784,15 +774,15 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
             printed.contains(&format!("incremental above block {last}")),
             "{printed}"
         );
-        let incremental = table(&wh).await;
+        let incremental = typologies_table(&wh).await;
         let printed = run(&["--full"]);
         assert!(printed.contains("full: --full"), "{printed}");
-        let full = table(&wh).await;
+        let full = typologies_table(&wh).await;
         assert!(!full.is_empty());
         assert_eq!(incremental, full, "up to {to:?}");
         last = to.unwrap_or_default().to_string();
     }
-    let all = table(&wh).await;
+    let all = typologies_table(&wh).await;
     for p in [
         "approval_phishing",
         "address_poisoning",
@@ -811,7 +801,7 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
     // Nothing new: the same table.
     let printed = run(&[]);
     assert!(printed.contains("incremental above block"), "{printed}");
-    assert_eq!(table(&wh).await, all);
+    assert_eq!(typologies_table(&wh).await, all);
     // Other rules start over.
     let printed = run(&["--phishing-min-owners", "4"]);
     assert!(printed.contains("full: the rules differ"), "{printed}");
@@ -897,7 +887,7 @@ async fn an_ethereum_reorganisation_below_the_last_run_starts_over() {
     }
     let out = index_and_run();
     assert!(out.contains("no longer on the chain"), "{out}");
-    let after = table(&wh).await;
+    let after = typologies_table(&wh).await;
     ok(ferret(&["typologies", "eth", "--warehouse", &wh, "--full"]));
-    assert_eq!(after, table(&wh).await);
+    assert_eq!(after, typologies_table(&wh).await);
 }

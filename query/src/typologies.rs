@@ -1727,12 +1727,85 @@ fn single_use_sql(upto: i64, gas: u128, out: &str) -> String {
                             WHEN asset = 'eth' AND n_out = 0 AND v_in <= {gas} THEN 0
                             ELSE 1 END) = 0
         ),
+        contracts AS ({contracts}),
         hops AS (
             SELECT p.a, p.asset FROM per_asset p JOIN single s ON s.a = p.a
-            WHERE p.n_in = 1 AND p.{out} AND p.a NOT IN ({contracts})
+            WHERE p.n_in = 1 AND p.{out} AND p.a NOT IN (SELECT address FROM contracts)
         )",
         contracts = contracts_sql(upto),
     )
+}
+
+/// One transfer of a hop or peel step, seen from it: the other side, the asset, the
+/// value, its place (block, index, ordinal), its transaction, and (outgoing) whether
+/// it paid a contract.
+struct HopLeg {
+    other: String,
+    asset: String,
+    value: u128,
+    at: (i64, i64, i64),
+    tx: String,
+    to_contract: bool,
+}
+
+/// Each address's incoming and outgoing legs, from rows `('in' | 'out', address, other,
+/// asset, value, block, index, ordinal, hash[, to_contract])`. A value that is no
+/// number (beyond 128 bits) is damage the engine let through: the leg is left out, so
+/// its address is no hop.
+fn hop_legs(rows: Vec<Vec<Option<String>>>) -> HashMap<String, (Vec<HopLeg>, Vec<HopLeg>)> {
+    let mut legs: HashMap<String, (Vec<HopLeg>, Vec<HopLeg>)> = HashMap::new();
+    for r in rows {
+        let Some(a) = r[1].clone() else { continue };
+        let Some(value) = r[4].as_deref().and_then(|v| v.parse::<u128>().ok()) else {
+            continue;
+        };
+        let leg = HopLeg {
+            other: r[2].clone().unwrap_or_default(),
+            asset: r[3].clone().unwrap_or_default(),
+            value,
+            at: (int(&r[5]), int(&r[6]), int(&r[7])),
+            tx: r[8].clone().unwrap_or_default(),
+            to_contract: r.get(9).is_some_and(|v| int(v) == 1),
+        };
+        let e = legs.entry(a).or_default();
+        if r[0].as_deref() == Some("in") {
+            e.0.push(leg);
+        } else {
+            e.1.push(leg);
+        }
+    }
+    legs
+}
+
+/// The chains `next` links through `nodes`: each starts at a node that no node's `next`
+/// names and follows `next` while it names a node (a cycle ends where it closes); in
+/// the order of their first nodes' addresses.
+fn walk_chains<'a, T>(
+    nodes: &'a HashMap<String, T>,
+    next: impl Fn(&str) -> Option<&'a String>,
+) -> Vec<Vec<(&'a String, &'a T)>> {
+    let followed: HashSet<&String> = nodes.keys().filter_map(|a| next(a)).collect();
+    let mut heads: Vec<&String> = nodes.keys().filter(|a| !followed.contains(a)).collect();
+    heads.sort();
+    heads
+        .into_iter()
+        .map(|head| {
+            let mut chain = Vec::new();
+            let mut seen = HashSet::new();
+            let mut cur = Some(head);
+            while let Some(a) = cur {
+                let Some(node) = nodes.get_key_value(a) else {
+                    break;
+                };
+                if !seen.insert(a) {
+                    break;
+                }
+                chain.push(node);
+                cur = next(a);
+            }
+            chain
+        })
+        .collect()
 }
 
 /// Every transfer of more than zero between two addresses up to block `upto`, in short
@@ -2526,35 +2599,11 @@ async fn eth_pass_through(
         wait = rules.pass_max_wait,
         kept = rules.pass_min_kept,
     );
-    #[derive(Clone)]
-    struct Leg {
-        other: String,
-        asset: String,
-        value: Option<u128>,
-        at: (i64, i64, i64),
-        tx: String,
-    }
-    let mut legs: HashMap<String, (Vec<Leg>, Vec<Leg>)> = HashMap::new();
-    for r in text_rows(ctx, &sql).await? {
-        let Some(a) = r[1].clone() else { continue };
-        let leg = Leg {
-            other: r[2].clone().unwrap_or_default(),
-            asset: r[3].clone().unwrap_or_default(),
-            value: r[4].as_deref().and_then(|v| v.parse::<u128>().ok()),
-            at: (int(&r[5]), int(&r[6]), int(&r[7])),
-            tx: r[8].clone().unwrap_or_default(),
-        };
-        let e = legs.entry(a).or_default();
-        if r[0].as_deref() == Some("in") {
-            e.0.push(leg);
-        } else {
-            e.1.push(leg);
-        }
-    }
+    let legs = hop_legs(text_rows(ctx, &sql).await?);
     // The hops: the rule's tests on each address's two transfers of the asset (an
     // address with more of them is none).
     let kept_ok = |i: u128, o: u128| (o as f64) >= rules.pass_min_kept * (i as f64);
-    let hops: HashMap<String, (Leg, Leg)> = legs
+    let hops: HashMap<String, (HopLeg, HopLeg)> = legs
         .into_iter()
         .filter_map(|(a, (mut i, mut o))| {
             if i.len() != 1 || o.len() != 1 {
@@ -2568,7 +2617,8 @@ async fn eth_pass_through(
                 && i.at < o.at
                 && i.at.0 >= since
                 && o.at.0 - i.at.0 <= rules.pass_max_wait
-                && matches!((i.value, o.value), (Some(iv), Some(ov)) if iv > 0 && kept_ok(iv, ov))
+                && i.value > 0
+                && kept_ok(i.value, o.value)
         })
         .collect();
     // A hop's successor: the hop its forward paid, with that forward as its input (so
@@ -2578,22 +2628,9 @@ async fn eth_pass_through(
         let (i, _) = hops.get(&fwd.other)?;
         (i.tx == fwd.tx && i.at == fwd.at && i.other == a).then_some(&fwd.other)
     };
-    let followed: HashSet<&String> = hops.keys().filter_map(|a| next(a)).collect();
-    let mut heads: Vec<&String> = hops.keys().filter(|a| !followed.contains(a)).collect();
-    heads.sort();
     let mut out = Vec::new();
-    for head in heads {
-        let mut chain: Vec<(&String, &(Leg, Leg))> = Vec::new();
-        let mut cur = Some(head);
-        let mut seen = HashSet::new();
-        while let Some(a) = cur {
-            let Some(h) = hops.get(a) else { break };
-            if !seen.insert(a) {
-                break;
-            }
-            chain.push((a, h));
-            cur = next(a);
-        }
+    for chain in walk_chains(&hops, next) {
+        let head = chain[0].0;
         if chain.len() < rules.pass_min_hops {
             continue;
         }
@@ -2604,8 +2641,8 @@ async fn eth_pass_through(
             .map(|(_, (i, o))| (o.at.0 - i.at.0) as f64)
             .collect();
         let max_wait = waits.iter().copied().fold(0.0, f64::max);
-        let first_value = first.0.value.unwrap_or(0);
-        let last_value = last.1.value.unwrap_or(0);
+        let first_value = first.0.value;
+        let last_value = last.1.value;
         let kept = last_value as f64 / first_value.max(1) as f64;
         let n = chain.len();
         let score = (0.5 + 0.5 * ((n - rules.pass_min_hops) as f64 / 3.0).min(1.0))
@@ -2673,45 +2710,15 @@ async fn eth_peel_chains(
         SELECT 'out', t.f, t.r, t.asset, t.v, t.b, t.i, t.o, t.h,
                CASE WHEN c.address IS NULL THEN 0 ELSE 1 END
         FROM t JOIN linked ON linked.a = t.f AND linked.asset = t.asset
-        LEFT JOIN ({contracts}) c ON c.address = t.r",
-        contracts = contracts_sql(upto),
+        LEFT JOIN contracts c ON c.address = t.r",
         single_use = single_use_sql(upto, rules.hop_max_gas, "n_out >= 2"),
         transfers = transfers_sql(upto),
     );
-    struct Leg {
-        other: String,
-        asset: String,
-        value: u128,
-        at: (i64, i64, i64),
-        tx: String,
-        to_contract: bool,
-    }
-    let mut legs: HashMap<String, (Vec<Leg>, Vec<Leg>)> = HashMap::new();
-    for r in text_rows(ctx, &sql).await? {
-        let Some(a) = r[1].clone() else { continue };
-        // A value that is no number is damage the engine let through; no step.
-        let Some(value) = r[4].as_deref().and_then(|v| v.parse::<u128>().ok()) else {
-            continue;
-        };
-        let leg = Leg {
-            other: r[2].clone().unwrap_or_default(),
-            asset: r[3].clone().unwrap_or_default(),
-            value,
-            at: (int(&r[5]), int(&r[6]), int(&r[7])),
-            tx: r[8].clone().unwrap_or_default(),
-            to_contract: int(&r[9]) == 1,
-        };
-        let e = legs.entry(a).or_default();
-        if r[0].as_deref() == Some("in") {
-            e.0.push(leg);
-        } else {
-            e.1.push(leg);
-        }
-    }
+    let legs = hop_legs(text_rows(ctx, &sql).await?);
     struct Step {
-        input: Leg,
+        input: HopLeg,
         /// Peels, then the remainder last; in chain order within each.
-        outs: Vec<Leg>,
+        outs: Vec<HopLeg>,
     }
     let mut steps: HashMap<String, Step> = HashMap::new();
     for (a, (mut ins, mut outs)) in legs {
@@ -2764,29 +2771,16 @@ async fn eth_peel_chains(
         let n = steps.get(&rem.other)?;
         (n.input.tx == rem.tx && n.input.other == a && n.input.at == rem.at).then_some(&rem.other)
     };
-    let followed: HashSet<&String> = steps.keys().filter_map(|a| next(a)).collect();
-    let mut heads: Vec<&String> = steps.keys().filter(|a| !followed.contains(a)).collect();
-    heads.sort();
     let mut out = Vec::new();
-    for head in heads {
-        let mut chain: Vec<(&String, &Step)> = Vec::new();
-        let mut seen = HashSet::new();
-        let mut cur = Some(head);
-        while let Some(a) = cur {
-            if !seen.insert(a) {
-                break;
-            }
-            let Some(s) = steps.get(a) else { break };
-            chain.push((a, s));
-            cur = next(a);
-        }
+    for chain in walk_chains(&steps, next) {
+        let head = chain[0].0;
         let n = chain.len();
         if n < rules.peel_min_steps {
             continue;
         }
         let first = chain[0].1;
         let last = chain[n - 1].1;
-        let peels: Vec<&Leg> = chain
+        let peels: Vec<&HopLeg> = chain
             .iter()
             .flat_map(|(_, s)| &s.outs[..s.outs.len() - 1])
             .collect();

@@ -77,6 +77,17 @@ pub fn obfuscate(dir: &Path, key: [u8; 8]) {
     std::fs::write(dir.join("xor.dat"), key).expect("xor.dat");
 }
 
+/// Every row of the latest typologies run but its run id, sorted (the typologies tests
+/// compare incremental and full runs with it).
+pub async fn typologies_table(wh: &str) -> Vec<String> {
+    let w = Warehouse::open(wh).expect("open");
+    query(
+        &w,
+        "SELECT pattern, chain, address, cluster_id, array_to_string(txids, ' '), first_height, last_height, amount, score, features FROM typologies ORDER BY 1, 3, 5",
+    )
+    .await
+}
+
 /// Runs a SQL query and renders each row as one `|`-separated line.
 pub async fn query(wh: &Warehouse, sql: &str) -> Vec<String> {
     let ctx = ferret_query::session(wh).await.expect("session");

@@ -1143,6 +1143,25 @@ impl Typologies {
         Ok(())
     }
 
+    /// `n` fresh addresses of `entity` for a chain's hops: bare when a gas wallet will pay
+    /// their gas (`by_wallet`), else with gas given outside any transfer.
+    async fn hop_addresses(
+        g: &mut Gen,
+        entity: &str,
+        n: usize,
+        by_wallet: bool,
+    ) -> Result<Vec<Address>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(if by_wallet {
+                g.fresh(entity)
+            } else {
+                g.fresh_funded(entity).await?
+            });
+        }
+        Ok(out)
+    }
+
     /// Plants a layering chain: the collection address pays `value` of the stablecoin to
     /// the first of `hops` fresh relays of the operation, each forwarding it whole to the
     /// next a block later, the last to an exchange. Every relay has one transfer of the
@@ -1161,13 +1180,7 @@ impl Typologies {
         exchange: Address,
         gas: Option<Address>,
     ) -> Result<()> {
-        let mut relays = Vec::new();
-        for _ in 0..hops {
-            relays.push(match gas {
-                Some(_) => g.fresh(entity),
-                None => g.fresh_funded(entity).await?,
-            });
-        }
+        let relays = Self::hop_addresses(g, entity, hops, gas.is_some()).await?;
         if let Some(station) = gas {
             // The second relay's gas goes through a fresh address of the operation,
             // which passes on nearly all it got a block later: an ETH hop beside the
@@ -1218,13 +1231,7 @@ impl Typologies {
         exchange: Address,
         gas: Option<Address>,
     ) -> Result<()> {
-        let mut hops = Vec::new();
-        for _ in 0..steps {
-            hops.push(match gas {
-                Some(_) => g.fresh(entity),
-                None => g.fresh_funded(entity).await?,
-            });
-        }
+        let hops = Self::hop_addresses(g, entity, steps, gas.is_some()).await?;
         let first = hops[0];
         if let Some(station) = gas {
             for &h in &hops {
