@@ -448,8 +448,14 @@ struct TypologiesBtcArgs {
     /// from the first block anyway).
     #[arg(long)]
     full: bool,
-    /// Where it runs: auto or cpu. The pass is bound by reading the tables and there is
-    /// no GPU path; `gpu` is refused (docs/typologies.md, "How it runs").
+    /// How peel chains and pass-through chains are linked: `pass` (in the chain-order
+    /// pass, incremental) or `graph` (walked on the spend graph and ranked by a kernel on
+    /// `--device`; reads every block). Same findings either way. Default: `graph` with
+    /// `--device gpu`, else `pass` (docs/typologies.md, "How it runs").
+    #[arg(long, value_name = "pass|graph")]
+    walk: Option<String>,
+    /// Where the graph walk's kernel runs: auto (a hardware GPU when there is one), gpu
+    /// (any adapter; implies `--walk graph`) or cpu (its rayon twin).
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
 }
@@ -1043,9 +1049,18 @@ async fn cluster_eth_cmd(a: ClusterEthArgs) -> Result<()> {
 }
 
 async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
+    use ferret_kernels::device::DeviceChoice;
     use ferret_kernels::typology::Pattern;
     use ferret_query::typologies::{TypologyOptions, run_btc};
-    refuse_gpu(a.device, "btc")?;
+    let graph = match a.walk.as_deref() {
+        None => a.device == DeviceChoice::Gpu,
+        Some("graph") => true,
+        Some("pass") if a.device == DeviceChoice::Gpu => bail!(
+            "--walk pass runs on the CPU, in chain order; --device gpu runs the graph walk (--walk graph)"
+        ),
+        Some("pass") => false,
+        Some(other) => bail!("--walk {other}: pass or graph"),
+    };
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let mut opts = TypologyOptions {
         patterns: patterns_of(
@@ -1069,6 +1084,7 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     opts.victim.min_payers = a.victim_min_payers;
     opts.victim.min_median = a.victim_min_median;
     opts.full = a.full;
+    opts.walk = graph.then_some(a.device);
     let run = run_btc(&wh, &opts)
         .await
         .with_context(|| format!("typologies over {wh}"))?;
@@ -1083,16 +1099,12 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     Ok(())
 }
 
-/// The typologies run on the CPU: `--device gpu` asks for a path that does not exist.
+/// The Ethereum typologies run on the CPU: `--device gpu` asks for a path that does not
+/// exist.
 fn refuse_gpu(device: ferret_kernels::device::DeviceChoice, chain: &str) -> Result<()> {
     if device == ferret_kernels::device::DeviceChoice::Gpu {
         bail!(
-            "typologies {chain} run on the CPU: {}; drop --device gpu (docs/typologies.md, \"How it runs\")",
-            if chain == "btc" {
-                "the chain-order pass is bound by reading the tables, and victim collection is SQL"
-            } else {
-                "the Ethereum patterns are SQL aggregates"
-            }
+            "typologies {chain} run on the CPU: the Ethereum patterns are SQL aggregates; drop --device gpu (docs/typologies.md, \"How it runs\")"
         );
     }
     Ok(())

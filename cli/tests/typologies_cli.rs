@@ -451,7 +451,11 @@ fn bad_arguments_and_missing_chains_are_clear_errors() {
         (vec!["--pattern", "address_poisoning"], "Ethereum"),
         (vec!["--peel-min-steps", "1"], "peel_min_steps"),
         (vec!["--pass-max-wait=-3"], "pass_max_wait"),
-        (vec!["--device", "gpu"], "run on the CPU"),
+        (vec!["--walk", "sideways"], "pass or graph"),
+        (
+            vec!["--walk", "pass", "--device", "gpu"],
+            "runs the graph walk",
+        ),
         (vec!["--device", "tpu"], "unknown device"),
     ] {
         let mut a = vec!["typologies", "btc", "--warehouse", wh.as_str()];
@@ -653,6 +657,34 @@ async fn incremental_runs_equal_runs_over_every_block() {
         let full = typologies_table(&wh).await;
         assert!(!full.is_empty());
         assert_eq!(incremental, full, "at height {h}");
+        // The graph walk (peel chains and pass-through ranked by the kernel) finds the
+        // same; the next height's run goes on from its kept state.
+        let device = if h == "400" { "gpu" } else { "cpu" };
+        if device == "gpu" && !common::require_all() {
+            continue;
+        }
+        let out = ok(ferret(&[
+            "typologies",
+            "btc",
+            "--warehouse",
+            &wh,
+            "--walk",
+            "graph",
+            "--device",
+            device,
+        ]));
+        assert!(
+            out.contains("full: the graph walk reads every block"),
+            "{out}"
+        );
+        assert_eq!(
+            typologies_table(&wh).await,
+            full,
+            "graph walk on {device} at height {h}"
+        );
+        for p in ["peel_chain", "pass_through"] {
+            assert!(full.iter().any(|r| r.starts_with(p)), "no {p} to compare");
+        }
     }
     // Nothing new: the run reads no transaction and finds the same.
     let out = ok(ferret(&["typologies", "btc", "--warehouse", &wh]));

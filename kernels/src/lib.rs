@@ -13,6 +13,7 @@ pub mod account;
 pub mod blocked;
 pub mod blocks;
 pub mod cc;
+pub mod chainrank;
 pub mod cluster;
 pub mod coinjoin;
 pub mod device;

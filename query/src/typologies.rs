@@ -101,6 +101,10 @@ pub struct TypologyOptions {
     /// Read every block even when the last run's state would let this run read only the
     /// new ones.
     pub full: bool,
+    /// Walk peel chains and pass-through chains on the spend graph, ranked on this device
+    /// (`ferret_kernels::typology::walk`), instead of linking them in the chain-order
+    /// pass. Reads every block; the findings and the kept state are the same either way.
+    pub walk: Option<ferret_kernels::device::DeviceChoice>,
 }
 
 /// What a run committed.
@@ -143,8 +147,14 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         .await
         .map_err(wh_err)?
         .map(|r| r.run_id);
+    let backend = match opts.walk {
+        Some(d) => Some(ferret_kernels::device::select(d).map_err(kernel_err)?),
+        None => None,
+    };
     let (scan, from_tx, mode) = resume_plan(wh, &m, opts, ids, &labels_run).await?;
-    let pass = scan_btc(wh, &m, scan, from_tx).await.map_err(kernel_err)?;
+    let pass = scan_btc(wh, &m, scan, from_tx, backend.as_ref())
+        .await
+        .map_err(kernel_err)?;
     let transactions = pass.read;
     let run_id = ferret_schemas::results::new_run_id();
     let state_file = write_state(wh, &m, &labels_run, &pass, &run_id).await?;
@@ -177,6 +187,7 @@ pub async fn run_btc(wh: &Warehouse, opts: &TypologyOptions) -> Result<TypologyR
         "rules": format!("{:?}", opts.btc),
         "victim_rules": format!("{:?}", opts.victim),
         "mode": mode,
+        "walk": backend.as_ref().map(|b| b.describe()),
     });
     let mut run = commit(
         wh,
@@ -304,6 +315,9 @@ async fn resume_plan(
     };
     if opts.full {
         return fresh("--full");
+    }
+    if opts.walk.is_some() {
+        return fresh("the graph walk reads every block");
     }
     let Some((meta, received, spent)) = load_state(wh).await? else {
         return fresh("no earlier run kept a state");

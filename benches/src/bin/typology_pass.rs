@@ -3,15 +3,18 @@
 //!
 //! ```text
 //! cargo run --release -p ferret-benches --bin typology_pass -- \
-//!     --warehouse /tmp/wh [--mode read|scan] [--digest]
+//!     --warehouse /tmp/wh [--mode read|scan|walk] [--device cpu|gpu|auto] [--digest]
 //! ```
 //!
 //! `read` streams every transaction (with its txid, as the pass does) and does nothing
 //! with it; `scan` feeds each one to the pass (`ferret_kernels::typology::btc::Scan`,
-//! default rules) and closes it, without naming addresses or writing anything. Prints one
-//! JSON line: mode, wall seconds, transactions, findings (`read`: the inputs and outputs
-//! seen), peak RSS (VmHWM), and (`scan --digest`) a digest of the findings' JSON, to
-//! compare builds (its time is counted). The system allocator, as the CLI.
+//! default rules) and closes it, without naming addresses or writing anything; `walk` is
+//! `scan` with peel chains and pass-through chains walked on the spend graph and ranked on
+//! `--device` (`ferret_kernels::typology::walk`), and also prints the seconds of the walk
+//! alone (linking on `btc.spends` and ranking). Prints one JSON line: mode, wall seconds,
+//! transactions, findings (`read`: the inputs and outputs seen), peak RSS (VmHWM), and
+//! (`--digest`) a digest of the findings' JSON, to compare builds and engines (its time is
+//! counted). The system allocator, as the CLI.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -36,6 +39,7 @@ async fn main() -> Result<()> {
         .context("no Bitcoin blocks in the warehouse")?;
     let t = Instant::now();
     let mut digest = String::new();
+    let mut walk_seconds = 0.0;
     let (transactions, findings) = match mode.as_str() {
         "read" => {
             let mut n = 0u64;
@@ -47,10 +51,23 @@ async fn main() -> Result<()> {
             // Inputs and outputs seen (so the read is not optimised away).
             (m.next_tx_index, usize::try_from(n).unwrap_or(usize::MAX))
         }
-        "scan" => {
+        "scan" | "walk" => {
             let mut scan = Scan::new(BtcRules::default(), HashSet::new(), m.next_address_id)?;
+            let backend = if mode == "walk" {
+                let device: ferret_kernels::device::DeviceChoice =
+                    arg(&args, "--device", ferret_kernels::device::DeviceChoice::Cpu)?;
+                scan.walk_on_graph()?;
+                Some(ferret_kernels::device::select(device)?)
+            } else {
+                None
+            };
             ferret_kernels::txstream::for_each_tx_from(&wh, &m, 0, true, "bench", |tx| scan.tx(tx))
                 .await?;
+            if let Some(b) = &backend {
+                let w = Instant::now();
+                scan.walk_graph(&wh, &m, b).await?;
+                walk_seconds = w.elapsed().as_secs_f64();
+            }
             let found = scan.finish();
             // A digest of the findings as JSON (FNV-1a), so two builds can be compared.
             if args.iter().any(|a| a == "--digest") {
@@ -63,10 +80,10 @@ async fn main() -> Result<()> {
             }
             (m.next_tx_index, found.len())
         }
-        other => bail!("--mode {other}: read or scan"),
+        other => bail!("--mode {other}: read, scan or walk"),
     };
     println!(
-        "{{\"mode\":\"{mode}\",\"seconds\":{:.2},\"transactions\":{transactions},\"findings\":{findings},\"peak_rss_bytes\":{},\"digest\":\"{digest}\"}}",
+        "{{\"mode\":\"{mode}\",\"seconds\":{:.2},\"walk_seconds\":{walk_seconds:.2},\"transactions\":{transactions},\"findings\":{findings},\"peak_rss_bytes\":{},\"digest\":\"{digest}\"}}",
         t.elapsed().as_secs_f64(),
         peak_rss_bytes()
     );

@@ -247,19 +247,19 @@ pub(super) fn each_edge(
 
 /// One edge row of `btc.spends`.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Edge {
-    pub(super) tx: u64,
-    pub(super) vin: i32,
-    pub(super) spent_tx: u64,
-    pub(super) spent_output: u64,
-    pub(super) value: i64,
-    pub(super) input_total: i64,
+pub(crate) struct Edge {
+    pub(crate) tx: u64,
+    pub(crate) vin: i32,
+    pub(crate) spent_tx: u64,
+    pub(crate) spent_output: u64,
+    pub(crate) value: i64,
+    pub(crate) input_total: i64,
     /// u64::MAX for none.
-    pub(super) address: u64,
+    pub(crate) address: u64,
 }
 
 /// Calls `f` on every edge row of `batches`, dropping each batch once read.
-fn for_each_edge(
+pub(crate) fn for_each_edge(
     batches: Vec<RecordBatch>,
     path: &str,
     mut f: impl FnMut(Edge) -> Result<()>,

@@ -358,7 +358,13 @@ pub struct Scan {
     /// Transactions read.
     pub transactions: u64,
     scratch: Scratch,
+    /// Set by [`Scan::walk_on_graph`]: steps and hops are recorded as nodes, linked
+    /// afterwards on the spend graph ([`super::walk`]), instead of being linked here.
+    walk: Option<WalkNodes>,
 }
+
+/// The nodes a graph walk links: peel steps (with their input's owner) and hops.
+type WalkNodes = super::walk::Nodes<(Option<u64>, PeelStep), PassStep>;
 
 /// Per-transaction buffers, reused (no state: never serialised).
 #[derive(Default)]
@@ -434,6 +440,7 @@ impl Scan {
             last_tx: None,
             transactions: 0,
             scratch: Scratch::default(),
+            walk: None,
         })
     }
 
@@ -482,7 +489,80 @@ impl Scan {
             last_tx: state.last_tx,
             transactions: state.transactions,
             scratch: Scratch::default(),
+            walk: None,
         })
+    }
+
+    /// Records peel steps and pass-through hops as nodes for a walk on the spend graph
+    /// ([`super::walk`]) instead of linking them in chain order. Only for a scan from the
+    /// first block: the walk links nodes of this run only.
+    pub fn walk_on_graph(&mut self) -> Result<()> {
+        if self.transactions != 0 || !self.peel_open.is_empty() || !self.pass_open.is_empty() {
+            return Err(Error::BadQuery(
+                "typologies: the graph walk reads every block; it cannot go on from a kept state"
+                    .into(),
+            ));
+        }
+        self.walk = Some(super::walk::Nodes {
+            peel: super::walk::Kind::new(self.rules.peel_max_gap),
+            pass: super::walk::Kind::new(self.rules.pass_max_wait),
+        });
+        Ok(())
+    }
+
+    /// Links the recorded nodes on the committed spend graph, ranks the chains on
+    /// `backend`, and takes them in: a chain whose tail is unspent stays open (as in the
+    /// chain-order pass, so the kept state goes on the same way), the others are closed.
+    pub async fn walk_graph(
+        &mut self,
+        wh: &ferret_schemas::Warehouse,
+        m: &ferret_schemas::Manifest,
+        backend: &crate::device::Backend,
+    ) -> Result<()> {
+        let Some(mut nodes) = self.walk.take() else {
+            return Err(Error::BadQuery(
+                "typologies: walk_graph on a scan not set to walk_on_graph".into(),
+            ));
+        };
+        let (peel, pass) = (nodes.peel.len(), nodes.pass.len());
+        let (chunks, edges) = super::walk::link(wh, m, &mut nodes).await?;
+        let walked = nodes.walk(backend)?;
+        tracing::info!(
+            peel_steps = peel,
+            pass_hops = pass,
+            chunks,
+            edges,
+            peel_chains = walked.peel.len(),
+            pass_chains = walked.pass.len(),
+            device = %backend.describe(),
+            "typologies: chains walked on the spend graph"
+        );
+        self.take_walked(walked);
+        Ok(())
+    }
+
+    fn take_walked(&mut self, w: super::walk::Walked<(Option<u64>, PeelStep), PassStep>) {
+        for (open, steps) in w.peel {
+            let start = steps.first().and_then(|s| s.0);
+            let chain = PeelChain {
+                start,
+                steps: steps.into_iter().map(|s| s.1).collect(),
+            };
+            match open {
+                Some(tail) => {
+                    self.peel_open.insert(tail, chain);
+                }
+                None => self.close_peel(chain),
+            }
+        }
+        for (open, steps) in w.pass {
+            match open {
+                Some(tail) => {
+                    self.pass_open.insert(tail, steps);
+                }
+                None => self.close_pass(steps),
+            }
+        }
     }
 
     /// The state to go on from later, as the JSON of a [`ScanState`] (the two counters
@@ -554,8 +634,8 @@ impl Scan {
             if let Some(d) = cj {
                 self.coinjoin(tx, txid, d);
             }
-            self.peel(tx, txid);
-            self.pass(tx, txid);
+            self.peel(tx, txid)?;
+            self.pass(tx, txid)?;
             // A CoinJoin's equal outputs are its participants', not one source's.
             if !cj.is_some_and(|d| d.protocol.is_mix()) {
                 self.fan_out(tx, txid);
@@ -693,7 +773,7 @@ impl Scan {
         }
     }
 
-    fn peel(&mut self, tx: &TxRows, txid: Txid) {
+    fn peel(&mut self, tx: &TxRows, txid: Txid) -> Result<()> {
         let mut ended: Vec<PeelChain> = Vec::new();
         for i in &tx.inputs {
             if let Some(o) = i.spent_output
@@ -733,18 +813,27 @@ impl Scan {
             for c in ended {
                 self.close_peel(c);
             }
-            return;
+            return Ok(());
         };
-        // A step continues the chain whose remainder it spends (when it spends one, and
-        // within the gap); any other chain it spends ends.
+        if let Some(w) = &mut self.walk {
+            return w.peel.push(super::walk::Node {
+                tx: tx.tx_index,
+                tail,
+                height: tx.height,
+                step: (owner, step),
+            });
+        }
+        // A step continues the chain whose remainder it spends within the gap, when it
+        // spends exactly one such; any other chain it spends ends. (Chains past the gap
+        // do not count whether or not a sweep has closed them yet: the outcome never
+        // depends on when the sweep ran.)
+        let gap = self.rules.peel_max_gap;
+        let live = |c: &PeelChain| c.steps.last().is_some_and(|l| tx.height - l.height <= gap);
         let mut chain = None;
-        if ended.len() == 1
-            && ended[0]
-                .steps
-                .last()
-                .is_some_and(|l| tx.height - l.height <= self.rules.peel_max_gap)
+        if ended.iter().filter(|c| live(c)).count() == 1
+            && let Some(at) = ended.iter().position(live)
         {
-            chain = ended.pop();
+            chain = Some(ended.swap_remove(at));
         }
         for c in ended {
             self.close_peel(c);
@@ -755,6 +844,7 @@ impl Scan {
         });
         chain.steps.push(step);
         self.peel_open.insert(tail, chain);
+        Ok(())
     }
 
     fn close_peel(&mut self, c: PeelChain) {
@@ -811,7 +901,7 @@ impl Scan {
         });
     }
 
-    fn pass(&mut self, tx: &TxRows, txid: Txid) {
+    fn pass(&mut self, tx: &TxRows, txid: Txid) -> Result<()> {
         let mut ended: Vec<Vec<PassStep>> = Vec::new();
         for i in &tx.inputs {
             if let Some(o) = i.spent_output
@@ -849,18 +939,32 @@ impl Scan {
             for c in ended {
                 self.close_pass(c);
             }
-            return;
+            return Ok(());
         };
-        let mut chain = if ended.len() == 1 {
-            ended.pop().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        if let Some(w) = &mut self.walk {
+            return w.pass.push(super::walk::Node {
+                tx: tx.tx_index,
+                tail,
+                height: tx.height,
+                step,
+            });
+        }
+        // As for peel chains: the one chain within the wait whose output this hop
+        // spends, if exactly one.
+        let wait = self.rules.pass_max_wait;
+        let live = |c: &Vec<PassStep>| c.last().is_some_and(|l| tx.height - l.height <= wait);
+        let mut chain = Vec::new();
+        if ended.iter().filter(|c| live(c)).count() == 1
+            && let Some(at) = ended.iter().position(live)
+        {
+            chain = ended.swap_remove(at);
+        }
         for c in ended {
             self.close_pass(c);
         }
         chain.push(step);
         self.pass_open.insert(tail, chain);
+        Ok(())
     }
 
     fn close_pass(&mut self, c: Vec<PassStep>) {
@@ -1248,15 +1352,24 @@ pub async fn exchange_ids(
 
 /// Runs `scan` over the committed transactions from `from_tx` on (0: every one, for a
 /// fresh scan; the state's next transaction, for a resumed one), keeps its state, and
-/// names the findings' addresses.
+/// names the findings' addresses. With `walk`, peel chains and pass-through chains are
+/// linked on the spend graph and ranked on that device ([`super::walk`]; a fresh scan
+/// only); without, in chain order as the pass reads.
 pub async fn scan_btc(
     wh: &ferret_schemas::Warehouse,
     m: &ferret_schemas::Manifest,
     mut scan: Scan,
     from_tx: u64,
+    walk: Option<&crate::device::Backend>,
 ) -> Result<BtcPass> {
     let before = scan.transactions;
+    if walk.is_some() {
+        scan.walk_on_graph()?;
+    }
     crate::txstream::for_each_tx_from(wh, m, from_tx, true, "typologies", |tx| scan.tx(tx)).await?;
+    if let Some(backend) = walk {
+        scan.walk_graph(wh, m, backend).await?;
+    }
     let read = scan.transactions - before;
     // The state is written out before the pass is closed: the two are the same memory,
     // and copying one to keep beside the other would double it.
@@ -1349,6 +1462,211 @@ mod tests {
             }
             s.finish()
         }
+
+        /// The same chain with peel and pass-through chains walked on its spend edges
+        /// and ranked on `backend`.
+        fn walked(&self, rules: BtcRules, backend: &crate::device::Backend) -> Vec<Finding> {
+            let mut s = Scan::new(rules, HashSet::new(), 10_000).unwrap();
+            s.walk_on_graph().unwrap();
+            for t in &self.txs {
+                s.tx(t).unwrap();
+            }
+            let mut nodes = s.walk.take().expect("walking");
+            let made: HashMap<u64, u64> = self
+                .txs
+                .iter()
+                .flat_map(|t| t.outputs.iter().map(|o| (o.output_id, t.tx_index)))
+                .collect();
+            for t in &self.txs {
+                for o in t.inputs.iter().filter_map(|i| i.spent_output) {
+                    nodes.edge(t.tx_index, made[&o], o);
+                }
+            }
+            s.take_walked(nodes.walk(backend).unwrap());
+            s.finish()
+        }
+    }
+
+    /// A random chain dense in peel steps and hops that branch, merge, stall past the
+    /// windows and spend two tails at once: outputs are spent by random later
+    /// transactions of random shapes.
+    fn random_chain(seed: u64) -> Chain {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut c = Chain::new();
+        // Unspent: (output id, value, address, height).
+        let mut unspent: Vec<(u64, i64, u64, i64)> = Vec::new();
+        let mut next_addr = 1u64;
+        let mut fresh = |rng: &mut rand_chacha::ChaCha8Rng| {
+            if rng.random_bool(0.85) {
+                next_addr += 1;
+                next_addr
+            } else {
+                rng.random_range(1..=next_addr)
+            }
+        };
+        let mut h = 1i64;
+        for _ in 0..5000 {
+            h += [0, 0, 0, 1, 1, 2, 3, 8, 30][rng.random_range(0..9)];
+            if unspent.is_empty() || rng.random_bool(0.03) {
+                let a = fresh(&mut rng);
+                let v = rng.random_range(10_000_000..1_000_000_000);
+                let o = c.tx(h, &[], &[(v, a)]);
+                unspent.push((o[0], v, a, h));
+                continue;
+            }
+            // Mostly the newest outputs (chains continue); sometimes an old one.
+            let pick = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| {
+                if rng.random_bool(0.8) {
+                    n - 1 - rng.random_range(0..n.min(4))
+                } else {
+                    rng.random_range(0..n)
+                }
+            };
+            let mut ins = vec![unspent.swap_remove(pick(&mut rng, unspent.len()))];
+            // A second input: another output of the same address, or of any.
+            if rng.random_bool(0.15) && !unspent.is_empty() {
+                let same = unspent.iter().position(|u| u.2 == ins[0].2);
+                let at = match same {
+                    Some(at) if rng.random_bool(0.7) => at,
+                    _ => pick(&mut rng, unspent.len()),
+                };
+                ins.push(unspent.swap_remove(at));
+            }
+            let total: i64 = ins.iter().map(|i| i.1).sum();
+            let outs: Vec<(i64, u64)> = match rng.random_range(0..10) {
+                // A peel: a small share and a remainder.
+                0..=3 => {
+                    let share = [0.01, 0.05, 0.15, 0.2, 0.25][rng.random_range(0..5)];
+                    let peel = ((total as f64 * share) as i64).max(1);
+                    let rem_to = if rng.random_bool(0.05) {
+                        ins[0].2
+                    } else {
+                        fresh(&mut rng)
+                    };
+                    vec![(peel, fresh(&mut rng)), (total - peel - 300, rem_to)]
+                }
+                // A hop keeping nearly all.
+                4..=6 => {
+                    let kept = [0.999, 0.97, 0.9][rng.random_range(0..3)];
+                    vec![((total as f64 * kept) as i64, fresh(&mut rng))]
+                }
+                // Anything else.
+                _ => (0..rng.random_range(1..4))
+                    .map(|_| (total / 4, fresh(&mut rng)))
+                    .collect(),
+            };
+            for (o, &(v, a)) in c.tx(h, &ins, &outs).into_iter().zip(&outs) {
+                unspent.push((o, v, a, h));
+            }
+        }
+        c
+    }
+
+    /// The graph walk (ranked on the CPU twin and on the GPU) gives the chain-order
+    /// pass's findings exactly, on random chains and with tight windows, `--since` and
+    /// the defaults; and its kept state goes on like the pass's.
+    #[test]
+    fn the_graph_walk_equals_the_chain_order_pass() {
+        let mut backends = vec![crate::device::Backend::Cpu];
+        if let Some(g) = crate::testing::gpu() {
+            backends.push(crate::device::Backend::Gpu(g));
+        }
+        let tight = BtcRules {
+            peel_min_steps: 3,
+            peel_max_gap: 6,
+            pass_min_hops: 2,
+            pass_max_wait: 3,
+            ..BtcRules::default()
+        };
+        let mut walked_any = [0usize; 2];
+        for seed in 1..=8u64 {
+            let c = random_chain(seed);
+            for rules in [
+                tight.clone(),
+                BtcRules {
+                    since: Some(40),
+                    ..tight.clone()
+                },
+                BtcRules::default(),
+            ] {
+                let want = c.scan(rules.clone());
+                for b in &backends {
+                    let got = c.walked(rules.clone(), b);
+                    assert_eq!(got, want, "seed {seed}, {rules:?}, {}", b.describe());
+                }
+                walked_any[0] += of(&want, Pattern::PeelChain).len();
+                walked_any[1] += of(&want, Pattern::PassThrough).len();
+            }
+        }
+        // The chains compared are many, of both patterns (not two empty lists).
+        assert!(walked_any[0] >= 25 && walked_any[1] >= 25, "{walked_any:?}");
+    }
+
+    /// A walked pass's kept state goes on like the chain-order pass's: cut the chain,
+    /// walk the first part, go on in chain order with the rest.
+    #[test]
+    fn a_walked_state_goes_on_in_chain_order() {
+        let rules = BtcRules {
+            peel_min_steps: 3,
+            peel_max_gap: 6,
+            pass_min_hops: 2,
+            pass_max_wait: 3,
+            ..BtcRules::default()
+        };
+        for seed in [3u64, 8] {
+            let c = random_chain(seed);
+            let want = c.scan(rules.clone());
+            let cut = c.txs.len() / 2;
+            let first = Chain {
+                txs: c.txs[..cut].to_vec(),
+                next_output: 0,
+                next_tx: 0,
+            };
+            let mut s = Scan::new(rules.clone(), HashSet::new(), 10_000).unwrap();
+            s.walk_on_graph().unwrap();
+            for t in &first.txs {
+                s.tx(t).unwrap();
+            }
+            let mut nodes = s.walk.take().expect("walking");
+            let made: HashMap<u64, u64> = first
+                .txs
+                .iter()
+                .flat_map(|t| t.outputs.iter().map(|o| (o.output_id, t.tx_index)))
+                .collect();
+            for t in &first.txs {
+                for o in t.inputs.iter().filter_map(|i| i.spent_output) {
+                    nodes.edge(t.tx_index, made[&o], o);
+                }
+            }
+            s.take_walked(nodes.walk(&crate::device::Backend::Cpu).unwrap());
+            let state: ScanState = serde_json::from_slice(&s.state_json().unwrap()).unwrap();
+            let (_, received, spent) = s.finish_with_counters();
+            let mut r = Scan::resume(
+                rules.clone(),
+                HashSet::new(),
+                state,
+                received,
+                spent,
+                10_000,
+            )
+            .unwrap();
+            for t in &c.txs[cut..] {
+                r.tx(t).unwrap();
+            }
+            assert_eq!(r.finish(), want, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_walk_cannot_go_on_from_a_kept_state() {
+        let mut c = Chain::new();
+        let o = c.tx(1, &[], &[(1_000_000, 1)]);
+        c.tx(2, &[(o[0], 1_000_000, 1, 1)], &[(999_000, 2)]);
+        let mut s = Scan::new(BtcRules::default(), HashSet::new(), 100).unwrap();
+        s.tx(&c.txs[0]).unwrap();
+        let e = s.walk_on_graph().expect_err("not from the first block");
+        assert!(e.to_string().contains("reads every block"), "{e}");
     }
 
     fn of(f: &[Finding], p: Pattern) -> Vec<&Finding> {

@@ -10,6 +10,7 @@
 //!   `typologies` module), joined with the clusters and labels.
 
 pub mod btc;
+pub mod walk;
 
 use serde_json::{Map, Value};
 
