@@ -40,6 +40,7 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     let mut digest = String::new();
     let mut walk_seconds = 0.0;
+    let mut walk_stats = String::from("null");
     let (transactions, findings) = match mode.as_str() {
         "read" => {
             let mut n = 0u64;
@@ -65,7 +66,7 @@ async fn main() -> Result<()> {
                 .await?;
             if let Some(b) = &backend {
                 let w = Instant::now();
-                scan.walk_graph(&wh, &m, b).await?;
+                walk_stats = serde_json::to_string(&scan.walk_graph(&wh, &m, b).await?)?;
                 walk_seconds = w.elapsed().as_secs_f64();
             }
             let found = scan.finish();
@@ -83,7 +84,7 @@ async fn main() -> Result<()> {
         other => bail!("--mode {other}: read, scan or walk"),
     };
     println!(
-        "{{\"mode\":\"{mode}\",\"seconds\":{:.2},\"walk_seconds\":{walk_seconds:.2},\"transactions\":{transactions},\"findings\":{findings},\"peak_rss_bytes\":{},\"digest\":\"{digest}\"}}",
+        "{{\"mode\":\"{mode}\",\"seconds\":{:.2},\"walk_seconds\":{walk_seconds:.2},\"transactions\":{transactions},\"findings\":{findings},\"peak_rss_bytes\":{},\"digest\":\"{digest}\",\"walk\":{walk_stats}}}",
         t.elapsed().as_secs_f64(),
         peak_rss_bytes()
     );

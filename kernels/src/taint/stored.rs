@@ -220,6 +220,20 @@ impl SpendEdges {
         self.groups.read_at(wh, &[at], EDGE_COLUMNS).await
     }
 
+    /// Only `columns` of the pair (`d`, `s`), in file order.
+    pub async fn read_columns(
+        &self,
+        wh: &Warehouse,
+        d: u32,
+        s: u32,
+        columns: &[&str],
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(groups) = self.pairs.get(&(d, s)) else {
+            return Ok(Vec::new());
+        };
+        self.groups.read_at(wh, groups, columns).await
+    }
+
     /// The rows of the pair (`d`, `s`), in file order: by (tx_index, vin).
     pub async fn read(&self, wh: &Warehouse, d: u32, s: u32) -> Result<Vec<RecordBatch>> {
         let Some(groups) = self.pairs.get(&(d, s)) else {
@@ -247,19 +261,19 @@ pub(super) fn each_edge(
 
 /// One edge row of `btc.spends`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Edge {
-    pub(crate) tx: u64,
-    pub(crate) vin: i32,
-    pub(crate) spent_tx: u64,
-    pub(crate) spent_output: u64,
-    pub(crate) value: i64,
-    pub(crate) input_total: i64,
+pub(super) struct Edge {
+    pub(super) tx: u64,
+    pub(super) vin: i32,
+    pub(super) spent_tx: u64,
+    pub(super) spent_output: u64,
+    pub(super) value: i64,
+    pub(super) input_total: i64,
     /// u64::MAX for none.
-    pub(crate) address: u64,
+    pub(super) address: u64,
 }
 
 /// Calls `f` on every edge row of `batches`, dropping each batch once read.
-pub(crate) fn for_each_edge(
+fn for_each_edge(
     batches: Vec<RecordBatch>,
     path: &str,
     mut f: impl FnMut(Edge) -> Result<()>,

@@ -518,27 +518,32 @@ impl Scan {
         wh: &ferret_schemas::Warehouse,
         m: &ferret_schemas::Manifest,
         backend: &crate::device::Backend,
-    ) -> Result<()> {
+    ) -> Result<super::walk::WalkStats> {
         let Some(mut nodes) = self.walk.take() else {
             return Err(Error::BadQuery(
                 "typologies: walk_graph on a scan not set to walk_on_graph".into(),
             ));
         };
+        let t = std::time::Instant::now();
         let (peel, pass) = (nodes.peel.len(), nodes.pass.len());
         let (chunks, edges) = super::walk::link(wh, m, &mut nodes).await?;
+        let link_seconds = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
         let walked = nodes.walk(backend)?;
-        tracing::info!(
-            peel_steps = peel,
-            pass_hops = pass,
+        let rank_seconds = t.elapsed().as_secs_f64();
+        let stats = super::walk::WalkStats {
+            peel_steps: peel,
+            pass_hops: pass,
+            peel_chains: walked.peel.len(),
+            pass_chains: walked.pass.len(),
             chunks,
             edges,
-            peel_chains = walked.peel.len(),
-            pass_chains = walked.pass.len(),
-            device = %backend.describe(),
-            "typologies: chains walked on the spend graph"
-        );
+            link_seconds,
+            rank_seconds,
+        };
+        tracing::info!(?stats, device = %backend.describe(), "typologies: chains walked on the spend graph");
         self.take_walked(walked);
-        Ok(())
+        Ok(stats)
     }
 
     fn take_walked(&mut self, w: super::walk::Walked<(Option<u64>, PeelStep), PassStep>) {

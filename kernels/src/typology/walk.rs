@@ -97,22 +97,30 @@ impl<T> Kind<T> {
         self.nodes.binary_search_by_key(&tx, |n| n.tx).ok()
     }
 
-    /// One spend: transaction `spender` spends output `output` of transaction `spent_tx`.
-    fn edge(&mut self, spender: u64, spent_tx: u64, output: u64) {
+    /// What one spend means here (transaction `spender` spends output `output` of
+    /// transaction `spent_tx`): `Some((p, s))` when it spends node `p`'s tail, with `s`
+    /// the node continuing it within the window, or [`NONE`].
+    fn hit(&self, spender: u64, spent_tx: u64, output: u64) -> Option<(u32, u32)> {
+        let p = self.find(spent_tx)?;
+        if self.nodes[p].tail != output {
+            return None;
+        }
+        let s = self
+            .find(spender)
+            .filter(|&s| s > p && self.nodes[s].height - self.nodes[p].height <= self.window);
+        Some((p as u32, s.map_or(NONE, |s| s as u32)))
+    }
+
+    /// Takes in a [`Kind::hit`].
+    fn apply(&mut self, (p, s): (u32, u32)) {
         if self.tail_spent.len() != self.nodes.len() {
             self.ready();
         }
-        let Some(p) = self.find(spent_tx) else { return };
-        if self.nodes[p].tail != output {
-            return;
+        self.tail_spent[p as usize] = true;
+        if s != NONE {
+            self.before[s as usize] = p;
+            self.befores[s as usize] = self.befores[s as usize].saturating_add(1);
         }
-        self.tail_spent[p] = true;
-        let Some(s) = self.find(spender) else { return };
-        if s <= p || self.nodes[s].height - self.nodes[p].height > self.window {
-            return;
-        }
-        self.before[s] = p as u32;
-        self.befores[s] = self.befores[s].saturating_add(1);
     }
 
     /// Ranks the links and cuts the nodes into chains, in order of their first node;
@@ -183,6 +191,64 @@ impl<T> Kind<T> {
     }
 }
 
+/// A spend of a tail: the pattern (`true`: pass-through) and its [`Kind::hit`].
+type Hit = (bool, (u32, u32));
+
+/// The `btc.spends` columns linking reads.
+const LINK_COLUMNS: &[&str] = &["tx_index", "spent_tx_index", "spent_output_id"];
+
+/// The hits in `batches` (columns [`LINK_COLUMNS`]).
+fn batch_hits<P: Sync, Q: Sync>(
+    nodes: &Nodes<P, Q>,
+    batches: &[arrow::record_batch::RecordBatch],
+) -> Result<(u64, Vec<Hit>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    let bad = |why: &str| Error::BadGraph(format!("btc.spends: {why}"));
+    let (mut edges, mut out) = (0u64, Vec::new());
+    for b in batches {
+        let col = |i: usize| {
+            b.column(i)
+                .as_primitive_opt::<Int64Type>()
+                .filter(|c| c.null_count() == 0)
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "column {} is not a non-null integer",
+                        LINK_COLUMNS[i]
+                    ))
+                })
+        };
+        let (tx, spent_tx, output) = (col(0)?, col(1)?, col(2)?);
+        for r in 0..b.num_rows() {
+            let id = |a: &arrow::array::Int64Array, what: &str| {
+                u64::try_from(a.value(r)).map_err(|_| bad(&format!("a negative {what}")))
+            };
+            out.extend(nodes.hits(
+                id(tx, "tx_index")?,
+                id(spent_tx, "spent_tx_index")?,
+                id(output, "spent_output_id")?,
+            ));
+        }
+        edges += b.num_rows() as u64;
+    }
+    Ok((edges, out))
+}
+
+/// What a walk did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WalkStats {
+    pub peel_steps: usize,
+    pub pass_hops: usize,
+    pub peel_chains: usize,
+    pub pass_chains: usize,
+    /// `btc.spends` chunks and edges read.
+    pub chunks: usize,
+    pub edges: u64,
+    /// Linking (reading the chunks) and ranking (the kernel, and cutting the chains).
+    pub link_seconds: f64,
+    pub rank_seconds: f64,
+}
+
 /// The two patterns' nodes.
 #[derive(Debug)]
 pub(crate) struct Nodes<P, Q> {
@@ -197,10 +263,33 @@ pub(crate) struct Walked<P, Q> {
 }
 
 impl<P, Q> Nodes<P, Q> {
-    /// One spend edge.
+    /// One spend edge (the tests feed edges one by one).
+    #[cfg(test)]
     pub(crate) fn edge(&mut self, spender: u64, spent_tx: u64, output: u64) {
-        self.peel.edge(spender, spent_tx, output);
-        self.pass.edge(spender, spent_tx, output);
+        for h in self.hits(spender, spent_tx, output) {
+            self.apply(h);
+        }
+    }
+
+    /// What one spend edge means to either pattern (the read-only half of
+    /// [`Nodes::edge`], run in parallel).
+    fn hits(
+        &self,
+        spender: u64,
+        spent_tx: u64,
+        output: u64,
+    ) -> impl Iterator<Item = Hit> + use<P, Q> {
+        let peel = self.peel.hit(spender, spent_tx, output).map(|h| (false, h));
+        let pass = self.pass.hit(spender, spent_tx, output).map(|h| (true, h));
+        peel.into_iter().chain(pass)
+    }
+
+    fn apply(&mut self, (pass, h): Hit) {
+        if pass {
+            self.pass.apply(h)
+        } else {
+            self.peel.apply(h)
+        }
     }
 
     /// Ranks both patterns' links on `backend`.
@@ -224,28 +313,54 @@ impl<P, Q> Nodes<P, Q> {
 }
 
 /// Links the nodes on the committed spend graph, reading only the chunks out of blocks
-/// that hold nodes; returns how many chunks and edges were read.
-pub(crate) async fn link<P, Q>(
+/// that hold nodes, as many chunks at a time as there are threads (each decoded and
+/// looked up in parallel); returns how many chunks and edges were read.
+pub(crate) async fn link<P: Sync, Q: Sync>(
     wh: &ferret_schemas::Warehouse,
     m: &ferret_schemas::Manifest,
     nodes: &mut Nodes<P, Q>,
 ) -> Result<(usize, u64)> {
     let graph = crate::taint::stored::SpendEdges::open(wh, m).await?;
     let blocks = nodes.blocks(graph.bits);
+    let total: u64 = blocks
+        .iter()
+        .flat_map(|&s| graph.destinations_of(s).into_iter().map(move |d| (d, s)))
+        .map(|(d, s)| graph.edges_of(d, s))
+        .sum();
+    let bar = crate::progress::bar(Some(total), "typology walk: spend edges");
     let (mut chunks, mut edges) = (0usize, 0u64);
     // Every chunk out of a block with nodes: a tail spent by a transaction in a block
     // without nodes still closes its chain.
-    for &s in &blocks {
-        for d in graph.destinations_of(s) {
+    let pairs: Vec<(u32, u32)> = blocks
+        .iter()
+        .flat_map(|&s| graph.destinations_of(s).into_iter().map(move |d| (d, s)))
+        .collect();
+    let at_once = rayon::current_num_threads().max(1);
+    for group in pairs.chunks(at_once) {
+        let reads = futures::future::try_join_all(
+            group
+                .iter()
+                .map(|&(d, s)| graph.read_columns(wh, d, s, LINK_COLUMNS)),
+        )
+        .await?;
+        let found: Vec<(u64, Vec<Hit>)> = {
+            use rayon::prelude::*;
+            let shared = &*nodes;
+            reads
+                .par_iter()
+                .map(|batches| batch_hits(shared, batches))
+                .collect::<Result<_>>()?
+        };
+        for (n, hits) in found {
             chunks += 1;
-            let batches = graph.read(wh, d, s).await?;
-            crate::taint::stored::for_each_edge(batches, "btc.spends", |e| {
-                edges += 1;
-                nodes.edge(e.tx, e.spent_tx, e.spent_output);
-                Ok(())
-            })?;
+            edges += n;
+            bar.inc(n);
+            for h in hits {
+                nodes.apply(h);
+            }
         }
     }
+    bar.finish_and_clear();
     tracing::info!(
         chunks,
         edges,
