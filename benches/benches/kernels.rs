@@ -6,6 +6,9 @@
 //! - `poison_jacobi_cpu`: the same through `propagate_jacobi_cpu` (a pass over every edge
 //!   per step);
 //! - `haircut5_cpu`: `propagate_cpu` with weights 1 / indegree, 5 hops (Jacobi steps).
+//! - `chainrank_cpu` (and `chainrank_gpu` where `--device auto` finds a hardware GPU):
+//!   `chainrank::rank_chains` over 1 M nodes in chains of 1–64 links over shuffled ids
+//!   (the shape of peel chains; throughput in nodes).
 //!
 //! Throughput is in edges visited: edges × passes over the edges.
 //! `cargo bench -p ferret-benches --bench kernels`.
@@ -14,8 +17,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferret_benches::graph::{GraphParams, generate};
-use ferret_kernels::cc;
+use ferret_kernels::device::{Backend, DeviceChoice, select};
 use ferret_kernels::propagate::{Options, propagate_cpu, propagate_jacobi_cpu};
+use ferret_kernels::{cc, chainrank};
 
 fn kernels(c: &mut Criterion) {
     let g = generate(&GraphParams::new(200_000, 600_000, 1)).expect("generate the bench graph");
@@ -55,6 +59,35 @@ fn kernels(c: &mut Criterion) {
     grp.bench_function("haircut5_cpu", |b| {
         b.iter(|| propagate_cpu(&haircut, &haircut_opts))
     });
+
+    // Chain ranking: 1 M nodes in chains of 1..=64, ids shuffled.
+    let pred = {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let n = 1_000_000usize;
+        let mut ids: Vec<u32> = (0..n as u32).collect();
+        ids.shuffle(&mut rng);
+        let mut pred = vec![chainrank::NONE; n];
+        let mut at = 0;
+        while at < n {
+            let len = rng.random_range(1..=64).min(n - at);
+            for k in 1..len {
+                pred[ids[at + k] as usize] = ids[at + k - 1];
+            }
+            at += len;
+        }
+        pred
+    };
+    grp.throughput(Throughput::Elements(pred.len() as u64));
+    grp.bench_function("chainrank_cpu", |b| {
+        b.iter(|| chainrank::rank_chains(&Backend::Cpu, &pred).expect("ranks"))
+    });
+    if let Ok(gpu @ Backend::Gpu(_)) = select(DeviceChoice::Auto) {
+        grp.bench_function("chainrank_gpu", |b| {
+            b.iter(|| chainrank::rank_chains(&gpu, &pred).expect("ranks"))
+        });
+    }
     grp.finish();
 }
 
