@@ -1539,6 +1539,10 @@ mod tests {
                 ins.push(unspent.swap_remove(at));
             }
             let total: i64 = ins.iter().map(|i| i.1).sum();
+            // Sometimes a tail goes to an address that already holds another chain's
+            // tail, so a later step may spend two live tails at once.
+            let shared =
+                (rng.random_bool(0.1) && !unspent.is_empty()).then(|| unspent[unspent.len() - 1].2);
             let outs: Vec<(i64, u64)> = match rng.random_range(0..10) {
                 // A peel: a small share and a remainder.
                 0..=3 => {
@@ -1547,14 +1551,17 @@ mod tests {
                     let rem_to = if rng.random_bool(0.05) {
                         ins[0].2
                     } else {
-                        fresh(&mut rng)
+                        shared.unwrap_or_else(|| fresh(&mut rng))
                     };
                     vec![(peel, fresh(&mut rng)), (total - peel - 300, rem_to)]
                 }
                 // A hop keeping nearly all.
                 4..=6 => {
                     let kept = [0.999, 0.97, 0.9][rng.random_range(0..3)];
-                    vec![((total as f64 * kept) as i64, fresh(&mut rng))]
+                    vec![(
+                        (total as f64 * kept) as i64,
+                        shared.unwrap_or_else(|| fresh(&mut rng)),
+                    )]
                 }
                 // Anything else.
                 _ => (0..rng.random_range(1..4))
