@@ -406,8 +406,9 @@ struct TypologiesEthArgs {
     /// last run, start over anyway).
     #[arg(long)]
     full: bool,
-    /// Where it runs: auto or cpu. The Ethereum patterns are SQL aggregates; there is
-    /// no GPU path, and `gpu` is refused (docs/typologies.md, "How it runs").
+    /// Where the peel and pass-through chains are ranked (the `chainrank` kernel): auto
+    /// (a hardware GPU when there is one), gpu (any adapter) or cpu (its rayon twin).
+    /// The other patterns are SQL (docs/typologies.md, "How it runs").
     #[arg(long, default_value = "auto")]
     device: ferret_kernels::device::DeviceChoice,
 }
@@ -1099,17 +1100,6 @@ async fn typologies_btc_cmd(a: TypologiesBtcArgs) -> Result<()> {
     Ok(())
 }
 
-/// The Ethereum typologies run on the CPU: `--device gpu` asks for a path that does not
-/// exist.
-fn refuse_gpu(device: ferret_kernels::device::DeviceChoice, chain: &str) -> Result<()> {
-    if device == ferret_kernels::device::DeviceChoice::Gpu {
-        bail!(
-            "typologies {chain} run on the CPU: the Ethereum patterns are SQL aggregates; drop --device gpu (docs/typologies.md, \"How it runs\")"
-        );
-    }
-    Ok(())
-}
-
 /// The patterns named by `--pattern`, each one of `allowed` (`other`: why another is
 /// refused).
 fn patterns_of(
@@ -1147,7 +1137,6 @@ fn print_counts(counts: &std::collections::BTreeMap<&'static str, usize>) {
 async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
     use ferret_kernels::typology::Pattern;
     use ferret_query::typologies::{EthRules, run_eth};
-    refuse_gpu(a.device, "eth")?;
     let wh = Warehouse::open_existing(&a.warehouse)?;
     let patterns = patterns_of(
         &a.patterns,
@@ -1196,7 +1185,8 @@ async fn typologies_eth_cmd(a: TypologiesEthArgs) -> Result<()> {
         victim_min_new_recipients: a.victim_min_new_recipients,
         ..EthRules::default()
     };
-    let run = run_eth(&wh, &rules, &patterns, a.full)
+    let walk = ferret_kernels::device::select(a.device)?;
+    let run = run_eth(&wh, &rules, &patterns, a.full, &walk)
         .await
         .with_context(|| format!("typologies over {wh}"))?;
     println!(

@@ -623,7 +623,7 @@ async fn ethereum_typologies_are_found_on_a_real_node() {
         (vec!["--swap-max-delay=-1"], "swap_max_delay"),
         (vec!["--pass-min-hops", "1"], "pass_min_hops"),
         (vec!["--fan-min-outputs", "1"], "fan_min_outputs"),
-        (vec!["--device", "gpu"], "run on the CPU"),
+        (vec!["--device", "tpu"], "unknown device"),
     ] {
         let mut a = vec!["typologies", "eth", "--warehouse", wh.as_str()];
         a.extend(args.iter().copied());
@@ -797,6 +797,14 @@ async fn ethereum_incremental_runs_equal_runs_over_every_block() {
             all.iter().any(|r| r.starts_with(&format!("{p}|"))),
             "no {p}"
         );
+    }
+    // Peel and pass-through chains ranked on the GPU and on its CPU twin: the same table.
+    for device in ["cpu", "gpu"] {
+        if device == "gpu" && !common::require_all() {
+            continue;
+        }
+        run(&["--full", "--device", device]);
+        assert_eq!(typologies_table(&wh).await, all, "ranked on {device}");
     }
     // Nothing new: the same table.
     let printed = run(&[]);

@@ -1000,12 +1000,14 @@ pub const APPROVAL_TOPIC: &str =
     "0x8c5be1e5ebec7d5bd14f71427d1e84f3dd0314c0f7b2291e5b200ac8c7c3b925";
 
 /// Runs the Ethereum typologies over the committed blocks and commits one run of
-/// `typologies` (the Bitcoin rows of the run it replaces are kept).
+/// `typologies` (the Bitcoin rows of the run it replaces are kept). Peel chains and
+/// pass-through chains are ranked by the `chainrank` kernel on `walk`.
 pub async fn run_eth(
     wh: &Warehouse,
     rules: &EthRules,
     patterns: &[Pattern],
     full: bool,
+    walk: &ferret_kernels::device::Backend,
 ) -> Result<TypologyRun> {
     rules.check()?;
     let m = wh
@@ -1165,7 +1167,7 @@ pub async fn run_eth(
     }
     if wanted(Pattern::PassThrough) || swaps {
         // Over every transfer each run: a new transfer to a hop ends its being one.
-        findings.extend(eth_pass_through(&ctx, rules, &services, upto).await?);
+        findings.extend(eth_pass_through(&ctx, rules, &services, upto, walk).await?);
     }
     if wanted(Pattern::PeelChain) || swaps {
         // Likewise.
@@ -1174,7 +1176,7 @@ pub async fn run_eth(
             .filter(|l| l.2 == "exchange")
             .map(|l| l.0.to_lowercase())
             .collect();
-        findings.extend(eth_peel_chains(&ctx, rules, &services, &exchanges, upto).await?);
+        findings.extend(eth_peel_chains(&ctx, rules, &services, &exchanges, upto, walk).await?);
     }
     if swaps {
         let mut sources: BTreeMap<String, &'static str> = BTreeMap::new();
@@ -1791,10 +1793,74 @@ fn hop_legs(rows: Vec<Vec<Option<String>>>) -> HashMap<String, (Vec<HopLeg>, Vec
     legs
 }
 
-/// The chains `next` links through `nodes`: each starts at a node that no node's `next`
-/// names and follows `next` while it names a node (a cycle ends where it closes); in
-/// the order of their first nodes' addresses.
+/// The chains `next` links through `nodes`, ranked by the `chainrank` kernel on `walk`:
+/// each starts at a node that no node's `next` names and follows `next` while it names a
+/// node; in the order of their first nodes' addresses. The steps and hops are
+/// single-use addresses, so no two name the same next one and no chain closes on
+/// itself; if that ever fails, the chains are walked link by link instead
+/// ([`walk_chains_in_order`], the kernel's oracle in the tests) and a warning says so.
 fn walk_chains<'a, T>(
+    nodes: &'a HashMap<String, T>,
+    next: impl Fn(&str) -> Option<&'a String>,
+    walk: &ferret_kernels::device::Backend,
+) -> Result<Vec<Vec<(&'a String, &'a T)>>> {
+    use ferret_kernels::chainrank::{NONE, rank_chains};
+    let mut keys: Vec<&'a String> = nodes.keys().collect();
+    keys.sort();
+    let index: HashMap<&str, u32> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i as u32))
+        .collect();
+    let mut pred = vec![NONE; keys.len()];
+    let mut list = true;
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(&j) = next(k).and_then(|n| index.get(n.as_str())) {
+            if pred[j as usize] != NONE || j as usize == i {
+                list = false;
+                break;
+            }
+            pred[j as usize] = i as u32;
+        }
+    }
+    let ranked = if list {
+        match rank_chains(walk, &pred) {
+            Ok(r) => Some(r),
+            Err(ferret_kernels::Error::BadGraph(why)) => {
+                tracing::warn!(%why, "typologies: links that are not chains; walked link by link");
+                None
+            }
+            Err(e) => return Err(kernel_err(e)),
+        }
+    } else {
+        tracing::warn!("typologies: two nodes link to one; walked link by link");
+        None
+    };
+    let Some(ranked) = ranked else {
+        return Ok(walk_chains_in_order(nodes, next));
+    };
+    // Heads in address order, each chain's members by rank.
+    let mut members: Vec<(u32, u32, u32)> = (0..keys.len() as u32)
+        .map(|i| (ranked.head[i as usize], ranked.rank[i as usize], i))
+        .collect();
+    members.sort_unstable();
+    let mut out: Vec<Vec<(&'a String, &'a T)>> = Vec::new();
+    for (h, r, i) in members {
+        let k = keys[i as usize];
+        let node = (k, &nodes[k.as_str()]);
+        if r == 0 {
+            debug_assert_eq!(h, i);
+            out.push(vec![node]);
+        } else if let Some(c) = out.last_mut() {
+            c.push(node);
+        }
+    }
+    Ok(out)
+}
+
+/// [`walk_chains`] link by link: each chain starts at a node that no node's `next`
+/// names and follows `next` while it names a node (a cycle ends where it closes).
+fn walk_chains_in_order<'a, T>(
     nodes: &'a HashMap<String, T>,
     next: impl Fn(&str) -> Option<&'a String>,
 ) -> Vec<Vec<(&'a String, &'a T)>> {
@@ -2582,6 +2648,7 @@ async fn eth_pass_through(
     rules: &EthRules,
     services: &HashSet<String>,
     upto: i64,
+    walk: &ferret_kernels::device::Backend,
 ) -> Result<Vec<Finding>> {
     let since = rules.since.unwrap_or(i64::MIN);
     let sql = format!(
@@ -2643,7 +2710,7 @@ async fn eth_pass_through(
         (i.tx == fwd.tx && i.at == fwd.at && i.other == a).then_some(&fwd.other)
     };
     let mut out = Vec::new();
-    for chain in walk_chains(&hops, next) {
+    for chain in walk_chains(&hops, next, walk)? {
         let head = chain[0].0;
         if chain.len() < rules.pass_min_hops {
             continue;
@@ -2703,6 +2770,7 @@ async fn eth_peel_chains(
     services: &HashSet<String>,
     exchanges: &HashSet<String>,
     upto: i64,
+    walk: &ferret_kernels::device::Backend,
 ) -> Result<Vec<Finding>> {
     let since = rules.since.unwrap_or(i64::MIN);
     let sql = format!(
@@ -2786,7 +2854,7 @@ async fn eth_peel_chains(
         (n.input.tx == rem.tx && n.input.other == a && n.input.at == rem.at).then_some(&rem.other)
     };
     let mut out = Vec::new();
-    for chain in walk_chains(&steps, next) {
+    for chain in walk_chains(&steps, next, walk)? {
         let head = chain[0].0;
         let n = chain.len();
         if n < rules.peel_min_steps {
@@ -3055,6 +3123,82 @@ async fn eth_victim_collection(
 mod tests {
     use super::*;
     use ferret_schemas::results::new_run_id;
+
+    /// The chains as address lists.
+    fn names<T>(chains: &[Vec<(&String, &T)>]) -> Vec<Vec<String>> {
+        chains
+            .iter()
+            .map(|c| c.iter().map(|(a, _)| (*a).clone()).collect())
+            .collect()
+    }
+
+    /// Ranked by the kernel (CPU twin and, where there is one, the GPU), the chains are
+    /// those walked link by link: random single-use chains, and links that are not
+    /// chains (two nodes naming one, a cycle), which fall back to the walk.
+    #[test]
+    fn ranked_chains_are_the_walked_chains() {
+        use ferret_kernels::device::{Backend, DeviceChoice, select};
+        let mut backends = vec![Backend::Cpu];
+        if let Ok(g @ Backend::Gpu(_)) = select(DeviceChoice::Gpu) {
+            backends.push(g);
+        }
+        // Deterministic pseudo-random chains over shuffled addresses, some links leaving
+        // the nodes (a forward to a non-hop).
+        let mut x: u64 = 7;
+        let mut rnd = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        let n = 3000usize;
+        let mut order: Vec<String> = (0..n)
+            .map(|i| format!("0x{:040x}", i * 7919 % 10007))
+            .collect();
+        for i in (1..n).rev() {
+            order.swap(i, rnd(i as u64 + 1) as usize);
+        }
+        let mut succ: HashMap<String, String> = HashMap::new();
+        let mut at = 0;
+        while at < n {
+            let len = (1 + rnd(12) as usize).min(n - at);
+            for k in 0..len - 1 {
+                succ.insert(order[at + k].clone(), order[at + k + 1].clone());
+            }
+            if rnd(3) == 0 {
+                succ.insert(order[at + len - 1].clone(), "0xoutside".to_string());
+            }
+            at += len;
+        }
+        let nodes: HashMap<String, usize> = order.iter().cloned().zip(0..).collect();
+        let want = names(&walk_chains_in_order(&nodes, |a| succ.get(a)));
+        assert!(want.iter().filter(|c| c.len() >= 5).count() >= 50);
+        for b in &backends {
+            let got = walk_chains(&nodes, |a| succ.get(a), b).expect("ranks");
+            assert_eq!(names(&got), want, "{}", b.describe());
+        }
+        // Not chains: two nodes forward to one, and a cycle beside a chain.
+        let s = |v: &[(&str, &str)]| -> HashMap<String, String> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        for links in [
+            s(&[("a", "c"), ("b", "c"), ("c", "d")]),
+            s(&[("a", "b"), ("b", "a"), ("c", "d")]),
+        ] {
+            let nodes: HashMap<String, usize> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|k| k.to_string())
+                .zip(0..)
+                .collect();
+            let want = names(&walk_chains_in_order(&nodes, |a| links.get(a)));
+            for b in &backends {
+                let got = walk_chains(&nodes, |a| links.get(a), b).expect("falls back");
+                assert_eq!(names(&got), want, "{links:?}");
+            }
+        }
+    }
 
     fn finding(p: Pattern, addr: &str) -> Finding {
         Finding {
