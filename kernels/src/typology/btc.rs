@@ -1670,6 +1670,47 @@ mod tests {
         }
     }
 
+    /// A step spending two chains' tails at one address, one past the gap and not yet
+    /// swept, continues the live one (in both engines); the stale one ends.
+    #[test]
+    fn a_stale_tail_does_not_count_against_a_live_one() {
+        let rules = BtcRules {
+            peel_min_steps: 3,
+            peel_max_gap: 6,
+            ..BtcRules::default()
+        };
+        let mut c = Chain::new();
+        let step =
+            |c: &mut Chain, h: i64, tail: (u64, i64, u64, i64), peel_to: u64, rem_to: u64| {
+                let rem = tail.1 - 1_000_000 - 1_000;
+                let o = c.tx(h, &[tail], &[(1_000_000, peel_to), (rem, rem_to)]);
+                (o[1], rem, rem_to, h)
+            };
+        // Chain A: two steps, its tail left at address 99 from height 3.
+        let a = c.tx(1, &[], &[(100_000_000, 10)]);
+        let t = step(&mut c, 2, (a[0], 100_000_000, 10, 1), 500, 11);
+        let a_tail = step(&mut c, 3, t, 501, 99);
+        // Chain B: two steps, its tail at the same address from height 12.
+        let b = c.tx(5, &[], &[(50_000_000, 20)]);
+        let t = step(&mut c, 10, (b[0], 50_000_000, 20, 5), 502, 21);
+        let b_tail = step(&mut c, 12, t, 503, 99);
+        let b_first = c.txs[c.txs.len() - 2].txid.clone().expect("txid");
+        // At height 13 one step spends both: A's tail is 10 blocks old (past the gap of
+        // 6; the sweep last ran at height 1), B's is 1.
+        let input = a_tail.1 + b_tail.1;
+        c.tx(
+            13,
+            &[a_tail, b_tail],
+            &[(1_000_000, 600), (input - 1_001_000, 100)],
+        );
+        let found = c.scan(rules.clone());
+        let peels = of(&found, Pattern::PeelChain);
+        assert_eq!(peels.len(), 1, "{found:?}");
+        assert_eq!(peels[0].txids.len(), 3);
+        assert_eq!(peels[0].txids[0], b_first);
+        assert_eq!(c.walked(rules, &crate::device::Backend::Cpu), found);
+    }
+
     #[test]
     fn a_walk_cannot_go_on_from_a_kept_state() {
         let mut c = Chain::new();
