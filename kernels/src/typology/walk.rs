@@ -19,8 +19,9 @@
 //! the oracle: both engines give the same findings (tests here, in `btc.rs` and
 //! `cli/tests/typologies_cli.rs`; the 2.7 M-transaction digest in benches/README.md).
 //!
-//! Memory: the nodes and their steps (about 100 bytes a node), four `u32` arrays a node
-//! for linking and ranking, and one chunk of `btc.spends` at a time.
+//! Memory: the nodes and their steps (about 112 bytes a node, twice that while the
+//! chains are cut), a few `u32` arrays a node for linking and ranking, and one chunk of
+//! three `btc.spends` columns per thread.
 
 use std::collections::BTreeSet;
 
