@@ -268,6 +268,19 @@ impl RunScopes {
     }
 }
 
+/// A kernel's `changed` flag: one `u32` the shader sets, cleared by the host before each
+/// round and read back after it ([`changed_flag`]).
+pub(crate) fn changed_buffer(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("changed"),
+        size: 4,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
 /// Reads a kernel's `changed` flag: 0 or 1, anything else means the kernel never ran.
 pub(crate) fn changed_flag(gpu: &Gpu, flag: &wgpu::Buffer, what: &'static str) -> Result<bool> {
     match read_back(gpu, flag, 1)?[0] {

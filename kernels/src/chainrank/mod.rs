@@ -16,7 +16,7 @@ pub mod cpu;
 use wgpu::util::DeviceExt;
 
 use crate::device::{
-    Backend, Gpu, RunScopes, bind, changed_flag, compile, dispatch_dims, read_back,
+    Backend, Gpu, RunScopes, bind, changed_buffer, changed_flag, compile, dispatch_dims, read_back,
 };
 use crate::{Error, Result};
 
@@ -171,14 +171,7 @@ impl Kernel {
             init("dist1", &dist),
         ];
         drop((anc, dist));
-        let changed = d.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("changed"),
-            size: 4,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let changed = changed_buffer(gpu);
         let params = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: bytemuck::cast_slice(&[n, 0, 0, 0]),

@@ -1471,6 +1471,11 @@ mod tests {
         /// The same chain with peel and pass-through chains walked on its spend edges
         /// and ranked on `backend`.
         fn walked(&self, rules: BtcRules, backend: &crate::device::Backend) -> Vec<Finding> {
+            self.walked_scan(rules, backend).finish()
+        }
+
+        /// [`Chain::walked`], the scan not yet finished.
+        fn walked_scan(&self, rules: BtcRules, backend: &crate::device::Backend) -> Scan {
             let mut s = Scan::new(rules, HashSet::new(), 10_000).unwrap();
             s.walk_on_graph().unwrap();
             for t in &self.txs {
@@ -1488,7 +1493,7 @@ mod tests {
                 }
             }
             s.take_walked(nodes.walk(backend).unwrap());
-            s.finish()
+            s
         }
     }
 
@@ -1635,23 +1640,7 @@ mod tests {
                 next_output: 0,
                 next_tx: 0,
             };
-            let mut s = Scan::new(rules.clone(), HashSet::new(), 10_000).unwrap();
-            s.walk_on_graph().unwrap();
-            for t in &first.txs {
-                s.tx(t).unwrap();
-            }
-            let mut nodes = s.walk.take().expect("walking");
-            let made: HashMap<u64, u64> = first
-                .txs
-                .iter()
-                .flat_map(|t| t.outputs.iter().map(|o| (o.output_id, t.tx_index)))
-                .collect();
-            for t in &first.txs {
-                for o in t.inputs.iter().filter_map(|i| i.spent_output) {
-                    nodes.edge(t.tx_index, made[&o], o);
-                }
-            }
-            s.take_walked(nodes.walk(&crate::device::Backend::Cpu).unwrap());
+            let s = first.walked_scan(rules.clone(), &crate::device::Backend::Cpu);
             let state: ScanState = serde_json::from_slice(&s.state_json().unwrap()).unwrap();
             let (_, received, spent) = s.finish_with_counters();
             let mut r = Scan::resume(

@@ -144,19 +144,20 @@ impl<T> Kind<T> {
         let ranked = chainrank::rank_chains(backend, &pred)?;
         drop(pred);
         let n = nodes.len();
-        // Chain lengths by head, then each head's first slot.
+        // Chain lengths by head.
         let mut len = vec![0u32; n];
         for (&h, &r) in ranked.head.iter().zip(&ranked.rank) {
             let l = &mut len[h as usize];
             *l = (*l).max(r + 1);
         }
+        // Each head's first slot, and the chains' lengths in order of their heads.
         let mut offset = vec![0usize; n];
-        let mut heads = Vec::new();
+        let mut lens = Vec::new();
         let mut at = 0usize;
         for (h, &l) in len.iter().enumerate() {
             if l > 0 {
                 offset[h] = at;
-                heads.push((h, at, l as usize));
+                lens.push(l as usize);
                 at += l as usize;
             }
         }
@@ -174,9 +175,9 @@ impl<T> Kind<T> {
                 )));
             }
         }
-        let mut out = Vec::with_capacity(heads.len());
+        let mut out = Vec::with_capacity(lens.len());
         let mut slots = slots.into_iter();
-        for (_, _, l) in heads {
+        for l in lens {
             let mut steps = Vec::with_capacity(l);
             let mut open = None;
             for _ in 0..l {
@@ -322,20 +323,16 @@ pub(crate) async fn link<P: Sync, Q: Sync>(
     nodes: &mut Nodes<P, Q>,
 ) -> Result<(usize, u64)> {
     let graph = crate::taint::stored::SpendEdges::open(wh, m).await?;
-    let blocks = nodes.blocks(graph.bits);
-    let total: u64 = blocks
-        .iter()
-        .flat_map(|&s| graph.destinations_of(s).into_iter().map(move |d| (d, s)))
-        .map(|(d, s)| graph.edges_of(d, s))
-        .sum();
-    let bar = crate::progress::bar(Some(total), "typology walk: spend edges");
-    let (mut chunks, mut edges) = (0usize, 0u64);
     // Every chunk out of a block with nodes: a tail spent by a transaction in a block
     // without nodes still closes its chain.
-    let pairs: Vec<(u32, u32)> = blocks
-        .iter()
-        .flat_map(|&s| graph.destinations_of(s).into_iter().map(move |d| (d, s)))
+    let pairs: Vec<(u32, u32)> = nodes
+        .blocks(graph.bits)
+        .into_iter()
+        .flat_map(|s| graph.destinations_of(s).into_iter().map(move |d| (d, s)))
         .collect();
+    let total: u64 = pairs.iter().map(|&(d, s)| graph.edges_of(d, s)).sum();
+    let bar = crate::progress::bar(Some(total), "typology walk: spend edges");
+    let (mut chunks, mut edges) = (0usize, 0u64);
     let at_once = rayon::current_num_threads().max(1);
     for group in pairs.chunks(at_once) {
         let reads = futures::future::try_join_all(
